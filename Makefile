@@ -1,0 +1,39 @@
+# Two commands: `make demo` and `make test`. Everything else is a helper for them.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+EXTRAS ?= dev
+DEMO_DAYS ?= 3
+DEMO_SCALE ?= 1
+DEMO_START ?= 2026-11-01
+
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+
+.PHONY: setup demo test bench lint clean
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip install --quiet --python $(PY) -c requirements.lock -e ".[$(EXTRAS)]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/lakehouse demo --days $(DEMO_DAYS) --scale $(DEMO_SCALE) --start $(DEMO_START)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/daily_stages.py --scale 10
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf landing lake .prefect

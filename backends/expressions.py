@@ -1,0 +1,74 @@
+"""Column functions Narwhals has no portable form for (SHA-256 and keyed HMAC-SHA256), one branch per engine.
+
+Both engines produce the same lowercase hex digests, so a hash written by one engine matches the other's.
+Each engine's library is imported only inside its own branch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import narwhals as nw
+
+# Separator between fields when a record is hashed; NUL stands for a missing value.
+FIELD_SEP = "\x1f"
+NULL_MARK = "\x00"
+
+
+def record_digest(values: list[str | None]) -> str:
+    """SHA-256 of one record's text values, exactly as :func:`with_record_hash` computes it."""
+    joined = FIELD_SEP.join(NULL_MARK if v is None else v for v in values)
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def hmac_digest(key: bytes, value: str) -> str:
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def with_record_hash(frame: nw.LazyFrame, columns: list[str], out: str = "_record_hash") -> nw.LazyFrame:
+    """Add ``out``: SHA-256 hex of ``columns`` (text) joined by a separator, nulls marked."""
+    joined = nw.concat_str([nw.col(c).cast(nw.String).fill_null(NULL_MARK) for c in columns], separator=FIELD_SEP)
+    return _hex_digest(frame, joined.alias(out), out, key=None)
+
+
+def with_hmac(frame: nw.LazyFrame, column: str, key: bytes, out: str) -> nw.LazyFrame:
+    """Add ``out``: HMAC-SHA256 hex of text column ``column`` under ``key`` (null stays null)."""
+    return _hex_digest(frame, nw.col(column).cast(nw.String).alias(out), out, key=key)
+
+
+def _hex_digest(frame: nw.LazyFrame, expr: nw.Expr, out: str, *, key: bytes | None) -> nw.LazyFrame:
+    staged = frame.with_columns(expr)
+    impl = frame.implementation
+    if impl.is_polars():
+        import polars as pl
+
+        if key is None:
+            def digest(v: str) -> str:
+                return hashlib.sha256(v.encode()).hexdigest()
+        else:
+            def digest(v: str) -> str:
+                return hmac.new(key, v.encode(), hashlib.sha256).hexdigest()
+
+        def hash_series(s: pl.Series) -> pl.Series:
+            return pl.Series(s.name, [None if v is None else digest(v) for v in s.to_list()], dtype=pl.Utf8)
+
+        native = staged.to_native().with_columns(pl.col(out).map_batches(hash_series, return_dtype=pl.Utf8))
+        return nw.from_native(native)
+    if impl.is_pyspark() or impl.is_pyspark_connect():
+        from pyspark.sql import functions as F  # noqa: N812
+
+        col = F.col(out)
+        if key is None:
+            hashed = F.sha2(col.cast("binary"), 256)
+        else:
+            block = 64
+            k = hashlib.sha256(key).digest() if len(key) > block else key
+            k = k.ljust(block, b"\x00")
+            ipad = bytes(b ^ 0x36 for b in k).hex()
+            opad = bytes(b ^ 0x5C for b in k).hex()
+            inner = F.unhex(F.sha2(F.concat(F.unhex(F.lit(ipad)), col.cast("binary")), 256))
+            hashed = F.sha2(F.concat(F.unhex(F.lit(opad)), inner), 256)
+        return nw.from_native(staged.to_native().withColumn(out, F.when(col.isNull(), None).otherwise(hashed)))
+    msg = f"expected a polars or pyspark frame for hashing, got {impl!r}; use the polars or spark engine"
+    raise NotImplementedError(msg)

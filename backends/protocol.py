@@ -1,0 +1,70 @@
+"""The engine protocol: everything a pipeline needs from a dataframe engine, and nothing more.
+
+Tasks never see an engine: flows hand them Narwhals lazy frames that an engine produced and hand the
+result back to the engine to write. Arrow is the exchange format at the edges (``from_arrow``/``to_arrow``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import narwhals as nw
+    import pyarrow as pa
+
+    from contracts.catalog import TableSpec
+    from contracts.landing import LandingEntity
+
+
+class EngineError(RuntimeError):
+    """An engine was asked for something it cannot do; the message names the engine and the alternative."""
+
+
+class TableNotFoundError(LookupError):
+    """A table (or a version of it) does not exist in the lake."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did: the table, the Delta version it produced, and how many rows it wrote."""
+
+    table: str
+    version: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class LandingRead:
+    """One landing file read as text.
+
+    ``rows`` has every declared column of the entity as text, plus ``_source_file`` and ``_record_hash``.
+    ``rejects`` are records that could not become rows (unparseable lines, a file missing a declared
+    column), with the quarantine columns ``rule, reason, record, record_hash, source_file``.
+    """
+
+    rows: nw.LazyFrame
+    rejects: pa.Table
+
+
+class Engine(Protocol):
+    name: str
+
+    # ---- frames
+    def from_arrow(self, table: pa.Table) -> nw.LazyFrame: ...
+    def to_arrow(self, frame: nw.LazyFrame) -> pa.Table: ...
+    def count(self, frame: nw.LazyFrame) -> int: ...
+
+    # ---- landing files
+    def read_landing(self, entity: LandingEntity, file: Path) -> LandingRead: ...
+
+    # ---- Delta tables
+    def exists(self, spec: TableSpec) -> bool: ...
+    def scan(self, spec: TableSpec, *, version: int | None = None) -> nw.LazyFrame: ...
+    def append(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult: ...
+    def overwrite(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult: ...
+    def overwrite_partitions(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult: ...
+    def merge(self, spec: TableSpec, frame: nw.LazyFrame, *, insert_only: bool = False) -> WriteResult: ...
+    def version(self, spec: TableSpec) -> int | None: ...
+    def history(self, spec: TableSpec, *, limit: int = 10) -> list[dict[str, Any]]: ...

@@ -1,0 +1,269 @@
+"""The table catalog: every bronze, silver, gold and quarantine table, declared once.
+
+A table is a name (``layer.entity``), where it lives under the lake root, its business keys, its partition
+columns, how it is written, and its contract (a pandera schema: column types, nullability, ranges,
+uniqueness). Nothing else in the project builds a table path: ask the catalog (``table("gold.fact_orders")``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import pandera.polars as pa
+import polars as pl
+import pyarrow as pa_arrow
+
+from contracts.landing import (
+    KNOWN_CURRENCIES,
+    LANDING_ENTITIES,
+    ORDER_EVENT_TYPES,
+    ORDER_STATUSES,
+    LandingEntity,
+)
+
+Layer = Literal["bronze", "silver", "gold", "quarantine"]
+WriteMode = Literal["append", "merge", "overwrite"]
+
+UTC_TS = pl.Datetime("us", "UTC")
+STR, F64, I64, DATE, BOOL = pl.Utf8, pl.Float64, pl.Int64, pl.Date, pl.Boolean
+
+# Lineage columns bronze adds to every landing row.
+BRONZE_LINEAGE = ("_run_id", "_ingested_at", "_source_file", "_record_hash", "_ingest_date")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table of the lake."""
+
+    layer: Layer
+    entity: str
+    schema: pa.DataFrameSchema
+    keys: tuple[str, ...] = ()
+    partition_by: tuple[str, ...] = ()
+    mode: WriteMode = "overwrite"
+    latest_by: str | None = None  # for merge tables: the column whose larger value wins (ties: larger _record_hash)
+    description: str = ""
+    landing: LandingEntity | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.layer}.{self.entity}"
+
+    @property
+    def path(self) -> str:
+        """Location relative to the lake root (``bronze/crm/accounts``, ``gold/fact_orders``, ...)."""
+        return f"{self.layer}/{self.entity.replace('.', '/')}"
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.columns)
+
+    @cached_property
+    def arrow_schema(self) -> pa_arrow.Schema:
+        """The Arrow schema every engine writes this table with (Arrow is the exchange format)."""
+        empty = pl.DataFrame(schema={n: c.dtype.type for n, c in self.schema.columns.items()})
+        return empty.to_arrow().schema
+
+    @property
+    def polars_schema(self) -> dict[str, pl.DataType]:
+        return {n: c.dtype.type for n, c in self.schema.columns.items()}
+
+
+def _cols(**columns: pa.Column) -> dict[str, pa.Column]:
+    return columns
+
+
+def _req(dtype, *checks, unique: bool = False) -> pa.Column:
+    return pa.Column(dtype, list(checks), nullable=False, unique=unique)
+
+
+def _opt(dtype, *checks) -> pa.Column:
+    return pa.Column(dtype, list(checks), nullable=True)
+
+
+def _schema(name: str, columns: dict[str, pa.Column], unique: tuple[str, ...] = ()) -> pa.DataFrameSchema:
+    return pa.DataFrameSchema(columns, name=name, unique=list(unique) or None, strict=True, ordered=False)
+
+
+# --------------------------------------------------------------------------------------------- bronze
+def _bronze(entity: LandingEntity) -> TableSpec:
+    cols = {c: _opt(STR) for c in entity.column_names}
+    cols |= _cols(
+        _run_id=_req(STR),
+        _ingested_at=_req(UTC_TS),
+        _source_file=_req(STR),
+        _record_hash=_req(STR),
+        _ingest_date=_req(DATE),
+    )
+    return TableSpec(
+        "bronze", f"{entity.source}.{entity.entity}", _schema(f"bronze.{entity.name}", cols),
+        partition_by=("_ingest_date",), mode="append",
+        description=f"{entity.description} Raw text values plus lineage; append-only.",
+        landing=entity,
+    )
+
+
+# ------------------------------------------------------------------------------------------ quarantine
+QUARANTINE_COLUMNS = _cols(
+    rule=_req(STR),
+    reason=_req(STR),
+    record=_req(STR),  # the raw record as a JSON object of text values (or the raw line if unparseable)
+    record_hash=_req(STR),
+    source_file=_opt(STR),
+    run_id=_req(STR),
+    run_date=_req(DATE),
+)
+
+
+def _quarantine(layer: str, entity: str) -> TableSpec:
+    return TableSpec(
+        "quarantine", f"{layer}.{entity}", _schema(f"quarantine.{layer}.{entity}", dict(QUARANTINE_COLUMNS)),
+        keys=("record_hash", "rule"), partition_by=("run_date",), mode="merge",
+        description=f"Rows of {layer}.{entity} that broke a rule: rule id, reason, raw record, run id.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- silver
+_ccy = pa.Check.isin(list(KNOWN_CURRENCIES))
+_pos = pa.Check.gt(0)
+_nonneg = pa.Check.ge(0)
+_pii = _cols(email_hmac=_req(STR, pa.Check.str_matches(r"^[0-9a-f]{64}$")), email_masked=_req(STR),
+             phone_hmac=_opt(STR, pa.Check.str_matches(r"^[0-9a-f]{64}$")), phone_masked=_opt(STR))
+_lineage = _cols(_source_file=_req(STR), _record_hash=_req(STR))
+
+SILVER: tuple[TableSpec, ...] = (
+    TableSpec("silver", "customers", _schema("silver.customers", _cols(
+        customer_id=_req(STR, unique=True), first_name=_opt(STR), last_name=_opt(STR), **_pii,
+        country=_opt(STR, pa.Check.str_matches(r"^[A-Z]{2}$")), signup_date=_req(DATE), updated_at=_req(UTC_TS),
+        **_lineage)), keys=("customer_id",), mode="merge", latest_by="updated_at",
+        description="Customers, latest version per customer_id; e-mail and phone pseudonymised."),
+    TableSpec("silver", "products", _schema("silver.products", _cols(
+        product_id=_req(STR, unique=True), sku=_req(STR), product_name=_req(STR), category=_opt(STR),
+        list_price_usd=_req(F64, _nonneg), updated_at=_req(UTC_TS), **_lineage)),
+        keys=("product_id",), mode="merge", latest_by="updated_at", description="Products, latest version per product_id."),
+    TableSpec("silver", "orders", _schema("silver.orders", _cols(
+        order_id=_req(STR, unique=True), customer_id=_req(STR), product_id=_req(STR),
+        quantity=_req(I64, pa.Check.in_range(1, 1000)), unit_price=_req(F64, _pos), currency=_req(STR, _ccy),
+        amount=_req(F64, _pos), fx_rate=_req(F64, _pos), fx_rate_date=_req(DATE), amount_usd=_req(F64, _pos),
+        status=_req(STR, pa.Check.isin(list(ORDER_STATUSES))), order_ts=_req(UTC_TS), order_date=_req(DATE),
+        updated_at=_req(UTC_TS), **_lineage)),
+        keys=("order_id",), partition_by=("order_date",), mode="merge", latest_by="updated_at",
+        description="Orders, latest version per order_id, amounts converted to USD at the order date's rate."),
+    TableSpec("silver", "order_events", _schema("silver.order_events", _cols(
+        event_id=_req(STR, unique=True), order_id=_req(STR), event_type=_req(STR, pa.Check.isin(list(ORDER_EVENT_TYPES))),
+        status=_req(STR, pa.Check.isin(list(ORDER_STATUSES))), event_ts=_req(UTC_TS), event_date=_req(DATE),
+        **_lineage)),
+        keys=("event_id",), partition_by=("event_date",), mode="merge", latest_by="event_ts",
+        description="Kafka order events, one row per event_id."),
+    TableSpec("silver", "fx_rates", _schema("silver.fx_rates", _cols(
+        quote_currency=_req(STR, _ccy), rate_date=_req(DATE), rate=_req(F64, _pos), published_at=_req(UTC_TS),
+        **_lineage), unique=("quote_currency", "rate_date")),
+        keys=("quote_currency", "rate_date"), mode="merge", latest_by="published_at",
+        description="Daily FX rates: units of quote_currency per 1 USD, latest publication per day."),
+    TableSpec("silver", "customer_behaviour", _schema("silver.customer_behaviour", _cols(
+        customer_id=_req(STR), activity_date=_req(DATE), sessions=_req(I64, _nonneg), page_views=_req(I64, _nonneg),
+        add_to_cart=_req(I64, _nonneg), time_on_site_s=_req(I64, _nonneg), extracted_at=_req(UTC_TS), **_lineage),
+        unique=("customer_id", "activity_date")),
+        keys=("customer_id", "activity_date"), partition_by=("activity_date",), mode="merge", latest_by="extracted_at",
+        description="Daily behaviour per customer, latest extract per (customer_id, activity_date)."),
+    TableSpec("silver", "accounts", _schema("silver.accounts", _cols(
+        account_id=_req(STR, unique=True), account_name=_req(STR), domain=_opt(STR), industry=_opt(STR),
+        owner_name=_opt(STR), country=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
+        keys=("account_id",), mode="merge", latest_by="updated_at", description="CRM companies, latest version per account_id."),
+    TableSpec("silver", "contacts", _schema("silver.contacts", _cols(
+        contact_id=_req(STR, unique=True), account_id=_opt(STR), first_name=_opt(STR), last_name=_opt(STR), **_pii,
+        lifecycle_stage=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
+        keys=("contact_id",), mode="merge", latest_by="updated_at",
+        description="CRM contacts, latest version per contact_id; e-mail and phone pseudonymised."),
+    TableSpec("silver", "opportunities", _schema("silver.opportunities", _cols(
+        opportunity_id=_req(STR, unique=True), account_id=_req(STR), opportunity_name=_opt(STR), stage=_req(STR),
+        is_open=_req(BOOL), amount=_req(F64, _nonneg), currency=_req(STR, _ccy), amount_usd=_req(F64, _nonneg),
+        close_date=_opt(DATE), owner_name=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
+        keys=("opportunity_id",), mode="merge", latest_by="updated_at",
+        description="CRM deals, latest version per opportunity_id, amount in USD at the rate of its last update."),
+    TableSpec("silver", "customer_crm_links", _schema("silver.customer_crm_links", _cols(
+        customer_id=_req(STR, unique=True), contact_id=_req(STR), account_id=_opt(STR), matched_on=_req(STR))),
+        keys=("customer_id",), mode="overwrite",
+        description="Each customer matched to its CRM contact (and the contact's account) by pseudonymised e-mail."),
+)
+
+# ------------------------------------------------------------------------------------------------ gold
+GOLD: tuple[TableSpec, ...] = (
+    TableSpec("gold", "fact_orders", _schema("gold.fact_orders", _cols(
+        order_id=_req(STR, unique=True), order_date=_req(DATE), date_key=_req(I64), customer_id=_req(STR),
+        product_id=_req(STR), quantity=_req(I64), unit_price=_req(F64), currency=_req(STR), amount=_req(F64),
+        fx_rate=_req(F64), amount_usd=_req(F64), status=_req(STR), is_cancelled=_req(BOOL), order_ts=_req(UTC_TS),
+        updated_at=_req(UTC_TS))),
+        keys=("order_id",), partition_by=("order_date",), mode="overwrite",
+        description="One row per order: the latest status (order extract or a later Kafka event) and USD amount."),
+    TableSpec("gold", "dim_customer", _schema("gold.dim_customer", _cols(
+        customer_id=_req(STR, unique=True), first_name=_opt(STR), last_name=_opt(STR), email_masked=_req(STR),
+        email_hmac=_req(STR), phone_masked=_opt(STR), country=_opt(STR), signup_date=_req(DATE),
+        crm_account_id=_opt(STR), updated_at=_req(UTC_TS))),
+        keys=("customer_id",), mode="overwrite", description="Customer dimension (current version)."),
+    TableSpec("gold", "dim_product", _schema("gold.dim_product", _cols(
+        product_id=_req(STR, unique=True), sku=_req(STR), product_name=_req(STR), category=_opt(STR),
+        list_price_usd=_req(F64), updated_at=_req(UTC_TS))),
+        keys=("product_id",), mode="overwrite", description="Product dimension (current version)."),
+    TableSpec("gold", "dim_date", _schema("gold.dim_date", _cols(
+        date_key=_req(I64, unique=True), date=_req(DATE), year=_req(I64), quarter=_req(I64, pa.Check.in_range(1, 4)),
+        month=_req(I64, pa.Check.in_range(1, 12)), day=_req(I64, pa.Check.in_range(1, 31)),
+        iso_weekday=_req(I64, pa.Check.in_range(1, 7)), is_weekend=_req(BOOL))),
+        keys=("date_key",), mode="overwrite", description="Calendar of every day from the first to the last order."),
+    TableSpec("gold", "customer_360", _schema("gold.customer_360", _cols(
+        customer_id=_req(STR, unique=True), country=_opt(STR), lifetime_revenue_usd=_req(F64, _nonneg),
+        order_count=_req(I64, _nonneg), cancelled_order_count=_req(I64, _nonneg),
+        first_order_date=_opt(DATE), last_order_date=_opt(DATE),
+        crm_account_id=_opt(STR), crm_account_name=_opt(STR), crm_owner=_opt(STR),
+        open_pipeline_usd=_req(F64, _nonneg), sessions=_req(I64, _nonneg), page_views=_req(I64, _nonneg),
+        add_to_cart=_req(I64, _nonneg), time_on_site_s=_req(I64, _nonneg), active_days=_req(I64, _nonneg),
+        last_active_date=_opt(DATE))),
+        keys=("customer_id",), mode="overwrite",
+        description="One row per customer: revenue, orders, CRM account and owner, open pipeline, behaviour."),
+    TableSpec("gold", "product_performance", _schema("gold.product_performance", _cols(
+        order_date=_req(DATE), product_id=_req(STR), orders=_req(I64, _nonneg), units=_req(I64, _nonneg),
+        revenue_usd=_req(F64, _nonneg), distinct_customers=_req(I64, _nonneg), cancelled_orders=_req(I64, _nonneg),
+        cancellation_rate=_req(F64, pa.Check.in_range(0, 1))), unique=("order_date", "product_id")),
+        keys=("order_date", "product_id"), partition_by=("order_date",), mode="overwrite",
+        description="Per product per day: orders, units and USD revenue of kept orders, customers, cancellations."),
+    TableSpec("gold", "customer_segments", _schema("gold.customer_segments", _cols(
+        customer_id=_req(STR, unique=True), as_of_date=_req(DATE), recency_days=_req(I64, _nonneg),
+        frequency=_req(I64, _pos), monetary_usd=_req(F64, _nonneg),
+        r_score=_req(I64, pa.Check.in_range(1, 5)), f_score=_req(I64, pa.Check.in_range(1, 5)),
+        m_score=_req(I64, pa.Check.in_range(1, 5)), rfm_score=_req(STR, pa.Check.str_matches(r"^[1-5]{3}$")),
+        segment=_req(STR))),
+        keys=("customer_id",), mode="overwrite",
+        description="RFM scores and segment per customer with at least one kept order."),
+)
+
+BRONZE: tuple[TableSpec, ...] = tuple(_bronze(e) for e in LANDING_ENTITIES)
+QUARANTINE: tuple[TableSpec, ...] = (
+    tuple(_quarantine("bronze", f"{e.source}.{e.entity}") for e in LANDING_ENTITIES)
+    + tuple(_quarantine("silver", t.entity) for t in SILVER if t.entity != "customer_crm_links")
+)
+TABLES: dict[str, TableSpec] = {t.name: t for t in (*BRONZE, *SILVER, *GOLD, *QUARANTINE)}
+
+
+def table(name: str) -> TableSpec:
+    """The declaration of table ``name`` (``layer.entity``); a clear error lists the known names otherwise."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        close = [n for n in TABLES if name.split(".")[-1] in n] or list(TABLES)
+        msg = f"expected a table name like 'gold.fact_orders', got {name!r}; known tables: {', '.join(sorted(close))}"
+        raise KeyError(msg) from None
+
+
+def tables(layer: Layer | None = None) -> list[TableSpec]:
+    return [t for t in TABLES.values() if layer is None or t.layer == layer]
+
+
+def bronze_for(entity: LandingEntity) -> TableSpec:
+    return TABLES[f"bronze.{entity.source}.{entity.entity}"]
+
+
+def quarantine_for(spec: TableSpec) -> TableSpec:
+    """The quarantine table that receives rows rejected on the way into ``spec``."""
+    return TABLES[f"quarantine.{spec.layer}.{spec.entity}"]
