@@ -44,6 +44,7 @@ class TableSpec:
     partition_by: tuple[str, ...] = ()
     mode: WriteMode = "overwrite"
     latest_by: str | None = None  # for merge tables: the column whose larger value wins (ties: larger _record_hash)
+    source: str | None = None  # for silver tables: the bronze table that feeds it
     description: str = ""
     landing: LandingEntity | None = field(default=None, compare=False)
 
@@ -137,51 +138,51 @@ SILVER: tuple[TableSpec, ...] = (
     TableSpec("silver", "customers", _schema("silver.customers", _cols(
         customer_id=_req(STR, unique=True), first_name=_opt(STR), last_name=_opt(STR), **_pii,
         country=_opt(STR, pa.Check.str_matches(r"^[A-Z]{2}$")), signup_date=_req(DATE), updated_at=_req(UTC_TS),
-        **_lineage)), keys=("customer_id",), mode="merge", latest_by="updated_at",
+        **_lineage)), keys=("customer_id",), mode="merge", source="bronze.snowflake.customers", latest_by="updated_at",
         description="Customers, latest version per customer_id; e-mail and phone pseudonymised."),
     TableSpec("silver", "products", _schema("silver.products", _cols(
         product_id=_req(STR, unique=True), sku=_req(STR), product_name=_req(STR), category=_opt(STR),
         list_price_usd=_req(F64, _nonneg), updated_at=_req(UTC_TS), **_lineage)),
-        keys=("product_id",), mode="merge", latest_by="updated_at", description="Products, latest version per product_id."),
+        keys=("product_id",), mode="merge", source="bronze.snowflake.products", latest_by="updated_at", description="Products, latest version per product_id."),
     TableSpec("silver", "orders", _schema("silver.orders", _cols(
         order_id=_req(STR, unique=True), customer_id=_req(STR), product_id=_req(STR),
         quantity=_req(I64, pa.Check.in_range(1, 1000)), unit_price=_req(F64, _pos), currency=_req(STR, _ccy),
         amount=_req(F64, _pos), fx_rate=_req(F64, _pos), fx_rate_date=_req(DATE), amount_usd=_req(F64, _pos),
         status=_req(STR, pa.Check.isin(list(ORDER_STATUSES))), order_ts=_req(UTC_TS), order_date=_req(DATE),
         updated_at=_req(UTC_TS), **_lineage)),
-        keys=("order_id",), partition_by=("order_date",), mode="merge", latest_by="updated_at",
+        keys=("order_id",), partition_by=("order_date",), mode="merge", source="bronze.snowflake.orders", latest_by="updated_at",
         description="Orders, latest version per order_id, amounts converted to USD at the order date's rate."),
     TableSpec("silver", "order_events", _schema("silver.order_events", _cols(
         event_id=_req(STR, unique=True), order_id=_req(STR), event_type=_req(STR, pa.Check.isin(list(ORDER_EVENT_TYPES))),
         status=_req(STR, pa.Check.isin(list(ORDER_STATUSES))), event_ts=_req(UTC_TS), event_date=_req(DATE),
         **_lineage)),
-        keys=("event_id",), partition_by=("event_date",), mode="merge", latest_by="event_ts",
+        keys=("event_id",), partition_by=("event_date",), mode="merge", source="bronze.kafka.order_events", latest_by="event_ts",
         description="Kafka order events, one row per event_id."),
     TableSpec("silver", "fx_rates", _schema("silver.fx_rates", _cols(
         quote_currency=_req(STR, _ccy), rate_date=_req(DATE), rate=_req(F64, _pos), published_at=_req(UTC_TS),
         **_lineage), unique=("quote_currency", "rate_date")),
-        keys=("quote_currency", "rate_date"), mode="merge", latest_by="published_at",
+        keys=("quote_currency", "rate_date"), mode="merge", source="bronze.fx.rates", latest_by="published_at",
         description="Daily FX rates: units of quote_currency per 1 USD, latest publication per day."),
     TableSpec("silver", "customer_behaviour", _schema("silver.customer_behaviour", _cols(
         customer_id=_req(STR), activity_date=_req(DATE), sessions=_req(I64, _nonneg), page_views=_req(I64, _nonneg),
         add_to_cart=_req(I64, _nonneg), time_on_site_s=_req(I64, _nonneg), extracted_at=_req(UTC_TS), **_lineage),
         unique=("customer_id", "activity_date")),
-        keys=("customer_id", "activity_date"), partition_by=("activity_date",), mode="merge", latest_by="extracted_at",
+        keys=("customer_id", "activity_date"), partition_by=("activity_date",), mode="merge", source="bronze.redshift.customer_behaviour", latest_by="extracted_at",
         description="Daily behaviour per customer, latest extract per (customer_id, activity_date)."),
     TableSpec("silver", "accounts", _schema("silver.accounts", _cols(
         account_id=_req(STR, unique=True), account_name=_req(STR), domain=_opt(STR), industry=_opt(STR),
         owner_name=_opt(STR), country=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
-        keys=("account_id",), mode="merge", latest_by="updated_at", description="CRM companies, latest version per account_id."),
+        keys=("account_id",), mode="merge", source="bronze.crm.accounts", latest_by="updated_at", description="CRM companies, latest version per account_id."),
     TableSpec("silver", "contacts", _schema("silver.contacts", _cols(
         contact_id=_req(STR, unique=True), account_id=_opt(STR), first_name=_opt(STR), last_name=_opt(STR), **_pii,
         lifecycle_stage=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
-        keys=("contact_id",), mode="merge", latest_by="updated_at",
+        keys=("contact_id",), mode="merge", source="bronze.crm.contacts", latest_by="updated_at",
         description="CRM contacts, latest version per contact_id; e-mail and phone pseudonymised."),
     TableSpec("silver", "opportunities", _schema("silver.opportunities", _cols(
         opportunity_id=_req(STR, unique=True), account_id=_req(STR), opportunity_name=_opt(STR), stage=_req(STR),
         is_open=_req(BOOL), amount=_req(F64, _nonneg), currency=_req(STR, _ccy), amount_usd=_req(F64, _nonneg),
         close_date=_opt(DATE), owner_name=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
-        keys=("opportunity_id",), mode="merge", latest_by="updated_at",
+        keys=("opportunity_id",), mode="merge", source="bronze.crm.opportunities", latest_by="updated_at",
         description="CRM deals, latest version per opportunity_id, amount in USD at the rate of its last update."),
     TableSpec("silver", "customer_crm_links", _schema("silver.customer_crm_links", _cols(
         customer_id=_req(STR, unique=True), contact_id=_req(STR), account_id=_opt(STR), matched_on=_req(STR))),

@@ -1,0 +1,224 @@
+"""The laptop engine: Polars lazy frames, Delta tables through delta-rs (``deltalake``). No JVM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import narwhals as nw
+import polars as pl
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+from backends.expressions import record_digest, with_record_hash
+from backends.lake import Lake
+from backends.protocol import LandingRead, TableNotFoundError, WriteResult
+from contracts.catalog import QUARANTINE_COLUMNS, TableSpec
+from contracts.landing import LandingEntity
+
+_REJECT_SCHEMA = pa.schema([(c, pa.large_string()) for c in ("rule", "reason", "record", "record_hash", "source_file")])
+assert set(_REJECT_SCHEMA.names) <= set(QUARANTINE_COLUMNS)
+
+
+class PolarsDeltaEngine:
+    """Polars + delta-rs behind the engine protocol."""
+
+    name = "polars"
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+
+    # ------------------------------------------------------------------------------------------ frames
+    def from_arrow(self, table: pa.Table) -> nw.LazyFrame:
+        return nw.from_native(pl.from_arrow(table).lazy())  # type: ignore[union-attr]
+
+    def to_arrow(self, frame: nw.LazyFrame) -> pa.Table:
+        return frame.collect().to_arrow()
+
+    def count(self, frame: nw.LazyFrame) -> int:
+        return int(frame.select(nw.len()).collect().item())
+
+    def materialize(self, frame: nw.LazyFrame) -> nw.LazyFrame:
+        """Compute ``frame`` once so that counting and writing it do not compute it twice."""
+        return frame.collect().lazy()
+
+    # ----------------------------------------------------------------------------------- landing files
+    def read_landing(self, entity: LandingEntity, file: Path, *, label: str) -> LandingRead:
+        source_file = label
+        columns = entity.column_names
+        if entity.format == "jsonl":
+            raw, rejects = _read_jsonl(file, columns)
+        else:
+            raw = pl.read_csv(file, infer_schema=False) if entity.format == "csv" else pl.read_parquet(file)
+            missing = [c for c in columns if c not in raw.columns]
+            if missing:
+                return LandingRead(self._empty_text(columns), _reject_whole_file(raw, entity, file, missing, label))
+            rejects = []
+        rows = raw.select([pl.col(c).cast(pl.Utf8) for c in columns]).with_columns(_source_file=pl.lit(source_file))
+        hashed = with_record_hash(nw.from_native(rows.lazy()), columns)
+        reject_table = pa.Table.from_pylist(
+            [{**r, "source_file": source_file} for r in rejects], schema=_REJECT_SCHEMA
+        )
+        return LandingRead(hashed, reject_table)
+
+    @staticmethod
+    def _empty_text(columns: list[str]) -> nw.LazyFrame:
+        schema = {c: pl.Utf8 for c in (*columns, "_source_file", "_record_hash")}
+        return nw.from_native(pl.LazyFrame(schema=schema))
+
+    # ------------------------------------------------------------------------------------ Delta tables
+    def exists(self, spec: TableSpec) -> bool:
+        return self._table(spec) is not None
+
+    def scan(self, spec: TableSpec, *, version: int | None = None) -> nw.LazyFrame:
+        """The table as a lazy frame; an empty frame with the declared schema if it was never written."""
+        uri = self.lake.uri(spec)
+        if self._table(spec) is None:
+            if version is not None:
+                msg = f"expected table {spec.name!r} to exist at {uri} to read version {version}; it was never written"
+                raise TableNotFoundError(msg)
+            return nw.from_native(pl.LazyFrame(schema=spec.polars_schema))
+        try:
+            lf = pl.scan_delta(uri, version=version, storage_options=self.lake.storage_options or None)
+        except Exception as exc:  # delta-rs reports a missing version as a generic error
+            msg = f"expected an existing version of {spec.name!r}, got version={version!r}: {exc}"
+            raise TableNotFoundError(msg) from exc
+        return nw.from_native(lf.select(spec.columns))
+
+    def append(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
+        data = self._arrow(spec, frame)
+        if data.num_rows == 0 and self.exists(spec):
+            return WriteResult(spec.name, self._version(spec), 0)
+        return self._write(spec, data, mode="append")
+
+    def overwrite(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
+        return self._write(spec, self._arrow(spec, frame), mode="overwrite")
+
+    def overwrite_partitions(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
+        """Replace exactly the partitions present in ``frame``; other partitions stay as they are."""
+        if not spec.partition_by:
+            msg = f"expected a partitioned table for overwrite_partitions, got {spec.name!r} (no partition columns)"
+            raise ValueError(msg)
+        data = self._arrow(spec, frame)
+        if not self.exists(spec):
+            return self._write(spec, data, mode="overwrite")
+        if data.num_rows == 0:
+            return WriteResult(spec.name, self._version(spec), 0)
+        predicate = _partition_predicate(pl.from_arrow(data), spec.partition_by)  # type: ignore[arg-type]
+        return self._write(spec, data, mode="overwrite", predicate=predicate)
+
+    def merge(self, spec: TableSpec, frame: nw.LazyFrame, *, insert_only: bool = False) -> WriteResult:
+        """Upsert by ``spec.keys``: the row with the larger ``spec.latest_by`` (then ``_record_hash``) wins.
+
+        The source must hold one row per key (the caller deduplicates). With ``insert_only`` existing keys are
+        left alone. Partition values of the source are added to the join predicate so delta-rs prunes files.
+        """
+        if not spec.keys:
+            msg = f"expected business keys to merge {spec.name!r}; declare keys in contracts/catalog.py"
+            raise ValueError(msg)
+        data = self._arrow(spec, frame)
+        dt = self._table(spec)
+        if dt is None:
+            return self._write(spec, data, mode="overwrite")
+        if data.num_rows == 0:
+            return WriteResult(spec.name, dt.version(), 0)
+        on = [f"t.{k} = s.{k}" for k in spec.keys]
+        if spec.partition_by:
+            on.append(_partition_predicate(pl.from_arrow(data), spec.partition_by, alias="t"))  # type: ignore[arg-type]
+        merger = dt.merge(data, predicate=" AND ".join(on), source_alias="s", target_alias="t",
+                          error_on_type_mismatch=False)
+        if not insert_only:
+            newer = None
+            if spec.latest_by:
+                lb = spec.latest_by
+                newer = f"s.{lb} > t.{lb} OR (s.{lb} = t.{lb} AND s._record_hash > t._record_hash)"
+            merger = merger.when_matched_update_all(predicate=newer)
+        metrics = merger.when_not_matched_insert_all().execute()
+        written = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
+        return WriteResult(spec.name, self._version(spec), written)
+
+    def version(self, spec: TableSpec) -> int | None:
+        dt = self._table(spec)
+        return None if dt is None else dt.version()
+
+    def history(self, spec: TableSpec, *, limit: int = 10) -> list[dict[str, Any]]:
+        dt = self._table(spec)
+        return [] if dt is None else dt.history(limit)
+
+    # -------------------------------------------------------------------------------------- internals
+    def _table(self, spec: TableSpec) -> DeltaTable | None:
+        try:
+            return DeltaTable(self.lake.uri(spec), storage_options=self.lake.storage_options or None)
+        except DeltaTableNotFound:
+            return None
+
+    def _version(self, spec: TableSpec) -> int:
+        dt = self._table(spec)
+        assert dt is not None
+        return dt.version()
+
+    def _arrow(self, spec: TableSpec, frame: nw.LazyFrame) -> pa.Table:
+        df = frame.select(spec.columns).collect().to_native()
+        return df.cast(spec.polars_schema).to_arrow().cast(spec.arrow_schema)  # type: ignore[arg-type]
+
+    def _write(self, spec: TableSpec, data: pa.Table, *, mode: str, predicate: str | None = None) -> WriteResult:
+        self.lake.prepare(spec)
+        write_deltalake(
+            self.lake.uri(spec), data, mode=mode, partition_by=list(spec.partition_by) or None,  # type: ignore[arg-type]
+            predicate=predicate, storage_options=self.lake.storage_options or None,
+            configuration=self.lake.table_configuration,
+        )
+        return WriteResult(spec.name, self._version(spec), data.num_rows)
+
+
+def _partition_predicate(df: pl.DataFrame, columns: tuple[str, ...], alias: str | None = None) -> str:
+    """A SQL predicate matching exactly the partition values present in ``df``."""
+    prefix = f"{alias}." if alias else ""
+    parts = []
+    for col in columns:
+        values = df.get_column(col).unique().sort().to_list()
+        literals = ", ".join("NULL" if v is None else f"'{v}'" for v in values)
+        parts.append(f"{prefix}{col} IN ({literals})")
+    return " AND ".join(parts)
+
+
+def _read_jsonl(file: Path, columns: list[str]) -> tuple[pl.DataFrame, list[dict[str, str]]]:
+    """JSON lines as text columns; lines that are not a JSON object become rejects (with the raw line)."""
+    lines = pl.read_csv(file, has_header=False, separator="\x01", quote_char=None, schema={"_line": pl.Utf8})
+    lines = lines.filter(pl.col("_line").str.strip_chars() != "")
+    extracted = lines.with_columns(pl.col("_line").str.json_path_match(f"$.{c}").alias(c) for c in columns)
+    suspect = extracted.filter(pl.all_horizontal(pl.col(c).is_null() for c in columns))
+    bad: list[str] = []
+    for line in suspect.get_column("_line").to_list():
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            bad.append(line)
+    rejects = [
+        {"rule": "parse.malformed_json", "reason": "expected one JSON object per line, got text that does not parse",
+         "record": line, "record_hash": record_digest([line])}
+        for line in bad
+    ]
+    good = extracted.filter(~pl.col("_line").is_in(bad)) if bad else extracted
+    return good.drop("_line"), rejects
+
+
+def _reject_whole_file(
+    raw: pl.DataFrame, entity: LandingEntity, file: Path, missing: list[str], label: str
+) -> pa.Table:
+    """A file missing declared columns is not ingested: every record goes to quarantine, naming the columns."""
+    reason = (
+        f"expected column(s) {missing} in {file.name} ({entity.name}), got columns {raw.columns}; "
+        "fix the export or the column names and replay the file"
+    )
+    text = raw.select(pl.all().cast(pl.Utf8))
+    records = [json.dumps(r, ensure_ascii=False) for r in text.iter_rows(named=True)]
+    return pa.Table.from_pylist(
+        [{"rule": "schema.missing_column", "reason": reason, "record": rec, "record_hash": record_digest([rec]),
+          "source_file": label} for rec in records],
+        schema=_REJECT_SCHEMA,
+    )

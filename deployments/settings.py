@@ -1,0 +1,97 @@
+"""The one settings model. Values come from, highest first: explicit overrides (CLI flags, flow parameters),
+environment variables ``LAKEHOUSE_<FIELD>`` (nested with ``__``, e.g. ``LAKEHOUSE_SNOWFLAKE__HOST``), the
+environment's file ``deployments/<env>.toml``, then the defaults below. Nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from backends.lake import Lake
+
+DEPLOYMENTS_DIR = Path(__file__).resolve().parent
+ENV_VAR = "LAKEHOUSE_ENV"
+
+
+class SettingsError(ValueError):
+    """Settings are missing or invalid; the message names the field, what was expected and where to fix it."""
+
+
+class SnowflakeSettings(BaseModel):
+    """Where gold is published (used by the Snowflake publish; not needed by the daily flow on a laptop)."""
+
+    model_config = {"extra": "forbid"}
+    account: str = Field("", description="Snowflake account identifier")
+    user: str = Field("", description="login name")
+    host: str | None = Field(None, description="endpoint host; None means <account>.snowflakecomputing.com")
+    port: int = Field(443, ge=1, le=65535, description="endpoint port")
+    protocol: Literal["https", "http"] = Field("https", description="http only for a local test server")
+    database: str = Field("ANALYTICS", description="target database")
+    schema_: str = Field("GOLD", alias="schema", description="target schema")
+    warehouse: str = Field("", description="virtual warehouse")
+    role: str = Field("", description="role to assume")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LAKEHOUSE_", env_nested_delimiter="__", extra="forbid", validate_default=True,
+        populate_by_name=True,
+    )
+
+    env: str = Field("local", description="environment name: selects deployments/<env>.toml")
+    backend: Literal["polars"] = Field("polars", description="engine that runs the tasks")
+    lake_root: str = Field("./lake", min_length=1, description="lake folder or s3://bucket/prefix")
+    landing_root: str = Field("./landing", min_length=1, description="folder of landing files (see README)")
+    hmac_key: SecretStr = Field(
+        ..., min_length=16, description="key for pseudonymising e-mail and phone (HMAC-SHA256); never logged"
+    )
+    fx_window_days: int = Field(
+        4, ge=0, le=31, description="how many days an FX rate may be older than the order it converts"
+    )
+    snowflake: SnowflakeSettings = Field(default_factory=SnowflakeSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def lake(self) -> Lake:
+        return Lake(self.lake_root)
+
+
+def available_envs() -> list[str]:
+    return sorted(p.stem for p in DEPLOYMENTS_DIR.glob("*.toml"))
+
+
+def load_settings(env: str | None = None, **overrides: Any) -> Settings:
+    """Settings for ``env`` (default: $LAKEHOUSE_ENV, else ``local``), with ``overrides`` on top (None is ignored)."""
+    env = env or os.environ.get(ENV_VAR) or "local"
+    if not (DEPLOYMENTS_DIR / f"{env}.toml").is_file():
+        msg = f"expected an environment among {available_envs()}, got {env!r}; add deployments/{env}.toml or use --env local"
+        raise SettingsError(msg)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    per_env = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": DEPLOYMENTS_DIR / f"{env}.toml"}})
+    try:
+        return per_env(env=env, **given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            if "hmac" not in str(e["loc"]) else f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors()
+        )
+        msg = f"invalid settings for env {env!r}: {problems}; fix deployments/{env}.toml or the LAKEHOUSE_* variables"
+        raise SettingsError(msg) from None
+
+
+@lru_cache(maxsize=16)
+def cached_settings(env: str, overrides: tuple[tuple[str, Any], ...]) -> Settings:
+    return load_settings(env, **dict(overrides))

@@ -1,0 +1,229 @@
+"""``lakehouse``: generate sample data, run the daily flow, look at tables."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="Project A lakehouse: the daily pipeline on a laptop (Polars + delta-rs).",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+EnvOpt = Annotated[str | None, typer.Option("--env", help="environment: deployments/<env>.toml (default local)")]
+LakeOpt = Annotated[str | None, typer.Option("--lake-root", help="lake folder or s3://bucket/prefix")]
+LandingOpt = Annotated[str | None, typer.Option("--landing", help="landing folder")]
+BackendOpt = Annotated[str | None, typer.Option("--backend", help="engine: polars")]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _parse_date(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        _fail(f"expected {option} as YYYY-MM-DD (e.g. 2026-11-01), got {value!r}")
+        raise  # unreachable
+
+
+def _settings(env: str | None, **overrides: Any):
+    from deployments.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(env, **overrides)
+    except SettingsError as exc:
+        _fail(str(exc))
+        raise
+
+
+@app.command()
+def generate(
+    days: Annotated[int, typer.Option(min=1, max=366, help="number of days of data")] = 7,
+    scale: Annotated[float, typer.Option(min=0.001, max=100.0, help="1 ≈ 100k orders, 10k customers")] = 1.0,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same files")] = 42,
+    start: Annotated[str, typer.Option(help="first day, YYYY-MM-DD")] = "2026-11-01",
+    out: Annotated[Path, typer.Option(help="landing folder to write")] = Path("./landing"),
+) -> None:
+    """Write deterministic sample landing files for all five sources (with documented dirt)."""
+    _generate(days=days, scale=scale, seed=seed, start=_parse_date(start, "--start"), out=out)
+
+
+def _generate(*, days: int, scale: float, seed: int, start: date, out: Path) -> None:
+    from tasks.sample_data import generate as generate_files
+
+    with _progress() as progress:
+        bar = progress.add_task("generating", total=None)
+
+        def report(step: str, done: int, total: int) -> None:
+            progress.update(bar, description=f"generating {step}", completed=done, total=total)
+
+        result = generate_files(out, days=days, scale=scale, seed=seed, start=start, progress=report)
+    console.print(f"wrote {len(result.files)} files for {days} day(s) from {start} into [bold]{out.resolve()}[/]")
+
+
+@app.command()
+def run(
+    run_date: Annotated[str, typer.Option("--date", help="run date, YYYY-MM-DD")],
+    backend: BackendOpt = None,
+    env: EnvOpt = None,
+    lake_root: LakeOpt = None,
+    landing: LandingOpt = None,
+) -> None:
+    """Run the daily flow (bronze → silver → gold) for one date."""
+    day = _parse_date(run_date, "--date")
+    _run_days([day], env=env, backend=backend, lake_root=lake_root, landing=landing)
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(min=1, max=31)] = 3,
+    scale: Annotated[float, typer.Option(min=0.001, max=100.0)] = 1.0,
+    start: Annotated[str, typer.Option(help="first day, YYYY-MM-DD")] = "2026-11-01",
+    seed: int = 42,
+) -> None:
+    """Generate sample data, run the daily flow for each day, and print what landed where."""
+    first = _parse_date(start, "--start")
+    settings = _settings(None)
+    _generate(days=days, scale=scale, seed=seed, start=first, out=Path(settings.landing_root))
+    _run_days([first + timedelta(days=i) for i in range(days)], env=None, backend=None, lake_root=None, landing=None)
+    tables(env=None, lake_root=None)
+    _quarantine_by_rule(settings)
+    home = os.environ.get("PREFECT_HOME", str(Path.home() / ".prefect"))
+    console.print(f"\nlake: [bold]{Path(settings.lake_root).resolve()}[/]   landing: [bold]{Path(settings.landing_root).resolve()}[/]")
+    console.print(
+        "Prefect runs are stored in "
+        f"[bold]{home}[/]. To browse them: [bold]PREFECT_HOME={home} .venv/bin/prefect server start[/] "
+        "then open http://127.0.0.1:4200 (flow 'daily-lakehouse', artifact 'daily-lakehouse-summary')."
+    )
+
+
+def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_root: str | None,
+              landing: str | None) -> None:
+    settings = _settings(env, backend=backend, lake_root=lake_root, landing_root=landing)
+    from backends.lake import LakeNotWritableError
+    from flows.context import LandingNotFoundError
+
+    try:
+        settings.lake().check_writable()
+    except LakeNotWritableError as exc:
+        _fail(str(exc))
+    if not Path(settings.landing_root).is_dir():
+        _fail(f"expected a landing folder at {str(Path(settings.landing_root).resolve())!r}, it does not exist; "
+              "run 'lakehouse generate --out <folder>' or pass --landing <folder>")
+    from flows.daily import daily_lakehouse
+
+    for i, day in enumerate(days, 1):
+        console.rule(f"[bold]daily-lakehouse {day}[/] ({i}/{len(days)})")
+        started = datetime.now()
+        try:
+            summaries = daily_lakehouse(run_date=day, env=settings.env, backend=backend, lake_root=lake_root,
+                                        landing_root=landing)
+        except (LakeNotWritableError, LandingNotFoundError) as exc:
+            _fail(str(exc))
+            raise
+        _print_summaries(day, summaries, (datetime.now() - started).total_seconds())
+
+
+def _print_summaries(day: date, summaries: list[dict[str, Any]], seconds: float) -> None:
+    t = Table(title=f"run {day}: {seconds:.1f} s", show_lines=False)
+    for col in ("stage", "table", "rows in", "accepted", "quarantined", "written", "version"):
+        t.add_column(col, justify="right" if col not in ("stage", "table") else "left")
+    for s in summaries:
+        t.add_row(s["stage"], s["table"], str(s.get("rows_in", "")), str(s.get("accepted", "")),
+                  str(s.get("quarantined", "")), str(s.get("rows_written", "")), str(s.get("version", "")))
+    console.print(t)
+
+
+@app.command()
+def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
+    """Every table: layer, rows, Delta version, last write."""
+    from contracts.catalog import TABLES
+
+    settings = _settings(env, lake_root=lake_root)
+    from backends import get_backend
+
+    engine = get_backend(settings.backend, settings.lake())
+    t = Table(title=f"tables in {settings.lake_root}")
+    for col in ("layer", "table", "rows", "version", "last write"):
+        t.add_column(col, justify="right" if col in ("rows", "version") else "left")
+    for spec in TABLES.values():
+        version = engine.version(spec)
+        if version is None:
+            t.add_row(spec.layer, spec.name, "-", "-", "never written")
+            continue
+        last = engine.history(spec, limit=1)
+        when = ""
+        if last:
+            ts = last[0].get("timestamp")
+            when = datetime.fromtimestamp(ts / 1000).isoformat(timespec="seconds") if ts else ""
+            when = f"{when} {last[0].get('operation', '')}".strip()
+        t.add_row(spec.layer, spec.name, f"{engine.count(engine.scan(spec)):,}", str(version), when)
+    console.print(t)
+
+
+def _quarantine_by_rule(settings) -> None:
+    from backends import get_backend
+    from contracts.catalog import tables as all_tables
+
+    engine = get_backend(settings.backend, settings.lake())
+    counts: Counter[tuple[str, str]] = Counter()
+    for spec in all_tables("quarantine"):
+        if engine.exists(spec):
+            for rule in engine.to_arrow(engine.scan(spec).select("rule")).column("rule").to_pylist():
+                counts[(spec.name, rule)] += 1
+    t = Table(title="quarantined rows by rule")
+    t.add_column("quarantine table")
+    t.add_column("rule")
+    t.add_column("rows", justify="right")
+    for (name, rule), n in sorted(counts.items()):
+        t.add_row(name, rule, f"{n:,}")
+    console.print(t)
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="table name, e.g. gold.fact_orders")],
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 10,
+    env: EnvOpt = None,
+    lake_root: LakeOpt = None,
+) -> None:
+    """Print the first rows of a table."""
+    from backends import get_backend
+    from contracts.catalog import table
+
+    try:
+        spec = table(name)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+        raise
+    settings = _settings(env, lake_root=lake_root)
+    engine = get_backend(settings.backend, settings.lake())
+    if not engine.exists(spec):
+        _fail(f"expected table {name!r} to exist under {settings.lake_root!r}; it was never written: run 'lakehouse run --date D' first")
+    data = engine.to_arrow(engine.scan(spec).head(limit))
+    t = Table(title=f"{name} (first {data.num_rows} rows, version {engine.version(spec)})")
+    for col in data.column_names:
+        t.add_column(col)
+    for row in data.to_pylist():
+        t.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(t)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,45 @@
+"""What every task of a run needs to find its data: the environment, the run date and run id.
+
+Only names and overrides travel between flow and tasks (never frames, never secrets): each task rebuilds its
+settings and engine from them, so a task runs the same in-process, on a worker, or on a cluster driver.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backends import Engine, get_backend
+from deployments.settings import Settings, cached_settings
+
+
+class LandingNotFoundError(FileNotFoundError):
+    """The landing folder does not exist."""
+
+
+class RunContext(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    env: str = "local"
+    run_date: date
+    run_id: str
+    started_at: datetime
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    def settings(self) -> Settings:
+        return cached_settings(self.env, tuple(sorted(self.overrides.items())))
+
+    def engine(self) -> Engine:
+        settings = self.settings()
+        return get_backend(settings.backend, settings.lake())
+
+    def landing_dir(self) -> Path:
+        root = Path(self.settings().landing_root).resolve()
+        if not root.is_dir():
+            msg = (f"expected a landing folder at {str(root)!r}, it does not exist; run "
+                   "'lakehouse generate --out <folder>' or pass --landing <folder>")
+            raise LandingNotFoundError(msg)
+        return root

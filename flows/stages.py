@@ -1,0 +1,148 @@
+"""The Prefect tasks of the daily flow: one per table per stage. Each reads through the engine, calls the
+backend-agnostic transforms in ``tasks/``, writes through the engine, and returns a small summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import narwhals as nw
+import pyarrow as pa
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from backends import Engine
+from contracts.catalog import TableSpec, bronze_for, quarantine_for, table
+from contracts.landing import landing_entity
+from flows.context import RunContext
+from tasks import bronze, gold, silver
+
+# I/O can fail transiently (object stores, file systems under load): retry with backoff.
+IO_RETRIES = dict(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5)
+
+
+class AccountingError(RuntimeError):
+    """A stage lost or invented rows: input rows != accepted + quarantined."""
+
+
+def _summary(stage: str, spec: TableSpec, **figures: Any) -> dict[str, Any]:
+    return {"stage": stage, "table": spec.name, **figures}
+
+
+def _quarantine(engine: Engine, spec: TableSpec, rejected: nw.LazyFrame, ctx: RunContext) -> tuple[int, dict[str, int]]:
+    """Write rejected rows (rule, reason, record, record_hash, source_file) to ``spec``'s quarantine table."""
+    data = engine.to_arrow(rejected.select("rule"))
+    if data.num_rows == 0:
+        return 0, {}
+    qspec = quarantine_for(spec)
+    stamped = rejected.with_columns(
+        nw.lit(ctx.run_id).alias("run_id"), nw.lit(ctx.run_date).cast(nw.Date()).alias("run_date")
+    )
+    engine.merge(qspec, stamped, insert_only=True)
+    return data.num_rows, dict(Counter(data.column("rule").to_pylist()))
+
+
+@task(name="bronze", task_run_name="bronze-{entity_name}", cache_policy=NO_CACHE, **IO_RETRIES)
+def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
+    """Append the run date's new landing files of one entity to its bronze table."""
+    entity = landing_entity(entity_name)
+    spec = bronze_for(entity)
+    engine = ctx.engine()
+    root = ctx.landing_dir()
+    folder = root / entity.source / entity.entity / ctx.run_date.isoformat()
+    files = sorted(p for p in folder.glob(f"*{entity.suffix}") if p.is_file()) if folder.is_dir() else []
+    done = set(engine.to_arrow(bronze.ingested_files(engine.scan(spec))).column("_source_file").to_pylist())
+    new = [(f, f.relative_to(root).as_posix()) for f in files]
+    new = [(f, label) for f, label in new if label not in done]
+    reads = [engine.read_landing(entity, f, label=label) for f, label in new]
+    rejects = pa.concat_tables([r.rejects for r in reads]) if reads else None
+    quarantined, rules = (0, {})
+    if rejects is not None and rejects.num_rows:
+        quarantined, rules = _quarantine(engine, spec, engine.from_arrow(rejects), ctx)
+    rows = 0
+    version = engine.version(spec)
+    if reads:
+        frame = nw.concat([r.rows for r in reads], how="vertical")
+        stamped = engine.materialize(
+            bronze.with_lineage(frame, run_id=ctx.run_id, ingested_at=ctx.started_at, ingest_date=ctx.run_date)
+        )
+        result = engine.append(spec, stamped)
+        rows, version = result.rows, result.version
+    if not files:
+        get_run_logger().warning("no landing files for %s on %s under %s", entity.name, ctx.run_date, folder)
+    return _summary("bronze", spec, files=len(files), new_files=len(new), rows_in=rows + quarantined,
+                    accepted=rows, quarantined=quarantined, rules=rules, rows_written=rows, version=version)
+
+
+@task(name="silver", task_run_name="silver-{table_name}", cache_policy=NO_CACHE, **IO_RETRIES)
+def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
+    """Conform the run date's bronze batch into a silver table: quarantine, dedupe latest, merge by key."""
+    spec = table(table_name)
+    engine = ctx.engine()
+    settings = ctx.settings()
+    source = table(spec.source or "")
+    batch = engine.materialize(bronze.batch_for(engine.scan(source), ctx.run_date))
+    refs = {name: engine.scan(table(name)) for name in silver.REFS_NEEDED.get(spec.name, ())}
+    result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.hmac_key.get_secret_value().encode(),
+                            fx_window_days=settings.fx_window_days)
+    valid = engine.materialize(result.valid)
+    rows_in, accepted = engine.count(batch), engine.count(valid)
+    quarantined, rules = _quarantine(engine, spec, result.quarantined, ctx)
+    if rows_in != accepted + quarantined:
+        msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
+        raise AccountingError(msg)
+    written = engine.merge(spec, silver.latest_per_key(valid, spec))
+    return _summary("silver", spec, rows_in=rows_in, accepted=accepted, quarantined=quarantined, rules=rules,
+                    rows_written=written.rows, version=written.version)
+
+
+@task(name="silver-links", cache_policy=NO_CACHE, **IO_RETRIES)
+def link_crm(ctx: RunContext) -> dict[str, Any]:
+    """Match customers to CRM contacts (and their accounts)."""
+    spec = table("silver.customer_crm_links")
+    engine = ctx.engine()
+    links = silver.link_customers_to_crm(engine.scan(table("silver.customers")), engine.scan(table("silver.contacts")))
+    written = engine.overwrite(spec, links)
+    return _summary("silver", spec, rows_written=written.rows, version=written.version)
+
+
+@task(name="gold", task_run_name="gold-{table_name}", cache_policy=NO_CACHE, **IO_RETRIES)
+def build_gold(ctx: RunContext, table_name: str) -> dict[str, Any]:
+    """Rebuild one gold table from silver (and, for marts, from gold.fact_orders)."""
+    spec = table(table_name)
+    engine = ctx.engine()
+
+    def s(name: str) -> nw.LazyFrame:
+        return engine.scan(table(name))
+
+    builders = {
+        "gold.fact_orders": lambda: gold.build_fact_orders(s("silver.orders"), s("silver.order_events")),
+        "gold.dim_customer": lambda: gold.build_dim_customer(s("silver.customers"), s("silver.customer_crm_links")),
+        "gold.dim_product": lambda: gold.build_dim_product(s("silver.products")),
+        "gold.dim_date": lambda: gold.build_dim_date(_calendar(engine, s("gold.fact_orders"))),
+        "gold.customer_360": lambda: gold.build_customer_360(
+            s("gold.fact_orders"), s("silver.customers"), s("silver.customer_crm_links"), s("silver.accounts"),
+            s("silver.opportunities"), s("silver.customer_behaviour")),
+        "gold.product_performance": lambda: gold.build_product_performance(s("gold.fact_orders")),
+        "gold.customer_segments": lambda: gold.build_customer_segments(s("gold.fact_orders")),
+    }
+    written = engine.overwrite(spec, builders[spec.name]())
+    return _summary("gold", spec, rows_written=written.rows, version=written.version)
+
+
+GOLD_ORDER = ("gold.fact_orders", "gold.dim_customer", "gold.dim_product", "gold.dim_date", "gold.customer_360",
+              "gold.product_performance", "gold.customer_segments")
+# Silver tables whose conform step reads other silver tables come after them.
+SILVER_ORDER = ("silver.fx_rates", "silver.customers", "silver.products", "silver.accounts", "silver.contacts",
+                "silver.customer_behaviour", "silver.order_events", "silver.orders", "silver.opportunities")
+
+
+def _calendar(engine: Engine, fact: nw.LazyFrame) -> nw.LazyFrame:
+    """Every day from the first to the last order date (empty when there are no orders)."""
+    bounds = engine.to_arrow(fact.select(nw.col("order_date").min().alias("lo"), nw.col("order_date").max().alias("hi")))
+    lo, hi = bounds.column("lo")[0].as_py(), bounds.column("hi")[0].as_py()
+    days = [] if lo is None else [lo + timedelta(days=i) for i in range((hi - lo).days + 1)]
+    return engine.from_arrow(pa.table({"date": pa.array(days, pa.date32())}))
+

@@ -1,0 +1,144 @@
+"""The engine protocol on every engine: Delta writes, time travel, history, landing reads."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timezone
+
+import narwhals as nw
+import polars as pl
+import pytest
+
+from backends import EngineError, Lake, TableNotFoundError, get_backend
+from backends.expressions import record_digest
+from backends.lake import LakeNotWritableError
+from contracts.catalog import table
+from contracts.landing import landing_entity
+
+ENGINES = ["polars"]
+PRODUCTS = table("silver.products")
+PERF = table("gold.product_performance")
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request, tmp_path):
+    return get_backend(request.param, Lake(str(tmp_path / "lake")))
+
+
+def ts(hour: int) -> datetime:
+    return datetime(2026, 11, 1, hour, tzinfo=timezone.utc)
+
+
+def products(*rows) -> nw.LazyFrame:
+    return nw.from_native(pl.LazyFrame(
+        [(pid, "sku", name, None, 1.0, ts(h), "f", rh) for pid, name, h, rh in rows],
+        schema=PRODUCTS.polars_schema, orient="row"))
+
+
+def test_scan_of_unwritten_table_is_empty_with_declared_schema(engine):
+    frame = engine.scan(PRODUCTS)
+    assert frame.collect_schema().names() == PRODUCTS.columns
+    assert engine.count(frame) == 0
+    assert engine.version(PRODUCTS) is None
+    with pytest.raises(TableNotFoundError, match="never written"):
+        engine.scan(PRODUCTS, version=0)
+
+
+def test_merge_latest_wins_and_time_travel(engine):
+    first = engine.merge(PRODUCTS, products(("p1", "a", 1, "h1"), ("p2", "b", 1, "h2")))
+    assert (first.version, first.rows) == (0, 2)
+    # p1 newer → updated; p2 older → kept; p3 new → inserted
+    engine.merge(PRODUCTS, products(("p1", "a2", 2, "h3"), ("p2", "old", 0, "h0"), ("p3", "c", 1, "h4")))
+    names = {r["product_id"]: r["product_name"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()}
+    assert names == {"p1": "a2", "p2": "b", "p3": "c"}
+    # same updated_at: the larger record hash wins, whatever the arrival order
+    engine.merge(PRODUCTS, products(("p3", "c-tie", 1, "h9")))
+    assert engine.merge(PRODUCTS, products(("p3", "c-lower", 1, "h0"))).rows == 0
+    assert engine.version(PRODUCTS) == 2  # a merge that changes nothing commits nothing
+    names = {r["product_id"]: r["product_name"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()}
+    assert names["p3"] == "c-tie"
+    v0 = {r["product_id"]: r["product_name"] for r in engine.to_arrow(engine.scan(PRODUCTS, version=0)).to_pylist()}
+    assert v0 == {"p1": "a", "p2": "b"}
+    assert len(engine.history(PRODUCTS, limit=10)) == 3
+    with pytest.raises(TableNotFoundError):
+        engine.scan(PRODUCTS, version=99).collect()
+
+
+def test_merge_insert_only_keeps_existing_rows(engine):
+    engine.merge(PRODUCTS, products(("p1", "a", 1, "h1")))
+    engine.merge(PRODUCTS, products(("p1", "changed", 5, "h5"), ("p2", "b", 1, "h2")), insert_only=True)
+    names = {r["product_id"]: r["product_name"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()}
+    assert names == {"p1": "a", "p2": "b"}
+
+
+def perf(*rows) -> nw.LazyFrame:
+    return nw.from_native(pl.LazyFrame(
+        [(d, p, n, n, float(n), 1, 0, 0.0) for d, p, n in rows], schema=PERF.polars_schema, orient="row"))
+
+
+def test_append_overwrite_and_partition_overwrite(engine):
+    d1, d2 = date(2026, 11, 1), date(2026, 11, 2)
+    engine.append(PERF, perf((d1, "p1", 1), (d2, "p1", 2)))
+    engine.append(PERF, perf((d2, "p2", 3)))
+    assert engine.count(engine.scan(PERF)) == 3
+    engine.overwrite_partitions(PERF, perf((d2, "p9", 9)))
+    got = sorted((r["order_date"], r["product_id"]) for r in engine.to_arrow(engine.scan(PERF)).to_pylist())
+    assert got == [(d1, "p1"), (d2, "p9")]
+    engine.overwrite(PERF, perf((d1, "only", 1)))
+    assert [r["product_id"] for r in engine.to_arrow(engine.scan(PERF)).to_pylist()] == ["only"]
+    before = engine.version(PERF)
+    assert engine.append(PERF, perf()).rows == 0 and engine.version(PERF) == before
+
+
+def test_read_landing_csv_parquet_and_missing_column(engine, tmp_path):
+    accounts = landing_entity("crm.accounts")
+    csv = tmp_path / "accounts.csv"
+    pl.DataFrame({c: [f"{c}-1", None] for c in accounts.column_names}).write_csv(csv)
+    read = engine.read_landing(accounts, csv, label="crm/accounts/2026-11-01/accounts.csv")
+    rows = engine.to_arrow(read.rows).to_pylist()
+    assert [r["account_id"] for r in rows] == ["account_id-1", None]
+    assert rows[0]["_source_file"] == "crm/accounts/2026-11-01/accounts.csv"
+    assert rows[0]["_record_hash"] == record_digest([f"{c}-1" for c in accounts.column_names])
+    assert read.rejects.num_rows == 0
+
+    renamed = tmp_path / "renamed.csv"
+    pl.DataFrame({c if c != "domain" else "web_domain": ["x"] for c in accounts.column_names}).write_csv(renamed)
+    bad = engine.read_landing(accounts, renamed, label="renamed.csv")
+    assert engine.count(bad.rows) == 0
+    reject = bad.rejects.to_pylist()[0]
+    assert reject["rule"] == "schema.missing_column" and "domain" in reject["reason"]
+    assert json.loads(reject["record"])["web_domain"] == "x"
+
+    customers = landing_entity("snowflake.customers")
+    pq = tmp_path / "customers.parquet"
+    pl.DataFrame({c: ["v"] for c in customers.column_names}).write_parquet(pq)
+    assert engine.to_arrow(engine.read_landing(customers, pq, label="c").rows).to_pylist()[0]["email"] == "v"
+
+
+def test_read_landing_jsonl_quarantines_malformed_lines(engine, tmp_path):
+    fx = landing_entity("fx.rates")
+    good = {"rate_date": "2026-11-02", "base_currency": "USD", "quote_currency": "EUR", "rate": 0.92,
+            "published_at": "2026-11-02T16:00:00Z"}
+    f = tmp_path / "rates.jsonl"
+    f.write_text(json.dumps(good) + "\n" + '{"rate_date": "2026-11-0\n' + "not json\n\n" + "{}\n")
+    read = engine.read_landing(fx, f, label="fx/rates/2026-11-02/rates.jsonl")
+    rows = engine.to_arrow(read.rows).to_pylist()
+    assert [r["rate"] for r in rows] == ["0.92", None]  # the valid '{}' line is kept for silver to judge
+    assert sorted(read.rejects.column("record").to_pylist()) == sorted(['{"rate_date": "2026-11-0', "not json"])
+    assert set(read.rejects.column("rule").to_pylist()) == {"parse.malformed_json"}
+
+
+def test_unknown_backend_and_unwritable_lake(tmp_path):
+    with pytest.raises(EngineError, match="expected a backend among"):
+        get_backend("duckdb", Lake(str(tmp_path)))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        lake = Lake(str(locked / "lake"))
+        if Lake(str(locked)).is_local and __import__("os").geteuid() == 0:
+            lake = Lake("/proc/lake")  # root ignores permissions; /proc cannot hold folders
+        with pytest.raises(LakeNotWritableError, match="expected a writable lake root"):
+            lake.check_writable()
+    finally:
+        locked.chmod(0o700)
