@@ -75,16 +75,16 @@ class PolarsDeltaEngine:
     def scan(self, spec: TableSpec, *, version: int | None = None) -> nw.LazyFrame:
         """The table as a lazy frame; an empty frame with the declared schema if it was never written."""
         uri = self.lake.uri(spec)
-        if self._table(spec) is None:
+        dt = self._table(spec)
+        if dt is None:
             if version is not None:
                 msg = f"expected table {spec.name!r} to exist at {uri} to read version {version}; it was never written"
                 raise TableNotFoundError(msg)
             return nw.from_native(pl.LazyFrame(schema=spec.polars_schema))
-        try:
-            lf = pl.scan_delta(uri, version=version, storage_options=self.lake.storage_options or None)
-        except Exception as exc:  # delta-rs reports a missing version as a generic error
-            msg = f"expected an existing version of {spec.name!r}, got version={version!r}: {exc}"
-            raise TableNotFoundError(msg) from exc
+        if version is not None and not 0 <= version <= dt.version():
+            msg = f"expected a version of {spec.name!r} between 0 and {dt.version()}, got {version!r}"
+            raise TableNotFoundError(msg)
+        lf = pl.scan_delta(uri, version=version, storage_options=self.lake.storage_options or None)
         return nw.from_native(lf.select(spec.columns))
 
     def append(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:

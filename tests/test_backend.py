@@ -61,7 +61,7 @@ def test_merge_latest_wins_and_time_travel(engine):
     assert v0 == {"p1": "a", "p2": "b"}
     assert len(engine.history(PRODUCTS, limit=10)) == 3
     with pytest.raises(TableNotFoundError):
-        engine.scan(PRODUCTS, version=99).collect()
+        engine.scan(PRODUCTS, version=99)
 
 
 def test_merge_insert_only_keeps_existing_rows(engine):
