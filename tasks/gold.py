@@ -199,9 +199,13 @@ def _epoch_day(col: str) -> nw.Expr:
 
 
 def _iso_weekday(col: str) -> nw.Expr:
+    return _iso_from_weekday(nw.col(col).dt.weekday())
+
+
+def _iso_from_weekday(weekday: nw.Expr) -> nw.Expr:
     # dt.weekday() is Monday=1..Sunday=7 on Polars but Sunday=0 on PySpark; (w + 6) % 7 + 1 maps both
     # 0 and 7 to 7 and leaves 1..6 alone, with non-negative operands (no negative-modulo semantics).
-    return (_int(nw.col(col).dt.weekday()) + 6) % 7 + 1
+    return (_int(weekday) + 6) % 7 + 1
 
 
 def _kept() -> nw.Expr:
