@@ -1,0 +1,227 @@
+"""Row-level rules of every silver table, declared once, as data.
+
+A rule is an id, a readable reason and a Narwhals predicate that is True when a row passes (a null
+result counts as a failure). ``tasks.silver.conform`` evaluates them in declared order on the parsed batch
+and quarantines each row under the FIRST rule it fails, so every bronze row ends up either valid or
+quarantined exactly once. The same predicates run on every engine, so both quarantine the same rows.
+
+Columns the predicates read (``tasks.silver`` computes them; the names are defined here):
+
+* ``<col>``: landing column ``col`` normalised: trimmed (ASCII whitespace), blank → null; e-mail
+  lower-cased; country and currency codes upper-cased; phone reduced to its digits. Typed columns are
+  parsed (integer → Int64, decimal → Float64, date → Date, timestamp → Datetime UTC); text that is blank
+  or does not parse becomes null.
+* ``_text_<col>`` (:func:`text_col`): for typed columns only, the trimmed text before parsing (null when
+  blank), so ``required.*`` can tell "missing" from ``type.invalid_*`` "present but unparseable".
+* ``_first_copy`` (:data:`FIRST_COPY`): True for the first row of each ``_record_hash`` in the batch,
+  ordered by ``_source_file`` then ``_ingested_at``.
+* ``_known_customer`` / ``_known_product``: True when ``customer_id`` / ``product_id`` is in the
+  silver.customers / silver.products reference frame, null otherwise.
+* ``fx_rate``: units of the row's currency per 1 USD as of the row's date (1.0 for USD), null when no
+  rate lies in the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import narwhals as nw
+
+from contracts.landing import (
+    ACCOUNTS,
+    BEHAVIOUR,
+    CONTACTS,
+    CUSTOMERS,
+    DEAL_STAGES,
+    FX_RATES,
+    KNOWN_CURRENCIES,
+    OPPORTUNITIES,
+    ORDER_EVENT_TYPES,
+    ORDER_EVENTS,
+    ORDER_STATUSES,
+    ORDERS,
+    PRODUCTS,
+    LandingColumn,
+    LandingEntity,
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row-level rule: ``ok()`` is True when a row passes; null counts as a failure."""
+
+    id: str
+    reason: str
+    ok: Callable[[], nw.Expr]
+
+
+FIRST_COPY = "_first_copy"
+KNOWN_CUSTOMER = "_known_customer"
+KNOWN_PRODUCT = "_known_product"
+FX_RATE = "fx_rate"
+
+# ASCII-only on purpose: Rust's (Polars) and Java's (Spark) regex classes differ on Unicode (\d, \s).
+EMAIL_PATTERN = r"^[a-z0-9._%+'-]+@[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}$"
+COUNTRY_PATTERN = r"^[A-Z]{2}$"
+ORDER_QUANTITY_RANGE = (1, 1000)  # inclusive
+ORDER_MAX_UNIT_PRICE = 100_000.0  # unit_price in (0, ORDER_MAX_UNIT_PRICE]
+
+_TYPE_TEXT = {
+    "integer": "a whole number like 12",
+    "decimal": "a decimal number like 12.50",
+    "date": "a calendar date YYYY-MM-DD",
+    "timestamp": "a UTC timestamp YYYY-MM-DDTHH:MM:SSZ",
+}
+
+# Which landing entity feeds each silver table (the silver table names its landing columns after them).
+SILVER_LANDING: dict[str, LandingEntity] = {
+    "silver.customers": CUSTOMERS,
+    "silver.products": PRODUCTS,
+    "silver.orders": ORDERS,
+    "silver.order_events": ORDER_EVENTS,
+    "silver.fx_rates": FX_RATES,
+    "silver.customer_behaviour": BEHAVIOUR,
+    "silver.accounts": ACCOUNTS,
+    "silver.contacts": CONTACTS,
+    "silver.opportunities": OPPORTUNITIES,
+}
+
+
+def text_col(column: str) -> str:
+    """Name of the trimmed-text twin of typed landing column ``column``."""
+    return f"_text_{column}"
+
+
+def _presence_col(column: LandingColumn) -> str:
+    return column.name if column.type == "string" else text_col(column.name)
+
+
+# ------------------------------------------------------------------------------------ rule builders
+def _duplicate() -> Rule:
+    return Rule(
+        "duplicate.exact",
+        "expected each raw record once per batch; an identical record (same _record_hash) came earlier "
+        "(ordered by _source_file, _ingested_at)",
+        lambda: nw.col(FIRST_COPY),
+    )
+
+
+def _required(column: LandingColumn) -> Rule:
+    src = _presence_col(column)
+    return Rule(f"required.{column.name}", f"expected a non-blank {column.name}", lambda: ~nw.col(src).is_null())
+
+
+def _typed(column: LandingColumn) -> Rule:
+    name, text = column.name, text_col(column.name)
+    return Rule(
+        f"type.invalid_{name}",
+        f"expected {name} to be {_TYPE_TEXT[column.type]}",
+        lambda: nw.col(text).is_null() | ~nw.col(name).is_null(),
+    )
+
+
+def _base(entity: LandingEntity) -> tuple[Rule, ...]:
+    """Rules every table has: exact duplicates, required columns, then parseable typed columns."""
+    required = tuple(_required(c) for c in entity.columns if c.required)
+    typed = tuple(_typed(c) for c in entity.columns if c.type != "string")
+    return (_duplicate(), *required, *typed)
+
+
+def _one_of(rule_id: str, column: str, allowed: tuple[str, ...]) -> Rule:
+    return Rule(rule_id, f"expected {column} to be one of {', '.join(allowed)}", lambda: nw.col(column).is_in(allowed))
+
+
+_EMAIL = Rule(
+    "email.malformed",
+    "expected email to look like name@domain.tld (ASCII letters, digits and ._%+'- only)",
+    lambda: nw.col("email").str.contains(EMAIL_PATTERN),
+)
+_COUNTRY = Rule(
+    "value.invalid_country",
+    "expected country to be a two-letter ISO 3166 code (or blank)",
+    lambda: nw.col("country").is_null() | nw.col("country").str.contains(COUNTRY_PATTERN),
+)
+_FX = Rule(
+    "fx.no_rate",
+    "expected an FX rate for the currency dated at most fx_window_days before the row's date (never after)",
+    lambda: ~nw.col(FX_RATE).is_null(),
+)
+
+ROW_RULES: dict[str, tuple[Rule, ...]] = {
+    "silver.customers": (*_base(CUSTOMERS), _EMAIL, _COUNTRY),
+    "silver.products": (
+        *_base(PRODUCTS),
+        Rule("amount.out_of_range", "expected list_price_usd >= 0", lambda: nw.col("list_price_usd") >= 0),
+    ),
+    "silver.orders": (
+        *_base(ORDERS),
+        Rule(
+            "amount.out_of_range",
+            f"expected quantity in {ORDER_QUANTITY_RANGE[0]}..{ORDER_QUANTITY_RANGE[1]} and unit_price in "
+            f"(0, {ORDER_MAX_UNIT_PRICE:.0f}]",
+            lambda: nw.col("quantity").is_between(*ORDER_QUANTITY_RANGE)
+            & (nw.col("unit_price") > 0)
+            & (nw.col("unit_price") <= ORDER_MAX_UNIT_PRICE),
+        ),
+        _one_of("currency.unknown", "currency", KNOWN_CURRENCIES),
+        _one_of("value.invalid_status", "status", ORDER_STATUSES),
+        Rule("ref.unknown_customer", "expected customer_id to exist in silver.customers",
+             lambda: nw.col(KNOWN_CUSTOMER)),
+        Rule("ref.unknown_product", "expected product_id to exist in silver.products",
+             lambda: nw.col(KNOWN_PRODUCT)),
+        _FX,
+    ),
+    "silver.order_events": (
+        *_base(ORDER_EVENTS),
+        _one_of("value.invalid_event_type", "event_type", ORDER_EVENT_TYPES),
+        _one_of("value.invalid_status", "status", ORDER_STATUSES),
+    ),
+    "silver.fx_rates": (
+        *_base(FX_RATES),
+        Rule("currency.base_not_usd", "expected base_currency USD (rates are units of quote_currency per 1 USD)",
+             lambda: nw.col("base_currency") == "USD"),
+        _one_of("currency.unknown", "quote_currency", KNOWN_CURRENCIES),
+        Rule("amount.out_of_range", "expected rate > 0", lambda: nw.col("rate") > 0),
+    ),
+    "silver.customer_behaviour": (
+        *_base(BEHAVIOUR),
+        Rule(
+            "value.negative_count",
+            "expected sessions, page_views, add_to_cart and time_on_site_s >= 0",
+            lambda: (nw.col("sessions") >= 0) & (nw.col("page_views") >= 0)
+            & (nw.col("add_to_cart") >= 0) & (nw.col("time_on_site_s") >= 0),
+        ),
+    ),
+    "silver.accounts": (*_base(ACCOUNTS), _COUNTRY),
+    "silver.contacts": (*_base(CONTACTS), _EMAIL),
+    "silver.opportunities": (
+        *_base(OPPORTUNITIES),
+        _one_of("value.invalid_stage", "stage", DEAL_STAGES),
+        Rule("amount.out_of_range", "expected amount >= 0", lambda: nw.col("amount") >= 0),
+        _one_of("currency.unknown", "currency", KNOWN_CURRENCIES),
+        _FX,
+    ),
+}
+
+
+def first_failing_rule(rules: tuple[Rule, ...]) -> nw.Expr:
+    """The id of the first rule a row fails, in declared order; null when it passes them all."""
+    chain = None
+    for rule in rules:
+        failed = ~rule.ok().fill_null(value=False)
+        chain = nw.when(failed).then(nw.lit(rule.id)) if chain is None else chain.when(failed).then(nw.lit(rule.id))
+    if chain is None:
+        return nw.lit(None, dtype=nw.String())
+    return chain.otherwise(nw.lit(None, dtype=nw.String()))
+
+
+def reason_of(rule_id: nw.Expr, rules: tuple[Rule, ...]) -> nw.Expr:
+    """The reason of the rule whose id is in ``rule_id``."""
+    chain = None
+    for rule in rules:
+        hit = rule_id == rule.id
+        chain = nw.when(hit).then(nw.lit(rule.reason)) if chain is None else chain.when(hit).then(nw.lit(rule.reason))
+    if chain is None:
+        return nw.lit(None, dtype=nw.String())
+    return chain.otherwise(nw.lit(None, dtype=nw.String()))

@@ -1,0 +1,545 @@
+"""Silver conform on small hand-written bronze batches: exact rows in, exact rows out, on every engine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import narwhals as nw
+import polars as pl
+import pytest
+
+from backends.expressions import record_digest
+from contracts.catalog import table
+from contracts.landing import LandingEntity
+from contracts.rules import ROW_RULES, SILVER_LANDING
+from tasks.silver import (
+    QUARANTINE_OUTPUT,
+    REFS_NEEDED,
+    conform,
+    latest_per_key,
+    link_customers_to_crm,
+)
+
+ENGINES = ["polars"]  # "spark" joins once a Spark Connect (Sail) session fixture exists
+KEY = b"test-key-not-a-secret"
+OTHER_KEY = b"another-key"
+UTC = dt.UTC
+INGESTED = dt.datetime(2026, 11, 10, 6, 0, tzinfo=UTC)
+D = dt.date
+
+
+def ts(day: int, hour: int = 10, minute: int = 0, second: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 11, day, hour, minute, second, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def lazy(engine: str, data: Mapping[str, list], schema: Mapping[str, Any]) -> nw.LazyFrame:
+    """A lazy frame of ``data`` on ``engine`` (every test builds its input here)."""
+    native = pl.LazyFrame(dict(data), schema=dict(schema))
+    if engine == "polars":
+        return nw.from_native(native)
+    msg = f"expected an engine in {ENGINES}, got {engine!r}"
+    raise ValueError(msg)
+
+
+def rows(frame: nw.LazyFrame, *sort_by: str) -> list[dict[str, Any]]:
+    """Collected rows as dicts, sorted by ``sort_by`` (default: every column, as text)."""
+    out = frame.collect(backend="polars").to_native().rows(named=True)
+    return sorted(out, key=lambda r: tuple(str(r[c]) for c in (sort_by or r)))
+
+
+def bronze(engine: str, entity: LandingEntity, records: list[dict[str, Any]], source_file: str = "f1") -> nw.LazyFrame:
+    """A bronze batch: landing values as text (missing → null) plus lineage, hashed like bronze ingestion.
+
+    A record may carry ``_source_file`` / ``_ingested_at`` to override the batch defaults.
+    """
+    cols = entity.column_names
+    data: dict[str, list] = {c: [r.get(c) for r in records] for c in cols}
+    data["_run_id"] = ["run-1"] * len(records)
+    data["_ingested_at"] = [r.get("_ingested_at", INGESTED) for r in records]
+    data["_source_file"] = [r.get("_source_file", source_file) for r in records]
+    data["_record_hash"] = [raw_hash(entity, r) for r in records]
+    data["_ingest_date"] = [INGESTED.date()] * len(records)
+    schema = {c: pl.String for c in cols} | {
+        "_run_id": pl.String, "_ingested_at": pl.Datetime("us", "UTC"), "_source_file": pl.String,
+        "_record_hash": pl.String, "_ingest_date": pl.Date,
+    }
+    return lazy(engine, data, schema)
+
+
+def raw_hash(entity: LandingEntity, record: Mapping[str, Any]) -> str:
+    return record_digest([record.get(c) for c in entity.column_names])
+
+
+def fx_ref(engine: str, rates: list[tuple[str, dt.date, float, dt.datetime]]) -> nw.LazyFrame:
+    """A silver.fx_rates frame: (quote_currency, rate_date, rate, published_at) rows."""
+    spec = table("silver.fx_rates")
+    data = {
+        "quote_currency": [r[0] for r in rates], "rate_date": [r[1] for r in rates], "rate": [r[2] for r in rates],
+        "published_at": [r[3] for r in rates], "_source_file": ["fx"] * len(rates),
+        "_record_hash": [f"h{i}" for i in range(len(rates))],
+    }
+    return lazy(engine, data, spec.polars_schema)
+
+
+def order_refs(engine: str, rates: list[tuple[str, dt.date, float, dt.datetime]] | None = None) -> dict:
+    rates = rates if rates is not None else [("EUR", D(2026, 11, 6), 0.9, ts(6, 16))]
+    return {
+        "silver.customers": lazy(engine, {"customer_id": ["C1", "C2"]}, {"customer_id": pl.String}),
+        "silver.products": lazy(engine, {"product_id": ["P1"]}, {"product_id": pl.String}),
+        "silver.fx_rates": fx_ref(engine, rates),
+    }
+
+
+def refs_for(engine: str, name: str) -> dict:
+    return order_refs(engine) if name in REFS_NEEDED else {}
+
+
+def hmac_hex(key: bytes, value: str) -> str:
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+# One valid landing record per silver table.
+GOOD: dict[str, dict[str, str | None]] = {
+    "silver.customers": {
+        "customer_id": "C1", "email": "jane.doe@example.com", "phone": "+1 (555) 010-4567", "first_name": "Jane",
+        "last_name": "Doe", "country": "US", "signup_date": "2026-01-15", "updated_at": "2026-11-01T09:30:00Z",
+    },
+    "silver.products": {
+        "product_id": "P1", "sku": "SKU-1", "product_name": "Widget", "category": "tools", "list_price_usd": "19.99",
+        "updated_at": "2026-11-01T09:30:00Z",
+    },
+    "silver.orders": {
+        "order_id": "O1", "customer_id": "C1", "product_id": "P1", "quantity": "2", "unit_price": "9.00",
+        "currency": "EUR", "status": "placed", "order_ts": "2026-11-07T10:00:00Z", "updated_at": "2026-11-07T11:00:00Z",
+    },
+    "silver.order_events": {
+        "event_id": "E1", "order_id": "O1", "event_type": "created", "status": "placed", "event_ts": "2026-11-07T10:00:00Z",
+    },
+    "silver.fx_rates": {
+        "rate_date": "2026-11-06", "base_currency": "USD", "quote_currency": "EUR", "rate": "0.9",
+        "published_at": "2026-11-06T16:00:00Z",
+    },
+    "silver.customer_behaviour": {
+        "customer_id": "C1", "activity_date": "2026-11-06", "sessions": "3", "page_views": "12", "add_to_cart": "0",
+        "time_on_site_s": "600", "extracted_at": "2026-11-07T02:00:00Z",
+    },
+    "silver.accounts": {
+        "account_id": "A1", "account_name": "Acme", "domain": "acme.example", "industry": "tools", "owner_name": "Sam",
+        "country": "DE", "updated_at": "2026-11-01T09:30:00Z",
+    },
+    "silver.contacts": {
+        "contact_id": "K1", "account_id": "A1", "first_name": "Jane", "last_name": "Doe", "email": "jane.doe@example.com",
+        "phone": None, "lifecycle_stage": "customer", "updated_at": "2026-11-01T09:30:00Z",
+    },
+    "silver.opportunities": {
+        "opportunity_id": "D1", "account_id": "A1", "opportunity_name": "Big deal", "stage": "proposal",
+        "amount": "1000", "currency": "EUR", "close_date": "2026-12-01", "owner_name": "Sam",
+        "updated_at": "2026-11-07T10:00:00Z",
+    },
+}
+
+_LINEAGE = {"_source_file": "f1"}
+_PII_JANE = {
+    "email_hmac": hmac_hex(KEY, "jane.doe@example.com"), "email_masked": "j***@example.com",
+}
+# The exact silver row of each GOOD record (plus _record_hash, added in the test).
+EXPECTED_GOOD: dict[str, dict[str, Any]] = {
+    "silver.customers": {
+        "customer_id": "C1", "first_name": "Jane", "last_name": "Doe", **_PII_JANE,
+        "phone_hmac": hmac_hex(KEY, "15550104567"), "phone_masked": "***4567", "country": "US",
+        "signup_date": D(2026, 1, 15), "updated_at": dt.datetime(2026, 11, 1, 9, 30, tzinfo=UTC), **_LINEAGE,
+    },
+    "silver.products": {
+        "product_id": "P1", "sku": "SKU-1", "product_name": "Widget", "category": "tools", "list_price_usd": 19.99,
+        "updated_at": dt.datetime(2026, 11, 1, 9, 30, tzinfo=UTC), **_LINEAGE,
+    },
+    "silver.orders": {
+        "order_id": "O1", "customer_id": "C1", "product_id": "P1", "quantity": 2, "unit_price": 9.0,
+        "currency": "EUR", "amount": 18.0, "fx_rate": 0.9, "fx_rate_date": D(2026, 11, 6), "amount_usd": 18.0 / 0.9,
+        "status": "placed", "order_ts": ts(7, 10), "order_date": D(2026, 11, 7), "updated_at": ts(7, 11), **_LINEAGE,
+    },
+    "silver.order_events": {
+        "event_id": "E1", "order_id": "O1", "event_type": "created", "status": "placed", "event_ts": ts(7, 10),
+        "event_date": D(2026, 11, 7), **_LINEAGE,
+    },
+    "silver.fx_rates": {
+        "quote_currency": "EUR", "rate_date": D(2026, 11, 6), "rate": 0.9, "published_at": ts(6, 16), **_LINEAGE,
+    },
+    "silver.customer_behaviour": {
+        "customer_id": "C1", "activity_date": D(2026, 11, 6), "sessions": 3, "page_views": 12, "add_to_cart": 0,
+        "time_on_site_s": 600, "extracted_at": ts(7, 2), **_LINEAGE,
+    },
+    "silver.accounts": {
+        "account_id": "A1", "account_name": "Acme", "domain": "acme.example", "industry": "tools", "owner_name": "Sam",
+        "country": "DE", "updated_at": dt.datetime(2026, 11, 1, 9, 30, tzinfo=UTC), **_LINEAGE,
+    },
+    "silver.contacts": {
+        "contact_id": "K1", "account_id": "A1", "first_name": "Jane", "last_name": "Doe", **_PII_JANE,
+        "phone_hmac": None, "phone_masked": None, "lifecycle_stage": "customer",
+        "updated_at": dt.datetime(2026, 11, 1, 9, 30, tzinfo=UTC), **_LINEAGE,
+    },
+    "silver.opportunities": {
+        "opportunity_id": "D1", "account_id": "A1", "opportunity_name": "Big deal", "stage": "proposal",
+        "is_open": True, "amount": 1000.0, "currency": "EUR", "amount_usd": 1000.0 / 0.9, "close_date": D(2026, 12, 1),
+        "owner_name": "Sam", "updated_at": ts(7, 10), **_LINEAGE,
+    },
+}
+
+_BAD_TEXT = {"integer": "12.5", "decimal": "12,50", "date": "2026-02-30", "timestamp": "2026-11-01 09:30:00"}
+# Rule-specific violations: (table, rule id, overrides of the GOOD record).
+_SPECIFIC: list[tuple[str, str, dict[str, str]]] = [
+    ("silver.customers", "email.malformed", {"email": "jane.doe.example.com"}),
+    ("silver.customers", "email.malformed", {"email": "jane doe@example.com"}),
+    ("silver.customers", "value.invalid_country", {"country": "USA"}),
+    ("silver.products", "amount.out_of_range", {"list_price_usd": "-0.01"}),
+    ("silver.orders", "amount.out_of_range", {"quantity": "0"}),
+    ("silver.orders", "amount.out_of_range", {"quantity": "1001"}),
+    ("silver.orders", "amount.out_of_range", {"unit_price": "0"}),
+    ("silver.orders", "amount.out_of_range", {"unit_price": "100000.01"}),
+    ("silver.orders", "currency.unknown", {"currency": "XYZ"}),
+    ("silver.orders", "value.invalid_status", {"status": "lost"}),
+    ("silver.orders", "ref.unknown_customer", {"customer_id": "C404"}),
+    ("silver.orders", "ref.unknown_product", {"product_id": "P404"}),
+    ("silver.orders", "fx.no_rate", {"currency": "GBP"}),
+    ("silver.order_events", "value.invalid_event_type", {"event_type": "deleted"}),
+    ("silver.order_events", "value.invalid_status", {"status": "lost"}),
+    ("silver.fx_rates", "currency.base_not_usd", {"base_currency": "EUR"}),
+    ("silver.fx_rates", "currency.unknown", {"quote_currency": "XXX"}),
+    ("silver.fx_rates", "amount.out_of_range", {"rate": "0"}),
+    ("silver.fx_rates", "amount.out_of_range", {"rate": "-1.5"}),
+    ("silver.customer_behaviour", "value.negative_count", {"sessions": "-1"}),
+    ("silver.customer_behaviour", "value.negative_count", {"time_on_site_s": "-5"}),
+    ("silver.accounts", "value.invalid_country", {"country": "Germany"}),
+    ("silver.contacts", "email.malformed", {"email": "jane@"}),
+    ("silver.opportunities", "value.invalid_stage", {"stage": "won"}),
+    ("silver.opportunities", "amount.out_of_range", {"amount": "-5"}),
+    ("silver.opportunities", "currency.unknown", {"currency": "ABC"}),
+    ("silver.opportunities", "fx.no_rate", {"currency": "JPY"}),
+]
+
+
+def _violations() -> list[tuple[str, str, dict[str, str]]]:
+    cases = []
+    for name, landing in SILVER_LANDING.items():
+        for col in landing.columns:
+            if col.required:
+                cases.append((name, f"required.{col.name}", {col.name: "  \t "}))
+            if col.type != "string":
+                cases.append((name, f"type.invalid_{col.name}", {col.name: _BAD_TEXT[col.type]}))
+    return cases + _SPECIFIC
+
+
+VIOLATIONS = _violations()
+
+
+def reason(name: str, rule_id: str) -> str:
+    return next(r.reason for r in ROW_RULES[name] if r.id == rule_id)
+
+
+def quarantine_row(name: str, rule_id: str, record: dict, source_file: str = "f1") -> dict[str, str]:
+    landing = SILVER_LANDING[name]
+    raw = {c: record.get(c) for c in landing.column_names}
+    return {"rule": rule_id, "reason": reason(name, rule_id), "record": json.dumps(raw, separators=(",", ":")),
+            "record_hash": raw_hash(landing, record), "source_file": source_file}
+
+
+def conform_records(engine: str, name: str, records: list[dict], **kwargs: Any):
+    kwargs.setdefault("refs", refs_for(engine, name))
+    return conform(name, bronze(engine, SILVER_LANDING[name], records), hmac_key=KEY, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_good_record_becomes_exactly_one_silver_row(engine: str, name: str) -> None:
+    out = conform_records(engine, name, [GOOD[name]])
+    expected = EXPECTED_GOOD[name] | {"_record_hash": raw_hash(SILVER_LANDING[name], GOOD[name])}
+    assert rows(out.valid) == [expected]
+    assert list(out.valid.collect_schema().names()) == table(name).columns
+    assert rows(out.quarantined) == []
+
+
+@pytest.mark.parametrize(("name", "rule_id", "overrides"), VIOLATIONS, ids=[f"{n[7:]}-{r}" for n, r, _ in VIOLATIONS])
+def test_each_rule_quarantines_its_row(engine: str, name: str, rule_id: str, overrides: dict) -> None:
+    record = GOOD[name] | overrides
+    out = conform_records(engine, name, [record])
+    assert rows(out.valid) == []
+    assert rows(out.quarantined) == [quarantine_row(name, rule_id, record)]
+    assert reason(name, rule_id).strip()
+
+
+def test_every_declared_rule_has_a_violation_case() -> None:
+    declared = {(name, r.id) for name, rules in ROW_RULES.items() for r in rules if r.id != "duplicate.exact"}
+    covered = {(name, rule_id) for name, rule_id, _ in VIOLATIONS}
+    assert declared == covered
+    for name, rules in ROW_RULES.items():
+        assert len({r.id for r in rules}) == len(rules), f"duplicate rule id in {name}"
+        assert all(r.reason.strip() for r in rules)
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_exact_duplicates_keep_the_first_copy_by_file_then_ingest_time(engine: str, name: str) -> None:
+    record = GOOD[name]
+    # File order wins over ingest time: the copy in "a" is kept although it was ingested later.
+    copies = [record | {"_source_file": "b", "_ingested_at": ts(1)}, record | {"_source_file": "a", "_ingested_at": ts(2)},
+              record | {"_source_file": "b", "_ingested_at": ts(3)}]
+    out = conform_records(engine, name, copies)
+    assert [r["_source_file"] for r in rows(out.valid)] == ["a"]
+    assert rows(out.quarantined) == [quarantine_row(name, "duplicate.exact", record, "b")] * 2
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_every_row_ends_valid_or_quarantined_exactly_once(engine: str, name: str) -> None:
+    cases = [(rule_id, GOOD[name] | overrides) for n, rule_id, overrides in VIOLATIONS if n == name]
+    records = [GOOD[name], GOOD[name], *(record for _, record in cases)]
+    out = conform_records(engine, name, records)
+    valid, quarantined = rows(out.valid), rows(out.quarantined)
+    assert len(records) == len(valid) + len(quarantined)
+    assert Counter(q["rule"] for q in quarantined) == Counter(["duplicate.exact", *(rule_id for rule_id, _ in cases)])
+    table(name).schema.validate(out.valid.collect(backend="polars").to_native())  # valid rows meet the contract
+
+
+def test_quarantine_columns_are_the_declared_text_columns(engine: str) -> None:
+    out = conform_records(engine, "silver.orders", [GOOD["silver.orders"] | {"quantity": "lots"}])
+    schema = out.quarantined.collect_schema()
+    assert list(schema.names()) == list(QUARANTINE_OUTPUT)
+    assert all(dtype == nw.String for dtype in schema.dtypes())
+
+
+def test_record_round_trips_through_json_with_raw_untrimmed_values(engine: str) -> None:
+    nasty = 'Ja"ne \\ O\'Neil\n\ttab \r\x01\x1f é 日本 \\"'
+    record = GOOD["silver.customers"] | {"first_name": nasty, "last_name": None, "country": " us ", "email": "not-an-email"}
+    out = conform_records(engine, "silver.customers", [record])
+    [row] = rows(out.quarantined)
+    decoded = json.loads(row["record"])
+    assert decoded == {c: record.get(c) for c in SILVER_LANDING["silver.customers"].column_names}
+    assert list(decoded) == SILVER_LANDING["silver.customers"].column_names
+    assert (row["rule"], row["record_hash"]) == ("email.malformed", raw_hash(SILVER_LANDING["silver.customers"], record))
+
+
+def test_values_are_trimmed_normalised_and_parsed(engine: str) -> None:
+    padded = {"order_id": " O1 ", "customer_id": "C1\t", "product_id": " P1", "quantity": " +2 ", "unit_price": " 9.00 ",
+              "currency": " eur ", "status": "placed ", "order_ts": " 2026-11-07T10:00:00Z ",
+              "updated_at": "2026-11-07T11:00:00Z\n"}
+    [row] = rows(conform_records(engine, "silver.orders", [padded]).valid)
+    expected = EXPECTED_GOOD["silver.orders"] | {"_record_hash": raw_hash(SILVER_LANDING["silver.orders"], padded)}
+    assert row == expected
+
+
+def test_calendar_and_type_edges(engine: str) -> None:
+    base = GOOD["silver.customers"]
+    records = [
+        base | {"customer_id": "leap", "signup_date": "2024-02-29"},
+        base | {"customer_id": "not-leap", "signup_date": "2023-02-29"},
+        base | {"customer_id": "century", "signup_date": "1900-02-29"},
+        base | {"customer_id": "april31", "signup_date": "2026-04-31"},
+        base | {"customer_id": "hour24", "updated_at": "2026-11-01T24:00:00Z"},
+        base | {"customer_id": "offset", "updated_at": "2026-11-01T09:30:00+01:00"},
+        base | {"customer_id": "year2000", "signup_date": "2000-02-29", "country": None},
+    ]
+    out = conform_records(engine, "silver.customers", records)
+    assert [(r["customer_id"], r["signup_date"]) for r in rows(out.valid, "customer_id")] == [
+        ("leap", D(2024, 2, 29)), ("year2000", D(2000, 2, 29))]
+    assert [json.loads(q["record"])["customer_id"] + ":" + q["rule"] for q in rows(out.quarantined, "record")] == [
+        "april31:type.invalid_signup_date", "century:type.invalid_signup_date", "hour24:type.invalid_updated_at",
+        "not-leap:type.invalid_signup_date", "offset:type.invalid_updated_at"]
+
+
+def test_first_failing_rule_in_declared_order_is_recorded(engine: str) -> None:
+    # Blank customer_id (required), bad quantity (type), unknown currency: the required rule is declared first.
+    record = GOOD["silver.orders"] | {"customer_id": "", "quantity": "many", "currency": "XYZ"}
+    out = conform_records(engine, "silver.orders", [record])
+    assert [q["rule"] for q in rows(out.quarantined)] == ["required.customer_id"]
+
+
+# ------------------------------------------------------------------------------------------ FX as-of
+RATES = [
+    ("EUR", D(2026, 11, 6), 0.90, ts(6, 16)),  # Friday
+    ("EUR", D(2026, 11, 9), 0.95, ts(9, 16)),  # Monday, first publication ...
+    ("EUR", D(2026, 11, 9), 0.92, ts(9, 17)),  # ... republished: the later publication counts
+    ("GBP", D(2026, 11, 2), 0.80, ts(2, 16)),  # the only GBP rate
+    ("JPY", D(2026, 11, 10), 150.0, ts(10, 16)),  # the only JPY rate, later than the JPY order
+]
+
+
+def _order(order_id: str, currency: str, order_ts: str) -> dict[str, str]:
+    return GOOD["silver.orders"] | {"order_id": order_id, "currency": currency, "order_ts": order_ts}
+
+
+FX_ORDERS = [
+    _order("same-day", "EUR", "2026-11-06T15:00:00Z"),
+    _order("saturday", "EUR", "2026-11-07T10:00:00Z"),
+    _order("sunday-late", "EUR", "2026-11-08T23:59:59Z"),
+    _order("monday", "EUR", "2026-11-09T00:00:00Z"),
+    _order("window-days-old", "GBP", "2026-11-06T10:00:00Z"),
+    _order("window-plus-one", "GBP", "2026-11-07T10:00:00Z"),
+    _order("usd-no-rates", "USD", "2026-11-07T10:00:00Z"),
+    _order("only-later-rate", "JPY", "2026-11-09T10:00:00Z"),
+]
+
+
+def _fx_valid(out) -> list[tuple]:
+    return [(r["order_id"], r["currency"], r["fx_rate"], r["fx_rate_date"], r["order_date"], r["amount_usd"])
+            for r in rows(out.valid, "order_id")]
+
+
+def test_fx_as_of_edges(engine: str) -> None:
+    out = conform_records(engine, "silver.orders", FX_ORDERS, refs=order_refs(engine, RATES))
+    assert _fx_valid(out) == [
+        ("monday", "EUR", 0.92, D(2026, 11, 9), D(2026, 11, 9), 18.0 / 0.92),
+        ("same-day", "EUR", 0.90, D(2026, 11, 6), D(2026, 11, 6), 18.0 / 0.90),
+        ("saturday", "EUR", 0.90, D(2026, 11, 6), D(2026, 11, 7), 18.0 / 0.90),
+        ("sunday-late", "EUR", 0.90, D(2026, 11, 6), D(2026, 11, 8), 18.0 / 0.90),
+        ("usd-no-rates", "USD", 1.0, D(2026, 11, 7), D(2026, 11, 7), 18.0),
+        ("window-days-old", "GBP", 0.80, D(2026, 11, 2), D(2026, 11, 6), 18.0 / 0.80),
+    ]
+    assert [(json.loads(q["record"])["order_id"], q["rule"]) for q in rows(out.quarantined, "record")] == [
+        ("only-later-rate", "fx.no_rate"), ("window-plus-one", "fx.no_rate")]
+
+
+def test_fx_window_is_a_parameter(engine: str) -> None:
+    out = conform_records(engine, "silver.orders", FX_ORDERS, refs=order_refs(engine, RATES), fx_window_days=5)
+    assert ("window-plus-one", "GBP", 0.80, D(2026, 11, 2), D(2026, 11, 7), 18.0 / 0.80) in _fx_valid(out)
+    narrow = conform_records(engine, "silver.orders", FX_ORDERS, refs=order_refs(engine, RATES), fx_window_days=0)
+    assert [r[0] for r in _fx_valid(narrow)] == ["monday", "same-day", "usd-no-rates"]
+
+
+def test_opportunity_amount_uses_the_rate_as_of_its_update(engine: str) -> None:
+    base = GOOD["silver.opportunities"]
+    records = [base | {"opportunity_id": "weekend", "updated_at": "2026-11-08T10:00:00Z", "stage": "closed_won"},
+               base | {"opportunity_id": "usd", "currency": "usd", "amount": "250.5", "close_date": None}]
+    out = conform_records(engine, "silver.opportunities", records, refs={"silver.fx_rates": fx_ref(engine, RATES)})
+    assert [(r["opportunity_id"], r["is_open"], r["currency"], r["amount_usd"], r["close_date"])
+            for r in rows(out.valid, "opportunity_id")] == [
+        ("usd", True, "USD", 250.5, None), ("weekend", False, "EUR", 1000.0 / 0.90, D(2026, 12, 1))]
+
+
+# ------------------------------------------------------------------------------------- latest per key
+def test_latest_per_key_takes_latest_by_then_largest_record_hash(engine: str) -> None:
+    base = GOOD["silver.orders"]
+    v1 = base | {"order_id": "O1", "status": "placed", "updated_at": "2026-11-07T10:00:00Z"}
+    v2 = base | {"order_id": "O1", "status": "shipped", "updated_at": "2026-11-07T12:00:00Z"}
+    tie_a = base | {"order_id": "O2", "status": "shipped", "updated_at": "2026-11-07T12:00:00Z"}
+    tie_b = base | {"order_id": "O2", "status": "delivered", "updated_at": "2026-11-07T12:00:00Z"}
+    spec = table("silver.orders")
+    first = conform_records(engine, "silver.orders", [v2, tie_a, v1, tie_b]).valid
+    again = conform_records(engine, "silver.orders", [v2]).valid  # the same record in a later batch
+    latest = latest_per_key(nw.concat([first, again]), spec)
+    tie_winner = max((tie_a, tie_b), key=lambda r: raw_hash(SILVER_LANDING["silver.orders"], r))
+    assert [(r["order_id"], r["status"], r["_record_hash"]) for r in rows(latest, "order_id")] == [
+        ("O1", "shipped", raw_hash(SILVER_LANDING["silver.orders"], v2)),
+        ("O2", tie_winner["status"], raw_hash(SILVER_LANDING["silver.orders"], tie_winner)),
+    ]
+
+
+def test_latest_per_key_on_a_composite_key(engine: str) -> None:
+    base = GOOD["silver.customer_behaviour"]
+    records = [base | {"sessions": "1", "extracted_at": "2026-11-07T02:00:00Z"},
+               base | {"sessions": "2", "extracted_at": "2026-11-08T02:00:00Z"},
+               base | {"activity_date": "2026-11-05", "sessions": "7"}]
+    valid = conform_records(engine, "silver.customer_behaviour", records).valid
+    latest = latest_per_key(valid, table("silver.customer_behaviour"))
+    assert [(r["activity_date"], r["sessions"]) for r in rows(latest, "activity_date")] == [
+        (D(2026, 11, 5), 7), (D(2026, 11, 6), 2)]
+
+
+def test_latest_per_key_needs_keys_and_latest_by() -> None:
+    with pytest.raises(ValueError, match="keys and latest_by"):
+        latest_per_key(nw.from_native(pl.LazyFrame({"x": [1]})), table("gold.dim_date"))
+
+
+# ------------------------------------------------------------------------------------------------ PII
+def test_hmac_is_stable_and_key_dependent(engine: str) -> None:
+    record = GOOD["silver.customers"] | {"email": "  Jane.Doe@Example.COM "}
+    one = rows(conform_records(engine, "silver.customers", [record]).valid)
+    two = rows(conform_records(engine, "silver.customers", [record]).valid)
+    other = rows(conform(
+        "silver.customers", bronze(engine, SILVER_LANDING["silver.customers"], [record]), hmac_key=OTHER_KEY).valid)
+    assert one == two
+    assert one[0]["email_hmac"] == hmac.new(KEY, b"jane.doe@example.com", hashlib.sha256).hexdigest()
+    assert one[0]["phone_hmac"] == hmac.new(KEY, b"15550104567", hashlib.sha256).hexdigest()
+    assert other[0]["email_hmac"] == hmac_hex(OTHER_KEY, "jane.doe@example.com") != one[0]["email_hmac"]
+    assert other[0]["phone_hmac"] != one[0]["phone_hmac"]
+
+
+def test_masking_and_no_clear_pii_in_silver(engine: str) -> None:
+    base = GOOD["silver.customers"]
+    records = [
+        base | {"customer_id": "a", "email": "Zoe+tag@Mail.Example.org", "phone": "07700 900123"},
+        base | {"customer_id": "b", "email": "x@y.io", "phone": "  "},
+        base | {"customer_id": "c", "email": "sam@example.com", "phone": "ext. 12"},
+    ]
+    valid = rows(conform_records(engine, "silver.customers", records).valid, "customer_id")
+    assert [(r["customer_id"], r["email_masked"], r["phone_masked"], r["phone_hmac"]) for r in valid] == [
+        ("a", "z***@mail.example.org", "***0123", hmac_hex(KEY, "07700900123")),
+        ("b", "x***@y.io", None, None),
+        ("c", "s***@example.com", "***12", hmac_hex(KEY, "12")),
+    ]
+    clear = {"zoe+tag@mail.example.org", "Zoe+tag@Mail.Example.org", "07700 900123", "07700900123", "x@y.io"}
+    assert not clear & {v for r in valid for v in r.values() if isinstance(v, str)}
+    assert not {"email", "phone"} & set(valid[0])
+
+
+# ------------------------------------------------------------------------------------------ CRM links
+def test_link_customers_to_crm_picks_the_latest_contact(engine: str) -> None:
+    h = {e: hmac_hex(KEY, e) for e in ("a@x.io", "b@x.io", "c@x.io", "d@x.io")}
+    customers = lazy(engine, {"customer_id": ["C1", "C2", "C3", "C4"],
+                              "email_hmac": [h["a@x.io"], h["b@x.io"], h["c@x.io"], h["a@x.io"]]},
+                     {"customer_id": pl.String, "email_hmac": pl.String})
+    contacts = lazy(engine, {
+        "contact_id": ["K1", "K2", "K4", "K3", "K9"],
+        "account_id": ["A1", "A2", "A4", None, "A9"],
+        "email_hmac": [h["a@x.io"], h["a@x.io"], h["b@x.io"], h["b@x.io"], h["d@x.io"]],
+        "updated_at": [ts(1), ts(3), ts(2), ts(2), ts(5)],
+    }, {"contact_id": pl.String, "account_id": pl.String, "email_hmac": pl.String, "updated_at": pl.Datetime("us", "UTC")})
+    links = link_customers_to_crm(customers, contacts)
+    assert list(links.collect_schema().names()) == table("silver.customer_crm_links").columns
+    assert rows(links, "customer_id") == [
+        {"customer_id": "C1", "contact_id": "K2", "account_id": "A2", "matched_on": "email_hmac"},  # latest update
+        {"customer_id": "C2", "contact_id": "K3", "account_id": None, "matched_on": "email_hmac"},  # tie: smallest id
+        {"customer_id": "C4", "contact_id": "K2", "account_id": "A2", "matched_on": "email_hmac"},
+    ]
+
+
+# --------------------------------------------------------------------------------------------- errors
+def test_unknown_table_is_a_clear_error(engine: str) -> None:
+    batch = bronze(engine, SILVER_LANDING["silver.orders"], [GOOD["silver.orders"]])
+    with pytest.raises(ValueError, match=r"expected a silver table name .*silver\.orders.*got 'silver\.order'"):
+        conform("silver.order", batch, hmac_key=KEY)
+
+
+def test_missing_refs_name_what_was_expected(engine: str) -> None:
+    batch = bronze(engine, SILVER_LANDING["silver.orders"], [GOOD["silver.orders"]])
+    refs = order_refs(engine)
+    del refs["silver.products"]
+    with pytest.raises(ValueError, match=r"missing \['silver\.products'\]"):
+        conform("silver.orders", batch, refs=refs, hmac_key=KEY)
+    with pytest.raises(ValueError, match=r"expected refs \['silver\.fx_rates'\]"):
+        conform("silver.opportunities", bronze(engine, SILVER_LANDING["silver.opportunities"], []), hmac_key=KEY)
+
+
+def test_bad_arguments_are_clear_errors_that_never_show_the_key(engine: str) -> None:
+    batch = bronze(engine, SILVER_LANDING["silver.accounts"], [GOOD["silver.accounts"]])
+    with pytest.raises(ValueError, match="non-empty bytes"):
+        conform("silver.accounts", batch, hmac_key=b"")
+    with pytest.raises(ValueError, match="fx_window_days") as info:
+        conform("silver.accounts", batch, hmac_key=KEY, fx_window_days=-1)
+    assert KEY.decode() not in str(info.value)
+    with pytest.raises(ValueError, match=r"expected columns \['domain'\]"):
+        conform("silver.accounts", batch.drop("domain"), hmac_key=KEY)
+
+
+def test_empty_batch_gives_empty_outputs(engine: str) -> None:
+    out = conform_records(engine, "silver.orders", [])
+    assert (rows(out.valid), rows(out.quarantined)) == ([], [])
