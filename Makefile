@@ -30,7 +30,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) bench/daily_stages.py --scale 10
+	$(PY) bench/daily_stages.py --scale 10 --days 1
 
 lint: setup
 	$(VENV)/bin/ruff check .

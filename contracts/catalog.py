@@ -112,6 +112,7 @@ QUARANTINE_COLUMNS = _cols(
     reason=_req(STR),
     record=_req(STR),  # the raw record as a JSON object of text values (or the raw line if unparseable)
     record_hash=_req(STR),
+    occurrence=_req(I64),  # 1 for the first copy of this record under this rule in the run, 2 for the next ...
     source_file=_opt(STR),
     run_id=_req(STR),
     run_date=_req(DATE),
@@ -121,7 +122,7 @@ QUARANTINE_COLUMNS = _cols(
 def _quarantine(layer: str, entity: str) -> TableSpec:
     return TableSpec(
         "quarantine", f"{layer}.{entity}", _schema(f"quarantine.{layer}.{entity}", dict(QUARANTINE_COLUMNS)),
-        keys=("record_hash", "rule"), partition_by=("run_date",), mode="merge",
+        keys=("record_hash", "rule", "occurrence"), partition_by=("run_date",), mode="merge",
         description=f"Rows of {layer}.{entity} that broke a rule: rule id, reason, raw record, run id.",
     )
 
@@ -183,7 +184,7 @@ SILVER: tuple[TableSpec, ...] = (
         is_open=_req(BOOL), amount=_req(F64, _nonneg), currency=_req(STR, _ccy), amount_usd=_req(F64, _nonneg),
         close_date=_opt(DATE), owner_name=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
         keys=("opportunity_id",), mode="merge", source="bronze.crm.opportunities", latest_by="updated_at",
-        description="CRM deals, latest version per opportunity_id, amount in USD at the rate of its last update."),
+        description="CRM deals, latest version per opportunity_id, amount in USD at the run date's rate."),
     TableSpec("silver", "customer_crm_links", _schema("silver.customer_crm_links", _cols(
         customer_id=_req(STR, unique=True), contact_id=_req(STR), account_id=_opt(STR), matched_on=_req(STR))),
         keys=("customer_id",), mode="overwrite",

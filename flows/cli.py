@@ -15,7 +15,7 @@ from rich.table import Table
 
 app = typer.Typer(help="Project A lakehouse: the daily pipeline on a laptop (Polars + delta-rs).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
+console = Console(width=max(120, Console().width))
 err = Console(stderr=True)
 
 EnvOpt = Annotated[str | None, typer.Option("--env", help="environment: deployments/<env>.toml (default local)")]
@@ -138,7 +138,7 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
 def _print_summaries(day: date, summaries: list[dict[str, Any]], seconds: float) -> None:
     t = Table(title=f"run {day}: {seconds:.1f} s", show_lines=False)
     for col in ("stage", "table", "rows in", "accepted", "quarantined", "written", "version"):
-        t.add_column(col, justify="right" if col not in ("stage", "table") else "left")
+        t.add_column(col, justify="right" if col not in ("stage", "table") else "left", no_wrap=True)
     for s in summaries:
         t.add_row(s["stage"], s["table"], str(s.get("rows_in", "")), str(s.get("accepted", "")),
                   str(s.get("quarantined", "")), str(s.get("rows_written", "")), str(s.get("version", "")))
@@ -156,7 +156,7 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
     engine = get_backend(settings.backend, settings.lake())
     t = Table(title=f"tables in {settings.lake_root}")
     for col in ("layer", "table", "rows", "version", "last write"):
-        t.add_column(col, justify="right" if col in ("rows", "version") else "left")
+        t.add_column(col, justify="right" if col in ("rows", "version") else "left", no_wrap=True)
     for spec in TABLES.values():
         version = engine.version(spec)
         if version is None:

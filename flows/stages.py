@@ -38,7 +38,9 @@ def _quarantine(engine: Engine, spec: TableSpec, rejected: nw.LazyFrame, ctx: Ru
         return 0, {}
     qspec = quarantine_for(spec)
     stamped = rejected.with_columns(
-        nw.lit(ctx.run_id).alias("run_id"), nw.lit(ctx.run_date).cast(nw.Date()).alias("run_date")
+        nw.col("record_hash").cum_count().over("record_hash", "rule", order_by="source_file").alias("occurrence"),
+        nw.lit(ctx.run_id).alias("run_id"),
+        nw.lit(ctx.run_date).cast(nw.Date()).alias("run_date"),
     )
     engine.merge(qspec, stamped, insert_only=True)
     return data.num_rows, dict(Counter(data.column("rule").to_pylist()))
@@ -86,7 +88,7 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     batch = engine.materialize(bronze.batch_for(engine.scan(source), ctx.run_date))
     refs = {name: engine.scan(table(name)) for name in silver.REFS_NEEDED.get(spec.name, ())}
     result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.hmac_key.get_secret_value().encode(),
-                            fx_window_days=settings.fx_window_days)
+                            fx_window_days=settings.fx_window_days, run_date=ctx.run_date)
     valid = engine.materialize(result.valid)
     rows_in, accepted = engine.count(batch), engine.count(valid)
     quarantined, rules = _quarantine(engine, spec, result.quarantined, ctx)

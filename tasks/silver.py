@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import string
+from datetime import date
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ REFS_NEEDED: dict[str, tuple[str, ...]] = {
     "silver.orders": ("silver.customers", "silver.products", "silver.fx_rates"),
     "silver.opportunities": ("silver.fx_rates",),
 }
+_NEEDS_RUN_DATE = ("silver.opportunities",)
 QUARANTINE_OUTPUT = ("rule", "reason", "record", "record_hash", "source_file")
 
 _LINEAGE_IN = ("_source_file", "_record_hash", "_ingested_at")
@@ -93,11 +95,13 @@ def conform(
     refs: Mapping[str, nw.LazyFrame] | None = None,
     hmac_key: bytes,
     fx_window_days: int = 4,
+    run_date: date | None = None,
 ) -> Conformed:
     """Parse and check one bronze batch of ``table_name``'s entity; split it into silver rows and quarantine.
 
     ``refs`` holds the silver frames the table is checked against (see :data:`REFS_NEEDED`). ``hmac_key``
-    pseudonymises e-mail and phone. ``fx_window_days``: how many days old an FX rate may be.
+    pseudonymises e-mail and phone. ``fx_window_days``: how many days old an FX rate may be. ``run_date``
+    values open pipeline (opportunities) at that day's rate, so a deal last touched months ago still converts.
     """
     if table_name not in _CONFORMERS:
         msg = f"expected a silver table name (one of {', '.join(sorted(_CONFORMERS))}), got {table_name!r}"
@@ -114,8 +118,11 @@ def conform(
     if isinstance(fx_window_days, bool) or not isinstance(fx_window_days, int) or fx_window_days < 0:
         msg = f"expected fx_window_days as an integer >= 0, got {fx_window_days!r}"
         raise ValueError(msg)
+    if table_name in _NEEDS_RUN_DATE and run_date is None:
+        msg = f"expected run_date (a date) to conform {table_name!r}: its amounts convert at that day's FX rate"
+        raise ValueError(msg)
     landing = SILVER_LANDING[table_name]
-    batch = _Batch(table(table_name), landing, _parse(bronze, landing), refs, fx_window_days, hmac_key)
+    batch = _Batch(table(table_name), landing, _parse(bronze, landing), refs, fx_window_days, hmac_key, run_date)
     return _CONFORMERS[table_name](batch)
 
 
@@ -153,6 +160,7 @@ class _Batch:
     refs: Mapping[str, nw.LazyFrame]
     fx_window_days: int
     hmac_key: bytes = field(repr=False)
+    run_date: date | None = None
 
     def split(self, frame: nw.LazyFrame, derive: Callable[[nw.LazyFrame], nw.LazyFrame] | None = None) -> Conformed:
         """Tag each row with its first failing rule; valid rows → ``derive`` → silver shape, the rest → quarantine."""
@@ -311,7 +319,7 @@ def _order_events(batch: _Batch) -> Conformed:
 
 def _opportunities(batch: _Batch) -> Conformed:
     frame = batch.parsed.with_columns(
-        nw.col("updated_at").dt.date().alias("_as_of"),
+        nw.lit(batch.run_date).cast(nw.Date()).alias("_as_of"),
         nw.col("stage").is_in(OPEN_DEAL_STAGES).alias("is_open"),
     )
     frame = _with_fx(frame, batch.refs["silver.fx_rates"], currency="currency", on="_as_of",

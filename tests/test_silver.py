@@ -257,6 +257,7 @@ def quarantine_row(name: str, rule_id: str, record: dict, source_file: str = "f1
 
 def conform_records(engine: str, name: str, records: list[dict], **kwargs: Any):
     kwargs.setdefault("refs", refs_for(engine, name))
+    kwargs.setdefault("run_date", D(2026, 11, 8))  # a Sunday: opportunities convert at Friday's rate
     return conform(name, bronze(engine, SILVER_LANDING[name], records), hmac_key=KEY, **kwargs)
 
 
@@ -415,9 +416,9 @@ def test_fx_window_is_a_parameter(engine: str) -> None:
     assert [r[0] for r in _fx_valid(narrow)] == ["monday", "same-day", "usd-no-rates"]
 
 
-def test_opportunity_amount_uses_the_rate_as_of_its_update(engine: str) -> None:
+def test_opportunity_amount_uses_the_rate_as_of_the_run_date(engine: str) -> None:
     base = GOOD["silver.opportunities"]
-    records = [base | {"opportunity_id": "weekend", "updated_at": "2026-11-08T10:00:00Z", "stage": "closed_won"},
+    records = [base | {"opportunity_id": "weekend", "updated_at": "2024-01-08T10:00:00Z", "stage": "closed_won"},
                base | {"opportunity_id": "usd", "currency": "usd", "amount": "250.5", "close_date": None}]
     out = conform_records(engine, "silver.opportunities", records, refs={"silver.fx_rates": fx_ref(engine, RATES)})
     assert [(r["opportunity_id"], r["is_open"], r["currency"], r["amount_usd"], r["close_date"])
@@ -543,3 +544,8 @@ def test_bad_arguments_are_clear_errors_that_never_show_the_key(engine: str) -> 
 def test_empty_batch_gives_empty_outputs(engine: str) -> None:
     out = conform_records(engine, "silver.orders", [])
     assert (rows(out.valid), rows(out.quarantined)) == ([], [])
+
+
+def test_opportunities_need_the_run_date_to_pick_a_rate(engine: str) -> None:
+    with pytest.raises(ValueError, match="expected run_date"):
+        conform_records(engine, "silver.opportunities", [GOOD["silver.opportunities"]], run_date=None)
