@@ -225,7 +225,9 @@ _ORDER_MEASURES = {
     "orders": nw.len(),
     "kept_orders": nw.col("_kept_n").sum(),
     "cancelled_orders": nw.col("_cancelled_n").sum(),
-    "kept_revenue_usd": nw.col("_kept_usd").sum(),
+    # Money totals are rounded to cents: float sums depend on row order, which differs between rewrites of
+    # the same data, and a rerun must reproduce the table exactly.
+    "kept_revenue_usd": nw.col("_kept_usd").sum().round(2),
     "kept_units": nw.col("_kept_units").sum(),
     "first_kept_date": nw.col("_kept_date").min(),
     "last_kept_date": nw.col("_kept_date").max(),
@@ -335,7 +337,7 @@ def build_customer_360(
     pipeline = (
         opportunities.filter(nw.col("is_open"))
         .group_by("account_id")
-        .agg(nw.col("amount_usd").sum().alias("open_pipeline_usd"))
+        .agg(nw.col("amount_usd").sum().round(2).alias("open_pipeline_usd"))
         .rename({"account_id": "crm_account_id"})
     )
     activity = behaviour.group_by("customer_id").agg(

@@ -149,10 +149,11 @@ def test_gold_matches_an_independent_computation_from_landing(lake):
     fact_kept = sum(r["amount_usd"] for r in fact.values() if not r["is_cancelled"])
     assert fact_kept == pytest.approx(sum(kept), abs=0.01 * len(kept))
     c360 = read_table(lake["root"], "gold.customer_360")
-    assert sum(r["lifetime_revenue_usd"] for r in c360) == pytest.approx(fact_kept, rel=1e-9)
+    # marts round each customer's / product-day's money to cents
+    assert sum(r["lifetime_revenue_usd"] for r in c360) == pytest.approx(fact_kept, abs=0.005 * len(c360))
     assert sum(r["order_count"] for r in c360) == len(kept)
     perf = read_table(lake["root"], "gold.product_performance")
-    assert sum(r["revenue_usd"] for r in perf) == pytest.approx(fact_kept, rel=1e-9)
+    assert sum(r["revenue_usd"] for r in perf) == pytest.approx(fact_kept, abs=0.005 * len(perf))
     assert sum(r["orders"] for r in perf) == len(fact)
     dates = sorted(r["date"] for r in read_table(lake["root"], "gold.dim_date"))
     order_dates = sorted({r["order_date"] for r in fact.values()})
