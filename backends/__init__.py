@@ -10,7 +10,7 @@ from backends.protocol import Engine, EngineError, LandingRead, TableNotFoundErr
 BackendName = Literal["polars"]
 BACKENDS: tuple[str, ...] = ("polars",)
 
-__all__ = ["BACKENDS", "Engine", "EngineError", "LandingRead", "Lake", "TableNotFoundError", "WriteResult", "get_backend"]
+__all__ = ["BACKENDS", "Engine", "EngineError", "Lake", "LandingRead", "TableNotFoundError", "WriteResult", "get_backend"]
 
 
 def get_backend(name: str, lake: Lake) -> Engine:

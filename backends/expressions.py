@@ -56,7 +56,7 @@ def _hex_digest(frame: nw.LazyFrame, expr: nw.Expr, out: str, *, key: bytes | No
         native = staged.to_native().with_columns(pl.col(out).map_batches(hash_series, return_dtype=pl.Utf8))
         return nw.from_native(native)
     if impl.is_pyspark() or impl.is_pyspark_connect():
-        from pyspark.sql import functions as F  # noqa: N812
+        from pyspark.sql import functions as F
 
         col = F.col(out)
         if key is None:

@@ -13,7 +13,7 @@ import resource
 import shutil
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def main() -> None:
     timings: list[tuple[str, str, float, int]] = []
     for i in range(args.days):
         day = args.start + timedelta(days=i)
-        ctx = RunContext(run_date=day, run_id=f"bench-{day}", started_at=datetime.now(timezone.utc),
+        ctx = RunContext(run_date=day, run_id=f"bench-{day}", started_at=datetime.now(UTC),
                          overrides={"lake_root": str(lake), "landing_root": str(landing)})
         measured = i == args.days - 1
         steps = ([("bronze", e.name, ingest_entity.fn, (ctx, e.name)) for e in LANDING_ENTITIES]

@@ -212,12 +212,12 @@ def show(
     if not engine.exists(spec):
         _fail(f"expected table {name!r} to exist under {settings.lake_root!r}; it was never written: run 'lakehouse run --date D' first")
     data = engine.to_arrow(engine.scan(spec).head(limit))
-    t = Table(title=f"{name} (first {data.num_rows} rows, version {engine.version(spec)})")
-    for col in data.column_names:
-        t.add_column(col)
-    for row in data.to_pylist():
-        t.add_row(*("" if v is None else str(v) for v in row.values()))
-    console.print(t)
+    import polars as pl
+
+    console.print(f"[bold]{name}[/] (first {data.num_rows} rows, version {engine.version(spec)})")
+    with pl.Config(tbl_rows=limit, tbl_cols=-1, tbl_width_chars=60_000, fmt_str_lengths=80,
+                   tbl_hide_dataframe_shape=True):
+        print(pl.from_arrow(data))
 
 
 def _progress() -> Progress:

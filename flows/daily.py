@@ -6,7 +6,7 @@ summaries, never frames. Every run writes a summary table artifact.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -50,7 +50,7 @@ def daily_lakehouse(
     overrides = {k: v for k, v in {"backend": backend, "lake_root": lake_root, "landing_root": landing_root}.items()
                  if v is not None}
     ctx = RunContext(env=env, run_date=run_date, run_id=str(flow_run.get_id() or "local"),
-                     started_at=datetime.now(timezone.utc), overrides=overrides)
+                     started_at=datetime.now(UTC), overrides=overrides)
     ctx.settings().lake().check_writable()
     ctx.landing_dir()
     summaries = ingest(ctx) + refine(ctx) + publish(ctx)

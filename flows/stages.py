@@ -20,7 +20,7 @@ from flows.context import RunContext
 from tasks import bronze, gold, silver
 
 # I/O can fail transiently (object stores, file systems under load): retry with backoff.
-IO_RETRIES = dict(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5)
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5}
 
 
 class AccountingError(RuntimeError):

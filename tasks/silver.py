@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import string
-from datetime import date
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 
 import narwhals as nw
 

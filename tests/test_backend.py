@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import narwhals as nw
 import polars as pl
@@ -26,7 +26,7 @@ def engine(request, tmp_path):
 
 
 def ts(hour: int) -> datetime:
-    return datetime(2026, 11, 1, hour, tzinfo=timezone.utc)
+    return datetime(2026, 11, 1, hour, tzinfo=UTC)
 
 
 def products(*rows) -> nw.LazyFrame:

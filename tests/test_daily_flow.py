@@ -210,10 +210,9 @@ def test_a_run_date_with_no_landing_folder_fails_with_a_clear_error(prefect_harn
 
 
 def test_summary_artifact_is_written(lake):
+    import anyio
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    import anyio
 
     async def latest():
         async with get_client() as client:

@@ -1,0 +1,99 @@
+"""The ``lakehouse`` CLI and the settings model: clear errors for bad input, env-var overrides, real output."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from typer.testing import CliRunner
+
+from deployments.settings import SettingsError, load_settings
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_settings_default_to_local_and_take_nested_env_overrides(monkeypatch):
+    monkeypatch.delenv("LAKEHOUSE_ENV", raising=False)
+    s = load_settings()
+    assert (s.env, s.backend, s.lake_root, s.fx_window_days) == ("local", "polars", "./lake", 4)
+    monkeypatch.setenv("LAKEHOUSE_SNOWFLAKE__HOST", "127.0.0.1")
+    monkeypatch.setenv("LAKEHOUSE_FX_WINDOW_DAYS", "2")
+    s = load_settings(lake_root="/tmp/elsewhere")
+    assert (s.snowflake.host, s.fx_window_days, s.lake_root) == ("127.0.0.1", 2, "/tmp/elsewhere")
+
+
+def test_bad_settings_name_the_field_and_never_echo_the_key(monkeypatch):
+    monkeypatch.setenv("LAKEHOUSE_FX_WINDOW_DAYS", "soon")
+    with pytest.raises(SettingsError, match="fx_window_days"):
+        load_settings()
+    monkeypatch.delenv("LAKEHOUSE_FX_WINDOW_DAYS")
+    monkeypatch.setenv("LAKEHOUSE_HMAC_KEY", "short-canary")
+    with pytest.raises(SettingsError, match="hmac_key") as info:
+        load_settings()
+    assert "short-canary" not in str(info.value)
+    with pytest.raises(SettingsError, match="expected an environment among"):
+        load_settings("prod-typo")
+
+
+def test_run_rejects_a_bad_date():
+    result = runner.invoke(app, ["run", "--date", "2026-13-01"])
+    assert result.exit_code == 2
+    assert "expected --date as YYYY-MM-DD" in result.output
+
+
+def test_run_rejects_a_missing_landing_folder(tmp_path):
+    result = runner.invoke(app, ["run", "--date", "2026-11-01", "--landing", str(tmp_path / "none"),
+                                 "--lake-root", str(tmp_path / "lake")])
+    assert result.exit_code == 2
+    assert "expected a landing folder" in result.output
+
+
+def test_run_rejects_an_unwritable_lake(tmp_path):
+    (tmp_path / "landing").mkdir()
+    result = runner.invoke(app, ["run", "--date", "2026-11-01", "--landing", str(tmp_path / "landing"),
+                                 "--lake-root", "/proc/lake"])
+    assert result.exit_code == 2
+    assert "expected a writable lake root" in result.output
+
+
+def test_show_rejects_an_unknown_table_and_lists_known_ones(tmp_path):
+    result = runner.invoke(app, ["show", "gold.fact_order", "--lake-root", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "gold.fact_orders" in result.output
+
+
+def test_generate_tables_and_show_on_a_real_lake(tmp_path):
+    """generate writes files; after the stages run, tables and show print the real rows."""
+    from datetime import datetime, timezone
+
+    from flows.context import RunContext
+    from flows.stages import GOLD_ORDER, SILVER_ORDER, build_gold, ingest_entity, link_crm, refine_table
+
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    result = runner.invoke(app, ["generate", "--days", "1", "--scale", "0.01", "--out", str(landing)])
+    assert result.exit_code == 0, result.output
+    assert (landing / "snowflake" / "orders" / "2026-11-01" / "orders.parquet").is_file()
+    ctx = RunContext(run_date=date(2026, 11, 1), run_id="cli-test", started_at=datetime.now(timezone.utc),
+                     overrides={"lake_root": str(lake), "landing_root": str(landing)})
+    from contracts.landing import LANDING_ENTITIES
+
+    for e in LANDING_ENTITIES:
+        ingest_entity.fn(ctx, e.name)
+    for name in SILVER_ORDER:
+        refine_table.fn(ctx, name)
+    link_crm.fn(ctx)
+    for name in GOLD_ORDER:
+        build_gold.fn(ctx, name)
+    listing = runner.invoke(app, ["tables", "--lake-root", str(lake)])
+    assert listing.exit_code == 0, listing.output
+    engine = ctx.engine()
+    from contracts.catalog import table
+
+    fact_rows = engine.count(engine.scan(table("gold.fact_orders")))
+    assert fact_rows > 0
+    assert f"{fact_rows:,}" in listing.output
+    shown = runner.invoke(app, ["show", "gold.fact_orders", "--limit", "3", "--lake-root", str(lake)])
+    assert shown.exit_code == 0, shown.output
+    first = engine.to_arrow(engine.scan(table("gold.fact_orders")).head(1)).column("order_id")[0].as_py()
+    assert "first 3 rows" in shown.output and first in shown.output
