@@ -185,26 +185,49 @@ def _partition_predicate(df: pl.DataFrame, columns: tuple[str, ...], alias: str 
 
 
 def _read_jsonl(file: Path, columns: list[str]) -> tuple[pl.DataFrame, list[dict[str, str]]]:
-    """JSON lines as text columns; lines that are not a JSON object become rejects (with the raw line)."""
+    """JSON lines as text columns; lines that are not a JSON object become rejects (with the raw line).
+
+    Fast path: lines shaped like an object are decoded in one go by Polars; only when that fails (a value that
+    is not text, a broken line that still looks like an object) is every line probed on its own.
+    """
     lines = pl.read_csv(file, has_header=False, separator="\x01", quote_char=None, schema={"_line": pl.Utf8})
-    lines = lines.filter(pl.col("_line").str.strip_chars() != "")
-    extracted = lines.with_columns(pl.col("_line").str.json_path_match(f"$.{c}").alias(c) for c in columns)
-    suspect = extracted.filter(pl.all_horizontal(pl.col(c).is_null() for c in columns))
-    bad: list[str] = []
-    for line in suspect.get_column("_line").to_list():
-        try:
-            ok = isinstance(json.loads(line), dict)
-        except json.JSONDecodeError:
-            ok = False
-        if not ok:
-            bad.append(line)
+    lines = lines.with_columns(pl.col("_line").str.strip_chars()).filter(pl.col("_line") != "")
+    shaped = pl.col("_line").str.starts_with("{") & pl.col("_line").str.ends_with("}")
+    candidates, others = lines.filter(shaped), lines.filter(~shaped)
+    bad = [line for line in others.get_column("_line").to_list() if not _is_json_object(line)]
+    try:
+        payload = "\n".join(candidates.get_column("_line").to_list()).encode()
+        good = pl.read_ndjson(payload, schema={c: pl.Utf8 for c in columns}) if payload else None
+        if good is not None and good.height != candidates.height:
+            raise ValueError("row count changed while decoding")
+        good = good if good is not None else pl.DataFrame(schema={c: pl.Utf8 for c in columns})
+        good_others = others.filter(~pl.col("_line").is_in(bad))
+        if good_others.height:  # e.g. an object with trailing spaces inside quotes; decode one by one
+            good = pl.concat([good, _probe_lines(good_others, columns).drop("_line")])
+    except Exception:  # noqa: BLE001 - any decoding problem sends the file down the line-by-line path
+        good = _probe_lines(lines, columns)
+        suspect = good.filter(pl.all_horizontal(pl.col(c).is_null() for c in columns))
+        bad = [line for line in suspect.get_column("_line").to_list() if not _is_json_object(line)]
+        good = good.filter(~pl.col("_line").is_in(bad)) if bad else good
+        good = good.drop("_line")
     rejects = [
         {"rule": "parse.malformed_json", "reason": "expected one JSON object per line, got text that does not parse",
          "record": line, "record_hash": record_digest([line])}
         for line in bad
     ]
-    good = extracted.filter(~pl.col("_line").is_in(bad)) if bad else extracted
-    return good.drop("_line"), rejects
+    return good, rejects
+
+
+def _probe_lines(lines: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """Each line's fields by JSON path (a line that does not parse yields nulls); keeps ``_line``."""
+    return lines.with_columns(pl.col("_line").str.json_path_match(f"$.{c}").alias(c) for c in columns)
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _reject_whole_file(

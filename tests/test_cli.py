@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 
 import pytest
 from typer.testing import CliRunner
@@ -65,7 +65,7 @@ def test_show_rejects_an_unknown_table_and_lists_known_ones(tmp_path):
 
 def test_generate_tables_and_show_on_a_real_lake(tmp_path):
     """generate writes files; after the stages run, tables and show print the real rows."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from flows.context import RunContext
     from flows.stages import GOLD_ORDER, SILVER_ORDER, build_gold, ingest_entity, link_crm, refine_table
@@ -74,7 +74,7 @@ def test_generate_tables_and_show_on_a_real_lake(tmp_path):
     result = runner.invoke(app, ["generate", "--days", "1", "--scale", "0.01", "--out", str(landing)])
     assert result.exit_code == 0, result.output
     assert (landing / "snowflake" / "orders" / "2026-11-01" / "orders.parquet").is_file()
-    ctx = RunContext(run_date=date(2026, 11, 1), run_id="cli-test", started_at=datetime.now(timezone.utc),
+    ctx = RunContext(run_date=date(2026, 11, 1), run_id="cli-test", started_at=datetime.now(UTC),
                      overrides={"lake_root": str(lake), "landing_root": str(landing)})
     from contracts.landing import LANDING_ENTITIES
 
