@@ -5,12 +5,19 @@ from __future__ import annotations
 from typing import Literal
 
 from backends.lake import Lake
-from backends.protocol import Engine, EngineError, LandingRead, TableNotFoundError, WriteResult
+from backends.protocol import (
+    ContractViolation,
+    Engine,
+    EngineError,
+    LandingRead,
+    TableNotFoundError,
+    WriteResult,
+)
 
 BackendName = Literal["polars"]
 BACKENDS: tuple[str, ...] = ("polars",)
 
-__all__ = ["BACKENDS", "Engine", "EngineError", "Lake", "LandingRead", "TableNotFoundError", "WriteResult", "get_backend"]
+__all__ = ["BACKENDS", "ContractViolation", "Engine", "EngineError", "Lake", "LandingRead", "TableNotFoundError", "WriteResult", "get_backend"]
 
 
 def get_backend(name: str, lake: Lake) -> Engine:

@@ -11,10 +11,11 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+from pandera import errors as pandera_errors
 
 from backends.expressions import record_digest, with_record_hash
 from backends.lake import Lake
-from backends.protocol import LandingRead, TableNotFoundError, WriteResult
+from backends.protocol import ContractViolation, LandingRead, TableNotFoundError, WriteResult
 from contracts.catalog import QUARANTINE_COLUMNS, TableSpec
 from contracts.landing import LandingEntity
 
@@ -160,8 +161,16 @@ class PolarsDeltaEngine:
         return dt.version()
 
     def _arrow(self, spec: TableSpec, frame: nw.LazyFrame) -> pa.Table:
-        df = frame.select(spec.columns).collect().to_native()
-        return df.cast(spec.polars_schema).to_arrow().cast(spec.arrow_schema)  # type: ignore[arg-type]
+        """The rows to write, checked against the table's pandera contract (nothing unchecked is written)."""
+        df = frame.select(spec.columns).collect().to_native().cast(spec.polars_schema)  # type: ignore[arg-type]
+        try:
+            spec.schema.validate(df, lazy=True)
+        except pandera_errors.SchemaErrors as exc:
+            cases = exc.failure_cases.head(5).select("column", "check", "failure_case").rows()
+            msg = (f"expected rows for {spec.name!r} to satisfy its contract (contracts/catalog.py); "
+                   f"{exc.failure_cases.height} failure(s), first: {cases}")
+            raise ContractViolation(msg) from None
+        return df.to_arrow().cast(spec.arrow_schema)
 
     def _write(self, spec: TableSpec, data: pa.Table, *, mode: str, predicate: str | None = None) -> WriteResult:
         self.lake.prepare(spec)

@@ -22,6 +22,10 @@ class EngineError(RuntimeError):
     """An engine was asked for something it cannot do; the message names the engine and the alternative."""
 
 
+class ContractViolation(ValueError):
+    """Rows about to be written break their table's contract; nothing was written."""
+
+
 class TableNotFoundError(LookupError):
     """A table (or a version of it) does not exist in the lake."""
 

@@ -142,3 +142,18 @@ def test_unknown_backend_and_unwritable_lake(tmp_path):
             lake.check_writable()
     finally:
         locked.chmod(0o700)
+
+
+def test_writes_are_checked_against_the_contract_and_bad_rows_write_nothing(engine):
+    from backends import ContractViolation
+
+    engine.merge(PRODUCTS, products(("p1", "a", 1, "h1")))
+    negative = nw.from_native(pl.LazyFrame([("p2", "sku", "n", None, -5.0, ts(1), "f", "h2")],
+                                           schema=PRODUCTS.polars_schema, orient="row"))
+    with pytest.raises(ContractViolation, match="list_price_usd"):
+        engine.merge(PRODUCTS, negative)
+    duplicated = products(("p3", "a", 1, "h3"), ("p3", "b", 2, "h4"))
+    with pytest.raises(ContractViolation, match="silver.products"):
+        engine.overwrite(PRODUCTS, duplicated)
+    assert [r["product_id"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()] == ["p1"]
+    assert engine.version(PRODUCTS) == 0
