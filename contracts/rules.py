@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import narwhals as nw
 
+from contracts.catalog import SILVER, TABLES
 from contracts.landing import (
     ACCOUNTS,
     BEHAVIOUR,
@@ -74,17 +75,9 @@ _TYPE_TEXT = {
     "timestamp": "a UTC timestamp YYYY-MM-DDTHH:MM:SSZ",
 }
 
-# Which landing entity feeds each silver table (the silver table names its landing columns after them).
+# Which landing entity feeds each silver table: derived from the catalog's `source` declarations.
 SILVER_LANDING: dict[str, LandingEntity] = {
-    "silver.customers": CUSTOMERS,
-    "silver.products": PRODUCTS,
-    "silver.orders": ORDERS,
-    "silver.order_events": ORDER_EVENTS,
-    "silver.fx_rates": FX_RATES,
-    "silver.customer_behaviour": BEHAVIOUR,
-    "silver.accounts": ACCOUNTS,
-    "silver.contacts": CONTACTS,
-    "silver.opportunities": OPPORTUNITIES,
+    t.name: TABLES[t.source].landing for t in SILVER if t.source and TABLES[t.source].landing is not None
 }
 
 

@@ -112,15 +112,13 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
               landing: str | None) -> None:
     settings = _settings(env, backend=backend, lake_root=lake_root, landing_root=landing)
     from backends.lake import LakeNotWritableError
-    from flows.context import LandingNotFoundError
+    from flows.context import LandingNotFoundError, require_landing
 
     try:
         settings.lake().check_writable()
-    except LakeNotWritableError as exc:
+        require_landing(settings.landing_root)
+    except (LakeNotWritableError, LandingNotFoundError) as exc:
         _fail(str(exc))
-    if not Path(settings.landing_root).is_dir():
-        _fail(f"expected a landing folder at {str(Path(settings.landing_root).resolve())!r}, it does not exist; "
-              "run 'lakehouse generate --out <folder>' or pass --landing <folder>")
     from flows.daily import daily_lakehouse
 
     for i, day in enumerate(days, 1):

@@ -37,9 +37,14 @@ class RunContext(BaseModel):
         return get_backend(settings.backend, settings.lake())
 
     def landing_dir(self) -> Path:
-        root = Path(self.settings().landing_root).resolve()
-        if not root.is_dir():
-            msg = (f"expected a landing folder at {str(root)!r}, it does not exist; run "
-                   "'lakehouse generate --out <folder>' or pass --landing <folder>")
-            raise LandingNotFoundError(msg)
-        return root
+        return require_landing(self.settings().landing_root)
+
+
+def require_landing(landing_root: str) -> Path:
+    """The landing folder, resolved; a clear error when it does not exist."""
+    root = Path(landing_root).resolve()
+    if not root.is_dir():
+        msg = (f"expected a landing folder at {str(root)!r}, it does not exist; run "
+               "'lakehouse generate --out <folder>' or pass --landing <folder>")
+        raise LandingNotFoundError(msg)
+    return root

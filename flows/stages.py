@@ -33,6 +33,7 @@ def _summary(stage: str, spec: TableSpec, **figures: Any) -> dict[str, Any]:
 
 def _quarantine(engine: Engine, spec: TableSpec, rejected: nw.LazyFrame, ctx: RunContext) -> tuple[int, dict[str, int]]:
     """Write rejected rows (rule, reason, record, record_hash, source_file) to ``spec``'s quarantine table."""
+    rejected = engine.materialize(rejected)
     data = engine.to_arrow(rejected.select("rule"))
     if data.num_rows == 0:
         return 0, {}
