@@ -43,17 +43,18 @@ def _hex_digest(frame: nw.LazyFrame, expr: nw.Expr, out: str, *, key: bytes | No
     if impl.is_polars():
         import polars as pl
 
+        native = staged.to_native()
         if key is None:
-            def digest(v: str) -> str:
-                return hashlib.sha256(v.encode()).hexdigest()
+            import polars_hash as plh  # SHA-256 in Rust, many times faster than hashlib per row
+
+            native = native.with_columns(plh.col(out).chash.sha2_256())
         else:
-            def digest(v: str) -> str:
-                return hmac.new(key, v.encode(), hashlib.sha256).hexdigest()
+            def hash_series(s: pl.Series) -> pl.Series:
+                digest = [None if v is None else hmac.new(key, v.encode(), hashlib.sha256).hexdigest()
+                          for v in s.to_list()]
+                return pl.Series(s.name, digest, dtype=pl.Utf8)
 
-        def hash_series(s: pl.Series) -> pl.Series:
-            return pl.Series(s.name, [None if v is None else digest(v) for v in s.to_list()], dtype=pl.Utf8)
-
-        native = staged.to_native().with_columns(pl.col(out).map_batches(hash_series, return_dtype=pl.Utf8))
+            native = native.with_columns(pl.col(out).map_batches(hash_series, return_dtype=pl.Utf8))
         return nw.from_native(native)
     if impl.is_pyspark() or impl.is_pyspark_connect():
         from pyspark.sql import functions as F

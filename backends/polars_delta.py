@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,28 +47,28 @@ class PolarsDeltaEngine:
         return frame.collect().lazy()
 
     # ----------------------------------------------------------------------------------- landing files
-    def read_landing(self, entity: LandingEntity, file: Path, *, label: str) -> LandingRead:
-        source_file = label
+    def read_landing(self, entity: LandingEntity, files: Sequence[tuple[Path, str]]) -> LandingRead:
         columns = entity.column_names
+        frames: list[pl.DataFrame] = []
+        rejects: list[pa.Table] = []
         if entity.format == "jsonl":
-            raw, rejects = _read_jsonl(file, columns)
+            if files:  # every file's lines in one scan and one JSON decode: micro-batch files are many and small
+                rows, bad = _read_jsonl(files, columns)
+                frames.append(rows)
+                rejects.append(pa.Table.from_pylist(bad, schema=_REJECT_SCHEMA))
         else:
-            raw = pl.read_csv(file, infer_schema=False) if entity.format == "csv" else pl.read_parquet(file)
-            missing = [c for c in columns if c not in raw.columns]
-            if missing:
-                return LandingRead(self._empty_text(columns), _reject_whole_file(raw, entity, file, missing, label))
-            rejects = []
-        rows = raw.select([pl.col(c).cast(pl.Utf8) for c in columns]).with_columns(_source_file=pl.lit(source_file))
+            for file, label in files:
+                raw = pl.read_csv(file, infer_schema=False) if entity.format == "csv" else pl.read_parquet(file)
+                missing = [c for c in columns if c not in raw.columns]
+                if missing:
+                    rejects.append(_reject_whole_file(raw, entity, file, missing, label))
+                    continue
+                text = raw.select([pl.col(c).cast(pl.Utf8) for c in columns])
+                frames.append(text.with_columns(_source_file=pl.lit(label)))
+        schema = {c: pl.Utf8 for c in (*columns, "_source_file")}
+        rows = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
         hashed = with_record_hash(nw.from_native(rows.lazy()), columns)
-        reject_table = pa.Table.from_pylist(
-            [{**r, "source_file": source_file} for r in rejects], schema=_REJECT_SCHEMA
-        )
-        return LandingRead(hashed, reject_table)
-
-    @staticmethod
-    def _empty_text(columns: list[str]) -> nw.LazyFrame:
-        schema = {c: pl.Utf8 for c in (*columns, "_source_file", "_record_hash")}
-        return nw.from_native(pl.LazyFrame(schema=schema))
+        return LandingRead(hashed, pa.concat_tables(rejects) if rejects else _REJECT_SCHEMA.empty_table())
 
     # ------------------------------------------------------------------------------------ Delta tables
     def exists(self, spec: TableSpec) -> bool:
@@ -193,38 +194,49 @@ def _partition_predicate(df: pl.DataFrame, columns: tuple[str, ...], alias: str 
     return " AND ".join(parts)
 
 
-def _read_jsonl(file: Path, columns: list[str]) -> tuple[pl.DataFrame, list[dict[str, str]]]:
-    """JSON lines as text columns; lines that are not a JSON object become rejects (with the raw line).
+def _read_jsonl(files: Sequence[tuple[Path, str]], columns: list[str]) -> tuple[pl.DataFrame, list[dict[str, str]]]:
+    """JSON lines as text columns plus ``_source_file``; lines that are not a JSON object become rejects (with
+    the raw line and its file).
 
     Fast path: lines shaped like an object are decoded in one go by Polars; only when that fails (a value that
     is not text, a broken line that still looks like an object) is every line probed on its own.
     """
-    lines = pl.read_csv(file, has_header=False, separator="\x01", quote_char=None, schema={"_line": pl.Utf8})
-    lines = lines.with_columns(pl.col("_line").str.strip_chars()).filter(pl.col("_line") != "")
+    labels = {str(path): label for path, label in files}
+    lines = (
+        pl.scan_csv([p for p, _ in files], has_header=False, separator="\x01", quote_char=None,
+                    schema={"_line": pl.Utf8}, include_file_paths="_path")
+        .with_columns(pl.col("_line").str.strip_chars(),
+                      pl.col("_path").replace_strict(labels, return_dtype=pl.Utf8).alias("_source_file"))
+        .drop("_path")
+        .filter(pl.col("_line") != "")
+        .collect()
+    )
     shaped = pl.col("_line").str.starts_with("{") & pl.col("_line").str.ends_with("}")
     candidates, others = lines.filter(shaped), lines.filter(~shaped)
-    bad = [line for line in others.get_column("_line").to_list() if not _is_json_object(line)]
+    bad = [(line, label) for line, label in others.select("_line", "_source_file").rows() if not _is_json_object(line)]
     try:
         payload = "\n".join(candidates.get_column("_line").to_list()).encode()
         good = pl.read_ndjson(payload, schema={c: pl.Utf8 for c in columns}) if payload else None
         if good is not None and good.height != candidates.height:
             raise ValueError("row count changed while decoding")
         good = good if good is not None else pl.DataFrame(schema={c: pl.Utf8 for c in columns})
-        good_others = others.filter(~pl.col("_line").is_in(bad))
+        good = good.with_columns(candidates.get_column("_source_file"))
+        good_others = others.filter(~pl.col("_line").is_in([line for line, _ in bad]))
         if good_others.height:  # e.g. an object with trailing spaces inside quotes; decode one by one
             good = pl.concat([good, _probe_lines(good_others, columns).drop("_line")])
-    except Exception:  # noqa: BLE001 - any decoding problem sends the file down the line-by-line path
+    except Exception:  # noqa: BLE001 - any decoding problem sends the batch down the line-by-line path
         good = _probe_lines(lines, columns)
         suspect = good.filter(pl.all_horizontal(pl.col(c).is_null() for c in columns))
-        bad = [line for line in suspect.get_column("_line").to_list() if not _is_json_object(line)]
-        good = good.filter(~pl.col("_line").is_in(bad)) if bad else good
+        bad = [(line, label) for line, label in suspect.select("_line", "_source_file").rows()
+               if not _is_json_object(line)]
+        good = good.filter(~pl.col("_line").is_in([line for line, _ in bad])) if bad else good
         good = good.drop("_line")
     rejects = [
         {"rule": "parse.malformed_json", "reason": "expected one JSON object per line, got text that does not parse",
-         "record": line, "record_hash": record_digest([line])}
-        for line in bad
+         "record": line, "record_hash": record_digest([line]), "source_file": label}
+        for line, label in bad
     ]
-    return good, rejects
+    return good.select(*columns, "_source_file"), rejects
 
 
 def _probe_lines(lines: pl.DataFrame, columns: list[str]) -> pl.DataFrame:

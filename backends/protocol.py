@@ -6,6 +6,7 @@ result back to the engine to write. Arrow is the exchange format at the edges (`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,7 +42,8 @@ class WriteResult:
 
 @dataclass(frozen=True)
 class LandingRead:
-    """One landing file read as text.
+    """Landing files of one entity read as text (``files`` are ``(path, label)`` pairs; the label is the
+    path under the landing root, recorded as ``_source_file``).
 
     ``rows`` has every declared column of the entity as text, plus ``_source_file`` and ``_record_hash``.
     ``rejects`` are records that could not become rows (unparseable lines, a file missing a declared
@@ -62,7 +64,7 @@ class Engine(Protocol):
     def materialize(self, frame: nw.LazyFrame) -> nw.LazyFrame: ...
 
     # ---- landing files
-    def read_landing(self, entity: LandingEntity, file: Path, *, label: str) -> LandingRead: ...
+    def read_landing(self, entity: LandingEntity, files: Sequence[tuple[Path, str]]) -> LandingRead: ...
 
     # ---- Delta tables
     def exists(self, spec: TableSpec) -> bool: ...

@@ -59,17 +59,15 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     done = set(engine.to_arrow(bronze.ingested_files(engine.scan(spec))).column("_source_file").to_pylist())
     new = [(f, f.relative_to(root).as_posix()) for f in files]
     new = [(f, label) for f, label in new if label not in done]
-    reads = [engine.read_landing(entity, f, label=label) for f, label in new]
-    rejects = pa.concat_tables([r.rejects for r in reads]) if reads else None
+    read = engine.read_landing(entity, new) if new else None
     quarantined, rules = (0, {})
-    if rejects is not None and rejects.num_rows:
-        quarantined, rules = _quarantine(engine, spec, engine.from_arrow(rejects), ctx)
+    if read is not None and read.rejects.num_rows:
+        quarantined, rules = _quarantine(engine, spec, engine.from_arrow(read.rejects), ctx)
     rows = 0
     version = engine.version(spec)
-    if reads:
-        frame = nw.concat([r.rows for r in reads], how="vertical")
+    if read is not None:
         stamped = engine.materialize(
-            bronze.with_lineage(frame, run_id=ctx.run_id, ingested_at=ctx.started_at, ingest_date=ctx.run_date)
+            bronze.with_lineage(read.rows, run_id=ctx.run_id, ingested_at=ctx.started_at, ingest_date=ctx.run_date)
         )
         result = engine.append(spec, stamped)
         rows, version = result.rows, result.version
@@ -89,7 +87,8 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     batch = engine.materialize(bronze.batch_for(engine.scan(source), ctx.run_date))
     refs = {name: engine.scan(table(name)) for name in silver.REFS_NEEDED.get(spec.name, ())}
     result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.hmac_key.get_secret_value().encode(),
-                            fx_window_days=settings.fx_window_days, run_date=ctx.run_date)
+                            fx_window_days=settings.fx_window_days, run_date=ctx.run_date,
+                            checkpoint=engine.materialize)
     valid = engine.materialize(result.valid)
     rows_in, accepted = engine.count(batch), engine.count(valid)
     quarantined, rules = _quarantine(engine, spec, result.quarantined, ctx)

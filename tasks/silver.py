@@ -96,12 +96,15 @@ def conform(
     hmac_key: bytes,
     fx_window_days: int = 4,
     run_date: date | None = None,
+    checkpoint: Callable[[nw.LazyFrame], nw.LazyFrame] | None = None,
 ) -> Conformed:
     """Parse and check one bronze batch of ``table_name``'s entity; split it into silver rows and quarantine.
 
     ``refs`` holds the silver frames the table is checked against (see :data:`REFS_NEEDED`). ``hmac_key``
     pseudonymises e-mail and phone. ``fx_window_days``: how many days old an FX rate may be. ``run_date``
     values open pipeline (opportunities) at that day's rate, so a deal last touched months ago still converts.
+    ``checkpoint`` (an engine's ``materialize``) computes the rule-tagged rows once, so that the valid and the
+    quarantined rows do not each re-run parsing and joins; without it both stay lazy.
     """
     if table_name not in _CONFORMERS:
         msg = f"expected a silver table name (one of {', '.join(sorted(_CONFORMERS))}), got {table_name!r}"
@@ -122,7 +125,8 @@ def conform(
         msg = f"expected run_date (a date) to conform {table_name!r}: its amounts convert at that day's FX rate"
         raise ValueError(msg)
     landing = SILVER_LANDING[table_name]
-    batch = _Batch(table(table_name), landing, _parse(bronze, landing), refs, fx_window_days, hmac_key, run_date)
+    batch = _Batch(table(table_name), landing, _parse(bronze, landing), refs, fx_window_days, hmac_key, run_date,
+                   checkpoint or (lambda frame: frame))
     return _CONFORMERS[table_name](batch)
 
 
@@ -161,11 +165,12 @@ class _Batch:
     fx_window_days: int
     hmac_key: bytes = field(repr=False)
     run_date: date | None = None
+    checkpoint: Callable[[nw.LazyFrame], nw.LazyFrame] = lambda frame: frame
 
     def split(self, frame: nw.LazyFrame, derive: Callable[[nw.LazyFrame], nw.LazyFrame] | None = None) -> Conformed:
         """Tag each row with its first failing rule; valid rows → ``derive`` → silver shape, the rest → quarantine."""
         rules = ROW_RULES[self.spec.name]
-        tagged = frame.with_columns(first_failing_rule(rules).alias(_RULE))
+        tagged = self.checkpoint(frame.with_columns(first_failing_rule(rules).alias(_RULE)))
         valid = tagged.filter(nw.col(_RULE).is_null())
         if derive is not None:
             valid = derive(valid)

@@ -94,7 +94,7 @@ def test_read_landing_csv_parquet_and_missing_column(engine, tmp_path):
     accounts = landing_entity("crm.accounts")
     csv = tmp_path / "accounts.csv"
     pl.DataFrame({c: [f"{c}-1", None] for c in accounts.column_names}).write_csv(csv)
-    read = engine.read_landing(accounts, csv, label="crm/accounts/2026-11-01/accounts.csv")
+    read = engine.read_landing(accounts, [(csv, "crm/accounts/2026-11-01/accounts.csv")])
     rows = engine.to_arrow(read.rows).to_pylist()
     assert [r["account_id"] for r in rows] == ["account_id-1", None]
     assert rows[0]["_source_file"] == "crm/accounts/2026-11-01/accounts.csv"
@@ -103,7 +103,7 @@ def test_read_landing_csv_parquet_and_missing_column(engine, tmp_path):
 
     renamed = tmp_path / "renamed.csv"
     pl.DataFrame({c if c != "domain" else "web_domain": ["x"] for c in accounts.column_names}).write_csv(renamed)
-    bad = engine.read_landing(accounts, renamed, label="renamed.csv")
+    bad = engine.read_landing(accounts, [(renamed, "renamed.csv")])
     assert engine.count(bad.rows) == 0
     reject = bad.rejects.to_pylist()[0]
     assert reject["rule"] == "schema.missing_column" and "domain" in reject["reason"]
@@ -112,7 +112,7 @@ def test_read_landing_csv_parquet_and_missing_column(engine, tmp_path):
     customers = landing_entity("snowflake.customers")
     pq = tmp_path / "customers.parquet"
     pl.DataFrame({c: ["v"] for c in customers.column_names}).write_parquet(pq)
-    assert engine.to_arrow(engine.read_landing(customers, pq, label="c").rows).to_pylist()[0]["email"] == "v"
+    assert engine.to_arrow(engine.read_landing(customers, [(pq, "c")]).rows).to_pylist()[0]["email"] == "v"
 
 
 def test_read_landing_jsonl_quarantines_malformed_lines(engine, tmp_path):
@@ -121,10 +121,18 @@ def test_read_landing_jsonl_quarantines_malformed_lines(engine, tmp_path):
             "published_at": "2026-11-02T16:00:00Z"}
     f = tmp_path / "rates.jsonl"
     f.write_text(json.dumps(good) + "\n" + '{"rate_date": "2026-11-0\n' + "not json\n\n" + "{}\n")
-    read = engine.read_landing(fx, f, label="fx/rates/2026-11-02/rates.jsonl")
+    second, empty = tmp_path / "rates-2.jsonl", tmp_path / "rates-3.jsonl"
+    second.write_text(json.dumps({**good, "rate": "1.1"}) + "\n[1, 2]\n")
+    empty.write_text("")
+    read = engine.read_landing(fx, [(f, "fx/a.jsonl"), (second, "fx/b.jsonl"), (empty, "fx/c.jsonl")])
     rows = engine.to_arrow(read.rows).to_pylist()
-    assert [r["rate"] for r in rows] == ["0.92", None]  # the valid '{}' line is kept for silver to judge
-    assert sorted(read.rejects.column("record").to_pylist()) == sorted(['{"rate_date": "2026-11-0', "not json"])
+    # the valid '{}' line is kept for silver to judge
+    assert sorted((r["_source_file"], r["rate"] or "") for r in rows) == [
+        ("fx/a.jsonl", ""), ("fx/a.jsonl", "0.92"), ("fx/b.jsonl", "1.1")]
+    assert all(r["_record_hash"] == record_digest([r[c] for c in fx.column_names]) for r in rows)
+    rejects = sorted(zip(read.rejects.column("source_file").to_pylist(), read.rejects.column("record").to_pylist()))
+    assert rejects == sorted([("fx/a.jsonl", '{"rate_date": "2026-11-0'), ("fx/a.jsonl", "not json"),
+                               ("fx/b.jsonl", "[1, 2]")])
     assert set(read.rejects.column("rule").to_pylist()) == {"parse.malformed_json"}
 
 
