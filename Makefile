@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
-EXTRAS ?= dev
+EXTRAS ?= dev,spark,aws
 DEMO_DAYS ?= 3
 DEMO_SCALE ?= 1
 DEMO_START ?= 2026-11-01
@@ -15,13 +15,16 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
 .PHONY: setup demo test bench lint clean
 
-$(VENV)/.installed: pyproject.toml requirements.lock
+comma  := ,
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(UV) pip install --quiet --python $(PY) -c requirements.lock -e ".[$(EXTRAS)]"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(STAMP)
 
 demo: setup
 	$(VENV)/bin/lakehouse demo --days $(DEMO_DAYS) --scale $(DEMO_SCALE) --start $(DEMO_START)

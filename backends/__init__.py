@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from backends.lake import Lake
 from backends.protocol import (
@@ -14,17 +14,30 @@ from backends.protocol import (
     WriteResult,
 )
 
-BackendName = Literal["polars"]
-BACKENDS: tuple[str, ...] = ("polars",)
+if TYPE_CHECKING:
+    from deployments.settings import SparkSettings
+
+BackendName = Literal["polars", "spark"]
+BACKENDS: tuple[str, ...] = ("polars", "spark")
 
 __all__ = ["BACKENDS", "ContractViolation", "Engine", "EngineError", "Lake", "LandingRead", "TableNotFoundError", "WriteResult", "get_backend"]
 
 
-def get_backend(name: str, lake: Lake) -> Engine:
-    """The engine called ``name`` over ``lake``; a clear error lists the engines there are."""
+def get_backend(name: str, lake: Lake, spark: SparkSettings | None = None) -> Engine:
+    """The engine called ``name`` over ``lake``; a clear error lists the engines there are.
+
+    ``spark`` says how the Spark engine reaches Spark (default: an embedded Sail server).
+    """
     if name == "polars":
         from backends.polars_delta import PolarsDeltaEngine
 
         return PolarsDeltaEngine(lake)
-    msg = f"expected a backend among {list(BACKENDS)}, got {name!r}; use --backend polars"
+    if name == "spark":
+        from backends.spark_delta import SparkDeltaEngine
+        from backends.spark_session import session_for
+        from deployments.settings import SparkSettings
+
+        session, kind = session_for(spark or SparkSettings())
+        return SparkDeltaEngine(lake, session, kind)
+    msg = f"expected a backend among {list(BACKENDS)}, got {name!r}; use --backend polars or --backend spark"
     raise EngineError(msg)

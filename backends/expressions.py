@@ -57,7 +57,10 @@ def _hex_digest(frame: nw.LazyFrame, expr: nw.Expr, out: str, *, key: bytes | No
             native = native.with_columns(pl.col(out).map_batches(hash_series, return_dtype=pl.Utf8))
         return nw.from_native(native)
     if impl.is_pyspark() or impl.is_pyspark_connect():
-        from pyspark.sql import functions as F
+        if impl.is_pyspark_connect():
+            from pyspark.sql.connect import functions as F
+        else:
+            from pyspark.sql import functions as F  # type: ignore[no-redef]
 
         col = F.col(out)
         if key is None:
@@ -73,3 +76,13 @@ def _hex_digest(frame: nw.LazyFrame, expr: nw.Expr, out: str, *, key: bytes | No
         return nw.from_native(staged.to_native().withColumn(out, F.when(col.isNull(), None).otherwise(hashed)))
     msg = f"expected a polars or pyspark frame for hashing, got {impl!r}; use the polars or spark engine"
     raise NotImplementedError(msg)
+
+
+def ratio(numerator: nw.Expr, denominator: nw.Expr) -> nw.Expr:
+    """``numerator / denominator`` as a double, null when the denominator is 0 or null, the same on every engine.
+
+    Narwhals turns ``/`` into Spark's ``try_divide``, which Sail 0.7.2 refuses for doubles; a multiplication by
+    the reciprocal runs on Polars, JVM Spark and Sail alike.
+    """
+    den = denominator.cast(nw.Float64)
+    return nw.when(den != 0).then(numerator.cast(nw.Float64) * den**-1)

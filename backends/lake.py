@@ -16,11 +16,22 @@ class LakeNotWritableError(OSError):
     """The lake root cannot be created or written."""
 
 
+class UnportableTableError(RuntimeError):
+    """A table uses a Delta feature that not every engine of the project reads."""
+
+
+# Every table must be readable by delta-rs (laptop), Sail and delta-spark (EMR): these features are refused.
+UNPORTABLE_FEATURES = frozenset({"deletionVectors", "columnMapping", "v2Checkpoint", "icebergCompatV1",
+                                 "icebergCompatV2", "typeWidening", "variantType"})
+# Table properties set when a table is created, so that no engine turns those features on by default.
+PORTABLE_TABLE_PROPERTIES: dict[str, str | None] = {"delta.enableDeletionVectors": "false"}
+
+
 @dataclass(frozen=True)
 class Lake:
     root: str
     storage_options: dict[str, str] = field(default_factory=dict)
-    table_configuration: dict[str, str | None] | None = None
+    table_configuration: dict[str, str | None] | None = field(default_factory=lambda: dict(PORTABLE_TABLE_PROPERTIES))
 
     @property
     def is_local(self) -> bool:
@@ -53,3 +64,15 @@ class Lake:
         if self.is_local:
             self.check_writable()
             Path(self.uri(spec)).mkdir(parents=True, exist_ok=True)
+
+    def check_features(self, spec: TableSpec) -> None:
+        """Refuse a table whose protocol needs a feature one of the engines cannot read."""
+        from deltalake import DeltaTable
+
+        protocol = DeltaTable(self.uri(spec), storage_options=self.storage_options or None).protocol()
+        used = set(protocol.reader_features or ()) | set(protocol.writer_features or ())
+        bad = sorted(used & UNPORTABLE_FEATURES)
+        if bad:
+            msg = (f"expected {spec.name} ({self.uri(spec)}) to use only Delta features every engine reads, "
+                   f"got {bad}; recreate it without them (see backends/lake.py PORTABLE_TABLE_PROPERTIES)")
+            raise UnportableTableError(msg)

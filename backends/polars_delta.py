@@ -14,14 +14,12 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 from pandera import errors as pandera_errors
 
-from backends.expressions import record_digest, with_record_hash
+from backends import landing
+from backends.expressions import with_record_hash
 from backends.lake import Lake
 from backends.protocol import ContractViolation, LandingRead, TableNotFoundError, WriteResult
-from contracts.catalog import QUARANTINE_COLUMNS, TableSpec
+from contracts.catalog import TableSpec
 from contracts.landing import LandingEntity
-
-_REJECT_SCHEMA = pa.schema([(c, pa.large_string()) for c in ("rule", "reason", "record", "record_hash", "source_file")])
-assert set(_REJECT_SCHEMA.names) <= set(QUARANTINE_COLUMNS)
 
 
 class PolarsDeltaEngine:
@@ -55,20 +53,20 @@ class PolarsDeltaEngine:
             if files:  # every file's lines in one scan and one JSON decode: micro-batch files are many and small
                 rows, bad = _read_jsonl(files, columns)
                 frames.append(rows)
-                rejects.append(pa.Table.from_pylist(bad, schema=_REJECT_SCHEMA))
+                rejects.append(landing.malformed_lines(bad))
         else:
             for file, label in files:
                 raw = pl.read_csv(file, infer_schema=False) if entity.format == "csv" else pl.read_parquet(file)
                 missing = [c for c in columns if c not in raw.columns]
                 if missing:
-                    rejects.append(_reject_whole_file(raw, entity, file, missing, label))
+                    rejects.append(landing.missing_columns(raw, entity, file.name, missing, label))
                     continue
                 text = raw.select([pl.col(c).cast(pl.Utf8) for c in columns])
                 frames.append(text.with_columns(_source_file=pl.lit(label)))
         schema = {c: pl.Utf8 for c in (*columns, "_source_file")}
         rows = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
         hashed = with_record_hash(nw.from_native(rows.lazy()), columns)
-        return LandingRead(hashed, pa.concat_tables(rejects) if rejects else _REJECT_SCHEMA.empty_table())
+        return LandingRead(hashed, pa.concat_tables(rejects) if rejects else landing.REJECT_SCHEMA.empty_table())
 
     # ------------------------------------------------------------------------------------ Delta tables
     def exists(self, spec: TableSpec) -> bool:
@@ -108,7 +106,7 @@ class PolarsDeltaEngine:
             return self._write(spec, data, mode="overwrite")
         if data.num_rows == 0:
             return WriteResult(spec.name, self._version(spec), 0)
-        predicate = _partition_predicate(pl.from_arrow(data), spec.partition_by)  # type: ignore[arg-type]
+        predicate = _partition_values(data, spec.partition_by)  # type: ignore[arg-type]
         return self._write(spec, data, mode="overwrite", predicate=predicate)
 
     def merge(self, spec: TableSpec, frame: nw.LazyFrame, *, insert_only: bool = False) -> WriteResult:
@@ -128,7 +126,7 @@ class PolarsDeltaEngine:
             return WriteResult(spec.name, dt.version(), 0)
         on = [f"t.{k} = s.{k}" for k in spec.keys]
         if spec.partition_by:
-            on.append(_partition_predicate(pl.from_arrow(data), spec.partition_by, alias="t"))  # type: ignore[arg-type]
+            on.append(_partition_values(data, spec.partition_by, alias="t"))  # type: ignore[arg-type]
         merger = dt.merge(data, predicate=" AND ".join(on), source_alias="s", target_alias="t",
                           error_on_type_mismatch=False)
         if not insert_only:
@@ -180,21 +178,16 @@ class PolarsDeltaEngine:
             predicate=predicate, storage_options=self.lake.storage_options or None,
             configuration=self.lake.table_configuration,
         )
+        self.lake.check_features(spec)
         return WriteResult(spec.name, self._version(spec), data.num_rows)
 
 
-def _partition_predicate(df: pl.DataFrame, columns: tuple[str, ...], alias: str | None = None) -> str:
-    """A SQL predicate matching exactly the partition values present in ``df``."""
-    prefix = f"{alias}." if alias else ""
-    parts = []
-    for col in columns:
-        values = df.get_column(col).unique().sort().to_list()
-        literals = ", ".join("NULL" if v is None else f"'{v}'" for v in values)
-        parts.append(f"{prefix}{col} IN ({literals})")
-    return " AND ".join(parts)
+def _partition_values(data: pa.Table, columns: tuple[str, ...], alias: str | None = None) -> str:
+    df = pl.from_arrow(data)
+    return landing.partition_predicate({c: df.get_column(c).unique().to_list() for c in columns}, alias)  # type: ignore[union-attr]
 
 
-def _read_jsonl(files: Sequence[tuple[Path, str]], columns: list[str]) -> tuple[pl.DataFrame, list[dict[str, str]]]:
+def _read_jsonl(files: Sequence[tuple[Path, str]], columns: list[str]) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
     """JSON lines as text columns plus ``_source_file``; lines that are not a JSON object become rejects (with
     the raw line and its file).
 
@@ -231,12 +224,7 @@ def _read_jsonl(files: Sequence[tuple[Path, str]], columns: list[str]) -> tuple[
                if not _is_json_object(line)]
         good = good.filter(~pl.col("_line").is_in([line for line, _ in bad])) if bad else good
         good = good.drop("_line")
-    rejects = [
-        {"rule": "parse.malformed_json", "reason": "expected one JSON object per line, got text that does not parse",
-         "record": line, "record_hash": record_digest([line]), "source_file": label}
-        for line, label in bad
-    ]
-    return good.select(*columns, "_source_file"), rejects
+    return good.select(*columns, "_source_file"), bad
 
 
 def _probe_lines(lines: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
@@ -249,20 +237,3 @@ def _is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except json.JSONDecodeError:
         return False
-
-
-def _reject_whole_file(
-    raw: pl.DataFrame, entity: LandingEntity, file: Path, missing: list[str], label: str
-) -> pa.Table:
-    """A file missing declared columns is not ingested: every record goes to quarantine, naming the columns."""
-    reason = (
-        f"expected column(s) {missing} in {file.name} ({entity.name}), got columns {raw.columns}; "
-        "fix the export or the column names and replay the file"
-    )
-    text = raw.select(pl.all().cast(pl.Utf8))
-    records = [json.dumps(r, ensure_ascii=False) for r in text.iter_rows(named=True)]
-    return pa.Table.from_pylist(
-        [{"rule": "schema.missing_column", "reason": reason, "record": rec, "record_hash": record_digest([rec]),
-          "source_file": label} for rec in records],
-        schema=_REJECT_SCHEMA,
-    )

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -43,6 +43,27 @@ class SnowflakeSettings(BaseModel):
     role: str = Field("", description="role to assume")
 
 
+class SparkSettings(BaseModel):
+    """How the Spark engine reaches Spark. Neither ``remote`` nor ``master``: an embedded Sail server (no JVM)."""
+
+    model_config = {"extra": "forbid"}
+    remote: str | None = Field(
+        None, pattern=r"^sc://[^/\s]+:\d+(/.*)?$", description="Spark Connect URL, e.g. sc://127.0.0.1:50051",
+    )
+    master: str | None = Field(
+        None, min_length=1, description="classic SparkSession master, e.g. yarn (EMR) or local[2] (needs Java 17)",
+    )
+    conf: dict[str, str] = Field(default_factory=dict, description="extra Spark conf for a classic session")
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> SparkSettings:
+        if self.remote and self.master:
+            msg = (f"expected either remote (Spark Connect) or master (classic Spark), got both: remote={self.remote!r}, "
+                   f"master={self.master!r}")
+            raise ValueError(msg)
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LAKEHOUSE_", env_nested_delimiter="__", extra="forbid", validate_default=True,
@@ -50,7 +71,7 @@ class Settings(BaseSettings):
     )
 
     env: str = Field("local", description="environment name: selects deployments/<env>.toml")
-    backend: Literal["polars"] = Field("polars", description="engine that runs the tasks")
+    backend: Literal["polars", "spark"] = Field("polars", description="engine that runs the tasks")
     lake_root: str = Field("./lake", min_length=1, description="lake folder or s3://bucket/prefix")
     landing_root: str = Field("./landing", min_length=1, description="folder of landing files (see README)")
     hmac_key: SecretStr = Field(
@@ -60,6 +81,7 @@ class Settings(BaseSettings):
         4, ge=0, le=31, description="how many days an FX rate may be older than the order it converts"
     )
     snowflake: SnowflakeSettings = Field(default_factory=SnowflakeSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -84,6 +106,10 @@ def load_settings(env: str | None = None, **overrides: Any) -> Settings:
         msg = f"expected an environment among {available_envs()}, got {env!r}; add deployments/{env}.toml or use --env local"
         raise SettingsError(msg)
     given = {k: v for k, v in overrides.items() if v is not None}
+    # Flat overrides of nested fields (CLI flags, flow parameters): spark_remote -> spark.remote.
+    for flat, (group, name) in _FLAT_OVERRIDES.items():
+        if flat in given:
+            given.setdefault(group, {})[name] = given.pop(flat)
     per_env = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": DEPLOYMENTS_DIR / f"{env}.toml"}})
     try:
         return per_env(env=env, **given)
@@ -95,6 +121,9 @@ def load_settings(env: str | None = None, **overrides: Any) -> Settings:
         )
         msg = f"invalid settings for env {env!r}: {problems}; fix deployments/{env}.toml or the LAKEHOUSE_* variables"
         raise SettingsError(msg) from None
+
+
+_FLAT_OVERRIDES = {"spark_remote": ("spark", "remote"), "spark_master": ("spark", "master")}
 
 
 @lru_cache(maxsize=16)

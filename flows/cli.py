@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(help="Project A lakehouse: the daily pipeline on a laptop (Polars + delta-rs).",
+app = typer.Typer(help="Project A lakehouse: the daily pipeline on Polars + delta-rs (laptop) or Spark + Delta.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console(width=max(120, Console().width))
 err = Console(stderr=True)
@@ -21,7 +21,10 @@ err = Console(stderr=True)
 EnvOpt = Annotated[str | None, typer.Option("--env", help="environment: deployments/<env>.toml (default local)")]
 LakeOpt = Annotated[str | None, typer.Option("--lake-root", help="lake folder or s3://bucket/prefix")]
 LandingOpt = Annotated[str | None, typer.Option("--landing", help="landing folder")]
-BackendOpt = Annotated[str | None, typer.Option("--backend", help="engine: polars")]
+BackendOpt = Annotated[str | None, typer.Option("--backend", help="engine: polars (laptop) or spark")]
+RemoteOpt = Annotated[str | None, typer.Option("--spark-remote", help="Spark Connect URL sc://host:port (spark engine)")]
+MasterOpt = Annotated[str | None, typer.Option(
+    "--spark-master", help="classic Spark master, e.g. yarn or local[2] (spark engine; default: embedded Sail)")]
 
 
 def _fail(message: str) -> None:
@@ -79,10 +82,13 @@ def run(
     env: EnvOpt = None,
     lake_root: LakeOpt = None,
     landing: LandingOpt = None,
+    spark_remote: RemoteOpt = None,
+    spark_master: MasterOpt = None,
 ) -> None:
     """Run the daily flow (bronze → silver → gold) for one date."""
     day = _parse_date(run_date, "--date")
-    _run_days([day], env=env, backend=backend, lake_root=lake_root, landing=landing)
+    _run_days([day], env=env, backend=backend, lake_root=lake_root, landing=landing, spark_remote=spark_remote,
+              spark_master=spark_master)
 
 
 @app.command()
@@ -109,8 +115,9 @@ def demo(
 
 
 def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_root: str | None,
-              landing: str | None) -> None:
-    settings = _settings(env, backend=backend, lake_root=lake_root, landing_root=landing)
+              landing: str | None, spark_remote: str | None = None, spark_master: str | None = None) -> None:
+    settings = _settings(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote,
+                         spark_master=spark_master)
     from backends.lake import LakeNotWritableError
     from flows.context import LandingNotFoundError, require_landing
 
@@ -126,7 +133,7 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
         started = datetime.now()
         try:
             summaries = daily_lakehouse(run_date=day, env=settings.env, backend=backend, lake_root=lake_root,
-                                        landing_root=landing)
+                                        landing_root=landing, spark_remote=spark_remote, spark_master=spark_master)
         except (LakeNotWritableError, LandingNotFoundError) as exc:
             _fail(str(exc))
             raise
@@ -151,7 +158,7 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
     settings = _settings(env, lake_root=lake_root)
     from backends import get_backend
 
-    engine = get_backend(settings.backend, settings.lake())
+    engine = get_backend(settings.backend, settings.lake(), settings.spark)
     t = Table(title=f"tables in {settings.lake_root}")
     for col in ("layer", "table", "rows", "version", "last write"):
         t.add_column(col, justify="right" if col in ("rows", "version") else "left", no_wrap=True)
@@ -174,7 +181,7 @@ def _quarantine_by_rule(settings) -> None:
     from backends import get_backend
     from contracts.catalog import tables as all_tables
 
-    engine = get_backend(settings.backend, settings.lake())
+    engine = get_backend(settings.backend, settings.lake(), settings.spark)
     counts: Counter[tuple[str, str]] = Counter()
     for spec in all_tables("quarantine"):
         if engine.exists(spec):
@@ -206,7 +213,7 @@ def show(
         _fail(str(exc.args[0]))
         raise
     settings = _settings(env, lake_root=lake_root)
-    engine = get_backend(settings.backend, settings.lake())
+    engine = get_backend(settings.backend, settings.lake(), settings.spark)
     if not engine.exists(spec):
         _fail(f"expected table {name!r} to exist under {settings.lake_root!r}; it was never written: run 'lakehouse run --date D' first")
     data = engine.to_arrow(engine.scan(spec).head(limit))

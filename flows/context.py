@@ -34,7 +34,7 @@ class RunContext(BaseModel):
 
     def engine(self) -> Engine:
         settings = self.settings()
-        return get_backend(settings.backend, settings.lake())
+        return get_backend(settings.backend, settings.lake(), settings.spark)
 
     def landing_dir(self) -> Path:
         return require_landing(self.settings().landing_root)

@@ -45,10 +45,17 @@ def daily_lakehouse(
     backend: str | None = None,
     lake_root: str | None = None,
     landing_root: str | None = None,
+    spark_remote: str | None = None,
+    spark_master: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the whole pipeline for ``run_date``. Unset options come from the environment's settings."""
-    overrides = {k: v for k, v in {"backend": backend, "lake_root": lake_root, "landing_root": landing_root}.items()
-                 if v is not None}
+    """Run the whole pipeline for ``run_date``. Unset options come from the environment's settings.
+
+    ``backend="spark"`` runs on Spark: ``spark_remote`` (Spark Connect URL), ``spark_master`` (classic session),
+    or neither for an embedded Sail server.
+    """
+    given = {"backend": backend, "lake_root": lake_root, "landing_root": landing_root, "spark_remote": spark_remote,
+             "spark_master": spark_master}
+    overrides = {k: v for k, v in given.items() if v is not None}
     ctx = RunContext(env=env, run_date=run_date, run_id=str(flow_run.get_id() or "local"),
                      started_at=datetime.now(UTC), overrides=overrides)
     ctx.settings().lake().check_writable()

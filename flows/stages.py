@@ -31,14 +31,12 @@ def _summary(stage: str, spec: TableSpec, **figures: Any) -> dict[str, Any]:
     return {"stage": stage, "table": spec.name, **figures}
 
 
-def _quarantine(engine: Engine, spec: TableSpec, rejected: nw.LazyFrame, ctx: RunContext) -> tuple[int, dict[str, int]]:
+def _quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunContext) -> tuple[int, dict[str, int]]:
     """Write rejected rows (rule, reason, record, record_hash, source_file) to ``spec``'s quarantine table."""
-    rejected = engine.materialize(rejected)
-    data = engine.to_arrow(rejected.select("rule"))
     if data.num_rows == 0:
         return 0, {}
     qspec = quarantine_for(spec)
-    stamped = rejected.with_columns(
+    stamped = engine.from_arrow(data).with_columns(
         nw.col("record_hash").cum_count().over("record_hash", "rule", order_by="source_file").alias("occurrence"),
         nw.lit(ctx.run_id).alias("run_id"),
         nw.lit(ctx.run_date).cast(nw.Date()).alias("run_date"),
@@ -62,7 +60,7 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     read = engine.read_landing(entity, new) if new else None
     quarantined, rules = (0, {})
     if read is not None and read.rejects.num_rows:
-        quarantined, rules = _quarantine(engine, spec, engine.from_arrow(read.rejects), ctx)
+        quarantined, rules = _quarantine(engine, spec, read.rejects, ctx)
     rows = 0
     version = engine.version(spec)
     if read is not None:
@@ -91,7 +89,8 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
                             checkpoint=engine.materialize)
     valid = engine.materialize(result.valid)
     rows_in, accepted = engine.count(batch), engine.count(valid)
-    quarantined, rules = _quarantine(engine, spec, result.quarantined, ctx)
+    rejected = result.quarantine_records(engine.to_arrow(result.quarantined))
+    quarantined, rules = _quarantine(engine, spec, rejected, ctx)
     if rows_in != accepted + quarantined:
         msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
         raise AccountingError(msg)

@@ -14,6 +14,7 @@ from typing import Literal
 
 import narwhals as nw
 
+from backends.expressions import ratio
 from contracts.catalog import table
 from tasks.schema import to_schema
 
@@ -367,7 +368,7 @@ def build_product_performance(fact_orders: nw.LazyFrame) -> nw.LazyFrame:
         fact_orders, ["order_date", "product_id"],
         orders="orders", units="kept_units", revenue_usd="kept_revenue_usd",
         distinct_customers="distinct_customers", cancelled_orders="cancelled_orders",
-    ).with_columns(cancellation_rate=nw.col("cancelled_orders").cast(nw.Float64) / nw.col("orders"))
+    ).with_columns(cancellation_rate=ratio(nw.col("cancelled_orders"), nw.col("orders")))
     return to_schema(frame, table("gold.product_performance"))
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
 import narwhals as nw
+import pyarrow as pa
 
-from backends.expressions import with_hmac
+from backends.expressions import ratio, with_hmac
 from contracts.catalog import TableSpec, table
 from contracts.landing import OPEN_DEAL_STAGES, LandingColumn, LandingEntity
 from contracts.rules import (
@@ -42,6 +43,10 @@ REFS_NEEDED: dict[str, tuple[str, ...]] = {
 }
 _NEEDS_RUN_DATE = ("silver.opportunities",)
 QUARANTINE_OUTPUT = ("rule", "reason", "record", "record_hash", "source_file")
+# What ``Conformed.quarantined`` carries: the raw landing values stay columns (``_raw_<name>``) until
+# :func:`quarantine_records` turns them into the JSON ``record`` on the driver. Building the JSON inside the
+# query would need 32 nested replaces for control characters, deeper than Spark Connect's plan limit.
+QUARANTINE_HEAD = ("rule", "reason", "record_hash", "source_file")
 
 _LINEAGE_IN = ("_source_file", "_record_hash", "_ingested_at")
 _WHITESPACE = string.whitespace  # explicit: Polars' default strip is Unicode-aware, Spark's trim is not
@@ -74,17 +79,27 @@ _NORMALISE: dict[str, Callable[[nw.Expr], nw.Expr]] = {
     "phone": lambda e: e.str.replace_all("[^0-9]", "", literal=False),
 }
 
-# JSON escapes for the C0 control characters (json.loads rejects them raw inside strings).
-_SHORT_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-_CONTROL_ESCAPES = tuple((chr(i), _SHORT_ESCAPES.get(chr(i), f"\\u{i:04x}")) for i in range(0x20))
-
-
 @dataclass(frozen=True)
 class Conformed:
     """One conformed batch: rows that passed every rule, and rows quarantined with the first rule they broke."""
 
     valid: nw.LazyFrame  # shaped to the silver table (all versions; latest_per_key dedupes)
-    quarantined: nw.LazyFrame  # rule, reason, record, record_hash, source_file (all String)
+    quarantined: nw.LazyFrame  # QUARANTINE_HEAD + _raw_<landing column> (all String); see quarantine_records
+    landing_columns: tuple[str, ...] = ()
+
+    def quarantine_records(self, quarantined: pa.Table) -> pa.Table:
+        """The collected ``quarantined`` rows with their raw values folded into the JSON ``record``."""
+        return quarantine_records(quarantined, self.landing_columns)
+
+
+def quarantine_records(quarantined: pa.Table, landing_columns: Sequence[str]) -> pa.Table:
+    """``QUARANTINE_OUTPUT`` columns: ``record`` is a JSON object of the raw text values in landing order."""
+    raw = [quarantined.column(_RAW + c).to_pylist() for c in landing_columns]
+    records = [json.dumps(dict(zip(landing_columns, values, strict=True)), ensure_ascii=False, separators=(",", ":"))
+               for values in zip(*raw, strict=True)] if raw else [json.dumps({})] * quarantined.num_rows
+    data = {c: quarantined.column(c).cast(pa.large_string()) for c in QUARANTINE_HEAD}
+    data["record"] = pa.array(records, pa.large_string())
+    return pa.table({c: data[c] for c in QUARANTINE_OUTPUT})
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -178,11 +193,11 @@ class _Batch:
         quarantined = tagged.filter(~rule.is_null()).select(
             rule.alias("rule"),
             reason_of(rule, rules).alias("reason"),
-            _record_json(self.landing.column_names).alias("record"),
             nw.col("_record_hash").cast(nw.String).alias("record_hash"),
             nw.col("_source_file").cast(nw.String).alias("source_file"),
+            *(nw.col(_RAW + c) for c in self.landing.column_names),
         )
-        return Conformed(to_schema(valid, self.spec), quarantined)
+        return Conformed(to_schema(valid, self.spec), quarantined, tuple(self.landing.column_names))
 
 
 def _require_columns(frame: nw.LazyFrame, columns: tuple[str, ...] | list[str], what: str) -> None:
@@ -225,22 +240,6 @@ def _parse(bronze: nw.LazyFrame, landing: LandingEntity) -> nw.LazyFrame:
         *(_parse_typed(nw.col(text_col(c.name)), c).alias(c.name) for c in typed),
         nw.col("_record_hash").is_first_distinct().over(order_by=["_source_file", "_ingested_at"]).alias(FIRST_COPY),
     )
-
-
-def _record_json(columns: list[str]) -> nw.Expr:
-    """The raw landing values as a JSON object (text, or null), in landing order; json.loads round-trips it."""
-    parts: list[nw.Expr] = []
-    for i, name in enumerate(columns):
-        raw = nw.col(_RAW + name)
-        escaped = raw.str.replace_all("\\", "\\\\", literal=True).str.replace_all('"', '\\"', literal=True)
-        parts.append(nw.lit(("{" if i == 0 else ",") + json.dumps(name) + ":"))
-        parts.append(nw.when(raw.is_null()).then(nw.lit("null")).otherwise(nw.concat_str(nw.lit('"'), escaped, nw.lit('"'))))
-    parts.append(nw.lit("}"))
-    record = nw.concat_str(parts)
-    # Control characters occur only inside values (the scaffolding has none), so escape them once per record.
-    for char, escape in _CONTROL_ESCAPES:
-        record = record.str.replace_all(char, escape, literal=True)
-    return record
 
 
 def _keep_last(frame: nw.LazyFrame, keys: tuple[str, ...], order_by: tuple[str, ...]) -> nw.LazyFrame:
@@ -315,7 +314,7 @@ def _orders(batch: _Batch) -> Conformed:
     frame = _flag_known(frame, batch.refs["silver.products"], "product_id", KNOWN_PRODUCT, "silver.products")
     frame = _with_fx(frame, batch.refs["silver.fx_rates"], currency="currency", on="order_date",
                      window_days=batch.fx_window_days)
-    return batch.split(frame.with_columns((nw.col("amount") / nw.col(FX_RATE)).alias("amount_usd")))
+    return batch.split(frame.with_columns(ratio(nw.col("amount"), nw.col(FX_RATE)).alias("amount_usd")))
 
 
 def _order_events(batch: _Batch) -> Conformed:
@@ -329,7 +328,7 @@ def _opportunities(batch: _Batch) -> Conformed:
     )
     frame = _with_fx(frame, batch.refs["silver.fx_rates"], currency="currency", on="_as_of",
                      window_days=batch.fx_window_days)
-    return batch.split(frame.with_columns((nw.col("amount") / nw.col(FX_RATE)).alias("amount_usd")))
+    return batch.split(frame.with_columns(ratio(nw.col("amount"), nw.col(FX_RATE)).alias("amount_usd")))
 
 
 _CONFORMERS: dict[str, Callable[[_Batch], Conformed]] = {

@@ -21,3 +21,107 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def sail_url(tmp_path_factory):
+    """A Sail Spark Connect server process on loopback for the whole session, stopped by its process id."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("sail") / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "sail"), "spark", "server", "--ip", "127.0.0.1",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"Sail server did not start on port {port}: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+    yield f"sc://127.0.0.1:{port}"
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def sail_session(sail_url):
+    from backends.spark_session import session_for
+    from deployments.settings import SparkSettings
+
+    spark, _ = session_for(SparkSettings(remote=sail_url))
+    return spark
+
+
+@pytest.fixture(scope="session")
+def jvm_session():
+    """Classic PySpark on a local JVM (Java 17), without Delta."""
+    import shutil
+
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        pytest.fail("the JVM transform tests need Java 17 (java on PATH or JAVA_HOME); install a JDK")
+    from backends.spark_session import session_for
+    from deployments.settings import SparkSettings
+
+    spark, _ = session_for(SparkSettings(master="local[2]", conf={"spark.sql.shuffle.partitions": "4"}))
+    return spark
+
+
+@pytest.fixture(params=["polars", "sail", "jvm"])
+def transform_engine(request) -> str:
+    """The name of the engine a transform test runs on; its session is started once per test session."""
+    import engines
+
+    if request.param != "polars" and request.param not in engines.SESSIONS:
+        engines.SESSIONS[request.param] = request.getfixturevalue(f"{request.param}_session")
+    return request.param
+
+
+FLOW_DAYS = ("2026-11-01", "2026-11-02")
+
+
+@pytest.fixture(scope="session")
+def daily_lakes(prefect_harness, tmp_path_factory, request):
+    """``daily_lakes(engine)``: a lake built by the daily flow over two generated days (scale 0.03, seed 7) on
+    ``polars`` or ``sail``, from one shared landing folder. Each engine's lake is built once per session."""
+    from datetime import date
+
+    from flows.daily import daily_lakehouse
+    from tasks.sample_data import generate
+
+    base = tmp_path_factory.mktemp("daily")
+    landing = base / "landing"
+    days = [date.fromisoformat(d) for d in FLOW_DAYS]
+    generate(landing, days=len(days), scale=0.03, seed=7, start=days[0])
+    built: dict[str, dict] = {}
+
+    def build(engine: str) -> dict:
+        if engine not in built:
+            kwargs = {} if engine == "polars" else {"backend": "spark",
+                                                    "spark_remote": request.getfixturevalue("sail_url")}
+            root = base / f"lake-{engine}"
+            summaries = {d: daily_lakehouse(run_date=d, lake_root=str(root), landing_root=str(landing), **kwargs)
+                         for d in days}
+            built[engine] = {"landing": landing, "root": root, "summaries": summaries, "engine": kwargs}
+        return built[engine]
+
+    return build

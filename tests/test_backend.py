@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import narwhals as nw
 import polars as pl
@@ -14,14 +15,18 @@ from backends.expressions import record_digest
 from backends.lake import LakeNotWritableError
 from contracts.catalog import table
 from contracts.landing import landing_entity
+from deployments.settings import SparkSettings
 
-ENGINES = ["polars"]
+ENGINES = ["polars", "sail"]
+ROOT = Path(__file__).resolve().parents[1]
 PRODUCTS = table("silver.products")
 PERF = table("gold.product_performance")
 
 
 @pytest.fixture(params=ENGINES)
 def engine(request, tmp_path):
+    if request.param == "sail":
+        return get_backend("spark", Lake(str(tmp_path / "lake")), SparkSettings(remote=request.getfixturevalue("sail_url")))
     return get_backend(request.param, Lake(str(tmp_path / "lake")))
 
 
@@ -29,10 +34,10 @@ def ts(hour: int) -> datetime:
     return datetime(2026, 11, 1, hour, tzinfo=UTC)
 
 
-def products(*rows) -> nw.LazyFrame:
-    return nw.from_native(pl.LazyFrame(
+def products(engine, *rows) -> nw.LazyFrame:
+    return engine.from_arrow(pl.DataFrame(
         [(pid, "sku", name, None, 1.0, ts(h), "f", rh) for pid, name, h, rh in rows],
-        schema=PRODUCTS.polars_schema, orient="row"))
+        schema=PRODUCTS.polars_schema, orient="row").to_arrow())
 
 
 def test_scan_of_unwritten_table_is_empty_with_declared_schema(engine):
@@ -45,15 +50,15 @@ def test_scan_of_unwritten_table_is_empty_with_declared_schema(engine):
 
 
 def test_merge_latest_wins_and_time_travel(engine):
-    first = engine.merge(PRODUCTS, products(("p1", "a", 1, "h1"), ("p2", "b", 1, "h2")))
+    first = engine.merge(PRODUCTS, products(engine, ("p1", "a", 1, "h1"), ("p2", "b", 1, "h2")))
     assert (first.version, first.rows) == (0, 2)
     # p1 newer → updated; p2 older → kept; p3 new → inserted
-    engine.merge(PRODUCTS, products(("p1", "a2", 2, "h3"), ("p2", "old", 0, "h0"), ("p3", "c", 1, "h4")))
+    engine.merge(PRODUCTS, products(engine, ("p1", "a2", 2, "h3"), ("p2", "old", 0, "h0"), ("p3", "c", 1, "h4")))
     names = {r["product_id"]: r["product_name"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()}
     assert names == {"p1": "a2", "p2": "b", "p3": "c"}
     # same updated_at: the larger record hash wins, whatever the arrival order
-    engine.merge(PRODUCTS, products(("p3", "c-tie", 1, "h9")))
-    assert engine.merge(PRODUCTS, products(("p3", "c-lower", 1, "h0"))).rows == 0
+    engine.merge(PRODUCTS, products(engine, ("p3", "c-tie", 1, "h9")))
+    assert engine.merge(PRODUCTS, products(engine, ("p3", "c-lower", 1, "h0"))).rows == 0
     assert engine.version(PRODUCTS) == 2  # a merge that changes nothing commits nothing
     names = {r["product_id"]: r["product_name"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()}
     assert names["p3"] == "c-tie"
@@ -65,29 +70,29 @@ def test_merge_latest_wins_and_time_travel(engine):
 
 
 def test_merge_insert_only_keeps_existing_rows(engine):
-    engine.merge(PRODUCTS, products(("p1", "a", 1, "h1")))
-    engine.merge(PRODUCTS, products(("p1", "changed", 5, "h5"), ("p2", "b", 1, "h2")), insert_only=True)
+    engine.merge(PRODUCTS, products(engine, ("p1", "a", 1, "h1")))
+    engine.merge(PRODUCTS, products(engine, ("p1", "changed", 5, "h5"), ("p2", "b", 1, "h2")), insert_only=True)
     names = {r["product_id"]: r["product_name"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()}
     assert names == {"p1": "a", "p2": "b"}
 
 
-def perf(*rows) -> nw.LazyFrame:
-    return nw.from_native(pl.LazyFrame(
-        [(d, p, n, n, float(n), 1, 0, 0.0) for d, p, n in rows], schema=PERF.polars_schema, orient="row"))
+def perf(engine, *rows) -> nw.LazyFrame:
+    return engine.from_arrow(pl.DataFrame(
+        [(d, p, n, n, float(n), 1, 0, 0.0) for d, p, n in rows], schema=PERF.polars_schema, orient="row").to_arrow())
 
 
 def test_append_overwrite_and_partition_overwrite(engine):
     d1, d2 = date(2026, 11, 1), date(2026, 11, 2)
-    engine.append(PERF, perf((d1, "p1", 1), (d2, "p1", 2)))
-    engine.append(PERF, perf((d2, "p2", 3)))
+    engine.append(PERF, perf(engine, (d1, "p1", 1), (d2, "p1", 2)))
+    engine.append(PERF, perf(engine, (d2, "p2", 3)))
     assert engine.count(engine.scan(PERF)) == 3
-    engine.overwrite_partitions(PERF, perf((d2, "p9", 9)))
+    engine.overwrite_partitions(PERF, perf(engine, (d2, "p9", 9)))
     got = sorted((r["order_date"], r["product_id"]) for r in engine.to_arrow(engine.scan(PERF)).to_pylist())
     assert got == [(d1, "p1"), (d2, "p9")]
-    engine.overwrite(PERF, perf((d1, "only", 1)))
+    engine.overwrite(PERF, perf(engine, (d1, "only", 1)))
     assert [r["product_id"] for r in engine.to_arrow(engine.scan(PERF)).to_pylist()] == ["only"]
     before = engine.version(PERF)
-    assert engine.append(PERF, perf()).rows == 0 and engine.version(PERF) == before
+    assert engine.append(PERF, perf(engine)).rows == 0 and engine.version(PERF) == before
 
 
 def test_read_landing_csv_parquet_and_missing_column(engine, tmp_path):
@@ -146,13 +151,44 @@ def test_unknown_backend_and_unwritable_lake(tmp_path):
 def test_writes_are_checked_against_the_contract_and_bad_rows_write_nothing(engine):
     from backends import ContractViolation
 
-    engine.merge(PRODUCTS, products(("p1", "a", 1, "h1")))
-    negative = nw.from_native(pl.LazyFrame([("p2", "sku", "n", None, -5.0, ts(1), "f", "h2")],
-                                           schema=PRODUCTS.polars_schema, orient="row"))
+    engine.merge(PRODUCTS, products(engine, ("p1", "a", 1, "h1")))
+    negative = engine.from_arrow(pl.DataFrame([("p2", "sku", "n", None, -5.0, ts(1), "f", "h2")],
+                                              schema=PRODUCTS.polars_schema, orient="row").to_arrow())
     with pytest.raises(ContractViolation, match="list_price_usd"):
         engine.merge(PRODUCTS, negative)
-    duplicated = products(("p3", "a", 1, "h3"), ("p3", "b", 2, "h4"))
+    duplicated = products(engine, ("p3", "a", 1, "h3"), ("p3", "b", 2, "h4"))
     with pytest.raises(ContractViolation, match="silver.products"):
         engine.overwrite(PRODUCTS, duplicated)
     assert [r["product_id"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()] == ["p1"]
     assert engine.version(PRODUCTS) == 0
+
+
+def test_classic_spark_without_delta_says_what_to_use_instead(jvm_session, tmp_path):
+    """Local JVM Spark here has no Delta jars: a Delta write fails with an error naming the alternatives."""
+    engine = get_backend("spark", Lake(str(tmp_path / "lake")),
+                         SparkSettings(master="local[2]", conf={"spark.sql.shuffle.partitions": "4"}))
+    with pytest.raises(EngineError, match="--spark-remote"):
+        engine.overwrite(PERF, perf(engine, (date(2026, 11, 1), "p1", 1)))
+
+
+def test_the_laptop_engine_runs_without_pyspark(tmp_path):
+    """pyspark is imported only by the Spark engine: with it unimportable, the laptop engine still works."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pyspark'] = None; sys.modules['pysail'] = None\n"
+        "import polars as pl\n"
+        "from backends import Lake, get_backend, EngineError\n"
+        "from contracts.catalog import table\n"
+        "spec = table('silver.products')\n"
+        f"engine = get_backend('polars', Lake({str(tmp_path / 'lake')!r}))\n"
+        "rows = pl.DataFrame([('p1', 's', 'n', None, 1.0, None, 'f', 'h')], schema=spec.polars_schema, orient='row')\n"
+        "rows = rows.with_columns(pl.lit('2026-11-01T00:00:00Z').str.to_datetime(time_zone='UTC').alias('updated_at'))\n"
+        "engine.merge(spec, engine.from_arrow(rows.to_arrow()))\n"
+        "assert engine.count(engine.scan(spec)) == 1\n"
+        "try:\n    get_backend('spark', Lake('x'))\nexcept EngineError as e:\n    print('SPARK:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "SPARK: expected pyspark for --backend spark" in out.stdout

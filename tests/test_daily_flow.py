@@ -17,7 +17,6 @@ from deltalake import DeltaTable
 from contracts.catalog import TABLES
 from contracts.landing import KNOWN_CURRENCIES, LANDING_ENTITIES
 from flows.daily import daily_lakehouse
-from tasks.sample_data import generate
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +26,10 @@ EMAIL = re.compile(r"^[a-z0-9._%+'-]+@[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}$")
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 
-@pytest.fixture(scope="module")
-def lake(prefect_harness, tmp_path_factory):
-    base = tmp_path_factory.mktemp("daily")
-    landing, lake_root = base / "landing", base / "lake"
-    generate(landing, days=len(DAYS), scale=0.03, seed=7, start=DAY1)
-    summaries = {d: daily_lakehouse(run_date=d, lake_root=str(lake_root), landing_root=str(landing)) for d in DAYS}
-    return {"landing": landing, "root": lake_root, "summaries": summaries}
+@pytest.fixture(scope="module", params=["polars", "sail"])
+def lake(request, daily_lakes):
+    """The two-day lake built by the daily flow on the laptop engine, and on Spark (Sail)."""
+    return daily_lakes(request.param)
 
 
 def read_table(root: Path, name: str) -> list[dict]:
@@ -200,7 +196,7 @@ def test_bronze_never_ingests_a_file_twice_and_reruns_change_nothing(lake):
     bronze_files = {r["_source_file"] for r in read_table(lake["root"], "bronze.snowflake.orders")}
     assert bronze_files == {f"snowflake/orders/{d}/orders.parquet" for d in DAYS}
     for day in (DAYS[1], DAYS[0]):  # the latest day again, then an earlier one
-        daily_lakehouse(run_date=day, lake_root=str(lake["root"]), landing_root=str(lake["landing"]))
+        daily_lakehouse(run_date=day, lake_root=str(lake["root"]), landing_root=str(lake["landing"]), **lake["engine"])
         assert snapshot(lake["root"]) == before
 
 

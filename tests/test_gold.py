@@ -9,6 +9,7 @@ from typing import Any
 import narwhals as nw
 import polars as pl
 import pytest
+from engines import to_engine
 
 from contracts.catalog import table, tables
 from contracts.landing import OPEN_DEAL_STAGES
@@ -27,21 +28,11 @@ from tasks.gold import (
     build_product_performance,
 )
 
-ENGINES = ["polars"]  # "spark" (Spark Connect served by Sail) joins this list later
-
 D = date.fromisoformat
 
 
 def ts(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def to_engine(engine: str, frame: pl.LazyFrame) -> nw.LazyFrame:
-    """A Polars frame as a Narwhals lazy frame of ``engine``."""
-    if engine == "polars":
-        return nw.from_native(frame)
-    msg = f"expected an engine in {ENGINES}, got {engine!r}; add a branch to to_engine"
-    raise ValueError(msg)
 
 
 _DEFAULTS: dict[Any, Any] = {pl.Utf8: "x", pl.Float64: 1.0, pl.Int64: 1, pl.Date: D("2026-11-01"), pl.Boolean: False}
@@ -59,14 +50,14 @@ def _row(name: str, values: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-@pytest.fixture(params=ENGINES)
-def make(request) -> Callable[..., nw.LazyFrame]:
+@pytest.fixture
+def make(transform_engine) -> Callable[..., nw.LazyFrame]:
     """``make(table_name, rows)``: a lazy frame of the engine under test shaped like that catalog table."""
 
     def _make(name: str, rows: Iterable[dict[str, Any]] = ()) -> nw.LazyFrame:
         spec = table(name)
         frame = pl.LazyFrame([_row(name, r) for r in rows], schema=spec.polars_schema)
-        return to_engine(request.param, frame)
+        return to_engine(transform_engine, frame)
 
     return _make
 
@@ -166,9 +157,9 @@ def test_dim_product_is_the_current_products(make):
     ]
 
 
-@pytest.fixture(params=ENGINES)
-def engine(request) -> str:
-    return request.param
+@pytest.fixture
+def engine(transform_engine) -> str:
+    return transform_engine
 
 
 def test_dim_date_calendar_and_iso_weekday(engine):

@@ -1,0 +1,289 @@
+"""The cluster engine: PySpark DataFrames, Delta tables through DataFrameWriter and Spark SQL.
+
+One code path serves a classic SparkSession with delta-spark (EMR) and Spark Connect servers (Sail, or
+Spark's own): reads with ``format("delta")`` and ``versionAsOf``, writes with ``DataFrameWriter`` (``replaceWhere``
+for partition overwrites) and ``MERGE INTO``. Table metadata (version, history, protocol) is read on the driver
+with delta-rs, which reads any table either engine wrote.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import narwhals as nw
+import polars as pl
+import pyarrow as pa
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+from backends import landing
+from backends.expressions import with_record_hash
+from backends.lake import Lake
+from backends.protocol import ContractViolation, EngineError, LandingRead, TableNotFoundError, WriteResult
+from contracts.catalog import TableSpec
+from contracts.checks import count_violations
+from contracts.landing import LandingEntity
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+_SPARK_TYPES = {
+    pa.large_string(): "string", pa.string(): "string", pa.int64(): "bigint", pa.float64(): "double",
+    pa.date32(): "date", pa.timestamp("us", "UTC"): "timestamp", pa.bool_(): "boolean",
+}
+
+
+def spark_frame(spark: SparkSession, table: pa.Table) -> DataFrame:
+    """An Arrow table as a Spark DataFrame with the same column types (also when it has no rows)."""
+    ddl = ", ".join(f"`{f.name}` {_spark_type(f.type)}" for f in table.schema)
+    return spark.createDataFrame(table, schema=ddl) if table.num_rows == 0 else spark.createDataFrame(table)
+
+
+def _spark_type(dtype: pa.DataType) -> str:
+    if dtype in _SPARK_TYPES:
+        return _SPARK_TYPES[dtype]
+    if pa.types.is_timestamp(dtype):
+        return "timestamp" if dtype.tz else "timestamp_ntz"
+    if pa.types.is_integer(dtype):
+        return "bigint" if dtype.bit_width == 64 else "int"
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return "string"
+    if pa.types.is_floating(dtype):
+        return "double"
+    msg = f"expected an Arrow type the Spark engine maps (string, integer, double, date, timestamp, bool), got {dtype}"
+    raise EngineError(msg)
+
+
+class SparkDeltaEngine:
+    """PySpark + Delta behind the engine protocol. ``kind`` is ``classic``, ``connect`` or ``sail``."""
+
+    name = "spark"
+
+    def __init__(self, lake: Lake, spark: SparkSession, kind: str) -> None:
+        self.lake = lake
+        self.spark = spark
+        self.kind = kind
+
+    # ------------------------------------------------------------------------------------------ frames
+    def from_arrow(self, table: pa.Table) -> nw.LazyFrame:
+        return nw.from_native(spark_frame(self.spark, table))
+
+    def to_arrow(self, frame: nw.LazyFrame) -> pa.Table:
+        return _native(frame).toArrow()
+
+    def count(self, frame: nw.LazyFrame) -> int:
+        return int(_native(frame).count())
+
+    def materialize(self, frame: nw.LazyFrame) -> nw.LazyFrame:
+        """Compute once where the session can hold a result (classic: a local checkpoint). Sail cannot yet, so
+        there the plan is re-run by each action; results are the same, only slower."""
+        native = _native(frame)
+        if self.kind == "classic":
+            return nw.from_native(native.localCheckpoint(eager=True))
+        if self.kind == "connect":
+            return nw.from_native(native.cache())
+        return frame
+
+    # ----------------------------------------------------------------------------------- landing files
+    def read_landing(self, entity: LandingEntity, files: Sequence[tuple[Path, str]]) -> LandingRead:
+        F = self._functions()
+        columns = entity.column_names
+        frames: list[DataFrame] = []
+        rejects: list[pa.Table] = []
+        for path, label in files:
+            uri = str(path)
+            if entity.format == "jsonl":
+                lines = (self.spark.read.text(uri)
+                         .select(F.regexp_replace("value", r"^\s+|\s+$", "").alias("_line"))
+                         .filter(F.col("_line") != ""))
+                is_object = F.json_object_keys("_line").isNotNull()
+                struct = ", ".join(f"`{c}` string" for c in columns)
+                parsed = lines.filter(is_object).select(F.from_json("_line", struct).alias("_j")).select("_j.*")
+                frames.append(parsed.withColumn("_source_file", F.lit(label)))
+                bad = lines.filter(~is_object).toArrow().column("_line").to_pylist()
+                if bad:
+                    rejects.append(landing.malformed_lines([(line, label) for line in bad]))
+                continue
+            if entity.format == "csv":
+                raw = (self.spark.read.option("header", True).option("multiLine", True).option("escape", '"')
+                       .csv(uri))
+            else:
+                raw = self.spark.read.parquet(uri)
+            missing = [c for c in columns if c not in raw.columns]
+            if missing:
+                rejects.append(landing.missing_columns(pl.from_arrow(raw.toArrow()), entity, path.name,  # type: ignore[arg-type]
+                                                       missing, label))
+                continue
+            text = raw.select(*(F.col(f"`{c}`").cast("string").alias(c) for c in columns))
+            frames.append(text.withColumn("_source_file", F.lit(label)))
+        if frames:
+            rows = frames[0]
+            for more in frames[1:]:
+                rows = rows.unionByName(more)
+        else:
+            rows = spark_frame(self.spark, pa.table({c: pa.array([], pa.string()) for c in (*columns, "_source_file")}))
+        hashed = with_record_hash(nw.from_native(rows), columns)
+        return LandingRead(hashed, pa.concat_tables(rejects) if rejects else landing.REJECT_SCHEMA.empty_table())
+
+    # ------------------------------------------------------------------------------------ Delta tables
+    def exists(self, spec: TableSpec) -> bool:
+        return self._table(spec) is not None
+
+    def scan(self, spec: TableSpec, *, version: int | None = None) -> nw.LazyFrame:
+        uri = self.lake.uri(spec)
+        dt = self._table(spec)
+        if dt is None:
+            if version is not None:
+                msg = f"expected table {spec.name!r} to exist at {uri} to read version {version}; it was never written"
+                raise TableNotFoundError(msg)
+            return nw.from_native(spark_frame(self.spark, spec.arrow_schema.empty_table()))
+        if version is not None and not 0 <= version <= dt.version():
+            msg = f"expected a version of {spec.name!r} between 0 and {dt.version()}, got {version!r}"
+            raise TableNotFoundError(msg)
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return nw.from_native(self._delta(lambda: reader.load(uri)).select(*spec.columns))
+
+    def append(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
+        data, rows = self._checked(spec, frame)
+        if rows == 0 and self.exists(spec):
+            return WriteResult(spec.name, self._version(spec), 0)
+        return self._write(spec, data, rows, mode="append")
+
+    def overwrite(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
+        data, rows = self._checked(spec, frame)
+        return self._write(spec, data, rows, mode="overwrite")
+
+    def overwrite_partitions(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
+        """Replace exactly the partitions present in ``frame``; other partitions stay as they are."""
+        if not spec.partition_by:
+            msg = f"expected a partitioned table for overwrite_partitions, got {spec.name!r} (no partition columns)"
+            raise ValueError(msg)
+        data, rows = self._checked(spec, frame)
+        if not self.exists(spec):
+            return self._write(spec, data, rows, mode="overwrite")
+        if rows == 0:
+            return WriteResult(spec.name, self._version(spec), 0)
+        return self._write(spec, data, rows, mode="overwrite", replace_where=self._partitions(data, spec))
+
+    def merge(self, spec: TableSpec, frame: nw.LazyFrame, *, insert_only: bool = False) -> WriteResult:
+        """Upsert by ``spec.keys`` with ``MERGE INTO``: the larger ``spec.latest_by`` (then ``_record_hash``) wins."""
+        if not spec.keys:
+            msg = f"expected business keys to merge {spec.name!r}; declare keys in contracts/catalog.py"
+            raise ValueError(msg)
+        data, rows = self._checked(spec, frame)
+        if not self.exists(spec):
+            return self._write(spec, data, rows, mode="overwrite")
+        if rows == 0:
+            return WriteResult(spec.name, self._version(spec), 0)
+        on = [f"t.`{k}` = s.`{k}`" for k in spec.keys]
+        if spec.partition_by:
+            on.append(self._partitions(data, spec, alias="t"))
+        sql = f"MERGE INTO delta.`{self.lake.uri(spec)}` AS t USING {{view}} AS s ON {' AND '.join(on)} "
+        if not insert_only:
+            newer = ""
+            if spec.latest_by:
+                lb = spec.latest_by
+                newer = f" AND (s.`{lb}` > t.`{lb}` OR (s.`{lb}` = t.`{lb}` AND s._record_hash > t._record_hash))"
+            sql += f"WHEN MATCHED{newer} THEN UPDATE SET * "
+        sql += "WHEN NOT MATCHED THEN INSERT *"
+        view = f"_merge_source_{uuid.uuid4().hex}"
+        data.createOrReplaceTempView(view)
+        try:
+            result = self._delta(lambda: self.spark.sql(sql.format(view=view)).collect())
+        finally:
+            self.spark.catalog.dropTempView(view)
+        written = int(result[0][0]) if result and len(result[0]) else rows
+        return WriteResult(spec.name, self._version(spec), written)
+
+    def version(self, spec: TableSpec) -> int | None:
+        dt = self._table(spec)
+        return None if dt is None else dt.version()
+
+    def history(self, spec: TableSpec, *, limit: int = 10) -> list[dict[str, Any]]:
+        dt = self._table(spec)
+        return [] if dt is None else dt.history(limit)
+
+    # -------------------------------------------------------------------------------------- internals
+    def _functions(self) -> Any:
+        """pyspark's column functions for this session (Spark Connect has its own module)."""
+        if self.kind == "classic":
+            from pyspark.sql import functions
+        else:
+            from pyspark.sql.connect import functions  # type: ignore[no-redef]
+        return functions
+
+    def _table(self, spec: TableSpec) -> DeltaTable | None:
+        try:
+            return DeltaTable(self.lake.uri(spec), storage_options=self.lake.storage_options or None)
+        except DeltaTableNotFound:
+            return None
+
+    def _version(self, spec: TableSpec) -> int:
+        dt = self._table(spec)
+        assert dt is not None
+        return dt.version()
+
+    def _checked(self, spec: TableSpec, frame: nw.LazyFrame) -> tuple[DataFrame, int]:
+        """The rows to write, cast to the declared types and checked against the contract (one pass)."""
+        F = self._functions()
+        native = _native(frame)
+        have = set(native.columns)
+        missing = [c for c in spec.columns if c not in have]
+        if missing:
+            msg = f"expected columns {missing} in the rows for {spec.name!r}, got {sorted(have)}"
+            raise ContractViolation(msg)
+        typed = native.select(*(F.col(f"`{f.name}`").cast(_SPARK_TYPES[f.type]).alias(f.name)
+                                for f in spec.arrow_schema))
+        typed = _native(self.materialize(nw.from_native(typed)))
+        rows, problems = count_violations(nw.from_native(typed), spec.schema)
+        if problems:
+            first = ", ".join(f"{col or '(table)'}: {check} x{n}" for col, check, n in problems[:5])
+            msg = (f"expected rows for {spec.name!r} to satisfy its contract (contracts/catalog.py); "
+                   f"{len(problems)} check(s) failed: {first}")
+            raise ContractViolation(msg)
+        return typed, rows
+
+    def _partitions(self, data: DataFrame, spec: TableSpec, alias: str | None = None) -> str:
+        values = data.select(*spec.partition_by).distinct().toArrow()
+        return landing.partition_predicate({c: values.column(c).to_pylist() for c in spec.partition_by}, alias)
+
+    def _write(self, spec: TableSpec, data: DataFrame, rows: int, *, mode: str,
+               replace_where: str | None = None) -> WriteResult:
+        self.lake.prepare(spec)
+        uri = self.lake.uri(spec)
+        creating = mode == "overwrite" and replace_where is None or not self.exists(spec)
+        writer = data.write.format("delta").mode(mode)
+        if spec.partition_by:
+            writer = writer.partitionBy(*spec.partition_by)
+        if replace_where:
+            writer = writer.option("replaceWhere", replace_where)
+        if creating:
+            for key, value in (self.lake.table_configuration or {}).items():
+                if value is not None:
+                    writer = writer.option(key, value)
+        self._delta(lambda: writer.save(uri))
+        self.lake.check_features(spec)
+        return WriteResult(spec.name, self._version(spec), rows)
+
+    def _delta(self, action: Any) -> Any:
+        """Run a Delta read/write; a session without Delta gets an error that names the way out."""
+        try:
+            return action()
+        except Exception as exc:
+            text = str(exc)
+            if "delta" in text.lower() and ("data source" in text.lower() or "DATA_SOURCE_NOT_FOUND" in text
+                                            or "ClassNotFound" in text):
+                msg = (f"expected a Spark session with Delta Lake, but this {self.kind} session has none "
+                       f"({text.splitlines()[0][:200]}); on EMR the cluster ships delta-spark; locally use "
+                       "--spark-remote sc://host:port or leave --spark-master unset for the embedded Sail server")
+                raise EngineError(msg) from exc
+            raise
+
+
+def _native(frame: nw.LazyFrame) -> DataFrame:
+    return frame.to_native()  # type: ignore[return-value]

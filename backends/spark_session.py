@@ -1,0 +1,119 @@
+"""Where the Spark engine's session comes from: Spark Connect, a classic SparkSession, or embedded Sail.
+
+- ``remote`` (``sc://host:port``): a Spark Connect server (Sail, or Spark's own).
+- ``master`` (``yarn`` on EMR, ``local[2]`` on a laptop with Java 17): a classic SparkSession; Delta must be
+  configured by the cluster (EMR ships delta-spark), or set ``spark.conf`` with the Delta extension and catalog.
+- neither: an embedded Sail Spark Connect server started in this process on loopback (no JVM).
+
+One session per process and target; pyspark is imported only here and in the engine.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from backends.protocol import EngineError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from deployments.settings import SparkSettings
+
+# Spark computes timestamps in the session time zone; the lake's timestamps are UTC.
+SESSION_CONF = {"spark.sql.session.timeZone": "UTC", "spark.sql.ansi.enabled": "true"}
+
+_lock = threading.Lock()
+_sessions: dict[tuple[str, str], Any] = {}
+_embedded: Any = None
+
+
+def session_for(settings: SparkSettings) -> tuple[SparkSession, str]:
+    """The session for ``settings`` and its kind: ``connect``, ``classic`` or ``sail`` (embedded)."""
+    _require_pyspark()
+    with _lock:
+        if settings.remote:
+            key = ("connect", settings.remote)
+        elif settings.master:
+            key = ("classic", settings.master)
+        else:
+            key = ("sail", "")
+        if key not in _sessions:
+            _sessions[key] = _start(key, settings)
+        return _sessions[key], key[0]
+
+
+def _start(key: tuple[str, str], settings: SparkSettings) -> SparkSession:
+    kind, target = key
+    if kind == "classic":
+        return _classic(target, settings.conf)
+    url = target if kind == "connect" else embedded_sail_url()
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    try:
+        spark = ConnectSession.builder.remote(url).create()
+        for k, v in SESSION_CONF.items():
+            spark.conf.set(k, v)
+    except Exception as exc:
+        msg = f"expected a Spark Connect server at {url}, could not use it: {str(exc).splitlines()[0]}"
+        raise EngineError(msg) from exc
+    return spark
+
+
+def _classic(master: str, conf: dict[str, str]) -> SparkSession:
+    from pyspark.sql.session import SparkSession as ClassicSession
+
+    java = os.environ.get("JAVA_HOME") or _which("java")
+    if not java:
+        msg = (f"expected Java 17 for a classic Spark session (master {master!r}), found no java; "
+               "use --spark-remote sc://host:port or leave both unset for the embedded Sail server")
+        raise EngineError(msg)
+    builder = ClassicSession.builder.master(master).appName("lakehouse")
+    for k, v in {**SESSION_CONF, "spark.ui.enabled": "false", **conf}.items():
+        builder = builder.config(k, v)
+    return builder.getOrCreate()
+
+
+def embedded_sail_url() -> str:
+    """Start (once per process) a Sail Spark Connect server on loopback and return its URL."""
+    global _embedded
+    if _embedded is None:
+        try:
+            from pysail.spark import SparkConnectServer
+        except ImportError as exc:
+            msg = ("expected pysail for the embedded Spark engine (pip install '.[spark]'), it is not installed; "
+                   "or pass --spark-remote sc://host:port")
+            raise EngineError(msg) from exc
+        server = SparkConnectServer(ip="127.0.0.1", port=0)
+        server.start(background=True)
+        _embedded = server
+        atexit.register(_stop_embedded)
+    host, port = _embedded.listening_address
+    return f"sc://{host}:{port}"
+
+
+def _stop_embedded() -> None:
+    global _embedded
+    for (kind, _), spark in list(_sessions.items()):
+        if kind == "sail":
+            try:
+                spark.stop()
+            except Exception:  # noqa: BLE001, S110 - the process is exiting; the server goes with it
+                pass
+    _embedded = None
+
+
+def _require_pyspark() -> None:
+    try:
+        import pyspark  # noqa: F401
+    except ImportError as exc:
+        msg = "expected pyspark for --backend spark (pip install '.[spark]'); the laptop engine is --backend polars"
+        raise EngineError(msg) from exc
+
+
+def _which(name: str) -> str | None:
+    from shutil import which
+
+    return which(name)
