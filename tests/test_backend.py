@@ -192,3 +192,14 @@ def test_the_laptop_engine_runs_without_pyspark(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "SPARK: expected pyspark for --backend spark" in out.stdout
+
+
+def test_spark_with_neither_remote_nor_master_starts_an_embedded_sail_server(tmp_path):
+    """The default of --backend spark: Sail in this process on loopback, Spark's API with no JVM."""
+    from backends.spark_session import embedded_sail_url
+
+    engine = get_backend("spark", Lake(str(tmp_path / "lake")))
+    assert engine.kind == "sail" and embedded_sail_url().startswith("sc://127.0.0.1:")
+    engine.merge(PRODUCTS, products(engine, ("p1", "a", 1, "h1"), ("p2", "b", 1, "h2")))
+    assert sorted(r["product_id"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()) == ["p1", "p2"]
+    assert engine.version(PRODUCTS) == 0
