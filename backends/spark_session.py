@@ -94,6 +94,17 @@ def embedded_sail_url() -> str:
     return f"sc://{host}:{port}"
 
 
+def stop_sessions() -> None:
+    """Stop every session this process opened (before the servers they talk to go away)."""
+    with _lock:
+        for spark in _sessions.values():
+            try:
+                spark.stop()
+            except Exception:  # noqa: BLE001, S110 - stopping is best effort
+                pass
+        _sessions.clear()
+
+
 def _stop_embedded() -> None:
     global _embedded
     for (kind, _), spark in list(_sessions.items()):

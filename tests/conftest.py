@@ -55,6 +55,9 @@ def sail_url(tmp_path_factory):
                 pytest.fail(f"Sail server did not start on port {port}: {log.read_text()[-2000:]}")
             time.sleep(0.1)
     yield f"sc://127.0.0.1:{port}"
+    from backends.spark_session import stop_sessions
+
+    stop_sessions()  # while the server still runs: a client left open retries against a dead server at exit
     os.kill(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=20)
@@ -69,7 +72,8 @@ def sail_session(sail_url):
     from deployments.settings import SparkSettings
 
     spark, _ = session_for(SparkSettings(remote=sail_url))
-    return spark
+    yield spark
+    spark.stop()  # while the server still runs: a client left open retries against a dead server at exit
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +87,8 @@ def jvm_session():
     from deployments.settings import SparkSettings
 
     spark, _ = session_for(SparkSettings(master="local[2]", conf={"spark.sql.shuffle.partitions": "4"}))
-    return spark
+    yield spark
+    spark.stop()
 
 
 @pytest.fixture(params=["polars", "sail", "jvm"])
