@@ -8,8 +8,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from backends.protocol import TableNotFoundError
 from contracts.catalog import TableSpec
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
 
 
 class LakeNotWritableError(OSError):
@@ -32,6 +37,16 @@ class Lake:
     root: str
     storage_options: dict[str, str] = field(default_factory=dict)
     table_configuration: dict[str, str | None] | None = field(default_factory=lambda: dict(PORTABLE_TABLE_PROPERTIES))
+
+    def __post_init__(self) -> None:
+        asked = {k: v for k, v in (self.table_configuration or {}).items() if v is not None}
+        turned_on = [k for k in ("delta.enableDeletionVectors",) if asked.get(k, "false").lower() == "true"]
+        if asked.get("delta.columnMapping.mode", "none") != "none":
+            turned_on.append("delta.columnMapping.mode")
+        if turned_on:
+            msg = (f"expected table properties every engine reads, got {turned_on} turned on; deletion vectors and "
+                   "column mapping are not read by every engine of the project (leave them off)")
+            raise UnportableTableError(msg)
 
     @property
     def is_local(self) -> bool:
@@ -65,11 +80,51 @@ class Lake:
             self.check_writable()
             Path(self.uri(spec)).mkdir(parents=True, exist_ok=True)
 
+    # Table metadata is read with delta-rs whichever engine wrote the table (the Delta log is the same).
+    def delta_table(self, spec: TableSpec) -> DeltaTable | None:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+        try:
+            return DeltaTable(self.uri(spec), storage_options=self.storage_options or None)
+        except DeltaTableNotFound:
+            return None
+
+    def version(self, spec: TableSpec) -> int | None:
+        dt = self.delta_table(spec)
+        return None if dt is None else dt.version()
+
+    def written_version(self, spec: TableSpec) -> int:
+        """The version of a table that was just written (an error if it does not exist)."""
+        version = self.version(spec)
+        if version is None:
+            msg = f"expected table {spec.name!r} at {self.uri(spec)} after writing it, found none"
+            raise TableNotFoundError(msg)
+        return version
+
+    def history(self, spec: TableSpec, limit: int = 10) -> list[dict[str, Any]]:
+        dt = self.delta_table(spec)
+        return [] if dt is None else dt.history(limit)
+
+    def check_readable(self, spec: TableSpec, version: int | None) -> bool:
+        """Whether ``spec`` exists; a clear error when ``version`` is asked of a table that lacks it."""
+        current = self.version(spec)
+        if current is None:
+            if version is not None:
+                msg = (f"expected table {spec.name!r} to exist at {self.uri(spec)} to read version {version}; "
+                       "it was never written")
+                raise TableNotFoundError(msg)
+            return False
+        if version is not None and not 0 <= version <= current:
+            msg = f"expected a version of {spec.name!r} between 0 and {current}, got {version!r}"
+            raise TableNotFoundError(msg)
+        return True
+
     def check_features(self, spec: TableSpec) -> None:
         """Refuse a table whose protocol needs a feature one of the engines cannot read."""
-        from deltalake import DeltaTable
-
-        protocol = DeltaTable(self.uri(spec), storage_options=self.storage_options or None).protocol()
+        dt = self.delta_table(spec)
+        assert dt is not None, spec.name
+        protocol = dt.protocol()
         used = set(protocol.reader_features or ()) | set(protocol.writer_features or ())
         bad = sorted(used & UNPORTABLE_FEATURES)
         if bad:

@@ -10,14 +10,13 @@ from typing import Any
 import narwhals as nw
 import polars as pl
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+from deltalake import write_deltalake
 from pandera import errors as pandera_errors
 
 from backends import landing
 from backends.expressions import with_record_hash
 from backends.lake import Lake
-from backends.protocol import ContractViolation, LandingRead, TableNotFoundError, WriteResult
+from backends.protocol import ContractViolation, LandingRead, WriteResult
 from contracts.catalog import TableSpec
 from contracts.landing import LandingEntity
 
@@ -70,27 +69,19 @@ class PolarsDeltaEngine:
 
     # ------------------------------------------------------------------------------------ Delta tables
     def exists(self, spec: TableSpec) -> bool:
-        return self._table(spec) is not None
+        return self.lake.version(spec) is not None
 
     def scan(self, spec: TableSpec, *, version: int | None = None) -> nw.LazyFrame:
         """The table as a lazy frame; an empty frame with the declared schema if it was never written."""
-        uri = self.lake.uri(spec)
-        dt = self._table(spec)
-        if dt is None:
-            if version is not None:
-                msg = f"expected table {spec.name!r} to exist at {uri} to read version {version}; it was never written"
-                raise TableNotFoundError(msg)
+        if not self.lake.check_readable(spec, version):
             return nw.from_native(pl.LazyFrame(schema=spec.polars_schema))
-        if version is not None and not 0 <= version <= dt.version():
-            msg = f"expected a version of {spec.name!r} between 0 and {dt.version()}, got {version!r}"
-            raise TableNotFoundError(msg)
-        lf = pl.scan_delta(uri, version=version, storage_options=self.lake.storage_options or None)
+        lf = pl.scan_delta(self.lake.uri(spec), version=version, storage_options=self.lake.storage_options or None)
         return nw.from_native(lf.select(spec.columns))
 
     def append(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
         data = self._arrow(spec, frame)
         if data.num_rows == 0 and self.exists(spec):
-            return WriteResult(spec.name, self._version(spec), 0)
+            return WriteResult(spec.name, self.lake.written_version(spec), 0)
         return self._write(spec, data, mode="append")
 
     def overwrite(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
@@ -105,7 +96,7 @@ class PolarsDeltaEngine:
         if not self.exists(spec):
             return self._write(spec, data, mode="overwrite")
         if data.num_rows == 0:
-            return WriteResult(spec.name, self._version(spec), 0)
+            return WriteResult(spec.name, self.lake.written_version(spec), 0)
         predicate = _partition_values(data, spec.partition_by)  # type: ignore[arg-type]
         return self._write(spec, data, mode="overwrite", predicate=predicate)
 
@@ -119,7 +110,7 @@ class PolarsDeltaEngine:
             msg = f"expected business keys to merge {spec.name!r}; declare keys in contracts/catalog.py"
             raise ValueError(msg)
         data = self._arrow(spec, frame)
-        dt = self._table(spec)
+        dt = self.lake.delta_table(spec)
         if dt is None:
             return self._write(spec, data, mode="overwrite")
         if data.num_rows == 0:
@@ -137,28 +128,15 @@ class PolarsDeltaEngine:
             merger = merger.when_matched_update_all(predicate=newer)
         metrics = merger.when_not_matched_insert_all().execute()
         written = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
-        return WriteResult(spec.name, self._version(spec), written)
+        return WriteResult(spec.name, self.lake.written_version(spec), written)
 
     def version(self, spec: TableSpec) -> int | None:
-        dt = self._table(spec)
-        return None if dt is None else dt.version()
+        return self.lake.version(spec)
 
     def history(self, spec: TableSpec, *, limit: int = 10) -> list[dict[str, Any]]:
-        dt = self._table(spec)
-        return [] if dt is None else dt.history(limit)
+        return self.lake.history(spec, limit)
 
     # -------------------------------------------------------------------------------------- internals
-    def _table(self, spec: TableSpec) -> DeltaTable | None:
-        try:
-            return DeltaTable(self.lake.uri(spec), storage_options=self.lake.storage_options or None)
-        except DeltaTableNotFound:
-            return None
-
-    def _version(self, spec: TableSpec) -> int:
-        dt = self._table(spec)
-        assert dt is not None
-        return dt.version()
-
     def _arrow(self, spec: TableSpec, frame: nw.LazyFrame) -> pa.Table:
         """The rows to write, checked against the table's pandera contract (nothing unchecked is written)."""
         df = frame.select(spec.columns).collect().to_native().cast(spec.polars_schema)  # type: ignore[arg-type]
@@ -179,7 +157,7 @@ class PolarsDeltaEngine:
             configuration=self.lake.table_configuration,
         )
         self.lake.check_features(spec)
-        return WriteResult(spec.name, self._version(spec), data.num_rows)
+        return WriteResult(spec.name, self.lake.written_version(spec), data.num_rows)
 
 
 def _partition_values(data: pa.Table, columns: tuple[str, ...], alias: str | None = None) -> str:

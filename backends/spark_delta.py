@@ -16,25 +16,17 @@ from typing import TYPE_CHECKING, Any
 import narwhals as nw
 import polars as pl
 import pyarrow as pa
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 
 from backends import landing
 from backends.expressions import with_record_hash
 from backends.lake import Lake
-from backends.protocol import ContractViolation, EngineError, LandingRead, TableNotFoundError, WriteResult
+from backends.protocol import ContractViolation, EngineError, LandingRead, WriteResult
 from contracts.catalog import TableSpec
 from contracts.checks import count_violations
 from contracts.landing import LandingEntity
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-
-_SPARK_TYPES = {
-    pa.large_string(): "string", pa.string(): "string", pa.int64(): "bigint", pa.float64(): "double",
-    pa.date32(): "date", pa.timestamp("us", "UTC"): "timestamp", pa.bool_(): "boolean",
-}
-
 
 def spark_frame(spark: SparkSession, table: pa.Table) -> DataFrame:
     """An Arrow table as a Spark DataFrame with the same column types (also when it has no rows)."""
@@ -43,8 +35,12 @@ def spark_frame(spark: SparkSession, table: pa.Table) -> DataFrame:
 
 
 def _spark_type(dtype: pa.DataType) -> str:
-    if dtype in _SPARK_TYPES:
-        return _SPARK_TYPES[dtype]
+    """The Spark SQL type of an Arrow type (the catalog's tables use string, int64, double, date, UTC timestamp
+    and bool)."""
+    if pa.types.is_boolean(dtype):
+        return "boolean"
+    if pa.types.is_date32(dtype):
+        return "date"
     if pa.types.is_timestamp(dtype):
         return "timestamp" if dtype.tz else "timestamp_ntz"
     if pa.types.is_integer(dtype):
@@ -93,20 +89,11 @@ class SparkDeltaEngine:
         columns = entity.column_names
         frames: list[DataFrame] = []
         rejects: list[pa.Table] = []
+        if entity.format == "jsonl" and files:
+            frames, rejects = self._read_jsonl(files, columns)
+            files = ()
         for path, label in files:
             uri = str(path)
-            if entity.format == "jsonl":
-                lines = (self.spark.read.text(uri)
-                         .select(F.regexp_replace("value", r"^\s+|\s+$", "").alias("_line"))
-                         .filter(F.col("_line") != ""))
-                is_object = F.json_object_keys("_line").isNotNull()
-                struct = ", ".join(f"`{c}` string" for c in columns)
-                parsed = lines.filter(is_object).select(F.from_json("_line", struct).alias("_j")).select("_j.*")
-                frames.append(parsed.withColumn("_source_file", F.lit(label)))
-                bad = lines.filter(~is_object).toArrow().column("_line").to_pylist()
-                if bad:
-                    rejects.append(landing.malformed_lines([(line, label) for line in bad]))
-                continue
             if entity.format == "csv":
                 raw = (self.spark.read.option("header", True).option("multiLine", True).option("escape", '"')
                        .csv(uri))
@@ -120,29 +107,34 @@ class SparkDeltaEngine:
             text = raw.select(*(F.col(f"`{c}`").cast("string").alias(c) for c in columns))
             frames.append(text.withColumn("_source_file", F.lit(label)))
         if frames:
-            rows = frames[0]
-            for more in frames[1:]:
-                rows = rows.unionByName(more)
+            rows = _union(frames)
         else:
             rows = spark_frame(self.spark, pa.table({c: pa.array([], pa.string()) for c in (*columns, "_source_file")}))
         hashed = with_record_hash(nw.from_native(rows), columns)
         return LandingRead(hashed, pa.concat_tables(rejects) if rejects else landing.REJECT_SCHEMA.empty_table())
 
+    def _read_jsonl(self, files: Sequence[tuple[Path, str]], columns: list[str]) -> tuple[list[DataFrame], list[pa.Table]]:
+        """JSON lines of all ``files``: object lines as text columns, every other line a reject (one collect)."""
+        F = self._functions()
+        labelled = [self.spark.read.text(str(path)).select(
+            F.regexp_replace("value", r"^\s+|\s+$", "").alias("_line"), F.lit(label).alias("_source_file"))
+            for path, label in files]
+        lines = _union(labelled).filter(F.col("_line") != "")
+        is_object = F.json_object_keys("_line").isNotNull()
+        struct = ", ".join(f"`{c}` string" for c in columns)
+        parsed = lines.filter(is_object).select(F.from_json("_line", struct).alias("_j"), "_source_file")
+        bad = lines.filter(~is_object).toArrow()
+        pairs = list(zip(bad.column("_line").to_pylist(), bad.column("_source_file").to_pylist(), strict=True))
+        return [parsed.select("_j.*", "_source_file")], [landing.malformed_lines(pairs)] if pairs else []
+
     # ------------------------------------------------------------------------------------ Delta tables
     def exists(self, spec: TableSpec) -> bool:
-        return self._table(spec) is not None
+        return self.lake.version(spec) is not None
 
     def scan(self, spec: TableSpec, *, version: int | None = None) -> nw.LazyFrame:
-        uri = self.lake.uri(spec)
-        dt = self._table(spec)
-        if dt is None:
-            if version is not None:
-                msg = f"expected table {spec.name!r} to exist at {uri} to read version {version}; it was never written"
-                raise TableNotFoundError(msg)
+        if not self.lake.check_readable(spec, version):
             return nw.from_native(spark_frame(self.spark, spec.arrow_schema.empty_table()))
-        if version is not None and not 0 <= version <= dt.version():
-            msg = f"expected a version of {spec.name!r} between 0 and {dt.version()}, got {version!r}"
-            raise TableNotFoundError(msg)
+        uri = self.lake.uri(spec)
         reader = self.spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
@@ -151,7 +143,7 @@ class SparkDeltaEngine:
     def append(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
         data, rows = self._checked(spec, frame)
         if rows == 0 and self.exists(spec):
-            return WriteResult(spec.name, self._version(spec), 0)
+            return WriteResult(spec.name, self.lake.written_version(spec), 0)
         return self._write(spec, data, rows, mode="append")
 
     def overwrite(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
@@ -167,7 +159,7 @@ class SparkDeltaEngine:
         if not self.exists(spec):
             return self._write(spec, data, rows, mode="overwrite")
         if rows == 0:
-            return WriteResult(spec.name, self._version(spec), 0)
+            return WriteResult(spec.name, self.lake.written_version(spec), 0)
         return self._write(spec, data, rows, mode="overwrite", replace_where=self._partitions(data, spec))
 
     def merge(self, spec: TableSpec, frame: nw.LazyFrame, *, insert_only: bool = False) -> WriteResult:
@@ -179,7 +171,7 @@ class SparkDeltaEngine:
         if not self.exists(spec):
             return self._write(spec, data, rows, mode="overwrite")
         if rows == 0:
-            return WriteResult(spec.name, self._version(spec), 0)
+            return WriteResult(spec.name, self.lake.written_version(spec), 0)
         on = [f"t.`{k}` = s.`{k}`" for k in spec.keys]
         if spec.partition_by:
             on.append(self._partitions(data, spec, alias="t"))
@@ -198,15 +190,13 @@ class SparkDeltaEngine:
         finally:
             self.spark.catalog.dropTempView(view)
         written = int(result[0][0]) if result and len(result[0]) else rows
-        return WriteResult(spec.name, self._version(spec), written)
+        return WriteResult(spec.name, self.lake.written_version(spec), written)
 
     def version(self, spec: TableSpec) -> int | None:
-        dt = self._table(spec)
-        return None if dt is None else dt.version()
+        return self.lake.version(spec)
 
     def history(self, spec: TableSpec, *, limit: int = 10) -> list[dict[str, Any]]:
-        dt = self._table(spec)
-        return [] if dt is None else dt.history(limit)
+        return self.lake.history(spec, limit)
 
     # -------------------------------------------------------------------------------------- internals
     def _functions(self) -> Any:
@@ -217,17 +207,6 @@ class SparkDeltaEngine:
             from pyspark.sql.connect import functions  # type: ignore[no-redef]
         return functions
 
-    def _table(self, spec: TableSpec) -> DeltaTable | None:
-        try:
-            return DeltaTable(self.lake.uri(spec), storage_options=self.lake.storage_options or None)
-        except DeltaTableNotFound:
-            return None
-
-    def _version(self, spec: TableSpec) -> int:
-        dt = self._table(spec)
-        assert dt is not None
-        return dt.version()
-
     def _checked(self, spec: TableSpec, frame: nw.LazyFrame) -> tuple[DataFrame, int]:
         """The rows to write, cast to the declared types and checked against the contract (one pass)."""
         F = self._functions()
@@ -237,7 +216,7 @@ class SparkDeltaEngine:
         if missing:
             msg = f"expected columns {missing} in the rows for {spec.name!r}, got {sorted(have)}"
             raise ContractViolation(msg)
-        typed = native.select(*(F.col(f"`{f.name}`").cast(_SPARK_TYPES[f.type]).alias(f.name)
+        typed = native.select(*(F.col(f"`{f.name}`").cast(_spark_type(f.type)).alias(f.name)
                                 for f in spec.arrow_schema))
         typed = _native(self.materialize(nw.from_native(typed)))
         rows, problems = count_violations(nw.from_native(typed), spec.schema)
@@ -256,7 +235,7 @@ class SparkDeltaEngine:
                replace_where: str | None = None) -> WriteResult:
         self.lake.prepare(spec)
         uri = self.lake.uri(spec)
-        creating = mode == "overwrite" and replace_where is None or not self.exists(spec)
+        creating = not self.exists(spec)
         writer = data.write.format("delta").mode(mode)
         if spec.partition_by:
             writer = writer.partitionBy(*spec.partition_by)
@@ -268,7 +247,7 @@ class SparkDeltaEngine:
                     writer = writer.option(key, value)
         self._delta(lambda: writer.save(uri))
         self.lake.check_features(spec)
-        return WriteResult(spec.name, self._version(spec), rows)
+        return WriteResult(spec.name, self.lake.written_version(spec), rows)
 
     def _delta(self, action: Any) -> Any:
         """Run a Delta read/write; a session without Delta gets an error that names the way out."""
@@ -283,6 +262,13 @@ class SparkDeltaEngine:
                        "--spark-remote sc://host:port or leave --spark-master unset for the embedded Sail server")
                 raise EngineError(msg) from exc
             raise
+
+
+def _union(frames: Sequence[DataFrame]) -> DataFrame:
+    out = frames[0]
+    for more in frames[1:]:
+        out = out.unionByName(more)
+    return out
 
 
 def _native(frame: nw.LazyFrame) -> DataFrame:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,7 @@ def _start(key: tuple[str, str], settings: SparkSettings) -> SparkSession:
 def _classic(master: str, conf: dict[str, str]) -> SparkSession:
     from pyspark.sql.session import SparkSession as ClassicSession
 
-    java = os.environ.get("JAVA_HOME") or _which("java")
+    java = os.environ.get("JAVA_HOME") or shutil.which("java")
     if not java:
         msg = (f"expected Java 17 for a classic Spark session (master {master!r}), found no java; "
                "use --spark-remote sc://host:port or leave both unset for the embedded Sail server")
@@ -89,7 +90,7 @@ def embedded_sail_url() -> str:
         server = SparkConnectServer(ip="127.0.0.1", port=0)
         server.start(background=True)
         _embedded = server
-        atexit.register(_stop_embedded)
+        atexit.register(stop_sessions)
     host, port = _embedded.listening_address
     return f"sc://{host}:{port}"
 
@@ -105,26 +106,9 @@ def stop_sessions() -> None:
         _sessions.clear()
 
 
-def _stop_embedded() -> None:
-    global _embedded
-    for (kind, _), spark in list(_sessions.items()):
-        if kind == "sail":
-            try:
-                spark.stop()
-            except Exception:  # noqa: BLE001, S110 - the process is exiting; the server goes with it
-                pass
-    _embedded = None
-
-
 def _require_pyspark() -> None:
     try:
         import pyspark  # noqa: F401
     except ImportError as exc:
         msg = "expected pyspark for --backend spark (pip install '.[spark]'); the laptop engine is --backend polars"
         raise EngineError(msg) from exc
-
-
-def _which(name: str) -> str | None:
-    from shutil import which
-
-    return which(name)

@@ -30,11 +30,3 @@ def to_engine(engine: str, frame: pl.LazyFrame | pl.DataFrame) -> nw.LazyFrame:
         return nw.from_native(spark_frame(SESSIONS[engine], frame.lazy().collect().to_arrow()))
     msg = f"expected an engine among {TRANSFORM_ENGINES} with its session started, got {engine!r}"
     raise ValueError(msg)
-
-
-def collect_rows(frame: nw.LazyFrame) -> list[dict[str, Any]]:
-    """Rows of a frame of any engine, with Polars types (Spark's UTC timestamps compare equal to Polars')."""
-    native = frame.to_native()
-    if isinstance(native, pl.LazyFrame):
-        return native.collect().rows(named=True)
-    return pl.from_arrow(native.toArrow()).rows(named=True)  # type: ignore[union-attr]

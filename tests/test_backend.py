@@ -203,3 +203,21 @@ def test_spark_with_neither_remote_nor_master_starts_an_embedded_sail_server(tmp
     engine.merge(PRODUCTS, products(engine, ("p1", "a", 1, "h1"), ("p2", "b", 1, "h2")))
     assert sorted(r["product_id"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()) == ["p1", "p2"]
     assert engine.version(PRODUCTS) == 0
+
+
+def test_tables_with_features_one_engine_cannot_read_are_refused(tmp_path):
+    from deltalake import write_deltalake
+
+    from backends.lake import UnportableTableError
+
+    with pytest.raises(UnportableTableError, match="deletion vectors"):
+        Lake(str(tmp_path / "lake"), table_configuration={"delta.enableDeletionVectors": "true"})
+    with pytest.raises(UnportableTableError, match="columnMapping"):
+        Lake(str(tmp_path / "lake"), table_configuration={"delta.columnMapping.mode": "name"})
+    lake = Lake(str(tmp_path / "lake"))
+    engine = get_backend("polars", lake)
+    seed = pl.DataFrame([(date(2026, 11, 1), "p0", 1, 1, 1.0, 1, 0, 0.0)], schema=PERF.polars_schema, orient="row")
+    write_deltalake(lake.uri(PERF), seed.to_arrow(), partition_by=["order_date"],
+                    configuration={"delta.enableDeletionVectors": "true"})  # made by another tool
+    with pytest.raises(UnportableTableError, match="deletionVectors"):
+        engine.append(PERF, perf(engine, (date(2026, 11, 2), "p1", 1)))
