@@ -1,8 +1,9 @@
 """Where the Spark engine's session comes from: Spark Connect, a classic SparkSession, or embedded Sail.
 
 - ``remote`` (``sc://host:port``): a Spark Connect server (Sail, or Spark's own).
-- ``master`` (``yarn`` on EMR, ``local[2]`` on a laptop with Java 17): a classic SparkSession; Delta must be
-  configured by the cluster (EMR ships delta-spark), or set ``spark.conf`` with the Delta extension and catalog.
+- ``master`` (``yarn``, ``local[2]`` on a laptop with Java 17, or ``spark-submit`` for the master spark-submit
+  chose, as on EMR Serverless): a classic SparkSession; Delta must be configured by the cluster (EMR ships
+  delta-spark), or set ``spark.conf`` with the Delta extension and catalog.
 - neither: an embedded Sail Spark Connect server started in this process on loopback (no JVM).
 
 One session per process and target; pyspark is imported only here and in the engine.
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 # Spark computes timestamps in the session time zone; the lake's timestamps are UTC.
 SESSION_CONF = {"spark.sql.session.timeZone": "UTC", "spark.sql.ansi.enabled": "true"}
+# ``master`` value meaning: the session spark-submit configured (EMR Serverless sets the master itself).
+SUBMITTED_MASTER = "spark-submit"
 
 _lock = threading.Lock()
 _sessions: dict[tuple[str, str], Any] = {}
@@ -71,8 +74,12 @@ def _classic(master: str, conf: dict[str, str]) -> SparkSession:
         msg = (f"expected Java 17 for a classic Spark session (master {master!r}), found no java; "
                "use --spark-remote sc://host:port or leave both unset for the embedded Sail server")
         raise EngineError(msg)
-    builder = ClassicSession.builder.master(master).appName("lakehouse")
-    for k, v in {**SESSION_CONF, "spark.ui.enabled": "false", **conf}.items():
+    builder = ClassicSession.builder.appName("lakehouse")
+    local = {}
+    if master != SUBMITTED_MASTER:
+        builder = builder.master(master)
+        local = {"spark.ui.enabled": "false"}
+    for k, v in {**SESSION_CONF, **local, **conf}.items():
         builder = builder.config(k, v)
     return builder.getOrCreate()
 

@@ -64,6 +64,53 @@ class SparkSettings(BaseModel):
         return self
 
 
+# Delta on EMR Serverless: the jars ship with EMR 7 releases under /usr/share/aws/delta/lib (AWS documentation).
+EMR_DELTA_CONF = {
+    "spark.jars": "/usr/share/aws/delta/lib/delta-spark.jar,/usr/share/aws/delta/lib/delta-storage.jar",
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+class EmrSettings(BaseModel):
+    """Where the Spark engine's stages run in production: an EMR Serverless application (see docs/emr.md)."""
+
+    model_config = {"extra": "forbid"}
+    application_id: str = Field("", description="EMR Serverless application id")
+    execution_role_arn: str = Field(
+        "", pattern=r"^(arn:aws[\w-]*:iam::\d{12}:role/.+)?$", description="job runtime role ARN",
+    )
+    region: str = Field("us-east-1", min_length=1, description="AWS region of the application")
+    code_uri: str = Field(
+        "", pattern=r"^(s3://[^/\s]+(/\S*)?)?$", description="s3://bucket/prefix the code archive and entrypoint ship to",
+    )
+    log_uri: str = Field(
+        "", pattern=r"^(s3://[^/\s]+(/\S*)?)?$", description="s3://bucket/prefix for driver and executor logs",
+    )
+    python_archive: str | None = Field(
+        None, pattern=r"^s3://\S+$", description="packed Python environment with the dependencies (venv-pack)",
+    )
+    spark_conf: dict[str, str] = Field(
+        default_factory=lambda: dict(EMR_DELTA_CONF), description="--conf pairs for spark-submit (Delta by default)",
+    )
+    driver_env: dict[str, str] = Field(
+        default_factory=dict, description="environment for the driver (no secrets: job configs are visible)",
+    )
+    timeout_minutes: int = Field(720, ge=5, description="EMR cancels a job run that runs longer")
+    poll_seconds: float = Field(5.0, gt=0, description="first wait between status polls")
+    poll_max_seconds: float = Field(60.0, gt=0, description="longest wait between polls (backoff doubles up to it)")
+
+    def require(self) -> EmrSettings:
+        """These settings, or an error naming every field a job submission needs and lacks."""
+        missing = [name for name in ("application_id", "execution_role_arn", "code_uri", "log_uri")
+                   if not getattr(self, name)]
+        if missing:
+            msg = (f"expected emr.{', emr.'.join(missing)} to submit to EMR Serverless, not set; set them in "
+                   f"deployments/<env>.toml [emr] or LAKEHOUSE_EMR__{missing[0].upper()}")
+            raise SettingsError(msg)
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LAKEHOUSE_", env_nested_delimiter="__", extra="forbid", validate_default=True,
@@ -82,6 +129,7 @@ class Settings(BaseSettings):
     )
     snowflake: SnowflakeSettings = Field(default_factory=SnowflakeSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
+    emr: EmrSettings = Field(default_factory=EmrSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -38,6 +38,10 @@ def publish(ctx: RunContext) -> list[dict[str, Any]]:
     return [build_gold(ctx, name) for name in GOLD_ORDER]
 
 
+# The daily flow's stages in order; an EMR job run runs one of them (deployments/emr/entrypoint.py).
+STAGES = {"ingest": ingest, "refine": refine, "publish": publish}
+
+
 @flow(name="daily-lakehouse", flow_run_name="daily-{run_date}", log_prints=True)
 def daily_lakehouse(
     run_date: date,

@@ -130,3 +130,63 @@ def daily_lakes(prefect_harness, tmp_path_factory, request):
         return built[engine]
 
     return build
+
+
+def _wait_for_port(proc, port: int, log: Path, what: str, timeout: float = 60) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"{what} did not start on port {port}: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+
+def _stop(proc) -> None:
+    import signal
+    import subprocess
+
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(sail_url, tmp_path_factory):
+    """moto's server on loopback (tests/moto_emr.py: EMR Serverless job runs run their driver against Sail),
+    for the whole session, stopped by its process id. Its URL."""
+    import subprocess
+
+    port = _free_port()
+    base = tmp_path_factory.mktemp("moto")
+    log = base / "server.log"
+    env = {**os.environ, **AWS_TEST_ENV, "LAKEHOUSE_SPARK__REMOTE": sail_url}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "moto_emr.py"), "--port", str(port),
+                                 "--workdir", str(base / "jobs")], stdout=out, stderr=subprocess.STDOUT, env=env)
+    _wait_for_port(proc, port, log, "moto server")
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+
+
+@pytest.fixture
+def aws(moto_endpoint, monkeypatch):
+    """This test's boto3 clients talk to the moto server with fake credentials; nothing leaves loopback."""
+    for k, v in {**AWS_TEST_ENV, "AWS_ENDPOINT_URL": moto_endpoint}.items():
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    return moto_endpoint

@@ -1,52 +1,21 @@
 """Parity: the daily flow on the laptop engine and on Spark (Sail) leaves the same tables, and each engine reads
 what the other wrote.
 
-Tables are compared after normalising column types (Arrow large/small strings, integer widths) and row order:
-keys, counts, strings, dates, timestamps and booleans exactly; doubles within 1e-9 relative or half a cent
-absolute (money marts are rounded to cents, so one ULP of difference in a sum can move a rounded cent).
-Columns that name the run (run ids, ingest time) differ by construction and are left out.
+Tables are compared by ``tests/lakes.py`` (types and row order normalised, a stated tolerance for doubles).
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import polars as pl
 import pytest
 from deltalake import DeltaTable
+from lakes import assert_same_rows, normalised
 
 from backends import Lake, get_backend
 from contracts.catalog import TABLES, table
 from deployments.settings import SparkSettings
 
 pytestmark = pytest.mark.slow
-
-RUN_COLUMNS = {"_run_id", "_ingested_at", "run_id"}
-REL_TOL, ABS_TOL = 1e-9, 0.005
-
-
-def normalised(root: Path, name: str) -> pl.DataFrame | None:
-    path = root / TABLES[name].path
-    if not (path / "_delta_log").is_dir():
-        return None
-    df = pl.from_arrow(DeltaTable(str(path)).to_pyarrow_table())
-    assert isinstance(df, pl.DataFrame)
-    keep = [c for c in table(name).columns if c not in RUN_COLUMNS]
-    casts = {c: pl.Int64 for c, t in df.schema.items() if t.is_integer()}
-    df = df.select(keep).cast(casts)  # type: ignore[arg-type]
-    return df.sort(by=keep, nulls_last=True)
-
-
-def assert_same_rows(name: str, left: pl.DataFrame, right: pl.DataFrame) -> None:
-    assert left.columns == right.columns, name
-    assert left.height == right.height, f"{name}: {left.height} rows on polars, {right.height} on spark"
-    floats = [c for c, t in left.schema.items() if t.is_float()]
-    exact = [c for c in left.columns if c not in floats]
-    assert left.select(exact).equals(right.select(exact)), f"{name}: non-float columns differ"
-    for col in floats:
-        for a, b in zip(left.get_column(col).to_list(), right.get_column(col).to_list(), strict=True):
-            assert (a is None and b is None) or math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL), (name, col, a, b)
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))

@@ -1,0 +1,250 @@
+"""The EMR Serverless path end to end against moto's server on loopback (tests/moto_emr.py runs each job run's
+driver for real: the shipped archive, the entry point, the stage on Spark via Sail).
+
+Submit, poll, success (tables equal to the in-process run), failure (driver log reported), cancel (by the
+Prefect run's state, and by SIGTERM as a worker sends it), plus the code archive and the IAM policies.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from datetime import date
+from pathlib import Path
+from types import SimpleNamespace
+
+import boto3
+import pytest
+from conftest import FLOW_DAYS, ROOT
+from lakes import assert_same_rows, normalised
+
+from contracts.catalog import TABLES
+from deployments.emr import S3Location, package
+from deployments.settings import SettingsError, load_settings
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "lakehouse-emr-test"
+ROLE = "arn:aws:iam::123456789012:role/lakehouse-emr-job"
+
+
+@pytest.fixture
+def emr_app(aws, prefect_harness, monkeypatch):
+    """An EMR Serverless application and a bucket for code and logs in moto; settings pointing at them."""
+    from prefect.settings import PREFECT_API_URL
+
+    s3, emr = boto3.client("s3"), boto3.client("emr-serverless")
+    if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=BUCKET)
+    app = emr.create_application(name="lakehouse", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
+    settings = {"APPLICATION_ID": app, "EXECUTION_ROLE_ARN": ROLE, "CODE_URI": f"s3://{BUCKET}/code",
+                "LOG_URI": f"s3://{BUCKET}/logs", "POLL_SECONDS": "0.2", "POLL_MAX_SECONDS": "1"}
+    for k, v in settings.items():
+        monkeypatch.setenv(f"LAKEHOUSE_EMR__{k}", v)
+
+    def driver_env(**extra: str) -> None:
+        monkeypatch.setenv("LAKEHOUSE_EMR__DRIVER_ENV", json.dumps({"PREFECT_API_URL": PREFECT_API_URL.value(),
+                                                                    **extra}))
+
+    driver_env()
+    return SimpleNamespace(app=app, s3=s3, emr=emr, driver_env=driver_env)
+
+
+def job_runs(ctx) -> list[dict]:
+    try:
+        runs = ctx.emr.list_job_runs(applicationId=ctx.app)["jobRuns"]
+    except ctx.emr.exceptions.ResourceNotFoundException:  # moto: no job run submitted to the application yet
+        return []
+    return [ctx.emr.get_job_run(applicationId=ctx.app, jobRunId=r["id"])["jobRun"] for r in runs]
+
+
+def driver_log(ctx, job_run_id: str, name: str = "stderr") -> str:
+    key = f"logs/applications/{ctx.app}/jobs/{job_run_id}/SPARK_DRIVER/{name}.gz"
+    return gzip.decompress(ctx.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()).decode()
+
+
+def test_the_code_archive_is_reproducible_and_ships_once(emr_app):
+    first, second = package.build(), package.build()
+    assert first.archive == second.archive and first.digest == second.digest
+    names = zipfile.ZipFile(__import__("io").BytesIO(first.archive)).namelist()
+    assert "flows/daily.py" in names and "deployments/emr.toml" in names and "contracts/catalog.py" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    code_uri = f"s3://{BUCKET}/code-{time.time_ns()}"
+    shipped = package.ship(first, code_uri, emr_app.s3)
+    assert shipped.uploaded == 2
+    assert package.ship(second, code_uri, emr_app.s3).uploaded == 0
+    loc = S3Location.parse(shipped.archive_uri)
+    assert emr_app.s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read() == first.archive
+    assert shipped.entrypoint_uri.endswith(f"{first.digest}/entrypoint.py")
+
+
+def test_a_changed_file_ships_as_new_code(tmp_path):
+    for pkg in package.PACKAGES:
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+    before = package.build(tmp_path)
+    (tmp_path / "flows" / "__init__.py").write_text("# changed\n")
+    assert package.build(tmp_path).digest != before.digest
+
+
+def test_submission_needs_the_emr_settings(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("LAKEHOUSE_EMR__"):
+            monkeypatch.delenv(k)
+    with pytest.raises(SettingsError, match=r"emr.application_id, emr.execution_role_arn, emr.code_uri, emr.log_uri"):
+        load_settings("local").emr.require()
+    with pytest.raises(SettingsError, match="execution_role_arn"):
+        load_settings("local", emr={"execution_role_arn": "my-role"})
+
+
+def test_the_daily_flow_on_emr_leaves_the_tables_the_in_process_flow_leaves(emr_app, daily_lakes, tmp_path):
+    from flows.emr import emr_daily_lakehouse
+
+    reference = daily_lakes("polars")
+    lake = tmp_path / "lake"
+    for day in FLOW_DAYS:
+        state = emr_daily_lakehouse(run_date=date.fromisoformat(day), env="local", lake_root=str(lake),
+                                    landing_root=str(reference["landing"]), return_state=True)
+        assert state.is_completed(), state.message
+        assert [s["stage"] for s in state.result()] == ["ingest", "refine", "publish"]
+
+    runs = job_runs(emr_app)
+    assert sorted((r["tags"]["lakehouse:run-date"], r["tags"]["lakehouse:stage"]) for r in runs) == sorted(
+        (d, s) for d in FLOW_DAYS for s in ("ingest", "refine", "publish"))
+    assert {r["state"] for r in runs} == {"SUCCESS"}
+    assert {r["executionRole"] for r in runs} == {ROLE}
+    # The driver ran the shipped archive (extracted under the job's folder), not this checkout.
+    first = runs[0]
+    assert f"/{first['jobRunId']}/lakehouse" in driver_log(emr_app, first["jobRunId"], "stdout")
+    assert str(ROOT) not in driver_log(emr_app, first["jobRunId"], "stdout")
+
+    compared = 0
+    for name in sorted(TABLES):
+        left, right = normalised(reference["root"], name), normalised(lake, name)
+        assert (left is None) == (right is None), f"{name} written by one run only"
+        if left is not None and right is not None:
+            assert_same_rows(name, left, right)
+            compared += 1
+    assert compared >= 15
+
+
+def test_a_failed_job_run_fails_the_flow_and_says_where_the_driver_log_is(emr_app, tmp_path):
+    from flows.emr import emr_daily_lakehouse
+
+    missing = tmp_path / "no-landing-here"
+    state = emr_daily_lakehouse(run_date=date(2026, 11, 1), env="local", lake_root=str(tmp_path / "lake"),
+                                landing_root=str(missing), return_state=True)
+    assert state.is_failed()
+    runs = job_runs(emr_app)
+    assert [r["state"] for r in runs] == ["FAILED"], "the stages after a failed one are not submitted"
+    job = runs[0]
+    log_uri = f"s3://{BUCKET}/logs/applications/{emr_app.app}/jobs/{job['jobRunId']}/SPARK_DRIVER/stderr.gz"
+    assert log_uri in state.message and job["jobRunId"] in state.message
+    assert "expected a landing folder" in driver_log(emr_app, job["jobRunId"])
+    assert not (tmp_path / "lake" / "silver").exists()
+
+
+@pytest.fixture
+def silent_spark():
+    """A TCP listener that accepts and never answers: a driver that connects to it hangs as RUNNING."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"sc://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def wait_for_job(ctx, state: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = job_runs(ctx)
+        if runs and runs[-1]["state"] == state:
+            return runs[-1]
+        time.sleep(0.2)
+    pytest.fail(f"no job run reached {state}: {[r['state'] for r in job_runs(ctx)]}")
+
+
+def test_cancelling_the_flow_run_cancels_the_job_run(emr_app, silent_spark, daily_lakes, tmp_path):
+    from prefect import get_client
+    from prefect.states import Cancelling
+
+    from flows.emr import emr_daily_lakehouse
+
+    emr_app.driver_env(LAKEHOUSE_SPARK__REMOTE=silent_spark)
+    landing = str(daily_lakes("polars")["landing"])
+    outcome = {}
+
+    def run() -> None:
+        outcome["state"] = emr_daily_lakehouse(run_date=date(2026, 11, 1), env="local", lake_root=str(tmp_path / "l"),
+                                               landing_root=landing, return_state=True)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    job = wait_for_job(emr_app, "RUNNING")
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(job["tags"]["lakehouse:run-id"], Cancelling(), force=True)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert outcome["state"].is_cancelled(), outcome["state"]
+    runs = job_runs(emr_app)
+    assert [r["state"] for r in runs] == ["CANCELLED"], "cancelled, and no later stage submitted"
+
+
+def test_sigterm_to_the_flow_process_cancels_the_job_run(emr_app, silent_spark, daily_lakes, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    emr_app.driver_env(LAKEHOUSE_SPARK__REMOTE=silent_spark)
+    script = ("from datetime import date; from flows.emr import emr_daily_lakehouse; "
+              f"emr_daily_lakehouse(run_date=date(2026, 11, 1), env='local', lake_root={str(tmp_path / 'l')!r}, "
+              f"landing_root={str(daily_lakes('polars')['landing'])!r})")
+    log = tmp_path / "flow.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
+    try:
+        wait_for_job(emr_app, "RUNNING")
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    job = wait_for_job(emr_app, "CANCELLED", timeout=30)
+    assert proc.returncode != 0
+    assert "cancelled EMR job run" in log.read_text(), log.read_text()[-3000:]
+    assert [r["jobRunId"] for r in job_runs(emr_app)] == [job["jobRunId"]]
+
+
+def test_the_lake_paths_sent_to_the_driver_are_absolute(emr_app, tmp_path, monkeypatch):
+    from flows.emr import job_arguments
+
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings("local", lake_root="./lake", landing_root="s3://bucket/landing")
+    args = job_arguments("refine", date(2026, 11, 1), "run-1", settings)
+    assert args[args.index("--lake-root") + 1] == str(Path(tmp_path / "lake").resolve())
+    assert args[args.index("--landing-root") + 1] == "s3://bucket/landing"
+    assert args[args.index("--stage") + 1] == "refine" and args[args.index("--env") + 1] == "local"
