@@ -121,8 +121,9 @@ class Settings(BaseSettings):
     backend: Literal["polars", "spark"] = Field("polars", description="engine that runs the tasks")
     lake_root: str = Field("./lake", min_length=1, description="lake folder or s3://bucket/prefix")
     landing_root: str = Field("./landing", min_length=1, description="folder of landing files (see README)")
-    hmac_key: SecretStr = Field(
-        ..., min_length=16, description="key for pseudonymising e-mail and phone (HMAC-SHA256); never logged"
+    hmac_key: SecretStr | None = Field(
+        None, min_length=16,
+        description="key for pseudonymising e-mail and phone (HMAC-SHA256), needed by silver; never logged",
     )
     fx_window_days: int = Field(
         4, ge=0, le=31, description="how many days an FX rate may be older than the order it converts"
@@ -141,6 +142,14 @@ class Settings(BaseSettings):
 
     def lake(self) -> Lake:
         return Lake(self.lake_root)
+
+    def require_hmac_key(self) -> bytes:
+        """The pseudonymisation key, or an error saying where to set it (silver needs it; other commands do not)."""
+        if self.hmac_key is None:
+            msg = (f"expected hmac_key (at least 16 characters) to pseudonymise e-mail and phone in silver, not set for "
+                   f"env {self.env!r}; set LAKEHOUSE_HMAC_KEY where the flow runs (never in a committed file)")
+            raise SettingsError(msg)
+        return self.hmac_key.get_secret_value().encode()
 
 
 def available_envs() -> list[str]:

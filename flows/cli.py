@@ -119,12 +119,14 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
     settings = _settings(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote,
                          spark_master=spark_master)
     from backends.lake import LakeNotWritableError
+    from deployments.settings import SettingsError
     from flows.context import LandingNotFoundError, require_landing
 
     try:
+        settings.require_hmac_key()
         settings.lake().check_writable()
         require_landing(settings.landing_root)
-    except (LakeNotWritableError, LandingNotFoundError) as exc:
+    except (SettingsError, LakeNotWritableError, LandingNotFoundError) as exc:
         _fail(str(exc))
     from flows.daily import daily_lakehouse
 
@@ -223,6 +225,76 @@ def show(
     with pl.Config(tbl_rows=limit, tbl_cols=-1, tbl_width_chars=60_000, fmt_str_lengths=80,
                    tbl_hide_dataframe_shape=True):
         print(pl.from_arrow(data))
+
+
+emr_app = typer.Typer(help="EMR Serverless: ship the code, print the IAM policies, run the daily flow's stages there.",
+                      no_args_is_help=True)
+app.add_typer(emr_app, name="emr")
+EmrEnvOpt = Annotated[str, typer.Option("--env", help="environment: deployments/<env>.toml")]
+
+
+@emr_app.command("ship")
+def emr_ship(env: EmrEnvOpt = "emr") -> None:
+    """Build the code archive and upload it with the entry point to emr.code_uri (skipped if already there)."""
+    from deployments.emr import package
+    from deployments.emr.jobs import EmrJobError, aws_client
+    from deployments.settings import SettingsError
+
+    try:
+        emr = _settings(env).emr.require()
+        bundle = package.build()
+        shipped = package.ship(bundle, emr.code_uri, aws_client("s3", emr.region))
+    except (SettingsError, EmrJobError) as exc:
+        _fail(str(exc))
+        raise
+    console.print(f"code {shipped.digest}: {len(bundle.files)} files, {len(bundle.archive) / 1024:.0f} KiB; "
+                  f"{shipped.uploaded} object(s) uploaded")
+    console.print(f"archive    {shipped.archive_uri}\nentrypoint {shipped.entrypoint_uri}")
+
+
+@emr_app.command("policy")
+def emr_policy(
+    which: Annotated[str, typer.Argument(help="execution (the job runtime role) or submitter (the Prefect worker)")],
+    env: EmrEnvOpt = "emr",
+) -> None:
+    """Print an IAM policy scoped to the environment's lake, landing, code and log prefixes."""
+    import json
+
+    from deployments.emr import iam
+    from deployments.settings import SettingsError
+
+    if which not in iam.POLICIES:
+        _fail(f"expected a policy among {sorted(iam.POLICIES)}, got {which!r}")
+    try:
+        print(json.dumps(iam.render(_settings(env), which), indent=2))  # type: ignore[arg-type]
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+@emr_app.command("run")
+def emr_run(
+    run_date: Annotated[str, typer.Option("--date", help="run date, YYYY-MM-DD")],
+    stage: Annotated[list[str] | None, typer.Option("--stage", help="ingest, refine or publish (repeat; default all)")] = None,
+    env: EmrEnvOpt = "emr",
+) -> None:
+    """Run the daily flow's stages for one date as EMR Serverless job runs, waiting for each."""
+    from deployments.settings import SettingsError
+    from flows.daily import STAGES
+    from flows.emr import emr_daily_lakehouse
+
+    day = _parse_date(run_date, "--date")
+    unknown = [s for s in stage or [] if s not in STAGES]
+    if unknown:
+        _fail(f"expected --stage among {list(STAGES)}, got {unknown}")
+    try:
+        _settings(env).emr.require()
+    except SettingsError as exc:
+        _fail(str(exc))
+    state = emr_daily_lakehouse(run_date=day, env=env, stages=stage or None, return_state=True)
+    if not state.is_completed():
+        _fail(f"{state.type.value.lower()}: {state.message}")
+    for done in state.result():
+        console.print(f"{done['stage']:8} EMR job run {done['job_run_id']}: {done['seconds']:.0f} s")
 
 
 def _progress() -> Progress:

@@ -62,6 +62,7 @@ def daily_lakehouse(
     overrides = {k: v for k, v in given.items() if v is not None}
     ctx = RunContext(env=env, run_date=run_date, run_id=str(flow_run.get_id() or "local"),
                      started_at=datetime.now(UTC), overrides=overrides)
+    ctx.settings().require_hmac_key()
     ctx.settings().lake().check_writable()
     ctx.landing_dir()
     summaries = ingest(ctx) + refine(ctx) + publish(ctx)

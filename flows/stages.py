@@ -84,7 +84,7 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     source = table(spec.source or "")
     batch = engine.materialize(bronze.batch_for(engine.scan(source), ctx.run_date))
     refs = {name: engine.scan(table(name)) for name in silver.REFS_NEEDED.get(spec.name, ())}
-    result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.hmac_key.get_secret_value().encode(),
+    result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.require_hmac_key(),
                             fx_window_days=settings.fx_window_days, run_date=ctx.run_date,
                             checkpoint=engine.materialize)
     valid = engine.materialize(result.valid)

@@ -97,3 +97,13 @@ def test_generate_tables_and_show_on_a_real_lake(tmp_path):
     assert shown.exit_code == 0, shown.output
     first = engine.to_arrow(engine.scan(table("gold.fact_orders")).head(1)).column("order_id")[0].as_py()
     assert "first 3 rows" in shown.output and first in shown.output
+
+
+def test_run_without_an_hmac_key_says_where_to_set_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAKEHOUSE_ENV", "emr")  # emr.toml carries no key, by design
+    monkeypatch.delenv("LAKEHOUSE_HMAC_KEY", raising=False)
+    result = runner.invoke(app, ["run", "--date", "2026-11-01", "--lake-root", str(tmp_path / "lake"),
+                                 "--landing", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "expected hmac_key" in result.output and "LAKEHOUSE_HMAC_KEY" in result.output
+    assert not (tmp_path / "lake").exists()

@@ -248,3 +248,53 @@ def test_the_lake_paths_sent_to_the_driver_are_absolute(emr_app, tmp_path, monke
     assert args[args.index("--lake-root") + 1] == str(Path(tmp_path / "lake").resolve())
     assert args[args.index("--landing-root") + 1] == "s3://bucket/landing"
     assert args[args.index("--stage") + 1] == "refine" and args[args.index("--env") + 1] == "local"
+
+
+def s3_resources(policy: dict) -> list[str]:
+    out = []
+    for st in policy["Statement"]:
+        res = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        out += [r for r in res if r.startswith("arn:aws:s3:::")]
+    return out
+
+
+def test_the_iam_policies_are_scoped_to_the_settings_prefixes(aws):
+    from deployments.emr import iam
+
+    settings = load_settings("emr", lake_root="s3://acme-lake/prod/lake", landing_root="s3://acme-landing/in",
+                             emr={"application_id": "00abc", "execution_role_arn": "arn:aws:iam::123456789012:role/job",
+                                  "code_uri": "s3://acme-lake/prod/code", "log_uri": "s3://acme-logs/emr"})
+    execution, submitter = iam.render(settings, "execution"), iam.render(settings, "submitter")
+    objects = {r for r in s3_resources(execution) if "/" in r.removeprefix("arn:aws:s3:::")}
+    assert objects == {"arn:aws:s3:::acme-lake/prod/lake/*", "arn:aws:s3:::acme-landing/in/*",
+                       "arn:aws:s3:::acme-lake/prod/code/*", "arn:aws:s3:::acme-logs/emr/*"}
+    writes = {r for st in execution["Statement"] for r in [st["Resource"]]
+              if {"s3:PutObject", "s3:DeleteObject"} & set(st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
+    assert writes == {"arn:aws:s3:::acme-lake/prod/lake/*", "arn:aws:s3:::acme-logs/emr/*"}, "landing and code are read-only"
+    listing = [st["Condition"]["StringLike"]["s3:prefix"] for st in execution["Statement"] if st["Action"] == "s3:ListBucket"]
+    assert listing == [["prod/lake", "prod/lake/*"], ["in", "in/*"]]
+    assert "*" not in json.dumps(execution).replace("/*", "")
+    passes = [st for st in submitter["Statement"] if st["Action"] == "iam:PassRole"]
+    assert [st["Resource"] for st in passes] == ["arn:aws:iam::123456789012:role/job"]
+    jobs = next(st for st in submitter["Statement"] if st["Sid"] == "JobRuns")
+    assert jobs["Resource"][0] == "arn:aws:emr-serverless:us-east-1:123456789012:/applications/00abc"
+    # moto's IAM validates both documents as real AWS would accept them.
+    client = boto3.client("iam")
+    for name, doc in {"execution": execution, "submitter": submitter}.items():
+        arn = client.create_policy(PolicyName=f"lakehouse-{name}-{time.time_ns()}", PolicyDocument=json.dumps(doc))
+        assert arn["Policy"]["Arn"].startswith("arn:aws:iam::123456789012:policy/lakehouse-")
+
+
+def test_the_policy_command_prints_json_or_names_what_it_needs():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["emr", "policy", "execution", "--env", "emr"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["Statement"][0]["Resource"] == "arn:aws:s3:::CHANGE-ME-lake-bucket/lake/*"
+    bad = runner.invoke(app, ["emr", "policy", "admin", "--env", "emr"])
+    assert bad.exit_code == 2 and "expected a policy among ['execution', 'submitter']" in bad.output
+    local = runner.invoke(app, ["emr", "policy", "execution", "--env", "local"])
+    assert local.exit_code == 2 and "expected emr.application_id" in local.output
