@@ -13,7 +13,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench bench-engines lint clean
 
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -34,6 +34,9 @@ test: setup
 
 bench: setup
 	$(PY) bench/daily_stages.py --scale 10 --days 1
+
+bench-engines: setup
+	$(PY) bench/daily_stages.py --scale 10 --days 1 --engines polars,sail,jvm
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,16 +1,22 @@
-"""Benchmark: one day at scale N on the laptop engine; wall time per stage and table, and peak RSS.
+"""Benchmark: one day at scale N on each engine side by side; wall time per stage and table as a ratio to the
+laptop engine, and each engine's peak RSS.
 
-    .venv/bin/python bench/daily_stages.py --scale 10 [--days 1] [--keep]
+    .venv/bin/python bench/daily_stages.py --scale 10 [--days 1] [--engines polars,sail,jvm]
 
-Generates (once, cached under bench/out/) the landing files, then runs the daily flow's task bodies in
-this process against a fresh lake, without the Prefect API (so orchestration overhead is not counted).
+Generates (once, cached under bench/out/) the landing files, then runs the daily flow's task bodies for each
+engine in its own process against a fresh lake, without the Prefect API (so orchestration overhead is not
+counted). Engines: ``polars`` (Polars + delta-rs), ``sail`` (the Spark engine on an embedded Sail Spark
+Connect server, in the same process), ``jvm`` (the Spark engine on classic PySpark ``local[2]``; it needs
+Delta jars, so where they are missing the table says why it could not run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import shutil
+import subprocess
 import sys
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -19,33 +25,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+ENGINES = {
+    "polars": {"backend": "polars"},
+    "sail": {"backend": "spark"},
+    "jvm": {"backend": "spark", "spark_master": "local[2]"},
+}
+STAGES = ("bronze", "silver", "gold")
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", type=float, default=10.0)
-    p.add_argument("--days", type=int, default=1, help="days generated; the last one is measured")
-    p.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 1))
-    args = p.parse_args()
 
+def run_engine(engine: str, landing: Path, lake: Path, days: int, start: date) -> dict:
+    """Run the stages of every day on ``engine`` in this process; the last day's timings."""
     from contracts.landing import LANDING_ENTITIES
     from flows.context import RunContext
     from flows.stages import GOLD_ORDER, SILVER_ORDER, build_gold, ingest_entity, link_crm, refine_table
-    from tasks.sample_data import generate
 
-    out = ROOT / "bench" / "out" / f"scale{args.scale:g}-days{args.days}"
-    landing, lake = out / "landing", out / "lake"
-    if not landing.exists():
-        t = time.perf_counter()
-        generate(landing, days=args.days, scale=args.scale, seed=42, start=args.start)
-        print(f"generated scale {args.scale:g} x {args.days} day(s) in {time.perf_counter() - t:.1f} s")
     shutil.rmtree(lake, ignore_errors=True)
-
     timings: list[tuple[str, str, float, int]] = []
-    for i in range(args.days):
-        day = args.start + timedelta(days=i)
+    for i in range(days):
+        day = start + timedelta(days=i)
         ctx = RunContext(run_date=day, run_id=f"bench-{day}", started_at=datetime.now(UTC),
-                         overrides={"lake_root": str(lake), "landing_root": str(landing)})
-        measured = i == args.days - 1
+                         overrides={"lake_root": str(lake), "landing_root": str(landing), **ENGINES[engine]})
         steps = ([("bronze", e.name, ingest_entity.fn, (ctx, e.name)) for e in LANDING_ENTITIES]
                  + [("silver", n, refine_table.fn, (ctx, n)) for n in SILVER_ORDER]
                  + [("silver", "silver.customer_crm_links", link_crm.fn, (ctx,))]
@@ -53,18 +52,93 @@ def main() -> None:
         for stage, name, fn, fargs in steps:
             t = time.perf_counter()
             summary = fn(*fargs)
-            if measured:
+            if i == days - 1:
                 timings.append((stage, name, time.perf_counter() - t, summary.get("rows_written", 0)))
-
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\nday {args.start + timedelta(days=args.days - 1)} at scale {args.scale:g}")
-    print(f"{'stage':8} {'table':36} {'seconds':>8} {'rows written':>13}")
-    for stage, name, secs, rows in timings:
-        print(f"{stage:8} {name:36} {secs:8.2f} {rows:13,}")
-    for stage in ("bronze", "silver", "gold"):
-        print(f"{stage:8} {'(stage total)':36} {sum(s for st, _, s, _ in timings if st == stage):8.2f}")
-    print(f"{'all':8} {'(data work)':36} {sum(s for *_, s, _ in timings):8.2f}")
-    print(f"peak RSS: {peak_mib:,.0f} MiB")
+    return {"engine": engine, "timings": timings, "peak_mib": peak_mib}
+
+
+def child(engine: str, landing: Path, lake: Path, days: int, start: date, out: Path) -> None:
+    try:
+        result = run_engine(engine, landing, lake, days, start)
+    except Exception as exc:  # noqa: BLE001 - reported in the table, not a crash of the whole benchmark
+        result = {"engine": engine, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+    out.write_text(json.dumps(result))
+    from backends.spark_session import stop_sessions
+
+    stop_sessions()
+
+
+def report(results: list[dict], day: date, scale: float) -> None:
+    ran = [r for r in results if "timings" in r]
+    base = next((r for r in ran if r["engine"] == "polars"), ran[0] if ran else None)
+    print(f"\nday {day} at scale {scale:g}: seconds per stage and table"
+          + (f", and each engine's time as a ratio to {base['engine']}" if base else ""))
+    head = f"{'stage':7} {'table':34} {'rows':>10}" + "".join(
+        f" {r['engine']:>9}" + (f" {'x':>6}" if r is not base else "") for r in ran)
+    print(head)
+    if not base:
+        return
+    secs = {r["engine"]: {(st, n): s for st, n, s, _ in r["timings"]} for r in ran}
+
+    def row(stage: str, label: str, rows: str, pick) -> str:
+        line = f"{stage:7} {label:34} {rows:>10}"
+        b = pick(secs[base["engine"]])
+        for r in ran:
+            v = pick(secs[r["engine"]])
+            line += f" {v:9.2f}" + (f" {v / b:6.1f}" if r is not base else "")
+        return line
+
+    for st, name, _, rows in base["timings"]:
+        print(row(st, name, f"{rows:,}", lambda d, k=(st, name): d[k]))
+    for stage in STAGES:
+        print(row(stage, "(stage total)", "", lambda d, s=stage: sum(v for (st, _), v in d.items() if st == s)))
+    print(row("all", "(data work)", "", lambda d: sum(d.values())))
+    print("peak RSS (MiB): " + ", ".join(f"{r['engine']} {r['peak_mib']:,.0f}" for r in ran))
+    for r in results:
+        if "error" in r:
+            print(f"{r['engine']}: could not run: {r['error']}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", type=float, default=10.0)
+    p.add_argument("--days", type=int, default=1, help="days generated; the last one is measured")
+    p.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 1))
+    p.add_argument("--engines", default="polars", help=f"comma-separated, among {list(ENGINES)}")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        p.error(f"expected --engines among {list(ENGINES)}, got {unknown}")
+
+    out = ROOT / "bench" / "out" / f"scale{args.scale:g}-days{args.days}"
+    landing = out / "landing"
+    if args.child:
+        child(args.child, landing, out / f"lake-{args.child}", args.days, args.start, args.out)
+        return
+    if not landing.exists():
+        from tasks.sample_data import generate
+
+        t = time.perf_counter()
+        generate(landing, days=args.days, scale=args.scale, seed=42, start=args.start)
+        print(f"generated scale {args.scale:g} x {args.days} day(s) in {time.perf_counter() - t:.1f} s")
+    # Read every landing file once so no engine pays for a cold page cache that the next one finds warm.
+    warmed = sum(len(f.read_bytes()) for f in landing.rglob("*") if f.is_file())
+    print(f"landing: {warmed / 2**20:,.0f} MiB read once to warm the page cache")
+    results = []
+    for engine in engines:
+        result_file = out / f"result-{engine}.json"
+        result_file.unlink(missing_ok=True)
+        print(f"running {engine} ...", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--scale", str(args.scale), "--days", str(args.days),
+                               "--start", args.start.isoformat(), "--child", engine, "--out", str(result_file)],
+                              check=False)
+        results.append(json.loads(result_file.read_text()) if result_file.exists()
+                       else {"engine": engine, "error": f"benchmark process exited with {proc.returncode}"})
+    report(results, args.start + timedelta(days=args.days - 1), args.scale)
 
 
 if __name__ == "__main__":

@@ -31,39 +31,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def sail_url(tmp_path_factory):
-    """A Sail Spark Connect server process on loopback for the whole session, stopped by its process id."""
-    import signal
+def _wait_for_port(proc, port: int, log: Path, what: str, timeout: float = 60) -> None:
     import socket
-    import subprocess
     import time
 
-    port = _free_port()
-    log = tmp_path_factory.mktemp("sail") / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "sail"), "spark", "server", "--ip", "127.0.0.1",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            return
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"Sail server did not start on port {port}: {log.read_text()[-2000:]}")
+                pytest.fail(f"{what} did not start on port {port}: {log.read_text()[-2000:]}")
             time.sleep(0.1)
-    yield f"sc://127.0.0.1:{port}"
-    from backends.spark_session import stop_sessions
 
-    stop_sessions()  # while the server still runs: a client left open retries against a dead server at exit
+
+def _stop(proc) -> None:
+    import signal
+    import subprocess
+
     os.kill(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def sail_url(tmp_path_factory):
+    """A Sail Spark Connect server process on loopback for the whole session, stopped by its process id."""
+    import subprocess
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("sail") / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "sail"), "spark", "server", "--ip", "127.0.0.1",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    _wait_for_port(proc, port, log, "Sail server")
+    yield f"sc://127.0.0.1:{port}"
+    from backends.spark_session import stop_sessions
+
+    stop_sessions()  # while the server still runs: a client left open retries against a dead server at exit
+    _stop(proc)
 
 
 @pytest.fixture(scope="session")
@@ -130,34 +141,6 @@ def daily_lakes(prefect_harness, tmp_path_factory, request):
         return built[engine]
 
     return build
-
-
-def _wait_for_port(proc, port: int, log: Path, what: str, timeout: float = 60) -> None:
-    import socket
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"{what} did not start on port {port}: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-
-
-def _stop(proc) -> None:
-    import signal
-    import subprocess
-
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
