@@ -285,7 +285,7 @@ def test_the_iam_policies_are_scoped_to_the_settings_prefixes(aws):
         assert arn["Policy"]["Arn"].startswith("arn:aws:iam::123456789012:policy/lakehouse-")
 
 
-def test_the_policy_command_prints_json_or_names_what_it_needs():
+def test_the_emr_commands_print_json_or_name_what_they_need():
     from typer.testing import CliRunner
 
     from flows.cli import app
@@ -296,5 +296,31 @@ def test_the_policy_command_prints_json_or_names_what_it_needs():
     assert json.loads(ok.output)["Statement"][0]["Resource"] == "arn:aws:s3:::CHANGE-ME-lake-bucket/lake/*"
     bad = runner.invoke(app, ["emr", "policy", "admin", "--env", "emr"])
     assert bad.exit_code == 2 and "expected a policy among ['execution', 'submitter']" in bad.output
-    local = runner.invoke(app, ["emr", "policy", "execution", "--env", "local"])
-    assert local.exit_code == 2 and "expected emr.application_id" in local.output
+    for command in (["policy", "execution"], ["ship"], ["run", "--date", "2026-11-01"]):
+        local = runner.invoke(app, ["emr", *command, "--env", "local"])
+        assert local.exit_code == 2 and "expected emr.application_id" in local.output, (command, local.output)
+    stage = runner.invoke(app, ["emr", "run", "--date", "2026-11-01", "--stage", "silver", "--env", "emr"])
+    assert stage.exit_code == 2 and "expected --stage among ['ingest', 'refine', 'publish']" in stage.output
+
+
+def test_polls_back_off_doubling_up_to_the_cap_and_a_cancel_request_cancels(emr_app, silent_spark, tmp_path):
+    from deployments.emr.jobs import JobRuns
+
+    emr_app.driver_env(LAKEHOUSE_SPARK__REMOTE=silent_spark)
+    settings = load_settings("local", lake_root=str(tmp_path / "lake"), landing_root=str(tmp_path),
+                             emr={**load_settings("local").emr.model_dump(), "poll_seconds": 0.1,
+                                  "poll_max_seconds": 0.5})
+    jobs = JobRuns(settings.emr)
+    code = package.ship(package.build(), settings.emr.code_uri, emr_app.s3)
+    job_id = jobs.start(name="backoff", code=code, client_token="backoff-1", tags={},
+                        arguments=["--stage", "ingest", "--date", "2026-11-01", "--run-id", "t", "--env", "local",
+                                   "--lake-root", str(tmp_path / "lake"), "--landing-root", str(tmp_path)])
+    wait_for_job(emr_app, "RUNNING")
+    slept: list[float] = []
+    seen: list[str] = []
+    result = jobs.wait(job_id, sleep=lambda s: (slept.append(s), time.sleep(0.05)),
+                       cancel_requested=lambda: len(slept) >= 6, on_change=lambda state, _: seen.append(state))
+    assert result.state == "CANCELLED" and seen[0] == "RUNNING" and seen[-1] == "CANCELLED"
+    assert slept[:6] == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5], "doubling from poll_seconds, capped at poll_max_seconds"
+    assert slept[6] == 0.1, "after asking to cancel, polls start again from poll_seconds"
+    assert result.driver_log.endswith(f"/jobs/{job_id}/SPARK_DRIVER/stderr.gz")
