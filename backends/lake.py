@@ -57,9 +57,13 @@ class Lake:
         return Path(self.root.removeprefix("file://")).resolve()
 
     def uri(self, spec: TableSpec) -> str:
+        return self.path_uri(spec.path)
+
+    def path_uri(self, relative: str) -> str:
+        """``relative`` (a path under the root, e.g. ``_releases/gold``) as a URI or local path."""
         if self.is_local:
-            return str(self.local_root / spec.path)
-        return f"{self.root.rstrip('/')}/{spec.path}"
+            return str(self.local_root / relative)
+        return f"{self.root.rstrip('/')}/{relative}"
 
     def check_writable(self) -> None:
         """Fail early, naming the root, when a local lake cannot be written."""

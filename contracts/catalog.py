@@ -34,6 +34,29 @@ BRONZE_LINEAGE = ("_run_id", "_ingested_at", "_source_file", "_record_hash", "_i
 
 
 @dataclass(frozen=True)
+class Reference:
+    """Referential integrity: every non-null ``columns`` value of the table is a ``to`` key of ``table``."""
+
+    columns: tuple[str, ...]
+    table: str
+    to: tuple[str, ...]
+
+    @property
+    def rule_id(self) -> str:
+        return f"ref.{'+'.join(self.columns)}->{self.table}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """When a run's batch of a table fails its gate: more than ``max_quarantine_rate`` of the batch's rows were
+    quarantined. Judged only for batches of at least ``min_rows`` rows: a rate over a handful says nothing.
+    The sample data injects up to ~2.7% dirt per table by design (docs/sample-data.md), so the default is 5%."""
+
+    max_quarantine_rate: float = 0.05
+    min_rows: int = 100
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """One table of the lake."""
 
@@ -47,6 +70,8 @@ class TableSpec:
     source: str | None = None  # for silver tables: the bronze table that feeds it
     description: str = ""
     landing: LandingEntity | None = field(default=None, compare=False)
+    references: tuple[Reference, ...] = ()  # audited before a gold release (tasks/audit.py)
+    gate: Gate = Gate()  # silver: checked after the refine stage (flows/stages.py check_gate)
 
     @property
     def name(self) -> str:
@@ -199,6 +224,8 @@ GOLD: tuple[TableSpec, ...] = (
         fx_rate=_req(F64), amount_usd=_req(F64), status=_req(STR), is_cancelled=_req(BOOL), order_ts=_req(UTC_TS),
         updated_at=_req(UTC_TS))),
         keys=("order_id",), partition_by=("order_date",), mode="overwrite",
+        references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)), Reference(("product_id",), "gold.dim_product", ("product_id",)),
+                    Reference(("date_key",), "gold.dim_date", ("date_key",))),
         description="One row per order: the latest status (order extract or a later Kafka event) and USD amount."),
     TableSpec("gold", "dim_customer", _schema("gold.dim_customer", _cols(
         customer_id=_req(STR, unique=True), first_name=_opt(STR), last_name=_opt(STR), email_masked=_req(STR),
@@ -222,13 +249,14 @@ GOLD: tuple[TableSpec, ...] = (
         open_pipeline_usd=_req(F64, _nonneg), sessions=_req(I64, _nonneg), page_views=_req(I64, _nonneg),
         add_to_cart=_req(I64, _nonneg), time_on_site_s=_req(I64, _nonneg), active_days=_req(I64, _nonneg),
         last_active_date=_opt(DATE))),
-        keys=("customer_id",), mode="overwrite",
+        keys=("customer_id",), mode="overwrite", references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)),),
         description="One row per customer: revenue, orders, CRM account and owner, open pipeline, behaviour."),
     TableSpec("gold", "product_performance", _schema("gold.product_performance", _cols(
         order_date=_req(DATE), product_id=_req(STR), orders=_req(I64, _nonneg), units=_req(I64, _nonneg),
         revenue_usd=_req(F64, _nonneg), distinct_customers=_req(I64, _nonneg), cancelled_orders=_req(I64, _nonneg),
         cancellation_rate=_req(F64, pa.Check.in_range(0, 1))), unique=("order_date", "product_id")),
         keys=("order_date", "product_id"), partition_by=("order_date",), mode="overwrite",
+        references=(Reference(("product_id",), "gold.dim_product", ("product_id",)),),
         description="Per product per day: orders, units and USD revenue of kept orders, customers, cancellations."),
     TableSpec("gold", "customer_segments", _schema("gold.customer_segments", _cols(
         customer_id=_req(STR, unique=True), as_of_date=_req(DATE), recency_days=_req(I64, _nonneg),
@@ -236,7 +264,7 @@ GOLD: tuple[TableSpec, ...] = (
         r_score=_req(I64, pa.Check.in_range(1, 5)), f_score=_req(I64, pa.Check.in_range(1, 5)),
         m_score=_req(I64, pa.Check.in_range(1, 5)), rfm_score=_req(STR, pa.Check.str_matches(r"^[1-5]{3}$")),
         segment=_req(STR))),
-        keys=("customer_id",), mode="overwrite",
+        keys=("customer_id",), mode="overwrite", references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)),),
         description="RFM scores and segment per customer with at least one kept order."),
 )
 

@@ -159,15 +159,19 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
 
     settings = _settings(env, lake_root=lake_root)
     from backends import get_backend
+    from backends.releases import Releases
 
     engine = get_backend(settings.backend, settings.lake(), settings.spark)
-    t = Table(title=f"tables in {settings.lake_root}")
-    for col in ("layer", "table", "rows", "version", "last write"):
-        t.add_column(col, justify="right" if col in ("rows", "version") else "left", no_wrap=True)
+    release = Releases(settings.lake()).current()
+    released = release.versions if release else {}
+    t = Table(title=f"tables in {settings.lake_root}"
+              + (f" (gold: release {release.release_id} of {release.run_date})" if release else " (no gold release)"))
+    for col in ("layer", "table", "rows", "version", "released", "last write"):
+        t.add_column(col, justify="right" if col in ("rows", "version", "released") else "left", no_wrap=True)
     for spec in TABLES.values():
         version = engine.version(spec)
         if version is None:
-            t.add_row(spec.layer, spec.name, "-", "-", "never written")
+            t.add_row(spec.layer, spec.name, "-", "-", "-", "never written")
             continue
         last = engine.history(spec, limit=1)
         when = ""
@@ -175,7 +179,12 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
             ts = last[0].get("timestamp")
             when = datetime.fromtimestamp(ts / 1000).isoformat(timespec="seconds") if ts else ""
             when = f"{when} {last[0].get('operation', '')}".strip()
-        t.add_row(spec.layer, spec.name, f"{engine.count(engine.scan(spec)):,}", str(version), when)
+        if spec.layer == "gold":  # rows as readers see them: at the released version
+            rel = released.get(spec.name)
+            rows = f"{engine.count(engine.scan(spec, version=rel)):,}" if rel is not None else "-"
+            t.add_row(spec.layer, spec.name, rows, str(version), "-" if rel is None else str(rel), when)
+        else:
+            t.add_row(spec.layer, spec.name, f"{engine.count(engine.scan(spec)):,}", str(version), "", when)
     console.print(t)
 
 
@@ -218,13 +227,41 @@ def show(
     engine = get_backend(settings.backend, settings.lake(), settings.spark)
     if not engine.exists(spec):
         _fail(f"expected table {name!r} to exist under {settings.lake_root!r}; it was never written: run 'lakehouse run --date D' first")
-    data = engine.to_arrow(engine.scan(spec).head(limit))
+    version, note = engine.version(spec), ""
+    if spec.layer == "gold":  # gold is read at the released version only
+        from backends.releases import NotReleasedError, Releases
+
+        releases = Releases(settings.lake())
+        try:
+            version = releases.version_of(name)
+        except NotReleasedError as exc:
+            _fail(str(exc))
+        note = f", release {releases.current().release_id}"  # type: ignore[union-attr]
+    data = engine.to_arrow(engine.scan(spec, version=version).head(limit))
     import polars as pl
 
-    console.print(f"[bold]{name}[/] (first {data.num_rows} rows, version {engine.version(spec)})")
+    console.print(f"[bold]{name}[/] (first {data.num_rows} rows, version {version}{note})")
     with pl.Config(tbl_rows=limit, tbl_cols=-1, tbl_width_chars=60_000, fmt_str_lengths=80,
                    tbl_hide_dataframe_shape=True):
         print(pl.from_arrow(data))
+
+
+@app.command()
+def releases(env: EnvOpt = None, lake_root: LakeOpt = None, limit: Annotated[int, typer.Option(min=1)] = 10) -> None:
+    """The gold releases, newest first: id, run date, run id, when, and the version of each table."""
+    from backends.releases import Releases
+
+    settings = _settings(env, lake_root=lake_root)
+    history = Releases(settings.lake()).history()
+    if not history:
+        _fail(f"expected gold releases under {settings.lake_root!r}, found none: run 'lakehouse run --date D' first")
+    t = Table(title=f"gold releases in {settings.lake_root} (the first row is current)")
+    for col in ("release", "run date", "released at", "run id", "versions"):
+        t.add_column(col)
+    for r in reversed(history[-limit:]):
+        t.add_row(r.release_id, str(r.run_date), r.released_at.isoformat(timespec="seconds"), r.run_id,
+                  ", ".join(f"{k.removeprefix('gold.')}={v}" for k, v in r.versions.items()))
+    console.print(t)
 
 
 emr_app = typer.Typer(help="EMR Serverless: ship the code, print the IAM policies, run the daily flow's stages there.",

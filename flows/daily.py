@@ -15,7 +15,16 @@ from prefect.runtime import flow_run
 
 from contracts.landing import LANDING_ENTITIES
 from flows.context import RunContext
-from flows.stages import GOLD_ORDER, SILVER_ORDER, build_gold, ingest_entity, link_crm, refine_table
+from flows.stages import (
+    GOLD_ORDER,
+    SILVER_ORDER,
+    build_gold,
+    check_gate,
+    ingest_entity,
+    link_crm,
+    refine_table,
+    release_gold,
+)
 
 
 @flow(name="ingest", flow_run_name="ingest-{ctx.run_date}")
@@ -26,16 +35,19 @@ def ingest(ctx: RunContext) -> list[dict[str, Any]]:
 
 @flow(name="refine", flow_run_name="refine-{ctx.run_date}")
 def refine(ctx: RunContext) -> list[dict[str, Any]]:
-    """Silver: conform each entity's bronze batch, then link customers to the CRM."""
+    """Silver: conform each entity's bronze batch, link customers to the CRM, then check the silver gates."""
     summaries = [refine_table(ctx, name) for name in SILVER_ORDER]
     summaries.append(link_crm(ctx))
+    check_gate(ctx, "silver", summaries)
     return summaries
 
 
 @flow(name="publish", flow_run_name="publish-{ctx.run_date}")
 def publish(ctx: RunContext) -> list[dict[str, Any]]:
-    """Gold: the star schema and marts, rebuilt from silver."""
-    return [build_gold(ctx, name) for name in GOLD_ORDER]
+    """Gold: the star schema and marts, rebuilt from silver, audited, then released all at once."""
+    summaries = [build_gold(ctx, name) for name in GOLD_ORDER]
+    summaries.append(release_gold(ctx, {s["table"]: s["version"] for s in summaries}))
+    return summaries
 
 
 # The daily flow's stages in order; an EMR job run runs one of them (deployments/emr/entrypoint.py).

@@ -4,20 +4,23 @@ backend-agnostic transforms in ``tasks/``, writes through the engine, and return
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 import narwhals as nw
 import pyarrow as pa
 from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from backends import Engine
-from contracts.catalog import TableSpec, bronze_for, quarantine_for, table
+from backends.releases import Releases
+from contracts.catalog import Gate, TableSpec, bronze_for, quarantine_for, table, tables
 from contracts.landing import landing_entity
 from flows.context import RunContext
-from tasks import bronze, gold, silver
+from tasks import audit, bronze, gold, silver
 
 # I/O can fail transiently (object stores, file systems under load): retry with backoff.
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5}
@@ -25,6 +28,14 @@ IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_f
 
 class AccountingError(RuntimeError):
     """A stage lost or invented rows: input rows != accepted + quarantined."""
+
+
+class GateFailedError(RuntimeError):
+    """A table's batch broke its quality gate; the flow stops before the next layer."""
+
+
+class AuditFailedError(RuntimeError):
+    """Tables failed their audit, so they were not released; the previous release stays current."""
 
 
 def _summary(stage: str, spec: TableSpec, **figures: Any) -> dict[str, Any]:
@@ -131,6 +142,77 @@ def build_gold(ctx: RunContext, table_name: str) -> dict[str, Any]:
     }
     written = engine.overwrite(spec, builders[spec.name]())
     return _summary("gold", spec, rows_written=written.rows, version=written.version)
+
+
+def gate_failures(summaries: list[dict[str, Any]], gates: Mapping[str, Gate]) -> list[dict[str, Any]]:
+    """The summaries whose quarantined share breaks their table's gate (batches of at least ``min_rows``)."""
+    failures = []
+    for s in summaries:
+        gate, rows = gates.get(s["table"]), s.get("rows_in") or 0
+        if gate is None or rows < gate.min_rows:
+            continue
+        quarantined = s.get("quarantined", 0)
+        if quarantined > gate.max_quarantine_rate * rows:
+            failures.append({"table": s["table"], "rows_in": rows, "quarantined": quarantined,
+                             "limit": gate.max_quarantine_rate, "rules": dict(s.get("rules", {}))})
+    return failures
+
+
+@task(name="gate", task_run_name="gate-{layer}", cache_policy=NO_CACHE)
+def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> None:
+    """Stop the flow when a table of ``layer`` quarantined more than its gate allows in this run; the failing
+    rules with sample records go to the table artifact ``<layer>-gate``."""
+    failures = gate_failures(summaries, {t.name: t.gate for t in tables(layer)})  # type: ignore[arg-type]
+    if not failures:
+        return
+    engine = ctx.engine()
+    rows = []
+    for f in failures:
+        quarantine = engine.scan(quarantine_for(table(f["table"])))
+        for rule, n in sorted(f["rules"].items(), key=lambda kv: (-kv[1], kv[0])):
+            mine = quarantine.filter((nw.col("run_id") == ctx.run_id) & (nw.col("rule") == rule))
+            sample = engine.to_arrow(mine.select("record").sort("record").head(3)).column("record").to_pylist()
+            rows.append({"table": f["table"], "rule": rule, "rows": n, "share": f"{n / f['rows_in']:.1%}",
+                         "sample": " | ".join(sample)})
+    create_table_artifact(key=f"{layer}-gate", table=rows,
+                          description=f"{layer} gate failures of run {ctx.run_id} for {ctx.run_date}")
+    msg = f"{layer} gate failed for {ctx.run_date}: " + "; ".join(
+        f"{f['table']} quarantined {f['quarantined'] / f['rows_in']:.1%} of {f['rows_in']:,} rows "
+        f"(limit {f['limit']:.0%}), most by " + ", ".join(
+            f"{r} ({n})" for r, n in sorted(f["rules"].items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+        for f in failures) + "; the next layer was not built (artifact: " + f"{layer}-gate)"
+    raise GateFailedError(msg)
+
+
+@task(name="release-gold", cache_policy=NO_CACHE)
+def release_gold(ctx: RunContext, versions: dict[str, int]) -> dict[str, Any]:
+    """Audit the gold tables at the versions this run wrote; release them all at once only if every audit
+    passes. On failure: a table artifact of the failing rules with sample rows, and an error naming them."""
+    engine = ctx.engine()
+    releases = Releases(ctx.settings().lake())
+
+    def scan(name: str) -> nw.LazyFrame:
+        return engine.scan(table(name), version=versions[name])
+
+    def collect(frame: nw.LazyFrame) -> list[dict[str, Any]]:
+        return engine.to_arrow(frame).to_pylist()
+
+    failures = [f for name in versions for f in audit.check_references(table(name), scan, collect)]
+    if failures:
+        current = releases.current()
+        create_table_artifact(
+            key="gold-audit-failures", description=f"Gold audit failures of run {ctx.run_id} for {ctx.run_date}",
+            table=[{"table": f.table, "rule": f.rule, "failing_rows": f.failing_rows, "reason": f.reason,
+                    "sample": "; ".join(str({k: str(v) for k, v in row.items()}) for row in f.sample)}
+                   for f in failures])
+        kept = f"release {current.release_id} stays current" if current else "there is still no gold release"
+        msg = (f"gold not released for {ctx.run_date}: {len(failures)} audit rule(s) failed: "
+               + "; ".join(f"{f.table} {f.rule} ({f.failing_rows} rows)" for f in failures) + f"; {kept}")
+        raise AuditFailedError(msg)
+    release = releases.publish(versions, run_id=ctx.run_id, run_date=ctx.run_date)
+    get_run_logger().info("released %s: %s", release.release_id, release.versions)
+    return {"stage": "release", "table": release.release_id, "rows_written": len(release.versions),
+            "version": release.seq}
 
 
 GOLD_ORDER = ("gold.fact_orders", "gold.dim_customer", "gold.dim_product", "gold.dim_date", "gold.customer_360",

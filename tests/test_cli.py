@@ -68,7 +68,15 @@ def test_generate_tables_and_show_on_a_real_lake(tmp_path):
     from datetime import datetime
 
     from flows.context import RunContext
-    from flows.stages import GOLD_ORDER, SILVER_ORDER, build_gold, ingest_entity, link_crm, refine_table
+    from flows.stages import (
+        GOLD_ORDER,
+        SILVER_ORDER,
+        build_gold,
+        ingest_entity,
+        link_crm,
+        refine_table,
+        release_gold,
+    )
 
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     result = runner.invoke(app, ["generate", "--days", "1", "--scale", "0.01", "--out", str(landing)])
@@ -83,8 +91,13 @@ def test_generate_tables_and_show_on_a_real_lake(tmp_path):
     for name in SILVER_ORDER:
         refine_table.fn(ctx, name)
     link_crm.fn(ctx)
-    for name in GOLD_ORDER:
-        build_gold.fn(ctx, name)
+    versions = {name: build_gold.fn(ctx, name)["version"] for name in GOLD_ORDER}
+    unreleased = runner.invoke(app, ["show", "gold.fact_orders", "--lake-root", str(lake)])
+    assert unreleased.exit_code == 2 and "expected a gold release" in unreleased.output, "written is not released"
+    from prefect.logging import disable_run_logger
+
+    with disable_run_logger():
+        release_gold.fn(ctx, versions)
     listing = runner.invoke(app, ["tables", "--lake-root", str(lake)])
     assert listing.exit_code == 0, listing.output
     engine = ctx.engine()

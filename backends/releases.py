@@ -1,0 +1,105 @@
+"""Releases: which Delta version of each table of a layer readers see.
+
+A release is one atomic append to the Delta table ``<lake>/_releases/<layer>``: one row per table with the
+table's version, the release's sequence number and id, the run that made it and when. The current release
+is the one with the highest sequence number. Writers write tables first, audit them, then release; readers
+read the released versions, so a table rewritten by a run whose audit failed is never seen. The log is
+written with delta-rs whichever engine wrote the tables (it is lake metadata, like ``_delta_log``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import pyarrow as pa
+
+from backends.lake import Lake
+
+RELEASE_SCHEMA = pa.schema([
+    pa.field("release_id", pa.string(), nullable=False),
+    pa.field("seq", pa.int64(), nullable=False),
+    pa.field("table", pa.string(), nullable=False),
+    pa.field("version", pa.int64(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("run_date", pa.date32(), nullable=False),
+    pa.field("released_at", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+
+class NotReleasedError(LookupError):
+    """A reader asked for a released table and there is no release (or the release lacks the table)."""
+
+
+@dataclass(frozen=True)
+class Release:
+    release_id: str
+    seq: int
+    run_id: str
+    run_date: date
+    released_at: datetime
+    versions: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Releases:
+    lake: Lake
+    layer: str = "gold"
+
+    @property
+    def uri(self) -> str:
+        return self.lake.path_uri(f"_releases/{self.layer}")
+
+    def history(self) -> list[Release]:
+        """Every release, oldest first."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            rows = DeltaTable(self.uri, storage_options=self.lake.storage_options or None).to_pyarrow_table()
+        except TableNotFoundError:
+            return []
+        by_seq: dict[int, list[dict]] = {}
+        for row in rows.to_pylist():
+            by_seq.setdefault(row["seq"], []).append(row)
+        return [Release(release_id=r[0]["release_id"], seq=seq, run_id=r[0]["run_id"], run_date=r[0]["run_date"],
+                        released_at=r[0]["released_at"], versions={x["table"]: x["version"] for x in r})
+                for seq, r in sorted(by_seq.items())]
+
+    def current(self) -> Release | None:
+        history = self.history()
+        return history[-1] if history else None
+
+    def version_of(self, table: str) -> int:
+        """The released version of ``table``; a clear error when nothing released it."""
+        current = self.current()
+        if current is None:
+            msg = (f"expected a {self.layer} release at {self.uri}, found none: {self.layer} tables are read at "
+                   "released versions only; run the daily flow (lakehouse run --date D) to make one")
+            raise NotReleasedError(msg)
+        if table not in current.versions:
+            msg = f"expected {table!r} in {self.layer} release {current.release_id}, it has {sorted(current.versions)}"
+            raise NotReleasedError(msg)
+        return current.versions[table]
+
+    def publish(self, versions: dict[str, int], *, run_id: str, run_date: date) -> Release:
+        """Make ``versions`` the current release, in one Delta commit."""
+        from deltalake import write_deltalake
+
+        from backends.lake import PORTABLE_TABLE_PROPERTIES
+
+        if not versions:
+            msg = f"expected at least one {self.layer} table version to release, got none"
+            raise ValueError(msg)
+        previous = self.current()
+        seq = previous.seq + 1 if previous else 1
+        release = Release(release_id=f"{self.layer}-{seq:06d}", seq=seq, run_id=run_id, run_date=run_date,
+                          released_at=datetime.now(UTC), versions=dict(sorted(versions.items())))
+        rows = [{"release_id": release.release_id, "seq": seq, "table": t, "version": v, "run_id": run_id,
+                 "run_date": run_date, "released_at": release.released_at} for t, v in release.versions.items()]
+        if self.lake.is_local:
+            self.lake.check_writable()
+        write_deltalake(self.uri, pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), mode="append",
+                        storage_options=self.lake.storage_options or None,
+                        configuration=PORTABLE_TABLE_PROPERTIES)
+        return release

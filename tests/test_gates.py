@@ -1,0 +1,76 @@
+"""Quality gates: a silver table whose run quarantined more than its declared share of rows stops the flow
+before gold; the run fails with a readable reason and a table artifact of the failing rules with sample rows.
+On both engines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date
+
+import polars as pl
+import pytest
+from conftest import FLOW_DAYS
+from engines import DELTA_ENGINES
+
+from backends import Lake
+from backends.releases import Releases
+from contracts.catalog import TABLES, Gate, table
+from flows.stages import gate_failures
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_silver_table_declares_a_gate():
+    for spec in TABLES.values():
+        if spec.layer == "silver":
+            assert 0 < spec.gate.max_quarantine_rate < 1 and spec.gate.min_rows > 0, spec.name
+
+
+def test_the_gate_fails_above_the_rate_and_ignores_batches_too_small_to_judge():
+    gate = Gate(max_quarantine_rate=0.05, min_rows=100)
+    s = {"stage": "silver", "table": "silver.customers"}
+    assert gate_failures([{**s, "rows_in": 1000, "quarantined": 50}], {"silver.customers": gate}) == []
+    failed = gate_failures([{**s, "rows_in": 1000, "quarantined": 51}], {"silver.customers": gate})
+    assert [(f["table"], f["rows_in"], f["quarantined"]) for f in failed] == [("silver.customers", 1000, 51)]
+    assert gate_failures([{**s, "rows_in": 99, "quarantined": 99}], {"silver.customers": gate}) == []
+    assert gate_failures([{"stage": "silver", "table": "silver.customer_crm_links", "rows_written": 5}],
+                         {"silver.customers": gate}) == []
+
+
+@pytest.mark.parametrize("engine", DELTA_ENGINES)
+def test_a_failed_gate_stops_the_flow_before_gold(engine, daily_lakes, prefect_harness, tmp_path, request):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.daily import daily_lakehouse
+
+    built = daily_lakes("polars")
+    day = FLOW_DAYS[0]
+    landing = tmp_path / "landing"
+    shutil.copytree(built["landing"], landing)
+    customers = landing / "snowflake" / "customers" / day / "customers.parquet"
+    frame = pl.read_parquet(customers)
+    broken = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) % 4 == 0).then(pl.lit("not-an-email")).otherwise(pl.col("email")).alias("email"))
+    broken.write_parquet(customers)
+    kwargs = {} if engine == "polars" else {"backend": "spark", "spark_remote": request.getfixturevalue("sail_url")}
+    root = tmp_path / "lake"
+    state = daily_lakehouse(run_date=date.fromisoformat(day), lake_root=str(root), landing_root=str(landing),
+                            return_state=True, **kwargs)
+    assert state.is_failed()
+    message = repr(state.result(raise_on_failure=False))
+    assert "silver gate failed" in message and "silver.customers" in message and "email.malformed" in message
+    assert "limit 5%" in message
+    assert not (root / "gold").exists(), "gold is not built after a failed gate"
+    assert Releases(Lake(str(root))).current() is None
+    assert (root / table("silver.customers").path).is_dir(), "silver was written: the gate judges what it holds"
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["silver-gate"])),
+                                          limit=20)
+    rows = [r for a in artifacts for r in (a.data if isinstance(a.data, list) else json.loads(a.data))]
+    hit = [r for r in rows if r["table"] == "silver.customers" and r["rule"] == "email.malformed"
+           and "not-an-email" in r["sample"]]
+    assert hit, rows[:5]
+

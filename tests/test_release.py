@@ -1,0 +1,140 @@
+"""The gold release: gold tables are written, audited (referential integrity as declared in the catalog), then
+released all at once in ``_releases/gold``. Readers read released versions only, so a run whose audit
+failed is never seen. On every engine."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, date, datetime
+
+import polars as pl
+import pytest
+from conftest import FLOW_DAYS
+from engines import DELTA_ENGINES, to_engine
+from typer.testing import CliRunner
+
+from backends import Lake, get_backend
+from backends.releases import NotReleasedError, Releases
+from contracts.catalog import Reference, table, tables
+from deployments.settings import SparkSettings
+from flows.cli import app
+from flows.context import RunContext
+from tasks.audit import check_references, orphans
+
+runner = CliRunner()
+
+
+def test_orphans_are_rows_whose_key_the_parent_lacks(transform_engine):
+    child = to_engine(transform_engine, pl.DataFrame({"id": ["o1", "o2", "o3", "o4"], "customer_id": ["c1", "c9", None, "c2"]}))
+    parent = to_engine(transform_engine, pl.DataFrame({"customer_id": ["c1", "c2", "c2"], "name": ["a", "b", "b"]}))
+    ref = Reference(("customer_id",), "parent", ("customer_id",))
+    got = orphans(child, parent, ref).sort("id").collect().to_native()
+    rows = got.to_pandas().to_dict("records") if hasattr(got, "to_pandas") else got.to_dicts()
+    assert [r["id"] for r in rows] == ["o2"], "a null key is not an orphan; a duplicated parent key is one key"
+
+
+def test_check_references_counts_and_samples_each_declared_rule(transform_engine):
+    fact = table("gold.fact_orders")
+    assert {r.table for r in fact.references} == {"gold.dim_customer", "gold.dim_product", "gold.dim_date"}
+    frames = {
+        "gold.fact_orders": pl.DataFrame([pl.Series(c, [None] * 3, dtype=t) for c, t in fact.polars_schema.items()]
+                                         ).with_columns(
+            order_id=pl.Series(["o1", "o2", "o3"]), customer_id=pl.Series(["c1", "cX", "cY"]),
+            product_id=pl.Series(["p1", "p1", "p1"]), date_key=pl.Series([20261101, 20261101, 20261199])),
+        "gold.dim_customer": pl.DataFrame({"customer_id": ["c1"]}),
+        "gold.dim_product": pl.DataFrame({"product_id": ["p1"]}),
+        "gold.dim_date": pl.DataFrame({"date_key": [20261101]}),
+    }
+
+    def collect(frame):
+        native = frame.collect().to_native()
+        return native.to_pandas().to_dict("records") if hasattr(native, "to_pandas") else native.to_dicts()
+
+    failures = check_references(fact, lambda name: to_engine(transform_engine, frames[name]), collect)
+    by_rule = {f.rule: f for f in failures}
+    assert set(by_rule) == {"ref.customer_id->gold.dim_customer", "ref.date_key->gold.dim_date"}
+    assert by_rule["ref.customer_id->gold.dim_customer"].failing_rows == 2
+    assert [r["order_id"] for r in by_rule["ref.customer_id->gold.dim_customer"].sample] == ["o2", "o3"]
+    assert by_rule["ref.date_key->gold.dim_date"].failing_rows == 1
+    assert "expected every customer_id of gold.fact_orders to exist as customer_id in gold.dim_customer" in \
+        by_rule["ref.customer_id->gold.dim_customer"].reason
+
+
+@pytest.fixture(params=DELTA_ENGINES)
+def lake_copy(request, daily_lakes, tmp_path):
+    """A private copy of the two-day lake built by the daily flow on each engine (the shared one stays intact)."""
+    built = daily_lakes(request.param)
+    root = tmp_path / "lake"
+    shutil.copytree(built["root"], root)
+    settings = SparkSettings(**({"remote": built["engine"]["spark_remote"]} if built["engine"] else {}))
+    engine = get_backend(built["engine"].get("backend", "polars"), Lake(str(root)), settings)
+    return {**built, "root": root, "engine_impl": engine, "name": request.param}
+
+
+@pytest.mark.slow
+def test_each_run_releases_every_gold_table_at_the_version_it_wrote(lake_copy):
+    releases = Releases(Lake(str(lake_copy["root"])))
+    history = releases.history()
+    assert [r.seq for r in history] == list(range(1, len(history) + 1)) and len(history) >= len(FLOW_DAYS)
+    for day, summaries in lake_copy["summaries"].items():
+        wrote = {s["table"]: s["version"] for s in summaries if s["stage"] == "gold"}
+        released = next(s for s in summaries if s["stage"] == "release")
+        release = next(r for r in history if r.release_id == released["table"])
+        assert release.versions == wrote and set(wrote) == {t.name for t in tables("gold")}
+        assert release.run_date == day
+    current = releases.current()
+    assert current is not None
+    for name, version in current.versions.items():
+        assert lake_copy["engine_impl"].version(table(name)) == version, "the last run released what it wrote"
+
+
+@pytest.mark.slow
+def test_a_failed_audit_leaves_the_previous_release_current_and_readers_on_it(lake_copy, prefect_harness):
+    from flows.daily import publish
+
+    engine, root = lake_copy["engine_impl"], lake_copy["root"]
+    lake = Lake(str(root))
+    releases = Releases(lake)
+    before = releases.current()
+    assert before is not None
+    fact, dim = table("gold.fact_orders"), table("gold.dim_customer")
+    released_dim = engine.to_arrow(engine.scan(dim, version=before.versions[dim.name])).to_pylist()
+    # Break referential integrity: a customer with orders disappears from silver.customers.
+    victim = engine.to_arrow(engine.scan(fact).select("customer_id").head(1)).column("customer_id")[0].as_py()
+    customers = engine.to_arrow(engine.scan(table("silver.customers")))
+    kept = customers.filter(pl.from_arrow(customers)["customer_id"].ne(victim).to_arrow())
+    engine.overwrite(table("silver.customers"), engine.from_arrow(kept))
+
+    ctx = RunContext(run_date=date.fromisoformat(FLOW_DAYS[-1]), run_id=f"broken-{lake_copy['name']}",
+                     started_at=datetime.now(UTC),
+                     overrides={"lake_root": str(root), "landing_root": str(lake_copy["landing"]),
+                                **lake_copy["engine"]})
+    state = publish(ctx, return_state=True)
+    assert state.is_failed()
+    message = str(state.message) + repr(state.result(raise_on_failure=False))
+    assert "gold not released" in message and "ref.customer_id->gold.dim_customer" in message
+    assert f"release {before.release_id} stays current" in message
+
+    assert releases.current() == before, "the manifest is untouched"
+    assert engine.version(dim) > before.versions[dim.name], "the run did rewrite gold; only the release was held"
+    assert victim not in {r["customer_id"] for r in engine.to_arrow(engine.scan(dim)).to_pylist()}
+    # Readers: the CLI reads gold at the released version, where the customer still is.
+    shown = runner.invoke(app, ["show", "gold.dim_customer", "--lake-root", str(root), "--limit", "10000"])
+    assert shown.exit_code == 0, shown.output
+    assert f"version {before.versions[dim.name]}, release {before.release_id}" in shown.output
+    assert victim in shown.output
+    assert len(released_dim) == engine.count(engine.scan(dim, version=releases.version_of(dim.name)))
+
+
+def test_gold_without_a_release_is_not_shown(tmp_path):
+    releases = Releases(Lake(str(tmp_path / "lake")))
+    with pytest.raises(NotReleasedError, match="expected a gold release"):
+        releases.version_of("gold.fact_orders")
+    releases.publish({"gold.dim_date": 0}, run_id="r1", run_date=date(2026, 11, 1))
+    with pytest.raises(NotReleasedError, match=r"expected 'gold.fact_orders' in gold release gold-000001"):
+        releases.version_of("gold.fact_orders")
+    second = releases.publish({"gold.dim_date": 3}, run_id="r2", run_date=date(2026, 11, 2))
+    assert (second.release_id, releases.version_of("gold.dim_date")) == ("gold-000002", 3)
+    assert [r.run_id for r in releases.history()] == ["r1", "r2"]
+    with pytest.raises(ValueError, match="at least one"):
+        releases.publish({}, run_id="r3", run_date=date(2026, 11, 3))
