@@ -14,6 +14,7 @@ from backends.protocol import TableNotFoundError
 from contracts.catalog import TableSpec
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from deltalake import DeltaTable
 
 
@@ -83,6 +84,25 @@ class Lake:
         if self.is_local:
             self.check_writable()
             Path(self.uri(spec)).mkdir(parents=True, exist_ok=True)
+
+    # Small logs of the lake's own (releases, replays): Delta tables under the root, written with delta-rs
+    # whichever engine writes the data tables; each append is one atomic commit.
+    def read_log(self, relative: str) -> pa.Table | None:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+        try:
+            return DeltaTable(self.path_uri(relative), storage_options=self.storage_options or None).to_pyarrow_table()
+        except DeltaTableNotFound:
+            return None
+
+    def append_log(self, relative: str, rows: pa.Table) -> None:
+        from deltalake import write_deltalake
+
+        if self.is_local:
+            self.check_writable()
+        write_deltalake(self.path_uri(relative), rows, mode="append", storage_options=self.storage_options or None,
+                        configuration=PORTABLE_TABLE_PROPERTIES)
 
     # Table metadata is read with delta-rs whichever engine wrote the table (the Delta log is the same).
     def delta_table(self, spec: TableSpec) -> DeltaTable | None:

@@ -47,17 +47,17 @@ class Releases:
     layer: str = "gold"
 
     @property
+    def path(self) -> str:
+        return f"_releases/{self.layer}"
+
+    @property
     def uri(self) -> str:
-        return self.lake.path_uri(f"_releases/{self.layer}")
+        return self.lake.path_uri(self.path)
 
     def history(self) -> list[Release]:
         """Every release, oldest first."""
-        from deltalake import DeltaTable
-        from deltalake.exceptions import TableNotFoundError
-
-        try:
-            rows = DeltaTable(self.uri, storage_options=self.lake.storage_options or None).to_pyarrow_table()
-        except TableNotFoundError:
+        rows = self.lake.read_log(self.path)
+        if rows is None:
             return []
         by_seq: dict[int, list[dict]] = {}
         for row in rows.to_pylist():
@@ -84,10 +84,6 @@ class Releases:
 
     def publish(self, versions: dict[str, int], *, run_id: str, run_date: date) -> Release:
         """Make ``versions`` the current release, in one Delta commit."""
-        from deltalake import write_deltalake
-
-        from backends.lake import PORTABLE_TABLE_PROPERTIES
-
         if not versions:
             msg = f"expected at least one {self.layer} table version to release, got none"
             raise ValueError(msg)
@@ -97,9 +93,5 @@ class Releases:
                           released_at=datetime.now(UTC), versions=dict(sorted(versions.items())))
         rows = [{"release_id": release.release_id, "seq": seq, "table": t, "version": v, "run_id": run_id,
                  "run_date": run_date, "released_at": release.released_at} for t, v in release.versions.items()]
-        if self.lake.is_local:
-            self.lake.check_writable()
-        write_deltalake(self.uri, pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), mode="append",
-                        storage_options=self.lake.storage_options or None,
-                        configuration=PORTABLE_TABLE_PROPERTIES)
+        self.lake.append_log(self.path, pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA))
         return release

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -191,20 +190,115 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
 def _quarantine_by_rule(settings) -> None:
     from backends import get_backend
     from contracts.catalog import tables as all_tables
+    from flows.quarantine import replay_log
 
     engine = get_backend(settings.backend, settings.lake(), settings.spark)
-    counts: Counter[tuple[str, str]] = Counter()
+    lake = settings.lake()
+    t = Table(title="quarantined rows by rule (replayed: accepted by a later replay)")
+    for col in ("quarantine table", "rule", "rows", "run dates", "replayed"):
+        t.add_column(col, justify="right" if col in ("rows", "replayed") else "left")
     for spec in all_tables("quarantine"):
-        if engine.exists(spec):
-            for rule in engine.to_arrow(engine.scan(spec).select("rule")).column("rule").to_pylist():
-                counts[(spec.name, rule)] += 1
-    t = Table(title="quarantined rows by rule")
-    t.add_column("quarantine table")
-    t.add_column("rule")
-    t.add_column("rows", justify="right")
-    for (name, rule), n in sorted(counts.items()):
-        t.add_row(name, rule, f"{n:,}")
+        if not engine.exists(spec):
+            continue
+        rows = engine.to_arrow(engine.scan(spec).select("rule", "record_hash", "run_date")).to_pylist()
+        silver_name = f"silver.{spec.entity.removeprefix('silver.')}" if spec.entity.startswith("silver.") else None
+        log = lake.read_log(replay_log(silver_name)) if silver_name else None
+        replayed = set(log.column("record_hash").to_pylist()) if log is not None else set()
+        by_rule: dict[str, list[dict]] = {}
+        for r in rows:
+            by_rule.setdefault(r["rule"], []).append(r)
+        for rule, hits in sorted(by_rule.items()):
+            dates = sorted({str(h["run_date"]) for h in hits})
+            span = dates[0] if len(dates) == 1 else f"{dates[0]}..{dates[-1]}"
+            done = sum(h["record_hash"] in replayed for h in hits)
+            t.add_row(spec.name, rule, f"{len(hits):,}", span, f"{done:,}" if silver_name else "")
     console.print(t)
+
+
+quarantine_app = typer.Typer(help="Quarantined rows: list them by rule, show them, replay them after a fix.",
+                             no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+RuleOpt = Annotated[str | None, typer.Option("--rule", help="only this rule id, e.g. ref.unknown_customer")]
+
+
+def _quarantine_spec(name: str):
+    from contracts.catalog import quarantine_for, table
+
+    try:
+        spec = table(name)
+        return spec if spec.layer == "quarantine" else quarantine_for(spec)
+    except KeyError as exc:
+        _fail(f"expected a silver, bronze or quarantine table name, got {name!r}: {exc.args[0]}")
+        raise
+
+
+@quarantine_app.command("list")
+def quarantine_list(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
+    """Every quarantine table: rows per rule, the run dates they came from, how many a replay accepted."""
+    _quarantine_by_rule(_settings(env, lake_root=lake_root))
+
+
+@quarantine_app.command("show")
+def quarantine_show(
+    name: Annotated[str, typer.Argument(help="silver.orders, bronze.kafka.order_events or quarantine.silver.orders")],
+    rule: RuleOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
+    env: EnvOpt = None,
+    lake_root: LakeOpt = None,
+) -> None:
+    """Quarantined rows of one table: rule, run date, source file, reason and the raw record."""
+    import narwhals as nw
+
+    from backends import get_backend
+
+    spec = _quarantine_spec(name)
+    settings = _settings(env, lake_root=lake_root)
+    engine = get_backend(settings.backend, settings.lake(), settings.spark)
+    if not engine.exists(spec):
+        _fail(f"expected quarantined rows in {spec.name} under {settings.lake_root!r}, it was never written")
+    rows = engine.scan(spec)
+    if rule:
+        rows = rows.filter(nw.col("rule") == rule)
+    data = engine.to_arrow(rows.select("rule", "run_date", "source_file", "reason", "record")
+                           .sort("run_date", "rule", "source_file", "record").head(limit)).to_pylist()
+    t = Table(title=f"{spec.name}" + (f", rule {rule}" if rule else "") + f": first {len(data)} rows", show_lines=True)
+    for col in ("rule", "run date", "source file", "reason", "record"):
+        t.add_column(col, overflow="fold")
+    for r in data:
+        t.add_row(r["rule"], str(r["run_date"]), r["source_file"], r["reason"], r["record"])
+    console.print(t)
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(
+    name: Annotated[str, typer.Argument(help="the silver table whose quarantined rows to replay, e.g. silver.orders")],
+    rule: RuleOpt = None,
+    env: EnvOpt = None,
+    lake_root: LakeOpt = None,
+    backend: BackendOpt = None,
+    spark_remote: RemoteOpt = None,
+) -> None:
+    """After fixing data or a rule: send quarantined rows through silver again (each accepted row once), then
+    rebuild, audit and release gold."""
+    from flows.quarantine import ReplayError, replay_quarantine, replayable
+
+    table_name = name.replace("quarantine.silver.", "silver.")
+    try:
+        replayable(table_name)
+    except (ReplayError, KeyError) as exc:
+        _fail(str(exc.args[0]))
+    settings = _settings(env, lake_root=lake_root, backend=backend, spark_remote=spark_remote)
+    try:
+        summaries = replay_quarantine(table_name=table_name, rule=rule, env=settings.env, backend=backend,
+                                      lake_root=lake_root, spark_remote=spark_remote)
+    except ReplayError as exc:
+        _fail(str(exc))
+        raise
+    done = summaries[0]
+    still = ", ".join(f"{k}: {v}" for k, v in sorted(done["still_quarantined"].items())) or "none"
+    console.print(f"{table_name}: {done['pending']:,} quarantined row(s) pending replay; {done.get('rows_in', 0):,} "
+                  f"bronze row(s) re-checked, {done.get('accepted', 0):,} accepted into silver, still failing: {still}")
+    console.print(f"gold: {summaries[-1]['table']} released")
 
 
 @app.command()

@@ -91,9 +91,18 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     """Conform the run date's bronze batch into a silver table: quarantine, dedupe latest, merge by key."""
     spec = table(table_name)
     engine = ctx.engine()
-    settings = ctx.settings()
     source = table(spec.source or "")
     batch = engine.materialize(bronze.batch_for(engine.scan(source), ctx.run_date))
+    done = conform_into_silver(ctx, engine, spec, batch)
+    return _summary("silver", spec, **{k: v for k, v in done.items() if k != "accepted_hashes"})
+
+
+def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch: nw.LazyFrame, *,
+                        accepted_hashes: bool = False) -> dict[str, Any]:
+    """Conform a bronze ``batch`` of ``spec``'s entity: quarantine what fails a rule, merge the rest by key.
+    Every row is accounted for (rows in = accepted + quarantined) or nothing is merged. With
+    ``accepted_hashes``, also the ``_record_hash`` of every accepted row (for the replay log)."""
+    settings = ctx.settings()
     refs = {name: engine.scan(table(name)) for name in silver.REFS_NEEDED.get(spec.name, ())}
     result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.require_hmac_key(),
                             fx_window_days=settings.fx_window_days, run_date=ctx.run_date,
@@ -105,9 +114,10 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     if rows_in != accepted + quarantined:
         msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
         raise AccountingError(msg)
+    hashes = engine.to_arrow(valid.select("_record_hash")).column(0).to_pylist() if accepted_hashes else []
     written = engine.merge(spec, silver.latest_per_key(valid, spec))
-    return _summary("silver", spec, rows_in=rows_in, accepted=accepted, quarantined=quarantined, rules=rules,
-                    rows_written=written.rows, version=written.version)
+    return {"rows_in": rows_in, "accepted": accepted, "quarantined": quarantined, "rules": rules,
+            "rows_written": written.rows, "version": written.version, "accepted_hashes": hashes}
 
 
 @task(name="silver-links", cache_policy=NO_CACHE, **IO_RETRIES)

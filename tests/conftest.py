@@ -31,6 +31,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(params=["polars", "sail"])
+def lake_copy(request, daily_lakes, tmp_path):
+    """A private copy of the two-day lake built by the daily flow on each engine (the shared one stays intact)."""
+    import shutil
+
+    from backends import Lake, get_backend
+    from deployments.settings import SparkSettings
+
+    built = daily_lakes(request.param)
+    root = tmp_path / "lake"
+    shutil.copytree(built["root"], root)
+    settings = SparkSettings(**({"remote": built["engine"]["spark_remote"]} if built["engine"] else {}))
+    engine = get_backend(built["engine"].get("backend", "polars"), Lake(str(root)), settings)
+    return {**built, "root": root, "engine_impl": engine, "name": request.param}
+
+
 def _wait_for_port(proc, port: int, log: Path, what: str, timeout: float = 60) -> None:
     import socket
     import time

@@ -4,19 +4,17 @@ failed is never seen. On every engine."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, date, datetime
 
 import polars as pl
 import pytest
 from conftest import FLOW_DAYS
-from engines import DELTA_ENGINES, to_engine
+from engines import to_engine
 from typer.testing import CliRunner
 
-from backends import Lake, get_backend
+from backends import Lake
 from backends.releases import NotReleasedError, Releases
 from contracts.catalog import Reference, table, tables
-from deployments.settings import SparkSettings
 from flows.cli import app
 from flows.context import RunContext
 from tasks.audit import check_references, orphans
@@ -58,17 +56,6 @@ def test_check_references_counts_and_samples_each_declared_rule(transform_engine
     assert by_rule["ref.date_key->gold.dim_date"].failing_rows == 1
     assert "expected every customer_id of gold.fact_orders to exist as customer_id in gold.dim_customer" in \
         by_rule["ref.customer_id->gold.dim_customer"].reason
-
-
-@pytest.fixture(params=DELTA_ENGINES)
-def lake_copy(request, daily_lakes, tmp_path):
-    """A private copy of the two-day lake built by the daily flow on each engine (the shared one stays intact)."""
-    built = daily_lakes(request.param)
-    root = tmp_path / "lake"
-    shutil.copytree(built["root"], root)
-    settings = SparkSettings(**({"remote": built["engine"]["spark_remote"]} if built["engine"] else {}))
-    engine = get_backend(built["engine"].get("backend", "polars"), Lake(str(root)), settings)
-    return {**built, "root": root, "engine_impl": engine, "name": request.param}
 
 
 @pytest.mark.slow

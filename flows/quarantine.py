@@ -1,0 +1,125 @@
+"""Replaying quarantined silver rows after a fix (late reference data, a corrected rule, a new FX rate).
+
+A replay takes the quarantined rows of one silver table (optionally of one rule) that no replay has accepted
+yet, fetches their original bronze rows (same ``_record_hash``, same ingest date), and sends them through
+the same conform step as the daily flow with today's rules and reference tables. Rows that now pass are
+merged into silver by key (the latest ``updated_at`` still wins, so an old row never overwrites a newer one);
+rows that still fail stay in quarantine once (its key is record hash, rule and occurrence). The accepted
+rows' hashes are appended to ``<lake>/_replays/<entity>`` in one commit, so no later replay feeds them
+again. Then gold is rebuilt, audited and released as in the daily flow.
+
+Exact duplicates (``duplicate.exact``) are never replayed: their first copy is already in silver.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import narwhals as nw
+import pyarrow as pa
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from contracts.catalog import quarantine_for, table
+from flows.context import RunContext
+from flows.stages import conform_into_silver, link_crm
+
+NOT_REPLAYED = frozenset({"duplicate.exact"})
+REPLAY_SCHEMA = pa.schema([
+    pa.field("record_hash", pa.string(), nullable=False),
+    pa.field("rule", pa.string(), nullable=False),
+    pa.field("replay_id", pa.string(), nullable=False),
+    pa.field("replayed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+
+class ReplayError(ValueError):
+    """A replay was asked of something that cannot be replayed; the message says what can."""
+
+
+def replay_log(table_name: str) -> str:
+    return f"_replays/{table(table_name).entity}"
+
+
+def replayable(table_name: str) -> None:
+    spec = table(table_name)
+    if spec.layer != "silver" or spec.source is None:
+        msg = (f"expected a silver table fed by bronze (e.g. silver.orders), got {table_name!r}; bronze rejects "
+               "(malformed lines, files missing a column) are replayed by fixing the file under the landing folder "
+               "and running its date again: a file with no ingested rows is read again")
+        raise ReplayError(msg)
+
+
+def pending(ctx: RunContext, table_name: str, rule: str | None) -> pa.Table:
+    """Quarantined (record_hash, rule, run_date) of ``table_name`` that no replay accepted yet."""
+    replayable(table_name)
+    engine = ctx.engine()
+    qspec = quarantine_for(table(table_name))
+    if not engine.exists(qspec):
+        return pa.table({"record_hash": pa.array([], pa.string()), "rule": pa.array([], pa.string()),
+                         "run_date": pa.array([], pa.date32())})
+    rows = engine.scan(qspec).filter(~nw.col("rule").is_in(sorted(NOT_REPLAYED)))
+    if rule:
+        rows = rows.filter(nw.col("rule") == rule)
+    found = engine.to_arrow(rows.select("record_hash", "rule", "run_date").unique())
+    done = ctx.settings().lake().read_log(replay_log(table_name))
+    accepted = set(done.column("record_hash").to_pylist()) if done is not None else set()
+    keep = [h not in accepted for h in found.column("record_hash").to_pylist()]
+    return found.filter(pa.array(keep, pa.bool_())) if found.num_rows else found
+
+
+@task(name="replay", task_run_name="replay-{table_name}", cache_policy=NO_CACHE)
+def replay_table(ctx: RunContext, table_name: str, rule: str | None = None) -> dict[str, Any]:
+    """Send the pending quarantined rows of ``table_name`` through conform again, one ingest date at a time."""
+    todo = pending(ctx, table_name, rule)
+    spec = table(table_name)
+    engine = ctx.engine()
+    totals: Counter[str] = Counter()
+    rules: Counter[str] = Counter()
+    accepted_hashes: list[str] = []
+    by_date: dict[Any, set[str]] = {}
+    for h, d in zip(todo.column("record_hash").to_pylist(), todo.column("run_date").to_pylist(), strict=True):
+        by_date.setdefault(d, set()).add(h)
+    for day, hashes in sorted(by_date.items()):
+        keys = engine.from_arrow(pa.table({"_record_hash": pa.array(sorted(hashes), pa.string())}))
+        bronze = engine.scan(table(spec.source or "")).filter(
+            nw.col("_ingest_date") == nw.lit(day).cast(nw.Date()))
+        batch = engine.materialize(bronze.join(keys, on="_record_hash", how="semi"))
+        # The batch's own date: rules valued at a date see the same day, and rows that fail again land on
+        # the quarantine partition (and key) they already have, so they are not written twice.
+        day_ctx = ctx.model_copy(update={"run_date": day})
+        done = conform_into_silver(day_ctx, engine, spec, batch, accepted_hashes=True)
+        totals.update({k: done[k] for k in ("rows_in", "accepted", "quarantined", "rows_written")})
+        rules.update(done["rules"])
+        accepted_hashes += done["accepted_hashes"]
+    if accepted_hashes:
+        now = datetime.now(UTC)
+        ctx.settings().lake().append_log(replay_log(table_name), pa.Table.from_pylist(
+            [{"record_hash": h, "rule": rule or "*", "replay_id": ctx.run_id, "replayed_at": now}
+             for h in sorted(set(accepted_hashes))], schema=REPLAY_SCHEMA))
+    return {"stage": "replay", "table": table_name, "pending": todo.num_rows, **totals,
+            "still_quarantined": dict(rules), "version": engine.version(spec)}
+
+
+@flow(name="replay-quarantine", flow_run_name="replay-{table_name}")
+def replay_quarantine(table_name: str, rule: str | None = None, env: str = "local", backend: str | None = None,
+                      lake_root: str | None = None, spark_remote: str | None = None) -> list[dict[str, Any]]:
+    """Replay ``table_name``'s quarantined rows (of ``rule``), then rebuild, audit and release gold."""
+    from backends.releases import Releases
+    from deployments.settings import load_settings
+    from flows.daily import publish
+
+    replayable(table_name)
+    overrides = {k: v for k, v in {"backend": backend, "lake_root": lake_root, "spark_remote": spark_remote}.items()
+                 if v is not None}
+    current = Releases(load_settings(env, **overrides).lake()).current()
+    if current is None:
+        msg = "expected a gold release to replay into, found none: run the daily flow first (lakehouse run --date D)"
+        raise ReplayError(msg)
+    ctx = RunContext(env=env, run_date=current.run_date, run_id=str(flow_run.get_id() or "replay"),
+                     started_at=datetime.now(UTC), overrides=overrides)
+    summary = replay_table(ctx, table_name, rule)
+    return [summary, link_crm(ctx), *publish(ctx)]

@@ -1,0 +1,106 @@
+"""Quarantine you can act on: list, show, and replay after a fix, each accepted row exactly once. On both
+engines, on a private copy of the two-day lake."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import narwhals as nw
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from backends import Lake
+from backends.releases import Releases
+from contracts.catalog import table
+from flows.cli import app
+from flows.quarantine import ReplayError, replay_log, replay_quarantine, replayable
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+def rows(engine, name: str, rule: str | None = None) -> list[dict]:
+    frame = engine.scan(table(name))
+    if rule:
+        frame = frame.filter(nw.col("rule") == rule)
+    return engine.to_arrow(frame).to_pylist()
+
+
+def test_replay_accepts_each_fixed_row_exactly_once_and_keeps_the_rest(lake_copy, prefect_harness):
+    engine, root = lake_copy["engine_impl"], lake_copy["root"]
+    kwargs = {"lake_root": str(root), **lake_copy["engine"]}
+    orders, quarantine = table("silver.orders"), "quarantine.silver.orders"
+    unknown = rows(engine, quarantine, "ref.unknown_customer")
+    assert unknown, "the sample data quarantines orders of customers that do not exist"
+    missing = sorted({json.loads(r["record"])["customer_id"] for r in unknown})
+    quarantined_before = len(rows(engine, quarantine))
+    keys_before = {(r["record_hash"], r["rule"], r["occurrence"]) for r in rows(engine, quarantine)}
+    orders_before = engine.count(engine.scan(orders))
+    ids_before = {r["order_id"] for r in rows(engine, "silver.orders")}
+
+    # The fix: the missing customers arrive late (here merged straight into silver, as a late load would).
+    customers = table("silver.customers")
+    template = rows(engine, "silver.customers")[0]
+    late = [{**template, "customer_id": c, "_record_hash": hashlib.sha256(c.encode()).hexdigest()} for c in missing]
+    engine.merge(customers, engine.from_arrow(pa.Table.from_pylist(late, schema=customers.arrow_schema)))
+
+    first = replay_quarantine(table_name="silver.orders", rule="ref.unknown_customer", **kwargs)
+    done = first[0]
+    assert done["pending"] == len({r["record_hash"] for r in unknown})
+    assert done["accepted"] == done["pending"]
+    # An exact second copy of a replayed record is a duplicate again (and already quarantined as one).
+    assert set(done["still_quarantined"]) <= {"duplicate.exact"}
+    accepted_ids = {json.loads(r["record"])["order_id"] for r in unknown}
+    silver_ids = {r["order_id"] for r in rows(engine, "silver.orders")}
+    assert accepted_ids <= silver_ids
+    assert engine.count(engine.scan(orders)) == orders_before + len(accepted_ids - ids_before), "merged by key"
+    assert len(rows(engine, quarantine)) == quarantined_before, "quarantine keeps its history; nothing added"
+    # Gold was rebuilt, audited and released with them.
+    release = Releases(Lake(str(root))).current()
+    assert release is not None and release.release_id == first[-1]["table"]
+    fact = engine.scan(table("gold.fact_orders"), version=release.versions["gold.fact_orders"])
+    assert accepted_ids <= set(engine.to_arrow(fact.select("order_id")).column("order_id").to_pylist())
+    logged = Lake(str(root)).read_log(replay_log("silver.orders"))
+    assert logged is not None and set(logged.column("record_hash").to_pylist()) == {r["record_hash"] for r in unknown}
+
+    # Exactly once: the same replay again finds nothing to do and changes nothing.
+    snapshot = sorted(r["_record_hash"] for r in rows(engine, "silver.orders"))
+    again = replay_quarantine(table_name="silver.orders", rule="ref.unknown_customer", **kwargs)[0]
+    assert again["pending"] == 0 and again.get("accepted", 0) == 0
+    assert sorted(r["_record_hash"] for r in rows(engine, "silver.orders")) == snapshot
+
+    # Rows that still fail stay quarantined once: no product arrived for ref.unknown_product.
+    products = rows(engine, quarantine, "ref.unknown_product")
+    still = replay_quarantine(table_name="silver.orders", rule="ref.unknown_product", **kwargs)[0]
+    assert still["accepted"] == 0 and still["still_quarantined"] == {"ref.unknown_product": len(products)}
+    after = rows(engine, quarantine)
+    assert len(after) == quarantined_before, "no quarantined row is written twice"
+    assert {(r["record_hash"], r["rule"], r["occurrence"]) for r in after} == keys_before
+    assert sorted(r["_record_hash"] for r in rows(engine, "silver.orders")) == snapshot
+
+
+def test_only_silver_tables_replay_and_the_error_says_how_bronze_rejects_are_replayed():
+    replayable("silver.orders")
+    with pytest.raises(ReplayError, match="fixing the file under the landing folder"):
+        replayable("bronze.kafka.order_events")
+    result = runner.invoke(app, ["quarantine", "replay", "gold.fact_orders"])
+    assert result.exit_code == 2 and "expected a silver table fed by bronze" in result.output
+
+
+def test_list_and_show_print_the_quarantined_rows(lake_copy):
+    engine, root = lake_copy["engine_impl"], lake_copy["root"]
+    listed = runner.invoke(app, ["quarantine", "list", "--lake-root", str(root)])
+    assert listed.exit_code == 0, listed.output
+    malformed = rows(engine, "quarantine.silver.customers", "email.malformed")
+    assert "quarantine.silver.customers" in listed.output and "email.malformed" in listed.output
+    assert f"{len(malformed):,}" in listed.output
+    shown = runner.invoke(app, ["quarantine", "show", "silver.customers", "--rule", "email.malformed",
+                                "--lake-root", str(root), "--limit", "500"])
+    assert shown.exit_code == 0, shown.output
+    assert f"first {len(malformed)} rows" in shown.output
+    one = min(malformed, key=lambda r: (str(r["run_date"]), r["source_file"], r["record"]))
+    assert json.loads(one["record"])["customer_id"] in shown.output
+    bad = runner.invoke(app, ["quarantine", "show", "silver.nothing", "--lake-root", str(root)])
+    assert bad.exit_code == 2 and "expected a silver, bronze or quarantine table name" in bad.output
