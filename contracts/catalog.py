@@ -70,7 +70,8 @@ class TableSpec:
     source: str | None = None  # for silver tables: the bronze table that feeds it
     description: str = ""
     landing: LandingEntity | None = field(default=None, compare=False)
-    references: tuple[Reference, ...] = ()  # audited before a gold release (tasks/audit.py)
+    references: tuple[Reference, ...] = ()  # silver: part of the gate; gold: audited before a release
+    max_row_drop: float | None = None  # gold: fail the audit if rows fall by more than this share vs the release
     gate: Gate = Gate()  # silver: checked after the refine stage (flows/stages.py check_gate)
 
     @property
@@ -177,6 +178,8 @@ SILVER: tuple[TableSpec, ...] = (
         status=_req(STR, pa.Check.isin(list(ORDER_STATUSES))), order_ts=_req(UTC_TS), order_date=_req(DATE),
         updated_at=_req(UTC_TS), **_lineage)),
         keys=("order_id",), partition_by=("order_date",), mode="merge", source="bronze.snowflake.orders", latest_by="updated_at",
+        references=(Reference(("customer_id",), "silver.customers", ("customer_id",)),
+                    Reference(("product_id",), "silver.products", ("product_id",))),
         description="Orders, latest version per order_id, amounts converted to USD at the order date's rate."),
     TableSpec("silver", "order_events", _schema("silver.order_events", _cols(
         event_id=_req(STR, unique=True), order_id=_req(STR), event_type=_req(STR, pa.Check.isin(list(ORDER_EVENT_TYPES))),
@@ -203,12 +206,14 @@ SILVER: tuple[TableSpec, ...] = (
         contact_id=_req(STR, unique=True), account_id=_opt(STR), first_name=_opt(STR), last_name=_opt(STR), **_pii,
         lifecycle_stage=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
         keys=("contact_id",), mode="merge", source="bronze.crm.contacts", latest_by="updated_at",
+        references=(Reference(("account_id",), "silver.accounts", ("account_id",)),),
         description="CRM contacts, latest version per contact_id; e-mail and phone pseudonymised."),
     TableSpec("silver", "opportunities", _schema("silver.opportunities", _cols(
         opportunity_id=_req(STR, unique=True), account_id=_req(STR), opportunity_name=_opt(STR), stage=_req(STR),
         is_open=_req(BOOL), amount=_req(F64, _nonneg), currency=_req(STR, _ccy), amount_usd=_req(F64, _nonneg),
         close_date=_opt(DATE), owner_name=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
         keys=("opportunity_id",), mode="merge", source="bronze.crm.opportunities", latest_by="updated_at",
+        references=(Reference(("account_id",), "silver.accounts", ("account_id",)),),
         description="CRM deals, latest version per opportunity_id, amount in USD at the run date's rate."),
     TableSpec("silver", "customer_crm_links", _schema("silver.customer_crm_links", _cols(
         customer_id=_req(STR, unique=True), contact_id=_req(STR), account_id=_opt(STR), matched_on=_req(STR))),
@@ -223,7 +228,7 @@ GOLD: tuple[TableSpec, ...] = (
         product_id=_req(STR), quantity=_req(I64), unit_price=_req(F64), currency=_req(STR), amount=_req(F64),
         fx_rate=_req(F64), amount_usd=_req(F64), status=_req(STR), is_cancelled=_req(BOOL), order_ts=_req(UTC_TS),
         updated_at=_req(UTC_TS))),
-        keys=("order_id",), partition_by=("order_date",), mode="overwrite",
+        keys=("order_id",), partition_by=("order_date",), mode="overwrite", max_row_drop=0.10,
         references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)), Reference(("product_id",), "gold.dim_product", ("product_id",)),
                     Reference(("date_key",), "gold.dim_date", ("date_key",))),
         description="One row per order: the latest status (order extract or a later Kafka event) and USD amount."),

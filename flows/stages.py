@@ -170,13 +170,17 @@ def gate_failures(summaries: list[dict[str, Any]], gates: Mapping[str, Gate]) ->
 
 @task(name="gate", task_run_name="gate-{layer}", cache_policy=NO_CACHE)
 def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> None:
-    """Stop the flow when a table of ``layer`` quarantined more than its gate allows in this run; the failing
-    rules with sample records go to the table artifact ``<layer>-gate``."""
+    """Stop the flow when a table of ``layer`` quarantined more than its gate allows in this run, or breaks a
+    declared reference; the failing rules with sample records go to the table artifact ``<layer>-gate``."""
     failures = gate_failures(summaries, {t.name: t.gate for t in tables(layer)})  # type: ignore[arg-type]
-    if not failures:
-        return
     engine = ctx.engine()
-    rows = []
+    broken = [f for spec in tables(layer) if spec.references and engine.exists(spec)  # type: ignore[arg-type]
+              for f in audit.check_references(spec, lambda name: engine.scan(table(name)),
+                                              lambda frame: engine.to_arrow(frame).to_pylist())]
+    if not failures and not broken:
+        return
+    rows = [{"table": b.table, "rule": b.rule, "rows": b.failing_rows, "share": "",
+             "sample": " | ".join(str({k: str(v) for k, v in r.items()}) for r in b.sample)} for b in broken]
     for f in failures:
         quarantine = engine.scan(quarantine_for(table(f["table"])))
         for rule, n in sorted(f["rules"].items(), key=lambda kv: (-kv[1], kv[0])):
@@ -186,11 +190,13 @@ def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> 
                          "sample": " | ".join(sample)})
     create_table_artifact(key=f"{layer}-gate", table=rows,
                           description=f"{layer} gate failures of run {ctx.run_id} for {ctx.run_date}")
-    msg = f"{layer} gate failed for {ctx.run_date}: " + "; ".join(
+    problems = [f"{b.table} {b.rule}: {b.failing_rows} row(s) break referential integrity" for b in broken] + [
         f"{f['table']} quarantined {f['quarantined'] / f['rows_in']:.1%} of {f['rows_in']:,} rows "
         f"(limit {f['limit']:.0%}), most by " + ", ".join(
             f"{r} ({n})" for r, n in sorted(f["rules"].items(), key=lambda kv: (-kv[1], kv[0]))[:3])
-        for f in failures) + "; the next layer was not built (artifact: " + f"{layer}-gate)"
+        for f in failures]
+    msg = (f"{layer} gate failed for {ctx.run_date}: " + "; ".join(problems)
+           + f"; the next layer was not built (artifact: {layer}-gate)")
     raise GateFailedError(msg)
 
 
@@ -207,9 +213,15 @@ def release_gold(ctx: RunContext, versions: dict[str, int]) -> dict[str, Any]:
     def collect(frame: nw.LazyFrame) -> list[dict[str, Any]]:
         return engine.to_arrow(frame).to_pylist()
 
+    current = releases.current()
     failures = [f for name in versions for f in audit.check_references(table(name), scan, collect)]
+    for name in versions:
+        before = current.versions.get(name) if current else None
+        if table(name).max_row_drop is not None and before is not None:
+            dropped = audit.check_row_drop(table(name), engine.count(scan(name)),
+                                           engine.count(engine.scan(table(name), version=before)))
+            failures += [dropped] if dropped else []
     if failures:
-        current = releases.current()
         create_table_artifact(
             key="gold-audit-failures", description=f"Gold audit failures of run {ctx.run_id} for {ctx.run_date}",
             table=[{"table": f.table, "rule": f.rule, "failing_rows": f.failing_rows, "reason": f.reason,

@@ -1,6 +1,7 @@
-"""Table-level audits on Narwhals frames, the same on every engine: referential integrity as declared in
-``contracts.catalog`` (``TableSpec.references``). A failure counts the failing rows and keeps a few as a
-sample, so a person can see what broke."""
+"""Table-level audits on Narwhals frames, the same on every engine, as declared in ``contracts.catalog``:
+referential integrity (``TableSpec.references``) and the row count against the last release
+(``TableSpec.max_row_drop``). A failure counts the failing rows and keeps a few as a sample, so a person can
+see what broke."""
 
 from __future__ import annotations
 
@@ -44,3 +45,12 @@ def check_references(spec: TableSpec, scan: Callable[[str], nw.LazyFrame],
                       f"{ref.table}; {count} row(s) do not")
             failures.append(AuditFailure(spec.name, ref.rule_id, reason, count, sample))
     return failures
+
+
+def check_row_drop(spec: TableSpec, rows: int, released_rows: int | None) -> AuditFailure | None:
+    """A failure when ``spec`` has fewer than ``(1 - max_row_drop)`` of the rows it had at the last release."""
+    if spec.max_row_drop is None or not released_rows or rows >= released_rows * (1 - spec.max_row_drop):
+        return None
+    reason = (f"expected {spec.name} to keep at least {1 - spec.max_row_drop:.0%} of the {released_rows:,} rows of "
+              f"the current release, got {rows:,} ({rows / released_rows - 1:+.1%})")
+    return AuditFailure(spec.name, "rows.dropped", reason, released_rows - rows)

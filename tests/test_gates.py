@@ -74,3 +74,26 @@ def test_a_failed_gate_stops_the_flow_before_gold(engine, daily_lakes, prefect_h
            and "not-an-email" in r["sample"]]
     assert hit, rows[:5]
 
+
+
+@pytest.mark.parametrize("engine", DELTA_ENGINES)
+def test_a_broken_silver_reference_fails_the_gate(engine, daily_lakes, prefect_harness, tmp_path, request):
+    from flows.daily import daily_lakehouse
+
+    built = daily_lakes("polars")
+    day = FLOW_DAYS[0]
+    landing = tmp_path / "landing"
+    shutil.copytree(built["landing"], landing)
+    contacts = next((landing / "crm" / "contacts" / day).glob("*.csv"))
+    frame = pl.read_csv(contacts, infer_schema=False)
+    first = frame.filter(pl.col("account_id").is_not_null())["contact_id"][0]
+    frame.with_columns(pl.when(pl.col("contact_id") == first).then(pl.lit("A999999")).otherwise(pl.col("account_id"))
+                       .alias("account_id")).write_csv(contacts)
+    kwargs = {} if engine == "polars" else {"backend": "spark", "spark_remote": request.getfixturevalue("sail_url")}
+    root = tmp_path / "lake"
+    state = daily_lakehouse(run_date=date.fromisoformat(day), lake_root=str(root), landing_root=str(landing),
+                            return_state=True, **kwargs)
+    assert state.is_failed()
+    message = repr(state.result(raise_on_failure=False))
+    assert "silver.contacts ref.account_id->silver.accounts: 1 row(s) break referential integrity" in message
+    assert not (root / "gold").exists()

@@ -125,3 +125,38 @@ def test_gold_without_a_release_is_not_shown(tmp_path):
     assert [r.run_id for r in releases.history()] == ["r1", "r2"]
     with pytest.raises(ValueError, match="at least one"):
         releases.publish({}, run_id="r3", run_date=date(2026, 11, 3))
+
+
+def test_a_row_drop_beyond_the_declared_share_fails_the_audit():
+    from tasks.audit import check_row_drop
+
+    fact = table("gold.fact_orders")
+    assert fact.max_row_drop == 0.10
+    assert check_row_drop(fact, 900, 1000) is None
+    failure = check_row_drop(fact, 899, 1000)
+    assert failure is not None and failure.rule == "rows.dropped" and failure.failing_rows == 101
+    assert "keep at least 90% of the 1,000 rows" in failure.reason
+    assert check_row_drop(fact, 0, None) is None, "nothing to compare with before the first release"
+    assert check_row_drop(table("gold.dim_date"), 1, 1000) is None, "undeclared: not checked"
+
+
+@pytest.mark.slow
+def test_losing_half_the_orders_holds_the_release(lake_copy, prefect_harness):
+    import narwhals as nw
+
+    from flows.daily import publish
+
+    engine, root = lake_copy["engine_impl"], lake_copy["root"]
+    releases = Releases(Lake(str(root)))
+    before = releases.current()
+    orders = table("silver.orders")
+    kept = engine.to_arrow(engine.scan(orders).filter(nw.col("order_id").str.ends_with("0")
+                                                      | nw.col("order_id").str.ends_with("1")))
+    engine.overwrite(orders, engine.from_arrow(kept))
+    ctx = RunContext(run_date=date.fromisoformat(FLOW_DAYS[-1]), run_id="drop", started_at=datetime.now(UTC),
+                     overrides={"lake_root": str(root), "landing_root": str(lake_copy["landing"]), **lake_copy["engine"]})
+    state = publish(ctx, return_state=True)
+    assert state.is_failed()
+    message = repr(state.result(raise_on_failure=False))
+    assert "gold.fact_orders rows.dropped" in message
+    assert releases.current() == before
