@@ -221,3 +221,16 @@ def test_tables_with_features_one_engine_cannot_read_are_refused(tmp_path):
                     configuration={"delta.enableDeletionVectors": "true"})  # made by another tool
     with pytest.raises(UnportableTableError, match="deletionVectors"):
         engine.append(PERF, perf(engine, (date(2026, 11, 2), "p1", 1)))
+
+
+def test_the_laptop_engine_reports_pandera_failure_cases(tmp_path):
+    """Both engines check writes with the compiled contract in one pass; on the laptop engine a failure also
+    carries pandera's failure cases (the offending values)."""
+    from backends import ContractViolation
+
+    engine = get_backend("polars", Lake(str(tmp_path / "lake")))
+    negative = engine.from_arrow(pl.DataFrame([("p2", "sku", "n", None, -5.0, ts(1), "f", "h2")],
+                                              schema=PRODUCTS.polars_schema, orient="row").to_arrow())
+    with pytest.raises(ContractViolation, match=r"1 failure\(s\), first: \[\('list_price_usd', "
+                                                r"'greater_than_or_equal_to\(0\)', '-5.0'\)\]"):
+        engine.merge(PRODUCTS, negative)
