@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+# Prefect's local server must not phone home: nothing this tool runs reaches a network beyond loopback.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -298,7 +301,8 @@ def quarantine_replay(
     still = ", ".join(f"{k}: {v}" for k, v in sorted(done["still_quarantined"].items())) or "none"
     console.print(f"{table_name}: {done['pending']:,} quarantined row(s) pending replay; {done.get('rows_in', 0):,} "
                   f"bronze row(s) re-checked, {done.get('accepted', 0):,} accepted into silver, still failing: {still}")
-    console.print(f"gold: {summaries[-1]['table']} released")
+    console.print(f"gold: {summaries[-1]['table']} released" if len(summaries) > 1
+                  else "gold: unchanged (no row was accepted)")
 
 
 @app.command()

@@ -6,7 +6,7 @@ the same conform step as the daily flow with today's rules and reference tables.
 merged into silver by key (the latest ``updated_at`` still wins, so an old row never overwrites a newer one);
 rows that still fail stay in quarantine once (its key is record hash, rule and occurrence). The accepted
 rows' hashes are appended to ``<lake>/_replays/<entity>`` in one commit, so no later replay feeds them
-again. Then gold is rebuilt, audited and released as in the daily flow.
+again. If any row was accepted, gold is then rebuilt, audited and released as in the daily flow.
 
 Exact duplicates (``duplicate.exact``) are never replayed: their first copy is already in silver.
 """
@@ -107,7 +107,8 @@ def replay_table(ctx: RunContext, table_name: str, rule: str | None = None) -> d
 @flow(name="replay-quarantine", flow_run_name="replay-{table_name}")
 def replay_quarantine(table_name: str, rule: str | None = None, env: str = "local", backend: str | None = None,
                       lake_root: str | None = None, spark_remote: str | None = None) -> list[dict[str, Any]]:
-    """Replay ``table_name``'s quarantined rows (of ``rule``), then rebuild, audit and release gold."""
+    """Replay ``table_name``'s quarantined rows (of ``rule``), then, if any was accepted, rebuild, audit and
+    release gold."""
     from backends.releases import Releases
     from deployments.settings import load_settings
     from flows.daily import publish
@@ -122,4 +123,6 @@ def replay_quarantine(table_name: str, rule: str | None = None, env: str = "loca
     ctx = RunContext(env=env, run_date=current.run_date, run_id=str(flow_run.get_id() or "replay"),
                      started_at=datetime.now(UTC), overrides=overrides)
     summary = replay_table(ctx, table_name, rule)
+    if not summary.get("accepted"):
+        return [summary]  # nothing changed in silver: gold and its release stay as they are
     return [summary, link_crm(ctx), *publish(ctx)]

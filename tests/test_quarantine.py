@@ -73,8 +73,11 @@ def test_replay_accepts_each_fixed_row_exactly_once_and_keeps_the_rest(lake_copy
 
     # Rows that still fail stay quarantined once: no product arrived for ref.unknown_product.
     products = rows(engine, quarantine, "ref.unknown_product")
-    still = replay_quarantine(table_name="silver.orders", rule="ref.unknown_product", **kwargs)[0]
+    released = Releases(Lake(str(root))).current()
+    still_run = replay_quarantine(table_name="silver.orders", rule="ref.unknown_product", **kwargs)
+    still = still_run[0]
     assert still["accepted"] == 0 and still["still_quarantined"] == {"ref.unknown_product": len(products)}
+    assert len(still_run) == 1 and Releases(Lake(str(root))).current() == released, "nothing accepted: no release"
     after = rows(engine, quarantine)
     assert len(after) == quarantined_before, "no quarantined row is written twice"
     assert {(r["record_hash"], r["rule"], r["occurrence"]) for r in after} == keys_before
