@@ -38,28 +38,34 @@ def test_the_gate_fails_above_the_rate_and_ignores_batches_too_small_to_judge():
                          {"silver.customers": gate}) == []
 
 
-@pytest.mark.parametrize("engine", DELTA_ENGINES)
-def test_a_failed_gate_stops_the_flow_before_gold(engine, daily_lakes, prefect_harness, tmp_path, request):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
+def run_first_day_with(edit, engine, daily_lakes, tmp_path, request):
+    """The daily flow on a fresh lake for the first day, from a copy of the sample landing changed by ``edit``."""
     from flows.daily import daily_lakehouse
 
-    built = daily_lakes("polars")
     day = FLOW_DAYS[0]
     landing = tmp_path / "landing"
-    shutil.copytree(built["landing"], landing)
-    customers = landing / "snowflake" / "customers" / day / "customers.parquet"
-    frame = pl.read_parquet(customers)
-    broken = frame.with_columns(
-        pl.when(pl.int_range(pl.len()) % 4 == 0).then(pl.lit("not-an-email")).otherwise(pl.col("email")).alias("email"))
-    broken.write_parquet(customers)
+    shutil.copytree(daily_lakes("polars")["landing"], landing)
+    edit(landing, day)
     kwargs = {} if engine == "polars" else {"backend": "spark", "spark_remote": request.getfixturevalue("sail_url")}
     root = tmp_path / "lake"
     state = daily_lakehouse(run_date=date.fromisoformat(day), lake_root=str(root), landing_root=str(landing),
                             return_state=True, **kwargs)
     assert state.is_failed()
-    message = repr(state.result(raise_on_failure=False))
+    return repr(state.result(raise_on_failure=False)), root
+
+
+@pytest.mark.parametrize("engine", DELTA_ENGINES)
+def test_a_failed_gate_stops_the_flow_before_gold(engine, daily_lakes, prefect_harness, tmp_path, request):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    def malformed_emails(landing, day):  # every fourth customer of the day: far above the 5% gate
+        customers = landing / "snowflake" / "customers" / day / "customers.parquet"
+        frame = pl.read_parquet(customers)
+        frame.with_columns(pl.when(pl.int_range(pl.len()) % 4 == 0).then(pl.lit("not-an-email"))
+                           .otherwise(pl.col("email")).alias("email")).write_parquet(customers)
+
+    message, root = run_first_day_with(malformed_emails, engine, daily_lakes, tmp_path, request)
     assert "silver gate failed" in message and "silver.customers" in message and "email.malformed" in message
     assert "limit 5%" in message
     assert not (root / "gold").exists(), "gold is not built after a failed gate"
@@ -75,25 +81,15 @@ def test_a_failed_gate_stops_the_flow_before_gold(engine, daily_lakes, prefect_h
     assert hit, rows[:5]
 
 
-
 @pytest.mark.parametrize("engine", DELTA_ENGINES)
 def test_a_broken_silver_reference_fails_the_gate(engine, daily_lakes, prefect_harness, tmp_path, request):
-    from flows.daily import daily_lakehouse
+    def unknown_account(landing, day):  # one contact of an account that does not exist
+        contacts = next((landing / "crm" / "contacts" / day).glob("*.csv"))
+        frame = pl.read_csv(contacts, infer_schema=False)
+        first = frame.filter(pl.col("account_id").is_not_null())["contact_id"][0]
+        frame.with_columns(pl.when(pl.col("contact_id") == first).then(pl.lit("A999999"))
+                           .otherwise(pl.col("account_id")).alias("account_id")).write_csv(contacts)
 
-    built = daily_lakes("polars")
-    day = FLOW_DAYS[0]
-    landing = tmp_path / "landing"
-    shutil.copytree(built["landing"], landing)
-    contacts = next((landing / "crm" / "contacts" / day).glob("*.csv"))
-    frame = pl.read_csv(contacts, infer_schema=False)
-    first = frame.filter(pl.col("account_id").is_not_null())["contact_id"][0]
-    frame.with_columns(pl.when(pl.col("contact_id") == first).then(pl.lit("A999999")).otherwise(pl.col("account_id"))
-                       .alias("account_id")).write_csv(contacts)
-    kwargs = {} if engine == "polars" else {"backend": "spark", "spark_remote": request.getfixturevalue("sail_url")}
-    root = tmp_path / "lake"
-    state = daily_lakehouse(run_date=date.fromisoformat(day), lake_root=str(root), landing_root=str(landing),
-                            return_state=True, **kwargs)
-    assert state.is_failed()
-    message = repr(state.result(raise_on_failure=False))
+    message, root = run_first_day_with(unknown_account, engine, daily_lakes, tmp_path, request)
     assert "silver.contacts ref.account_id->silver.accounts: 1 row(s) break referential integrity" in message
     assert not (root / "gold").exists()
