@@ -1,14 +1,14 @@
 """What every engine's landing reader shares: the shape of rejected records and how they are described.
 
-A record that cannot become a bronze row (a line that is not a JSON object, a file missing a declared
-column) is returned as a reject with the quarantine columns, so that both engines quarantine it identically.
+A record that cannot become a bronze row (a line that is not a JSON object) is returned as a reject with the
+quarantine columns, so that both engines quarantine it identically. A file whose schema is wrong (a declared
+column missing or renamed, a column that cannot be read as text) is refused whole, by the same test on both.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 
-import polars as pl
 import pyarrow as pa
 
 from backends.expressions import record_digest
@@ -31,19 +31,32 @@ def malformed_lines(lines: list[tuple[str, str]]) -> pa.Table:
     )
 
 
-def missing_columns(raw: pl.DataFrame, entity: LandingEntity, file_name: str, missing: list[str], label: str) -> pa.Table:
-    """A file missing declared columns is not ingested: every record goes to quarantine, naming the columns."""
-    reason = (
-        f"expected column(s) {missing} in {file_name} ({entity.name}), got columns {raw.columns}; "
-        "fix the export or the column names and replay the file"
-    )
-    text = raw.select(pl.all().cast(pl.Utf8))
-    records = [json.dumps(r, ensure_ascii=False) for r in text.iter_rows(named=True)]
-    return pa.Table.from_pylist(
-        [{"rule": "schema.missing_column", "reason": reason, "record": rec, "record_hash": record_digest([rec]),
-          "source_file": label} for rec in records],
-        schema=REJECT_SCHEMA,
-    )
+REFUSED_SCHEMA = pa.schema([(c, pa.large_string()) for c in ("source_file", "problem", "reason")])
+MISSING_COLUMN = "schema.missing_column"
+UNCASTABLE_COLUMN = "schema.uncastable_column"
+
+
+def refused_file(entity: LandingEntity, file_name: str, label: str, *, got: dict[str, str],
+                 nested: Callable[[str], bool]) -> dict[str, str] | None:
+    """Why a file of ``entity`` cannot be read (``got``: its column -> type name; ``nested(column)``: the
+    engine's test for a type that does not cast to text), or None when it can. Such a file is not ingested."""
+    missing = [c for c in entity.column_names if c not in got]
+    keep = "the file was not ingested and stays where it is: fix it and run its date again"
+    if missing:
+        extra = [c for c in got if c not in entity.column_names]
+        reason = (f"expected column(s) {missing} in {file_name} ({entity.name}), got columns {list(got)}"
+                  + (f" ({extra} not declared: renamed?)" if extra else "") + f"; {keep}")
+        return {"source_file": label, "problem": MISSING_COLUMN, "reason": reason}
+    bad = {c: got[c] for c in entity.column_names if nested(c)}
+    if bad:
+        reason = (f"expected column(s) {list(bad)} of {file_name} ({entity.name}) as text or a scalar that casts "
+                  f"to text, got {bad}; {keep}")
+        return {"source_file": label, "problem": UNCASTABLE_COLUMN, "reason": reason}
+    return None
+
+
+def refused_table(rows: list[dict[str, str]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=REFUSED_SCHEMA)
 
 
 def partition_predicate(values: dict[str, list], alias: str | None = None) -> str:

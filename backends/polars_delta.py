@@ -49,6 +49,7 @@ class PolarsDeltaEngine:
         columns = entity.column_names
         frames: list[pl.DataFrame] = []
         rejects: list[pa.Table] = []
+        refused: list[dict[str, str]] = []
         if entity.format == "jsonl":
             if files:  # every file's lines in one scan and one JSON decode: micro-batch files are many and small
                 rows, bad = _read_jsonl(files, columns)
@@ -57,16 +58,18 @@ class PolarsDeltaEngine:
         else:
             for file, label in files:
                 raw = pl.read_csv(file, infer_schema=False) if entity.format == "csv" else pl.read_parquet(file)
-                missing = [c for c in columns if c not in raw.columns]
-                if missing:
-                    rejects.append(landing.missing_columns(raw, entity, file.name, missing, label))
+                problem = landing.refused_file(entity, file.name, label, got={c: str(t) for c, t in raw.schema.items()},
+                                               nested=lambda c, s=raw.schema: s[c].is_nested())
+                if problem:
+                    refused.append(problem)
                     continue
                 text = raw.select([pl.col(c).cast(pl.Utf8) for c in columns])
                 frames.append(text.with_columns(_source_file=pl.lit(label)))
         schema = {c: pl.Utf8 for c in (*columns, "_source_file")}
         rows = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
         hashed = with_record_hash(nw.from_native(rows.lazy()), columns)
-        return LandingRead(hashed, pa.concat_tables(rejects) if rejects else landing.REJECT_SCHEMA.empty_table())
+        return LandingRead(hashed, pa.concat_tables(rejects) if rejects else landing.REJECT_SCHEMA.empty_table(),
+                           landing.refused_table(refused))
 
     # ------------------------------------------------------------------------------------ Delta tables
     def exists(self, spec: TableSpec) -> bool:
@@ -223,3 +226,4 @@ def _is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except json.JSONDecodeError:
         return False
+

@@ -46,12 +46,15 @@ class LandingRead:
     path under the landing root, recorded as ``_source_file``).
 
     ``rows`` has every declared column of the entity as text, plus ``_source_file`` and ``_record_hash``.
-    ``rejects`` are records that could not become rows (unparseable lines, a file missing a declared
-    column), with the quarantine columns ``rule, reason, record, record_hash, source_file``.
+    ``rejects`` are records that could not become rows (unparseable lines), with the quarantine columns
+    ``rule, reason, record, record_hash, source_file``. ``refused`` are whole files not read because their
+    schema is wrong (a declared column missing or renamed, a column that cannot be read as text):
+    ``source_file, problem, reason`` (``backends.landing.REFUSED_SCHEMA``).
     """
 
     rows: nw.LazyFrame
     rejects: pa.Table
+    refused: pa.Table
 
 
 class Engine(Protocol):

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import narwhals as nw
-import polars as pl
 import pyarrow as pa
 
 from backends import landing
@@ -89,6 +88,7 @@ class SparkDeltaEngine:
         columns = entity.column_names
         frames: list[DataFrame] = []
         rejects: list[pa.Table] = []
+        refused: list[dict[str, str]] = []
         if entity.format == "jsonl" and files:
             frames, rejects = self._read_jsonl(files, columns)
             files = ()
@@ -99,10 +99,11 @@ class SparkDeltaEngine:
                        .csv(uri))
             else:
                 raw = self.spark.read.parquet(uri)
-            missing = [c for c in columns if c not in raw.columns]
-            if missing:
-                rejects.append(landing.missing_columns(pl.from_arrow(raw.toArrow()), entity, path.name,  # type: ignore[arg-type]
-                                                       missing, label))
+            got = {f.name: f.dataType.simpleString() for f in raw.schema.fields}
+            problem = landing.refused_file(entity, path.name, label, got=got,
+                                           nested=lambda c, g=got: g[c].startswith(("array<", "struct<", "map<")))
+            if problem:
+                refused.append(problem)
                 continue
             text = raw.select(*(F.col(f"`{c}`").cast("string").alias(c) for c in columns))
             frames.append(text.withColumn("_source_file", F.lit(label)))
@@ -111,7 +112,8 @@ class SparkDeltaEngine:
         else:
             rows = spark_frame(self.spark, pa.table({c: pa.array([], pa.string()) for c in (*columns, "_source_file")}))
         hashed = with_record_hash(nw.from_native(rows), columns)
-        return LandingRead(hashed, pa.concat_tables(rejects) if rejects else landing.REJECT_SCHEMA.empty_table())
+        return LandingRead(hashed, pa.concat_tables(rejects) if rejects else landing.REJECT_SCHEMA.empty_table(),
+                           landing.refused_table(refused))
 
     def _read_jsonl(self, files: Sequence[tuple[Path, str]], columns: list[str]) -> tuple[list[DataFrame], list[pa.Table]]:
         """JSON lines of all ``files``: object lines as text columns, every other line a reject (one collect)."""

@@ -152,6 +152,10 @@ def _print_summaries(day: date, summaries: list[dict[str, Any]], seconds: float)
         t.add_row(s["stage"], s["table"], str(s.get("rows_in", "")), str(s.get("accepted", "")),
                   str(s.get("quarantined", "")), str(s.get("rows_written", "")), str(s.get("version", "")))
     console.print(t)
+    for s in summaries:
+        for f in s.get("refused", []):
+            err.print(f"[bold red]refused[/] {f} ({s['table']}): its schema is wrong, nothing of it was ingested; "
+                      "see 'lakehouse quarantine list', fix the file and run the date again")
 
 
 @app.command()
@@ -216,6 +220,36 @@ def _quarantine_by_rule(settings) -> None:
             done = sum(h["record_hash"] in replayed for h in hits)
             t.add_row(spec.name, rule, f"{len(hits):,}", span, f"{done:,}" if silver_name else "")
     console.print(t)
+    _refused_files(engine, lake)
+
+
+def _refused_files(engine, lake) -> None:
+    from contracts.catalog import bronze_for
+    from contracts.landing import LANDING_ENTITIES
+    from flows.stages import refused_log
+    from tasks.bronze import ingested_files
+
+    t = Table(title="files refused for a wrong schema (not ingested; fix the file and run its date again)")
+    for col in ("file", "problem", "times refused", "last run date", "ingested since", "reason"):
+        t.add_column(col, overflow="fold")
+    shown = 0
+    for entity in LANDING_ENTITIES:
+        log = lake.read_log(refused_log(entity.source, entity.entity))
+        if log is None:
+            continue
+        spec = bronze_for(entity)
+        now_in = (set(engine.to_arrow(ingested_files(engine.scan(spec))).column("_source_file").to_pylist())
+                  if engine.exists(spec) else set())
+        by_file: dict[str, list[dict]] = {}
+        for r in log.to_pylist():
+            by_file.setdefault(r["source_file"], []).append(r)
+        for f, runs in sorted(by_file.items()):
+            last = max(runs, key=lambda r: r["refused_at"])
+            t.add_row(f, last["problem"], str(len(runs)), str(last["run_date"]), "yes" if f in now_in else "no",
+                      last["reason"])
+            shown += 1
+    if shown:
+        console.print(t)
 
 
 quarantine_app = typer.Typer(help="Quarantined rows: list them by rule, show them, replay them after a fix.",

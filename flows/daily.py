@@ -83,8 +83,10 @@ def daily_lakehouse(
         description=f"Daily lakehouse run for {run_date}: rows per table per stage, quarantined rows by rule.",
     )
     quarantined = sum(s.get("quarantined", 0) for s in summaries)
-    get_run_logger().info("run %s for %s done: %d tables written, %d rows quarantined",
-                          ctx.run_id, run_date, len(summaries), quarantined)
+    refused = [f for s in summaries for f in s.get("refused", [])]
+    get_run_logger().info("run %s for %s done: %d tables written, %d rows quarantined, %d file(s) refused%s",
+                          ctx.run_id, run_date, len(summaries), quarantined, len(refused),
+                          f" ({', '.join(refused)}: fix and run the date again)" if refused else "")
     return summaries
 
 
@@ -92,4 +94,5 @@ def _artifact_row(s: dict[str, Any]) -> dict[str, Any]:
     rules = ", ".join(f"{k}: {v}" for k, v in sorted(s.get("rules", {}).items()))
     return {"stage": s["stage"], "table": s["table"], "rows_in": s.get("rows_in", ""),
             "accepted": s.get("accepted", ""), "quarantined": s.get("quarantined", 0),
-            "rows_written": s.get("rows_written", 0), "version": s.get("version"), "rules": rules}
+            "rows_written": s.get("rows_written", 0), "version": s.get("version"), "rules": rules,
+            "refused_files": ", ".join(s.get("refused", []))}

@@ -47,9 +47,9 @@ def replay_log(table_name: str) -> str:
 def replayable(table_name: str) -> None:
     spec = table(table_name)
     if spec.layer != "silver" or spec.source is None:
-        msg = (f"expected a silver table fed by bronze (e.g. silver.orders), got {table_name!r}; bronze rejects "
-               "(malformed lines, files missing a column) are replayed by fixing the file under the landing folder "
-               "and running its date again: a file with no ingested rows is read again")
+        msg = (f"expected a silver table fed by bronze (e.g. silver.orders), got {table_name!r}; a file refused for "
+               "its schema is replayed by fixing it under the landing folder and running its date again (it was "
+               "never ingested); lines that are not JSON stay in bronze quarantine for inspection")
         raise ReplayError(msg)
 
 

@@ -3,9 +3,10 @@ backend-agnostic transforms in ``tasks/``, writes through the engine, and return
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import narwhals as nw
@@ -13,6 +14,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 from prefect.tasks import exponential_backoff
 
 from backends import Engine
@@ -81,9 +83,37 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
         result = engine.append(spec, stamped)
         rows, version = result.rows, result.version
     if not files:
-        get_run_logger().warning("no landing files for %s on %s under %s", entity.name, ctx.run_date, folder)
+        _logger().warning("no landing files for %s on %s under %s", entity.name, ctx.run_date, folder)
+    refused = read.refused.to_pylist() if read is not None else []
+    for r in refused:
+        _logger().error("refused %s (%s): %s", r["source_file"], r["problem"], r["reason"])
+    if refused:
+        now = datetime.now(UTC)
+        ctx.settings().lake().append_log(refused_log(entity.source, entity.entity), pa.Table.from_pylist(
+            [{**r, "run_id": ctx.run_id, "run_date": ctx.run_date, "refused_at": now} for r in refused],
+            schema=REFUSED_LOG_SCHEMA))
     return _summary("bronze", spec, files=len(files), new_files=len(new), rows_in=rows + quarantined,
-                    accepted=rows, quarantined=quarantined, rules=rules, rows_written=rows, version=version)
+                    accepted=rows, quarantined=quarantined, rules=rules, rows_written=rows, version=version,
+                    refused=[r["source_file"] for r in refused])
+
+
+REFUSED_LOG_SCHEMA = pa.schema([
+    *((c, pa.string()) for c in ("source_file", "problem", "reason", "run_id")),
+    ("run_date", pa.date32()), ("refused_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def refused_log(source: str, entity: str) -> str:
+    """Where files refused for a wrong schema are recorded (each run that refuses one appends a row)."""
+    return f"_refused/{source}/{entity}"
+
+
+def _logger() -> Any:
+    """The Prefect run logger inside a run; this module's logger when a task body runs bare (benchmarks)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 @task(name="silver", task_run_name="silver-{table_name}", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -232,7 +262,7 @@ def release_gold(ctx: RunContext, versions: dict[str, int]) -> dict[str, Any]:
                + "; ".join(f"{f.table} {f.rule} ({f.failing_rows} rows)" for f in failures) + f"; {kept}")
         raise AuditFailedError(msg)
     release = releases.publish(versions, run_id=ctx.run_id, run_date=ctx.run_date)
-    get_run_logger().info("released %s: %s", release.release_id, release.versions)
+    _logger().info("released %s: %s", release.release_id, release.versions)
     return {"stage": "release", "table": release.release_id, "rows_written": len(release.versions),
             "version": release.seq}
 

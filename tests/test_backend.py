@@ -108,16 +108,27 @@ def test_read_landing_csv_parquet_and_missing_column(engine, tmp_path):
 
     renamed = tmp_path / "renamed.csv"
     pl.DataFrame({c if c != "domain" else "web_domain": ["x"] for c in accounts.column_names}).write_csv(renamed)
-    bad = engine.read_landing(accounts, [(renamed, "renamed.csv")])
-    assert engine.count(bad.rows) == 0
-    reject = bad.rejects.to_pylist()[0]
-    assert reject["rule"] == "schema.missing_column" and "domain" in reject["reason"]
-    assert json.loads(reject["record"])["web_domain"] == "x"
+    bad = engine.read_landing(accounts, [(renamed, "renamed.csv"), (csv, "good.csv")])
+    assert {r["_source_file"] for r in engine.to_arrow(bad.rows).to_pylist()} == {"good.csv"}, "only that file stops"
+    assert bad.rejects.num_rows == 0
+    refused = bad.refused.to_pylist()
+    assert [(r["source_file"], r["problem"]) for r in refused] == [("renamed.csv", "schema.missing_column")]
+    assert "expected column(s) ['domain'] in renamed.csv (crm.accounts)" in refused[0]["reason"]
+    assert "['web_domain'] not declared: renamed?" in refused[0]["reason"]
 
     customers = landing_entity("snowflake.customers")
     pq = tmp_path / "customers.parquet"
     pl.DataFrame({c: ["v"] for c in customers.column_names}).write_parquet(pq)
     assert engine.to_arrow(engine.read_landing(customers, [(pq, "c")]).rows).to_pylist()[0]["email"] == "v"
+
+    nested = tmp_path / "nested.parquet"
+    pl.DataFrame({c: ["v"] if c != "email" else [["a@b.co", "c@d.co"]] for c in customers.column_names}
+                 ).write_parquet(nested)
+    uncastable = engine.read_landing(customers, [(nested, "nested.parquet")])
+    assert engine.count(uncastable.rows) == 0
+    [why] = uncastable.refused.to_pylist()
+    assert why["problem"] == "schema.uncastable_column"
+    assert "expected column(s) ['email'] of nested.parquet (snowflake.customers) as text" in why["reason"]
 
 
 def test_read_landing_jsonl_quarantines_malformed_lines(engine, tmp_path):

@@ -163,10 +163,13 @@ def test_every_stage_accounts_for_every_row(lake):
                 assert s["rows_in"] == s["accepted"] + s["quarantined"], (day, s)
         # bronze: every data line of the day's landing files is in bronze or bronze quarantine
         by_table = {s["table"]: s for s in summaries}
+        refused = {f for s in summaries for f in s.get("refused", [])}
         for entity in LANDING_ENTITIES:
             folder = lake["landing"] / entity.source / entity.entity / day.isoformat()
             lines = 0
             for f in folder.glob("*"):
+                if f.relative_to(lake["landing"]).as_posix() in refused:
+                    continue  # refused whole for its schema: none of it is an input row
                 if f.suffix == ".parquet":
                     lines += pq.read_metadata(f).num_rows
                 else:
@@ -184,11 +187,24 @@ def test_quarantine_holds_the_injected_dirt_with_rule_reason_record_and_run_id(l
             assert r["reason"] and r["run_id"] and r["record"]
             rules[r["rule"]] = rules.get(r["rule"], 0) + 1
     for rule in ("duplicate.exact", "email.malformed", "amount.out_of_range", "currency.unknown",
-                 "ref.unknown_customer", "ref.unknown_product", "parse.malformed_json", "schema.missing_column"):
+                 "ref.unknown_customer", "ref.unknown_product", "parse.malformed_json"):
         assert rules.get(rule, 0) > 0, rule
-    renamed = [r for r in read_table(lake["root"], "quarantine.bronze.redshift.customer_behaviour")
-               if r["rule"] == "schema.missing_column"]
-    assert renamed and "page_views" in renamed[0]["reason"]
+
+
+def test_a_file_with_a_renamed_column_is_refused_whole_and_kept_for_replay(lake):
+    from backends import Lake
+    from flows.stages import refused_log
+
+    refused = {f for summaries in lake["summaries"].values() for s in summaries for f in s.get("refused", [])}
+    label = "redshift/customer_behaviour/" + DAYS[1].isoformat() + "/customer_behaviour.csv"
+    assert refused == {label}, "the sample's one renamed-column file, and nothing else"
+    log = Lake(str(lake["root"])).read_log(refused_log("redshift", "customer_behaviour"))
+    assert log is not None
+    entry = next(r for r in log.to_pylist() if r["source_file"] == label)
+    assert entry["problem"] == "schema.missing_column" and "['page_views']" in entry["reason"]
+    assert label not in {r["_source_file"] for r in read_table(lake["root"], "bronze.redshift.customer_behaviour")}
+    assert not [r for r in read_table(lake["root"], "quarantine.bronze.redshift.customer_behaviour")
+                if r["source_file"] == label], "refused, not quarantined record by record"
 
 
 def test_bronze_never_ingests_a_file_twice_and_reruns_change_nothing(lake):
@@ -220,3 +236,29 @@ def test_summary_artifact_is_written(lake):
     rows = artifacts[-1].data if isinstance(artifacts[-1].data, list) else json.loads(artifacts[-1].data)
     assert {r["table"] for r in rows} >= {"gold.fact_orders", "silver.orders", "bronze.snowflake.orders"}
     assert datetime.now()  # artifact timestamps are the server's; content is what matters
+
+
+def test_a_refused_file_is_ingested_once_fixed_and_its_date_run_again(lake_copy, tmp_path):
+    import shutil
+
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    landing = tmp_path / "fixed-landing"
+    shutil.copytree(lake_copy["landing"], landing)
+    label = "redshift/customer_behaviour/" + DAYS[1].isoformat() + "/customer_behaviour.csv"
+    broken = pl.read_csv(landing / label, infer_schema=False)
+    renamed = [c for c in broken.columns if c not in {"page_views"} and c.replace("_", "") == "pageviews"]
+    assert renamed, broken.columns
+    broken.rename({renamed[0]: "page_views"}).write_csv(landing / label)  # the fix
+    root = lake_copy["root"]
+    summaries = daily_lakehouse(run_date=DAYS[1], lake_root=str(root), landing_root=str(landing), **lake_copy["engine"])
+    ingest = next(s for s in summaries if s["table"] == "bronze.redshift.customer_behaviour")
+    assert ingest["refused"] == [] and ingest["new_files"] == 1 and ingest["accepted"] == broken.height
+    assert label in {r["_source_file"] for r in read_table(root, "bronze.redshift.customer_behaviour")}
+    listed = CliRunner().invoke(app, ["quarantine", "list", "--lake-root", str(root)])
+    assert listed.exit_code == 0, listed.output
+    refused_part = listed.output.split("files refused for a wrong schema")[1]
+    assert "schema.missing_column" in refused_part and "yes" in refused_part, "refused once, ingested since"

@@ -86,7 +86,7 @@ def test_replay_accepts_each_fixed_row_exactly_once_and_keeps_the_rest(lake_copy
 
 def test_only_silver_tables_replay_and_the_error_says_how_bronze_rejects_are_replayed():
     replayable("silver.orders")
-    with pytest.raises(ReplayError, match="fixing the file under the landing folder"):
+    with pytest.raises(ReplayError, match="fixing it under the landing folder and running its date again"):
         replayable("bronze.kafka.order_events")
     result = runner.invoke(app, ["quarantine", "replay", "gold.fact_orders"])
     assert result.exit_code == 2 and "expected a silver table fed by bronze" in result.output
