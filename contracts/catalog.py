@@ -49,11 +49,14 @@ class Reference:
 @dataclass(frozen=True)
 class Gate:
     """When a run's batch of a table fails its gate: more than ``max_quarantine_rate`` of the batch's rows were
-    quarantined. Judged only for batches of at least ``min_rows`` rows: a rate over a handful says nothing.
-    The sample data injects up to ~2.7% dirt per table by design (docs/sample-data.md), so the default is 5%."""
+    quarantined (judged only for batches of at least ``min_rows`` rows: a rate over a handful says nothing), or
+    its source is stale: the newest rows of its bronze table were ingested more than ``max_age_days`` before
+    the run date (the source stopped delivering). The sample data injects up to ~2.7% dirt per table by design
+    (docs/sample-data.md), so the default rate is 5%; FX rates skip weekends and holidays, hence 4 days."""
 
     max_quarantine_rate: float = 0.05
     min_rows: int = 100
+    max_age_days: int | None = 4  # freshness: the newest delivery (bronze ingest date) at most this many days old
 
 
 @dataclass(frozen=True)

@@ -200,13 +200,20 @@ def gate_failures(summaries: list[dict[str, Any]], gates: Mapping[str, Gate]) ->
 
 @task(name="gate", task_run_name="gate-{layer}", cache_policy=NO_CACHE)
 def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> None:
-    """Stop the flow when a table of ``layer`` quarantined more than its gate allows in this run, or breaks a
-    declared reference; the failing rules with sample records go to the table artifact ``<layer>-gate``."""
+    """Stop the flow when a table of ``layer`` quarantined more than its gate allows in this run, breaks a
+    declared reference, or is stale; the failing rules with sample records go to the table artifact
+    ``<layer>-gate``."""
     failures = gate_failures(summaries, {t.name: t.gate for t in tables(layer)})  # type: ignore[arg-type]
     engine = ctx.engine()
     broken = [f for spec in tables(layer) if spec.references and engine.exists(spec)  # type: ignore[arg-type]
               for f in audit.check_references(spec, lambda name: engine.scan(table(name)),
                                               lambda frame: engine.to_arrow(frame).to_pylist())]
+    for spec in tables(layer):  # type: ignore[arg-type]
+        source = table(spec.source) if spec.source else None
+        if source is not None and spec.gate.max_age_days is not None and engine.exists(source):
+            value = engine.to_arrow(audit.newest(engine.scan(source), "_ingest_date")).column("newest")[0].as_py()
+            stale = audit.check_freshness(spec, value, ctx.run_date)
+            broken += [stale] if stale else []
     if not failures and not broken:
         return
     rows = [{"table": b.table, "rule": b.rule, "rows": b.failing_rows, "share": "",
@@ -220,7 +227,8 @@ def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> 
                          "sample": " | ".join(sample)})
     create_table_artifact(key=f"{layer}-gate", table=rows,
                           description=f"{layer} gate failures of run {ctx.run_id} for {ctx.run_date}")
-    problems = [f"{b.table} {b.rule}: {b.failing_rows} row(s) break referential integrity" for b in broken] + [
+    problems = [f"{b.table} {b.rule}: {b.reason}" if b.rule == "freshness.stale" else
+                f"{b.table} {b.rule}: {b.failing_rows} row(s) break referential integrity" for b in broken] + [
         f"{f['table']} quarantined {f['quarantined'] / f['rows_in']:.1%} of {f['rows_in']:,} rows "
         f"(limit {f['limit']:.0%}), most by " + ", ".join(
             f"{r} ({n})" for r, n in sorted(f["rules"].items(), key=lambda kv: (-kv[1], kv[0]))[:3])

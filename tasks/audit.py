@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import narwhals as nw
@@ -54,3 +55,23 @@ def check_row_drop(spec: TableSpec, rows: int, released_rows: int | None) -> Aud
     reason = (f"expected {spec.name} to keep at least {1 - spec.max_row_drop:.0%} of the {released_rows:,} rows of "
               f"the current release, got {rows:,} ({rows / released_rows - 1:+.1%})")
     return AuditFailure(spec.name, "rows.dropped", reason, released_rows - rows)
+
+
+
+def newest(frame: nw.LazyFrame, column: str) -> nw.LazyFrame:
+    """One row, one column ``newest``: the largest value of ``column``."""
+    return frame.select(nw.col(column).max().alias("newest"))
+
+
+def check_freshness(spec: TableSpec, newest_ingest: date | None, run_date: date) -> AuditFailure | None:
+    """A failure when the newest delivery feeding ``spec`` (its bronze table's largest ``_ingest_date``) is more
+    than its gate's ``max_age_days`` before ``run_date``. A table never delivered is not judged here."""
+    limit = spec.gate.max_age_days
+    if limit is None or newest_ingest is None:
+        return None
+    age = (run_date - newest_ingest).days
+    if age <= limit:
+        return None
+    reason = (f"expected a delivery to {spec.source} within {limit} day(s) before {run_date}, the newest was "
+              f"ingested for {newest_ingest} ({age} days before): has the source stopped delivering?")
+    return AuditFailure(spec.name, "freshness.stale", reason, 0)

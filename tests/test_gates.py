@@ -93,3 +93,33 @@ def test_a_broken_silver_reference_fails_the_gate(engine, daily_lakes, prefect_h
     message, root = run_first_day_with(unknown_account, engine, daily_lakes, tmp_path, request)
     assert "silver.contacts ref.account_id->silver.accounts: 1 row(s) break referential integrity" in message
     assert not (root / "gold").exists()
+
+
+def test_freshness_judges_the_newest_delivery_against_the_run_date():
+    from tasks.audit import check_freshness
+
+    fx = table("silver.fx_rates")
+    assert fx.gate.max_age_days == 4 and fx.source == "bronze.fx.rates"
+    friday = date(2026, 10, 30)
+    assert check_freshness(fx, friday, date(2026, 11, 2)) is None, "a weekend without rates is not stale"
+    assert check_freshness(fx, friday, date(2026, 11, 3)) is None, "4 days is the limit"
+    stale = check_freshness(fx, friday, date(2026, 11, 4))
+    assert stale is not None and stale.rule == "freshness.stale"
+    assert "expected a delivery to bronze.fx.rates within 4 day(s) before 2026-11-04, the newest was ingested " \
+           "for 2026-10-30 (5 days before)" in stale.reason
+    assert check_freshness(fx, None, date(2026, 11, 5)) is None, "a table never delivered is judged by other rules"
+
+
+def test_a_stale_silver_table_fails_the_gate(lake_copy, prefect_harness):
+    from datetime import UTC, datetime, timedelta
+
+    from flows.context import RunContext
+    from flows.stages import GateFailedError, check_gate
+
+    late = date.fromisoformat(FLOW_DAYS[-1]) + timedelta(days=10)  # ten days without any delivery
+    ctx = RunContext(run_date=late, run_id="stale", started_at=datetime.now(UTC),
+                     overrides={"lake_root": str(lake_copy["root"]), **lake_copy["engine"]})
+    with pytest.raises(GateFailedError, match=r"silver.fx_rates freshness.stale: expected a delivery to bronze.fx.rates"):
+        check_gate.fn(ctx, "silver", [])
+    on_time = ctx.model_copy(update={"run_date": date.fromisoformat(FLOW_DAYS[-1])})
+    check_gate.fn(on_time, "silver", [])  # the day the lake was built: fresh, passes
