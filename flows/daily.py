@@ -29,8 +29,10 @@ from flows.stages import (
 
 @flow(name="ingest", flow_run_name="ingest-{ctx.run_date}")
 def ingest(ctx: RunContext) -> list[dict[str, Any]]:
-    """Bronze: every landing entity's new files for the run date."""
-    return [ingest_entity(ctx, e.name) for e in LANDING_ENTITIES]
+    """Bronze: every landing entity's new files for the run date, then the bronze gates."""
+    summaries = [ingest_entity(ctx, e.name) for e in LANDING_ENTITIES]
+    check_gate(ctx, "bronze", summaries)
+    return summaries
 
 
 @flow(name="refine", flow_run_name="refine-{ctx.run_date}")

@@ -123,3 +123,16 @@ def test_a_stale_silver_table_fails_the_gate(lake_copy, prefect_harness):
         check_gate.fn(ctx, "silver", [])
     on_time = ctx.model_copy(update={"run_date": date.fromisoformat(FLOW_DAYS[-1])})
     check_gate.fn(on_time, "silver", [])  # the day the lake was built: fresh, passes
+
+
+@pytest.mark.parametrize("engine", DELTA_ENGINES)
+def test_a_bronze_gate_stops_the_flow_before_silver(engine, daily_lakes, prefect_harness, tmp_path, request):
+    def garbage_lines(landing, day):  # a broken producer: 400 lines that are not JSON in one micro-batch
+        batch = min((landing / "kafka" / "order_events" / day).glob("*.jsonl"))
+        batch.write_text(batch.read_text() + "".join(f"<html>502 Bad Gateway {i}</html>\n" for i in range(400)))
+
+    message, root = run_first_day_with(garbage_lines, engine, daily_lakes, tmp_path, request)
+    assert "bronze gate failed" in message and "bronze.kafka.order_events quarantined" in message
+    assert "parse.malformed_json" in message
+    assert (root / table("bronze.kafka.order_events").path).is_dir(), "bronze was written: the gate judges it"
+    assert not (root / "silver").exists(), "silver is not built after a failed bronze gate"
