@@ -9,6 +9,10 @@ next one. Cancelling the flow run cancels the job run it is waiting on.
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -48,9 +52,10 @@ def run_stage_on_emr(stage: str, run_date: date, env: str, overrides: dict[str, 
     )
     logger.info("submitted %s for %s as EMR job run %s on application %s", stage, run_date, job_run_id,
                 settings.emr.application_id)
-    result = jobs.wait(job_run_id, cancel_requested=_flow_run_cancelling,
-                       on_change=lambda state, details: logger.info("EMR job run %s: %s %s", job_run_id, state,
-                                                                    details))
+    with _sigterm_seen() as terminated:
+        result = jobs.wait(job_run_id, cancel_requested=lambda: terminated.is_set() or _flow_run_cancelling(),
+                           on_change=lambda state, details: logger.info("EMR job run %s: %s %s", job_run_id,
+                                                                        state, details))
     where = f"EMR job run {job_run_id} ({stage} {run_date})"
     if result.state == "SUCCESS":
         return Completed(message=f"{where} succeeded in {result.seconds:.0f} s",
@@ -71,6 +76,29 @@ def job_arguments(stage: str, run_date: date, run_id: str, settings: Settings) -
 
     return ["--stage", stage, "--date", run_date.isoformat(), "--run-id", run_id, "--env", settings.env,
             "--lake-root", root(settings.lake_root), "--landing-root", root(settings.landing_root)]
+
+
+@contextmanager
+def _sigterm_seen() -> Iterator[threading.Event]:
+    """An event set when this process receives SIGTERM (a worker cancelling the run), alongside Prefect's own
+    handler. Prefect turns SIGTERM into an exception wherever Python is; if that lands in a finaliser it is
+    swallowed, and the event still makes the next poll cancel the job run."""
+    seen = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.set()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _flow_run_cancelling() -> bool:

@@ -129,6 +129,7 @@ class JobRuns:
                                         time.monotonic() - started)
                 if not cancelling and cancel_requested and cancel_requested():
                     self.cancel(job_run_id)
+                    log.warning("cancelled EMR job run %s: its flow run is being cancelled", job_run_id)
                     cancelling, delay = True, self.settings.poll_seconds
                 sleep(delay)
                 delay = min(delay * 2, self.settings.poll_max_seconds)
