@@ -158,10 +158,9 @@ class SparkDeltaEngine:
             msg = f"expected a partitioned table for overwrite_partitions, got {spec.name!r} (no partition columns)"
             raise ValueError(msg)
         data, rows = self._checked(spec, frame)
-        if not self.exists(spec):
-            return self._write(spec, data, rows, mode="overwrite")
-        if rows == 0:
-            return WriteResult(spec.name, self.lake.written_version(spec), 0)
+        done = self._create_or_skip(spec, data, rows)
+        if done is not None:
+            return done
         return self._write(spec, data, rows, mode="overwrite", replace_where=self._partitions(data, spec))
 
     def merge(self, spec: TableSpec, frame: nw.LazyFrame, *, insert_only: bool = False) -> WriteResult:
@@ -170,10 +169,9 @@ class SparkDeltaEngine:
             msg = f"expected business keys to merge {spec.name!r}; declare keys in contracts/catalog.py"
             raise ValueError(msg)
         data, rows = self._checked(spec, frame)
-        if not self.exists(spec):
-            return self._write(spec, data, rows, mode="overwrite")
-        if rows == 0:
-            return WriteResult(spec.name, self.lake.written_version(spec), 0)
+        done = self._create_or_skip(spec, data, rows)
+        if done is not None:
+            return done
         on = [f"t.`{k}` = s.`{k}`" for k in spec.keys]
         if spec.partition_by:
             on.append(self._partitions(data, spec, alias="t"))
@@ -228,6 +226,15 @@ class SparkDeltaEngine:
                    f"{len(problems)} check(s) failed: {first}")
             raise ContractViolation(msg)
         return typed, rows
+
+    def _create_or_skip(self, spec: TableSpec, data: DataFrame, rows: int) -> WriteResult | None:
+        """A missing table is created from ``data``; an empty batch leaves an existing table as it is.
+        None: the table exists and there are rows, so the caller's partial write goes ahead."""
+        if not self.exists(spec):
+            return self._write(spec, data, rows, mode="overwrite")
+        if rows == 0:
+            return WriteResult(spec.name, self.lake.written_version(spec), 0)
+        return None
 
     def _partitions(self, data: DataFrame, spec: TableSpec, alias: str | None = None) -> str:
         values = data.select(*spec.partition_by).distinct().toArrow()
