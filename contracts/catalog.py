@@ -76,6 +76,7 @@ class TableSpec:
     references: tuple[Reference, ...] = ()  # silver: part of the gate; gold: audited before a release
     max_row_drop: float | None = None  # gold: fail the audit if rows fall by more than this share vs the release
     gate: Gate = Gate()  # silver: checked after the refine stage (flows/stages.py check_gate)
+    history: str | None = None  # silver: the table that also keeps every version (not only the latest per key)
 
     @property
     def name(self) -> str:
@@ -141,8 +142,8 @@ QUARANTINE_COLUMNS = _cols(
     reason=_req(STR),
     record=_req(STR),  # the raw record as a JSON object of text values (or the raw line if unparseable)
     record_hash=_req(STR),
-    occurrence=_req(I64),  # 1 for the first copy of this record under this rule in the run, 2 for the next ...
-    source_file=_opt(STR),
+    occurrence=_req(I64),  # 1 for the first copy of this record under this rule in its file, 2 for the next ...
+    source_file=_req(STR),
     run_id=_req(STR),
     run_date=_req(DATE),
 )
@@ -151,7 +152,7 @@ QUARANTINE_COLUMNS = _cols(
 def _quarantine(layer: str, entity: str) -> TableSpec:
     return TableSpec(
         "quarantine", f"{layer}.{entity}", _schema(f"quarantine.{layer}.{entity}", dict(QUARANTINE_COLUMNS)),
-        keys=("record_hash", "rule", "occurrence"), partition_by=("run_date",), mode="merge",
+        keys=("record_hash", "rule", "source_file", "occurrence"), partition_by=("run_date",), mode="merge",
         description=f"Rows of {layer}.{entity} that broke a rule: rule id, reason, raw record, run id.",
     )
 
@@ -169,7 +170,15 @@ SILVER: tuple[TableSpec, ...] = (
         customer_id=_req(STR, unique=True), first_name=_opt(STR), last_name=_opt(STR), **_pii,
         country=_opt(STR, pa.Check.str_matches(r"^[A-Z]{2}$")), signup_date=_req(DATE), updated_at=_req(UTC_TS),
         **_lineage)), keys=("customer_id",), mode="merge", source="bronze.snowflake.customers", latest_by="updated_at",
+        history="silver.customer_versions",
         description="Customers, latest version per customer_id; e-mail and phone pseudonymised."),
+    TableSpec("silver", "customer_versions", _schema("silver.customer_versions", _cols(
+        customer_id=_req(STR), first_name=_opt(STR), last_name=_opt(STR), **_pii,
+        country=_opt(STR, pa.Check.str_matches(r"^[A-Z]{2}$")), signup_date=_req(DATE), updated_at=_req(UTC_TS),
+        **_lineage), unique=("customer_id", "updated_at")),
+        keys=("customer_id", "updated_at"), mode="merge", latest_by="updated_at",
+        description="Every version of every customer (one per customer_id and updated_at), in whatever order "
+        "they arrived: the history gold.dim_customer (SCD2) is built from."),
     TableSpec("silver", "products", _schema("silver.products", _cols(
         product_id=_req(STR, unique=True), sku=_req(STR), product_name=_req(STR), category=_opt(STR),
         list_price_usd=_req(F64, _nonneg), updated_at=_req(UTC_TS), **_lineage)),
@@ -228,18 +237,22 @@ SILVER: tuple[TableSpec, ...] = (
 GOLD: tuple[TableSpec, ...] = (
     TableSpec("gold", "fact_orders", _schema("gold.fact_orders", _cols(
         order_id=_req(STR, unique=True), order_date=_req(DATE), date_key=_req(I64), customer_id=_req(STR),
-        product_id=_req(STR), quantity=_req(I64), unit_price=_req(F64), currency=_req(STR), amount=_req(F64),
+        customer_sk=_req(STR), product_id=_req(STR), quantity=_req(I64), unit_price=_req(F64), currency=_req(STR), amount=_req(F64),
         fx_rate=_req(F64), amount_usd=_req(F64), status=_req(STR), is_cancelled=_req(BOOL), order_ts=_req(UTC_TS),
         updated_at=_req(UTC_TS))),
         keys=("order_id",), partition_by=("order_date",), mode="overwrite", max_row_drop=0.10,
-        references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)), Reference(("product_id",), "gold.dim_product", ("product_id",)),
+        references=(Reference(("customer_sk",), "gold.dim_customer", ("customer_sk",)),
+                    Reference(("product_id",), "gold.dim_product", ("product_id",)),
                     Reference(("date_key",), "gold.dim_date", ("date_key",))),
         description="One row per order: the latest status (order extract or a later Kafka event) and USD amount."),
     TableSpec("gold", "dim_customer", _schema("gold.dim_customer", _cols(
-        customer_id=_req(STR, unique=True), first_name=_opt(STR), last_name=_opt(STR), email_masked=_req(STR),
+        customer_sk=_req(STR, pa.Check.str_matches(r"^[0-9a-f]{16}$"), unique=True), customer_id=_req(STR),
+        first_name=_opt(STR), last_name=_opt(STR), email_masked=_req(STR),
         email_hmac=_req(STR), phone_masked=_opt(STR), country=_opt(STR), signup_date=_req(DATE),
-        crm_account_id=_opt(STR), updated_at=_req(UTC_TS))),
-        keys=("customer_id",), mode="overwrite", description="Customer dimension (current version)."),
+        crm_account_id=_opt(STR), updated_at=_req(UTC_TS), valid_from=_req(UTC_TS), valid_to=_opt(UTC_TS),
+        is_current=_req(BOOL)), unique=("customer_id", "valid_from")),
+        keys=("customer_sk",), mode="overwrite",
+        description="Customer dimension, SCD2: one row per customer version with valid_from/valid_to/is_current."),
     TableSpec("gold", "dim_product", _schema("gold.dim_product", _cols(
         product_id=_req(STR, unique=True), sku=_req(STR), product_name=_req(STR), category=_opt(STR),
         list_price_usd=_req(F64), updated_at=_req(UTC_TS))),
@@ -279,7 +292,7 @@ GOLD: tuple[TableSpec, ...] = (
 BRONZE: tuple[TableSpec, ...] = tuple(_bronze(e) for e in LANDING_ENTITIES)
 QUARANTINE: tuple[TableSpec, ...] = (
     tuple(_quarantine("bronze", f"{e.source}.{e.entity}") for e in LANDING_ENTITIES)
-    + tuple(_quarantine("silver", t.entity) for t in SILVER if t.entity != "customer_crm_links")
+    + tuple(_quarantine("silver", t.entity) for t in SILVER if t.source is not None)
 )
 TABLES: dict[str, TableSpec] = {t.name: t for t in (*BRONZE, *SILVER, *GOLD, *QUARANTINE)}
 

@@ -33,6 +33,8 @@ class LandingEntity:
     format: FileFormat
     columns: tuple[LandingColumn, ...]
     description: str
+    # A stream drained into micro-batch files: applied to bronze in order, each commit recorded in a checkpoint.
+    stream: bool = False
 
     @property
     def name(self) -> str:
@@ -176,6 +178,7 @@ ORDER_EVENTS = LandingEntity(
         _c("event_ts", "timestamp", True, "when the event happened"),
     ),
     "Kafka `orders` topic drained into JSON-lines micro-batch files (several per day).",
+    stream=True,
 )
 
 LANDING_ENTITIES: tuple[LandingEntity, ...] = (

@@ -17,6 +17,8 @@ Columns the predicates read (``tasks.silver`` computes them; the names are defin
   ordered by ``_source_file`` then ``_ingested_at``.
 * ``_known_customer`` / ``_known_product``: True when ``customer_id`` / ``product_id`` is in the
   silver.customers / silver.products reference frame, null otherwise.
+* ``_in_lookback`` (:data:`IN_LOOKBACK`): for order changes and order events, True when the change (its
+  ``updated_at`` / ``event_ts``) is at most ``lookback_days`` before the run date (always True in a replay).
 * ``fx_rate``: units of the row's currency per 1 USD as of the row's date (1.0 for USD), null when no
   rate lies in the window.
 """
@@ -61,6 +63,7 @@ FIRST_COPY = "_first_copy"
 KNOWN_CUSTOMER = "_known_customer"
 KNOWN_PRODUCT = "_known_product"
 FX_RATE = "fx_rate"
+IN_LOOKBACK = "_in_lookback"
 
 # ASCII-only on purpose: Rust's (Polars) and Java's (Spark) regex classes differ on Unicode (\d, \s).
 EMAIL_PATTERN = r"^[a-z0-9._%+'-]+@[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}$"
@@ -141,6 +144,13 @@ _FX = Rule(
     lambda: ~nw.col(FX_RATE).is_null(),
 )
 
+_LATE = Rule(
+    "late.beyond_lookback",
+    "expected the change to arrive at most lookback_days after it happened (its updated_at/event_ts); a later one "
+    "would rewrite gold partitions older than the lookback: replay it once checked",
+    lambda: nw.col(IN_LOOKBACK),
+)
+
 ROW_RULES: dict[str, tuple[Rule, ...]] = {
     "silver.customers": (*_base(CUSTOMERS), _EMAIL, _COUNTRY),
     "silver.products": (
@@ -149,6 +159,7 @@ ROW_RULES: dict[str, tuple[Rule, ...]] = {
     ),
     "silver.orders": (
         *_base(ORDERS),
+        _LATE,
         Rule(
             "amount.out_of_range",
             f"expected quantity in {ORDER_QUANTITY_RANGE[0]}..{ORDER_QUANTITY_RANGE[1]} and unit_price in "
@@ -167,6 +178,7 @@ ROW_RULES: dict[str, tuple[Rule, ...]] = {
     ),
     "silver.order_events": (
         *_base(ORDER_EVENTS),
+        _LATE,
         _one_of("value.invalid_event_type", "event_type", ORDER_EVENT_TYPES),
         _one_of("value.invalid_status", "status", ORDER_STATUSES),
     ),

@@ -128,6 +128,21 @@ class Settings(BaseSettings):
     fx_window_days: int = Field(
         4, ge=0, le=31, description="how many days an FX rate may be older than the order it converts"
     )
+    lookback_days: int = Field(
+        3, ge=0, le=60,
+        description="how many days late an order change or order event may arrive and still flow into gold by "
+        "itself (later ones are quarantined as late.beyond_lookback, for a replay)",
+    )
+    result_storage: str | None = Field(
+        None, description="where Prefect keeps task results for retries that resume: a folder or "
+        "s3://bucket/prefix; None means <lake_root>/_results",
+    )
+    run_lock_wait_seconds: float = Field(
+        900.0, ge=0, description="how long a run waits for another run of the lake to finish before failing",
+    )
+    stream_commit_max_files: int = Field(
+        64, ge=1, description="Kafka micro-batch files applied per bronze commit (one checkpoint row each)",
+    )
     snowflake: SnowflakeSettings = Field(default_factory=SnowflakeSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     emr: EmrSettings = Field(default_factory=EmrSettings)

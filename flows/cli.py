@@ -94,6 +94,41 @@ def run(
 
 
 @app.command()
+def backfill(
+    date_from: Annotated[str, typer.Option("--from", help="first date, YYYY-MM-DD")],
+    date_to: Annotated[str, typer.Option("--to", help="last date, YYYY-MM-DD (inclusive)")],
+    force: Annotated[bool, typer.Option("--force", help="run dates already done again, recomputing every task")] = False,
+    backend: BackendOpt = None,
+    env: EnvOpt = None,
+    lake_root: LakeOpt = None,
+    landing: LandingOpt = None,
+    spark_remote: RemoteOpt = None,
+) -> None:
+    """Run the daily flow for every date of a range, in order; dates already done are skipped unless --force."""
+    first, last = _parse_date(date_from, "--from"), _parse_date(date_to, "--to")
+    settings = _settings(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote)
+    from flows.backfill import BackfillRangeError, backfill_plan
+
+    try:
+        plan = backfill_plan(settings, first, last, force=force)
+    except BackfillRangeError as exc:
+        _fail(str(exc))
+    todo = [d for d, skip in plan if not skip]
+    skipped = [d for d, skip in plan if skip]
+    if skipped:
+        console.print(f"{len(skipped)} date(s) already done, skipped (--force runs them again): "
+                      f"{', '.join(str(d) for d in skipped)}")
+    with _progress() as progress:
+        bar = progress.add_task(f"backfill {first} .. {last}", total=len(plan), completed=len(skipped))
+        for day in todo:
+            progress.update(bar, description=f"backfill: {day}")
+            _run_days([day], env=env, backend=backend, lake_root=lake_root, landing=landing,
+                      spark_remote=spark_remote, force=force)
+            progress.advance(bar)
+        progress.update(bar, description=f"backfill {first} .. {last}: {len(todo)} ran, {len(skipped)} skipped")
+
+
+@app.command()
 def demo(
     days: Annotated[int, typer.Option(min=1, max=31)] = 3,
     scale: Annotated[float, typer.Option(min=0.001, max=100.0)] = 1.0,
@@ -117,10 +152,12 @@ def demo(
 
 
 def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_root: str | None,
-              landing: str | None, spark_remote: str | None = None, spark_master: str | None = None) -> None:
+              landing: str | None, spark_remote: str | None = None, spark_master: str | None = None,
+              force: bool = False) -> None:
     settings = _settings(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote,
                          spark_master=spark_master)
     from backends.lake import LakeNotWritableError
+    from backends.run_lock import LakeLockedError
     from deployments.settings import SettingsError
     from flows.context import LandingNotFoundError, require_landing
 
@@ -137,8 +174,9 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
         started = datetime.now()
         try:
             summaries = daily_lakehouse(run_date=day, env=settings.env, backend=backend, lake_root=lake_root,
-                                        landing_root=landing, spark_remote=spark_remote, spark_master=spark_master)
-        except (LakeNotWritableError, LandingNotFoundError) as exc:
+                                        landing_root=landing, spark_remote=spark_remote, spark_master=spark_master,
+                                        force=force)
+        except (LakeNotWritableError, LandingNotFoundError, LakeLockedError) as exc:
             _fail(str(exc))
             raise
         _print_summaries(day, summaries, (datetime.now() - started).total_seconds())

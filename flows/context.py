@@ -28,6 +28,7 @@ class RunContext(BaseModel):
     run_id: str
     started_at: datetime
     overrides: dict[str, Any] = Field(default_factory=dict)
+    force: bool = False  # recompute every task even if a result for the same inputs is stored (flows/caching.py)
 
     def settings(self) -> Settings:
         return cached_settings(self.env, tuple(sorted(self.overrides.items())))

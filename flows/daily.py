@@ -13,7 +13,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
+from backends.run_lock import RunLock
+from backends.run_log import RunLog
 from contracts.landing import LANDING_ENTITIES
+from flows.caching import resumable
 from flows.context import RunContext
 from flows.stages import (
     GOLD_ORDER,
@@ -22,6 +25,7 @@ from flows.stages import (
     check_gate,
     ingest_entity,
     link_crm,
+    plan_gold,
     refine_table,
     release_gold,
 )
@@ -30,25 +34,27 @@ from flows.stages import (
 @flow(name="ingest", flow_run_name="ingest-{ctx.run_date}")
 def ingest(ctx: RunContext) -> list[dict[str, Any]]:
     """Bronze: every landing entity's new files for the run date, then the bronze gates."""
-    summaries = [ingest_entity(ctx, e.name) for e in LANDING_ENTITIES]
-    check_gate(ctx, "bronze", summaries)
+    summaries = [resumable(ingest_entity, ctx)(ctx, e.name) for e in LANDING_ENTITIES]
+    resumable(check_gate, ctx)(ctx, "bronze", summaries)
     return summaries
 
 
 @flow(name="refine", flow_run_name="refine-{ctx.run_date}")
 def refine(ctx: RunContext) -> list[dict[str, Any]]:
     """Silver: conform each entity's bronze batch, link customers to the CRM, then check the silver gates."""
-    summaries = [refine_table(ctx, name) for name in SILVER_ORDER]
-    summaries.append(link_crm(ctx))
-    check_gate(ctx, "silver", summaries)
+    summaries = [resumable(refine_table, ctx)(ctx, name) for name in SILVER_ORDER]
+    summaries.append(resumable(link_crm, ctx)(ctx))
+    resumable(check_gate, ctx)(ctx, "silver", summaries)
     return summaries
 
 
 @flow(name="publish", flow_run_name="publish-{ctx.run_date}")
-def publish(ctx: RunContext) -> list[dict[str, Any]]:
-    """Gold: the star schema and marts, rebuilt from silver, audited, then released all at once."""
-    summaries = [build_gold(ctx, name) for name in GOLD_ORDER]
-    summaries.append(release_gold(ctx, {s["table"]: s["version"] for s in summaries}))
+def publish(ctx: RunContext, *, whole: bool = False) -> list[dict[str, Any]]:
+    """Gold: the star schema and marts built from silver (the order-date partitions the run's batches changed,
+    or everything when ``whole``), audited, then released all at once."""
+    order_dates = None if whole else resumable(plan_gold, ctx)(ctx)
+    summaries = [resumable(build_gold, ctx)(ctx, name, order_dates) for name in GOLD_ORDER]
+    summaries.append(resumable(release_gold, ctx)(ctx, {s["table"]: s["version"] for s in summaries}))
     return summaries
 
 
@@ -65,30 +71,48 @@ def daily_lakehouse(
     landing_root: str | None = None,
     spark_remote: str | None = None,
     spark_master: str | None = None,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the whole pipeline for ``run_date``. Unset options come from the environment's settings.
 
     ``backend="spark"`` runs on Spark: ``spark_remote`` (Spark Connect URL), ``spark_master`` (classic session),
-    or neither for an embedded Sail server.
+    or neither for an embedded Sail server. One run writes a lake at a time (the lake's run lock; a second run
+    waits). A retry of a failed run resumes after the last task that completed (flows/caching.py); ``force``
+    recomputes every task.
     """
     given = {"backend": backend, "lake_root": lake_root, "landing_root": landing_root, "spark_remote": spark_remote,
              "spark_master": spark_master}
     overrides = {k: v for k, v in given.items() if v is not None}
     ctx = RunContext(env=env, run_date=run_date, run_id=str(flow_run.get_id() or "local"),
-                     started_at=datetime.now(UTC), overrides=overrides)
-    ctx.settings().require_hmac_key()
-    ctx.settings().lake().check_writable()
+                     started_at=datetime.now(UTC), overrides=overrides, force=force)
+    settings = ctx.settings()
+    settings.require_hmac_key()
+    settings.lake().check_writable()
     ctx.landing_dir()
-    summaries = ingest(ctx) + refine(ctx) + publish(ctx)
+    logger = get_run_logger()
+
+    def waiting(holder: dict[str, Any]) -> None:
+        logger.warning("waiting for the lake's run lock, held by run %s (%s) since %s", holder.get("run_id"),
+                       holder.get("what"), holder.get("acquired_at"))
+
+    lock = RunLock(settings.lake())
+    with lock.hold(ctx.run_id, f"daily-lakehouse {run_date}", wait_seconds=settings.run_lock_wait_seconds,
+                   on_wait=waiting) as held:
+        summaries = ingest(ctx) + refine(ctx) + publish(ctx)
+        release = next((s["table"] for s in summaries if s["stage"] == "release"), None)
+        RunLog(settings.lake()).record(
+            run_date=run_date, run_id=ctx.run_id, flow="daily-lakehouse", backend=settings.backend,
+            release_id=release, locked_at=datetime.fromisoformat(held["acquired_at"]),
+            finished_at=datetime.now(UTC), forced=force)
     create_table_artifact(
         key="daily-lakehouse-summary", table=[_artifact_row(s) for s in summaries],
         description=f"Daily lakehouse run for {run_date}: rows per table per stage, quarantined rows by rule.",
     )
     quarantined = sum(s.get("quarantined", 0) for s in summaries)
     refused = [f for s in summaries for f in s.get("refused", [])]
-    get_run_logger().info("run %s for %s done: %d tables written, %d rows quarantined, %d file(s) refused%s",
-                          ctx.run_id, run_date, len(summaries), quarantined, len(refused),
-                          f" ({', '.join(refused)}: fix and run the date again)" if refused else "")
+    logger.info("run %s for %s done: %d tables written, %d rows quarantined, %d file(s) refused%s",
+                ctx.run_id, run_date, len(summaries), quarantined, len(refused),
+                f" ({', '.join(refused)}: fix and run the date again)" if refused else "")
     return summaries
 
 

@@ -6,21 +6,23 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import narwhals as nw
 import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.tasks import exponential_backoff
 
 from backends import Engine
+from backends.checkpoints import Checkpoints
 from backends.releases import Releases
 from contracts.catalog import Gate, TableSpec, bronze_for, quarantine_for, table, tables
-from contracts.landing import landing_entity
+from contracts.landing import LandingEntity, landing_entity
+from flows.caching import keyed_by
 from flows.context import RunContext
 from tasks import audit, bronze, gold, silver
 
@@ -50,7 +52,8 @@ def _quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunContext
         return 0, {}
     qspec = quarantine_for(spec)
     stamped = engine.from_arrow(data).with_columns(
-        nw.col("record_hash").cum_count().over("record_hash", "rule", order_by="source_file").alias("occurrence"),
+        nw.col("record_hash").cum_count().over("record_hash", "rule", "source_file", order_by="record_hash"
+                                               ).alias("occurrence"),
         nw.lit(ctx.run_id).alias("run_id"),
         nw.lit(ctx.run_date).cast(nw.Date()).alias("run_date"),
     )
@@ -58,32 +61,46 @@ def _quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunContext
     return data.num_rows, dict(Counter(data.column("rule").to_pylist()))
 
 
-@task(name="bronze", task_run_name="bronze-{entity_name}", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="bronze", task_run_name="bronze-{entity_name}", **IO_RETRIES,
+      cache_key_fn=keyed_by(lambda p: [f"landing:{p['entity_name']}"]))
 def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
-    """Append the run date's new landing files of one entity to its bronze table."""
+    """Append the run date's new landing files of one entity to its bronze table (a stream's micro-batch files
+    in order, a few per commit, each commit checkpointed)."""
     entity = landing_entity(entity_name)
     spec = bronze_for(entity)
     engine = ctx.engine()
     root = ctx.landing_dir()
     folder = root / entity.source / entity.entity / ctx.run_date.isoformat()
     files = sorted(p for p in folder.glob(f"*{entity.suffix}") if p.is_file()) if folder.is_dir() else []
+    if not files:
+        _logger().warning("no landing files for %s on %s under %s", entity.name, ctx.run_date, folder)
+    labelled = [(f, f.relative_to(root).as_posix()) for f in files]
+    if entity.stream:
+        return _ingest_stream(ctx, engine, entity, labelled)
     done = set(engine.to_arrow(bronze.ingested_files(engine.scan(spec))).column("_source_file").to_pylist())
-    new = [(f, f.relative_to(root).as_posix()) for f in files]
-    new = [(f, label) for f, label in new if label not in done]
-    read = engine.read_landing(entity, new) if new else None
+    new = [(f, label) for f, label in labelled if label not in done]
+    rows, quarantined, rules, version, refused = _append_files(ctx, engine, entity, new)
+    return _summary("bronze", spec, files=len(files), new_files=len(new), rows_in=rows + quarantined,
+                    accepted=rows, quarantined=quarantined, rules=rules, rows_written=rows, version=version,
+                    refused=refused)
+
+
+def _append_files(ctx: RunContext, engine: Engine, entity: LandingEntity, files: list[tuple[Path, str]]
+                  ) -> tuple[int, int, dict[str, int], int | None, list[str]]:
+    """Read ``files`` and append their rows to bronze in one commit (unparseable records to quarantine first,
+    refused files logged): rows, quarantined, rules, bronze version, refused files."""
+    spec = bronze_for(entity)
+    read = engine.read_landing(entity, files) if files else None
     quarantined, rules = (0, {})
     if read is not None and read.rejects.num_rows:
         quarantined, rules = _quarantine(engine, spec, read.rejects, ctx)
-    rows = 0
-    version = engine.version(spec)
+    rows, version = 0, engine.version(spec)
     if read is not None:
         stamped = engine.materialize(
             bronze.with_lineage(read.rows, run_id=ctx.run_id, ingested_at=ctx.started_at, ingest_date=ctx.run_date)
         )
         result = engine.append(spec, stamped)
         rows, version = result.rows, result.version
-    if not files:
-        _logger().warning("no landing files for %s on %s under %s", entity.name, ctx.run_date, folder)
     refused = read.refused.to_pylist() if read is not None else []
     for r in refused:
         _logger().error("refused %s (%s): %s", r["source_file"], r["problem"], r["reason"])
@@ -92,9 +109,54 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
         ctx.settings().lake().append_log(refused_log(entity.source, entity.entity), pa.Table.from_pylist(
             [{**r, "run_id": ctx.run_id, "run_date": ctx.run_date, "refused_at": now} for r in refused],
             schema=REFUSED_LOG_SCHEMA))
-    return _summary("bronze", spec, files=len(files), new_files=len(new), rows_in=rows + quarantined,
-                    accepted=rows, quarantined=quarantined, rules=rules, rows_written=rows, version=version,
-                    refused=[r["source_file"] for r in refused])
+    return rows, quarantined, rules, version, [r["source_file"] for r in refused]
+
+
+def _ingest_stream(ctx: RunContext, engine: Engine, entity: LandingEntity,
+                   files: list[tuple[Path, str]]) -> dict[str, Any]:
+    """Apply a stream's micro-batch files not yet in its checkpoint, in order, ``stream_commit_max_files`` per
+    bronze commit, each commit followed by its checkpoint row (backends/checkpoints.py: exactly once)."""
+    spec = bronze_for(entity)
+    settings = ctx.settings()
+    checkpoints = Checkpoints(settings.lake(), entity)
+    applied = checkpoints.applied()
+    pending = [(f, label) for f, label in files if label not in applied]
+    # Written by a run that died before its checkpoint row: in bronze already, so record them, never rewrite.
+    in_bronze = engine.to_arrow(bronze.ingested_files(bronze.batch_for(engine.scan(spec), ctx.run_date))
+                                ).column("_source_file").to_pylist()
+    orphaned = [(f, label) for f, label in pending if label in set(in_bronze)]
+    if orphaned:
+        labels = [label for _, label in orphaned]
+        count = engine.to_arrow(bronze.batch_for(engine.scan(spec), ctx.run_date).filter(
+            nw.col("_source_file").is_in(labels)).select(nw.len().alias("n"))).column("n")[0].as_py()
+        checkpoints.record(labels, [_lines(f) for f, _ in orphaned], rows=int(count), quarantined=0,
+                           bronze_version=engine.version(spec) or 0, recovered=True, run_id=ctx.run_id,
+                           run_date=ctx.run_date)
+        _logger().warning("%s: %d micro-batch file(s) were in bronze but not checkpointed (a run died between the "
+                          "two); checkpointed them without writing them again: %s", entity.name, len(labels),
+                          ", ".join(labels))
+    todo = [p for p in pending if p not in orphaned]
+    step = settings.stream_commit_max_files
+    rows = quarantined = 0
+    rules: Counter[str] = Counter()
+    version = engine.version(spec)
+    for i in range(0, len(todo), step):
+        chunk = todo[i:i + step]
+        n, q, r, version, _ = _append_files(ctx, engine, entity, chunk)
+        checkpoints.record([label for _, label in chunk], [_lines(f) for f, _ in chunk], rows=n, quarantined=q,
+                           bronze_version=version or 0, recovered=False, run_id=ctx.run_id, run_date=ctx.run_date)
+        rows, quarantined = rows + n, quarantined + q
+        rules.update(r)
+        _logger().info("%s: applied micro-batch files %d-%d of %d (%d rows)", entity.name, i + 1,
+                       i + len(chunk), len(todo), n)
+    return _summary("bronze", spec, files=len(files), new_files=len(todo), rows_in=rows + quarantined,
+                    accepted=rows, quarantined=quarantined, rules=dict(rules), rows_written=rows, version=version,
+                    refused=[], recovered_files=len(orphaned))
+
+
+def _lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
 
 
 REFUSED_LOG_SCHEMA = pa.schema([
@@ -116,26 +178,57 @@ def _logger() -> Any:
         return logging.getLogger(__name__)
 
 
-@task(name="silver", task_run_name="silver-{table_name}", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="silver", task_run_name="silver-{table_name}", **IO_RETRIES,
+      cache_key_fn=keyed_by(lambda p: [table(p["table_name"]).source or "", *silver.REFS_NEEDED.get(p["table_name"], ())]))
 def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
-    """Conform the run date's bronze batch into a silver table: quarantine, dedupe latest, merge by key."""
+    """Conform the run date's bronze batch into a silver table: quarantine, dedupe latest, merge by key.
+
+    Each bronze file is conformed once (``_conformed/<entity>`` lists the files done): a rerun of the date
+    conforms only files ingested since, so what was accepted or quarantined stays as the first run left it
+    (re-checking quarantined rows against today's references is a replay, flows/quarantine.py)."""
     spec = table(table_name)
     engine = ctx.engine()
+    lake = ctx.settings().lake()
     source = table(spec.source or "")
-    batch = engine.materialize(bronze.batch_for(engine.scan(source), ctx.run_date))
+    batch = bronze.batch_for(engine.scan(source), ctx.run_date)
+    files = set(engine.to_arrow(bronze.ingested_files(batch)).column("_source_file").to_pylist())
+    done_log = lake.read_log(conformed_log(spec))
+    todo = sorted(files - (set(done_log.column("source_file").to_pylist()) if done_log is not None else set()))
+    if files and not todo:
+        _logger().info("%s: the %d bronze file(s) of %s were conformed before; nothing to do", spec.name,
+                       len(files), ctx.run_date)
+    batch = engine.materialize(batch.filter(nw.col("_source_file").is_in(todo)))
     done = conform_into_silver(ctx, engine, spec, batch)
-    return _summary("silver", spec, **{k: v for k, v in done.items() if k != "accepted_hashes"})
+    if todo:
+        now = datetime.now(UTC)
+        lake.append_log(conformed_log(spec), pa.Table.from_pylist(
+            [{"source_file": f, "run_id": ctx.run_id, "run_date": ctx.run_date, "conformed_at": now} for f in todo],
+            schema=CONFORMED_LOG_SCHEMA))
+    return _summary("silver", spec, files=len(todo), **{k: v for k, v in done.items() if k != "accepted_hashes"})
+
+
+CONFORMED_LOG_SCHEMA = pa.schema([
+    ("source_file", pa.string()), ("run_id", pa.string()), ("run_date", pa.date32()),
+    ("conformed_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def conformed_log(spec: TableSpec) -> str:
+    """The bronze files already conformed into silver table ``spec`` (one row per file)."""
+    return f"_conformed/{spec.entity}"
 
 
 def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch: nw.LazyFrame, *,
-                        accepted_hashes: bool = False) -> dict[str, Any]:
+                        accepted_hashes: bool = False, late_ok: bool = False) -> dict[str, Any]:
     """Conform a bronze ``batch`` of ``spec``'s entity: quarantine what fails a rule, merge the rest by key.
     Every row is accounted for (rows in = accepted + quarantined) or nothing is merged. With
-    ``accepted_hashes``, also the ``_record_hash`` of every accepted row (for the replay log)."""
+    ``accepted_hashes``, also the ``_record_hash`` of every accepted row (for the replay log). ``late_ok``
+    (a replay) accepts changes older than the lookback."""
     settings = ctx.settings()
     refs = {name: engine.scan(table(name)) for name in silver.REFS_NEEDED.get(spec.name, ())}
     result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.require_hmac_key(),
                             fx_window_days=settings.fx_window_days, run_date=ctx.run_date,
+                            lookback_days=None if late_ok else settings.lookback_days,
                             checkpoint=engine.materialize)
     valid = engine.materialize(result.valid)
     rows_in, accepted = engine.count(batch), engine.count(valid)
@@ -145,12 +238,15 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
         msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
         raise AccountingError(msg)
     hashes = engine.to_arrow(valid.select("_record_hash")).column(0).to_pylist() if accepted_hashes else []
+    if spec.history:  # every version first (merged by version key), then the latest per key
+        history = table(spec.history)
+        engine.merge(history, silver.latest_per_key(valid.select(history.columns), history))
     written = engine.merge(spec, silver.latest_per_key(valid, spec))
     return {"rows_in": rows_in, "accepted": accepted, "quarantined": quarantined, "rules": rules,
             "rows_written": written.rows, "version": written.version, "accepted_hashes": hashes}
 
 
-@task(name="silver-links", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="silver-links", **IO_RETRIES, cache_key_fn=keyed_by(lambda p: ["silver.customers", "silver.contacts"]))
 def link_crm(ctx: RunContext) -> dict[str, Any]:
     """Match customers to CRM contacts (and their accounts)."""
     spec = table("silver.customer_crm_links")
@@ -160,18 +256,71 @@ def link_crm(ctx: RunContext) -> dict[str, Any]:
     return _summary("silver", spec, rows_written=written.rows, version=written.version)
 
 
-@task(name="gold", task_run_name="gold-{table_name}", cache_policy=NO_CACHE, **IO_RETRIES)
-def build_gold(ctx: RunContext, table_name: str) -> dict[str, Any]:
-    """Rebuild one gold table from silver (and, for marts, from gold.fact_orders)."""
-    spec = table(table_name)
+# What each gold table is built from (also what its task's cache key is made of).
+GOLD_INPUTS: dict[str, tuple[str, ...]] = {
+    "gold.dim_customer": ("silver.customer_versions", "silver.customer_crm_links"),
+    "gold.dim_product": ("silver.products",),
+    "gold.fact_orders": ("silver.orders", "silver.order_events", "gold.dim_customer"),
+    "gold.dim_date": ("gold.fact_orders",),
+    "gold.customer_360": ("gold.fact_orders", "silver.customers", "silver.customer_crm_links", "silver.accounts",
+                          "silver.opportunities", "silver.customer_behaviour"),
+    "gold.product_performance": ("gold.fact_orders",),
+    "gold.customer_segments": ("gold.fact_orders",),
+}
+
+
+# Not gold.fact_orders: the plan's own stage rewrites it, and a retry must find the plan it made.
+PLAN_INPUTS = ("silver.orders", "silver.order_events", "silver.customer_versions", "bronze.snowflake.orders",
+               "bronze.kafka.order_events", "bronze.snowflake.customers")
+
+
+@task(name="gold-plan", cache_key_fn=keyed_by(lambda p: PLAN_INPUTS))
+def plan_gold(ctx: RunContext) -> list[date] | None:
+    """The order dates whose gold partitions the run date's batches changed; None when gold must be built
+    whole (no fact table yet)."""
     engine = ctx.engine()
+    if not engine.exists(table("gold.fact_orders")):
+        return None
 
     def s(name: str) -> nw.LazyFrame:
         return engine.scan(table(name))
 
+    def batch(name: str) -> nw.LazyFrame:
+        return bronze.batch_for(engine.scan(table(name)), ctx.run_date).select("_record_hash")
+
+    changed = gold.changed_order_dates(
+        s("silver.orders"), s("silver.order_events"), s("silver.customer_versions"),
+        orders_batch=batch("bronze.snowflake.orders"), events_batch=batch("bronze.kafka.order_events"),
+        customers_batch=batch("bronze.snowflake.customers"))
+    dates = sorted(d for d in engine.to_arrow(changed).column("order_date").to_pylist() if d is not None)
+    _logger().info("gold for %s: %d order date(s) changed%s", ctx.run_date, len(dates),
+                   f" ({dates[0]} .. {dates[-1]})" if dates else "")
+    return dates
+
+
+@task(name="gold", task_run_name="gold-{table_name}", **IO_RETRIES,
+      cache_key_fn=keyed_by(lambda p: GOLD_INPUTS[p["table_name"]]))
+def build_gold(ctx: RunContext, table_name: str, order_dates: list[date] | None = None) -> dict[str, Any]:
+    """Build one gold table from silver (marts also from gold.fact_orders). Tables partitioned by order date
+    are rebuilt only for ``order_dates`` (None: whole); the others are small and rebuilt whole."""
+    spec = table(table_name)
+    engine = ctx.engine()
+    partial = order_dates is not None and spec.partition_by == ("order_date",) and engine.exists(spec)
+
+    def s(name: str) -> nw.LazyFrame:
+        frame = engine.scan(table(name))
+        if partial and name in ("silver.orders", "gold.fact_orders"):
+            frame = frame.filter(nw.col("order_date").is_in(order_dates))
+        return frame
+
+    if partial and not order_dates:
+        return _summary("gold", spec, rows_written=0, version=engine.version(spec), order_dates=0)
     builders = {
-        "gold.fact_orders": lambda: gold.build_fact_orders(s("silver.orders"), s("silver.order_events")),
-        "gold.dim_customer": lambda: gold.build_dim_customer(s("silver.customers"), s("silver.customer_crm_links")),
+        "gold.fact_orders": lambda: gold.build_fact_orders(
+            orders, s("silver.order_events").join(orders.select("order_id"), on="order_id", how="semi"),
+            s("gold.dim_customer").join(orders.select("customer_id").unique(), on="customer_id", how="semi")),
+        "gold.dim_customer": lambda: gold.build_dim_customer(s("silver.customer_versions"),
+                                                             s("silver.customer_crm_links")),
         "gold.dim_product": lambda: gold.build_dim_product(s("silver.products")),
         "gold.dim_date": lambda: gold.build_dim_date(_calendar(engine, s("gold.fact_orders"))),
         "gold.customer_360": lambda: gold.build_customer_360(
@@ -180,8 +329,11 @@ def build_gold(ctx: RunContext, table_name: str) -> dict[str, Any]:
         "gold.product_performance": lambda: gold.build_product_performance(s("gold.fact_orders")),
         "gold.customer_segments": lambda: gold.build_customer_segments(s("gold.fact_orders")),
     }
-    written = engine.overwrite(spec, builders[spec.name]())
-    return _summary("gold", spec, rows_written=written.rows, version=written.version)
+    orders = s("silver.orders")
+    frame = builders[spec.name]()
+    written = engine.overwrite_partitions(spec, frame) if partial else engine.overwrite(spec, frame)
+    return _summary("gold", spec, rows_written=written.rows, version=written.version,
+                    order_dates=len(order_dates) if partial and order_dates else None)
 
 
 def gate_failures(summaries: list[dict[str, Any]], gates: Mapping[str, Gate]) -> list[dict[str, Any]]:
@@ -198,7 +350,7 @@ def gate_failures(summaries: list[dict[str, Any]], gates: Mapping[str, Gate]) ->
     return failures
 
 
-@task(name="gate", task_run_name="gate-{layer}", cache_policy=NO_CACHE)
+@task(name="gate", task_run_name="gate-{layer}", cache_key_fn=keyed_by(lambda p: [t.name for t in tables(p["layer"])]))
 def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> None:
     """Stop the flow when a table of ``layer`` quarantined more than its gate allows in this run, breaks a
     declared reference, or is stale; the failing rules with sample records go to the table artifact
@@ -238,7 +390,7 @@ def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> 
     raise GateFailedError(msg)
 
 
-@task(name="release-gold", cache_policy=NO_CACHE)
+@task(name="release-gold", cache_key_fn=keyed_by(lambda p: list(p["versions"])))
 def release_gold(ctx: RunContext, versions: dict[str, int]) -> dict[str, Any]:
     """Audit the gold tables at the versions this run wrote; release them all at once only if every audit
     passes. On failure: a table artifact of the failing rules with sample rows, and an error naming them."""
@@ -275,7 +427,8 @@ def release_gold(ctx: RunContext, versions: dict[str, int]) -> dict[str, Any]:
             "version": release.seq}
 
 
-GOLD_ORDER = ("gold.fact_orders", "gold.dim_customer", "gold.dim_product", "gold.dim_date", "gold.customer_360",
+# Dimensions before the fact (it looks up the customer version), the fact before the marts.
+GOLD_ORDER = ("gold.dim_customer", "gold.dim_product", "gold.fact_orders", "gold.dim_date", "gold.customer_360",
               "gold.product_performance", "gold.customer_segments")
 # Silver tables whose conform step reads other silver tables come after them.
 SILVER_ORDER = ("silver.fx_rates", "silver.customers", "silver.products", "silver.accounts", "silver.contacts",

@@ -14,7 +14,7 @@ from typing import Literal
 
 import narwhals as nw
 
-from backends.expressions import ratio
+from backends.expressions import ratio, with_record_hash
 from contracts.catalog import table
 from tasks.schema import to_schema
 
@@ -31,6 +31,7 @@ __all__ = [
     "build_dim_product",
     "build_fact_orders",
     "build_product_performance",
+    "changed_order_dates",
 ]
 
 
@@ -84,7 +85,8 @@ GOLD_COLUMN_DOCS: dict[str, dict[str, str]] = {
         "order_id": "Order id (one row per silver order).",
         "order_date": "UTC date the order was placed.",
         "date_key": "order_date as a yyyymmdd integer; joins to dim_date.date_key.",
-        "customer_id": "Ordering customer; joins to dim_customer.",
+        "customer_id": "Ordering customer (business key).",
+        "customer_sk": "The customer version valid when the order was placed; joins to dim_customer.customer_sk.",
         "product_id": "Ordered product; joins to dim_product.",
         "quantity": "Units ordered.",
         "unit_price": "Price per unit in the order currency.",
@@ -99,7 +101,8 @@ GOLD_COLUMN_DOCS: dict[str, dict[str, str]] = {
         "updated_at": "Latest change seen: the later of the extract's updated_at and the latest event.",
     },
     "gold.dim_customer": {
-        "customer_id": "Customer id from the operational warehouse.",
+        "customer_sk": "Surrogate key of this version: first 16 hex digits of SHA-256(customer_id, valid_from).",
+        "customer_id": "Customer id from the operational warehouse (one row per version).",
         "first_name": "Given name.",
         "last_name": "Family name.",
         "email_masked": "E-mail with the local part masked, for display.",
@@ -108,7 +111,11 @@ GOLD_COLUMN_DOCS: dict[str, dict[str, str]] = {
         "country": "ISO 3166 alpha-2 country code.",
         "signup_date": "Date the customer signed up.",
         "crm_account_id": "CRM company the customer's matched contact belongs to; null if unmatched.",
-        "updated_at": "Last change of the customer record.",
+        "updated_at": "When this version of the customer record was made.",
+        "valid_from": "Start of this version's validity (its updated_at); orders before a customer's first "
+        "version take the first version.",
+        "valid_to": "Start of the next version (exclusive); null for the current version.",
+        "is_current": "This is the customer's latest version.",
     },
     "gold.dim_product": {
         "product_id": "Product id.",
@@ -263,11 +270,14 @@ _BEHAVIOUR_SUMS = ("sessions", "page_views", "add_to_cart", "time_on_site_s")
 
 
 # ------------------------------------------------------------------------------------------ star schema
-def build_fact_orders(orders: nw.LazyFrame, order_events: nw.LazyFrame) -> nw.LazyFrame:
-    """One row per silver order with its latest status and USD amount.
+def build_fact_orders(orders: nw.LazyFrame, order_events: nw.LazyFrame, dim_customer: nw.LazyFrame) -> nw.LazyFrame:
+    """One row per silver order with its latest status, USD amount and the customer version it was placed under.
 
     The latest Kafka event of an order (by ``event_ts``, ties broken by the larger ``event_id``) overrides
-    the extract's status only when it is strictly newer than the order's ``updated_at``.
+    the extract's status only when it is strictly newer than the order's ``updated_at``. ``customer_sk`` is
+    the ``dim_customer`` version valid at ``order_ts`` (``valid_from <= order_ts < valid_to``); an order
+    placed before a customer's first recorded version gets that first version. ``orders`` may be a subset
+    (some order dates): only their events and customers are looked up.
     """
     latest = _latest(order_events, "order_id", "event_ts", "event_id").select(
         "order_id", nw.col("event_ts").alias("_event_ts"), nw.col("status").alias("_event_status")
@@ -279,13 +289,68 @@ def build_fact_orders(orders: nw.LazyFrame, order_events: nw.LazyFrame) -> nw.La
         updated_at=nw.when(newer).then(nw.col("_event_ts")).otherwise(nw.col("updated_at")),
         date_key=_date_key("order_date"),
     )
-    return to_schema(frame.with_columns(is_cancelled=nw.col("status") == "cancelled"), table("gold.fact_orders"))
+    return to_schema(_with_customer_version(frame.with_columns(is_cancelled=nw.col("status") == "cancelled"),
+                                            dim_customer), table("gold.fact_orders"))
 
 
-def build_dim_customer(customers: nw.LazyFrame, links: nw.LazyFrame) -> nw.LazyFrame:
-    """Current customers with the CRM account their matched contact belongs to (null when unmatched)."""
+def _with_customer_version(orders: nw.LazyFrame, dim_customer: nw.LazyFrame) -> nw.LazyFrame:
+    """Add ``customer_sk``: the version valid at ``order_ts`` (null only if the customer has no version at all,
+    which the fact's contract then refuses, rather than dropping the order)."""
+    versions = dim_customer.select(
+        "customer_id", "customer_sk", nw.col("valid_from").alias("_from"), nw.col("valid_to").alias("_to"),
+        (nw.col("valid_from") == nw.col("valid_from").min().over("customer_id")).alias("_first"),
+    )
+    ts = nw.col("order_ts")
+    within = (ts >= nw.col("_from")) & (nw.col("_to").is_null() | (ts < nw.col("_to")))
+    before_first = nw.col("_first") & (ts < nw.col("_from"))
+    joined = orders.join(versions, on="customer_id", how="left")
+    return joined.filter(nw.col("customer_sk").is_null() | within | before_first)
+
+
+def changed_order_dates(
+    orders: nw.LazyFrame,
+    order_events: nw.LazyFrame,
+    customer_versions: nw.LazyFrame,
+    *,
+    orders_batch: nw.LazyFrame,
+    events_batch: nw.LazyFrame,
+    customers_batch: nw.LazyFrame,
+) -> nw.LazyFrame:
+    """``order_date`` of every silver order whose fact row a run's bronze batches (``*_batch``: frames with the
+    batch's ``_record_hash``) may have changed: orders the batch wrote, orders one of its events belongs to, and
+    orders placed on or after a new customer version's ``valid_from`` (all the customer's orders when the new
+    version is the customer's first). One column ``order_date``, distinct."""
+    def written(frame: nw.LazyFrame, batch: nw.LazyFrame) -> nw.LazyFrame:
+        return frame.join(batch.select("_record_hash").unique(), on="_record_hash", how="semi")
+
+    own = written(orders, orders_batch).select("order_date")
+    event_orders = written(order_events, events_batch).select("order_id").unique()
+    evented = orders.join(event_orders, on="order_id", how="semi").select("order_date")
+    since = written(customer_versions, customers_batch).group_by("customer_id").agg(
+        nw.col("updated_at").min().alias("_since"))
+    first = customer_versions.group_by("customer_id").agg(nw.col("updated_at").min().alias("_first"))
+    since = since.join(first, on="customer_id", how="inner").select(
+        "customer_id", nw.when(nw.col("_since") > nw.col("_first")).then(nw.col("_since")).alias("_since"))
+    by_customer = orders.join(since, on="customer_id", how="inner").filter(
+        nw.col("_since").is_null() | (nw.col("order_ts") >= nw.col("_since"))).select("order_date")
+    return nw.concat([own, evented, by_customer], how="vertical").unique()
+
+
+def build_dim_customer(versions: nw.LazyFrame, links: nw.LazyFrame) -> nw.LazyFrame:
+    """SCD2: one row per customer version (``silver.customer_versions``), valid from its ``updated_at`` until the
+    next version's (``valid_to`` null and ``is_current`` for the latest), whatever order the versions arrived
+    in. ``customer_sk`` is a hash of customer id and ``valid_from``, so it is the same on every run and engine.
+    ``crm_account_id`` is the customer's current CRM match on every version (type 1).
+    """
     accounts = links.select("customer_id", nw.col("account_id").alias("crm_account_id"))
-    return to_schema(customers.join(accounts, on="customer_id", how="left"), table("gold.dim_customer"))
+    frame = versions.with_columns(
+        nw.col("updated_at").alias("valid_from"),
+        nw.col("updated_at").shift(-1).over("customer_id", order_by="updated_at").alias("valid_to"),
+        nw.col("updated_at").dt.to_string("%Y-%m-%dT%H:%M:%S").alias("_from_text"),
+    ).with_columns(nw.col("valid_to").is_null().alias("is_current"))
+    keyed = with_record_hash(frame, ["customer_id", "_from_text"], out="_sk_hash")
+    keyed = keyed.with_columns(nw.col("_sk_hash").str.slice(0, 16).alias("customer_sk"))
+    return to_schema(keyed.join(accounts, on="customer_id", how="left"), table("gold.dim_customer"))
 
 
 def build_dim_product(products: nw.LazyFrame) -> nw.LazyFrame:

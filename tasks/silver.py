@@ -16,7 +16,7 @@ import json
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 
 import narwhals as nw
 import pyarrow as pa
@@ -27,6 +27,7 @@ from contracts.landing import OPEN_DEAL_STAGES, LandingColumn, LandingEntity
 from contracts.rules import (
     FIRST_COPY,
     FX_RATE,
+    IN_LOOKBACK,
     KNOWN_CUSTOMER,
     KNOWN_PRODUCT,
     ROW_RULES,
@@ -111,6 +112,7 @@ def conform(
     hmac_key: bytes,
     fx_window_days: int = 4,
     run_date: date | None = None,
+    lookback_days: int | None = None,
     checkpoint: Callable[[nw.LazyFrame], nw.LazyFrame] | None = None,
 ) -> Conformed:
     """Parse and check one bronze batch of ``table_name``'s entity; split it into silver rows and quarantine.
@@ -118,6 +120,8 @@ def conform(
     ``refs`` holds the silver frames the table is checked against (see :data:`REFS_NEEDED`). ``hmac_key``
     pseudonymises e-mail and phone. ``fx_window_days``: how many days old an FX rate may be. ``run_date``
     values open pipeline (opportunities) at that day's rate, so a deal last touched months ago still converts.
+    ``lookback_days``: order changes and order events that happened more than this many days before ``run_date``
+    are quarantined as ``late.beyond_lookback``; None (a replay) accepts any age.
     ``checkpoint`` (an engine's ``materialize``) computes the rule-tagged rows once, so that the valid and the
     quarantined rows do not each re-run parsing and joins; without it both stay lazy.
     """
@@ -136,12 +140,17 @@ def conform(
     if isinstance(fx_window_days, bool) or not isinstance(fx_window_days, int) or fx_window_days < 0:
         msg = f"expected fx_window_days as an integer >= 0, got {fx_window_days!r}"
         raise ValueError(msg)
+    if lookback_days is not None and (isinstance(lookback_days, bool) or not isinstance(lookback_days, int)
+                                      or lookback_days < 0 or run_date is None):
+        msg = f"expected lookback_days as an integer >= 0 with a run_date, got {lookback_days!r} (run_date={run_date!r})"
+        raise ValueError(msg)
     if table_name in _NEEDS_RUN_DATE and run_date is None:
         msg = f"expected run_date (a date) to conform {table_name!r}: its amounts convert at that day's FX rate"
         raise ValueError(msg)
     landing = SILVER_LANDING[table_name]
+    cutoff = run_date - timedelta(days=lookback_days) if lookback_days is not None and run_date else None
     batch = _Batch(table(table_name), landing, _parse(bronze, landing), refs, fx_window_days, hmac_key, run_date,
-                   checkpoint or (lambda frame: frame))
+                   cutoff, checkpoint or (lambda frame: frame))
     return _CONFORMERS[table_name](batch)
 
 
@@ -180,7 +189,14 @@ class _Batch:
     fx_window_days: int
     hmac_key: bytes = field(repr=False)
     run_date: date | None = None
+    late_cutoff: date | None = None  # changes before this date are late (None: any age is accepted)
     checkpoint: Callable[[nw.LazyFrame], nw.LazyFrame] = lambda frame: frame
+
+    def in_lookback(self, changed_at: str) -> nw.Expr:
+        """``IN_LOOKBACK``: the change (timestamp column ``changed_at``) happened on or after the cutoff date."""
+        if self.late_cutoff is None:
+            return nw.lit(value=True).alias(IN_LOOKBACK)
+        return (nw.col(changed_at).dt.date() >= nw.lit(self.late_cutoff).cast(nw.Date())).alias(IN_LOOKBACK)
 
     def split(self, frame: nw.LazyFrame, derive: Callable[[nw.LazyFrame], nw.LazyFrame] | None = None) -> Conformed:
         """Tag each row with its first failing rule; valid rows → ``derive`` → silver shape, the rest → quarantine."""
@@ -309,6 +325,7 @@ def _orders(batch: _Batch) -> Conformed:
     frame = batch.parsed.with_columns(
         nw.col("order_ts").dt.date().alias("order_date"),
         (nw.col("quantity") * nw.col("unit_price")).alias("amount"),
+        batch.in_lookback("updated_at"),
     )
     frame = _flag_known(frame, batch.refs["silver.customers"], "customer_id", KNOWN_CUSTOMER, "silver.customers")
     frame = _flag_known(frame, batch.refs["silver.products"], "product_id", KNOWN_PRODUCT, "silver.products")
@@ -318,7 +335,8 @@ def _orders(batch: _Batch) -> Conformed:
 
 
 def _order_events(batch: _Batch) -> Conformed:
-    return batch.split(batch.parsed.with_columns(nw.col("event_ts").dt.date().alias("event_date")))
+    return batch.split(batch.parsed.with_columns(nw.col("event_ts").dt.date().alias("event_date"),
+                                                 batch.in_lookback("event_ts")))
 
 
 def _opportunities(batch: _Batch) -> Conformed:

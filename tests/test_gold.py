@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from tasks.gold import (
     build_dim_product,
     build_fact_orders,
     build_product_performance,
+    changed_order_dates,
 )
 
 D = date.fromisoformat
@@ -109,11 +111,13 @@ def test_fact_orders_status_from_newer_event_only(make):
 
     def expected(order_id, status, updated, order_date="2026-11-01", date_key=20261101):
         return {"order_id": order_id, "order_date": D(order_date), "date_key": date_key, "customer_id": "c1",
-                "product_id": "p1", "quantity": 2, "unit_price": 5.0, "currency": "EUR", "amount": 10.0,
+                "customer_sk": "00000000000000c1", "product_id": "p1", "quantity": 2, "unit_price": 5.0, "currency": "EUR", "amount": 10.0,
                 "fx_rate": 0.8, "amount_usd": 12.5, "status": status, "is_cancelled": status == "cancelled",
                 "order_ts": ts(f"{order_date}T08:00"), "updated_at": ts(updated)}
 
-    assert collect(build_fact_orders(orders, events), "gold.fact_orders") == [
+    dim = make("gold.dim_customer", [{"customer_id": "c1", "customer_sk": "00000000000000c1",
+                                      "valid_from": ts("2026-01-01T00:00"), "is_current": True}])
+    assert collect(build_fact_orders(orders, events, dim), "gold.fact_orders") == [
         expected("o1", "delivered", "2026-11-01T12:00"),
         expected("o2", "shipped", "2026-11-01T12:00"),
         expected("o3", "delivered", "2026-11-01T10:00"),
@@ -124,24 +128,92 @@ def test_fact_orders_status_from_newer_event_only(make):
 
 
 # ------------------------------------------------------------------------------------------ dimensions
-def test_dim_customer_takes_the_crm_account_of_the_link(make):
-    customers = make("silver.customers", [
-        {"customer_id": "c1", "first_name": "Ada", "country": "GB", "email_masked": "a***@x.com"},
-        {"customer_id": "c2"},
-        {"customer_id": "c3"},
-    ])
+def _sk(customer_id: str, valid_from: str) -> str:
+    return hashlib.sha256(f"{customer_id}\x1f{valid_from}".encode()).hexdigest()[:16]
+
+
+def _version(customer_id: str, at: str, **values: Any) -> dict[str, Any]:
+    return {"customer_id": customer_id, "updated_at": ts(at), "_record_hash": f"h-{customer_id}-{at}", **values}
+
+
+def test_dim_customer_is_scd2_whatever_order_the_versions_came_in(make):
+    versions = [
+        _version("c1", "2026-11-01T10:00", last_name="Ames", country="GB"),
+        _version("c1", "2026-11-03T09:30", last_name="Ames", country="FR"),
+        _version("c1", "2026-11-02T08:00", last_name="Blake", country="GB"),
+        _version("c2", "2026-11-02T00:00"),
+    ]
     links = make("silver.customer_crm_links", [
         {"customer_id": "c1", "contact_id": "k1", "account_id": "a1"},
-        {"customer_id": "c2", "contact_id": "k2", "account_id": None},  # contact without a company
-        {"customer_id": "c9", "contact_id": "k9", "account_id": "a9"},  # not a silver customer
+        {"customer_id": "c9", "contact_id": "k9", "account_id": "a9"},  # not a customer: no row
     ])
-    got = collect(build_dim_customer(customers, links), "gold.dim_customer")
-    assert got == [
-        _row("gold.dim_customer", {"customer_id": "c1", "first_name": "Ada", "country": "GB",
-                                   "email_masked": "a***@x.com", "crm_account_id": "a1"}),
-        _row("gold.dim_customer", {"customer_id": "c2"}),
-        _row("gold.dim_customer", {"customer_id": "c3"}),
+    in_order = collect(build_dim_customer(make("silver.customer_versions", sorted(versions, key=lambda v: v["updated_at"])),
+                                          links), "gold.dim_customer")
+    shuffled = collect(build_dim_customer(make("silver.customer_versions", versions[::-1]), links), "gold.dim_customer")
+    assert in_order == shuffled
+    got = sorted(in_order, key=lambda r: (r["customer_id"], r["valid_from"]))
+    assert [(r["customer_id"], r["last_name"], r["country"], r["valid_from"], r["valid_to"], r["is_current"],
+             r["crm_account_id"]) for r in got] == [
+        ("c1", "Ames", "GB", ts("2026-11-01T10:00"), ts("2026-11-02T08:00"), False, "a1"),
+        ("c1", "Blake", "GB", ts("2026-11-02T08:00"), ts("2026-11-03T09:30"), False, "a1"),
+        ("c1", "Ames", "FR", ts("2026-11-03T09:30"), None, True, "a1"),
+        ("c2", None, None, ts("2026-11-02T00:00"), None, True, None),
     ]
+    assert [r["customer_sk"] for r in got] == [
+        _sk("c1", "2026-11-01T10:00:00"), _sk("c1", "2026-11-02T08:00:00"), _sk("c1", "2026-11-03T09:30:00"),
+        _sk("c2", "2026-11-02T00:00:00")]
+
+
+def test_fact_orders_carry_the_customer_version_valid_when_ordered(make):
+    dim = build_dim_customer(make("silver.customer_versions", [
+        _version("c1", "2026-11-02T08:00"), _version("c1", "2026-11-01T10:00"), _version("c1", "2026-11-03T09:30"),
+    ]), make("silver.customer_crm_links"))
+
+    def order(order_id, at):
+        return {"order_id": order_id, "customer_id": "c1", "order_ts": ts(at), "order_date": ts(at).date(),
+                "updated_at": ts(at), "status": "placed"}
+
+    orders = make("silver.orders", [
+        order("before-first", "2026-10-30T12:00"),  # before any version: the first one
+        order("v1", "2026-11-01T10:00"),  # exactly at valid_from: that version
+        order("v1-late", "2026-11-02T07:59"),
+        order("v2", "2026-11-02T08:00"),  # valid_to is exclusive
+        order("v3", "2026-11-20T00:00"),  # current version
+    ])
+    got = {r["order_id"]: r["customer_sk"] for r in collect(build_fact_orders(orders, make("silver.order_events"), dim),
+                                                            "gold.fact_orders")}
+    first, second, third = (_sk("c1", t) for t in ("2026-11-01T10:00:00", "2026-11-02T08:00:00", "2026-11-03T09:30:00"))
+    assert got == {"before-first": first, "v1": first, "v1-late": first, "v2": second, "v3": third}
+
+
+def test_changed_order_dates_follow_the_batch_events_and_new_customer_versions(make):
+    def order(order_id, customer_id, at, record_hash):
+        return {"order_id": order_id, "customer_id": customer_id, "order_ts": ts(at), "order_date": ts(at).date(),
+                "_record_hash": record_hash}
+
+    orders = make("silver.orders", [
+        order("o1", "c1", "2026-11-01T10:00", "h-o1"),  # written by the batch
+        order("o2", "c2", "2026-11-02T10:00", "h-o2"),  # an event of the batch
+        order("o3", "c3", "2026-11-03T10:00", "h-o3"),  # c3 has a new version from before it
+        order("o4", "c3", "2026-11-01T09:00", "h-o4"),  # ... but from after this one
+        order("o5", "c4", "2026-10-20T10:00", "h-o5"),  # c4's new version is its first: every order
+        order("o6", "c5", "2026-10-21T10:00", "h-o6"),  # untouched
+    ])
+    events = make("silver.order_events", [{"event_id": "e1", "order_id": "o2", "_record_hash": "h-e1"},
+                                          {"event_id": "e2", "order_id": "o6", "_record_hash": "h-e2"}])
+    versions = make("silver.customer_versions", [
+        {**_version("c3", "2026-10-01T00:00"), "_record_hash": "h-c3a"},
+        {**_version("c3", "2026-11-02T00:00"), "_record_hash": "h-c3b"},
+        {**_version("c4", "2026-11-05T00:00"), "_record_hash": "h-c4"},
+    ])
+
+    def batch(*hashes):
+        return make("bronze.snowflake.orders", [{"_record_hash": h} for h in hashes])
+
+    got = changed_order_dates(orders, events, versions, orders_batch=batch("h-o1", "h-zz"),
+                              events_batch=batch("h-e1"), customers_batch=batch("h-c3b", "h-c4"))
+    dates = sorted(r["order_date"] for r in got.collect(backend="polars").to_native().to_dicts())
+    assert dates == [D("2026-10-20"), D("2026-11-01"), D("2026-11-02"), D("2026-11-03")]
 
 
 def test_dim_product_is_the_current_products(make):
@@ -365,8 +437,9 @@ def test_segments_full_rows_and_data_driven_as_of_date(make):
 
 # ------------------------------------------------------------------------------------ schemas and docs
 BUILDERS: dict[str, Callable[[Callable[..., nw.LazyFrame]], nw.LazyFrame]] = {
-    "gold.fact_orders": lambda m: build_fact_orders(m("silver.orders"), m("silver.order_events")),
-    "gold.dim_customer": lambda m: build_dim_customer(m("silver.customers"), m("silver.customer_crm_links")),
+    "gold.fact_orders": lambda m: build_fact_orders(m("silver.orders"), m("silver.order_events"),
+                                                    m("gold.dim_customer")),
+    "gold.dim_customer": lambda m: build_dim_customer(m("silver.customer_versions"), m("silver.customer_crm_links")),
     "gold.dim_product": lambda m: build_dim_product(m("silver.products")),
     "gold.customer_360": lambda m: build_customer_360(
         m("gold.fact_orders"), m("silver.customers"), m("silver.customer_crm_links"), m("silver.accounts"),

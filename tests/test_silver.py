@@ -216,6 +216,8 @@ _SPECIFIC: list[tuple[str, str, dict[str, str]]] = [
     ("silver.orders", "ref.unknown_customer", {"customer_id": "C404"}),
     ("silver.orders", "ref.unknown_product", {"product_id": "P404"}),
     ("silver.orders", "fx.no_rate", {"currency": "GBP"}),
+    ("silver.orders", "late.beyond_lookback", {"order_ts": "2026-11-01T10:00:00Z", "updated_at": "2026-11-04T23:59:59Z"}),
+    ("silver.order_events", "late.beyond_lookback", {"event_ts": "2026-11-04T23:59:59Z"}),
     ("silver.order_events", "value.invalid_event_type", {"event_type": "deleted"}),
     ("silver.order_events", "value.invalid_status", {"status": "lost"}),
     ("silver.fx_rates", "currency.base_not_usd", {"base_currency": "EUR"}),
@@ -261,6 +263,7 @@ def quarantine_row(name: str, rule_id: str, record: dict, source_file: str = "f1
 def conform_records(engine: str, name: str, records: list[dict], **kwargs: Any):
     kwargs.setdefault("refs", refs_for(engine, name))
     kwargs.setdefault("run_date", D(2026, 11, 8))  # a Sunday: opportunities convert at Friday's rate
+    kwargs.setdefault("lookback_days", 3)  # changes from 2026-11-05 on are on time
     return conform(name, bronze(engine, SILVER_LANDING[name], records), hmac_key=KEY, **kwargs)
 
 
@@ -281,6 +284,22 @@ def test_each_rule_quarantines_its_row(engine: str, name: str, rule_id: str, ove
     assert rows(out.valid) == []
     assert qrows(out) == [quarantine_row(name, rule_id, record)]
     assert reason(name, rule_id).strip()
+
+
+@pytest.mark.parametrize(("name", "column"), [("silver.orders", "updated_at"), ("silver.order_events", "event_ts")])
+def test_the_lookback_starts_at_midnight_of_its_first_day_and_a_replay_has_none(engine: str, name: str,
+                                                                             column: str) -> None:
+    on_time = GOOD[name] | {column: "2026-11-05T00:00:00Z"}
+    late = GOOD[name] | {column: "2026-11-04T23:59:59Z"}
+    if name == "silver.orders":
+        late |= {"order_id": "O2"}
+    else:
+        late |= {"event_id": "E2"}
+    out = conform_records(engine, name, [on_time, late])
+    assert len(rows(out.valid)) == 1 and [q["rule"] for q in qrows(out)] == ["late.beyond_lookback"]
+    assert len(rows(conform_records(engine, name, [on_time, late], lookback_days=None).valid)) == 2
+    with pytest.raises(ValueError, match="expected lookback_days as an integer >= 0"):
+        conform_records(engine, name, [on_time], lookback_days=-1)
 
 
 def test_every_declared_rule_has_a_violation_case() -> None:

@@ -1,0 +1,84 @@
+"""Retries that resume: task results persisted to result storage, under cache keys made of what a task read.
+
+Every data task of the daily flow persists its small summary to the result storage of the settings
+(``result_storage``: a folder or ``s3://bucket/prefix``; by default ``<lake_root>/_results``). Its cache key is
+built from the task and its arguments, the lake, the run date, the flow run, and the Delta version of every
+table the task reads (landing files' names, sizes and times for bronze). When a failed flow run is retried
+(from the Prefect UI, ``prefect flow-run retry``, or a flow's own ``retries``), a task whose inputs are
+unchanged finds its result under the same key and is not run again (state ``Cached``); the task that failed,
+and everything after it, runs. A new flow run of the same date recomputes from the lake (its key differs by
+the flow run); ``force`` refreshes every key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect.context import TaskRunContext
+
+from contracts.catalog import table
+from flows.context import RunContext
+
+T = TypeVar("T")
+
+
+def result_storage(ctx: RunContext) -> Path | str:
+    """Where task results are kept for ``ctx``'s settings: a local folder, or (for ``s3://``) the slug of an
+    ``S3Bucket`` block saved for the environment (credentials from the standard AWS chain)."""
+    settings = ctx.settings()
+    where = settings.result_storage or settings.lake().path_uri("_results")
+    if where.startswith("s3://"):
+        from prefect_aws import AwsCredentials, S3Bucket
+
+        bucket, _, prefix = where.removeprefix("s3://").partition("/")
+        name = f"lakehouse-results-{settings.env}"
+        S3Bucket(bucket_name=bucket, bucket_folder=prefix.strip("/"), credentials=AwsCredentials()).save(
+            name, overwrite=True)
+        return f"s3-bucket/{name}"
+    return Path(where.removeprefix("file://")).resolve()
+
+
+def resumable(task_or_flow: T, ctx: RunContext) -> T:
+    """``task_or_flow`` persisting results to ``ctx``'s result storage; with ``ctx.force``, recomputing."""
+    options: dict[str, Any] = {"result_storage": result_storage(ctx), "persist_result": True}
+    if ctx.force and hasattr(task_or_flow, "refresh_cache"):
+        options["refresh_cache"] = True
+    return task_or_flow.with_options(**options)  # type: ignore[attr-defined]
+
+
+def keyed_by(reads: Callable[[dict[str, Any]], Iterable[str]]) -> Callable[[TaskRunContext, dict[str, Any]], str]:
+    """A Prefect ``cache_key_fn``: ``reads(parameters)`` names the tables the task reads (``landing:`` entries
+    name landing entities, fingerprinted by their files for the run date)."""
+
+    def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+        ctx: RunContext = parameters["ctx"]
+        lake = ctx.settings().lake()
+        versions = {}
+        for name in sorted(set(reads(parameters))):
+            if name.startswith("landing:"):
+                versions[name] = _landing_fingerprint(ctx, name.removeprefix("landing:"))
+            else:
+                versions[name] = lake.version(table(name))
+        settings = ctx.settings()
+        args = {k: v for k, v in parameters.items() if k != "ctx"}
+        material = {
+            "task": context.task.name, "args": args, "run_date": ctx.run_date, "run_id": ctx.run_id,
+            "lake": settings.lake().path_uri(""), "backend": settings.backend, "versions": versions,
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+    return key
+
+
+def _landing_fingerprint(ctx: RunContext, entity_name: str) -> list[tuple[str, int, int]]:
+    from contracts.landing import landing_entity
+
+    entity = landing_entity(entity_name)
+    folder = ctx.landing_dir() / entity.source / entity.entity / ctx.run_date.isoformat()
+    if not folder.is_dir():
+        return []
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob(f"*{entity.suffix}"))]
