@@ -13,7 +13,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup demo test bench bench-engines lint clean
+.PHONY: setup demo test bench bench-engines bench-incremental lint clean
 
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -37,6 +37,9 @@ bench: setup
 
 bench-engines: setup
 	$(PY) bench/daily_stages.py --scale 10 --days 1 --engines polars,sail,jvm
+
+bench-incremental: setup
+	$(PY) bench/incremental.py --scale 10 --days 30
 
 lint: setup
 	$(VENV)/bin/ruff check .

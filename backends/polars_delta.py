@@ -120,6 +120,7 @@ class PolarsDeltaEngine:
         if data.num_rows == 0:
             return WriteResult(spec.name, dt.version(), 0)
         on = [f"t.{k} = s.{k}" for k in spec.keys]
+        scanned, skipped = _files_in_partitions(dt, data, spec.partition_by)
         if spec.partition_by:
             on.append(_partition_values(data, spec.partition_by, alias="t"))  # type: ignore[arg-type]
         merger = dt.merge(data, predicate=" AND ".join(on), source_alias="s", target_alias="t",
@@ -132,7 +133,8 @@ class PolarsDeltaEngine:
             merger = merger.when_matched_update_all(predicate=newer)
         metrics = merger.when_not_matched_insert_all().execute()
         written = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
-        return WriteResult(spec.name, self.lake.written_version(spec), written)
+        return WriteResult(spec.name, self.lake.written_version(spec), written, files_scanned=scanned,
+                           files_skipped=skipped)
 
     def version(self, spec: TableSpec) -> int | None:
         return self.lake.version(spec)
@@ -169,6 +171,20 @@ class PolarsDeltaEngine:
         )
         self.lake.check_features(spec)
         return WriteResult(spec.name, self.lake.written_version(spec), data.num_rows)
+
+
+def _files_in_partitions(dt: Any, data: pa.Table, columns: tuple[str, ...]) -> tuple[int, int]:
+    """How many of the table's files lie in the partitions of ``data`` (a merge reads them) and how many not
+    (its predicate skips them); every file is read when the table is not partitioned."""
+    adds = pl.from_arrow(pa.table(dt.get_add_actions(flatten=True)))
+    if not columns or adds.height == 0:  # type: ignore[union-attr]
+        return adds.height, 0  # type: ignore[union-attr]
+    source = pl.from_arrow(data)
+    inside = pl.all_horizontal(  # type: ignore[union-attr]
+        pl.col(f"partition.{c}").cast(pl.Utf8).is_in(source.get_column(c).cast(pl.Utf8).unique().to_list())  # type: ignore[union-attr]
+        for c in columns)
+    scanned = adds.filter(inside).height  # type: ignore[union-attr]
+    return scanned, adds.height - scanned  # type: ignore[union-attr]
 
 
 def _partition_values(data: pa.Table, columns: tuple[str, ...], alias: str | None = None) -> str:

@@ -38,6 +38,10 @@ class WriteResult:
     table: str
     version: int
     rows: int
+    # A merge's target files read and pruned by its predicate (keys plus the source's partition values); None
+    # when the engine does not report them (Spark).
+    files_scanned: int | None = None
+    files_skipped: int | None = None
 
 
 @dataclass(frozen=True)

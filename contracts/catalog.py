@@ -237,11 +237,12 @@ SILVER: tuple[TableSpec, ...] = (
 GOLD: tuple[TableSpec, ...] = (
     TableSpec("gold", "fact_orders", _schema("gold.fact_orders", _cols(
         order_id=_req(STR, unique=True), order_date=_req(DATE), date_key=_req(I64), customer_id=_req(STR),
-        customer_sk=_req(STR), product_id=_req(STR), quantity=_req(I64), unit_price=_req(F64), currency=_req(STR), amount=_req(F64),
+        customer_sk=_opt(STR), product_id=_req(STR), quantity=_req(I64), unit_price=_req(F64), currency=_req(STR), amount=_req(F64),
         fx_rate=_req(F64), amount_usd=_req(F64), status=_req(STR), is_cancelled=_req(BOOL), order_ts=_req(UTC_TS),
         updated_at=_req(UTC_TS))),
         keys=("order_id",), partition_by=("order_date",), mode="overwrite", max_row_drop=0.10,
-        references=(Reference(("customer_sk",), "gold.dim_customer", ("customer_sk",)),
+        references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)),
+                    Reference(("customer_sk",), "gold.dim_customer", ("customer_sk",)),
                     Reference(("product_id",), "gold.dim_product", ("product_id",)),
                     Reference(("date_key",), "gold.dim_date", ("date_key",))),
         description="One row per order: the latest status (order extract or a later Kafka event) and USD amount."),

@@ -243,7 +243,8 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
         engine.merge(history, silver.latest_per_key(valid.select(history.columns), history))
     written = engine.merge(spec, silver.latest_per_key(valid, spec))
     return {"rows_in": rows_in, "accepted": accepted, "quarantined": quarantined, "rules": rules,
-            "rows_written": written.rows, "version": written.version, "accepted_hashes": hashes}
+            "rows_written": written.rows, "version": written.version, "accepted_hashes": hashes,
+            "files_scanned": written.files_scanned, "files_skipped": written.files_skipped}
 
 
 @task(name="silver-links", **IO_RETRIES, cache_key_fn=keyed_by(lambda p: ["silver.customers", "silver.contacts"]))

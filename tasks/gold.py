@@ -86,7 +86,8 @@ GOLD_COLUMN_DOCS: dict[str, dict[str, str]] = {
         "order_date": "UTC date the order was placed.",
         "date_key": "order_date as a yyyymmdd integer; joins to dim_date.date_key.",
         "customer_id": "Ordering customer (business key).",
-        "customer_sk": "The customer version valid when the order was placed; joins to dim_customer.customer_sk.",
+        "customer_sk": "The customer version valid when the order was placed; joins to dim_customer.customer_sk "
+        "(null only for a customer without any version, which the release audit refuses).",
         "product_id": "Ordered product; joins to dim_product.",
         "quantity": "Units ordered.",
         "unit_price": "Price per unit in the order currency.",
@@ -294,8 +295,8 @@ def build_fact_orders(orders: nw.LazyFrame, order_events: nw.LazyFrame, dim_cust
 
 
 def _with_customer_version(orders: nw.LazyFrame, dim_customer: nw.LazyFrame) -> nw.LazyFrame:
-    """Add ``customer_sk``: the version valid at ``order_ts`` (null only if the customer has no version at all,
-    which the fact's contract then refuses, rather than dropping the order)."""
+    """Add ``customer_sk``: the version valid at ``order_ts`` (null only if the customer has no version at all:
+    the order is kept, and the release audit's reference customer_id -> dim_customer refuses it)."""
     versions = dim_customer.select(
         "customer_id", "customer_sk", nw.col("valid_from").alias("_from"), nw.col("valid_to").alias("_to"),
         (nw.col("valid_from") == nw.col("valid_from").min().over("customer_id")).alias("_first"),

@@ -140,12 +140,12 @@ def conform(
     if isinstance(fx_window_days, bool) or not isinstance(fx_window_days, int) or fx_window_days < 0:
         msg = f"expected fx_window_days as an integer >= 0, got {fx_window_days!r}"
         raise ValueError(msg)
+    if table_name in _NEEDS_RUN_DATE and run_date is None:
+        msg = f"expected run_date (a date) to conform {table_name!r}: its amounts convert at that day's FX rate"
+        raise ValueError(msg)
     if lookback_days is not None and (isinstance(lookback_days, bool) or not isinstance(lookback_days, int)
                                       or lookback_days < 0 or run_date is None):
         msg = f"expected lookback_days as an integer >= 0 with a run_date, got {lookback_days!r} (run_date={run_date!r})"
-        raise ValueError(msg)
-    if table_name in _NEEDS_RUN_DATE and run_date is None:
-        msg = f"expected run_date (a date) to conform {table_name!r}: its amounts convert at that day's FX rate"
         raise ValueError(msg)
     landing = SILVER_LANDING[table_name]
     cutoff = run_date - timedelta(days=lookback_days) if lookback_days is not None and run_date else None

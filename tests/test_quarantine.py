@@ -45,6 +45,9 @@ def test_replay_accepts_each_fixed_row_exactly_once_and_keeps_the_rest(lake_copy
     template = rows(engine, "silver.customers")[0]
     late = [{**template, "customer_id": c, "_record_hash": hashlib.sha256(c.encode()).hexdigest()} for c in missing]
     engine.merge(customers, engine.from_arrow(pa.Table.from_pylist(late, schema=customers.arrow_schema)))
+    versions = table("silver.customer_versions")
+    engine.merge(versions, engine.from_arrow(pa.Table.from_pylist(
+        [{c: r[c] for c in versions.columns} for r in late], schema=versions.arrow_schema)))
 
     first = replay_quarantine(table_name="silver.orders", rule="ref.unknown_customer", **kwargs)
     done = first[0]

@@ -38,8 +38,9 @@ def test_check_references_counts_and_samples_each_declared_rule(transform_engine
         "gold.fact_orders": pl.DataFrame([pl.Series(c, [None] * 3, dtype=t) for c, t in fact.polars_schema.items()]
                                          ).with_columns(
             order_id=pl.Series(["o1", "o2", "o3"]), customer_id=pl.Series(["c1", "cX", "cY"]),
+            customer_sk=pl.Series(["k1", "kX", None]),
             product_id=pl.Series(["p1", "p1", "p1"]), date_key=pl.Series([20261101, 20261101, 20261199])),
-        "gold.dim_customer": pl.DataFrame({"customer_id": ["c1"]}),
+        "gold.dim_customer": pl.DataFrame({"customer_id": ["c1"], "customer_sk": ["k1"]}),
         "gold.dim_product": pl.DataFrame({"product_id": ["p1"]}),
         "gold.dim_date": pl.DataFrame({"date_key": [20261101]}),
     }
@@ -50,7 +51,9 @@ def test_check_references_counts_and_samples_each_declared_rule(transform_engine
 
     failures = check_references(fact, lambda name: to_engine(transform_engine, frames[name]), collect)
     by_rule = {f.rule: f for f in failures}
-    assert set(by_rule) == {"ref.customer_id->gold.dim_customer", "ref.date_key->gold.dim_date"}
+    assert set(by_rule) == {"ref.customer_id->gold.dim_customer", "ref.customer_sk->gold.dim_customer",
+                            "ref.date_key->gold.dim_date"}
+    assert by_rule["ref.customer_sk->gold.dim_customer"].failing_rows == 1, "a null surrogate key is not an orphan"
     assert by_rule["ref.customer_id->gold.dim_customer"].failing_rows == 2
     assert [r["order_id"] for r in by_rule["ref.customer_id->gold.dim_customer"].sample] == ["o2", "o3"]
     assert by_rule["ref.date_key->gold.dim_date"].failing_rows == 1
@@ -86,11 +89,12 @@ def test_a_failed_audit_leaves_the_previous_release_current_and_readers_on_it(la
     assert before is not None
     fact, dim = table("gold.fact_orders"), table("gold.dim_customer")
     released_dim = engine.to_arrow(engine.scan(dim, version=before.versions[dim.name])).to_pylist()
-    # Break referential integrity: a customer with orders disappears from silver.customers.
+    # Break referential integrity: a customer with orders disappears from silver (latest and every version).
     victim = engine.to_arrow(engine.scan(fact).select("customer_id").head(1)).column("customer_id")[0].as_py()
-    customers = engine.to_arrow(engine.scan(table("silver.customers")))
-    kept = customers.filter(pl.from_arrow(customers)["customer_id"].ne(victim).to_arrow())
-    engine.overwrite(table("silver.customers"), engine.from_arrow(kept))
+    for name in ("silver.customers", "silver.customer_versions"):
+        customers = engine.to_arrow(engine.scan(table(name)))
+        kept = customers.filter(pl.from_arrow(customers)["customer_id"].ne(victim).to_arrow())
+        engine.overwrite(table(name), engine.from_arrow(kept))
 
     ctx = RunContext(run_date=date.fromisoformat(FLOW_DAYS[-1]), run_id=f"broken-{lake_copy['name']}",
                      started_at=datetime.now(UTC),

@@ -1,0 +1,195 @@
+"""Benchmark: one incremental day against a full rebuild, on the laptop engine.
+
+    .venv/bin/python bench/incremental.py --scale 10 --days 30
+
+Generates (once, cached under bench/out/) ``days + 1`` days of landing files, builds a lake of the first
+``days`` days with the daily path (cached too), then measures, each on its own copy:
+
+* **incremental**: the next day, exactly as the daily flow runs it (ingest, bronze gate, silver merges, links,
+  silver gate, gold plan, gold for the changed order dates, release);
+* **full rebuild**: every layer from scratch over all ``days + 1`` days: bronze from every landing file,
+  silver from the whole bronze table in one conform per table, gold built whole, released.
+
+It prints seconds per stage for both, the ratio, and for every merge of the incremental day the target files
+it scanned and the files its predicate skipped. The task bodies run without the Prefect API, as in
+bench/daily_stages.py, so orchestration overhead is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out"
+
+
+def _ctx(day: date, lake: Path, landing: Path, run_id: str) -> Any:
+    from flows.context import RunContext
+
+    return RunContext(run_date=day, run_id=run_id, started_at=datetime.now(UTC),
+                      overrides={"lake_root": str(lake), "landing_root": str(landing)})
+
+
+def daily_steps(ctx: Any) -> list[tuple[str, str, Any]]:
+    """The daily flow's task bodies in its order, as (stage, label, thunk)."""
+    from contracts.landing import LANDING_ENTITIES
+    from flows.stages import (
+        GOLD_ORDER,
+        SILVER_ORDER,
+        build_gold,
+        check_gate,
+        ingest_entity,
+        link_crm,
+        plan_gold,
+        refine_table,
+        release_gold,
+    )
+
+    state: dict[str, Any] = {"bronze": [], "silver": [], "gold": []}
+
+    def keep(stage: str, fn: Any, *args: Any) -> Any:
+        def run() -> Any:
+            out = fn(*args)
+            state[stage].append(out)
+            return out
+        return run
+
+    def gold(name: str) -> Any:
+        return keep("gold", lambda: build_gold.fn(ctx, name, state["plan"]))
+
+    def plan() -> Any:
+        state["plan"] = plan_gold.fn(ctx)
+        return {"table": "(plan)", "order_dates": len(state["plan"] or [])}
+
+    return ([("bronze", e.name, keep("bronze", ingest_entity.fn, ctx, e.name)) for e in LANDING_ENTITIES]
+            + [("bronze", "(gate)", lambda: check_gate.fn(ctx, "bronze", state["bronze"]))]
+            + [("silver", n, keep("silver", refine_table.fn, ctx, n)) for n in SILVER_ORDER]
+            + [("silver", "silver.customer_crm_links", keep("silver", link_crm.fn, ctx))]
+            + [("silver", "(gate)", lambda: check_gate.fn(ctx, "silver", state["silver"]))]
+            + [("gold", "(plan: changed order dates)", plan)]
+            + [("gold", n, gold(n)) for n in GOLD_ORDER]
+            + [("gold", "(audit + release)", lambda: release_gold.fn(
+                ctx, {s["table"]: s["version"] for s in state["gold"]}))])
+
+
+def full_steps(ctx: Any, days: list[date]) -> list[tuple[str, str, Any]]:
+    """Every layer from scratch: bronze from every day's files, silver from all of bronze, gold whole."""
+    import narwhals as nw  # noqa: F401 - the engine's frames
+
+    from contracts.catalog import table
+    from contracts.landing import LANDING_ENTITIES
+    from flows.stages import (
+        GOLD_ORDER,
+        SILVER_ORDER,
+        build_gold,
+        conform_into_silver,
+        ingest_entity,
+        link_crm,
+    )
+    from flows.stages import release_gold as release
+
+    versions: dict[str, int] = {}
+
+    def bronze_all(name: str) -> Any:
+        def run() -> Any:
+            for d in days:
+                ingest_entity.fn(ctx.model_copy(update={"run_date": d}), name)
+        return run
+
+    def silver_all(name: str) -> Any:
+        def run() -> Any:
+            engine = ctx.engine()
+            spec = table(name)
+            batch = engine.materialize(engine.scan(table(spec.source or "")))
+            return conform_into_silver(ctx, engine, spec, batch)
+        return run
+
+    def gold_whole(name: str) -> Any:
+        def run() -> Any:
+            out = build_gold.fn(ctx, name, None)
+            versions[name] = out["version"]
+            return out
+        return run
+
+    return ([("bronze", e.name, bronze_all(e.name)) for e in LANDING_ENTITIES]
+            + [("silver", n, silver_all(n)) for n in SILVER_ORDER]
+            + [("silver", "silver.customer_crm_links", lambda: link_crm.fn(ctx))]
+            + [("gold", n, gold_whole(n)) for n in GOLD_ORDER]
+            + [("gold", "(audit + release)", lambda: release.fn(ctx, versions))])
+
+
+def timed(steps: list[tuple[str, str, Any]]) -> list[tuple[str, str, float, Any]]:
+    out = []
+    for stage, label, run in steps:
+        t = time.perf_counter()
+        result = run()
+        out.append((stage, label, time.perf_counter() - t, result))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=10.0)
+    parser.add_argument("--days", type=int, default=30, help="days of history before the measured day")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    from tasks.sample_data import generate
+
+    start = date(2026, 10, 1)
+    days = [start + timedelta(days=i) for i in range(args.days + 1)]
+    tag = f"s{args.scale:g}-d{args.days + 1}-seed{args.seed}"
+    landing, history = OUT / f"landing-{tag}", OUT / f"history-{tag}"
+    if not (landing / ".complete").exists():
+        shutil.rmtree(landing, ignore_errors=True)
+        print(f"generating {len(days)} days at scale {args.scale:g} into {landing} ...", flush=True)
+        generate(landing, days=len(days), scale=args.scale, seed=args.seed, start=start)
+        (landing / ".complete").touch()
+    if not (history / ".complete").exists():
+        shutil.rmtree(history, ignore_errors=True)
+        t = time.perf_counter()
+        for i, d in enumerate(days[:-1], 1):
+            for _, _, run in daily_steps(_ctx(d, history, landing, f"history-{d}")):
+                run()
+            print(f"history: {d} done ({i}/{args.days}, {time.perf_counter() - t:.0f} s)", flush=True)
+        (history / ".complete").touch()
+
+    work = OUT / "work-full"
+    shutil.rmtree(work, ignore_errors=True)
+    full = timed(full_steps(_ctx(days[-1], work, landing, "full-rebuild"), days))
+    work = OUT / "work-incremental"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(history, work, ignore=shutil.ignore_patterns("_results"))
+    incremental = timed(daily_steps(_ctx(days[-1], work, landing, "incremental")))
+    report(incremental, full, days[-1], args.scale, args.days)
+
+
+def report(incremental: list, full: list, day: date, scale: float, history: int) -> None:
+    print(f"\nday {day} at scale {scale:g} on {history} days of history, laptop engine: seconds per stage")
+    print(f"{'stage':8} {'incremental':>12} {'full rebuild':>13} {'ratio':>7}")
+    total_i = total_f = 0.0
+    for stage in ("bronze", "silver", "gold"):
+        i = sum(s for st, _, s, _ in incremental if st == stage)
+        f = sum(s for st, _, s, _ in full if st == stage)
+        total_i, total_f = total_i + i, total_f + f
+        print(f"{stage:8} {i:12.2f} {f:13.2f} {i / f:7.1%}")
+    print(f"{'all':8} {total_i:12.2f} {total_f:13.2f} {total_i / total_f:7.1%}")
+    print("\nincremental day, step by step (merges: target files scanned / skipped by the predicate)")
+    for stage, label, secs, result in incremental:
+        extra = ""
+        if isinstance(result, dict):
+            if result.get("files_scanned") is not None:
+                extra = f"merge: {result['files_scanned']} file(s) scanned, {result['files_skipped']} skipped"
+            elif result.get("order_dates") is not None:
+                extra = f"{result['order_dates']} order date(s)"
+        print(f"  {stage:7} {label:34} {secs:7.2f} s  {extra}")
+
+
+if __name__ == "__main__":
+    main()
