@@ -38,6 +38,9 @@ class Lake:
     root: str
     storage_options: dict[str, str] = field(default_factory=dict)
     table_configuration: dict[str, str | None] | None = field(default_factory=lambda: dict(PORTABLE_TABLE_PROPERTIES))
+    # Delta logs already loaded through this Lake (a task's engine has its own): brought up to date with
+    # ``update_incremental`` (new commits only, ~2 ms) instead of loaded again (~20 ms on a 30-commit log).
+    _loaded: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         asked = {k: v for k, v in (self.table_configuration or {}).items() if v is not None}
@@ -109,10 +112,17 @@ class Lake:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 
+        uri = self.uri(spec)
+        cached = self._loaded.get(uri)
+        if cached is not None:
+            cached.update_incremental()
+            return cached
         try:
-            return DeltaTable(self.uri(spec), storage_options=self.storage_options or None)
+            dt = DeltaTable(uri, storage_options=self.storage_options or None)
         except DeltaTableNotFound:
             return None
+        self._loaded[uri] = dt
+        return dt
 
     def version(self, spec: TableSpec) -> int | None:
         dt = self.delta_table(spec)
@@ -129,6 +139,16 @@ class Lake:
     def history(self, spec: TableSpec, limit: int = 10) -> list[dict[str, Any]]:
         dt = self.delta_table(spec)
         return [] if dt is None else dt.history(limit)
+
+    def newest_partition(self, spec: TableSpec, column: str) -> str | None:
+        """The largest value of partition column ``column`` among the table's files, from the Delta log alone
+        (as text; None when the table does not exist or is empty)."""
+        dt = self.delta_table(spec)
+        if dt is None:
+            return None
+        values = [v for v in pa_table(dt.get_add_actions(flatten=True)).column(f"partition.{column}").to_pylist()
+                  if v is not None]
+        return str(max(values)) if values else None
 
     def check_readable(self, spec: TableSpec, version: int | None) -> bool:
         """Whether ``spec`` exists; a clear error when ``version`` is asked of a table that lacks it."""
@@ -155,3 +175,10 @@ class Lake:
             msg = (f"expected {spec.name} ({self.uri(spec)}) to use only Delta features every engine reads, "
                    f"got {bad}; recreate it without them (see backends/lake.py PORTABLE_TABLE_PROPERTIES)")
             raise UnportableTableError(msg)
+
+
+def pa_table(batch: Any) -> pa.Table:
+    """An Arrow table from delta-rs' add actions (an arro3 RecordBatch or a pyarrow one)."""
+    import pyarrow as pa
+
+    return pa.table(batch)

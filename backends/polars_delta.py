@@ -79,7 +79,9 @@ class PolarsDeltaEngine:
         """The table as a lazy frame; an empty frame with the declared schema if it was never written."""
         if not self.lake.check_readable(spec, version):
             return nw.from_native(pl.LazyFrame(schema=spec.polars_schema))
-        lf = pl.scan_delta(self.lake.uri(spec), version=version, storage_options=self.lake.storage_options or None)
+        # The log this engine already loaded, when reading the latest version (a version read loads its own).
+        source = self.lake.delta_table(spec) if version is None else self.lake.uri(spec)
+        lf = pl.scan_delta(source, version=version, storage_options=self.lake.storage_options or None)
         return nw.from_native(lf.select(spec.columns))
 
     def append(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
@@ -165,7 +167,7 @@ class PolarsDeltaEngine:
     def _write(self, spec: TableSpec, data: pa.Table, *, mode: str, predicate: str | None = None) -> WriteResult:
         self.lake.prepare(spec)
         write_deltalake(
-            self.lake.uri(spec), data, mode=mode, partition_by=list(spec.partition_by) or None,  # type: ignore[arg-type]
+            self.lake.delta_table(spec) or self.lake.uri(spec), data, mode=mode, partition_by=list(spec.partition_by) or None,  # type: ignore[arg-type]
             predicate=predicate, storage_options=self.lake.storage_options or None,
             configuration=self.lake.table_configuration,
         )

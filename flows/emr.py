@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 from prefect.states import Cancelled, Completed, Failed, State
 
+from backends.run_lock import RunLock
 from deployments.emr import package
 from deployments.emr.jobs import JobRuns, aws_client
 from deployments.settings import Settings, load_settings
@@ -125,17 +126,21 @@ def emr_daily_lakehouse(
         msg = f"expected stages among {list(STAGES)}, got {unknown}"
         raise ValueError(msg)
     overrides = {k: v for k, v in {"lake_root": lake_root, "landing_root": landing_root}.items() if v is not None}
-    load_settings(env, **overrides).emr.require()
+    settings = load_settings(env, **overrides)
+    settings.emr.require()
     run_id = str(flow_run.get_id() or "local")
     code = ship_code(env, overrides)
     done: list[dict[str, Any]] = []
-    for stage in stages:
-        state = run_stage_on_emr(stage, run_date, env, overrides, code, run_id, return_state=True)
-        if state.is_cancelled():
-            return Cancelled(message=state.message)
-        if not state.is_completed():
-            return Failed(message=f"stage {stage} did not complete: {state.message}")
-        done.append(state.result())
+    # The job runs write the lake: hold its run lock while they run, as the in-process daily flow does.
+    with RunLock(settings.lake()).hold(run_id, f"daily-lakehouse-emr {run_date}",
+                                       wait_seconds=settings.run_lock_wait_seconds):
+        for stage in stages:
+            state = run_stage_on_emr(stage, run_date, env, overrides, code, run_id, return_state=True)
+            if state.is_cancelled():
+                return Cancelled(message=state.message)
+            if not state.is_completed():
+                return Failed(message=f"stage {stage} did not complete: {state.message}")
+            done.append(state.result())
     create_table_artifact(key="daily-lakehouse-emr", table=done,
                           description=f"EMR Serverless job runs of the daily flow for {run_date}")
     return done
