@@ -76,7 +76,7 @@ def daily_steps(ctx: Any) -> list[tuple[str, str, Any]]:
             + [("gold", "(plan: changed order dates)", plan)]
             + [("gold", n, gold(n)) for n in GOLD_ORDER]
             + [("gold", "(audit + release)", lambda: release_gold.fn(
-                ctx, {s["table"]: s["version"] for s in state["gold"]}))])
+                ctx, {s["table"]: s["version"] for s in state["gold"]}, state["plan"]))])
 
 
 def full_steps(ctx: Any, days: list[date]) -> list[tuple[str, str, Any]]:

@@ -54,7 +54,7 @@ def publish(ctx: RunContext, *, whole: bool = False) -> list[dict[str, Any]]:
     or everything when ``whole``), audited, then released all at once."""
     order_dates = None if whole else resumable(plan_gold, ctx)(ctx)
     summaries = [resumable(build_gold, ctx)(ctx, name, order_dates) for name in GOLD_ORDER]
-    summaries.append(resumable(release_gold, ctx)(ctx, {s["table"]: s["version"] for s in summaries}))
+    summaries.append(resumable(release_gold, ctx)(ctx, {s["table"]: s["version"] for s in summaries}, order_dates))
     return summaries
 
 

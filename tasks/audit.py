@@ -48,6 +48,12 @@ def check_references(spec: TableSpec, scan: Callable[[str], nw.LazyFrame],
     return failures
 
 
+def lost_keys(before: nw.LazyFrame, after: nw.LazyFrame, ref: Reference) -> nw.LazyFrame:
+    """Keys ``ref`` points at that the parent had ``before`` and no longer has ``after`` (one column per key)."""
+    old = before.select(*ref.to).unique()
+    return old.join(after.select(*ref.to).unique(), on=list(ref.to), how="anti")
+
+
 def check_row_drop(spec: TableSpec, rows: int, released_rows: int | None) -> AuditFailure | None:
     """A failure when ``spec`` has fewer than ``(1 - max_row_drop)`` of the rows it had at the last release."""
     if spec.max_row_drop is None or not released_rows or rows >= released_rows * (1 - spec.max_row_drop):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+import narwhals as nw
 import polars as pl
+import pyarrow as pa
 import pytest
 from conftest import FLOW_DAYS
 from engines import to_engine
@@ -164,3 +166,24 @@ def test_losing_half_the_orders_holds_the_release(lake_copy, prefect_harness):
     message = repr(state.result(raise_on_failure=False))
     assert "gold.fact_orders rows.dropped" in message
     assert releases.current() == before
+
+
+@pytest.mark.slow
+def test_an_incremental_release_audits_the_rewritten_partitions(lake_copy, prefect_harness):
+    """An orphan written into a rewritten order-date partition fails the (partition-scoped) audit."""
+    from flows.stages import AuditFailedError, release_gold
+
+    engine, root = lake_copy["engine_impl"], lake_copy["root"]
+    current = Releases(Lake(str(root))).current()
+    fact = table("gold.fact_orders")
+    day = date.fromisoformat(FLOW_DAYS[-1])
+    rows = engine.to_arrow(engine.scan(fact).filter(nw.col("order_date") == nw.lit(day))).to_pylist()
+    orphan = {**rows[0], "order_id": "O-ORPHAN", "product_id": "P-NONE"}
+    written = engine.overwrite_partitions(fact, engine.from_arrow(pa.Table.from_pylist([*rows, orphan],
+                                                                                       schema=fact.arrow_schema)))
+    ctx = RunContext(run_date=day, run_id=f"orphan-{lake_copy['name']}", started_at=datetime.now(UTC),
+                     overrides={"lake_root": str(root), **lake_copy["engine"]})
+    with pytest.raises(AuditFailedError, match=r"ref.product_id->gold.dim_product \(1 rows\)"):
+        release_gold.fn(ctx, {**current.versions, fact.name: written.version}, [day])
+    assert Releases(Lake(str(root))).current() == current
+
