@@ -146,8 +146,10 @@ class Lake:
         dt = self.delta_table(spec)
         if dt is None:
             return None
-        values = [v for v in pa_table(dt.get_add_actions(flatten=True)).column(f"partition.{column}").to_pylist()
-                  if v is not None]
+        import pyarrow as pa
+
+        adds = pa.table(dt.get_add_actions(flatten=True))
+        values = [v for v in adds.column(f"partition.{column}").to_pylist() if v is not None]
         return str(max(values)) if values else None
 
     def check_readable(self, spec: TableSpec, version: int | None) -> bool:
@@ -176,9 +178,3 @@ class Lake:
                    f"got {bad}; recreate it without them (see backends/lake.py PORTABLE_TABLE_PROPERTIES)")
             raise UnportableTableError(msg)
 
-
-def pa_table(batch: Any) -> pa.Table:
-    """An Arrow table from delta-rs' add actions (an arro3 RecordBatch or a pyarrow one)."""
-    import pyarrow as pa
-
-    return pa.table(batch)

@@ -61,17 +61,8 @@ def timed_contract_checks() -> dict[str, float]:
 
 def run_engine(engine: str, landing: Path, lake: Path, days: int, start: date) -> dict:
     """Run the stages of every day on ``engine`` in this process; the last day's timings."""
-    from contracts.landing import LANDING_ENTITIES
+    from bench.day import daily_steps
     from flows.context import RunContext
-    from flows.stages import (
-        GOLD_ORDER,
-        SILVER_ORDER,
-        build_gold,
-        check_gate,
-        ingest_entity,
-        link_crm,
-        refine_table,
-    )
 
     shutil.rmtree(lake, ignore_errors=True)
     spent = timed_contract_checks()
@@ -80,19 +71,11 @@ def run_engine(engine: str, landing: Path, lake: Path, days: int, start: date) -
         day = start + timedelta(days=i)
         ctx = RunContext(run_date=day, run_id=f"bench-{day}", started_at=datetime.now(UTC),
                          overrides={"lake_root": str(lake), "landing_root": str(landing), **ENGINES[engine]})
-        silver_summaries: list[dict] = []
-        steps = ([("bronze", e.name, ingest_entity.fn, (ctx, e.name)) for e in LANDING_ENTITIES]
-                 + [("silver", n, refine_table.fn, (ctx, n)) for n in SILVER_ORDER]
-                 + [("silver", "silver.customer_crm_links", link_crm.fn, (ctx,))]
-                 + [("silver", "(gate: rates, references)", check_gate.fn, (ctx, "silver", silver_summaries))]
-                 + [("gold", n, build_gold.fn, (ctx, n)) for n in GOLD_ORDER])
         spent["silver"] = 0.0
-        for stage, name, fn, fargs in steps:
+        for stage, name, run in daily_steps(ctx):
             spent["stage"] = stage  # type: ignore[assignment]
             t = time.perf_counter()
-            summary = fn(*fargs) or {}
-            if stage == "silver" and summary:
-                silver_summaries.append(summary)
+            summary = run() or {}
             if i == days - 1:
                 timings.append((stage, name, time.perf_counter() - t, summary.get("rows_written", 0)))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -138,7 +121,7 @@ def report(results: list[dict], day: date, scale: float) -> None:
     print("peak RSS (MiB): " + ", ".join(f"{r['engine']} {r['peak_mib']:,.0f}" for r in ran))
     for r in ran:
         stage = sum(v for (st, _), v in secs[r["engine"]].items() if st == "silver")
-        gate = secs[r["engine"]][("silver", "(gate: rates, references)")]
+        gate = secs[r["engine"]][("silver", "(gate)")]
         checks = r["contract_silver_s"] + gate
         print(f"contract checks in silver on {r['engine']}: {r['contract_silver_s']:.2f} s validating written rows "
               f"+ {gate:.2f} s gate = {checks:.2f} s, {checks / stage:.1%} of the silver stage's {stage:.2f} s")

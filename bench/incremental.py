@@ -37,48 +37,6 @@ def _ctx(day: date, lake: Path, landing: Path, run_id: str) -> Any:
                       overrides={"lake_root": str(lake), "landing_root": str(landing)})
 
 
-def daily_steps(ctx: Any) -> list[tuple[str, str, Any]]:
-    """The daily flow's task bodies in its order, as (stage, label, thunk)."""
-    from contracts.landing import LANDING_ENTITIES
-    from flows.stages import (
-        GOLD_ORDER,
-        SILVER_ORDER,
-        build_gold,
-        check_gate,
-        ingest_entity,
-        link_crm,
-        plan_gold,
-        refine_table,
-        release_gold,
-    )
-
-    state: dict[str, Any] = {"bronze": [], "silver": [], "gold": []}
-
-    def keep(stage: str, fn: Any, *args: Any) -> Any:
-        def run() -> Any:
-            out = fn(*args)
-            state[stage].append(out)
-            return out
-        return run
-
-    def gold(name: str) -> Any:
-        return keep("gold", lambda: build_gold.fn(ctx, name, state["plan"]))
-
-    def plan() -> Any:
-        state["plan"] = plan_gold.fn(ctx)
-        return {"table": "(plan)", "order_dates": len(state["plan"] or [])}
-
-    return ([("bronze", e.name, keep("bronze", ingest_entity.fn, ctx, e.name)) for e in LANDING_ENTITIES]
-            + [("bronze", "(gate)", lambda: check_gate.fn(ctx, "bronze", state["bronze"]))]
-            + [("silver", n, keep("silver", refine_table.fn, ctx, n)) for n in SILVER_ORDER]
-            + [("silver", "silver.customer_crm_links", keep("silver", link_crm.fn, ctx))]
-            + [("silver", "(gate)", lambda: check_gate.fn(ctx, "silver", state["silver"]))]
-            + [("gold", "(plan: changed order dates)", plan)]
-            + [("gold", n, gold(n)) for n in GOLD_ORDER]
-            + [("gold", "(audit + release)", lambda: release_gold.fn(
-                ctx, {s["table"]: s["version"] for s in state["gold"]}, state["plan"]))])
-
-
 def full_steps(ctx: Any, days: list[date]) -> list[tuple[str, str, Any]]:
     """Every layer from scratch: bronze from every day's files, silver from all of bronze, gold whole."""
     from contracts.catalog import table
@@ -150,6 +108,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30, help="days of history before the measured day")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
+    from bench.day import daily_steps
     from tasks.sample_data import generate
 
     start = date(2026, 10, 1)

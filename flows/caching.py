@@ -42,12 +42,10 @@ def result_storage(ctx: RunContext) -> Path | str:
     return Path(where.removeprefix("file://")).resolve()
 
 
-def resumable(task_or_flow: T, ctx: RunContext) -> T:
-    """``task_or_flow`` persisting results to ``ctx``'s result storage; with ``ctx.force``, recomputing."""
-    options: dict[str, Any] = {"result_storage": result_storage(ctx), "persist_result": True}
-    if ctx.force and hasattr(task_or_flow, "refresh_cache"):
-        options["refresh_cache"] = True
-    return task_or_flow.with_options(**options)  # type: ignore[attr-defined]
+def resumable(task: T, ctx: RunContext) -> T:
+    """``task`` persisting its result to ``ctx``'s result storage; with ``ctx.force``, recomputing."""
+    return task.with_options(result_storage=result_storage(ctx), persist_result=True,  # type: ignore[attr-defined]
+                             refresh_cache=ctx.force or None)
 
 
 def keyed_by(reads: Callable[[dict[str, Any]], Iterable[str]]) -> Callable[[TaskRunContext, dict[str, Any]], str]:

@@ -78,8 +78,7 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     if entity.stream:
         return _ingest_stream(ctx, engine, entity, labelled)
     # A file of the run date's folder can only have been ingested by a run of that date: look in its partition.
-    done = set(engine.to_arrow(bronze.ingested_files(bronze.batch_for(engine.scan(spec), ctx.run_date))
-                               ).column("_source_file").to_pylist())
+    done = set(_files_in(engine, bronze.batch_for(engine.scan(spec), ctx.run_date)))
     new = [(f, label) for f, label in labelled if label not in done]
     rows, quarantined, rules, version, refused = _append_files(ctx, engine, entity, new)
     return _summary("bronze", spec, files=len(files), new_files=len(new), rows_in=rows + quarantined,
@@ -124,20 +123,18 @@ def _ingest_stream(ctx: RunContext, engine: Engine, entity: LandingEntity,
     applied = checkpoints.applied()
     pending = [(f, label) for f, label in files if label not in applied]
     # Written by a run that died before its checkpoint row: in bronze already, so record them, never rewrite.
-    in_bronze = engine.to_arrow(bronze.ingested_files(bronze.batch_for(engine.scan(spec), ctx.run_date))
-                                ).column("_source_file").to_pylist()
-    orphaned = [(f, label) for f, label in pending if label in set(in_bronze)]
+    in_bronze = _files_in(engine, bronze.batch_for(engine.scan(spec), ctx.run_date))
+    orphaned = [(f, label) for f, label in pending if label in in_bronze]
     if orphaned:
         labels = [label for _, label in orphaned]
-        count = engine.to_arrow(bronze.batch_for(engine.scan(spec), ctx.run_date).filter(
-            nw.col("_source_file").is_in(labels)).select(nw.len().alias("n"))).column("n")[0].as_py()
-        checkpoints.record(labels, [_lines(f) for f, _ in orphaned], rows=int(count), quarantined=0,
+        checkpoints.record(labels, [_lines(f) for f, _ in orphaned], rows=sum(in_bronze[x] for x in labels),
+                           quarantined=0,
                            bronze_version=engine.version(spec) or 0, recovered=True, run_id=ctx.run_id,
                            run_date=ctx.run_date)
         _logger().warning("%s: %d micro-batch file(s) were in bronze but not checkpointed (a run died between the "
                           "two); checkpointed them without writing them again: %s", entity.name, len(labels),
                           ", ".join(labels))
-    todo = [p for p in pending if p not in orphaned]
+    todo = [(f, label) for f, label in pending if label not in in_bronze]
     step = settings.stream_commit_max_files
     rows = quarantined = 0
     rules: Counter[str] = Counter()
@@ -154,6 +151,12 @@ def _ingest_stream(ctx: RunContext, engine: Engine, entity: LandingEntity,
     return _summary("bronze", spec, files=len(files), new_files=len(todo), rows_in=rows + quarantined,
                     accepted=rows, quarantined=quarantined, rules=dict(rules), rows_written=rows, version=version,
                     refused=[], recovered_files=len(orphaned))
+
+
+def _files_in(engine: Engine, frame: nw.LazyFrame) -> dict[str, int]:
+    """The ``_source_file`` values of a bronze frame with their row counts."""
+    counts = engine.to_arrow(bronze.ingested_files(frame))
+    return dict(zip(counts.column("_source_file").to_pylist(), counts.column("rows").to_pylist(), strict=True))
 
 
 def _lines(path: Path) -> int:
@@ -193,7 +196,7 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     lake = ctx.settings().lake()
     source = table(spec.source or "")
     batch = bronze.batch_for(engine.scan(source), ctx.run_date)
-    files = set(engine.to_arrow(bronze.ingested_files(batch)).column("_source_file").to_pylist())
+    files = set(_files_in(engine, batch))
     done_log = lake.read_log(conformed_log(spec))
     todo = sorted(files - (set(done_log.column("source_file").to_pylist()) if done_log is not None else set()))
     if files and not todo:
@@ -366,7 +369,7 @@ def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> 
     ``<layer>-gate``."""
     failures = gate_failures(summaries, {t.name: t.gate for t in tables(layer)})  # type: ignore[arg-type]
     engine = ctx.engine()
-    lake = engine.lake if hasattr(engine, "lake") else ctx.settings().lake()
+    lake = ctx.settings().lake()
     broken = [f for spec in tables(layer) if spec.references and engine.exists(spec)  # type: ignore[arg-type]
               for f in audit.check_references(spec, lambda name: engine.scan(table(name)),
                                               lambda frame: engine.to_arrow(frame).to_pylist())]

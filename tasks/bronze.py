@@ -23,5 +23,5 @@ def batch_for(bronze: nw.LazyFrame, run_date: date) -> nw.LazyFrame:
 
 
 def ingested_files(bronze: nw.LazyFrame) -> nw.LazyFrame:
-    """Distinct ``_source_file`` values already in a bronze table."""
-    return bronze.select("_source_file").unique()
+    """Each ``_source_file`` in a bronze frame with its row count (``rows``)."""
+    return bronze.group_by("_source_file").agg(nw.len().alias("rows"))

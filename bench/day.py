@@ -1,0 +1,48 @@
+"""One day of the daily flow as its task bodies, in the flow's order, without the Prefect API: what the
+benchmarks time (so orchestration overhead is not counted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def daily_steps(ctx: Any) -> list[tuple[str, str, Any]]:
+    """The daily flow's task bodies in its order, as (stage, label, thunk)."""
+    from contracts.landing import LANDING_ENTITIES
+    from flows.stages import (
+        GOLD_ORDER,
+        SILVER_ORDER,
+        build_gold,
+        check_gate,
+        ingest_entity,
+        link_crm,
+        plan_gold,
+        refine_table,
+        release_gold,
+    )
+
+    state: dict[str, Any] = {"bronze": [], "silver": [], "gold": []}
+
+    def keep(stage: str, fn: Any, *args: Any) -> Any:
+        def run() -> Any:
+            out = fn(*args)
+            state[stage].append(out)
+            return out
+        return run
+
+    def gold(name: str) -> Any:
+        return keep("gold", lambda: build_gold.fn(ctx, name, state["plan"]))
+
+    def plan() -> Any:
+        state["plan"] = plan_gold.fn(ctx)
+        return {"table": "(plan)", "order_dates": len(state["plan"] or [])}
+
+    return ([("bronze", e.name, keep("bronze", ingest_entity.fn, ctx, e.name)) for e in LANDING_ENTITIES]
+            + [("bronze", "(gate)", lambda: check_gate.fn(ctx, "bronze", state["bronze"]))]
+            + [("silver", n, keep("silver", refine_table.fn, ctx, n)) for n in SILVER_ORDER]
+            + [("silver", "silver.customer_crm_links", keep("silver", link_crm.fn, ctx))]
+            + [("silver", "(gate)", lambda: check_gate.fn(ctx, "silver", state["silver"]))]
+            + [("gold", "(plan: changed order dates)", plan)]
+            + [("gold", n, gold(n)) for n in GOLD_ORDER]
+            + [("gold", "(audit + release)", lambda: release_gold.fn(
+                ctx, {s["table"]: s["version"] for s in state["gold"]}, state["plan"]))])
