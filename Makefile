@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
-EXTRAS ?= dev,spark,aws
+EXTRAS ?= dev,spark,aws,snowflake
 DEMO_DAYS ?= 3
 DEMO_SCALE ?= 1
 DEMO_START ?= 2026-11-01
@@ -13,7 +13,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup demo test bench bench-engines bench-incremental lint clean
+.PHONY: setup demo test bench bench-engines bench-incremental bench-publish lint clean
 
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -40,6 +40,9 @@ bench-engines: setup
 
 bench-incremental: setup
 	$(PY) bench/incremental.py --scale 10 --days 30
+
+bench-publish: setup
+	$(PY) bench/publish.py --scale 10 --days 30
 
 lint: setup
 	$(VENV)/bin/ruff check .

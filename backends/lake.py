@@ -14,6 +14,8 @@ from backends.protocol import TableNotFoundError
 from contracts.catalog import TableSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pyarrow as pa
     from deltalake import DeltaTable
 
@@ -123,6 +125,16 @@ class Lake:
             return None
         self._loaded[uri] = dt
         return dt
+
+    def record_batches(self, spec: TableSpec, version: int, *,
+                       batch_rows: int = 65_536) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Table ``spec`` at ``version`` as a schema and a stream of Arrow record batches (read with delta-rs
+        whichever engine wrote it; the table is never materialised whole)."""
+        from deltalake import DeltaTable
+
+        dataset = DeltaTable(self.uri(spec), version=version,
+                             storage_options=self.storage_options or None).to_pyarrow_dataset()
+        return dataset.schema, iter(dataset.to_batches(batch_size=batch_rows))
 
     def version(self, spec: TableSpec) -> int | None:
         dt = self.delta_table(spec)

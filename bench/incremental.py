@@ -102,6 +102,32 @@ def timed(steps: list[tuple[str, str, Any]]) -> list[tuple[str, str, float, Any]
     return out
 
 
+def history_lake(scale: float, days: int, seed: int) -> tuple[Path, Path, list[date]]:
+    """Landing files of ``days + 1`` days and a lake of the first ``days`` built with the daily path, both
+    cached under bench/out/; the landing folder, the lake and the dates."""
+    from bench.day import daily_steps
+    from tasks.sample_data import generate
+
+    start = date(2026, 10, 1)
+    dates = [start + timedelta(days=i) for i in range(days + 1)]
+    tag = f"s{scale:g}-d{days + 1}-seed{seed}"
+    landing, history = OUT / f"landing-{tag}", OUT / f"history-{tag}"
+    if not (landing / ".complete").exists():
+        shutil.rmtree(landing, ignore_errors=True)
+        print(f"generating {len(dates)} days at scale {scale:g} into {landing} ...", flush=True)
+        generate(landing, days=len(dates), scale=scale, seed=seed, start=start)
+        (landing / ".complete").touch()
+    if not (history / ".complete").exists():
+        shutil.rmtree(history, ignore_errors=True)
+        t = time.perf_counter()
+        for i, d in enumerate(dates[:-1], 1):
+            for _, _, run in daily_steps(_ctx(d, history, landing, f"history-{d}")):
+                run()
+            print(f"history: {d} done ({i}/{days}, {time.perf_counter() - t:.0f} s)", flush=True)
+        (history / ".complete").touch()
+    return landing, history, dates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=10.0)
@@ -109,26 +135,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     from bench.day import daily_steps
-    from tasks.sample_data import generate
 
-    start = date(2026, 10, 1)
-    days = [start + timedelta(days=i) for i in range(args.days + 1)]
-    tag = f"s{args.scale:g}-d{args.days + 1}-seed{args.seed}"
-    landing, history = OUT / f"landing-{tag}", OUT / f"history-{tag}"
-    if not (landing / ".complete").exists():
-        shutil.rmtree(landing, ignore_errors=True)
-        print(f"generating {len(days)} days at scale {args.scale:g} into {landing} ...", flush=True)
-        generate(landing, days=len(days), scale=args.scale, seed=args.seed, start=start)
-        (landing / ".complete").touch()
-    if not (history / ".complete").exists():
-        shutil.rmtree(history, ignore_errors=True)
-        t = time.perf_counter()
-        for i, d in enumerate(days[:-1], 1):
-            for _, _, run in daily_steps(_ctx(d, history, landing, f"history-{d}")):
-                run()
-            print(f"history: {d} done ({i}/{args.days}, {time.perf_counter() - t:.0f} s)", flush=True)
-        (history / ".complete").touch()
-
+    landing, history, days = history_lake(args.scale, args.days, args.seed)
     work = OUT / "work-full"
     shutil.rmtree(work, ignore_errors=True)
     full = timed(full_steps(_ctx(days[-1], work, landing, "full-rebuild"), days))

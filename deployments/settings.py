@@ -6,11 +6,12 @@ environment's file ``deployments/<env>.toml``, then the defaults below. Nothing 
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -41,6 +42,37 @@ class SnowflakeSettings(BaseModel):
     schema_: str = Field("GOLD", alias="schema", description="target schema")
     warehouse: str = Field("", description="virtual warehouse")
     role: str = Field("", description="role to assume")
+    authenticator: Literal["password", "key_pair"] = Field(
+        "password", description="password, or key_pair (the secret is then an unencrypted PEM private key)",
+    )
+    secret: str = Field(
+        "", description="where the password or private key is kept: prefect-secret:<block name> or "
+        "aws-secretsmanager:<secret id>, with #<field> for a JSON secret; never the secret itself",
+    )
+    publish_with_daily: bool = Field(False, description="the daily flow publishes each gold release it makes")
+    login_timeout: int = Field(60, ge=1, description="seconds to keep trying to log in (transient errors)")
+    network_timeout: int = Field(600, ge=1, description="seconds a statement may wait on the network")
+    stage_file_rows: int = Field(
+        1_000_000, ge=1, description="rows per Parquet file put on the staging table's stage (bounds memory)",
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _a_reference(cls, value: str) -> str:
+        if value and not re.fullmatch(r"(prefect-secret|aws-secretsmanager):[^\s#]+(#\w+)?", value):
+            msg = ("expected a reference, prefect-secret:<block name> or aws-secretsmanager:<secret id> (optionally "
+                   "#<field>), never the secret itself")
+            raise ValueError(msg)
+        return value
+
+    def require(self) -> SnowflakeSettings:
+        """These settings, or an error naming every field a connection needs and lacks."""
+        missing = [name for name in ("account", "user", "secret") if not getattr(self, name)]
+        if missing:
+            msg = (f"expected snowflake.{', snowflake.'.join(missing)} to publish to Snowflake, not set; set them in "
+                   f"deployments/<env>.toml [snowflake] or LAKEHOUSE_SNOWFLAKE__{missing[0].upper()}")
+            raise SettingsError(msg)
+        return self
 
 
 class SparkSettings(BaseModel):
@@ -188,7 +220,8 @@ def load_settings(env: str | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            if "hmac" not in str(e["loc"]) else f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            if not {"hmac_key", "secret"} & {str(p) for p in e["loc"]}  # never echo what may be a secret
+            else f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
             for e in exc.errors()
         )
         msg = f"invalid settings for env {env!r}: {problems}; fix deployments/{env}.toml or the LAKEHOUSE_* variables"

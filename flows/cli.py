@@ -434,6 +434,37 @@ def releases(env: EnvOpt = None, lake_root: LakeOpt = None, limit: Annotated[int
     console.print(t)
 
 
+@app.command()
+def publish(
+    to: Annotated[str, typer.Option("--to", help="where to publish gold: snowflake")],
+    release: Annotated[str | None, typer.Option("--release", help="gold release id (default: the current one)")] = None,
+    env: EnvOpt = None,
+    lake_root: LakeOpt = None,
+) -> None:
+    """Publish a gold release to Snowflake: each table at its released version, staged in bulk and merged by
+    key with a load-audit row; tables of the release already published are skipped."""
+    if to != "snowflake":
+        _fail(f"expected --to snowflake, got {to!r}")
+    settings = _settings(env, lake_root=lake_root)
+    from flows.snowflake_publish import ReleaseNotFoundError, choose_release, publish_snowflake
+
+    try:
+        settings.snowflake.require()
+        chosen = choose_release(settings, release)
+    except (ReleaseNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    state = publish_snowflake(env=settings.env, lake_root=lake_root, release_id=chosen.release_id, return_state=True)
+    if not state.is_completed():
+        _fail(f"publish of {chosen.release_id} to Snowflake failed: {state.message}")
+    t = Table(title=f"{chosen.release_id} → Snowflake {settings.snowflake.database}.{settings.snowflake.schema_}")
+    for col in ("table", "status", "rows staged", "inserted", "updated", "deleted", "seconds"):
+        t.add_column(col)
+    for s in state.result():
+        t.add_row(s["table"], s["status"], *(str(s.get(k, "")) for k in ("rows_staged", "inserted", "updated",
+                                                                          "deleted", "seconds")))
+    console.print(t)
+
+
 emr_app = typer.Typer(help="EMR Serverless: ship the code, print the IAM policies, run the daily flow's stages there.",
                       no_args_is_help=True)
 app.add_typer(emr_app, name="emr")

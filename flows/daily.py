@@ -73,7 +73,8 @@ def daily_lakehouse(
     spark_master: str | None = None,
     force: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run the whole pipeline for ``run_date``. Unset options come from the environment's settings.
+    """Run the whole pipeline for ``run_date``. Unset options come from the environment's settings. With
+    ``snowflake.publish_with_daily`` set, the gold release the run makes is then published to Snowflake.
 
     ``backend="spark"`` runs on Spark: ``spark_remote`` (Spark Connect URL), ``spark_master`` (classic session),
     or neither for an embedded Sail server. One run writes a lake at a time (the lake's run lock; a second run
@@ -104,6 +105,10 @@ def daily_lakehouse(
             run_date=run_date, run_id=ctx.run_id, flow="daily-lakehouse", backend=settings.backend,
             release_id=release, locked_at=datetime.fromisoformat(held["acquired_at"]),
             finished_at=datetime.now(UTC), forced=force)
+    if settings.snowflake.publish_with_daily and release is not None:
+        from flows.snowflake_publish import choose_release, publish_release
+
+        summaries += publish_release(env, overrides, choose_release(settings, release), ctx.run_id)
     create_table_artifact(
         key="daily-lakehouse-summary", table=[_artifact_row(s) for s in summaries],
         description=f"Daily lakehouse run for {run_date}: rows per table per stage, quarantined rows by rule.",

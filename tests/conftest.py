@@ -189,3 +189,19 @@ def aws(moto_endpoint, monkeypatch):
     for k in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         monkeypatch.delenv(k, raising=False)
     return moto_endpoint
+
+
+@pytest.fixture(scope="session")
+def snowflake_server(tmp_path_factory):
+    """fakesnow's Snowflake server on loopback for the whole session (tests/fakesnow_server.py), stopped by its
+    process id. Its host and port; the real snowflake-connector-python talks to it over HTTP."""
+    import subprocess
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("fakesnow") / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fakesnow_server.py"), "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    _wait_for_port(proc, port, log, "fakesnow server")
+    yield {"host": "127.0.0.1", "port": port, "log": log}
+    _stop(proc)

@@ -1,0 +1,120 @@
+"""Benchmark: publishing a gold release to Snowflake (fakesnow's server on loopback, the real connector).
+
+    .venv/bin/python bench/publish.py --scale 10 --days 30
+
+Takes the lake of ``bench/incremental.py`` (built and cached under bench/out/ on first use), starts fakesnow's
+server (tests/fakesnow_server.py) and publishes every table of the current gold release twice, each time
+through the task body the flow runs (backends/warehouse.py: Parquet files → table stage → COPY INTO staging →
+one transaction of DELETE + MERGE + audit row):
+
+* **first**: into an empty database (every row inserted);
+* **again**: the same tables under a new batch id into the full target (every row matched, none changed).
+
+It prints rows, seconds and rows per second per table: staging alone (Parquet + PUT + COPY) and in all.
+fakesnow runs on DuckDB on this machine, so the figures say what the client side and the load path cost
+here, not what a Snowflake warehouse would take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=10.0)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    from bench.incremental import history_lake
+
+    _, lake, _ = history_lake(args.scale, args.days, args.seed)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fakesnow_server.py"), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("fakesnow server did not start") from None
+                time.sleep(0.1)
+        run(lake, port)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def run(lake: Path, port: int) -> None:
+    import snowflake.connector
+    from pydantic import SecretStr
+
+    from backends import warehouse
+    from backends.releases import Releases
+    from contracts.catalog import table
+    from deployments.settings import SnowflakeSettings, load_settings
+    from flows.stages import GOLD_ORDER
+
+    database = f"BENCH_{uuid.uuid4().hex[:6].upper()}"
+    admin = snowflake.connector.connect(user="admin", password="admin", account="fakesnow", host="127.0.0.1",
+                                        port=port, protocol="http")
+    admin.cursor().execute(f"CREATE DATABASE {database}")
+    admin.close()
+    target = SnowflakeSettings(account="fakesnow", user="bench", host="127.0.0.1", port=port, protocol="http",
+                               database=database, schema="GOLD", secret="prefect-secret:unused")
+    secret = SecretStr("fakesnow does not check it")
+    settings = load_settings(lake_root=str(lake))
+    release = Releases(settings.lake()).current()
+    print(f"release {release.release_id} of {lake} → fakesnow {database}.GOLD (file rows {target.stage_file_rows:,})")
+    print(f"{'pass':6} {'table':26} {'rows':>10} {'stage s':>8} {'stage rows/s':>13} {'total s':>8} {'rows/s':>10}"
+          "  inserted/updated/deleted")
+    totals: dict[str, list[float]] = {}
+    for label in ("first", "again"):
+        for name in GOLD_ORDER:
+            spec = table(name)
+            conn = warehouse.connect(target, secret)
+            cur = conn.cursor()
+            warehouse.ensure_audit(cur)
+            schema, batches = settings.lake().record_batches(spec, release.versions[name])
+            warehouse.ensure_table(cur, name, schema, spec.keys)
+            t0 = time.perf_counter()
+            rows = warehouse.stage(cur, name, schema, batches, file_rows=target.stage_file_rows)
+            t1 = time.perf_counter()
+            counts = warehouse.merge_staged(cur, name, schema, spec.keys, warehouse.Audit(
+                batch_id=f"bench-{label}:{name}", release_id=f"bench-{label}", table=name,
+                version=release.versions[name], rows_staged=rows, run_id="bench"))
+            t2 = time.perf_counter()
+            conn.close()
+            total = totals.setdefault(label, [0, 0.0, 0.0])
+            total[0] += rows
+            total[1] += t1 - t0
+            total[2] += t2 - t0
+            print(f"{label:6} {name:26} {rows:>10,} {t1 - t0:>8.2f} {rows / (t1 - t0):>13,.0f} {t2 - t0:>8.2f} "
+                  f"{rows / (t2 - t0):>10,.0f}  {counts['inserted']}/{counts['updated']}/{counts['deleted']}")
+        rows, stage_s, all_s = totals[label]
+        print(f"{label:6} {'all tables':26} {int(rows):>10,} {stage_s:>8.2f} {rows / stage_s:>13,.0f} {all_s:>8.2f} "
+              f"{rows / all_s:>10,.0f}")
+    print(f"({os.cpu_count()} cores; fakesnow is DuckDB: these are the client side and load path on this machine)")
+
+
+if __name__ == "__main__":
+    main()
