@@ -18,6 +18,7 @@ bench/daily_stages.py, so orchestration overhead is not counted.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -139,10 +140,12 @@ def main() -> None:
     landing, history, days = history_lake(args.scale, args.days, args.seed)
     work = OUT / "work-full"
     shutil.rmtree(work, ignore_errors=True)
+    os.sync()
     full = timed(full_steps(_ctx(days[-1], work, landing, "full-rebuild"), days))
     work = OUT / "work-incremental"
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(history, work, ignore=shutil.ignore_patterns("_results"))
+    os.sync()  # the copy's write-back must not run during the measurement
     incremental = timed(daily_steps(_ctx(days[-1], work, landing, "incremental")))
     report(incremental, full, days[-1], args.scale, args.days)
 
