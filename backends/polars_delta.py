@@ -79,9 +79,9 @@ class PolarsDeltaEngine:
         """The table as a lazy frame; an empty frame with the declared schema if it was never written."""
         if not self.lake.check_readable(spec, version):
             return nw.from_native(pl.LazyFrame(schema=spec.polars_schema))
-        # The log this engine already loaded, when reading the latest version (a version read loads its own).
-        source = self.lake.delta_table(spec) if version is None else self.lake.uri(spec)
-        lf = pl.scan_delta(source, version=version, storage_options=self.lake.storage_options or None)
+        # The log already loaded in this process (the latest version, or a snapshot at ``version``).
+        source = self.lake.delta_table(spec) if version is None else self.lake.delta_table_at(spec, version)
+        lf = pl.scan_delta(source)
         return nw.from_native(lf.select(spec.columns))
 
     def append(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
@@ -123,6 +123,10 @@ class PolarsDeltaEngine:
             return WriteResult(spec.name, dt.version(), 0)
         on = [f"t.{k} = s.{k}" for k in spec.keys]
         scanned, skipped = _files_in_partitions(dt, data, spec.partition_by)
+        if spec.partition_by and scanned == 0:
+            # Every partition of the source is new: the pruned merge could only insert, so append (no join).
+            appended = self._write(spec, data, mode="append")
+            return WriteResult(spec.name, appended.version, appended.rows, files_scanned=0, files_skipped=skipped)
         if spec.partition_by:
             on.append(_partition_values(data, spec.partition_by, alias="t"))  # type: ignore[arg-type]
         merger = dt.merge(data, predicate=" AND ".join(on), source_alias="s", target_alias="t",

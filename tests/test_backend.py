@@ -245,3 +245,36 @@ def test_the_laptop_engine_reports_pandera_failure_cases(tmp_path):
     with pytest.raises(ContractViolation, match=r"1 failure\(s\), first: \[\('list_price_usd', "
                                                 r"'greater_than_or_equal_to\(0\)', '-5.0'\)\]"):
         engine.merge(PRODUCTS, negative)
+
+
+def test_a_loaded_delta_log_follows_other_writers_and_a_table_written_anew(tmp_path):
+    """The process keeps each table's loaded log: it must still see commits made by another process, and a
+    table deleted and written again from scratch at the same place (never the old one's files)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from deltalake import write_deltalake
+
+    root = tmp_path / "lake"
+    engine = get_backend("polars", Lake(str(root)))
+    engine.merge(PRODUCTS, products(engine, ("p1", "a", 1, "h1")))
+    assert engine.count(engine.scan(PRODUCTS)) == 1
+    uri = Lake(str(root)).uri(PRODUCTS)
+    script = ("import sys, polars as pl; from deltalake import DeltaTable, write_deltalake; "
+              "t = DeltaTable(sys.argv[1]).to_pyarrow_table(); "
+              "write_deltalake(sys.argv[1], pl.from_arrow(t).with_columns(pl.lit('p9').alias('product_id')).to_arrow(), "
+              "mode='append')")
+    subprocess.run([sys.executable, "-c", script, uri], check=True)
+    fresh = get_backend("polars", Lake(str(root)))  # a new engine in this process: the log it gets is cached
+    assert sorted(r["product_id"] for r in fresh.to_arrow(fresh.scan(PRODUCTS)).to_pylist()) == ["p1", "p9"]
+    assert fresh.version(PRODUCTS) == 1
+    assert [r["product_id"] for r in fresh.to_arrow(fresh.scan(PRODUCTS, version=0)).to_pylist()] == ["p1"]
+
+    shutil.rmtree(uri)
+    for name in ("x1", "x2"):  # two commits again: versions 0 and 1, other files
+        write_deltalake(uri, products(engine, (name, name, 1, f"h-{name}")).to_native().collect().to_arrow(),
+                        mode="append")
+    again = get_backend("polars", Lake(str(root)))
+    assert sorted(r["product_id"] for r in again.to_arrow(again.scan(PRODUCTS)).to_pylist()) == ["x1", "x2"]
+    assert [r["product_id"] for r in again.to_arrow(again.scan(PRODUCTS, version=0)).to_pylist()] == ["x1"]
