@@ -108,7 +108,10 @@ def connect(settings: SnowflakeSettings, secret: SecretStr) -> SnowflakeConnecti
     database, schema = ident(settings.database), ident(settings.schema_)
     cur = conn.cursor()
     cur.execute(f"USE DATABASE {database}")
-    cur.execute(f"CREATE SCHEMA IF NOT EXISTS {database}.{schema}")
+    # Created only when missing: a role that may write the schema need not be allowed to create schemas.
+    if not cur.execute("SELECT COUNT(*) FROM INFORMATION_SCHEMA.SCHEMATA WHERE SCHEMA_NAME = %s",
+                       (schema,)).fetchone()[0]:
+        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {database}.{schema}")
     cur.execute(f"USE SCHEMA {database}.{schema}")
     return conn
 
