@@ -36,11 +36,12 @@ UNPORTABLE_FEATURES = frozenset({"deletionVectors", "columnMapping", "v2Checkpoi
 PORTABLE_TABLE_PROPERTIES: dict[str, str | None] = {"delta.enableDeletionVectors": "false"}
 
 
-# Delta logs loaded in this process, by table URI: brought up to date with ``update_incremental`` (new commits
-# only, ~2 ms) instead of loaded again (~13 ms on a 30-commit log); a day of the flow loads tables ~100 times.
-_LOADED: dict[str, tuple[DeltaTable, int, int | None]] = {}
+# Delta logs loaded in this process, by (table URI, version; None: the latest). The latest is brought up to date
+# (a stat, or ``update_incremental`` for new commits) instead of loaded again (~13 ms on a 30-commit log); a
+# day of the flow loads tables ~100 times.
+_LOADED: dict[tuple[str, int | None], tuple[DeltaTable, int, int | None]] = {}
 _LOADED_LOCK = threading.RLock()
-_MAX_SNAPSHOTS = 64  # logs loaded at an older version (release audits, publishes), "<uri>@<version>"
+_MAX_SNAPSHOTS = 64  # logs loaded at an older version (release audits, publishes): keys (uri, version)
 
 
 @dataclass(frozen=True)
@@ -115,42 +116,37 @@ class Lake:
 
     def delta_table_at(self, spec: TableSpec, version: int) -> DeltaTable:
         """The table's log at ``version`` (a snapshot: loaded once per process, like the latest one)."""
-        from deltalake import DeltaTable
-
         latest = self.delta_table(spec)
         if latest is not None and latest.version() == version:
             return latest
-        uri = self.uri(spec)
-        with _LOADED_LOCK:
-            cached = _LOADED.get(f"{uri}@{version}")
-            if cached is not None and self._commit_stamp(uri, version) == cached[2]:
-                return cached[0]
-            dt = DeltaTable(uri, version=version, storage_options=self.storage_options or None)
-            _LOADED[f"{uri}@{version}"] = (dt, version, self._commit_stamp(uri, version))
-            snapshots = [k for k in _LOADED if "@" in k]
-            for oldest in snapshots[:-_MAX_SNAPSHOTS]:  # a long backfill reads many; keep the newest few
-                del _LOADED[oldest]
-            return dt
+        dt = self._loaded_table(self.uri(spec), version)
+        assert dt is not None, (spec.name, version)  # check_readable said the version exists
+        return dt
 
-    def _loaded_table(self, uri: str) -> DeltaTable | None:
-        """The table's Delta log as loaded in this process, brought up to date; None if there is no table."""
+    def _loaded_table(self, uri: str, version: int | None = None) -> DeltaTable | None:
+        """The table's Delta log as loaded in this process: the latest, brought up to date, or a snapshot at
+        ``version``; None if there is no table."""
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 
         with _LOADED_LOCK:
-            cached = _LOADED.get(uri)
+            cached = _LOADED.get((uri, version))
             if cached is not None and self._commit_stamp(uri, cached[1]) == cached[2]:
                 dt = cached[0]
-                if self.is_local and not Path(uri, "_delta_log", f"{dt.version() + 1:020d}.json").exists():
-                    return dt  # no commit since: the log is current (a stat instead of ~3 ms)
+                if version is not None or (
+                        self.is_local and not Path(uri, "_delta_log", f"{dt.version() + 1:020d}.json").exists()):
+                    return dt  # a snapshot, or no commit since: the log is current (a stat instead of ~3 ms)
                 dt.update_incremental()
             else:
                 try:
-                    dt = DeltaTable(uri, storage_options=self.storage_options or None)
+                    dt = DeltaTable(uri, version=version, storage_options=self.storage_options or None)
                 except DeltaTableNotFound:
-                    _LOADED.pop(uri, None)
+                    _LOADED.pop((uri, version), None)
                     return None
-            _LOADED[uri] = (dt, dt.version(), self._commit_stamp(uri, dt.version()))
+            _LOADED[(uri, version)] = (dt, dt.version(), self._commit_stamp(uri, dt.version()))
+            snapshots = [k for k in _LOADED if k[1] is not None]
+            for oldest in snapshots[:-_MAX_SNAPSHOTS]:  # a long backfill reads many; keep the newest few
+                del _LOADED[oldest]
             return dt
 
     def _commit_stamp(self, uri: str, version: int) -> int | None:
@@ -224,4 +220,3 @@ class Lake:
             msg = (f"expected {spec.name} ({self.uri(spec)}) to use only Delta features every engine reads, "
                    f"got {bad}; recreate it without them (see backends/lake.py PORTABLE_TABLE_PROPERTIES)")
             raise UnportableTableError(msg)
-

@@ -1,7 +1,7 @@
 """Snowflake, where gold is published: the Arrow → Snowflake type mapping (declared once, here), the
 connection, and the load of one table.
 
-The load of a released gold table, in the order it runs:
+The load of a released gold table (``load_table``), in the order it runs:
 
 1. ``ensure_table``: the target is created when missing; a gold column it lacks is added
    (``ALTER TABLE ... ADD COLUMN``); a column it has that gold dropped or retyped fails with
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -33,11 +34,17 @@ if TYPE_CHECKING:
     from snowflake.connector import SnowflakeConnection
     from snowflake.connector.cursor import SnowflakeCursor
 
+    from backends.lake import Lake
+    from contracts.catalog import TableSpec
     from deployments.settings import SnowflakeSettings
 
 AUDIT_TABLE = "LAKEHOUSE_LOAD_AUDIT"
 STAGE_SUFFIX = "__STAGE"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class StaleReleaseError(ValueError):
+    """The release is older than one already merged into the target."""
 
 
 class SchemaDriftError(ValueError):
@@ -153,10 +160,13 @@ def ensure_table(cur: SnowflakeCursor, table_name: str, schema: pa.Schema, keys:
         cur.execute(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
         return []
     dropped = [c for c in existing if c not in wanted]
-    retyped = [f"{c} is {existing[c][0]}{'' if existing[c][1] in (None, 0) else f' scale {existing[c][1]}'}, "
-               f"gold has {t.ddl}"
-               for c, t in wanted.items() if c in existing and (existing[c][0], existing[c][1] if t.scale is not None
-                                                                  else None) != (t.reported, t.scale)]
+
+    def found(c: str) -> tuple[str, int | None]:  # the scale counts for NUMBER only
+        kind, scale = existing[c]
+        return kind, scale if wanted[c].scale is not None else None
+
+    retyped = [f"{c} is {existing[c][0]}, gold has {t.ddl}" for c, t in wanted.items()
+               if c in existing and found(c) != (t.reported, t.scale)]
     if dropped or retyped:
         problems = ([f"columns {dropped} are not in gold any more"] if dropped else []) + retyped
         msg = (f"expected Snowflake table {name} to match {table_name} of the release, got: {'; '.join(problems)}; "
@@ -260,3 +270,28 @@ def merge_staged(cur: SnowflakeCursor, table_name: str, schema: pa.Schema, keys:
         raise
     cur.execute(f"DROP TABLE IF EXISTS {staged}")
     return result
+
+
+def load_table(cur: SnowflakeCursor, lake: Lake, spec: TableSpec, *, release_id: str, version: int, run_id: str,
+               file_rows: int) -> dict[str, Any]:
+    """Publish gold table ``spec`` at ``version`` (of release ``release_id``) into its target, steps 1-3 of the
+    module docstring; skipped when its batch is in the audit. A summary: status, batch id, rows staged,
+    inserted, updated and deleted, columns added, seconds staging and in all."""
+    batch_id = f"{release_id}:{spec.name}"
+    ensure_audit(cur)
+    if loaded(cur, batch_id):
+        return {"status": "skipped", "batch_id": batch_id}
+    newer = newest_release(cur, spec.name)
+    if newer is not None and newer > release_id:
+        msg = (f"expected a release newer than {newer} (already published to {ident(spec.name)}), got {release_id}; "
+               "publish the current release, or roll gold back by releasing the old versions again (a new release)")
+        raise StaleReleaseError(msg)
+    schema, batches = lake.record_batches(spec, version)
+    added = ensure_table(cur, spec.name, schema, spec.keys)
+    started = perf_counter()
+    staged = stage(cur, spec.name, schema, batches, file_rows=file_rows)
+    stage_seconds = perf_counter() - started
+    counts = merge_staged(cur, spec.name, schema, spec.keys, Audit(
+        batch_id=batch_id, release_id=release_id, table=spec.name, version=version, rows_staged=staged, run_id=run_id))
+    return {"status": "merged", "batch_id": batch_id, "rows_staged": staged, **counts, "added": added,
+            "stage_seconds": stage_seconds, "seconds": round(perf_counter() - started, 3)}

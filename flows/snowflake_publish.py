@@ -11,7 +11,6 @@ service) are retried by Prefect; SQL and schema errors are not. The load itself:
 from __future__ import annotations
 
 from contextlib import closing
-from time import perf_counter
 from typing import Any
 
 from prefect import flow, task
@@ -26,7 +25,7 @@ from flows.stages import GOLD_ORDER, _logger
 
 
 class ReleaseNotFoundError(LookupError):
-    """The release asked for does not exist in the lake, or is older than one already published."""
+    """The release asked for does not exist in the lake."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -72,36 +71,18 @@ def publish_table(env: str, overrides: dict[str, Any], release_id: str, table_na
     settings = cached_settings(env, tuple(sorted(overrides.items())))
     target = settings.snowflake.require()
     spec = table(table_name)
-    batch_id = f"{release_id}:{table_name}"
-    logger = _logger()
     with closing(warehouse.connect(target, resolve_secret(target.secret, what="snowflake.secret"))) as conn:
-        cur = conn.cursor()
-        warehouse.ensure_audit(cur)
-        if warehouse.loaded(cur, batch_id):
-            logger.info("%s: batch %s is in the load audit already, skipped", table_name, batch_id)
-            return {"stage": "snowflake", "table": table_name, "status": "skipped", "batch_id": batch_id}
-        newer = warehouse.newest_release(cur, table_name)
-        if newer is not None and newer > release_id:
-            msg = (f"expected a release newer than {newer} (already published to {warehouse.ident(table_name)}), "
-                   f"got {release_id}; publish the current release, or roll gold back by releasing the old versions "
-                   "again (a new release)")
-            raise ReleaseNotFoundError(msg)
-        schema, batches = settings.lake().record_batches(spec, version)
-        added = warehouse.ensure_table(cur, table_name, schema, spec.keys)
-        started = perf_counter()
-        staged = warehouse.stage(cur, table_name, schema, batches, file_rows=target.stage_file_rows)
-        stage_seconds = perf_counter() - started
-        counts = warehouse.merge_staged(
-            cur, table_name, schema, spec.keys,
-            warehouse.Audit(batch_id=batch_id, release_id=release_id, table=table_name, version=version,
-                            rows_staged=staged, run_id=run_id))
-        seconds = perf_counter() - started
-    logger.info("%s: %d rows staged in %.2f s (%.0f rows/s), merged in %.2f s: %d inserted, %d updated, "
-                "%d deleted%s", table_name, staged, stage_seconds, staged / max(stage_seconds, 1e-9),
-                seconds - stage_seconds, counts["inserted"], counts["updated"], counts["deleted"],
-                f"; columns added: {', '.join(added)}" if added else "")
-    return {"stage": "snowflake", "table": table_name, "status": "merged", "batch_id": batch_id,
-            "rows_staged": staged, **counts, "seconds": round(seconds, 3)}
+        done = warehouse.load_table(conn.cursor(), settings.lake(), spec, release_id=release_id, version=version,
+                                    run_id=run_id, file_rows=target.stage_file_rows)
+    if done["status"] == "skipped":
+        _logger().info("%s: batch %s is in the load audit already, skipped", table_name, done["batch_id"])
+    else:
+        staged, stage_seconds = done["rows_staged"], done.pop("stage_seconds")
+        _logger().info("%s: %d rows staged in %.2f s (%.0f rows/s), merged in %.2f s: %d inserted, %d updated, "
+                       "%d deleted%s", table_name, staged, stage_seconds, staged / max(stage_seconds, 1e-9),
+                       done["seconds"] - stage_seconds, done["inserted"], done["updated"], done["deleted"],
+                       f"; columns added: {', '.join(done['added'])}" if done["added"] else "")
+    return {"stage": "snowflake", "table": table_name, **done}
 
 
 def publish_release(env: str, overrides: dict[str, Any], release: Release, run_id: str) -> list[dict[str, Any]]:
