@@ -1,5 +1,6 @@
 """One day of the daily flow as its task bodies, in the flow's order, without the Prefect API: what the
-benchmarks time (so orchestration overhead is not counted)."""
+benchmarks time (so orchestration overhead is not counted). The bodies keep their run ledger rows and lineage
+events (flows/tracking.py), and the day ends with the ledger's append, as a flow's stages do."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def daily_steps(ctx: Any) -> list[tuple[str, str, Any]]:
         refine_table,
         release_gold,
     )
+    from flows.tracking import flush_ledger
 
     state: dict[str, Any] = {"bronze": [], "silver": [], "gold": []}
 
@@ -45,4 +47,5 @@ def daily_steps(ctx: Any) -> list[tuple[str, str, Any]]:
             + [("gold", "(plan: changed order dates)", plan)]
             + [("gold", n, gold(n)) for n in GOLD_ORDER]
             + [("gold", "(audit + release)", lambda: release_gold.fn(
-                ctx, {s["table"]: s["version"] for s in state["gold"]}, state["plan"]))])
+                ctx, {s["table"]: s["version"] for s in state["gold"]}, state["plan"]))]
+            + [("gold", "(run ledger)", lambda: flush_ledger(ctx))])

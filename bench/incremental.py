@@ -52,6 +52,7 @@ def full_steps(ctx: Any, days: list[date]) -> list[tuple[str, str, Any]]:
         link_crm,
     )
     from flows.stages import release_gold as release
+    from flows.tracking import flush_ledger
 
     versions: dict[str, int] = {}
 
@@ -91,7 +92,8 @@ def full_steps(ctx: Any, days: list[date]) -> list[tuple[str, str, Any]]:
             + [("silver", "silver.customer_crm_links", lambda: link_crm.fn(ctx))]
             + [("silver", "(gate)", lambda: check_gate.fn(ctx, "silver", summaries["silver"]))]
             + [("gold", n, gold_whole(n)) for n in GOLD_ORDER]
-            + [("gold", "(audit + release)", lambda: release.fn(ctx, versions))])
+            + [("gold", "(audit + release)", lambda: release.fn(ctx, versions))]
+            + [("gold", "(run ledger)", lambda: flush_ledger(ctx))])
 
 
 def timed(steps: list[tuple[str, str, Any]]) -> list[tuple[str, str, float, Any]]:

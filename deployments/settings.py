@@ -75,6 +75,27 @@ class SnowflakeSettings(BaseModel):
         return self
 
 
+class LineageSettings(BaseModel):
+    """Where the OpenLineage run events of every task go (flows/tracking.py)."""
+
+    model_config = {"extra": "forbid"}
+    transport: Literal["file", "http", "none"] = Field(
+        "file", description="file: JSON lines under <lake>/_lineage; http: POST to url (Marquez-compatible); none",
+    )
+    url: str = Field("", pattern=r"^(https?://\S+)?$", description="base URL of the lineage receiver (http)")
+    endpoint: str = Field("api/v1/lineage", min_length=1, description="path of the receiver's lineage endpoint")
+    namespace: str = Field("lakehouse", min_length=1, description="OpenLineage job namespace")
+    timeout_seconds: float = Field(5.0, gt=0, description="how long one event may take to deliver over HTTP")
+    retries: int = Field(2, ge=0, le=10, description="retries of an event the receiver refused (429, 5xx) or missed")
+
+    @model_validator(mode="after")
+    def _url_for_http(self) -> LineageSettings:
+        if self.transport == "http" and not self.url:
+            msg = "expected lineage.url (e.g. http://marquez:5000) with lineage.transport = 'http', not set"
+            raise ValueError(msg)
+        return self
+
+
 class SparkSettings(BaseModel):
     """How the Spark engine reaches Spark. Neither ``remote`` nor ``master``: an embedded Sail server (no JVM)."""
 
@@ -175,6 +196,7 @@ class Settings(BaseSettings):
     stream_commit_max_files: int = Field(
         64, ge=1, description="Kafka micro-batch files applied per bronze commit (one checkpoint row each)",
     )
+    lineage: LineageSettings = Field(default_factory=LineageSettings)
     snowflake: SnowflakeSettings = Field(default_factory=SnowflakeSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     emr: EmrSettings = Field(default_factory=EmrSettings)

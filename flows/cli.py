@@ -435,6 +435,56 @@ def releases(env: EnvOpt = None, lake_root: LakeOpt = None, limit: Annotated[int
 
 
 @app.command()
+def status(env: EnvOpt = None, lake_root: LakeOpt = None,
+           limit: Annotated[int, typer.Option(min=1, help="how many recent runs to show")] = 10) -> None:
+    """Recent runs from the run ledger (status, tasks, rows, failed tasks) and each table's freshness: the
+    run and date that last wrote it, its version, and how long ago."""
+    from contracts.catalog import TABLES
+    from flows.tracking import LEDGER_PATH, freshness, read_ledger, runs_overview
+
+    settings = _settings(env, lake_root=lake_root)
+    rows = read_ledger(settings.lake())
+    if not rows:
+        _fail(f"expected a run ledger at {settings.lake().path_uri(LEDGER_PATH)!r}, found none: run "
+              "'lakehouse run --date D' first")
+    t = Table(title=f"recent runs in {settings.lake_root} (newest first)")
+    for col in ("run id", "flow", "run date", "status", "started", "took", "tasks", "rows written", "quarantined",
+                "engine", "failed tasks"):
+        t.add_column(col, no_wrap=col != "failed tasks")
+    for r in runs_overview(rows)[:limit]:
+        took = (r["ended_at"] - r["started_at"]).total_seconds()
+        t.add_row(r["run_id"], r["flow"], str(r["run_date"]),
+                  "[green]completed[/]" if r["status"] == "completed" else "[red]failed[/]",
+                  r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), f"{took:.1f} s", str(r["tasks"]),
+                  f"{r['rows_written']:,}", f"{r['rows_quarantined']:,}", r["engine"], ", ".join(r["failed_tasks"]))
+    wide = Console(width=max(170, console.width))  # full run ids: 'prefect flow-run retry <id>' takes them
+    wide.print(t)
+    now = datetime.now().astimezone()
+    fresh = freshness(rows)
+    f = Table(title="table freshness (latest completed write in the ledger)")
+    for col in ("table", "run date", "version", "rows written", "written at", "age"):
+        f.add_column(col, no_wrap=True)
+    for spec in TABLES.values():
+        if spec.layer == "quarantine":
+            continue
+        w = fresh.get(spec.name)
+        if w is None:
+            f.add_row(spec.name, "-", "-", "-", "never written", "-")
+            continue
+        age = now - w["ended_at"]
+        f.add_row(spec.name, str(w["run_date"]), str(w["version"]), f"{w['rows_out'] or 0:,}",
+                  w["ended_at"].strftime("%Y-%m-%d %H:%M:%S"), _age(age.total_seconds()))
+    wide.print(f)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+@app.command()
 def publish(
     to: Annotated[str, typer.Option("--to", help="where to publish gold: snowflake")],
     release: Annotated[str | None, typer.Option("--release", help="gold release id (default: the current one)")] = None,

@@ -28,6 +28,7 @@ class RunContext(BaseModel):
     run_id: str
     started_at: datetime
     overrides: dict[str, Any] = Field(default_factory=dict)
+    flow: str = "daily-lakehouse"  # the flow the run belongs to (ledger and lineage job names)
     force: bool = False  # recompute every task even if a result for the same inputs is stored (flows/caching.py)
 
     def settings(self) -> Settings:

@@ -29,22 +29,25 @@ from flows.stages import (
     refine_table,
     release_gold,
 )
+from flows.tracking import recorded
 
 
 @flow(name="ingest", flow_run_name="ingest-{ctx.run_date}")
 def ingest(ctx: RunContext) -> list[dict[str, Any]]:
     """Bronze: every landing entity's new files for the run date, then the bronze gates."""
-    summaries = [resumable(ingest_entity, ctx)(ctx, e.name) for e in LANDING_ENTITIES]
-    resumable(check_gate, ctx)(ctx, "bronze", summaries)
+    with recorded(ctx):
+        summaries = [resumable(ingest_entity, ctx)(ctx, e.name) for e in LANDING_ENTITIES]
+        resumable(check_gate, ctx)(ctx, "bronze", summaries)
     return summaries
 
 
 @flow(name="refine", flow_run_name="refine-{ctx.run_date}")
 def refine(ctx: RunContext) -> list[dict[str, Any]]:
     """Silver: conform each entity's bronze batch, link customers to the CRM, then check the silver gates."""
-    summaries = [resumable(refine_table, ctx)(ctx, name) for name in SILVER_ORDER]
-    summaries.append(resumable(link_crm, ctx)(ctx))
-    resumable(check_gate, ctx)(ctx, "silver", summaries)
+    with recorded(ctx):
+        summaries = [resumable(refine_table, ctx)(ctx, name) for name in SILVER_ORDER]
+        summaries.append(resumable(link_crm, ctx)(ctx))
+        resumable(check_gate, ctx)(ctx, "silver", summaries)
     return summaries
 
 
@@ -52,9 +55,11 @@ def refine(ctx: RunContext) -> list[dict[str, Any]]:
 def publish(ctx: RunContext, *, whole: bool = False) -> list[dict[str, Any]]:
     """Gold: the star schema and marts built from silver (the order-date partitions the run's batches changed,
     or everything when ``whole``), audited, then released all at once."""
-    order_dates = None if whole else resumable(plan_gold, ctx)(ctx)
-    summaries = [resumable(build_gold, ctx)(ctx, name, order_dates) for name in GOLD_ORDER]
-    summaries.append(resumable(release_gold, ctx)(ctx, {s["table"]: s["version"] for s in summaries}, order_dates))
+    with recorded(ctx):
+        order_dates = None if whole else resumable(plan_gold, ctx)(ctx)
+        summaries = [resumable(build_gold, ctx)(ctx, name, order_dates) for name in GOLD_ORDER]
+        summaries.append(resumable(release_gold, ctx)(ctx, {s["table"]: s["version"] for s in summaries},
+                                                      order_dates))
     return summaries
 
 

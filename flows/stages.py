@@ -12,7 +12,7 @@ from typing import Any
 
 import narwhals as nw
 import pyarrow as pa
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.exceptions import MissingContextError
 from prefect.tasks import exponential_backoff
@@ -22,8 +22,8 @@ from backends.checkpoints import Checkpoints
 from backends.releases import Releases
 from contracts.catalog import Gate, TableSpec, bronze_for, quarantine_for, table, tables
 from contracts.landing import LandingEntity, landing_entity
-from flows.caching import keyed_by
 from flows.context import RunContext
+from flows.tracking import lake_task
 from tasks import audit, bronze, gold, silver
 
 # I/O can fail transiently (object stores, file systems under load): retry with backoff.
@@ -61,8 +61,8 @@ def _quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunContext
     return data.num_rows, dict(Counter(data.column("rule").to_pylist()))
 
 
-@task(name="bronze", task_run_name="bronze-{entity_name}", **IO_RETRIES,
-      cache_key_fn=keyed_by(lambda p: [f"landing:{p['entity_name']}"]))
+@lake_task(lambda p: [f"landing:{p['entity_name']}"], name="bronze", task_run_name="bronze-{entity_name}",
+           **IO_RETRIES)
 def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     """Append the run date's new landing files of one entity to its bronze table (a stream's micro-batch files
     in order, a few per commit, each commit checkpointed)."""
@@ -183,8 +183,8 @@ def _logger() -> Any:
         return logging.getLogger(__name__)
 
 
-@task(name="silver", task_run_name="silver-{table_name}", **IO_RETRIES,
-      cache_key_fn=keyed_by(lambda p: [table(p["table_name"]).source or "", *silver.REFS_NEEDED.get(p["table_name"], ())]))
+@lake_task(lambda p: [table(p["table_name"]).source or "", *silver.REFS_NEEDED.get(p["table_name"], ())],
+           name="silver", task_run_name="silver-{table_name}", **IO_RETRIES)
 def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     """Conform the run date's bronze batch into a silver table: quarantine, dedupe latest, merge by key.
 
@@ -252,7 +252,7 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
             "files_scanned": written.files_scanned, "files_skipped": written.files_skipped}
 
 
-@task(name="silver-links", **IO_RETRIES, cache_key_fn=keyed_by(lambda p: ["silver.customers", "silver.contacts"]))
+@lake_task(lambda p: ["silver.customers", "silver.contacts"], name="silver-links", **IO_RETRIES)
 def link_crm(ctx: RunContext) -> dict[str, Any]:
     """Match customers to CRM contacts (and their accounts)."""
     spec = table("silver.customer_crm_links")
@@ -280,7 +280,7 @@ PLAN_INPUTS = ("silver.orders", "silver.order_events", "silver.customer_versions
                "bronze.kafka.order_events", "bronze.snowflake.customers")
 
 
-@task(name="gold-plan", cache_key_fn=keyed_by(lambda p: PLAN_INPUTS))
+@lake_task(lambda p: PLAN_INPUTS, name="gold-plan")
 def plan_gold(ctx: RunContext) -> list[date] | None:
     """The order dates whose gold partitions the run date's batches changed; None when gold must be built
     whole (no fact table yet)."""
@@ -310,8 +310,7 @@ def plan_gold(ctx: RunContext) -> list[date] | None:
     return dates
 
 
-@task(name="gold", task_run_name="gold-{table_name}", **IO_RETRIES,
-      cache_key_fn=keyed_by(lambda p: GOLD_INPUTS[p["table_name"]]))
+@lake_task(lambda p: GOLD_INPUTS[p["table_name"]], name="gold", task_run_name="gold-{table_name}", **IO_RETRIES)
 def build_gold(ctx: RunContext, table_name: str, order_dates: list[date] | None = None) -> dict[str, Any]:
     """Build one gold table from silver (marts also from gold.fact_orders). Tables partitioned by order date
     are rebuilt only for ``order_dates`` (None: whole); the others are small and rebuilt whole."""
@@ -362,7 +361,7 @@ def gate_failures(summaries: list[dict[str, Any]], gates: Mapping[str, Gate]) ->
     return failures
 
 
-@task(name="gate", task_run_name="gate-{layer}", cache_key_fn=keyed_by(lambda p: [t.name for t in tables(p["layer"])]))
+@lake_task(lambda p: [t.name for t in tables(p["layer"])], name="gate", task_run_name="gate-{layer}")
 def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> None:
     """Stop the flow when a table of ``layer`` quarantined more than its gate allows in this run, breaks a
     declared reference, or is stale; the failing rules with sample records go to the table artifact
@@ -403,7 +402,7 @@ def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> 
     raise GateFailedError(msg)
 
 
-@task(name="release-gold", cache_key_fn=keyed_by(lambda p: list(p["versions"])))
+@lake_task(lambda p: list(p["versions"]), name="release-gold")
 def release_gold(ctx: RunContext, versions: dict[str, int], order_dates: list[date] | None = None) -> dict[str, Any]:
     """Audit the gold tables at the versions this run wrote; release them all at once only if every audit
     passes. On failure: a table artifact of the failing rules with sample rows, and an error naming them.

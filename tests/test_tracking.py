@@ -1,0 +1,198 @@
+"""The run ledger and OpenLineage events every data task leaves (flows/tracking.py), and ``lakehouse status``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from deltalake import DeltaTable
+from typer.testing import CliRunner
+
+from backends.lake import Lake
+from contracts.catalog import table
+from flows.tracking import LEDGER_PATH, freshness, lineage_events, read_ledger, runs_overview
+
+pytestmark = pytest.mark.slow
+
+DAYS = [date(2026, 11, 1), date(2026, 11, 2)]
+# One run of the daily flow: 9 landing entities, bronze gate, 9 silver tables, links, silver gate, gold plan,
+# 7 gold tables, release.
+TASKS_PER_RUN = 9 + 1 + 9 + 1 + 1 + 1 + 7 + 1
+
+
+@pytest.fixture
+def polars_lake(daily_lakes):
+    return daily_lakes("polars")
+
+
+def _ledger(root) -> list[dict]:
+    return read_ledger(Lake(str(root)))
+
+
+def test_every_task_of_every_run_has_a_ledger_row_that_matches_its_summary_and_the_lake(polars_lake):
+    rows = _ledger(polars_lake["root"])
+    runs = runs_overview(rows)
+    assert [r["run_date"] for r in runs] == list(reversed(DAYS))
+    assert all(r["status"] == "completed" and r["tasks"] == TASKS_PER_RUN for r in runs)
+    assert len(rows) == TASKS_PER_RUN * len(DAYS)
+    assert {r["engine"] for r in rows} == {"polars"} and {r["status"] for r in rows} == {"completed"}
+    assert all(r["duration_s"] > 0 for r in rows)
+    for day in DAYS:
+        mine = {r["table"]: r for r in rows if r["run_date"] == day and r["version_written"] is not None}
+        for s in polars_lake["summaries"][day]:
+            if s["stage"] == "release":
+                continue
+            row = mine[s["table"]]
+            assert row["rows_out"] == s["rows_written"], s["table"]
+            assert row["version_written"] == s["version"], s["table"]
+            assert row["rows_quarantined"] == s.get("quarantined"), s["table"]
+            assert row["rows_in"] == s.get("rows_in"), s["table"]
+        # Versions read are the lake's: the fact read the dim_customer version this run had just written.
+        fact = json.loads(mine["gold.fact_orders"]["versions_read"])
+        assert fact["gold.dim_customer"] == mine["gold.dim_customer"]["version_written"]
+        assert fact["silver.orders"] == mine["silver.orders"]["version_written"]
+    # Freshness: the latest write of each table is the second day's, at the lake's current version.
+    fresh = freshness(rows)
+    for name in ("silver.orders", "gold.fact_orders", "gold.customer_360"):
+        assert fresh[name]["run_date"] == DAYS[-1]
+        assert fresh[name]["version"] == DeltaTable(str(polars_lake["root"] / table(name).path)).version()
+
+
+def test_lineage_events_pair_start_with_complete_and_carry_datasets_schemas_and_counts(polars_lake):
+    rows = _ledger(polars_lake["root"])
+    events = lineage_events(Lake(str(polars_lake["root"])))
+    by_run: dict[str, list[dict]] = {}
+    for e in events:
+        by_run.setdefault(e["run"]["runId"], []).append(e)
+    assert set(by_run) == {r["task_run_id"] for r in rows}
+    assert all([e["eventType"] for e in evs] == ["START", "COMPLETE"] for evs in by_run.values())
+    fact_row = next(r for r in rows if r["table"] == "gold.fact_orders" and r["run_date"] == DAYS[-1])
+    start, complete = by_run[fact_row["task_run_id"]]
+    assert (complete["job"]["namespace"], complete["job"]["name"]) == ("lakehouse",
+                                                                        "daily-lakehouse.gold-gold.fact_orders")
+    (out,) = complete["outputs"]
+    assert out["namespace"] == "file"
+    assert out["name"] == str((polars_lake["root"] / "gold" / "fact_orders").resolve())
+    assert [f["name"] for f in out["facets"]["schema"]["fields"]] == table("gold.fact_orders").columns
+    assert out["facets"]["version"]["datasetVersion"] == str(fact_row["version_written"])
+    assert out["outputFacets"]["outputStatistics"]["rowCount"] == fact_row["rows_out"]
+    read = json.loads(fact_row["versions_read"])
+    inputs = {i["name"]: i for i in complete["inputs"]}
+    assert {str((polars_lake["root"] / table(n).path).resolve()) for n in read} == set(inputs)
+    orders = inputs[str((polars_lake["root"] / "silver" / "orders").resolve())]
+    assert orders["facets"]["version"]["datasetVersion"] == str(read["silver.orders"])
+    # The task's run points at the flow run it ran in.
+    assert complete["run"]["facets"]["parent"]["job"]["name"] == "daily-lakehouse"
+    assert start["eventTime"] <= complete["eventTime"]
+
+
+def test_a_failing_task_leaves_a_failed_ledger_row_and_a_fail_event_and_the_rows_before_it(
+        polars_lake, tmp_path, monkeypatch):
+    from flows.daily import daily_lakehouse
+    from flows.stages import IO_RETRIES
+    from tasks import gold
+
+    root = tmp_path / "lake"
+    shutil.copytree(polars_lake["root"], root)
+    before = len(_ledger(root))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected failure in customer_360")
+
+    monkeypatch.setattr(gold, "build_customer_360", broken)
+    state = daily_lakehouse(run_date=DAYS[-1], lake_root=str(root), landing_root=str(polars_lake["landing"]),
+                            force=True, return_state=True)
+    assert state.is_failed()
+    rows = _ledger(root)[before:]
+    failed = [r for r in rows if r["status"] == "failed"]
+    attempts = 1 + IO_RETRIES["retries"]  # Prefect retried the task; each attempt is a row of the same task run
+    assert [r["task"] for r in failed] == ["gold-gold.customer_360"] * attempts
+    assert len({r["task_run_id"] for r in failed}) == 1
+    assert all("injected failure in customer_360" in r["error"] for r in failed)
+    done = {r["task"] for r in rows if r["status"] == "completed"}
+    assert {"bronze-snowflake.orders", "silver-silver.orders", "gold-gold.fact_orders"} <= done
+    assert "release-gold" not in done  # the run stopped at the failure
+    (run,) = runs_overview(rows)
+    assert run["status"] == "failed" and run["failed_tasks"] == ["gold-gold.customer_360"]
+    events = [e for e in lineage_events(Lake(str(root))) if e["run"]["runId"] == failed[0]["task_run_id"]]
+    assert [e["eventType"] for e in events] == ["START", "FAIL"] * attempts
+    assert "injected failure" in events[-1]["run"]["facets"]["errorMessage"]["message"]
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A Marquez-compatible lineage endpoint on loopback: keeps every POSTed event; answers 503 when told to."""
+
+    events: list[dict] = []
+    fail_first: int = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if type(self).fail_first > 0:
+            type(self).fail_first -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        assert self.path == "/api/v1/lineage"
+        type(self).events.append(json.loads(body))
+        self.send_response(201)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_lineage_goes_to_an_http_receiver_from_settings_and_is_retried(polars_lake, tmp_path, monkeypatch):
+    from deployments.settings import cached_settings
+    from flows.daily import daily_lakehouse
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _Receiver.events, _Receiver.fail_first = [], 2  # the first event is refused twice, then accepted
+        monkeypatch.setenv("LAKEHOUSE_LINEAGE__TRANSPORT", "http")
+        monkeypatch.setenv("LAKEHOUSE_LINEAGE__URL", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("LAKEHOUSE_LINEAGE__RETRIES", "3")
+        cached_settings.cache_clear()
+        root = tmp_path / "lake"
+        shutil.copytree(polars_lake["root"], root)
+        before = len(_ledger(root))
+        daily_lakehouse(run_date=DAYS[-1], lake_root=str(root), landing_root=str(polars_lake["landing"]), force=True)
+    finally:
+        server.shutdown()
+        cached_settings.cache_clear()
+    rows = _ledger(root)[before:]
+    assert len(rows) == TASKS_PER_RUN
+    received: dict[str, list[str]] = {}
+    for e in _Receiver.events:
+        received.setdefault(e["run"]["runId"], []).append(e["eventType"])
+    assert received == {r["task_run_id"]: ["START", "COMPLETE"] for r in rows}
+    # Nothing went to the lake's file transport for this run.
+    assert not {e["run"]["runId"] for e in lineage_events(Lake(str(root)))} & set(received)
+
+
+def test_status_shows_recent_runs_and_table_freshness(polars_lake):
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["status", "--lake-root", str(polars_lake["root"])])
+    assert result.exit_code == 0, result.output
+    rows = _ledger(polars_lake["root"])
+    for run in runs_overview(rows):
+        line = next(x for x in result.output.splitlines() if run["run_id"] in x)
+        assert "completed" in line and str(run["run_date"]) in line and f" {run['rows_written']:,} " in line
+    fact = freshness(rows)["gold.fact_orders"]
+    line = next(x for x in result.output.splitlines() if "gold.fact_orders" in x)
+    assert str(fact["run_date"]) in line and f" {fact['version']} " in line
+
+
+def test_status_without_a_ledger_says_what_to_do(tmp_path):
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["status", "--lake-root", str(tmp_path / "empty")])
+    assert result.exit_code == 2
+    flat = result.output.replace("\n", "")
+    assert LEDGER_PATH in flat and "lakehouse run --date D" in flat
