@@ -121,14 +121,14 @@ class PolarsDeltaEngine:
             return self._write(spec, data, mode="overwrite")
         if data.num_rows == 0:
             return WriteResult(spec.name, dt.version(), 0)
-        if not spec.partition_by:
-            return self._merge_by_rewrite(spec, dt, data, insert_only=insert_only)
         on = [f"t.{k} = s.{k}" for k in spec.keys]
         scanned, skipped = _files_in_partitions(dt, data, spec.partition_by)
-        if spec.partition_by and scanned == 0:
-            # Every partition of the source is new: the pruned merge could only insert, so append (no join).
+        if spec.partition_by and scanned == 0 or not spec.partition_by and not _any_key_in(dt, data, spec):
+            # The merge could only insert (every partition of the source is new, or no source key is in the
+            # target, e.g. new versions of a history table): append, with no join and no file rewritten.
             appended = self._write(spec, data, mode="append")
-            return WriteResult(spec.name, appended.version, appended.rows, files_scanned=0, files_skipped=skipped)
+            return WriteResult(spec.name, appended.version, appended.rows, files_scanned=0,
+                               files_skipped=skipped + (0 if spec.partition_by else scanned))
         if spec.partition_by:
             on.append(_partition_values(data, spec.partition_by, alias="t"))  # type: ignore[arg-type]
         merger = dt.merge(data, predicate=" AND ".join(on), source_alias="s", target_alias="t",
@@ -143,35 +143,6 @@ class PolarsDeltaEngine:
         written = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
         return WriteResult(spec.name, self.lake.written_version(spec), written, files_scanned=scanned,
                            files_skipped=skipped)
-
-    def _merge_by_rewrite(self, spec: TableSpec, dt: Any, data: pa.Table, *, insert_only: bool) -> WriteResult:
-        """The same upsert as the delta-rs merge below, for an unpartitioned table: such a merge rewrites every
-        file holding a matched key, which for these small tables (one file, the merge's own output) is all of
-        them. So the result is computed in Polars and written as one overwrite commit, at about a third of the
-        merge's cost. Keys compare as in the SQL merge (a null key never matches)."""
-        keys = list(spec.keys)
-        target = pl.scan_delta(dt).select(spec.columns).cast(spec.polars_schema)  # type: ignore[arg-type]
-        source = pl.from_arrow(data).lazy()  # type: ignore[union-attr]
-        if insert_only:
-            winners = source.join(target.select(keys), on=keys, how="anti")
-        elif spec.latest_by:
-            lb = spec.latest_by
-            current = target.select(*keys, pl.col(lb).alias("_t_by"), pl.col("_record_hash").alias("_t_hash"),
-                                    pl.lit(True).alias("_matched"))
-            newer = (pl.col(lb) > pl.col("_t_by")) | (
-                (pl.col(lb) == pl.col("_t_by")) & (pl.col("_record_hash") > pl.col("_t_hash")))
-            winners = (source.join(current, on=keys, how="left")
-                       .filter(pl.col("_matched").is_null() | newer).drop("_t_by", "_t_hash", "_matched"))
-        else:
-            winners = source
-        won = winners.collect()
-        if won.height == 0:
-            return WriteResult(spec.name, dt.version(), 0, files_scanned=len(dt.file_uris()), files_skipped=0)
-        kept = target.join(won.lazy().select(keys), on=keys, how="anti")
-        merged = pl.concat([kept, won.lazy().select(spec.columns)]).collect().cast(spec.polars_schema)  # type: ignore[arg-type]
-        files = len(dt.file_uris())
-        written = self._write(spec, merged.to_arrow().cast(spec.arrow_schema), mode="overwrite")
-        return WriteResult(spec.name, written.version, won.height, files_scanned=files, files_skipped=0)
 
     def version(self, spec: TableSpec) -> int | None:
         return self.lake.version(spec)
@@ -222,6 +193,15 @@ def _files_in_partitions(dt: Any, data: pa.Table, columns: tuple[str, ...]) -> t
         for c in columns)
     scanned = adds.filter(inside).height  # type: ignore[union-attr]
     return scanned, adds.height - scanned  # type: ignore[union-attr]
+
+
+def _any_key_in(dt: Any, data: pa.Table, spec: TableSpec) -> bool:
+    """Whether some row of ``data`` has a key the table already holds (only the key columns are read). Null keys
+    never match, as in the merge's join."""
+    keys = list(spec.keys)
+    source = pl.from_arrow(data).lazy().select(keys).drop_nulls()  # type: ignore[union-attr]
+    target = pl.scan_delta(dt).select(keys).cast({k: spec.polars_schema[k] for k in keys})  # type: ignore[arg-type]
+    return source.join(target, on=keys, how="semi").head(1).collect().height > 0
 
 
 def _partition_values(data: pa.Table, columns: tuple[str, ...], alias: str | None = None) -> str:

@@ -7,6 +7,7 @@ import shutil
 import threading
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from deltalake import DeltaTable
@@ -126,10 +127,10 @@ def test_a_failing_task_leaves_a_failed_ledger_row_and_a_fail_event_and_the_rows
 class _Receiver(BaseHTTPRequestHandler):
     """A Marquez-compatible lineage endpoint on loopback: keeps every POSTed event; answers 503 when told to."""
 
-    events: list[dict] = []
-    fail_first: int = 0
+    events: ClassVar[list[dict]] = []
+    fail_first: ClassVar[int] = 0
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if type(self).fail_first > 0:
             type(self).fail_first -= 1
