@@ -103,7 +103,13 @@ class Lake:
     # whichever engine writes the data tables; each append is one atomic commit.
     def read_log(self, relative: str) -> pa.Table | None:
         dt = self._loaded_table(self.path_uri(relative))
-        return None if dt is None else dt.to_pyarrow_table()
+        if dt is None:
+            return None
+        import polars as pl
+
+        # Polars reads a log's many small files (one per run) about 3x faster than to_pyarrow_table (8 vs 24 ms
+        # for 30 files); a day reads some 25 logs. Strings come back as large_string: callers read values.
+        return pl.scan_delta(dt).collect().to_arrow()
 
     def append_log(self, relative: str, rows: pa.Table) -> None:
         from deltalake import write_deltalake

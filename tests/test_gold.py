@@ -168,10 +168,11 @@ def test_dim_customer_is_scd2_whatever_order_the_versions_came_in(make):
 
 def test_an_incremental_dim_customer_equals_a_whole_rebuild(make):
     """The daily flow rebuilds only the rows of changed_customers (update_dim_customer): new
-    versions (in or out of order), a CRM match gained, lost or moved; untouched customers keep their rows."""
+    versions (in or out of order), a customer gone from silver, a CRM match gained, lost or moved; untouched
+    customers keep their rows."""
     before = [_version("c1", "2026-11-01T10:00"), _version("c1", "2026-11-03T10:00"), _version("c2", "2026-11-01T00:00"),
               _version("c3", "2026-11-01T00:00"), _version("c4", "2026-11-01T00:00"), _version("c5", "2026-11-01T00:00"),
-              _version("c6", "2026-11-01T00:00")]
+              _version("c6", "2026-11-01T00:00"), _version("c8", "2026-11-01T00:00")]
     batch = [_version("c1", "2026-11-02T10:00"),  # late: between c1's two versions
              _version("c2", "2026-11-05T00:00"),  # a new current version
              _version("c7", "2026-11-05T00:00")]  # a new customer
@@ -182,12 +183,12 @@ def test_an_incremental_dim_customer_equals_a_whole_rebuild(make):
                    {"customer_id": "c5", "contact_id": "k5", "account_id": "a5"},  # gained a match
                    {"customer_id": "c6", "contact_id": "k6", "account_id": "a6"}]  # c4 lost its match
     old_dim = build_dim_customer(make("silver.customer_versions", before), make("silver.customer_crm_links", links_before))
-    versions = make("silver.customer_versions", before + batch)
+    versions = make("silver.customer_versions", [v for v in before if v["customer_id"] != "c8"] + batch)  # c8 gone
     links = make("silver.customer_crm_links", links_after)
     changed = changed_customers(old_dim, versions, links,
                                 customers_batch=make("silver.customer_versions", batch).select("_record_hash"))
     got = sorted(changed.collect(backend="polars").get_column("customer_id").to_list())
-    assert got == ["c1", "c2", "c3", "c4", "c5", "c7"]  # c6: same versions, same match
+    assert got == ["c1", "c2", "c3", "c4", "c5", "c7", "c8"]  # c6: same versions, same match
     updated = update_dim_customer(old_dim, versions, links, changed)
     assert collect(updated, "gold.dim_customer") == collect(build_dim_customer(versions, links), "gold.dim_customer")
 
