@@ -6,6 +6,7 @@ summaries, never frames. Every run writes a summary table artifact.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -67,9 +68,28 @@ def publish(ctx: RunContext, *, whole: bool = False) -> list[dict[str, Any]]:
 STAGES = {"ingest": ingest, "refine": refine, "publish": publish}
 
 
-@flow(name="daily-lakehouse", flow_run_name="daily-{run_date}", log_prints=True)
+def scheduled_date(run_date: date | None) -> date:
+    """``run_date``, or for a run without one (a scheduled run of a deployment) the UTC date the run was
+    scheduled for: the same date on every retry of that run."""
+    if run_date is not None:
+        return run_date
+    scheduled = flow_run.scheduled_start_time
+    return scheduled.astimezone(UTC).date() if scheduled is not None else datetime.now(UTC).date()
+
+
+def dated_run_name(prefix: str) -> Callable[[], str]:
+    """A flow run name ``<prefix>-<run date>``, the date resolved as ``scheduled_date`` does."""
+
+    def name() -> str:
+        given = flow_run.parameters.get("run_date")
+        return f"{prefix}-{scheduled_date(date.fromisoformat(given) if isinstance(given, str) else given)}"
+
+    return name
+
+
+@flow(name="daily-lakehouse", flow_run_name=dated_run_name("daily"), log_prints=True)
 def daily_lakehouse(
-    run_date: date,
+    run_date: date | None = None,
     env: str = "local",
     backend: str | None = None,
     lake_root: str | None = None,
@@ -78,7 +98,8 @@ def daily_lakehouse(
     spark_master: str | None = None,
     force: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run the whole pipeline for ``run_date``. Unset options come from the environment's settings. With
+    """Run the whole pipeline for ``run_date`` (default: the date the run was scheduled for, UTC). Unset options
+    come from the environment's settings. With
     ``snowflake.publish_with_daily`` set, the gold release the run makes is then published to Snowflake.
 
     ``backend="spark"`` runs on Spark: ``spark_remote`` (Spark Connect URL), ``spark_master`` (classic session),
@@ -89,6 +110,7 @@ def daily_lakehouse(
     given = {"backend": backend, "lake_root": lake_root, "landing_root": landing_root, "spark_remote": spark_remote,
              "spark_master": spark_master}
     overrides = {k: v for k, v in given.items() if v is not None}
+    run_date = scheduled_date(run_date)
     ctx = RunContext(env=env, run_date=run_date, run_id=str(flow_run.get_id() or "local"),
                      started_at=datetime.now(UTC), overrides=overrides, force=force)
     settings = ctx.settings()

@@ -27,7 +27,7 @@ from backends.run_lock import RunLock
 from deployments.emr import package
 from deployments.emr.jobs import JobRuns, aws_client
 from deployments.settings import Settings, load_settings
-from flows.daily import STAGES
+from flows.daily import STAGES, dated_run_name, scheduled_date
 
 
 @task(name="ship-code", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -111,15 +111,18 @@ def _flow_run_cancelling() -> bool:
     return bool(state and (state.is_cancelling() or state.is_cancelled()))
 
 
-@flow(name="daily-lakehouse-emr", flow_run_name="emr-{run_date}", log_prints=True)
+@flow(name="daily-lakehouse", flow_run_name=dated_run_name("emr"), log_prints=True)
 def emr_daily_lakehouse(
-    run_date: date,
+    run_date: date | None = None,
     env: str = "emr",
     stages: list[str] | None = None,
     lake_root: str | None = None,
     landing_root: str | None = None,
 ) -> list[dict[str, Any]] | State:
-    """Run the daily flow's stages for ``run_date`` on EMR Serverless (settings ``emr.*`` of ``env``)."""
+    """Run the daily flow's stages for ``run_date`` (default: the date the run was scheduled for, UTC) on EMR
+    Serverless (settings ``emr.*`` of ``env``). The same flow name as the in-process daily flow, so a deployment
+    of either is ``daily-lakehouse/<deployment>``."""
+    run_date = scheduled_date(run_date)
     stages = list(stages or STAGES)
     unknown = [s for s in stages if s not in STAGES]
     if unknown:

@@ -1,0 +1,111 @@
+"""The Prefect deployments for real: a Prefect server on loopback, the work pools, ``prefect deploy --all`` of
+``deployments/prefect.yaml``, a process worker (all started by ``deployments/local_stack.py``, as
+``make deploy-local`` does, and stopped by process id), then ``prefect deployment run`` and, after a run that
+fails in a task, ``prefect flow-run retry``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from backends.lake import Lake
+from backends.releases import Releases
+from backends.run_log import RunLog
+from flows.tracking import read_ledger
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+DAY1, DAY2 = date(2026, 11, 1), date(2026, 11, 2)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from conftest import _free_port
+
+    from deployments import local_stack
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    state = local_stack.up(port=port, home=home)
+    try:
+        yield {"env": local_stack.stack_env(home, port), **state}
+    finally:
+        stopped = local_stack.down(home)
+        assert state["server_pid"] in stopped
+
+
+def _prefect(stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PREFECT, *args], env=stack["env"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path):
+    from tasks.sample_data import generate
+
+    listed = _prefect(stack, "deployment", "ls")
+    assert listed.returncode == 0, listed.stderr
+    for name in ("daily-lakehouse/local", "daily-lakehouse/emr", "backfill-lakehouse/backfill",
+                 "publish-snowflake/snowflake"):
+        assert name in listed.stdout, listed.stdout
+    shown = _prefect(stack, "deployment", "inspect", "daily-lakehouse/local")
+    assert "0 6 * * *" in shown.stdout and "lakehouse-local" in shown.stdout
+
+    landing, lake_root = tmp_path / "landing", tmp_path / "lake"
+    generate(landing, days=2, scale=0.03, seed=7, start=DAY1)
+    params = ["-p", f"lake_root={lake_root}", "-p", f"landing_root={landing}"]
+
+    # 1. A run of the deployment, picked up by the worker, completes and releases that date's gold.
+    first = _prefect(stack, "deployment", "run", "daily-lakehouse/local", "-p", f"run_date={DAY1}", *params, "--watch")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Completed" in first.stdout
+    lake = Lake(str(lake_root))
+    assert Releases(lake).current().run_date == DAY1
+    assert (lake_root / "gold" / "fact_orders" / "_delta_log").is_dir()
+
+    # 2. A run whose customer_segments task cannot write (a file where its table goes) fails in that task.
+    segments = lake_root / "gold" / "customer_segments"
+    aside = tmp_path / "segments-aside"
+    shutil.move(segments, aside)
+    segments.write_text("not a table")
+    second = _prefect(stack, "deployment", "run", "daily-lakehouse/local", "-p", f"run_date={DAY2}", *params,
+                      "--watch")
+    assert second.returncode != 0 and "Failed" in second.stdout
+    assert Releases(Lake(str(lake_root))).current().run_date == DAY1, "a failed run releases nothing"
+    failed_rows = [r for r in read_ledger(Lake(str(lake_root))) if r["run_date"] == DAY2]
+    run_id = failed_rows[0]["run_id"]
+    assert {r["task"] for r in failed_rows if r["status"] == "failed"} == {"gold-gold.customer_segments"}
+
+    # 3. Fixed, the same flow run is retried with the CLI; the worker resumes it after the completed tasks.
+    segments.unlink()
+    shutil.move(aside, segments)
+    retried = _prefect(stack, "flow-run", "retry", run_id)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    deadline = time.monotonic() + 300
+    while DAY2 not in RunLog(Lake(str(lake_root))).done_dates():
+        assert time.monotonic() < deadline, "the retried run did not complete within 5 minutes"
+        time.sleep(2)
+    inspect = _prefect(stack, "flow-run", "inspect", run_id)
+    assert "COMPLETED" in inspect.stdout.upper()
+    assert Releases(Lake(str(lake_root))).current().run_date == DAY2
+
+    rows = [r for r in read_ledger(Lake(str(lake_root))) if r["run_id"] == run_id]
+    completed: dict[str, int] = {}
+    for r in rows:
+        if r["status"] == "completed":
+            completed[r["task"]] = completed.get(r["task"], 0) + 1
+    # Every task ran to completion exactly once in this flow run: the retry re-ran only the failed task and
+    # what follows it (the release); the bronze, silver and other gold tasks were cached, not run again.
+    assert set(completed.values()) == {1}
+    assert len(completed) == 30
+    retry_started = min(r["started_at"] for r in rows if r["task"] == "gold-gold.customer_segments"
+                        and r["status"] == "completed")
+    ran_in_retry = {r["task"] for r in rows if r["started_at"] >= retry_started}
+    assert ran_in_retry == {"gold-gold.customer_segments", "release-gold"}
