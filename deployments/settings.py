@@ -29,6 +29,15 @@ class SettingsError(ValueError):
     """Settings are missing or invalid; the message names the field, what was expected and where to fix it."""
 
 
+def secret_reference(value: str) -> str:
+    """``value`` if it is a secret reference (or empty); a field validator of every setting that names a secret."""
+    if value and not re.fullmatch(r"(prefect-secret|aws-secretsmanager):[^\s#]+(#\w+)?", value):
+        msg = ("expected a reference, prefect-secret:<block name> or aws-secretsmanager:<secret id> (optionally "
+               "#<field>), never the secret itself")
+        raise ValueError(msg)
+    return value
+
+
 class SnowflakeSettings(BaseModel):
     """Where gold is published (used by the Snowflake publish; not needed by the daily flow on a laptop)."""
 
@@ -56,14 +65,7 @@ class SnowflakeSettings(BaseModel):
         1_000_000, ge=1, description="rows per Parquet file put on the staging table's stage (bounds memory)",
     )
 
-    @field_validator("secret")
-    @classmethod
-    def _a_reference(cls, value: str) -> str:
-        if value and not re.fullmatch(r"(prefect-secret|aws-secretsmanager):[^\s#]+(#\w+)?", value):
-            msg = ("expected a reference, prefect-secret:<block name> or aws-secretsmanager:<secret id> (optionally "
-                   "#<field>), never the secret itself")
-            raise ValueError(msg)
-        return value
+    _a_reference = field_validator("secret")(lambda value: secret_reference(value))
 
     def require(self) -> SnowflakeSettings:
         """These settings, or an error naming every field a connection needs and lacks."""
@@ -178,6 +180,10 @@ class Settings(BaseSettings):
         None, min_length=16,
         description="key for pseudonymising e-mail and phone (HMAC-SHA256), needed by silver; never logged",
     )
+    hmac_key_secret: str = Field(
+        "", description="where the HMAC key is kept, wins over hmac_key: prefect-secret:<block name> or "
+        "aws-secretsmanager:<secret id>, with #<field> for a JSON secret; never the key itself",
+    )
     fx_window_days: int = Field(
         4, ge=0, le=31, description="how many days an FX rate may be older than the order it converts"
     )
@@ -212,13 +218,29 @@ class Settings(BaseSettings):
     def lake(self) -> Lake:
         return Lake(self.lake_root)
 
+    _hmac_reference = field_validator("hmac_key_secret")(lambda value: secret_reference(value))
+
     def require_hmac_key(self) -> bytes:
-        """The pseudonymisation key, or an error saying where to set it (silver needs it; other commands do not)."""
+        """The pseudonymisation key, or an error saying where to set it (silver needs it; other commands do not).
+        From ``hmac_key_secret`` when set (resolved once per process), else ``hmac_key``."""
+        if self.hmac_key_secret:
+            return _secret_key(self.hmac_key_secret)
         if self.hmac_key is None:
             msg = (f"expected hmac_key (at least 16 characters) to pseudonymise e-mail and phone in silver, not set for "
                    f"env {self.env!r}; set LAKEHOUSE_HMAC_KEY where the flow runs (never in a committed file)")
             raise SettingsError(msg)
         return self.hmac_key.get_secret_value().encode()
+
+
+@lru_cache(maxsize=8)
+def _secret_key(reference: str) -> bytes:
+    from deployments.secrets import SecretNotFoundError, resolve_secret
+
+    key = resolve_secret(reference, what="hmac_key_secret").get_secret_value()
+    if len(key) < 16:
+        msg = f"expected the HMAC key at {reference} to have at least 16 characters, got {len(key)}"
+        raise SecretNotFoundError(msg)
+    return key.encode()
 
 
 def available_envs() -> list[str]:
@@ -242,7 +264,7 @@ def load_settings(env: str | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            if not {"hmac_key", "secret"} & {str(p) for p in e["loc"]}  # never echo what may be a secret
+            if not {"hmac_key", "hmac_key_secret", "secret"} & {str(p) for p in e["loc"]}  # never echo what may be a secret
             else f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
             for e in exc.errors()
         )
