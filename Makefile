@@ -13,7 +13,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup demo test bench bench-engines bench-incremental bench-publish deploy-local deploy-local-stop lint clean
+.PHONY: setup system-deps demo test bench bench-engines bench-incremental bench-publish deploy-local deploy-local-stop lint clean
 
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -29,7 +29,14 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/lakehouse demo --days $(DEMO_DAYS) --scale $(DEMO_SCALE) --start $(DEMO_START)
 
-test: setup
+# Headless Chromium for the report test (tests/test_report.py); Debian's package, as root.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }; \
+	  else echo "error: the tests need Chromium: install Debian's chromium (apt-get install chromium)" >&2; exit 1; fi; }
+
+test: setup system-deps
 	$(PY) -m pytest -q
 
 bench: setup

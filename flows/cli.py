@@ -485,6 +485,28 @@ def _age(seconds: float) -> str:
 
 
 @app.command()
+def report(
+    run_date: Annotated[str, typer.Option("--date", help="run date, YYYY-MM-DD")],
+    out: Annotated[Path | None, typer.Option("--out", help="HTML file to write (default: report-<date>.html)")] = None,
+    env: EnvOpt = None,
+    lake_root: LakeOpt = None,
+) -> None:
+    """Write one self-contained HTML page about a run date: rows per layer and table, quarantine by rule, and
+    quality trends over the recent run dates, from the run ledger and the quarantine tables."""
+    from flows.report import render
+
+    day = _parse_date(run_date, "--date")
+    settings = _settings(env, lake_root=lake_root)
+    try:
+        page = render(settings.lake(), day)
+    except LookupError as exc:
+        _fail(str(exc))
+    target = out or Path(f"report-{day.isoformat()}.html")
+    target.write_text(page, encoding="utf-8")
+    console.print(f"wrote {target} ({len(page):,} bytes)")
+
+
+@app.command()
 def publish(
     to: Annotated[str, typer.Option("--to", help="where to publish gold: snowflake")],
     release: Annotated[str | None, typer.Option("--release", help="gold release id (default: the current one)")] = None,
