@@ -111,6 +111,44 @@ class Lake:
         # for 30 files); a day reads some 25 logs. Strings come back as large_string: callers read values.
         return pl.scan_delta(dt).collect().to_arrow()
 
+    # Plain objects under the root (lineage event files): a local file, or an S3 object (boto3, standard chain).
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        if self.is_local:
+            path = self.local_root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        else:
+            bucket, key = self._s3_key(relative)
+            self._s3().put_object(Bucket=bucket, Key=key, Body=data)
+
+    def list_files(self, relative: str) -> list[str]:
+        """Paths (relative to the root) of the files under folder ``relative``, sorted."""
+        if self.is_local:
+            folder = self.local_root / relative
+            return sorted(p.relative_to(self.local_root).as_posix() for p in folder.rglob("*") if p.is_file()) \
+                if folder.is_dir() else []
+        bucket, key = self._s3_key(relative)
+        prefix = key.rstrip("/") + "/"
+        root_key = self._s3_key("")[1]
+        pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(o["Key"][len(root_key):].lstrip("/") for page in pages for o in page.get("Contents", []))
+
+    def read_bytes(self, relative: str) -> bytes:
+        if self.is_local:
+            return (self.local_root / relative).read_bytes()
+        bucket, key = self._s3_key(relative)
+        return self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def _s3_key(self, relative: str) -> tuple[str, str]:
+        bucket, _, prefix = self.root.removeprefix("s3://").partition("/")
+        return bucket, "/".join(p for p in (prefix.strip("/"), relative.strip("/")) if p)
+
+    @staticmethod
+    def _s3() -> Any:
+        import boto3
+
+        return boto3.client("s3")
+
     def append_log(self, relative: str, rows: pa.Table) -> None:
         from deltalake import write_deltalake
 

@@ -6,7 +6,8 @@
 * emits an OpenLineage ``START`` event, then ``COMPLETE`` or ``FAIL``, with the tables it read (at the versions
   it read) and the table it wrote as datasets, their schema facets and the rows written
   (``outputStatistics``). Events go to the transport of ``settings.lineage``: JSON lines in the lake by default
-  (``<lake>/_lineage/<run date>.jsonl``), a Marquez-compatible HTTP endpoint, or nowhere;
+  (``<lake>/_lineage/<run date>.jsonl``; on S3 one object per stage under ``_lineage/<run date>/``), a
+  Marquez-compatible HTTP endpoint, or nowhere;
 * adds a row to the run ledger ``<lake>/_ledger/runs`` (run id, flow, task, table, versions read and written,
   rows in, out and quarantined, status, start, duration, engine). Rows are kept in memory and appended in one
   Delta commit when the stage ends (``recorded``), so the ledger costs one commit per stage, not per task.
@@ -162,8 +163,11 @@ def _record(ctx: RunContext, who: TaskRun, read_versions: dict[str, int | None],
 
 
 def flush_ledger(ctx: RunContext) -> int:
-    """Append the ledger rows this process holds for ``ctx``'s lake in one commit; how many."""
+    """Append the ledger rows this process holds for ``ctx``'s lake in one commit (and, on an object store, write
+    the lineage events held); how many rows."""
     lake = ctx.settings().lake()
+    if not lake.is_local:
+        LakeObjectTransport.flush(lake)
     with _PENDING_LOCK:
         rows = _PENDING.pop(lake.root, [])
     if rows:
@@ -337,16 +341,49 @@ def _client(conf: Any, lake: Any, ctx: RunContext) -> Any:
         folder.mkdir(parents=True, exist_ok=True)
         return OpenLineageClient(transport=FileTransport(FileConfig(
             log_file_path=str(folder / f"{ctx.run_date.isoformat()}.jsonl"), append=True)))
-    # Object stores cannot append: one object per event (the transport adds a timestamp to the name).
-    return OpenLineageClient(transport=FileTransport(FileConfig(
-        log_file_path=lake.path_uri(f"{LINEAGE_PATH}/{ctx.run_date.isoformat()}/event"), append=False,
-        storage_options=lake.storage_options or None)))
+    # Object stores cannot append: events are kept and written as one JSON-lines object per stage (flush_ledger).
+    return OpenLineageClient(transport=LakeObjectTransport(lake, ctx.run_date))
+
+
+class LakeObjectTransport:
+    """An OpenLineage transport for a lake on an object store: events are held in memory and written, in order,
+    as one JSON-lines object ``_lineage/<run date>/<time>-<id>.jsonl`` when the stage ends."""
+
+    kind = "lake-object"
+    _pending: ClassVar[dict[str, list[str]]] = {}  # serialised events by lake root
+
+    def __init__(self, lake: Any, run_date: Any) -> None:
+        self.lake, self.run_date = lake, run_date
+
+    def emit(self, event: Any) -> None:
+        from openlineage.client.serde import Serde
+
+        with _PENDING_LOCK:
+            LakeObjectTransport._pending.setdefault(self.lake.root, []).append(
+                f"{self.run_date.isoformat()}\t{Serde.to_json(event)}")
+
+    def close(self, timeout: float = -1) -> bool:
+        return True
+
+    @classmethod
+    def flush(cls, lake: Any) -> int:
+        with _PENDING_LOCK:
+            held = cls._pending.pop(lake.root, [])
+        by_date: dict[str, list[str]] = {}
+        for line in held:
+            day, _, event = line.partition("\t")
+            by_date.setdefault(day, []).append(event)
+        for day, events in by_date.items():
+            name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
+            lake.write_bytes(f"{LINEAGE_PATH}/{day}/{name}", ("\n".join(events) + "\n").encode())
+        return len(held)
 
 
 def lineage_events(lake: Any) -> list[dict[str, Any]]:
-    """Every lineage event written to a local lake's file transport, in file order."""
-    folder = lake.local_root / LINEAGE_PATH
+    """Every lineage event the file transport wrote to the lake (local or object store), in order."""
     events = []
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        events += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for path in lake.list_files(LINEAGE_PATH):
+        if path.endswith(".jsonl"):
+            text = lake.read_bytes(path).decode()
+            events += [json.loads(line) for line in text.splitlines() if line.strip()]
     return events
