@@ -72,3 +72,30 @@ def _field(value: Any, field: str, ref: str, what: str) -> Any:
         msg = f"expected field {field!r} in the JSON secret of {what} ({ref}), got {keys}"
         raise SecretNotFoundError(msg)
     return value[field]
+
+
+def use_aws_credentials_block(name: str) -> None:
+    """Make the prefect-aws ``AwsCredentials`` block ``name`` this process's AWS credentials: its keys (or profile)
+    and region go to the standard AWS environment variables, which every S3 client of the run reads (delta-rs,
+    Polars, boto3). Without a block the standard chain applies (environment, profile, instance role)."""
+    import os
+
+    from prefect_aws import AwsCredentials
+
+    try:
+        block = AwsCredentials.load(name)
+    except ValueError as exc:
+        msg = (f"expected a prefect-aws AwsCredentials block named {name!r} (setting aws_credentials_block), found "
+               f"none ({exc}); create it in the Prefect UI (Blocks > AWS Credentials) or leave the setting empty "
+               "to use the standard AWS credential chain")
+        raise SecretNotFoundError(msg) from None
+    values = {
+        "AWS_ACCESS_KEY_ID": block.aws_access_key_id,
+        "AWS_SECRET_ACCESS_KEY": block.aws_secret_access_key.get_secret_value() if block.aws_secret_access_key else None,
+        "AWS_SESSION_TOKEN": block.aws_session_token,
+        "AWS_PROFILE": block.profile_name,
+        "AWS_REGION": block.region_name, "AWS_DEFAULT_REGION": block.region_name,
+    }
+    for key, value in values.items():
+        if value:
+            os.environ[key] = value

@@ -192,6 +192,10 @@ class Settings(BaseSettings):
         description="how many days late an order change or order event may arrive and still flow into gold by "
         "itself (later ones are quarantined as late.beyond_lookback, for a replay)",
     )
+    aws_credentials_block: str = Field(
+        "", description="name of a prefect-aws AwsCredentials block for an S3 lake and result storage; empty: the "
+        "standard AWS credential chain (environment, profile, instance role)",
+    )
     result_storage: str | None = Field(
         None, description="where Prefect keeps task results for retries that resume: a folder or "
         "s3://bucket/prefix; None means <lake_root>/_results",

@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 from backends.run_lock import RunLock
 from backends.run_log import RunLog
 from contracts.landing import LANDING_ENTITIES
+from deployments.secrets import use_aws_credentials_block
 from flows.caching import resumable
 from flows.context import RunContext
 from flows.stages import (
@@ -114,6 +115,8 @@ def daily_lakehouse(
     ctx = RunContext(env=env, run_date=run_date, run_id=str(flow_run.get_id() or "local"),
                      started_at=datetime.now(UTC), overrides=overrides, force=force)
     settings = ctx.settings()
+    if settings.aws_credentials_block:
+        use_aws_credentials_block(settings.aws_credentials_block)
     settings.require_hmac_key()
     settings.lake().check_writable()
     ctx.landing_dir()

@@ -1,4 +1,4 @@
-"""A lake on S3 (moto's server on loopback, credentials from the standard AWS chain): the daily flow end to end,
+"""A lake on S3 (moto's server on loopback, credentials from an AwsCredentials block): the daily flow end to end,
 task results on S3 so a retried flow run resumes from them, the ledger and lineage in the bucket, and the same
 gold as the local lake built from the same landing files."""
 
@@ -30,13 +30,26 @@ def _table(uri: str, columns: list[str]) -> pl.DataFrame:
 
 
 def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch):
+    """Credentials from a prefect-aws AwsCredentials block (the environment has none while the flow runs)."""
     import tasks.gold as gold_module
     from flows.daily import daily_lakehouse
     from flows.stages import IO_RETRIES
 
+    from prefect_aws import AwsCredentials
+
+    from deployments.settings import cached_settings
+
     monkeypatch.setenv("AWS_ALLOW_HTTP", "true")  # moto's endpoint is plain HTTP on loopback
     local = daily_lakes("polars")
     boto3.client("s3").create_bucket(Bucket="lake-bucket")
+    # The run's credentials come from an AwsCredentials block, not from the environment.
+    AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing",
+                   region_name="us-east-1").save("lakehouse-s3-test", overwrite=True)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, "unset")  # so that the test's end restores the environment as it was
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LAKEHOUSE_AWS_CREDENTIALS_BLOCK", "lakehouse-s3-test")
+    cached_settings.cache_clear()
     root = "s3://lake-bucket/prod/lake"
     lake = Lake(root)
 
@@ -81,3 +94,4 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch):
     fact = next(e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"].endswith("gold-gold.fact_orders"))
     assert fact["outputs"][0]["namespace"] == "s3://lake-bucket"
     assert fact["outputs"][0]["name"] == "prod/lake/gold/fact_orders"
+    cached_settings.cache_clear()  # later tests read settings without the block
