@@ -31,13 +31,12 @@ def _table(uri: str, columns: list[str]) -> pl.DataFrame:
 
 def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch):
     """Credentials from a prefect-aws AwsCredentials block (the environment has none while the flow runs)."""
-    import tasks.gold as gold_module
-    from flows.daily import daily_lakehouse
-    from flows.stages import IO_RETRIES
-
     from prefect_aws import AwsCredentials
 
+    import tasks.gold as gold_module
     from deployments.settings import cached_settings
+    from flows.daily import daily_lakehouse
+    from flows.stages import IO_RETRIES
 
     monkeypatch.setenv("AWS_ALLOW_HTTP", "true")  # moto's endpoint is plain HTTP on loopback
     local = daily_lakes("polars")
