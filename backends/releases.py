@@ -95,3 +95,17 @@ class Releases:
                  "run_date": run_date, "released_at": release.released_at} for t, v in release.versions.items()]
         self.lake.append_log(self.path, pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA))
         return release
+
+    def rollback(self, release_id: str, *, run_id: str) -> Release:
+        """Make an earlier release's versions current again, as a new release (the log only grows, so the
+        rollback itself shows in ``history`` and can be undone the same way)."""
+        history = self.history()
+        target = next((r for r in history if r.release_id == release_id), None)
+        if target is None:
+            known = ", ".join(r.release_id for r in history[-10:]) or "none"
+            msg = f"expected a {self.layer} release id among the recent ones ({known}), got {release_id!r}"
+            raise NotReleasedError(msg)
+        if history[-1].versions == target.versions:
+            msg = f"{release_id}'s versions are already the current ones ({history[-1].release_id}): nothing to roll back"
+            raise ValueError(msg)
+        return self.publish(target.versions, run_id=run_id, run_date=target.run_date)

@@ -507,6 +507,26 @@ def report(
 
 
 @app.command()
+def rollback(
+    to: Annotated[str, typer.Option("--to", help="the gold release id to make current again, e.g. gold-000003")],
+    env: EnvOpt = None,
+    lake_root: LakeOpt = None,
+) -> None:
+    """Make an earlier gold release current again: a new release with that release's table versions (readers
+    and the next Snowflake publish see them; the log keeps everything, so a rollback can itself be undone)."""
+    from backends.releases import NotReleasedError, Releases
+
+    settings = _settings(env, lake_root=lake_root)
+    releases = Releases(settings.lake())
+    try:
+        made = releases.rollback(to, run_id=f"rollback-{datetime.now().strftime('%Y%m%dT%H%M%S')}")
+    except (NotReleasedError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"released {made.release_id} with the versions of {to} (run date {made.run_date}): "
+                  + ", ".join(f"{k.removeprefix('gold.')}={v}" for k, v in made.versions.items()))
+
+
+@app.command()
 def publish(
     to: Annotated[str, typer.Option("--to", help="where to publish gold: snowflake")],
     release: Annotated[str | None, typer.Option("--release", help="gold release id (default: the current one)")] = None,

@@ -331,9 +331,8 @@ def build_gold(ctx: RunContext, table_name: str, order_dates: list[date] | None 
         "gold.fact_orders": lambda: gold.build_fact_orders(
             orders, s("silver.order_events").join(orders.select("order_id"), on="order_id", how="semi"),
             s("gold.dim_customer").join(orders.select("customer_id").unique(), on="customer_id", how="semi")),
-        "gold.dim_customer": lambda: (_dim_customer_update(ctx, engine) if order_dates is not None and engine.exists(spec)
-                                      else gold.build_dim_customer(s("silver.customer_versions"),
-                                                                   s("silver.customer_crm_links"))),
+        "gold.dim_customer": lambda: gold.build_dim_customer(s("silver.customer_versions"),
+                                                             s("silver.customer_crm_links")),
         "gold.dim_product": lambda: gold.build_dim_product(s("silver.products")),
         "gold.dim_date": lambda: gold.build_dim_date(_calendar(engine, s("gold.fact_orders"))),
         "gold.customer_360": lambda: gold.build_customer_360(
@@ -346,16 +345,6 @@ def build_gold(ctx: RunContext, table_name: str, order_dates: list[date] | None 
     written = engine.overwrite_partitions(spec, frame) if partial else engine.overwrite(spec, frame)
     return _summary("gold", spec, rows_written=written.rows, version=written.version,
                     order_dates=len(order_dates) if partial and order_dates else None)
-
-
-def _dim_customer_update(ctx: RunContext, engine: Engine) -> nw.LazyFrame:
-    """``gold.dim_customer`` after an incremental run: the rows of the customers the run date's batches changed
-    (gold.changed_customers) built anew from all their versions, the other customers' rows as they are."""
-    versions, links = engine.scan(table("silver.customer_versions")), engine.scan(table("silver.customer_crm_links"))
-    batch = bronze.batch_for(engine.scan(table("bronze.snowflake.customers")), ctx.run_date).select("_record_hash")
-    current = engine.scan(table("gold.dim_customer"))
-    changed = engine.materialize(gold.changed_customers(current, versions, links, customers_batch=batch))
-    return gold.update_dim_customer(current, versions, links, changed)
 
 
 def gate_failures(summaries: list[dict[str, Any]], gates: Mapping[str, Gate]) -> list[dict[str, Any]]:

@@ -31,9 +31,7 @@ __all__ = [
     "build_dim_product",
     "build_fact_orders",
     "build_product_performance",
-    "changed_customers",
     "changed_order_dates",
-    "update_dim_customer",
 ]
 
 
@@ -337,39 +335,6 @@ def changed_order_dates(
     by_customer = orders.join(since, on="customer_id", how="inner").filter(
         nw.col("_since").is_null() | (nw.col("order_ts") >= nw.col("_since"))).select("order_date")
     return nw.concat([own, evented, by_customer], how="vertical").unique()
-
-
-def changed_customers(dim_customer: nw.LazyFrame, customer_versions: nw.LazyFrame, links: nw.LazyFrame, *,
-                      customers_batch: nw.LazyFrame) -> nw.LazyFrame:
-    """``customer_id`` of every customer whose ``dim_customer`` rows may differ from what ``build_dim_customer``
-    makes of ``customer_versions`` and ``links``: customers with a version the run's batch (``customers_batch``:
-    its ``_record_hash``) wrote, customers with a different number of versions than of dimension rows (new ones,
-    and any gone from silver), and customers whose CRM match (``links``) is not the one on their current row
-    (null-safe). One column, distinct."""
-    written = customer_versions.join(customers_batch.select("_record_hash").unique(), on="_record_hash",
-                                     how="semi").select("customer_id")
-    n_now = customer_versions.group_by("customer_id").agg(nw.len().alias("_n_now"))
-    n_was = dim_customer.group_by("customer_id").agg(nw.len().alias("_n_was"))
-    recounted = n_was.join(n_now, on="customer_id", how="left").filter(
-        nw.col("_n_now").is_null() | (nw.col("_n_now") != nw.col("_n_was"))).select("customer_id")
-    arrived = n_now.join(n_was, on="customer_id", how="anti").select("customer_id")
-    now = links.select("customer_id", nw.col("account_id").alias("_now"))
-    was = dim_customer.filter(nw.col("is_current")).select("customer_id", nw.col("crm_account_id").alias("_was"))
-    differs = (nw.col("_was") != nw.col("_now")).fill_null(False) | (nw.col("_was").is_null() != nw.col("_now").is_null())
-    moved = was.join(now, on="customer_id", how="left").filter(differs).select("customer_id")
-    return nw.concat([written, recounted, arrived, moved], how="vertical").unique()
-
-
-def update_dim_customer(dim_customer: nw.LazyFrame, customer_versions: nw.LazyFrame, links: nw.LazyFrame,
-                        changed: nw.LazyFrame) -> nw.LazyFrame:
-    """``dim_customer`` with the rows of the ``changed`` customers (``changed_customers``) built anew from all their
-    versions and their current CRM match; every other customer's rows as they are. Equals ``build_dim_customer``
-    over all versions when ``changed`` covers what changed."""
-    columns = table("gold.dim_customer").columns
-    fresh = build_dim_customer(customer_versions.join(changed, on="customer_id", how="semi"),
-                               links.join(changed, on="customer_id", how="semi"))
-    kept = dim_customer.join(changed, on="customer_id", how="anti")
-    return nw.concat([kept.select(columns), fresh.select(columns)], how="vertical")
 
 
 def build_dim_customer(versions: nw.LazyFrame, links: nw.LazyFrame) -> nw.LazyFrame:

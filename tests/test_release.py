@@ -14,7 +14,7 @@ from conftest import FLOW_DAYS
 from engines import to_engine
 from typer.testing import CliRunner
 
-from backends import Lake
+from backends import Lake, get_backend
 from backends.releases import NotReleasedError, Releases
 from contracts.catalog import Reference, table, tables
 from flows.cli import app
@@ -187,3 +187,26 @@ def test_an_incremental_release_audits_the_rewritten_partitions(lake_copy, prefe
         release_gold.fn(ctx, {**current.versions, fact.name: written.version}, [day])
     assert Releases(Lake(str(root))).current() == current
 
+
+def test_rollback_makes_an_earlier_release_current_again(daily_lakes, tmp_path):
+    import shutil
+
+    root = tmp_path / "lake"
+    shutil.copytree(daily_lakes("polars")["root"], root)
+    releases = Releases(Lake(str(root)))
+    first, second = releases.history()[-2:]
+    result = runner.invoke(app, ["rollback", "--to", first.release_id, "--lake-root", str(root)])
+    assert result.exit_code == 0, result.output
+    current = releases.current()
+    assert current.seq == second.seq + 1 and current.versions == first.versions
+    assert current.run_date == first.run_date
+    # Readers now see the first release's rows.
+    engine = get_backend("polars", Lake(str(root)))
+    fact = table("gold.fact_orders")
+    assert releases.version_of(fact.name) == first.versions[fact.name]
+    assert engine.count(engine.scan(fact, version=first.versions[fact.name])) < engine.count(
+        engine.scan(fact, version=second.versions[fact.name]))
+    again = runner.invoke(app, ["rollback", "--to", first.release_id, "--lake-root", str(root)])
+    assert again.exit_code == 2 and "nothing to roll back" in again.output.replace("\n", "")
+    unknown = runner.invoke(app, ["rollback", "--to", "gold-999999", "--lake-root", str(root)])
+    assert unknown.exit_code == 2 and first.release_id in unknown.output.replace("\n", "")
