@@ -159,6 +159,22 @@ def daily_lakes(prefect_harness, tmp_path_factory, request):
     return build
 
 
+@pytest.fixture(scope="session")
+def pristine_lake(daily_lakes, tmp_path_factory):
+    """A two-day lake of the laptop engine that no test writes to (copy it to write): the daily flow's two runs
+    and nothing else, so its run ledger, releases and lineage hold exactly those runs. (The shared lakes of
+    ``daily_lakes`` are rerun by some tests.)"""
+    from datetime import date
+
+    from flows.daily import daily_lakehouse
+
+    landing = daily_lakes("polars")["landing"]
+    root = tmp_path_factory.mktemp("pristine") / "lake"
+    days = [date.fromisoformat(d) for d in FLOW_DAYS]
+    summaries = {d: daily_lakehouse(run_date=d, lake_root=str(root), landing_root=str(landing)) for d in days}
+    return {"root": root, "landing": landing, "summaries": summaries}
+
+
 AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 

@@ -188,13 +188,13 @@ def test_an_incremental_release_audits_the_rewritten_partitions(lake_copy, prefe
     assert Releases(Lake(str(root))).current() == current
 
 
-def test_rollback_makes_an_earlier_release_current_again(daily_lakes, tmp_path):
+def test_rollback_makes_an_earlier_release_current_again(pristine_lake, tmp_path):
     import shutil
 
     root = tmp_path / "lake"
-    shutil.copytree(daily_lakes("polars")["root"], root)
+    shutil.copytree(pristine_lake["root"], root)
     releases = Releases(Lake(str(root)))
-    first, second = releases.history()[-2:]
+    first, second = releases.history()  # day 1's release, then day 2's
     result = runner.invoke(app, ["rollback", "--to", first.release_id, "--lake-root", str(root)])
     assert result.exit_code == 0, result.output
     current = releases.current()

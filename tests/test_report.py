@@ -68,10 +68,10 @@ def _expected(ledger: list[dict], day: date) -> tuple[str, dict[str, int]]:
     return run_id, sums
 
 
-def test_the_report_shows_the_ledger_figures_in_a_browser(daily_lakes, tmp_path):
+def test_the_report_shows_the_ledger_figures_in_a_browser(pristine_lake, tmp_path):
     from flows.cli import app
 
-    root = daily_lakes("polars")["root"]
+    root = pristine_lake["root"]
     page = tmp_path / "report.html"
     result = CliRunner().invoke(app, ["report", "--date", str(DAYS[-1]), "--lake-root", str(root), "--out", str(page)])
     assert result.exit_code == 0, result.output
@@ -115,10 +115,10 @@ def test_the_report_shows_the_ledger_figures_in_a_browser(daily_lakes, tmp_path)
         assert shown[f"trend.{day}.gold.rows_out"] == f"{day_sums['gold.rows_out']:,}"
 
 
-def test_a_date_without_runs_is_refused_clearly(daily_lakes, tmp_path):
+def test_a_date_without_runs_is_refused_clearly(pristine_lake, tmp_path):
     from flows.cli import app
 
-    root = daily_lakes("polars")["root"]
+    root = pristine_lake["root"]
     result = CliRunner().invoke(app, ["report", "--date", "2030-01-01", "--lake-root", str(root),
                                       "--out", str(tmp_path / "x.html")])
     assert result.exit_code == 2

@@ -26,8 +26,8 @@ TASKS_PER_RUN = 9 + 1 + 9 + 1 + 1 + 1 + 7 + 1
 
 
 @pytest.fixture
-def polars_lake(daily_lakes):
-    return daily_lakes("polars")
+def polars_lake(pristine_lake):
+    return pristine_lake
 
 
 def _ledger(root) -> list[dict]:
