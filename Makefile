@@ -37,7 +37,7 @@ system-deps:
 	  else echo "error: the tests need Chromium: install Debian's chromium (apt-get install chromium)" >&2; exit 1; fi; }
 
 test: setup system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: setup
 	$(PY) bench/daily_stages.py --scale 10 --days 1

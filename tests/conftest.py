@@ -135,6 +135,7 @@ FLOW_DAYS = ("2026-11-01", "2026-11-02")
 def daily_lakes(prefect_harness, tmp_path_factory, request):
     """``daily_lakes(engine)``: a lake built by the daily flow over two generated days (scale 0.03, seed 7) on
     ``polars`` or ``sail``, from one shared landing folder. Each engine's lake is built once per session."""
+    import shutil
     from datetime import date
 
     from flows.daily import daily_lakehouse
@@ -153,26 +154,22 @@ def daily_lakes(prefect_harness, tmp_path_factory, request):
             root = base / f"lake-{engine}"
             summaries = {d: daily_lakehouse(run_date=d, lake_root=str(root), landing_root=str(landing), **kwargs)
                          for d in days}
-            built[engine] = {"landing": landing, "root": root, "summaries": summaries, "engine": kwargs}
+            pristine = base / f"pristine-{engine}"  # before any test reruns a date on the shared lake
+            shutil.copytree(root, pristine)
+            built[engine] = {"landing": landing, "root": root, "summaries": summaries, "engine": kwargs,
+                             "pristine": pristine}
         return built[engine]
 
     return build
 
 
 @pytest.fixture(scope="session")
-def pristine_lake(daily_lakes, tmp_path_factory):
-    """A two-day lake of the laptop engine that no test writes to (copy it to write): the daily flow's two runs
-    and nothing else, so its run ledger, releases and lineage hold exactly those runs. (The shared lakes of
-    ``daily_lakes`` are rerun by some tests.)"""
-    from datetime import date
-
-    from flows.daily import daily_lakehouse
-
-    landing = daily_lakes("polars")["landing"]
-    root = tmp_path_factory.mktemp("pristine") / "lake"
-    days = [date.fromisoformat(d) for d in FLOW_DAYS]
-    summaries = {d: daily_lakehouse(run_date=d, lake_root=str(root), landing_root=str(landing)) for d in days}
-    return {"root": root, "landing": landing, "summaries": summaries}
+def pristine_lake(daily_lakes):
+    """The two-day lake of the laptop engine as the daily flow left it, which no test writes to (copy it to
+    write): its run ledger, releases and lineage hold exactly the two runs. (Some tests rerun dates on the shared
+    lake of ``daily_lakes``.) ``written_at`` is where the runs wrote it (lineage events name those paths)."""
+    built = daily_lakes("polars")
+    return {**built, "root": built["pristine"], "written_at": built["root"]}
 
 
 AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
