@@ -118,8 +118,8 @@ class Lake:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         else:
-            bucket, key = self._s3_key(relative)
-            self._s3().put_object(Bucket=bucket, Key=key, Body=data)
+            bucket, key = self.s3_key(relative)
+            self.s3().put_object(Bucket=bucket, Key=key, Body=data)
 
     def list_files(self, relative: str) -> list[str]:
         """Paths (relative to the root) of the files under folder ``relative``, sorted."""
@@ -127,24 +127,26 @@ class Lake:
             folder = self.local_root / relative
             return sorted(p.relative_to(self.local_root).as_posix() for p in folder.rglob("*") if p.is_file()) \
                 if folder.is_dir() else []
-        bucket, key = self._s3_key(relative)
+        bucket, key = self.s3_key(relative)
         prefix = key.rstrip("/") + "/"
-        root_key = self._s3_key("")[1]
-        pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        root_key = self.s3_key("")[1]
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sorted(o["Key"][len(root_key):].lstrip("/") for page in pages for o in page.get("Contents", []))
 
     def read_bytes(self, relative: str) -> bytes:
         if self.is_local:
             return (self.local_root / relative).read_bytes()
-        bucket, key = self._s3_key(relative)
-        return self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+        bucket, key = self.s3_key(relative)
+        return self.s3().get_object(Bucket=bucket, Key=key)["Body"].read()
 
-    def _s3_key(self, relative: str) -> tuple[str, str]:
+    def s3_key(self, relative: str) -> tuple[str, str]:
+        """(bucket, key) of ``relative`` under an S3 root."""
         bucket, _, prefix = self.root.removeprefix("s3://").partition("/")
         return bucket, "/".join(p for p in (prefix.strip("/"), relative.strip("/")) if p)
 
     @staticmethod
-    def _s3() -> Any:
+    def s3() -> Any:
+        """A boto3 S3 client (standard credential chain)."""
         import boto3
 
         return boto3.client("s3")

@@ -52,9 +52,9 @@ class RunLock:
             return True
         from botocore.exceptions import ClientError
 
-        bucket, key = self._s3_key()
+        bucket, key = self.lake.s3_key(self.relative)
         try:
-            self._s3().put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            self.lake.s3().put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False
@@ -66,8 +66,8 @@ class RunLock:
         try:
             if self.lake.is_local:
                 return json.loads(Path(self.lake.path_uri(self.relative)).read_bytes())
-            bucket, key = self._s3_key()
-            return json.loads(self._s3().get_object(Bucket=bucket, Key=key)["Body"].read())
+            bucket, key = self.lake.s3_key(self.relative)
+            return json.loads(self.lake.s3().get_object(Bucket=bucket, Key=key)["Body"].read())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         except Exception as exc:  # S3: a missing key
@@ -82,17 +82,8 @@ class RunLock:
         if self.lake.is_local:
             Path(self.lake.path_uri(self.relative)).unlink(missing_ok=True)
         else:
-            bucket, key = self._s3_key()
-            self._s3().delete_object(Bucket=bucket, Key=key)
-
-    def _s3_key(self) -> tuple[str, str]:
-        bucket, _, prefix = self.lake.root.removeprefix("s3://").partition("/")
-        return bucket, f"{prefix.strip('/')}/{self.relative}".lstrip("/")
-
-    def _s3(self) -> Any:
-        import boto3
-
-        return boto3.client("s3")
+            bucket, key = self.lake.s3_key(self.relative)
+            self.lake.s3().delete_object(Bucket=bucket, Key=key)
 
     # -------------------------------------------------------------------------------------- locking
     def _gone(self, held: dict[str, Any], run_id: str) -> bool:
