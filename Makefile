@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
-EXTRAS ?= dev,spark,aws,snowflake
+EXTRAS ?= dev,spark,aws,snowflake,sources
 DEMO_DAYS ?= 3
 DEMO_SCALE ?= 1
 DEMO_START ?= 2026-11-01
@@ -29,12 +29,17 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/lakehouse demo --days $(DEMO_DAYS) --scale $(DEMO_SCALE) --start $(DEMO_START)
 
-# Headless Chromium for the report test (tests/test_report.py); Debian's package, as root.
+# Headless Chromium for the report test (tests/test_report.py) and PostgreSQL for the Redshift connector's tests
+# (tests/test_sources_sql.py); Debian's packages, as root.
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }; \
 	  else echo "error: the tests need Chromium: install Debian's chromium (apt-get install chromium)" >&2; exit 1; fi; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -qq postgresql >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }; \
+	  else echo "error: the tests need PostgreSQL: install Debian's postgresql (apt-get install postgresql)" >&2; exit 1; fi; }
 
 test: setup system-deps
 	$(PY) -m pytest -q --durations=15

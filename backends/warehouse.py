@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from backends.lake import Lake
     from contracts.catalog import TableSpec
-    from deployments.settings import SnowflakeSettings
+    from deployments.settings import SnowflakeConnection as SnowflakeSettings
 
 AUDIT_TABLE = "LAKEHOUSE_LOAD_AUDIT"
 STAGE_SUFFIX = "__STAGE"
@@ -94,8 +94,9 @@ def ident(name: str) -> str:
     return bare.upper()
 
 
-def connect(settings: SnowflakeSettings, secret: SecretStr) -> SnowflakeConnection:
-    """A connection to the target database and schema (the schema is created if missing)."""
+def connect(settings: SnowflakeSettings, secret: SecretStr, *, create_schema: bool = True) -> SnowflakeConnection:
+    """A connection to the database and schema of ``settings`` (the publish target's schema is created if
+    missing; a source's, ``create_schema=False``, must exist)."""
     import snowflake.connector
 
     auth: dict[str, Any]
@@ -116,8 +117,8 @@ def connect(settings: SnowflakeSettings, secret: SecretStr) -> SnowflakeConnecti
     cur = conn.cursor()
     cur.execute(f"USE DATABASE {database}")
     # Created only when missing: a role that may write the schema need not be allowed to create schemas.
-    if not cur.execute("SELECT COUNT(*) FROM INFORMATION_SCHEMA.SCHEMATA WHERE SCHEMA_NAME = %s",
-                       (schema,)).fetchone()[0]:
+    if create_schema and not cur.execute("SELECT COUNT(*) FROM INFORMATION_SCHEMA.SCHEMATA WHERE SCHEMA_NAME = %s",
+                                         (schema,)).fetchone()[0]:
         cur.execute(f"CREATE SCHEMA IF NOT EXISTS {database}.{schema}")
     cur.execute(f"USE SCHEMA {database}.{schema}")
     return conn

@@ -38,17 +38,17 @@ def secret_reference(value: str) -> str:
     return value
 
 
-class SnowflakeSettings(BaseModel):
-    """Where gold is published (used by the Snowflake publish; not needed by the daily flow on a laptop)."""
+class SnowflakeConnection(BaseModel):
+    """How to reach one Snowflake database and schema (the publish target, or the Snowflake source)."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "populate_by_name": True}
     account: str = Field("", description="Snowflake account identifier")
     user: str = Field("", description="login name")
     host: str | None = Field(None, description="endpoint host; None means <account>.snowflakecomputing.com")
     port: int = Field(443, ge=1, le=65535, description="endpoint port")
     protocol: Literal["https", "http"] = Field("https", description="http only for a local test server")
-    database: str = Field("ANALYTICS", description="target database")
-    schema_: str = Field("GOLD", alias="schema", description="target schema")
+    database: str = Field("ANALYTICS", description="database")
+    schema_: str = Field("GOLD", alias="schema", description="schema")
     warehouse: str = Field("", description="virtual warehouse")
     role: str = Field("", description="role to assume")
     authenticator: Literal["password", "key_pair"] = Field(
@@ -58,22 +58,33 @@ class SnowflakeSettings(BaseModel):
         "", description="where the password or private key is kept: prefect-secret:<block name> or "
         "aws-secretsmanager:<secret id>, with #<field> for a JSON secret; never the secret itself",
     )
-    publish_with_daily: bool = Field(False, description="the daily flow publishes each gold release it makes")
     login_timeout: int = Field(60, ge=1, description="seconds to keep trying to log in (transient errors)")
     network_timeout: int = Field(600, ge=1, description="seconds a statement may wait on the network")
+
+    _a_reference = field_validator("secret")(lambda value: secret_reference(value))
+
+    def require(self, where: str = "snowflake") -> SnowflakeConnection:
+        """These settings, or an error naming every field a connection needs and lacks (``where``: their table)."""
+        missing = [name for name in ("account", "user", "secret") if not getattr(self, name)]
+        if missing:
+            env = "LAKEHOUSE_" + "__".join(where.upper().split("."))
+            msg = (f"expected {where}.{f', {where}.'.join(missing)} to connect to Snowflake, not set; set them in "
+                   f"deployments/<env>.toml [{where}] or {env}__{missing[0].upper()}")
+            raise SettingsError(msg)
+        return self
+
+
+class SnowflakeSettings(SnowflakeConnection):
+    """Where gold is published (used by the Snowflake publish; not needed by the daily flow on a laptop)."""
+
+    publish_with_daily: bool = Field(False, description="the daily flow publishes each gold release it makes")
     stage_file_rows: int = Field(
         1_000_000, ge=1, description="rows per Parquet file put on the staging table's stage (bounds memory)",
     )
 
-    _a_reference = field_validator("secret")(lambda value: secret_reference(value))
-
-    def require(self) -> SnowflakeSettings:
-        """These settings, or an error naming every field a connection needs and lacks."""
-        missing = [name for name in ("account", "user", "secret") if not getattr(self, name)]
-        if missing:
-            msg = (f"expected snowflake.{', snowflake.'.join(missing)} to publish to Snowflake, not set; set them in "
-                   f"deployments/<env>.toml [snowflake] or LAKEHOUSE_SNOWFLAKE__{missing[0].upper()}")
-            raise SettingsError(msg)
+    def require(self, where: str = "snowflake") -> SnowflakeSettings:
+        """These settings, or an error naming every field the publish needs and lacks."""
+        super().require(where)
         return self
 
 
@@ -166,6 +177,126 @@ class EmrSettings(BaseModel):
         return self
 
 
+def _missing(where: str, fields: list[str], what: str) -> SettingsError:
+    env = "LAKEHOUSE_" + "__".join(where.upper().split("."))
+    return SettingsError(f"expected {where}.{f', {where}.'.join(fields)} to {what}, not set; set them in "
+                         f"deployments/<env>.toml [{where}] or {env}__{fields[0].upper()}")
+
+
+class RedshiftSettings(BaseModel):
+    """Where customer behaviour is pulled from (PostgreSQL wire protocol)."""
+
+    model_config = {"extra": "forbid", "populate_by_name": True}
+    host: str = Field("", description="cluster endpoint host")
+    port: int = Field(5439, ge=1, le=65535, description="port (Redshift: 5439)")
+    database: str = Field("dev", min_length=1, description="database")
+    schema_: str = Field("public", alias="schema", description="schema of the customer_behaviour table")
+    user: str = Field("", description="login name")
+    secret: str = Field("", description="where the password is kept: prefect-secret:<block> or aws-secretsmanager:<id>")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        "require", description="TLS to the cluster (disable only for a local test server)")
+    connect_timeout: int = Field(30, ge=1, description="seconds to wait for a connection")
+
+    _a_reference = field_validator("secret")(lambda value: secret_reference(value))
+
+    def require(self) -> RedshiftSettings:
+        missing = [n for n in ("host", "user", "secret") if not getattr(self, n)]
+        if missing:
+            raise _missing("sources.redshift", missing, "connect to Redshift")
+        return self
+
+
+class HttpSourceSettings(BaseModel):
+    """An HTTP API source: where it is and how hard to retry it."""
+
+    model_config = {"extra": "forbid"}
+    base_url: str = Field("", pattern=r"^(https?://\S+)?$", description="base URL of the API")
+    timeout_seconds: float = Field(30.0, gt=0, description="how long one request may take")
+    retries: int = Field(6, ge=0, le=20, description="retries of a 429, a 5xx or a dropped connection")
+    backoff_seconds: float = Field(1.0, gt=0, description="first backoff when the server sends no Retry-After")
+    max_wait_seconds: float = Field(60.0, gt=0, description="longest wait between two attempts (Retry-After capped)")
+
+    def _require(self, where: str, what: str, fields: tuple[str, ...] = ("base_url",)) -> None:
+        missing = [n for n in fields if not getattr(self, n)]
+        if missing:
+            raise _missing(where, missing, what)
+
+
+class CrmSettings(HttpSourceSettings):
+    """The HubSpot-style CRM API (contacts, companies, deals)."""
+
+    token_secret: str = Field("", description="where the private-app token is kept: prefect-secret:<block> or "
+                              "aws-secretsmanager:<id>")
+    page_size: int = Field(100, ge=1, le=200, description="records per page (HubSpot allows up to 200)")
+
+    _a_reference = field_validator("token_secret")(lambda value: secret_reference(value))
+
+    def require(self) -> CrmSettings:
+        self._require("sources.crm", "call the CRM API", ("base_url", "token_secret"))
+        return self
+
+
+class FxSettings(HttpSourceSettings):
+    """The FX vendor's daily rates API."""
+
+    def require(self) -> FxSettings:
+        self._require("sources.fx", "call the FX vendor")
+        return self
+
+
+class KafkaSettings(BaseModel):
+    """The Kafka topic of order events."""
+
+    model_config = {"extra": "forbid"}
+    bootstrap_servers: str = Field("", description="host:port[,host:port...]")
+    topic: str = Field("orders", min_length=1, description="topic of order events")
+    group_id: str = Field("lakehouse-bronze", min_length=1, description="consumer group whose offsets are committed")
+    batch_messages: int = Field(10_000, ge=1, description="messages asked for per poll")
+    timeout_seconds: float = Field(30.0, gt=0, description="how long a poll or a metadata request may wait")
+    conf: dict[str, str] = Field(default_factory=dict, description="more librdkafka settings (no secrets)")
+
+    def require(self) -> KafkaSettings:
+        if not self.bootstrap_servers:
+            raise _missing("sources.kafka", ["bootstrap_servers"], "consume order events")
+        return self
+
+
+class SourcesSettings(BaseModel):
+    """Where each landing entity comes from: files under landing_root (default) or its connector."""
+
+    model_config = {"extra": "forbid"}
+    entities: dict[str, Literal["files", "connector"]] = Field(
+        default_factory=dict, description='entity -> files | connector, e.g. {"snowflake.orders" = "connector"}',
+    )
+    file_rows: int = Field(50_000, ge=1, description="rows per landing file a connector writes (bounds memory)")
+    batch_rows: int = Field(10_000, ge=1, description="rows per fetch from a SQL source")
+    first_from: str = Field("", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+                            description="first watermark of a first extract (YYYY-MM-DD); empty: everything")
+    bronze_files_per_commit: int = Field(16, ge=1, description="landing files appended to bronze per commit")
+    snowflake: SnowflakeConnection = Field(
+        default_factory=lambda: SnowflakeConnection(database="RAW", schema="PUBLIC"))
+    redshift: RedshiftSettings = Field(default_factory=RedshiftSettings)
+    crm: CrmSettings = Field(default_factory=CrmSettings)
+    fx: FxSettings = Field(default_factory=FxSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    @field_validator("entities")
+    @classmethod
+    def _known(cls, value: dict[str, str]) -> dict[str, str]:
+        from contracts.landing import LANDING_ENTITIES
+
+        known = {e.name for e in LANDING_ENTITIES}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            msg = f"expected entity names among {sorted(known)}, got {unknown}"
+            raise ValueError(msg)
+        return value
+
+    def kind(self, entity_name: str) -> str:
+        """``files`` or ``connector`` for ``entity_name``."""
+        return self.entities.get(entity_name, "files")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LAKEHOUSE_", env_nested_delimiter="__", extra="forbid", validate_default=True,
@@ -207,6 +338,7 @@ class Settings(BaseSettings):
         64, ge=1, description="Kafka micro-batch files applied per bronze commit (one checkpoint row each)",
     )
     lineage: LineageSettings = Field(default_factory=LineageSettings)
+    sources: SourcesSettings = Field(default_factory=SourcesSettings)
     snowflake: SnowflakeSettings = Field(default_factory=SnowflakeSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     emr: EmrSettings = Field(default_factory=EmrSettings)
@@ -268,7 +400,7 @@ def load_settings(env: str | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            if not {"hmac_key", "hmac_key_secret", "secret"} & {str(p) for p in e["loc"]}  # never echo what may be a secret
+            if not {"hmac_key", "hmac_key_secret", "secret", "token_secret"} & {str(p) for p in e["loc"]}  # never echo what may be a secret
             else f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
             for e in exc.errors()
         )

@@ -557,6 +557,10 @@ def publish(
     console.print(t)
 
 
+from flows.sources_cli import sources_app
+
+app.add_typer(sources_app, name="sources")
+
 emr_app = typer.Typer(help="EMR Serverless: ship the code, print the IAM policies, run the daily flow's stages there.",
                       no_args_is_help=True)
 app.add_typer(emr_app, name="emr")

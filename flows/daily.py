@@ -23,8 +23,10 @@ from flows.context import RunContext
 from flows.stages import (
     GOLD_ORDER,
     SILVER_ORDER,
+    acknowledge_stream,
     build_gold,
     check_gate,
+    extract_entity,
     ingest_entity,
     link_crm,
     plan_gold,
@@ -38,7 +40,15 @@ from flows.tracking import recorded
 def ingest(ctx: RunContext) -> list[dict[str, Any]]:
     """Bronze: every landing entity's new files for the run date, then the bronze gates."""
     with recorded(ctx):
-        summaries = [resumable(ingest_entity, ctx)(ctx, e.name) for e in LANDING_ENTITIES]
+        sources = ctx.settings().sources
+        summaries = []
+        for e in LANDING_ENTITIES:
+            pulled = sources.kind(e.name) == "connector"
+            if pulled:  # pulled from its system into landing files first
+                resumable(extract_entity, ctx)(ctx, e.name)
+            summaries.append(resumable(ingest_entity, ctx)(ctx, e.name))
+            if pulled and e.stream:
+                resumable(acknowledge_stream, ctx)(ctx, e.name)
         resumable(check_gate, ctx)(ctx, "bronze", summaries)
     return summaries
 

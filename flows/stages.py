@@ -80,10 +80,67 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     # A file of the run date's folder can only have been ingested by a run of that date: look in its partition.
     done = set(_files_in(engine, bronze.batch_for(engine.scan(spec), ctx.run_date)))
     new = [(f, label) for f, label in labelled if label not in done]
-    rows, quarantined, rules, version, refused = _append_files(ctx, engine, entity, new)
+    # A few files per commit (a connector's extract is many files): memory stays bounded, and a run that dies
+    # between two commits resumes with the files not yet in bronze.
+    step = ctx.settings().sources.bronze_files_per_commit
+    rows = quarantined = 0
+    rules: Counter[str] = Counter()
+    refused: list[str] = []
+    version = engine.version(spec)
+    for i in range(0, max(len(new), 1), step):
+        n, q, r, version, bad = _append_files(ctx, engine, entity, new[i:i + step])
+        rows, quarantined, refused = rows + n, quarantined + q, refused + bad
+        rules.update(r)
     return _summary("bronze", spec, files=len(files), new_files=len(new), rows_in=rows + quarantined,
-                    accepted=rows, quarantined=quarantined, rules=rules, rows_written=rows, version=version,
+                    accepted=rows, quarantined=quarantined, rules=dict(rules), rows_written=rows, version=version,
                     refused=refused)
+
+
+@lake_task(lambda p: [], name="extract", task_run_name="extract-{entity_name}", **IO_RETRIES)
+def extract_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
+    """Pull the run date's new and changed records of one entity from its source system into landing files
+    (backends/sources/extract.py: watermark window with lookback, resumable, each record version once)."""
+    from backends.sources import connector_for
+    from backends.sources.extract import run_extract
+
+    entity = landing_entity(entity_name)
+    settings = ctx.settings()
+    engine = ctx.engine()
+    spec = bronze_for(entity)
+
+    def known_hashes(first: date, last: date) -> set[str]:
+        if engine.version(spec) is None:
+            return set()
+        batch = engine.scan(spec).filter(nw.col("_ingest_date") >= nw.lit(first).cast(nw.Date()),
+                                         nw.col("_ingest_date") <= nw.lit(last).cast(nw.Date()))
+        return set(engine.to_arrow(batch.select("_record_hash")).column("_record_hash").to_pylist())
+
+    sources = settings.sources
+    result = run_extract(
+        connector_for(entity, settings), lake=settings.lake(), landing_root=ctx.landing_dir(),
+        run_date=ctx.run_date, run_id=ctx.run_id, lookback_days=settings.lookback_days,
+        first_from=date.fromisoformat(sources.first_from) if sources.first_from else None,
+        chunk_rows=sources.file_rows, known_hashes=known_hashes, logger=_logger())
+    for note in result.notes:
+        _logger().warning("%s on %s: %s", entity.name, ctx.run_date, note)
+    return result.summary()
+
+
+@lake_task(lambda p: [], name="acknowledge", task_run_name="acknowledge-{entity_name}", **IO_RETRIES)
+def acknowledge_stream(ctx: RunContext, entity_name: str) -> dict[str, Any]:
+    """Commit to Kafka the offsets of the micro-batch files bronze has applied (after the bronze commit)."""
+    from backends.sources import connector_for
+    from backends.sources.extract import ExtractLog
+
+    entity = landing_entity(entity_name)
+    settings = ctx.settings()
+    applied = Checkpoints(settings.lake(), entity).applied()
+    landed = [r for r in ExtractLog(settings.lake(), entity).rows() if r["file"] and r["file"] in applied]
+    if not landed:
+        return {"stage": "acknowledge", "table": f"landing:{entity.name}", "offsets": {}}
+    offsets = connector_for(entity, settings).commit(landed[-1]["cursor"])  # type: ignore[attr-defined]
+    _logger().info("%s: committed offsets %s to the consumer group", entity.name, offsets)
+    return {"stage": "acknowledge", "table": f"landing:{entity.name}", "offsets": {str(k): v for k, v in offsets.items()}}
 
 
 def _append_files(ctx: RunContext, engine: Engine, entity: LandingEntity, files: list[tuple[Path, str]]

@@ -1,0 +1,335 @@
+"""Pulling one entity from its source system into the landing folder, incrementally and resumably.
+
+A connector (``backends/sources/*``) yields pieces of an entity: its rows as a table (or a stream's raw lines)
+and a cursor saying where the next piece starts. This module turns them into landing files in the entity's own
+format, under ``<landing>/<source>/<entity>/<run date>/extract-NNNNN.<ext>``, so that bronze reads them through
+the same reader as files delivered by hand, and produces exactly the bronze rows the file path produces.
+
+**Window.** A run date D fetches the rows whose watermark column is in ``[lo, hi)``: ``hi`` is the end of D
+(or now, when D is today), ``lo`` is the previous finished extract's ``hi`` minus the lookback
+(``lookback_days``), so rows that reached the source late with an older timestamp are still fetched. Rows in the
+lookback that bronze already holds (the same record hash, ingested in the lookback's dates) are dropped: a record
+version lands once. The first extract has no ``lo`` (``sources.first_from`` bounds it).
+
+**Resume.** Every file is followed by one row in the Delta table ``<lake>/_extracts/<source>/<entity>`` with the
+cursor after it; the last row of a date says ``done``. A run of a date that is done fetches nothing. A run of a
+date that died midway keeps its recorded files, deletes a file written after the last recorded row, and
+continues from the recorded cursor in the recorded window: no duplicates and no gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import narwhals as nw
+import polars as pl
+import pyarrow as pa
+
+from backends.expressions import with_record_hash
+from backends.lake import Lake
+from contracts.landing import LandingEntity
+
+EXTRACT_LOG_SCHEMA = pa.schema([
+    pa.field("run_date", pa.date32(), nullable=False),
+    pa.field("seq", pa.int64(), nullable=False),
+    pa.field("file", pa.string()),  # null on the row that closes a date, and for a piece whose rows were all known
+    pa.field("rows", pa.int64(), nullable=False),
+    pa.field("dropped", pa.int64(), nullable=False),  # rows of the lookback that bronze already held
+    pa.field("cursor", pa.string()),
+    pa.field("window_from", pa.timestamp("us", tz="UTC")),
+    pa.field("window_to", pa.timestamp("us", tz="UTC")),
+    pa.field("done", pa.bool_(), nullable=False),
+    pa.field("note", pa.string()),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("written_at", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+FILE_PREFIX = "extract-"
+
+
+class SourceError(RuntimeError):
+    """A source system could not be read (connection, authentication, an answer that is not what was expected)."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """The watermark range one run date fetches: ``lo`` (inclusive; None: from the beginning) to ``hi``."""
+
+    lo: datetime | None
+    hi: datetime
+
+    def describe(self) -> str:
+        return f"[{self.lo.isoformat() if self.lo else 'the beginning'}, {self.hi.isoformat()})"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part of an entity as fetched: ``rows`` (the source's columns, any types) or ``lines`` (a stream's raw
+    records, written verbatim), and the cursor to resume after it."""
+
+    cursor: str
+    rows: pa.Table | None = None
+    lines: list[str] | None = None
+    note: str | None = None  # something to report about this piece (a day the FX vendor has no rates for)
+
+    @property
+    def size(self) -> int:
+        return len(self.lines) if self.lines is not None else (self.rows.num_rows if self.rows is not None else 0)
+
+
+class Connector(Protocol):
+    """What every source connector offers the extract."""
+
+    entity: LandingEntity
+    windowed: bool  # fetched by watermark window (SQL, REST); False: by its own position (a Kafka consumer)
+
+    def describe(self) -> str:
+        """Where it reads from, for logs and ``lakehouse sources check`` (no secret)."""
+
+    def pieces(self, window: Window, cursor: str | None) -> Iterator[Piece]:
+        """The entity's pieces in ``window``, starting after ``cursor`` (None: from the start of the window, or
+        for a positional source its recorded start)."""
+
+    def pending(self, window: Window, cursor: str | None) -> int | None:
+        """How many records a run would fetch now (None when the source cannot tell without fetching)."""
+
+
+@dataclass(frozen=True)
+class ExtractLog:
+    """The extract state of one entity, kept in the lake (see the module docstring)."""
+
+    lake: Lake
+    entity: LandingEntity
+
+    @property
+    def path(self) -> str:
+        return f"_extracts/{self.entity.source}/{self.entity.entity}"
+
+    def rows(self) -> list[dict[str, Any]]:
+        table = self.lake.read_log(self.path)
+        return [] if table is None else sorted(table.to_pylist(), key=lambda r: (r["run_date"], r["seq"]))
+
+    def of_date(self, run_date: date) -> list[dict[str, Any]]:
+        return [r for r in self.rows() if r["run_date"] == run_date]
+
+    def previous(self, run_date: date) -> dict[str, Any] | None:
+        """The closing row of the latest date before ``run_date`` whose extract finished."""
+        done = [r for r in self.rows() if r["done"] and r["run_date"] < run_date]
+        return done[-1] if done else None
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        self.lake.append_log(self.path, pa.Table.from_pylist(rows, schema=EXTRACT_LOG_SCHEMA))
+
+
+@dataclass
+class ExtractResult:
+    entity: str
+    run_date: date
+    window: Window | None
+    files: list[str]
+    rows: int
+    dropped: int
+    skipped: bool  # the date was already extracted
+    resumed_from: str | None
+    notes: list[str]
+
+    def summary(self) -> dict[str, Any]:
+        return {"stage": "extract", "table": f"landing:{self.entity}", "rows_in": self.rows + self.dropped,
+                "rows_written": self.rows, "dropped_known": self.dropped, "files": len(self.files),
+                "skipped": self.skipped, "resumed": self.resumed_from is not None,
+                "window": self.window.describe() if self.window else None, "notes": self.notes}
+
+
+def window_for(run_date: date, previous: dict[str, Any] | None, *, lookback_days: int, first_from: date | None,
+               now: datetime) -> Window:
+    """The window of ``run_date`` after the ``previous`` finished extract (see the module docstring)."""
+    hi = min(datetime.combine(run_date + timedelta(days=1), time(), UTC), now)
+    if previous is not None and previous["window_to"] is not None:
+        lo: datetime | None = previous["window_to"] - timedelta(days=lookback_days)
+    else:
+        lo = datetime.combine(first_from, time(), UTC) if first_from else None
+    if lo is not None and lo >= hi:
+        lo = hi - timedelta(days=lookback_days)
+    return Window(lo, hi)
+
+
+def run_extract(connector: Connector, *, lake: Lake, landing_root: Path, run_date: date, run_id: str,
+                lookback_days: int, first_from: date | None, chunk_rows: int,
+                known_hashes: Callable[[date, date], set[str]], now: datetime | None = None,
+                logger: logging.Logger | None = None) -> ExtractResult:
+    """Fetch ``connector``'s entity for ``run_date`` into landing files, resuming a run that died midway.
+
+    ``known_hashes(first, last)``: the record hashes bronze holds for the ingest dates ``first``..``last``
+    (the lookback's rows already landed); ``chunk_rows``: rows per landing file (bounds memory)."""
+    entity = connector.entity
+    log = ExtractLog(lake, entity)
+    logger = logger or logging.getLogger(__name__)
+    mine = log.of_date(run_date)
+    if any(r["done"] for r in mine):
+        files = [r["file"] for r in mine if r["file"]]
+        logger.info("%s: %s already extracted (%d file(s)); nothing to fetch", entity.name, run_date, len(files))
+        return ExtractResult(entity.name, run_date, None, files, 0, 0, True, None, [])
+    folder = landing_root / entity.source / entity.entity / run_date.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = log.previous(run_date)
+    if mine:  # a run of this date died midway: same window, after its last recorded piece
+        window = Window(mine[0]["window_from"], mine[0]["window_to"])
+        cursor, seq = mine[-1]["cursor"], mine[-1]["seq"]
+        logger.warning("%s: resuming the extract of %s after piece %d (cursor %s)", entity.name, run_date, seq,
+                       cursor)
+    else:
+        window = window_for(run_date, previous, lookback_days=lookback_days, first_from=first_from,
+                            now=now or datetime.now(UTC))
+        cursor, seq = (None if connector.windowed or previous is None else previous["cursor"]), 0
+    resumed_from = mine[-1]["cursor"] if mine else None
+    recorded = {r["file"] for r in mine if r["file"]}
+    for stray in sorted([*folder.glob(f"{FILE_PREFIX}*"), *folder.glob(f".{FILE_PREFIX}*.tmp")]):
+        if stray.relative_to(landing_root).as_posix() not in recorded:
+            logger.warning("%s: removing %s, written by a run that died before recording it", entity.name, stray)
+            stray.unlink()
+    known: set[str] = set()
+    if connector.windowed and window.lo is not None:
+        known = known_hashes(window.lo.date() - timedelta(days=1), run_date)
+    files = sorted(recorded)
+    rows = sum(r["rows"] for r in mine)
+    dropped = sum(r["dropped"] for r in mine)
+    notes: list[str] = [r["note"] for r in mine if r["note"]]
+    logger.info("%s: extracting %s from %s, window %s", entity.name, run_date, connector.describe(),
+                window.describe() if connector.windowed else f"from position {cursor or 'start'}")
+    for batch, batch_cursor, batch_notes in _chunks(connector.pieces(window, cursor), chunk_rows):
+        seq += 1
+        written, gone, relative = 0, 0, None
+        if batch is not None:
+            if isinstance(batch, list):
+                kept: list[str] | pa.Table = batch
+                written = len(batch)
+            else:
+                text = landing_text(batch, entity)
+                kept, gone = _drop_known(text, entity, known)
+                written = kept.num_rows
+            if written:
+                relative = _write_file(entity, folder / f"{FILE_PREFIX}{seq:05d}{entity.suffix}", kept, landing_root)
+                files.append(relative)
+        rows, dropped = rows + written, dropped + gone
+        notes += batch_notes
+        log.append([_log_row(run_date, seq, relative, written, gone, batch_cursor, window, False,
+                             "; ".join(batch_notes) or None, run_id)])
+        cursor = batch_cursor
+        logger.info("%s: piece %d written (%d rows, %d already landed; %d rows so far)", entity.name, seq, written,
+                    gone, rows)
+    log.append([_log_row(run_date, seq + 1, None, 0, 0, cursor, window, True, None, run_id)])
+    logger.info("%s: %s extracted: %d rows in %d file(s), %d rows of the lookback already landed", entity.name,
+                run_date, rows, len(files), dropped)
+    return ExtractResult(entity.name, run_date, window, files, rows, dropped, False, resumed_from, notes)
+
+
+def _chunks(pieces: Iterator[Piece], chunk_rows: int) -> Iterator[tuple[pa.Table | list[str] | None, str, list[str]]]:
+    """Pieces gathered into files of at least ``chunk_rows`` records (a piece is never split: its cursor is the
+    resume point), with the cursor after the last piece and the pieces' notes."""
+    tables: list[pa.Table] = []
+    lines: list[str] = []
+    notes: list[str] = []
+    size, cursor = 0, None
+    for piece in pieces:
+        if piece.rows is not None and piece.rows.num_rows:
+            tables.append(piece.rows)
+        if piece.lines:
+            lines += piece.lines
+        if piece.note:
+            notes.append(piece.note)
+        size += piece.size
+        cursor = piece.cursor
+        if size >= chunk_rows:
+            yield _gathered(tables, lines), cursor, notes
+            tables, lines, notes, size = [], [], [], 0
+    if cursor is not None and (size or notes or not tables):
+        yield _gathered(tables, lines), cursor, notes
+
+
+def _gathered(tables: list[pa.Table], lines: list[str]) -> pa.Table | list[str] | None:
+    if lines:
+        return lines
+    if tables:
+        return pa.concat_tables(tables, promote_options="permissive")
+    return None
+
+
+def _log_row(run_date: date, seq: int, file: str | None, rows: int, dropped: int, cursor: str | None,
+             window: Window, done: bool, note: str | None, run_id: str) -> dict[str, Any]:
+    return {"run_date": run_date, "seq": seq, "file": file, "rows": rows, "dropped": dropped, "cursor": cursor,
+            "window_from": window.lo, "window_to": window.hi, "done": done, "note": note, "run_id": run_id,
+            "written_at": datetime.now(UTC)}
+
+
+# ------------------------------------------------------------------------------------------------ landing text
+_TS = "%Y-%m-%dT%H:%M:%SZ"
+_TS_FRACTION = "%Y-%m-%dT%H:%M:%S%.6fZ"
+
+
+def landing_text(rows: pa.Table, entity: LandingEntity) -> pa.Table:
+    """``rows`` (a source's typed columns, matched to the landing columns by name, any case) as the landing
+    format's text: timestamps ISO 8601 UTC (naive ones are taken as UTC), dates ``YYYY-MM-DD``, decimals as
+    stored (their scale kept), other values as text. An error names the columns a source lacks."""
+    frame = pl.from_arrow(rows)
+    assert isinstance(frame, pl.DataFrame)
+    by_lower = {c.lower(): c for c in frame.columns}
+    missing = [c for c in entity.column_names if c not in by_lower]
+    if missing:
+        msg = (f"expected column(s) {missing} of {entity.name} from its source, got columns {frame.columns}; map the "
+               "source's columns to the landing format (README, Landing format)")
+        raise SourceError(msg)
+    exprs = []
+    for name in entity.column_names:
+        col = pl.col(by_lower[name])
+        dtype = frame.schema[by_lower[name]]
+        if isinstance(dtype, pl.Datetime):
+            utc = col.dt.replace_time_zone("UTC") if dtype.time_zone is None else col.dt.convert_time_zone("UTC")
+            expr = pl.when(utc.dt.microsecond() == 0).then(utc.dt.strftime(_TS)).otherwise(utc.dt.strftime(_TS_FRACTION))
+        elif isinstance(dtype, pl.Date):
+            expr = col.dt.strftime("%Y-%m-%d")
+        elif dtype == pl.Boolean:
+            expr = pl.when(col).then(pl.lit("true")).otherwise(pl.lit("false"))
+        elif isinstance(dtype, pl.Decimal) and dtype.scale == 0:
+            expr = col.cast(pl.Int64).cast(pl.String)
+        else:
+            expr = col.cast(pl.String)
+        exprs.append(expr.alias(name))
+    return frame.select(exprs).to_arrow()
+
+
+def _drop_known(text: pa.Table, entity: LandingEntity, known: set[str]) -> tuple[pa.Table, int]:
+    """``text`` without the records whose hash is in ``known``; how many were dropped."""
+    if not known or text.num_rows == 0:
+        return text, 0
+    hashed = with_record_hash(nw.from_native(pl.from_arrow(text).lazy()), entity.column_names, out="_h")
+    frame = nw.to_native(hashed).collect()
+    kept = frame.filter(~pl.col("_h").is_in(list(known))).drop("_h")
+    return kept.to_arrow(), frame.height - kept.height
+
+
+def _write_file(entity: LandingEntity, path: Path, payload: pa.Table | list[str], root: Path) -> str:
+    """Write one landing file atomically (a temporary name, flushed, then renamed); its path under ``root``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(payload, list):
+        tmp.write_text("".join(line.rstrip("\n").replace("\n", " ") + "\n" for line in payload), encoding="utf-8")
+    else:
+        frame = pl.from_arrow(payload)
+        assert isinstance(frame, pl.DataFrame)
+        if entity.format == "csv":
+            frame.write_csv(tmp, include_header=True, null_value="", line_terminator="\n", quote_style="necessary")
+        elif entity.format == "parquet":
+            frame.write_parquet(tmp, compression="zstd", compression_level=3, statistics=True)
+        else:
+            tmp.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in frame.to_dicts()),
+                           encoding="utf-8")
+    with tmp.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    return path.relative_to(root).as_posix()
