@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,6 +123,7 @@ class ApiServer:
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.rates: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
+        self.answered_at: list[float] = []  # time.monotonic() of each answer, in the order of ``requests``
         self.throttle_every = 0
         self.fail_every = 0
         self.retry_after = "1"
@@ -137,7 +139,7 @@ class ApiServer:
                 pass
 
             def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()  # str: raw JSON
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -147,6 +149,7 @@ class ApiServer:
                 self.wfile.write(data)
                 with server._lock:
                     server.requests.append((self.command, self.path, status))
+                    server.answered_at.append(time.monotonic())
 
             def _gate(self) -> bool:
                 with server._lock:
