@@ -1,6 +1,6 @@
 """Kafka order events: a consumer (confluent-kafka) that drains the topic into micro-batch files.
 
-A run reads every partition from its position to the end offsets seen when it starts, a micro-batch at a time;
+A run reads every partition from its position to its end (the broker's partition EOF), a micro-batch at a time;
 each micro-batch becomes one landing file (the message values, one per line, verbatim), and the offsets after
 it are recorded in the lake (``_extracts/kafka/order_events``) with the file. The position of a partition is the
 offset recorded by the last finished extract (or the resumed one's last micro-batch): the lake, not the
@@ -47,7 +47,7 @@ class KafkaSource:
         s = self.settings
         return Consumer({"bootstrap.servers": s.bootstrap_servers, "group.id": s.group_id,
                          "enable.auto.commit": False, "enable.auto.offset.store": False,
-                         "auto.offset.reset": "earliest", "enable.partition.eof": False, **s.conf})
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True, **s.conf})
 
     def _partitions(self, consumer: Any) -> list[int]:
         s = self.settings
@@ -84,35 +84,35 @@ class KafkaSource:
         s = self.settings
         consumer = self._consumer()
         try:
-            position, end = self._bounds(consumer, _offsets(cursor))
-            todo = {p for p in position if position[p] < end[p]}
-            if not todo:
-                yield Piece(cursor=_cursor(position))
-                return
+            position, _ = self._bounds(consumer, _offsets(cursor))
+            # Each partition is read until the broker says its end is reached (partition EOF, from the fetch's
+            # high watermark); messages arriving after that wait for the next run.
+            todo = set(position)
             consumer.assign([TopicPartition(s.topic, p, position[p]) for p in sorted(todo)])
             while todo:
                 messages = consumer.consume(num_messages=s.batch_messages, timeout=s.timeout_seconds)
                 if not messages:
-                    msg = (f"{s.topic}: no message within {s.timeout_seconds} s before the end offsets "
-                           f"{ {p: end[p] for p in todo} } (at {position}); is the broker up?")
+                    msg = (f"{s.topic}: neither a message nor the end of partition(s) {sorted(todo)} within "
+                           f"{s.timeout_seconds} s (at offsets {position}); is the broker up?")
                     raise SourceError(msg)
                 lines: list[str] = []
                 for m in messages:
+                    p = m.partition()
                     if m.error() is not None:
-                        if m.error().code() == KafkaError._PARTITION_EOF:
-                            continue
-                        msg = f"{s.topic}: consumer error {m.error()}"
-                        raise SourceError(msg)
-                    p, offset = m.partition(), m.offset()
-                    if p not in todo or offset < position[p]:
+                        if m.error().code() != KafkaError._PARTITION_EOF:
+                            msg = f"{s.topic}[{p}]: consumer error {m.error()}"
+                            raise SourceError(msg)
+                        if p in todo and m.offset() >= position[p]:
+                            todo.discard(p)
+                            consumer.incremental_unassign([TopicPartition(s.topic, p)])
                         continue
-                    if offset < end[p] and m.value() is not None:
+                    if p not in todo or m.offset() < position[p]:
+                        continue
+                    if m.value() is not None:  # a tombstone carries no event
                         lines.append(m.value().decode("utf-8", errors="replace"))
-                    position[p] = max(position[p], min(offset + 1, end[p]))
-                    if position[p] >= end[p]:
-                        todo.discard(p)
-                        consumer.incremental_unassign([TopicPartition(s.topic, p)])
-                yield Piece(cursor=_cursor(position), lines=lines)
+                    position[p] = m.offset() + 1
+                if lines or not todo:
+                    yield Piece(cursor=_cursor(position), lines=lines)
         finally:
             consumer.close()
 
