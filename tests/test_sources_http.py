@@ -160,11 +160,11 @@ def test_a_killed_crm_extract_resumes_without_duplicates_or_gaps(generated, api,
 
 
 # ------------------------------------------------------------------------------------------------ FX
-def fx_documents(generated) -> dict[str, dict]:
-    """The vendor's document per rate date, from every generated FX line that parses."""
+def fx_documents(generated, days: list[date]) -> dict[str, dict]:
+    """The vendor's document per rate date, from every generated FX line of ``days`` that parses."""
     entity = landing_entity("fx.rates")
     docs: dict[str, dict] = {}
-    for day in DAYS:
+    for day in days:
         frame, _ = day_rows(generated, entity, day)
         for r in frame.to_dicts():
             doc = docs.setdefault(r["rate_date"], {"base": r["base_currency"], "date": r["rate_date"],
@@ -175,7 +175,7 @@ def fx_documents(generated) -> dict[str, dict]:
 
 def test_fx_connector_lands_the_file_paths_rows_and_reports_a_missing_day(generated, api, tmp_path, monkeypatch):
     entity = landing_entity("fx.rates")
-    docs = fx_documents(generated)
+    docs = fx_documents(generated, DAYS)
     first = min(docs)
     monkeypatch.setenv("LAKEHOUSE_SOURCES__FIRST_FROM", first)
     cached_settings.cache_clear()
