@@ -221,43 +221,17 @@ def snowflake_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
-    """A real PostgreSQL (Redshift's wire protocol) on loopback for the whole session: a fresh cluster in a
-    temporary folder, started as an unprivileged user when the tests run as root (PostgreSQL refuses root),
-    stopped by its process id. Its connection settings (user ``lakehouse``, password ``extract-pass``)."""
-    import pwd
-    import shutil
-    import subprocess
+def postgres_server():
+    """A real PostgreSQL (Redshift's wire protocol) on loopback for the whole session, in a fresh cluster, stopped
+    by its process id (tests/postgres_server.py). Its connection settings."""
+    from tests import postgres_server as pg
 
-    binaries = Path(shutil.which("postgres") or "/usr/lib/postgresql/15/bin/postgres").resolve().parent
-    if not (binaries / "initdb").exists():
-        pytest.fail("the Redshift tests need PostgreSQL: run 'make system-deps' (Debian's postgresql)")
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="lakehouse-pg-"))  # not under pytest's folder: that one is root's only
-    data, log = base / "data", base / "server.log"
-    run_as = {}
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("nobody")
-        os.chown(base, user.pw_uid, user.pw_gid)
-        run_as = {"user": user.pw_uid, "group": user.pw_gid}
-    pwfile = base / "pw"
-    pwfile.write_text("extract-pass\n")
-    if run_as:
-        os.chown(pwfile, run_as["user"], run_as["group"])
-    subprocess.run([str(binaries / "initdb"), "-D", str(data), "-U", "lakehouse", "--auth=scram-sha-256",
-                    f"--pwfile={pwfile}", "-E", "UTF8"], check=True, capture_output=True, **run_as)
-    port = _free_port()
-    with log.open("wb") as out:
-        if run_as:
-            os.chown(log, run_as["user"], run_as["group"])
-        proc = subprocess.Popen([str(binaries / "postgres"), "-D", str(data), "-p", str(port), "-k", str(base),
-                                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-                                stdout=out, stderr=subprocess.STDOUT, **run_as)
-    _wait_for_port(proc, port, log, "PostgreSQL")
-    yield {"host": "127.0.0.1", "port": port, "user": "lakehouse", "password": "extract-pass", "database": "postgres"}
-    _stop(proc)
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        proc, info = pg.start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        pytest.fail(str(exc))
+    yield info
+    pg.stop(proc, info)
 
 
 @pytest.fixture(scope="session")
