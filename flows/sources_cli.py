@@ -56,8 +56,9 @@ def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
                 note = ""
             count = connector.pending(window, cursor) if window is not None else 0
             shown = window.describe() if window is not None and connector.windowed else (cursor or "-")
+            unit = {"fx": "day(s)", "kafka": "message(s)"}.get(entity.source, "record(s)")
             rows.append({**row, "from": connector.describe(), "window": shown,
-                         "would_fetch": f"{count} record(s)" + (f" ({note})" if note else ""), "ok": True})
+                         "would_fetch": f"{count} {unit}" + (f" ({note})" if note else ""), "ok": True})
         except Exception as exc:  # noqa: BLE001 - each connection is checked and reported, none stops the others
             rows.append({**row, "from": "", "window": "", "would_fetch": "", "ok": False,
                          "error": f"{type(exc).__name__}: {exc}"})

@@ -116,7 +116,8 @@ class ApiServer:
 
     ``records[object]``: CRM records (``{"id", "properties"}``) the search serves; ``rates[day]``: the vendor's
     document for a day (absent: 404). ``throttle_every``: every n-th request gets a 429 with ``Retry-After``;
-    ``fail_every``: every n-th a 503; ``hold_page``: the search request for that page waits on ``release``."""
+    ``fail_every``: every n-th a 503; ``hold_request``: the n-th request (from 1) waits on ``release`` before it
+    is answered (``held`` is set when it arrives)."""
 
     def __init__(self, token: str) -> None:
         self.token = token
@@ -127,7 +128,7 @@ class ApiServer:
         self.throttle_every = 0
         self.fail_every = 0
         self.retry_after = "1"
-        self.hold_page: int | None = None
+        self.hold_request: int | None = None
         self.held = threading.Event()
         self.release = threading.Event()
         self._count = 0
@@ -155,6 +156,9 @@ class ApiServer:
                 with server._lock:
                     server._count += 1
                     n = server._count
+                if n == server.hold_request:
+                    server.held.set()
+                    server.release.wait(60)
                 if server.throttle_every and n % server.throttle_every == 0:
                     self._send(429, {"message": "rate limited"}, {"Retry-After": server.retry_after})
                     return False
@@ -194,9 +198,6 @@ class ApiServer:
                     for f in filters)]
                 chosen.sort(key=lambda r: (millis(r), int(r["id"])))
                 start, limit = int(body.get("after", 0)), int(body["limit"])
-                if server.hold_page is not None and start // max(limit, 1) == server.hold_page:
-                    server.held.set()
-                    server.release.wait(60)
                 page = chosen[start:start + limit]
                 nxt = {"paging": {"next": {"after": str(start + limit)}}} if start + limit < len(chosen) else {}
                 results = [{"id": r["id"], "properties": {k: r["properties"].get(k) for k in body["properties"]},

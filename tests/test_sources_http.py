@@ -4,6 +4,7 @@ daily rates (a missing day reported, never invented)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -128,6 +129,24 @@ def test_crm_refuses_a_wrong_token_at_once_with_the_servers_answer(generated, ap
     assert [s for _, _, s in api.requests] == [401]  # not retried
 
 
+def _killed_midway(api: ApiServer, paths: TwoPaths, name: str, day: date) -> None:
+    """Run ``lakehouse sources extract`` in a child process, kill it (SIGKILL) while the server holds its third
+    request, then let the server go on."""
+    from prefect.settings import PREFECT_API_URL
+
+    api.hold_request = 3  # two answers landed and recorded by then
+    cmd = [sys.executable, "-m", "flows.cli", "sources", "extract", name, "--date", day.isoformat(),
+           "--lake-root", str(paths.lake("connector")), "--landing", str(paths.landing("connector"))]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert api.held.wait(120), proc.stdout.read().decode()[-3000:] if proc.poll() is not None else "no request"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    api.hold_request = None
+    api.release.set()
+    cached_settings.cache_clear()
+
+
 def test_a_killed_crm_extract_resumes_without_duplicates_or_gaps(generated, api, tmp_path, monkeypatch):
     name = "crm.contacts"
     entity = landing_entity(name)
@@ -135,22 +154,10 @@ def test_a_killed_crm_extract_resumes_without_duplicates_or_gaps(generated, api,
     api.records["contacts"] = records
     assert len(records) > 40
     monkeypatch.setenv("LAKEHOUSE_SOURCES__FILE_ROWS", "10")  # one page per file
-    api.hold_page = 2  # the third page's request waits: two pages are landed and recorded by then
     paths = TwoPaths(tmp_path)
-    from prefect.settings import PREFECT_API_URL
-
-    cmd = [sys.executable, "-m", "flows.cli", "sources", "extract", name, "--date", DAYS[0].isoformat(),
-           "--lake-root", str(paths.lake("connector")), "--landing", str(paths.landing("connector"))]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert api.held.wait(120), proc.stdout.read().decode()[-3000:] if proc.poll() is not None else "no request"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    api.hold_page = None
-    api.release.set()
+    _killed_midway(api, paths, name, DAYS[0])
     log = ExtractLog(Lake(str(paths.lake("connector"))), entity)
     assert [r["seq"] for r in log.rows()] == [1, 2] and not any(r["done"] for r in log.rows())
-    cached_settings.cache_clear()
     pulled = paths.extract(name, DAYS[0])
     assert pulled["resumed"]
     folder = paths.landing("connector") / entity.source / entity.entity / DAYS[0].isoformat()
@@ -202,6 +209,48 @@ def test_fx_connector_lands_the_file_paths_rows_and_reports_a_missing_day(genera
     got_late = connector.filter(pl.col("rate_date") == missing)
     assert got_late.height == len(docs[missing]["rates"]) and set(got_late["_ingest_date"]) == {DAYS[2]}
     assert Counter(s for _, _, s in api.requests)[503] > 0
+
+
+def test_a_killed_fx_extract_resumes_without_duplicates_or_gaps(generated, api, tmp_path, monkeypatch):
+    entity = landing_entity("fx.rates")
+    docs = fx_documents(generated, DAYS)
+    api.rates = docs
+    monkeypatch.setenv("LAKEHOUSE_SOURCES__FIRST_FROM", min(docs))
+    monkeypatch.setenv("LAKEHOUSE_SOURCES__FILE_ROWS", "1")  # one day per file
+    paths = TwoPaths(tmp_path)
+    _killed_midway(api, paths, entity.name, DAYS[0])
+    log = ExtractLog(Lake(str(paths.lake("connector"))), entity)
+    assert len(log.rows()) == 2 and not any(r["done"] for r in log.rows())
+    assert paths.extract(entity.name, DAYS[0])["resumed"]
+    folder = paths.landing("connector") / entity.source / entity.entity / DAYS[0].isoformat()
+    landed = [json.loads(line) for f in sorted(folder.glob(f"{FILE_PREFIX}*")) for line in f.read_text().splitlines()]
+    expected = [{"rate_date": d, "base_currency": doc["base"], "quote_currency": q, "rate": r,
+                 "published_at": doc["published_at"]}
+                for d, doc in docs.items() if d <= DAYS[0].isoformat() for q, r in doc["rates"].items()]
+    key = lambda r: (r["rate_date"], r["quote_currency"])
+    assert sorted(landed, key=key) == sorted(expected, key=key)  # every rate once: no duplicate, no gap
+
+
+def test_sources_check_counts_crm_records_and_fx_days(generated, api, tmp_path, monkeypatch):
+    from deployments.settings import load_settings
+    from flows.sources_cli import check_sources
+
+    kept, records = crm_records(day_rows(generated, landing_entity("crm.opportunities"),
+                                        DAYS[0])[0], "crm.opportunities", 0)
+    in_window = kept.filter(pl.col("updated_at") >= "2025-06-01").height
+    assert 0 < in_window < len(records)
+    api.records["deals"] = records
+    api.rates = {"2026-11-02": {"base": "USD", "date": "2026-11-02", "published_at": "x", "rates": {}}}
+    monkeypatch.setenv("LAKEHOUSE_SOURCES__ENTITIES", '{"crm.opportunities": "connector", "fx.rates": "connector", '
+                       '"crm.accounts": "connector"}')
+    monkeypatch.setenv("LAKEHOUSE_SOURCES__FIRST_FROM", "2025-06-01")
+    settings = load_settings("local", lake_root=str(tmp_path / "lake"), landing_root=str(tmp_path / "landing"))
+    rows = {r["entity"]: r for r in check_sources(settings, DAYS[0])}
+    assert rows["crm.opportunities"]["ok"] and rows["crm.opportunities"]["would_fetch"] == f"{in_window} record(s)"
+    assert rows["crm.accounts"]["would_fetch"] == "0 record(s)"
+    days = (DAYS[0] - date(2025, 6, 1)).days + 1
+    assert rows["fx.rates"]["would_fetch"] == f"{days} day(s)"  # the days 2025-06-01 .. 2026-11-01
+    assert rows["fx.rates"]["window"] == "[2025-06-01T00:00:00+00:00, 2026-11-02T00:00:00+00:00)"
 
 
 def test_fx_rates_keep_the_digits_the_vendor_sent(api):

@@ -157,3 +157,19 @@ def test_a_killed_consumer_resumes_without_duplicates_or_gaps(generated, topic, 
     landed = [line for f in sorted(folder.glob(f"{FILE_PREFIX}*")) for line in f.read_text().splitlines()]
     assert sorted(landed) == sorted(lines)  # each message once: no duplicate, no gap
     assert pl.Series(landed).len() == len(lines)
+
+
+def test_sources_check_reaches_the_broker_or_says_it_cannot(topic, tmp_path, monkeypatch):
+    from deployments.settings import load_settings
+    from flows.sources_cli import check_sources
+    from tests.conftest import _free_port
+
+    monkeypatch.setenv("LAKEHOUSE_SOURCES__ENTITIES", '{"kafka.order_events": "connector"}')
+    settings = load_settings("local", lake_root=str(tmp_path / "lake"), landing_root=str(tmp_path / "landing"))
+    row = next(r for r in check_sources(settings, DAYS[0]) if r["entity"] == NAME)
+    assert row["ok"] and topic["name"] in row["from"] and row["would_fetch"].endswith("message(s)")
+    monkeypatch.setenv("LAKEHOUSE_SOURCES__KAFKA__BOOTSTRAP_SERVERS", f"127.0.0.1:{_free_port()}")  # nothing there
+    monkeypatch.setenv("LAKEHOUSE_SOURCES__KAFKA__TIMEOUT_SECONDS", "2")
+    settings = load_settings("local", lake_root=str(tmp_path / "lake"), landing_root=str(tmp_path / "landing"))
+    row = next(r for r in check_sources(settings, DAYS[0]) if r["entity"] == NAME)
+    assert not row["ok"] and "could not reach Kafka" in row["error"]
