@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from deployments.settings import KafkaSettings
 
 
+_POLL_SECONDS = 0.2
+
+
 def _offsets(cursor: str | None) -> dict[int, int]:
     return {int(p): int(o) for p, o in json.loads(cursor).items()} if cursor else {}
 
@@ -89,12 +92,18 @@ class KafkaSource:
             # high watermark); messages arriving after that wait for the next run.
             todo = set(position)
             consumer.assign([TopicPartition(s.topic, p, position[p]) for p in sorted(todo)])
+            idle = 0.0
             while todo:
-                messages = consumer.consume(num_messages=s.batch_messages, timeout=s.timeout_seconds)
+                # a short wait per call: consume() holds out for a full batch until its timeout
+                messages = consumer.consume(num_messages=s.batch_messages, timeout=_POLL_SECONDS)
                 if not messages:
-                    msg = (f"{s.topic}: neither a message nor the end of partition(s) {sorted(todo)} within "
-                           f"{s.timeout_seconds} s (at offsets {position}); is the broker up?")
-                    raise SourceError(msg)
+                    idle += _POLL_SECONDS
+                    if idle >= s.timeout_seconds:
+                        msg = (f"{s.topic}: neither a message nor the end of partition(s) {sorted(todo)} within "
+                               f"{s.timeout_seconds} s (at offsets {position}); is the broker up?")
+                        raise SourceError(msg)
+                    continue
+                idle = 0.0
                 lines: list[str] = []
                 for m in messages:
                     p = m.partition()
