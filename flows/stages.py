@@ -108,11 +108,10 @@ def extract_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     engine = ctx.engine()
     spec = bronze_for(entity)
 
-    def known_hashes(first: date, last: date) -> set[str]:
+    def known_hashes(first: date) -> set[str]:
         if engine.version(spec) is None:
             return set()
-        batch = engine.scan(spec).filter(nw.col("_ingest_date") >= nw.lit(first).cast(nw.Date()),
-                                         nw.col("_ingest_date") <= nw.lit(last).cast(nw.Date()))
+        batch = engine.scan(spec).filter(nw.col("_ingest_date") >= nw.lit(first).cast(nw.Date()))
         return set(engine.to_arrow(batch.select("_record_hash")).column("_record_hash").to_pylist())
 
     sources = settings.sources

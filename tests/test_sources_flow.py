@@ -1,8 +1,9 @@
 """The daily flow with entities pulled by their connectors: the same silver and gold as from files.
 
 FX rates come from the vendor's API (the local API server) and order events from Kafka (tansu); the other
-entities from landing files. Two days are run both ways and every silver and gold table is compared (but for ``_source_file``, the landing
-file a row came from).
+entities from landing files. The two days of the session's shared flow lake (built from files only) are run
+again this way, and every silver and gold table is compared with that lake's (but for ``_source_file``, the
+landing file a row came from).
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ import pytest
 from contracts.catalog import tables
 from contracts.landing import landing_entity
 from deployments.settings import cached_settings
+from tests.conftest import FLOW_DAYS
 from tests.lakes import assert_same_rows, normalised
 from tests.source_systems import ApiServer, day_rows
 from tests.test_sources_http import fx_documents
 from tests.test_sources_kafka import produce
 
-DAYS = [date(2026, 11, 2), date(2026, 11, 3)]
+DAYS = [date.fromisoformat(d) for d in FLOW_DAYS]
 PULLED = ("fx.rates", "kafka.order_events")
 
 
 @pytest.mark.slow
-def test_daily_flow_with_connectors_builds_the_same_silver_and_gold_as_files(prefect_harness, kafka_broker,
+def test_daily_flow_with_connectors_builds_the_same_silver_and_gold_as_files(pristine_lake, kafka_broker,
                                                                              monkeypatch, tmp_path):
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -34,10 +36,7 @@ def test_daily_flow_with_connectors_builds_the_same_silver_and_gold_as_files(pre
     from backends.sources.extract import ExtractLog
     from flows.daily import daily_lakehouse
     from flows.tracking import read_ledger
-    from tasks.sample_data import generate
-
-    generated = tmp_path / "generated"
-    generate(generated, days=len(DAYS), scale=0.03, seed=5, start=DAYS[0])
+    generated, from_files = pristine_lake["landing"], pristine_lake["root"]
     pulled_landing = tmp_path / "landing-pulled"
     shutil.copytree(generated, pulled_landing, ignore=shutil.ignore_patterns("fx", "kafka"))
     api = ApiServer("unused")
@@ -47,8 +46,6 @@ def test_daily_flow_with_connectors_builds_the_same_silver_and_gold_as_files(pre
     admin = AdminClient({"bootstrap.servers": kafka_broker})
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
     try:
-        for day in DAYS:
-            daily_lakehouse(run_date=day, lake_root=str(tmp_path / "lake-files"), landing_root=str(generated))
         env = {"ENTITIES": '{"fx.rates": "connector", "kafka.order_events": "connector"}', "FIRST_FROM": min(docs),
                "FX__BASE_URL": api.url, "KAFKA__BOOTSTRAP_SERVERS": kafka_broker, "KAFKA__TOPIC": topic,
                "KAFKA__TIMEOUT_SECONDS": "10"}
@@ -66,7 +63,7 @@ def test_daily_flow_with_connectors_builds_the_same_silver_and_gold_as_files(pre
     for spec in tables():
         if spec.layer not in ("silver", "gold"):
             continue
-        files, pulled = normalised(tmp_path / "lake-files", spec.name), normalised(tmp_path / "lake-pulled", spec.name)
+        files, pulled = normalised(from_files, spec.name), normalised(tmp_path / "lake-pulled", spec.name)
         assert (files is None) == (pulled is None), spec.name
         if files is not None:  # the landing file a row came from names the connector's file: lineage, not data
             lineage = [c for c in files.columns if c == "_source_file"]

@@ -162,12 +162,12 @@ def window_for(run_date: date, previous: dict[str, Any] | None, *, lookback_days
 
 def run_extract(connector: Connector, *, lake: Lake, landing_root: Path, run_date: date, run_id: str,
                 lookback_days: int, first_from: date | None, chunk_rows: int,
-                known_hashes: Callable[[date, date], set[str]], now: datetime | None = None,
+                known_hashes: Callable[[date], set[str]], now: datetime | None = None,
                 logger: logging.Logger | None = None) -> ExtractResult:
     """Fetch ``connector``'s entity for ``run_date`` into landing files, resuming a run that died midway.
 
-    ``known_hashes(first, last)``: the record hashes bronze holds for the ingest dates ``first``..``last``
-    (the lookback's rows already landed); ``chunk_rows``: rows per landing file (bounds memory)."""
+    ``known_hashes(first)``: the record hashes bronze holds for the ingest dates from ``first`` on (the
+    lookback's rows already landed, also by a later date run first); ``chunk_rows``: rows per landing file."""
     entity = connector.entity
     log = ExtractLog(lake, entity)
     logger = logger or logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def run_extract(connector: Connector, *, lake: Lake, landing_root: Path, run_dat
             stray.unlink()
     known: set[str] = set()
     if connector.windowed and window.lo is not None:
-        known = known_hashes(window.lo.date() - timedelta(days=1), run_date)
+        known = known_hashes(window.lo.date() - timedelta(days=1))
     files = sorted(recorded)
     rows = sum(r["rows"] for r in mine)
     dropped = sum(r["dropped"] for r in mine)
@@ -236,8 +236,9 @@ def _chunks(pieces: Iterator[Piece], chunk_rows: int) -> Iterator[tuple[pa.Table
     tables: list[pa.Table] = []
     lines: list[str] = []
     notes: list[str] = []
-    size, cursor = 0, None
+    size, cursor, pending = 0, None, False
     for piece in pieces:
+        pending = True
         if piece.rows is not None and piece.rows.num_rows:
             tables.append(piece.rows)
         if piece.lines:
@@ -248,8 +249,8 @@ def _chunks(pieces: Iterator[Piece], chunk_rows: int) -> Iterator[tuple[pa.Table
         cursor = piece.cursor
         if size >= chunk_rows:
             yield _gathered(tables, lines), cursor, notes
-            tables, lines, notes, size = [], [], [], 0
-    if cursor is not None and (size or notes or not tables):
+            tables, lines, notes, size, pending = [], [], [], 0, False
+    if pending and cursor is not None:
         yield _gathered(tables, lines), cursor, notes
 
 
