@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/extract.py --rows 2000000
 
-Starts PostgreSQL (tests/postgres_server.py) and a throw-away Prefect server (for the password's Secret block),
+Starts PostgreSQL (tests/servers.py) and a throw-away Prefect server (for the password's Secret block),
 fills ``customer_behaviour`` with ``--rows`` rows of one day on the server (generate_series), then runs in this
 process, through the task bodies the daily flow runs:
 
@@ -63,9 +63,9 @@ def main() -> None:
     from deployments.settings import cached_settings
     from flows.context import RunContext
     from flows.stages import extract_entity, ingest_entity
-    from tests import postgres_server
+    from tests.servers import start_postgres, stop_postgres
 
-    proc, info = postgres_server.start()
+    proc, info = start_postgres()
     work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     try:
         t = time.perf_counter()
@@ -96,7 +96,7 @@ def main() -> None:
         whole = pl.concat([pl.read_csv(f, infer_schema=False) for f in sorted(folder.glob("extract-*.csv"))])
         print(f"the whole extract as one Arrow table: {whole.height:,} rows, {whole.estimated_size('mb'):,.0f} MB")
     finally:
-        postgres_server.stop(proc, info)
+        stop_postgres(proc, info)
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)

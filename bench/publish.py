@@ -19,21 +19,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
-import time
+import tempfile
 import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -45,23 +38,18 @@ def main() -> None:
     from bench.incremental import history_lake
 
     _, lake, _ = history_lake(args.scale, args.days, args.seed)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fakesnow_server.py"), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from tests.servers import free_port, stop, wait_for_port
+
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix="bench-fakesnow-")) / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fakesnow_server.py"), "--port", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("fakesnow server did not start") from None
-                time.sleep(0.1)
+        wait_for_port(server, port, log, "fakesnow server")
         run(lake, port)
     finally:
-        server.terminate()
-        server.wait()
+        stop(server)
 
 
 def run(lake: Path, port: int) -> None:

@@ -296,6 +296,12 @@ class SourcesSettings(BaseModel):
         """``files`` or ``connector`` for ``entity_name``."""
         return self.entities.get(entity_name, "files")
 
+    def require_connectors(self) -> None:
+        """An error naming what a connector chosen in ``entities`` lacks (checked before a run writes anything)."""
+        systems = {name.split(".", 1)[0] for name, kind in self.entities.items() if kind == "connector"}
+        for system in sorted(systems):
+            getattr(self, system).require(*(("sources.snowflake",) if system == "snowflake" else ()))
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(

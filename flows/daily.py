@@ -128,6 +128,7 @@ def daily_lakehouse(
     if settings.aws_credentials_block:
         use_aws_credentials_block(settings.aws_credentials_block)
     settings.require_hmac_key()
+    settings.sources.require_connectors()
     settings.lake().check_writable()
     ctx.landing_dir()
     logger = get_run_logger()

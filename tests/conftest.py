@@ -24,11 +24,9 @@ def prefect_harness(tmp_path_factory):
 
 
 def _free_port() -> int:
-    import socket
+    from tests.servers import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 @pytest.fixture(params=["polars", "sail"])
@@ -48,31 +46,18 @@ def lake_copy(request, daily_lakes, tmp_path):
 
 
 def _wait_for_port(proc, port: int, log: Path, what: str, timeout: float = 60) -> None:
-    import socket
-    import time
+    from tests.servers import wait_for_port
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"{what} did not start on port {port}: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+    try:
+        wait_for_port(proc, port, log, what, timeout)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def _stop(proc) -> None:
-    import signal
-    import subprocess
+    from tests.servers import stop
 
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop(proc)
 
 
 @pytest.fixture(scope="session")
@@ -223,15 +208,15 @@ def snowflake_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def postgres_server():
     """A real PostgreSQL (Redshift's wire protocol) on loopback for the whole session, in a fresh cluster, stopped
-    by its process id (tests/postgres_server.py). Its connection settings."""
-    from tests import postgres_server as pg
+    by its process id (tests/servers.py). Its connection settings."""
+    from tests.servers import start_postgres, stop_postgres
 
     try:
-        proc, info = pg.start()
+        proc, info = start_postgres()
     except (FileNotFoundError, RuntimeError) as exc:
         pytest.fail(str(exc))
     yield info
-    pg.stop(proc, info)
+    stop_postgres(proc, info)
 
 
 @pytest.fixture(scope="session")
@@ -253,3 +238,18 @@ def kafka_broker(tmp_path_factory):
     _wait_for_port(proc, port, log, "tansu broker")
     yield f"127.0.0.1:{port}"
     _stop(proc)
+
+
+SOURCE_DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
+
+
+@pytest.fixture(scope="session")
+def source_landing(tmp_path_factory):
+    """Generated landing files (three days, scale 0.02) that the connector tests put into source systems."""
+    from datetime import date
+
+    from tasks.sample_data import generate
+
+    out = tmp_path_factory.mktemp("sources-gen")
+    generate(out, days=len(SOURCE_DAYS), scale=0.02, seed=11, start=date.fromisoformat(SOURCE_DAYS[0]))
+    return out

@@ -27,13 +27,9 @@ DAYS = [date(2026, 11, 1), date(2026, 11, 2), date(2026, 11, 3)]
 TOKEN = "pat-test-0123456789"
 
 
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    from tasks.sample_data import generate
-
-    out = tmp_path_factory.mktemp("http-gen")
-    generate(out, days=len(DAYS), scale=0.05, seed=13, start=DAYS[0])
-    return out
+@pytest.fixture
+def generated(source_landing):
+    return source_landing
 
 
 @pytest.fixture
@@ -84,9 +80,12 @@ def crm_records(frame: pl.DataFrame, name: str, first_id: int) -> tuple[pl.DataF
 
 @pytest.mark.parametrize("name", sorted(CRM_OBJECTS))
 def test_crm_connector_lands_the_file_paths_bronze_rows_through_throttling_and_failures(name, generated, api,
-                                                                                         tmp_path):
+                                                                                         tmp_path, monkeypatch):
     entity = landing_entity(name)
-    api.throttle_every, api.fail_every, api.retry_after = 4, 7, "0"
+    monkeypatch.setenv("LAKEHOUSE_SOURCES__CRM__PAGE_SIZE", "5")
+    monkeypatch.setenv("LAKEHOUSE_SOURCES__FILE_ROWS", "5")  # a file per page
+    cached_settings.cache_clear()
+    api.throttle_every, api.fail_every, api.retry_after = 3, 5, "0"
     paths = TwoPaths(tmp_path)
     records: list[dict] = []
     pulled = []

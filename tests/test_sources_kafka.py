@@ -29,13 +29,9 @@ NAME = "kafka.order_events"
 ENTITY = landing_entity(NAME)
 
 
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    from tasks.sample_data import generate
-
-    out = tmp_path_factory.mktemp("kafka-gen")
-    generate(out, days=len(DAYS), scale=0.02, seed=17, start=DAYS[0])
-    return out
+@pytest.fixture
+def generated(source_landing):
+    return source_landing
 
 
 @pytest.fixture

@@ -27,13 +27,9 @@ DAYS = [date(2026, 11, 1), date(2026, 11, 2), date(2026, 11, 3)]
 SQL_TYPES = {"string": "VARCHAR", "integer": "BIGINT", "date": "DATE", "timestamp": "TIMESTAMP"}
 
 
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    from tasks.sample_data import generate
-
-    out = tmp_path_factory.mktemp("sources-gen")
-    generate(out, days=len(DAYS), scale=0.02, seed=11, start=DAYS[0])
-    return out
+@pytest.fixture
+def generated(source_landing):
+    return source_landing
 
 
 def _ddl(entity, table: str, scales: dict[str, int]) -> str:
@@ -301,6 +297,11 @@ def test_redshift_settings_name_what_is_missing(monkeypatch):
     with pytest.raises(SettingsError, match=r"sources\.redshift\.host, sources\.redshift\.user, "
                                             r"sources\.redshift\.secret"):
         connector_for(landing_entity("redshift.customer_behaviour"), load_settings("local"))
+    # a run with a connector chosen but not configured stops before it writes anything
+    chosen = load_settings("local", sources={"entities": {"crm.contacts": "connector", "snowflake.orders": "files"}})
+    with pytest.raises(SettingsError, match=r"expected sources\.crm\.base_url, sources\.crm\.token_secret to call"):
+        chosen.sources.require_connectors()
+    load_settings("local").sources.require_connectors()  # files only: nothing to check
     with pytest.raises(SettingsError, match="expected entity names among"):
         load_settings("local", sources={"entities": {"snowflake.order": "connector"}})
     assert timedelta(days=load_settings("local").lookback_days) == timedelta(days=3)

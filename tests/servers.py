@@ -1,8 +1,9 @@
-"""A throw-away PostgreSQL server on loopback (Redshift's wire protocol), for the tests and the extract benchmark.
+"""Servers the tests and benchmarks start on loopback: a free port, waiting for a server to listen, stopping
+it by its process id, and a throw-away PostgreSQL (Redshift's wire protocol).
 
-``start()`` makes a fresh cluster in a temporary folder and starts ``postgres`` in the background. PostgreSQL
-refuses to run as root: when the caller is root, the server runs as ``nobody``. ``stop()`` stops it by its
-process id and removes the folder.
+``start_postgres()`` makes a fresh cluster in a temporary folder and starts ``postgres`` in the background.
+PostgreSQL refuses to run as root: when the caller is root, the server runs as ``nobody``. ``stop_postgres()``
+stops it and removes the folder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,38 @@ PASSWORD = "extract-pass"  # a throw-away local test server
 USER = "lakehouse"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(proc: subprocess.Popen, port: int, log: Path, what: str, timeout: float = 60) -> None:
+    """Return once something listens on ``port``; kill ``proc`` and raise (with its log's end) if it exits or
+    ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                msg = f"{what} did not start on port {port}: {log.read_text()[-2000:]}"
+                raise RuntimeError(msg) from None
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 20 s."""
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _binaries() -> Path:
     found = shutil.which("postgres")
     if found:
@@ -32,7 +65,7 @@ def _binaries() -> Path:
     return versions[-1].parent
 
 
-def start(timeout: float = 60) -> tuple[subprocess.Popen, dict]:
+def start_postgres(timeout: float = 60) -> tuple[subprocess.Popen, dict]:
     """A running server and its connection settings (host, port, user, password, database, base folder)."""
     binaries = _binaries()
     base = Path(tempfile.mkdtemp(prefix="lakehouse-pg-"))
@@ -48,33 +81,16 @@ def start(timeout: float = 60) -> tuple[subprocess.Popen, dict]:
             os.chown(path, run_as["user"], run_as["group"])
     subprocess.run([str(binaries / "initdb"), "-D", str(base / "data"), "-U", USER, "--auth=scram-sha-256",
                     f"--pwfile={pwfile}", "-E", "UTF8"], check=True, capture_output=True, **run_as)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen([str(binaries / "postgres"), "-D", str(base / "data"), "-p", str(port), "-k",
                                  str(base), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
                                 stdout=out, stderr=subprocess.STDOUT, **run_as)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                msg = f"PostgreSQL did not start on port {port}: {log.read_text()[-2000:]}"
-                raise RuntimeError(msg) from None
-            time.sleep(0.1)
+    wait_for_port(proc, port, log, "PostgreSQL", timeout)
     return proc, {"host": "127.0.0.1", "port": port, "user": USER, "password": PASSWORD, "database": "postgres",
                   "base": base}
 
 
-def stop(proc: subprocess.Popen, info: dict) -> None:
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+def stop_postgres(proc: subprocess.Popen, info: dict) -> None:
+    stop(proc)
     shutil.rmtree(info["base"], ignore_errors=True)
