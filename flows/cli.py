@@ -30,7 +30,9 @@ MasterOpt = Annotated[str | None, typer.Option(
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}")  # a message may name a [settings.table]
     raise typer.Exit(code=2)
 
 

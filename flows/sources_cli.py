@@ -71,6 +71,8 @@ def sources_check(env: Annotated[str | None, typer.Option("--env")] = None,
                   landing: Annotated[str | None, typer.Option("--landing")] = None,
                   run_date: DateOpt = None) -> None:
     """Test each connector's connection and say what a run of the date would fetch (exit 1 if one fails)."""
+    from rich.markup import escape
+
     from flows.cli import _settings, console, err
 
     settings = _settings(env, lake_root=lake_root, landing_root=landing)
@@ -85,7 +87,7 @@ def sources_check(env: Annotated[str | None, typer.Option("--env")] = None,
     console.print(table)
     for r in rows:
         if not r["ok"]:
-            err.print(f"[bold red]error:[/] {r['entity']}: {r['error']}", soft_wrap=True)
+            err.print(f"[bold red]error:[/] {r['entity']}: {escape(r['error'])}", soft_wrap=True)
     if not all(r["ok"] for r in rows):
         raise typer.Exit(code=1)
 
@@ -100,7 +102,7 @@ def sources_extract(entity: Annotated[str, typer.Argument(help="entity, e.g. sno
     extract that died midway, fetches nothing for a date already extracted."""
     from contracts.landing import landing_entity
     from flows.cli import _fail, _settings, console
-    from flows.context import RunContext
+    from flows.context import LandingNotFoundError, RunContext
     from flows.stages import extract_entity
 
     try:
@@ -111,7 +113,15 @@ def sources_extract(entity: Annotated[str, typer.Argument(help="entity, e.g. sno
     settings = _settings(env, **overrides)
     ctx = RunContext(env=settings.env, run_date=_date(run_date), run_id=f"cli-{uuid.uuid4().hex[:12]}",
                      started_at=datetime.now(UTC), overrides=overrides)
-    summary = extract_entity.fn(ctx, entity)
+    from backends.sources.extract import SourceError
+    from deployments.secrets import SecretNotFoundError
+    from deployments.settings import SettingsError
+
+    try:
+        summary = extract_entity.fn(ctx, entity)
+    except (SettingsError, SecretNotFoundError, SourceError, LandingNotFoundError) as exc:
+        _fail(str(exc))
+        raise
     console.print(f"{entity} {ctx.run_date}: {summary['rows_written']} rows in {summary['files']} file(s)"
                   + (f", {summary['dropped_known']} already landed" if summary["dropped_known"] else "")
                   + (" (already extracted)" if summary["skipped"] else "")

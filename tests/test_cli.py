@@ -120,3 +120,16 @@ def test_run_without_an_hmac_key_says_where_to_set_it(monkeypatch, tmp_path):
     assert result.exit_code == 2
     assert "expected hmac_key" in result.output and "LAKEHOUSE_HMAC_KEY" in result.output
     assert not (tmp_path / "lake").exists()
+
+
+def test_sources_extract_names_what_is_wrong(monkeypatch, tmp_path):
+    where = ["--lake-root", str(tmp_path / "lake"), "--landing", str(tmp_path / "landing")]
+    result = runner.invoke(app, ["sources", "extract", "snowflake.order", "--date", "2026-11-01", *where])
+    assert result.exit_code == 2 and "expected a landing entity name" in result.output
+    result = runner.invoke(app, ["sources", "extract", "snowflake.orders", "--date", "2026-11-31", *where])
+    assert result.exit_code == 2 and "expected --date as YYYY-MM-DD" in result.output
+    result = runner.invoke(app, ["sources", "extract", "snowflake.orders", "--date", "2026-11-01", *where])
+    assert result.exit_code == 2
+    # the message names the settings table as it is written, brackets and all
+    assert "[sources.snowflake]" in " ".join(result.output.split()) and "sources.snowflake.account" in result.output
+    assert not (tmp_path / "lake" / "_extracts").exists()  # nothing was written
