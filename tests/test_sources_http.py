@@ -108,7 +108,7 @@ def test_crm_waits_what_retry_after_asks(generated, api, tmp_path):
     name = "crm.accounts"
     entity = landing_entity(name)
     api.records["companies"] = crm_records(day_rows(generated, entity, DAYS[0])[0], name, 0)[1]
-    api.throttle_every, api.retry_after = 2, "1"
+    api.throttle_every, api.retry_after = 3, "1"
     stamps = api.answered_at
     paths = TwoPaths(tmp_path)
     paths.extract(name, DAYS[0])

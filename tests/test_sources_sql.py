@@ -266,14 +266,17 @@ def test_sources_check_reports_each_connection_and_what_it_would_fetch(generated
     behaviour = rows["redshift.customer_behaviour"]
     assert not behaviour["ok"] and "could not connect to Redshift" in behaviour["error"]
     assert rows["crm.accounts"]["source"] == "files" and rows["crm.accounts"]["ok"]
-    # the command itself exits 1 when a connection fails
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "sources", "check", "--date", "2026-11-01",
-                          "--lake-root", str(tmp_path / "lake"), "--landing", str(tmp_path / "landing")],
-                         check=False, cwd=ROOT, capture_output=True, text=True,
-                         env={**_with_api(), "COLUMNS": "300"})
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert f"{expected} record(s)" in out.stdout
-    assert "redshift.customer_behaviour: SourceError: could not connect to Redshift" in out.stderr
+    # the command itself exits 1 when a connection fails, and prints the error in full
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    cached_settings.cache_clear()
+    out = CliRunner().invoke(app, ["sources", "check", "--date", "2026-11-01", "--lake-root", str(tmp_path / "lake"),
+                                   "--landing", str(tmp_path / "landing")], env={"COLUMNS": "300"})
+    assert out.exit_code == 1, out.output
+    assert f"{expected} record(s)" in out.output
+    assert "redshift.customer_behaviour: SourceError: could not connect to Redshift" in " ".join(out.output.split())
 
 
 def _with_api() -> dict[str, str]:
