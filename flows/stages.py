@@ -108,11 +108,11 @@ def extract_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     engine = ctx.engine()
     spec = bronze_for(entity)
 
-    def known_hashes(first: date) -> set[str]:
+    def known_hashes(first: date) -> pa.ChunkedArray:
         if engine.version(spec) is None:
-            return set()
+            return pa.chunked_array([], type=pa.string())
         batch = engine.scan(spec).filter(nw.col("_ingest_date") >= nw.lit(first).cast(nw.Date()))
-        return set(engine.to_arrow(batch.select("_record_hash")).column("_record_hash").to_pylist())
+        return engine.to_arrow(batch.select("_record_hash")).column("_record_hash")
 
     sources = settings.sources
     result = run_extract(

@@ -162,11 +162,12 @@ def window_for(run_date: date, previous: dict[str, Any] | None, *, lookback_days
 
 def run_extract(connector: Connector, *, lake: Lake, landing_root: Path, run_date: date, run_id: str,
                 lookback_days: int, first_from: date | None, chunk_rows: int,
-                known_hashes: Callable[[date], set[str]], now: datetime | None = None,
+                known_hashes: Callable[[date], pa.Array | pa.ChunkedArray], now: datetime | None = None,
                 logger: logging.Logger | None = None) -> ExtractResult:
     """Fetch ``connector``'s entity for ``run_date`` into landing files, resuming a run that died midway.
 
-    ``known_hashes(first)``: the record hashes bronze holds for the ingest dates from ``first`` on (the
+    ``known_hashes(first)``: the record hashes bronze holds for the ingest dates from ``first`` on, as Arrow
+    (hashed once into a Polars series, probed per file; the
     lookback's rows already landed, also by a later date run first); ``chunk_rows``: rows per landing file."""
     entity = connector.entity
     log = ExtractLog(lake, entity)
@@ -194,9 +195,11 @@ def run_extract(connector: Connector, *, lake: Lake, landing_root: Path, run_dat
         if stray.relative_to(landing_root).as_posix() not in recorded:
             logger.warning("%s: removing %s, written by a run that died before recording it", entity.name, stray)
             stray.unlink()
-    known: set[str] = set()
+    known = pl.Series("_h", [], dtype=pl.String)
     if connector.windowed and window.lo is not None:
-        known = known_hashes(window.lo.date() - timedelta(days=1))
+        landed = pl.from_arrow(known_hashes(window.lo.date() - timedelta(days=1)))
+        assert isinstance(landed, pl.Series)
+        known = landed.cast(pl.String).unique().rename("_h")
     files = sorted(recorded)
     rows = sum(r["rows"] for r in mine)
     dropped = sum(r["dropped"] for r in mine)
@@ -305,13 +308,13 @@ def landing_text(rows: pa.Table, entity: LandingEntity) -> pa.Table:
     return frame.select(exprs).to_arrow()
 
 
-def _drop_known(text: pa.Table, entity: LandingEntity, known: set[str]) -> tuple[pa.Table, int]:
+def _drop_known(text: pa.Table, entity: LandingEntity, known: pl.Series) -> tuple[pa.Table, int]:
     """``text`` without the records whose hash is in ``known``; how many were dropped."""
-    if not known or text.num_rows == 0:
+    if known.len() == 0 or text.num_rows == 0:
         return text, 0
     hashed = with_record_hash(nw.from_native(pl.from_arrow(text).lazy()), entity.column_names, out="_h")
     frame = nw.to_native(hashed).collect()
-    kept = frame.filter(~pl.col("_h").is_in(list(known))).drop("_h")
+    kept = frame.filter(~pl.col("_h").is_in(known.implode())).drop("_h")
     return kept.to_arrow(), frame.height - kept.height
 
 
