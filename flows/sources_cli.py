@@ -25,7 +25,7 @@ def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
     """One row per landing entity: its source, where it reads, the window a run of ``run_date`` would fetch,
     how many records (or files) that is, and ``ok`` (False with the error when a connection fails)."""
     from backends.sources import connector_for
-    from backends.sources.extract import ExtractLog, Window, window_for
+    from backends.sources.extract import ExtractLog
     from contracts.landing import LANDING_ENTITIES
 
     rows = []
@@ -41,19 +41,12 @@ def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
             continue
         try:
             connector = connector_for(entity, settings)
-            log = ExtractLog(lake, entity)
-            mine = log.of_date(run_date)
-            previous = log.previous(run_date)
-            if any(r["done"] for r in mine):
-                window, cursor, note = None, None, "already extracted"
-            elif mine:
-                window, cursor, note = Window(mine[0]["window_from"], mine[0]["window_to"]), mine[-1]["cursor"], "resumes"
-            else:
-                first = date.fromisoformat(settings.sources.first_from) if settings.sources.first_from else None
-                window = window_for(run_date, previous, lookback_days=settings.lookback_days, first_from=first,
-                                    now=datetime.now(UTC))
-                cursor = None if connector.windowed or previous is None else previous["cursor"]
-                note = ""
+            first = date.fromisoformat(settings.sources.first_from) if settings.sources.first_from else None
+            plan = ExtractLog(lake, entity).plan(run_date, windowed=connector.windowed,
+                                                 lookback_days=settings.lookback_days, first_from=first,
+                                                 now=datetime.now(UTC))
+            window, cursor = plan.window, plan.cursor
+            note = "already extracted" if plan.done else ("resumes" if plan.resuming else "")
             count = connector.pending(window, cursor) if window is not None else 0
             shown = window.describe() if window is not None and connector.windowed else (cursor or "-")
             unit = {"fx": "day(s)", "kafka": "message(s)"}.get(entity.source, "record(s)")

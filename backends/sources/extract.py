@@ -116,16 +116,39 @@ class ExtractLog:
         table = self.lake.read_log(self.path)
         return [] if table is None else sorted(table.to_pylist(), key=lambda r: (r["run_date"], r["seq"]))
 
-    def of_date(self, run_date: date) -> list[dict[str, Any]]:
-        return [r for r in self.rows() if r["run_date"] == run_date]
-
-    def previous(self, run_date: date) -> dict[str, Any] | None:
-        """The closing row of the latest date before ``run_date`` whose extract finished."""
-        done = [r for r in self.rows() if r["done"] and r["run_date"] < run_date]
-        return done[-1] if done else None
-
     def append(self, rows: list[dict[str, Any]]) -> None:
         self.lake.append_log(self.path, pa.Table.from_pylist(rows, schema=EXTRACT_LOG_SCHEMA))
+
+    def plan(self, run_date: date, *, windowed: bool, lookback_days: int, first_from: date | None,
+             now: datetime) -> Plan:
+        """Where an extract of ``run_date`` stands (the log read once): done, to resume, or to start."""
+        rows = self.rows()
+        mine = [r for r in rows if r["run_date"] == run_date]
+        if any(r["done"] for r in mine):
+            return Plan(mine, True, None, None, 0)
+        if mine:  # a run of this date died midway: same window, after its last recorded piece
+            return Plan(mine, False, Window(mine[0]["window_from"], mine[0]["window_to"]), mine[-1]["cursor"],
+                        mine[-1]["seq"])
+        done = [r for r in rows if r["done"] and r["run_date"] < run_date]
+        previous = done[-1] if done else None
+        window = window_for(run_date, previous, lookback_days=lookback_days, first_from=first_from, now=now)
+        # a positional source (Kafka) goes on from where the previous finished extract left off
+        return Plan(mine, False, window, None if windowed or previous is None else previous["cursor"], 0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An extract of one date: its log rows so far, whether it is done, its window, cursor and last piece."""
+
+    mine: list[dict[str, Any]]
+    done: bool
+    window: Window | None
+    cursor: str | None
+    seq: int
+
+    @property
+    def resuming(self) -> bool:
+        return bool(self.mine) and not self.done
 
 
 @dataclass
@@ -172,24 +195,21 @@ def run_extract(connector: Connector, *, lake: Lake, landing_root: Path, run_dat
     entity = connector.entity
     log = ExtractLog(lake, entity)
     logger = logger or logging.getLogger(__name__)
-    mine = log.of_date(run_date)
-    if any(r["done"] for r in mine):
+    plan = log.plan(run_date, windowed=connector.windowed, lookback_days=lookback_days, first_from=first_from,
+                    now=now or datetime.now(UTC))
+    mine = plan.mine
+    if plan.done:
         files = [r["file"] for r in mine if r["file"]]
         logger.info("%s: %s already extracted (%d file(s)); nothing to fetch", entity.name, run_date, len(files))
         return ExtractResult(entity.name, run_date, None, files, 0, 0, True, None, [])
     folder = landing_root / entity.source / entity.entity / run_date.isoformat()
     folder.mkdir(parents=True, exist_ok=True)
-    previous = log.previous(run_date)
-    if mine:  # a run of this date died midway: same window, after its last recorded piece
-        window = Window(mine[0]["window_from"], mine[0]["window_to"])
-        cursor, seq = mine[-1]["cursor"], mine[-1]["seq"]
+    window, cursor, seq = plan.window, plan.cursor, plan.seq
+    assert window is not None
+    if plan.resuming:
         logger.warning("%s: resuming the extract of %s after piece %d (cursor %s)", entity.name, run_date, seq,
                        cursor)
-    else:
-        window = window_for(run_date, previous, lookback_days=lookback_days, first_from=first_from,
-                            now=now or datetime.now(UTC))
-        cursor, seq = (None if connector.windowed or previous is None else previous["cursor"]), 0
-    resumed_from = mine[-1]["cursor"] if mine else None
+    resumed_from = cursor if plan.resuming else None
     recorded = {r["file"] for r in mine if r["file"]}
     for stray in sorted([*folder.glob(f"{FILE_PREFIX}*"), *folder.glob(f".{FILE_PREFIX}*.tmp")]):
         if stray.relative_to(landing_root).as_posix() not in recorded:
