@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 
 from backends import Lake
 from backends.checkpoints import Checkpoints
+from backends.run_lock import RunLock
 from backends.run_log import RunLog
 from contracts.catalog import TABLES, table, tables
 from contracts.landing import ORDER_EVENTS
@@ -215,8 +217,11 @@ async def _task_runs_under(flow_run_id) -> list[tuple[str, str]]:
 
 
 def test_two_runs_of_a_date_never_interleave(five_days, tmp_path):
-    """Two processes start the same date at once: one waits for the lake's run lock; their write windows do not
-    overlap and the lake equals one clean rerun."""
+    """Two processes start the same date at once: both wait for the lake's run lock; once it is free, one runs and
+    the other waits for it; their write windows do not overlap and the lake equals one clean rerun.
+
+    The test holds the lock while the two processes start, so that they really are both waiting at the same time
+    (left to themselves, one process could finish before the other has imported Prefect)."""
     from prefect.settings import PREFECT_API_URL
 
     root = _copy(five_days, tmp_path)
@@ -224,13 +229,20 @@ def test_two_runs_of_a_date_never_interleave(five_days, tmp_path):
     cmd = [sys.executable, "-m", "flows.cli", "run", "--date", _day(4).isoformat(), "--lake-root", str(root),
            "--landing", str(five_days["landing"])]
     logs = [tmp_path / f"run-{i}.log" for i in (1, 2)]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
+    waiting = "waiting for the lake's run lock"
+    with RunLock(Lake(str(root))).hold("the-test", "holding the lake while both runs start", wait_seconds=0):
+        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+                 for log in logs]
+        deadline = time.monotonic() + 120
+        while not all(waiting in log.read_text() for log in logs):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                [log.read_text()[-3000:] for log in logs]
+            time.sleep(0.2)
     assert [p.wait(timeout=300) for p in procs] == [0, 0], [log.read_text()[-3000:] for log in logs]
     runs = [r for r in RunLog(Lake(str(root))).history() if r["run_date"] == _day(4)][-2:]
     assert len(runs) == 2 and runs[0]["run_id"] != runs[1]["run_id"]
     first, second = sorted(runs, key=lambda r: r["locked_at"])
     assert first["finished_at"] <= second["locked_at"], "the two runs wrote the lake at the same time"
-    assert any("waiting for the lake's run lock" in log.read_text() for log in logs)
     assert not (root / "_locks" / "runs.json").exists()
     assert content_hashes(root) == content_hashes(five_days["root"])
 
