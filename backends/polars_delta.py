@@ -10,7 +10,7 @@ from typing import Any
 import narwhals as nw
 import polars as pl
 import pyarrow as pa
-from deltalake import write_deltalake
+from deltalake import ColumnProperties, WriterProperties, write_deltalake
 from pandera import errors as pandera_errors
 
 from backends import landing
@@ -132,7 +132,7 @@ class PolarsDeltaEngine:
         if spec.partition_by:
             on.append(_partition_values(data, spec.partition_by, alias="t"))  # type: ignore[arg-type]
         merger = dt.merge(data, predicate=" AND ".join(on), source_alias="s", target_alias="t",
-                          error_on_type_mismatch=False)
+                          error_on_type_mismatch=False, writer_properties=writer_properties(spec))
         if not insert_only:
             newer = None
             if spec.latest_by:
@@ -175,10 +175,27 @@ class PolarsDeltaEngine:
         write_deltalake(
             self.lake.delta_table(spec) or self.lake.uri(spec), data, mode=mode, partition_by=list(spec.partition_by) or None,  # type: ignore[arg-type]
             predicate=predicate, storage_options=self.lake.storage_options or None,
-            configuration=self.lake.table_configuration,
+            configuration=self.lake.table_configuration, writer_properties=writer_properties(spec),
         )
         self.lake.check_features(spec)
         return WriteResult(spec.name, self.lake.written_version(spec), data.num_rows)
+
+
+def unique_text_columns(spec: TableSpec) -> list[str]:
+    """The text columns whose values are (nearly) unique per row: single-column keys, record hashes, HMACs and
+    surrogate keys."""
+    text = {f.name for f in spec.arrow_schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)}
+    own_key = spec.keys if len(spec.keys) == 1 else ()
+    return [c for c in spec.columns if c in text and (c in own_key or c == "_record_hash"
+                                                       or c.endswith(("_hmac", "_sk")))]
+
+
+def writer_properties(spec: TableSpec) -> WriterProperties:
+    """Parquet writer settings for ``spec``: no dictionary encoding for its unique text columns. A dictionary
+    there never pays (the writer builds one, finds it too large and falls back to plain), and building it made
+    writing silver.customers 2.5x slower (bench/incremental.py); files grow by about 5%."""
+    off = ColumnProperties(dictionary_enabled=False)
+    return WriterProperties(column_properties={c: off for c in unique_text_columns(spec)})
 
 
 def _files_in_partitions(dt: Any, data: pa.Table, columns: tuple[str, ...]) -> tuple[int, int]:

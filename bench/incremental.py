@@ -10,7 +10,9 @@ Generates (once, cached under bench/out/) ``days + 1`` days of landing files, bu
 * **full rebuild**: every layer from scratch over all ``days + 1`` days: bronze from every landing file,
   silver from the whole bronze table in one conform per table, gold built whole, released.
 
-It prints seconds per stage for both, the ratio, and for every merge of the incremental day the target files
+Both are measured ``--repeat`` times (default 3, alternating, each on a fresh copy) and every step's median
+is reported: the machine's noise moves single runs by 15%. It prints seconds per stage for both, the ratio of the
+medians, each pass's own ratio, and for every merge of the incremental day the target files
 it scanned and the files its predicate skipped. The task bodies run without the Prefect API, as in
 bench/daily_stages.py, so orchestration overhead is not counted.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -136,24 +139,45 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=10.0)
     parser.add_argument("--days", type=int, default=30, help="days of history before the measured day")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="measure both this many times (each on a fresh copy) and report the medians")
     args = parser.parse_args()
     from bench.day import daily_steps
 
     landing, history, days = history_lake(args.scale, args.days, args.seed)
-    work = OUT / "work-full"
-    shutil.rmtree(work, ignore_errors=True)
-    os.sync()
-    full = timed(full_steps(_ctx(days[-1], work, landing, "full-rebuild"), days))
-    work = OUT / "work-incremental"
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(history, work, ignore=shutil.ignore_patterns("_results"))
-    os.sync()  # the copy's write-back must not run during the measurement
-    incremental = timed(daily_steps(_ctx(days[-1], work, landing, "incremental")))
-    report(incremental, full, days[-1], args.scale, args.days)
+    fulls, incrementals = [], []
+    for i in range(1, args.repeat + 1):
+        # A fresh lake folder per pass: the process keeps each lake's loaded Delta logs by path.
+        work = OUT / f"work-full-{i}"
+        shutil.rmtree(work, ignore_errors=True)
+        os.sync()
+        fulls.append(timed(full_steps(_ctx(days[-1], work, landing, f"full-rebuild-{i}"), days)))
+        work = OUT / f"work-incremental-{i}"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(history, work, ignore=shutil.ignore_patterns("_results"))
+        os.sync()  # the copy's write-back must not run during the measurement
+        incrementals.append(timed(daily_steps(_ctx(days[-1], work, landing, f"incremental-{i}"))))
+        print(f"pass {i}/{args.repeat}: incremental {_total(incrementals[-1]):.2f} s, full rebuild "
+              f"{_total(fulls[-1]):.2f} s ({_total(incrementals[-1]) / _total(fulls[-1]):.1%})", flush=True)
+    for i in range(1, args.repeat):  # keep the last pass's lakes to look at
+        shutil.rmtree(OUT / f"work-full-{i}", ignore_errors=True)
+        shutil.rmtree(OUT / f"work-incremental-{i}", ignore_errors=True)
+    report(_median_pass(incrementals), _median_pass(fulls), days[-1], args.scale, args.days, args.repeat)
 
 
-def report(incremental: list, full: list, day: date, scale: float, history: int) -> None:
-    print(f"\nday {day} at scale {scale:g} on {history} days of history, laptop engine: seconds per stage")
+def _total(steps: list) -> float:
+    return sum(secs for _, _, secs, _ in steps)
+
+
+def _median_pass(passes: list[list]) -> list:
+    """The passes' steps with each step's median seconds (results from the first pass)."""
+    return [(stage, label, statistics.median(p[j][2] for p in passes), result)
+            for j, (stage, label, _, result) in enumerate(passes[0])]
+
+
+def report(incremental: list, full: list, day: date, scale: float, history: int, repeat: int) -> None:
+    print(f"\nday {day} at scale {scale:g} on {history} days of history, laptop engine: median seconds per "
+          f"step over {repeat} pass(es), summed per stage")
     print(f"{'stage':8} {'incremental':>12} {'full rebuild':>13} {'ratio':>7}")
     total_i = total_f = 0.0
     for stage in ("bronze", "silver", "gold"):
