@@ -92,8 +92,10 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path):
     while DAY2 not in RunLog(Lake(str(lake_root))).done_dates():
         assert time.monotonic() < deadline, "the retried run did not complete within 5 minutes"
         time.sleep(2)
-    inspect = _prefect(stack, "flow-run", "inspect", run_id)
-    assert "COMPLETED" in inspect.stdout.upper()
+    # The run log is written before the flow run ends (its summary artifact comes after): wait for the state too.
+    while "COMPLETED" not in (inspect := _prefect(stack, "flow-run", "inspect", run_id)).stdout.upper():
+        assert time.monotonic() < deadline, f"the retried flow run did not end COMPLETED: {inspect.stdout[-2000:]}"
+        time.sleep(2)
     assert Releases(Lake(str(lake_root))).current().run_date == DAY2
 
     rows = [r for r in read_ledger(Lake(str(lake_root))) if r["run_id"] == run_id]

@@ -43,16 +43,18 @@ def test_the_lock_is_released_when_the_run_fails(tmp_path):
 def test_a_waiter_gets_the_lock_as_soon_as_the_holder_is_done(tmp_path):
     lock = RunLock(Lake(str(tmp_path / "lake")))
     order = []
+    holding = threading.Event()
 
     def first():
         with lock.hold("run-a", "x", wait_seconds=0):
             order.append("a in")
+            holding.set()
             time.sleep(1.0)
             order.append("a out")
 
     t = threading.Thread(target=first)
     t.start()
-    time.sleep(0.2)
+    assert holding.wait(timeout=30), "the first holder never got the lock"
     with lock.hold("run-b", "x", wait_seconds=10):
         order.append("b in")
     t.join()
