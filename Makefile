@@ -13,7 +13,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup system-deps demo test bench bench-engines bench-incremental bench-publish bench-extract deploy-local deploy-local-stop lint clean
+.PHONY: setup system-deps demo test bench bench-engines bench-incremental bench-writes bench-publish bench-extract deploy-local deploy-local-stop lint clean
 
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -52,6 +52,9 @@ bench-engines: setup
 
 bench-incremental: setup
 	$(PY) bench/incremental.py --scale 10 --days 30
+
+bench-writes: setup
+	$(PY) bench/parquet_writes.py --scale 10 --days 30
 
 bench-publish: setup
 	$(PY) bench/publish.py --scale 10 --days 30

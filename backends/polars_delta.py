@@ -181,21 +181,25 @@ class PolarsDeltaEngine:
         return WriteResult(spec.name, self.lake.written_version(spec), data.num_rows)
 
 
-def unique_text_columns(spec: TableSpec) -> list[str]:
-    """The text columns whose values are (nearly) unique per row: single-column keys, record hashes, HMACs and
-    surrogate keys."""
-    text = {f.name for f in spec.arrow_schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)}
+def digest_columns(spec: TableSpec) -> list[str]:
+    """The columns of random digests, (nearly) unique per row: record hashes, HMACs, and a surrogate key that is
+    the table's own key (``customer_sk`` of dim_customer; in the fact it repeats and is not listed)."""
     own_key = spec.keys if len(spec.keys) == 1 else ()
-    return [c for c in spec.columns if c in text and (c in own_key or c == "_record_hash"
-                                                       or c.endswith(("_hmac", "_sk")))]
+    return [c for c in spec.columns
+            if c == "_record_hash" or c.endswith("_hmac") or (c in own_key and c.endswith("_sk"))]
 
 
 def writer_properties(spec: TableSpec) -> WriterProperties:
-    """Parquet writer settings for ``spec``: no dictionary encoding for its unique text columns. A dictionary
-    there never pays (the writer builds one, finds it too large and falls back to plain), and building it made
-    writing silver.customers 2.5x slower (bench/incremental.py); files grow by about 5%."""
+    """Parquet writer settings for ``spec``: ZSTD level 1, and no dictionary encoding for its digest columns.
+
+    ZSTD at level 1 writes about as fast as delta-rs' default (Snappy) and makes files a third to a half smaller:
+    Snappy barely compresses hex digests. A dictionary of random unique values never pays: the writer builds
+    one, finds it too large and falls back to plain encoding. (Identifiers such as ``O000923798`` keep theirs:
+    in a partition's small files it makes them smaller.) ``make bench-writes`` (bench/parquet_writes.py)
+    measures both settings per table."""
     off = ColumnProperties(dictionary_enabled=False)
-    return WriterProperties(column_properties={c: off for c in unique_text_columns(spec)})
+    return WriterProperties(compression="ZSTD", compression_level=1,
+                            column_properties={c: off for c in digest_columns(spec)})
 
 
 def _files_in_partitions(dt: Any, data: pa.Table, columns: tuple[str, ...]) -> tuple[int, int]:

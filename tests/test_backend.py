@@ -280,9 +280,9 @@ def test_a_loaded_delta_log_follows_other_writers_and_a_table_written_anew(tmp_p
     assert [r["product_id"] for r in again.to_arrow(again.scan(PRODUCTS, version=0)).to_pylist()] == ["x1"]
 
 
-def test_the_laptop_engine_writes_unique_text_columns_without_a_dictionary(tmp_path):
-    """Keys and record hashes are plain-encoded (a dictionary of unique values only slows the writer), other text
-    columns keep their dictionary; by a plain write and by a merge alike."""
+def test_the_laptop_engine_writes_digests_without_a_dictionary_and_compresses_with_zstd(tmp_path):
+    """Record hashes are plain-encoded (a dictionary of random unique values only slows the writer); other text
+    columns, the key included, keep their dictionary; every column is ZSTD-compressed; by a write and a merge."""
     import pyarrow.parquet as pq
     from deltalake import DeltaTable
 
@@ -290,13 +290,14 @@ def test_the_laptop_engine_writes_unique_text_columns_without_a_dictionary(tmp_p
     engine.merge(PRODUCTS, products(engine, *((f"p{i}", "same name", 1, f"h{i}") for i in range(50))))
     engine.merge(PRODUCTS, products(engine, ("p1", "renamed", 2, "h99"), ("p50", "same name", 1, "h50")))
     files = DeltaTable(str(tmp_path / "lake" / "silver" / "products")).file_uris()
-    assert files
+    assert files and engine.version(PRODUCTS) == 1  # the merge rewrote the first write's file
+    dictionary = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
     for file in files:
-        meta = pq.ParquetFile(file).metadata
-        encodings = {meta.row_group(0).column(i).path_in_schema: set(meta.row_group(0).column(i).encodings)
-                     for i in range(meta.num_columns)}
-        for column in ("product_id", "_record_hash"):
-            assert not encodings[column] & {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}, (column, encodings[column])
-        assert encodings["product_name"] & {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}, encodings["product_name"]
+        group = pq.ParquetFile(file).metadata.row_group(0)
+        columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+        assert not set(columns["_record_hash"].encodings) & dictionary, columns["_record_hash"].encodings
+        for name in ("product_id", "product_name"):
+            assert set(columns[name].encodings) & dictionary, (name, columns[name].encodings)
+        assert {c.compression for c in columns.values()} == {"ZSTD"}
     names = {r["product_id"]: r["product_name"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()}
     assert len(names) == 51 and names["p1"] == "renamed"
