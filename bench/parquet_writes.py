@@ -48,8 +48,6 @@ def main() -> None:
     parser.add_argument("--tables", default="silver.customers,silver.orders,gold.dim_customer,gold.fact_orders")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    from deltalake import DeltaTable
-
     from backends import Lake
     from backends.polars_delta import digest_columns, writer_properties
     from bench.incremental import history_lake
@@ -60,7 +58,9 @@ def main() -> None:
     print(f"{'table':22} {'rows':>9} {'writer':9} {'write s':>8} {'read s':>7} {'MiB':>7}  plain-encoded")
     for name in args.tables.split(","):
         spec = table(name.strip())
-        data = DeltaTable(lake.uri(spec)).to_pyarrow_table()
+        loaded = lake.delta_table(spec)
+        assert loaded is not None, f"{spec.name} is not in {history}"
+        data = loaded.to_pyarrow_table()
         for label, writer in (("default", None), ("project", writer_properties(spec))):
             write, read, size = measure(data, list(spec.partition_by) or None, writer, args.repeat)
             plain = ", ".join(digest_columns(spec)) if writer is not None else ""

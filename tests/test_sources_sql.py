@@ -15,11 +15,13 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 import pyarrow as pa
 import pytest
+from typer.testing import CliRunner
 
 from backends.lake import Lake
 from backends.sources.extract import FILE_PREFIX, ExtractLog
 from contracts.landing import landing_entity
 from deployments.settings import cached_settings
+from flows.cli import app
 from tests.conftest import ROOT
 from tests.source_systems import TwoPaths, day_rows, representable, write_landing
 
@@ -267,10 +269,6 @@ def test_sources_check_reports_each_connection_and_what_it_would_fetch(generated
     assert not behaviour["ok"] and "could not connect to Redshift" in behaviour["error"]
     assert rows["crm.accounts"]["source"] == "files" and rows["crm.accounts"]["ok"]
     # the command itself exits 1 when a connection fails, and prints the error in full
-    from typer.testing import CliRunner
-
-    from flows.cli import app
-
     cached_settings.cache_clear()
     out = CliRunner().invoke(app, ["sources", "check", "--date", "2026-11-01", "--lake-root", str(tmp_path / "lake"),
                                    "--landing", str(tmp_path / "landing")], env={"COLUMNS": "300"})
