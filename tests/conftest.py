@@ -119,7 +119,8 @@ FLOW_DAYS = ("2026-11-01", "2026-11-02")
 @pytest.fixture(scope="session")
 def daily_lakes(prefect_harness, tmp_path_factory, request):
     """``daily_lakes(engine)``: a lake built by the daily flow over two generated days (scale 0.03, seed 7) on
-    ``polars`` or ``sail``, from one shared landing folder. Each engine's lake is built once per session."""
+    ``polars`` or ``sail``, from one shared landing folder. Each engine's lake is built once per session;
+    ``first_day`` is a copy of it after the first day."""
     import shutil
     from datetime import date
 
@@ -137,12 +138,16 @@ def daily_lakes(prefect_harness, tmp_path_factory, request):
             kwargs = {} if engine == "polars" else {"backend": "spark",
                                                     "spark_remote": request.getfixturevalue("sail_url")}
             root = base / f"lake-{engine}"
-            summaries = {d: daily_lakehouse(run_date=d, lake_root=str(root), landing_root=str(landing), **kwargs)
-                         for d in days}
+            first_day = base / f"first-day-{engine}"  # the lake as the first day's run left it
+            summaries = {}
+            for d in days:
+                summaries[d] = daily_lakehouse(run_date=d, lake_root=str(root), landing_root=str(landing), **kwargs)
+                if d == days[0]:
+                    shutil.copytree(root, first_day)
             pristine = base / f"pristine-{engine}"  # before any test reruns a date on the shared lake
             shutil.copytree(root, pristine)
             built[engine] = {"landing": landing, "root": root, "summaries": summaries, "engine": kwargs,
-                             "pristine": pristine}
+                             "pristine": pristine, "first_day": first_day}
         return built[engine]
 
     return build

@@ -34,12 +34,14 @@ def stack(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
-    state = local_stack.up(port=port, home=home)
-    try:
-        yield {"env": local_stack.stack_env(home, port), **state}
-    finally:
-        stopped = local_stack.down(home)
-        assert state["server_pid"] in stopped
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")  # the worker looks for runs every 2 s, not 10
+        state = local_stack.up(port=port, home=home)
+        try:
+            yield {"env": local_stack.stack_env(home, port), **state}
+        finally:
+            stopped = local_stack.down(home)
+            assert state["server_pid"] in stopped
 
 
 def _prefect(stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -63,7 +65,8 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path):
     params = ["-p", f"lake_root={lake_root}", "-p", f"landing_root={landing}"]
 
     # 1. A run of the deployment, picked up by the worker, completes and releases that date's gold.
-    first = _prefect(stack, "deployment", "run", "daily-lakehouse/local", "-p", f"run_date={DAY1}", *params, "--watch")
+    watch = ["--watch", "--watch-interval", "1"]
+    first = _prefect(stack, "deployment", "run", "daily-lakehouse/local", "-p", f"run_date={DAY1}", *params, *watch)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "Completed" in first.stdout
     lake = Lake(str(lake_root))
@@ -75,8 +78,7 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path):
     aside = tmp_path / "segments-aside"
     shutil.move(segments, aside)
     segments.write_text("not a table")
-    second = _prefect(stack, "deployment", "run", "daily-lakehouse/local", "-p", f"run_date={DAY2}", *params,
-                      "--watch")
+    second = _prefect(stack, "deployment", "run", "daily-lakehouse/local", "-p", f"run_date={DAY2}", *params, *watch)
     assert second.returncode != 0 and "Failed" in second.stdout
     assert Releases(Lake(str(lake_root))).current().run_date == DAY1, "a failed run releases nothing"
     failed_rows = [r for r in read_ledger(Lake(str(lake_root))) if r["run_date"] == DAY2]
