@@ -10,7 +10,7 @@ Generates (once, cached under bench/out/) ``days + 1`` days of landing files, bu
 * **full rebuild**: every layer from scratch over all ``days + 1`` days: bronze from every landing file,
   silver from the whole bronze table in one conform per table, gold built whole, released.
 
-Both are measured ``--repeat`` times (default 3, alternating, each on a fresh copy): the machine's noise moves
+Both are measured ``--repeat`` times (default 5, alternating, each on a fresh copy): the machine's noise moves
 single runs by 15%. It prints each pass's ratio (incremental / full rebuild) and their median, which is the
 figure; then each step's median seconds summed per stage, and for every merge of the incremental day the target files
 it scanned and the files its predicate skipped. The task bodies run without the Prefect API, as in
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=10.0)
     parser.add_argument("--days", type=int, default=30, help="days of history before the measured day")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--repeat", type=int, default=3,
+    parser.add_argument("--repeat", type=int, default=5,
                         help="measure both this many times (each on a fresh copy) and report the medians")
     args = parser.parse_args()
     from bench.day import daily_steps
