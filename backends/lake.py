@@ -156,8 +156,10 @@ class Lake:
 
         if self.is_local:
             self.check_writable()
-        write_deltalake(self.path_uri(relative), rows, mode="append", storage_options=self.storage_options or None,
-                        configuration=PORTABLE_TABLE_PROPERTIES)
+        uri = self.path_uri(relative)
+        # The log as this process loaded it (read_log usually just did): delta-rs would load it again from a URI.
+        write_deltalake(self._loaded_table(uri) or uri, rows, mode="append",
+                        storage_options=self.storage_options or None, configuration=PORTABLE_TABLE_PROPERTIES)
 
     # Table metadata is read with delta-rs whichever engine wrote the table (the Delta log is the same).
     def delta_table(self, spec: TableSpec) -> DeltaTable | None:
