@@ -55,19 +55,31 @@ def run_first_day_with(edit, engine, daily_lakes, tmp_path, request):
 
 
 @pytest.mark.parametrize("engine", DELTA_ENGINES)
-def test_a_failed_gate_stops_the_flow_before_gold(engine, daily_lakes, prefect_harness, tmp_path, request):
+def test_a_failed_gate_stops_the_flow_before_gold_and_names_each_failure(engine, daily_lakes, prefect_harness,
+                                                                        tmp_path, request):
+    """One first day with two defects (one flow run per engine): a quarantine rate above a table's gate, and a
+    silver reference that does not resolve. Both are named; gold is not built."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    def malformed_emails(landing, day):  # every fourth customer of the day: far above the 5% gate
+    def malformed_emails_and_an_unknown_account(landing, day):
+        # every fourth customer of the day: far above the 5% gate
         customers = landing / "snowflake" / "customers" / day / "customers.parquet"
         frame = pl.read_parquet(customers)
         frame.with_columns(pl.when(pl.int_range(pl.len()) % 4 == 0).then(pl.lit("not-an-email"))
                            .otherwise(pl.col("email")).alias("email")).write_parquet(customers)
+        # one contact of an account that does not exist
+        contacts = next((landing / "crm" / "contacts" / day).glob("*.csv"))
+        frame = pl.read_csv(contacts, infer_schema=False)
+        first = frame.filter(pl.col("account_id").is_not_null())["contact_id"][0]
+        frame.with_columns(pl.when(pl.col("contact_id") == first).then(pl.lit("A999999"))
+                           .otherwise(pl.col("account_id")).alias("account_id")).write_csv(contacts)
 
-    message, root = run_first_day_with(malformed_emails, engine, daily_lakes, tmp_path, request)
+    message, root = run_first_day_with(malformed_emails_and_an_unknown_account, engine, daily_lakes, tmp_path,
+                                       request)
     assert "silver gate failed" in message and "silver.customers" in message and "email.malformed" in message
     assert "limit 5%" in message
+    assert "silver.contacts ref.account_id->silver.accounts: 1 row(s) break referential integrity" in message
     assert not (root / "gold").exists(), "gold is not built after a failed gate"
     assert Releases(Lake(str(root))).current() is None
     assert (root / table("silver.customers").path).is_dir(), "silver was written: the gate judges what it holds"
@@ -79,20 +91,6 @@ def test_a_failed_gate_stops_the_flow_before_gold(engine, daily_lakes, prefect_h
     hit = [r for r in rows if r["table"] == "silver.customers" and r["rule"] == "email.malformed"
            and "not-an-email" in r["sample"]]
     assert hit, rows[:5]
-
-
-@pytest.mark.parametrize("engine", DELTA_ENGINES)
-def test_a_broken_silver_reference_fails_the_gate(engine, daily_lakes, prefect_harness, tmp_path, request):
-    def unknown_account(landing, day):  # one contact of an account that does not exist
-        contacts = next((landing / "crm" / "contacts" / day).glob("*.csv"))
-        frame = pl.read_csv(contacts, infer_schema=False)
-        first = frame.filter(pl.col("account_id").is_not_null())["contact_id"][0]
-        frame.with_columns(pl.when(pl.col("contact_id") == first).then(pl.lit("A999999"))
-                           .otherwise(pl.col("account_id")).alias("account_id")).write_csv(contacts)
-
-    message, root = run_first_day_with(unknown_account, engine, daily_lakes, tmp_path, request)
-    assert "silver.contacts ref.account_id->silver.accounts: 1 row(s) break referential integrity" in message
-    assert not (root / "gold").exists()
 
 
 def test_freshness_judges_the_newest_delivery_against_the_run_date():
