@@ -5,7 +5,7 @@ snowflake [--release ID]`` or a deployment. The daily flow runs the same tasks a
 ``snowflake.publish_with_daily`` is set. One task per table, each one batch ``<release id>:<table>``: a
 batch already in the target's load audit is skipped, so publishing a release again changes nothing and a
 retried run resumes with the tables not yet merged. Transient errors (network, timeouts, an unavailable
-service) are retried by Prefect; SQL and schema errors are not. The load itself: backends/warehouse.py.
+service) are retried by Prefect; SQL and schema errors are not (flows/retry_policy.py). The load itself: backends/warehouse.py.
 """
 
 from __future__ import annotations
@@ -21,29 +21,12 @@ from backends.releases import Release, Releases
 from contracts.catalog import table
 from deployments.secrets import resolve_secret
 from deployments.settings import Settings, cached_settings, load_settings
+from flows.retry_policy import retry_if_transient
 from flows.stages import GOLD_ORDER, _logger
 
 
 class ReleaseNotFoundError(LookupError):
     """The release asked for does not exist in the lake."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a retry may succeed: the network, a timeout or an unavailable service; never SQL or schema."""
-    from snowflake.connector import errors
-
-    transient = (errors.OperationalError, errors.InterfaceError, errors.ServiceUnavailableError,
-                 errors.GatewayTimeoutError, errors.RequestTimeoutError, errors.BadGatewayError,
-                 errors.OtherHTTPRetryableError, ConnectionError, TimeoutError)
-    return isinstance(exc, transient)
-
-
-def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the failed task's own exception, judged here
-        return is_transient(exc)
-    return False
 
 
 def choose_release(settings: Settings, release_id: str | None) -> Release:
@@ -64,7 +47,7 @@ def choose_release(settings: Settings, release_id: str | None) -> Release:
 
 
 @task(name="publish-table", task_run_name="snowflake-{table_name}", retries=3, retry_delay_seconds=[2, 10, 30],
-      retry_condition_fn=_retry_if_transient)
+      retry_condition_fn=retry_if_transient)
 def publish_table(env: str, overrides: dict[str, Any], release_id: str, table_name: str, version: int,
                   run_id: str) -> dict[str, Any]:
     """One gold table of a release into its Snowflake target: staged in bulk, merged with its audit row."""

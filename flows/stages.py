@@ -23,11 +23,14 @@ from backends.releases import Releases
 from contracts.catalog import Gate, TableSpec, bronze_for, quarantine_for, table, tables
 from contracts.landing import LandingEntity, landing_entity
 from flows.context import RunContext
+from flows.retry_policy import LAKE_RETRIES
 from flows.tracking import lake_task
 from tasks import audit, bronze, gold, silver
 
-# I/O can fail transiently (object stores, file systems under load): retry with backoff.
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5}
+# A source system can be down for a while after its connector's own retries (backends/sources): the extract
+# tasks retry any failure with backoff. The lake tasks retry transient failures only (flows/retry_policy.py).
+SOURCE_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+                  "retry_jitter_factor": 0.5}
 
 
 class AccountingError(RuntimeError):
@@ -62,7 +65,7 @@ def _quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunContext
 
 
 @lake_task(lambda p: [f"landing:{p['entity_name']}"], name="bronze", task_run_name="bronze-{entity_name}",
-           **IO_RETRIES)
+           **LAKE_RETRIES)
 def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     """Append the run date's new landing files of one entity to its bronze table (a stream's micro-batch files
     in order, a few per commit, each commit checkpointed)."""
@@ -96,7 +99,7 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
                     refused=refused)
 
 
-@lake_task(lambda p: [], name="extract", task_run_name="extract-{entity_name}", **IO_RETRIES)
+@lake_task(lambda p: [], name="extract", task_run_name="extract-{entity_name}", **SOURCE_RETRIES)
 def extract_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     """Pull the run date's new and changed records of one entity from its source system into landing files
     (backends/sources/extract.py: watermark window with lookback, resumable, each record version once)."""
@@ -125,7 +128,7 @@ def extract_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     return result.summary()
 
 
-@lake_task(lambda p: [], name="acknowledge", task_run_name="acknowledge-{entity_name}", **IO_RETRIES)
+@lake_task(lambda p: [], name="acknowledge", task_run_name="acknowledge-{entity_name}", **SOURCE_RETRIES)
 def acknowledge_stream(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     """Commit to Kafka the offsets of the micro-batch files bronze has applied (after the bronze commit)."""
     from backends.sources import connector_for
@@ -240,7 +243,7 @@ def _logger() -> Any:
 
 
 @lake_task(lambda p: [table(p["table_name"]).source or "", *silver.REFS_NEEDED.get(p["table_name"], ())],
-           name="silver", task_run_name="silver-{table_name}", **IO_RETRIES)
+           name="silver", task_run_name="silver-{table_name}", **LAKE_RETRIES)
 def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     """Conform the run date's bronze batch into a silver table: quarantine, dedupe latest, merge by key.
 
@@ -308,7 +311,7 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
             "files_scanned": written.files_scanned, "files_skipped": written.files_skipped}
 
 
-@lake_task(lambda p: ["silver.customers", "silver.contacts"], name="silver-links", **IO_RETRIES)
+@lake_task(lambda p: ["silver.customers", "silver.contacts"], name="silver-links", **LAKE_RETRIES)
 def link_crm(ctx: RunContext) -> dict[str, Any]:
     """Match customers to CRM contacts (and their accounts)."""
     spec = table("silver.customer_crm_links")
@@ -366,7 +369,7 @@ def plan_gold(ctx: RunContext) -> list[date] | None:
     return dates
 
 
-@lake_task(lambda p: GOLD_INPUTS[p["table_name"]], name="gold", task_run_name="gold-{table_name}", **IO_RETRIES)
+@lake_task(lambda p: GOLD_INPUTS[p["table_name"]], name="gold", task_run_name="gold-{table_name}", **LAKE_RETRIES)
 def build_gold(ctx: RunContext, table_name: str, order_dates: list[date] | None = None) -> dict[str, Any]:
     """Build one gold table from silver (marts also from gold.fact_orders). Tables partitioned by order date
     are rebuilt only for ``order_dates`` (None: whole); the others are small and rebuilt whole."""

@@ -36,7 +36,7 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch, tmp_path):
     import tasks.gold as gold_module
     from deployments.settings import cached_settings
     from flows.daily import daily_lakehouse
-    from flows.stages import IO_RETRIES
+    from flows.retry_policy import LAKE_RETRIES
 
     monkeypatch.setenv("AWS_ALLOW_HTTP", "true")  # moto's endpoint is plain HTTP on loopback
     local = daily_lakes("polars")
@@ -65,7 +65,7 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch, tmp_path):
 
     def failing(*args, **kw):
         calls["n"] += 1
-        if calls["n"] <= 1 + IO_RETRIES["retries"]:
+        if calls["n"] <= 1 + LAKE_RETRIES["retries"]:
             raise OSError("simulated: object store unavailable")
         return real(*args, **kw)
 
@@ -73,7 +73,7 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch, tmp_path):
     state = daily_lakehouse.with_options(retries=1, retry_delay_seconds=0)(
         run_date=DAYS[1], lake_root=root, landing_root=str(local["landing"]), return_state=True)
     assert state.is_completed(), state.message
-    assert calls["n"] == 2 + IO_RETRIES["retries"]
+    assert calls["n"] == 2 + LAKE_RETRIES["retries"]
 
     # Gold as released equals the local lake's, table by table.
     assert Releases(lake).current().run_date == DAYS[1]
@@ -92,7 +92,7 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch, tmp_path):
     completed = [r["task"] for r in day2 if r["status"] == "completed"]
     assert len(completed) == len(set(completed)) == 30, "the retry re-ran no completed task"
     assert [r["task"] for r in day2 if r["status"] == "failed"] == ["gold-gold.customer_360"] * (
-        1 + IO_RETRIES["retries"])
+        1 + LAKE_RETRIES["retries"])
     events = lineage_events(lake)  # day 2's (day 1's went to the disk lake's file)
     assert {e["run"]["runId"] for e in events} == {r["task_run_id"] for r in day2}
     fact = next(e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"].endswith("gold-gold.fact_orders"))

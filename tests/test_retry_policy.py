@@ -1,0 +1,54 @@
+"""The lake tasks retry transient failures only (flows/retry_policy.py)."""
+
+from __future__ import annotations
+
+import botocore.exceptions
+import psycopg
+import pytest
+from deltalake.exceptions import CommitFailedError
+from prefect import flow, task
+
+from backends.lake import LakeNotWritableError
+from backends.protocol import ContractViolation
+from flows.retry_policy import LAKE_RETRIES, is_transient
+from flows.stages import AccountingError, GateFailedError
+
+
+def _client_error(code: str) -> botocore.exceptions.ClientError:
+    return botocore.exceptions.ClientError({"Error": {"Code": code, "Message": code}}, "PutObject")
+
+
+@pytest.mark.parametrize("exc", [
+    OSError("Generic S3 error: connection reset"), ConnectionResetError(), TimeoutError("read timed out"),
+    CommitFailedError("a concurrent transaction wrote first"), psycopg.OperationalError("server closed the connection"),
+    botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), _client_error("SlowDown"),
+], ids=repr)
+def test_transient_failures_are_retried(exc):
+    assert is_transient(exc)
+
+
+@pytest.mark.parametrize("exc", [
+    FileNotFoundError("no landing folder"), PermissionError("read-only"), LakeNotWritableError("read-only lake"),
+    ContractViolation("customer_id: not_nullable x3"), AccountingError("rows lost"), GateFailedError("gate"),
+    ValueError("expected a date"), RuntimeError("a bug"), _client_error("AccessDenied"),
+], ids=repr)
+def test_failures_that_would_repeat_are_not_retried(exc):
+    assert not is_transient(exc)
+
+
+@pytest.mark.parametrize(("error", "calls"), [(OSError, 3), (ContractViolation, 1)])
+def test_a_lake_task_is_tried_again_only_after_a_transient_failure(prefect_harness, error, calls):
+    tries = []
+
+    @task(**{**LAKE_RETRIES, "retry_delay_seconds": 0})
+    def flaky() -> int:
+        tries.append(1)
+        raise error("failed")
+
+    @flow
+    def run() -> object:
+        return flaky(return_state=True)
+
+    state = run(return_state=True)
+    assert state.is_failed()
+    assert len(tries) == calls
