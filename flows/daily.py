@@ -64,11 +64,14 @@ def refine(ctx: RunContext) -> list[dict[str, Any]]:
 
 
 @flow(name="publish", flow_run_name="publish-{ctx.run_date}")
-def publish(ctx: RunContext, *, whole: bool = False) -> list[dict[str, Any]]:
+def publish(ctx: RunContext, *, whole: bool = False, order_dates: list[date] | None = None) -> list[dict[str, Any]]:
     """Gold: the star schema and marts built from silver (the order-date partitions the run's batches changed,
-    or everything when ``whole``), audited, then released all at once."""
+    or those of ``order_dates``, or everything when ``whole``), audited, then released all at once."""
     with recorded(ctx):
-        order_dates = None if whole else resumable(plan_gold, ctx)(ctx)
+        if whole:
+            order_dates = None
+        elif order_dates is None:
+            order_dates = resumable(plan_gold, ctx)(ctx)
         summaries = [resumable(build_gold, ctx)(ctx, name, order_dates) for name in GOLD_ORDER]
         summaries.append(resumable(release_gold, ctx)(ctx, {s["table"]: s["version"] for s in summaries},
                                                       order_dates))

@@ -6,7 +6,9 @@ the same conform step as the daily flow with today's rules and reference tables.
 merged into silver by key (the latest ``updated_at`` still wins, so an old row never overwrites a newer one);
 rows that still fail stay in quarantine once (its key is record hash, rule, file and occurrence). The accepted
 rows' hashes are appended to ``<lake>/_replays/<entity>`` in one commit, so no later replay feeds them
-again. If any row was accepted, gold is then rebuilt, audited and released as in the daily flow.
+again. If any row was accepted, gold is then rebuilt, audited and released as in the daily flow: the
+partitions by order date that the accepted rows change (found as a daily run's plan finds them), the other gold
+tables whole.
 
 Exact duplicates (``duplicate.exact``) are never replayed: their first copy is already in silver.
 """
@@ -14,7 +16,7 @@ Exact duplicates (``duplicate.exact``) are never replayed: their first copy is a
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import narwhals as nw
@@ -25,7 +27,7 @@ from prefect.runtime import flow_run
 
 from contracts.catalog import quarantine_for, table
 from flows.context import RunContext
-from flows.stages import conform_into_silver, link_crm
+from flows.stages import affected_order_dates, conform_into_silver, link_crm
 
 NOT_REPLAYED = frozenset({"duplicate.exact"})
 REPLAY_SCHEMA = pa.schema([
@@ -101,7 +103,22 @@ def replay_table(ctx: RunContext, table_name: str, rule: str | None = None) -> d
             [{"record_hash": h, "rule": rule or "*", "replay_id": ctx.run_id, "replayed_at": now}
              for h in sorted(set(accepted_hashes))], schema=REPLAY_SCHEMA))
     return {"stage": "replay", "table": table_name, "pending": todo.num_rows, **totals,
-            "still_quarantined": dict(rules), "version": engine.version(spec)}
+            "still_quarantined": dict(rules), "version": engine.version(spec),
+            "accepted_hashes": sorted(set(accepted_hashes))}
+
+
+def replayed_order_dates(ctx: RunContext, table_name: str, hashes: list[str]) -> list[date]:
+    """The order dates whose gold partitions the replay's accepted rows (``hashes`` of ``table_name``) change:
+    the same rule as a daily run's plan, with the replayed rows as the batch (replayed events may be older
+    than the lookback, so every event partition is read)."""
+    engine = ctx.engine()
+
+    def batch(name: str) -> Any:
+        mine = hashes if name == table_name else []
+        return engine.from_arrow(pa.table({"_record_hash": pa.array(mine, pa.string())}))
+
+    return affected_order_dates(engine, orders_batch=batch("silver.orders"), events_batch=batch("silver.order_events"),
+                                customers_batch=batch("silver.customers"))
 
 
 @flow(name="replay-quarantine", flow_run_name="replay-{table_name}")
@@ -123,6 +140,9 @@ def replay_quarantine(table_name: str, rule: str | None = None, env: str = "loca
     ctx = RunContext(env=env, run_date=current.run_date, run_id=str(flow_run.get_id() or "replay"),
                      started_at=datetime.now(UTC), overrides=overrides)
     summary = replay_table(ctx, table_name, rule)
+    hashes = summary.pop("accepted_hashes")
     if not summary.get("accepted"):
         return [summary]  # nothing changed in silver: gold and its release stay as they are
-    return [summary, link_crm(ctx), *publish(ctx, whole=True)]
+    links = link_crm(ctx)
+    # Gold partitioned by order date is rebuilt for the dates the accepted rows change; the rest whole.
+    return [summary, links, *publish(ctx, order_dates=replayed_order_dates(ctx, table_name, hashes))]

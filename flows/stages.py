@@ -339,6 +339,25 @@ PLAN_INPUTS = ("silver.orders", "silver.order_events", "silver.customer_versions
                "bronze.kafka.order_events", "bronze.snowflake.customers")
 
 
+def affected_order_dates(engine: Engine, *, orders_batch: nw.LazyFrame, events_batch: nw.LazyFrame,
+                         customers_batch: nw.LazyFrame, events_since: date | None = None) -> list[date]:
+    """The order dates whose gold partitions rows of silver orders, order events and customer versions with the
+    batches' ``_record_hash`` change (tasks/gold.py ``changed_order_dates``), sorted. ``events_since``: no
+    event of the batch is older (event partitions before it are not read)."""
+    def s(name: str) -> nw.LazyFrame:
+        return engine.scan(table(name))
+
+    # The orders' few columns the plan joins on, read once (three joins use them).
+    orders = engine.materialize(s("silver.orders").select("order_id", "customer_id", "order_ts", "order_date",
+                                                         "_record_hash"))
+    events = s("silver.order_events")
+    if events_since is not None:
+        events = events.filter(nw.col("event_date") >= nw.lit(events_since).cast(nw.Date()))
+    changed = gold.changed_order_dates(orders, events, s("silver.customer_versions"), orders_batch=orders_batch,
+                                       events_batch=events_batch, customers_batch=customers_batch)
+    return sorted(d for d in engine.to_arrow(changed).column("order_date").to_pylist() if d is not None)
+
+
 @lake_task(lambda p: PLAN_INPUTS, name="gold-plan")
 def plan_gold(ctx: RunContext) -> list[date] | None:
     """The order dates whose gold partitions the run date's batches changed; None when gold must be built
@@ -347,23 +366,15 @@ def plan_gold(ctx: RunContext) -> list[date] | None:
     if not engine.exists(table("gold.fact_orders")):
         return None
 
-    def s(name: str) -> nw.LazyFrame:
-        return engine.scan(table(name))
-
     def batch(name: str) -> nw.LazyFrame:
         return bronze.batch_for(engine.scan(table(name)), ctx.run_date).select("_record_hash")
 
-    # The orders' few columns the plan joins on, read once (three joins use them). Events the batch accepted
-    # lie within the lookback (late.beyond_lookback), so older event partitions are not read.
-    orders = engine.materialize(s("silver.orders").select("order_id", "customer_id", "order_ts", "order_date",
-                                                         "_record_hash"))
-    since = ctx.run_date - timedelta(days=ctx.settings().lookback_days)
-    events = s("silver.order_events").filter(nw.col("event_date") >= nw.lit(since).cast(nw.Date()))
-    changed = gold.changed_order_dates(
-        orders, events, s("silver.customer_versions"),
-        orders_batch=batch("bronze.snowflake.orders"), events_batch=batch("bronze.kafka.order_events"),
-        customers_batch=batch("bronze.snowflake.customers"))
-    dates = sorted(d for d in engine.to_arrow(changed).column("order_date").to_pylist() if d is not None)
+    # Events the batch accepted lie within the lookback (late.beyond_lookback), so older event partitions are
+    # not read.
+    dates = affected_order_dates(
+        engine, orders_batch=batch("bronze.snowflake.orders"), events_batch=batch("bronze.kafka.order_events"),
+        customers_batch=batch("bronze.snowflake.customers"),
+        events_since=ctx.run_date - timedelta(days=ctx.settings().lookback_days))
     _logger().info("gold for %s: %d order date(s) changed%s", ctx.run_date, len(dates),
                    f" ({dates[0]} .. {dates[-1]})" if dates else "")
     return dates
