@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import narwhals as nw
 
+from backends.expressions import first_match
 from contracts.catalog import SILVER, TABLES
 from contracts.landing import (
     ACCOUNTS,
@@ -212,21 +213,9 @@ ROW_RULES: dict[str, tuple[Rule, ...]] = {
 
 def first_failing_rule(rules: tuple[Rule, ...]) -> nw.Expr:
     """The id of the first rule a row fails, in declared order; null when it passes them all."""
-    chain = None
-    for rule in rules:
-        failed = ~rule.ok().fill_null(value=False)
-        chain = nw.when(failed).then(nw.lit(rule.id)) if chain is None else chain.when(failed).then(nw.lit(rule.id))
-    if chain is None:
-        return nw.lit(None, dtype=nw.String())
-    return chain.otherwise(nw.lit(None, dtype=nw.String()))
+    return first_match((~rule.ok().fill_null(value=False), nw.lit(rule.id)) for rule in rules)
 
 
 def reason_of(rule_id: nw.Expr, rules: tuple[Rule, ...]) -> nw.Expr:
     """The reason of the rule whose id is in ``rule_id``."""
-    chain = None
-    for rule in rules:
-        hit = rule_id == rule.id
-        chain = nw.when(hit).then(nw.lit(rule.reason)) if chain is None else chain.when(hit).then(nw.lit(rule.reason))
-    if chain is None:
-        return nw.lit(None, dtype=nw.String())
-    return chain.otherwise(nw.lit(None, dtype=nw.String()))
+    return first_match((rule_id == rule.id, nw.lit(rule.reason)) for rule in rules)

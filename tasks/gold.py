@@ -14,7 +14,7 @@ from typing import Literal
 
 import narwhals as nw
 
-from backends.expressions import ratio, with_record_hash
+from backends.expressions import first_match, ratio, with_record_hash
 from contracts.catalog import table
 from tasks.schema import to_schema
 
@@ -441,21 +441,15 @@ def build_product_performance(fact_orders: nw.LazyFrame) -> nw.LazyFrame:
 def _score(band: RfmBand) -> nw.Expr:
     measure = nw.col(band.measure)
     hits = [measure <= c if band.op == "<=" else measure >= c for c in band.cutoffs]
-    chain = nw.when(hits[0]).then(nw.lit(5))
-    for score, hit in zip((4, 3, 2), hits[1:], strict=True):
-        chain = chain.when(hit).then(nw.lit(score))
-    return _int(chain.otherwise(nw.lit(1)))
+    return _int(first_match(zip(hits, (nw.lit(s) for s in (5, 4, 3, 2)), strict=True), nw.lit(1)))
 
 
 def _segment() -> nw.Expr:
     def matches(rule: SegmentRule) -> nw.Expr:
         return nw.col("r_score").is_between(*rule.r) & nw.col("f_score").is_between(*rule.f)
 
-    first, *middle, fallback = SEGMENT_RULES  # the last rule matches everyone: it is the `otherwise`
-    chain = nw.when(matches(first)).then(nw.lit(first.segment))
-    for rule in middle:
-        chain = chain.when(matches(rule)).then(nw.lit(rule.segment))
-    return chain.otherwise(nw.lit(fallback.segment))
+    *rules, fallback = SEGMENT_RULES  # the last rule matches everyone: it is the `otherwise`
+    return first_match(((matches(rule), nw.lit(rule.segment)) for rule in rules), nw.lit(fallback.segment))
 
 
 def build_customer_segments(fact_orders: nw.LazyFrame) -> nw.LazyFrame:
