@@ -75,9 +75,10 @@ def run_engine(engine: str, landing: Path, lake: Path, days: int, start: date) -
         for stage, name, run in daily_steps(ctx):
             spent["stage"] = stage  # type: ignore[assignment]
             t = time.perf_counter()
-            summary = run() or {}
+            summary = run()  # a task's summary dict; None or a count for the gates and the ledger
             if i == days - 1:
-                timings.append((stage, name, time.perf_counter() - t, summary.get("rows_written", 0)))
+                rows = summary.get("rows_written", 0) if isinstance(summary, dict) else 0
+                timings.append((stage, name, time.perf_counter() - t, rows))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"engine": engine, "timings": timings, "peak_mib": peak_mib, "contract_silver_s": spent["silver"]}
 
@@ -101,6 +102,9 @@ def report(results: list[dict], day: date, scale: float) -> None:
     head = f"{'stage':7} {'table':34} {'rows':>10}" + "".join(
         f" {r['engine']:>9}" + (f" {'x':>6}" if r is not base else "") for r in ran)
     print(head)
+    for r in results:
+        if "error" in r:
+            print(f"{r['engine']}: could not run: {r['error']}")
     if not base:
         return
     secs = {r["engine"]: {(st, n): s for st, n, s, _ in r["timings"]} for r in ran}
@@ -125,9 +129,6 @@ def report(results: list[dict], day: date, scale: float) -> None:
         checks = r["contract_silver_s"] + gate
         print(f"contract checks in silver on {r['engine']}: {r['contract_silver_s']:.2f} s validating written rows "
               f"+ {gate:.2f} s gate = {checks:.2f} s, {checks / stage:.1%} of the silver stage's {stage:.2f} s")
-    for r in results:
-        if "error" in r:
-            print(f"{r['engine']}: could not run: {r['error']}")
 
 
 def main() -> None:
