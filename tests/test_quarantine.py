@@ -127,3 +127,39 @@ def test_list_and_show_print_the_quarantined_rows(lake_copy):
     assert json.loads(one["record"])["customer_id"] in shown.output
     bad = runner.invoke(app, ["quarantine", "show", "silver.nothing", "--lake-root", str(root)])
     assert bad.exit_code == 2 and "expected a silver, bronze or quarantine table name" in bad.output
+
+
+def test_a_replay_rebuilds_the_order_dates_its_accepted_rows_change(pristine_lake):
+    """The replayed rows stand for the run's batch of the daily plan: orders their own dates, a customer version
+    the dates of the customer's orders from that version on (all of them for a first version), other tables
+    none."""
+    from datetime import UTC, date, datetime
+
+    from flows.context import RunContext
+    from flows.quarantine import replayed_order_dates
+
+    ctx = RunContext(run_date=date(2026, 11, 2), run_id="replay-dates", started_at=datetime.now(UTC),
+                     overrides={"lake_root": str(pristine_lake["root"])})
+    engine = ctx.engine()
+    orders = rows(engine, "silver.orders")
+    assert len({o["order_date"] for o in orders}) > 1
+    some = [orders[0], next(o for o in orders if o["order_date"] == orders[0]["order_date"] and o is not orders[0])]
+    assert replayed_order_dates(ctx, "silver.orders", [o["_record_hash"] for o in some]) == \
+        sorted({o["order_date"] for o in some})
+
+    versions = rows(engine, "silver.customer_versions")
+    firsts: dict[str, datetime] = {}
+    for v in versions:
+        firsts[v["customer_id"]] = min(firsts.get(v["customer_id"], v["updated_at"]), v["updated_at"])
+    buyers = {o["customer_id"] for o in orders}
+    later = [v for v in versions if v["updated_at"] > firsts[v["customer_id"]] and v["customer_id"] in buyers][:2]
+    first = [v for v in versions if v["updated_at"] == firsts[v["customer_id"]] and v["customer_id"] in buyers][:2]
+    assert later and first
+    for picked in (later, first):
+        expected = set()
+        for v in picked:
+            since = v["updated_at"] if v["updated_at"] > firsts[v["customer_id"]] else None
+            expected |= {o["order_date"] for o in orders if o["customer_id"] == v["customer_id"]
+                         and (since is None or o["order_ts"] >= since)}
+        assert replayed_order_dates(ctx, "silver.customers", [v["_record_hash"] for v in picked]) == sorted(expected)
+    assert replayed_order_dates(ctx, "silver.products", [orders[0]["_record_hash"]]) == []
