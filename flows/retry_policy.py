@@ -46,7 +46,7 @@ def is_transient(exc: BaseException) -> bool:
         return exc.response.get("Error", {}).get("Code") in _TRANSIENT_AWS_CODES
     connect = sys.modules.get("pyspark.errors.exceptions.connect")
     if connect is not None and isinstance(exc, connect.SparkConnectGrpcException):
-        return any(code in str(exc) for code in _TRANSIENT_GRPC)
+        return exc.getGrpcStatusCode().name in _TRANSIENT_GRPC  # not INTERNAL (an analysis error), not UNKNOWN
     return False
 
 
@@ -59,6 +59,9 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-#: The lake tasks' retries (bronze, silver, gold): twice, after about 2 and 4 s, for transient failures only.
-LAKE_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-                                "retry_jitter_factor": 0.5, "retry_condition_fn": retry_if_transient}
+#: The extract tasks' retries: twice, after about 2 and 4 s, whatever the failure: a source system can stay down
+#: after its connector's own retries (backends/sources), and a retry may find it back.
+SOURCE_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+                                  "retry_jitter_factor": 0.5}
+#: The lake tasks' retries (bronze, silver, gold): the same, for transient failures only.
+LAKE_RETRIES: dict[str, Any] = {**SOURCE_RETRIES, "retry_condition_fn": retry_if_transient}

@@ -15,7 +15,6 @@ import pyarrow as pa
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.exceptions import MissingContextError
-from prefect.tasks import exponential_backoff
 
 from backends import Engine
 from backends.checkpoints import Checkpoints
@@ -23,14 +22,9 @@ from backends.releases import Releases
 from contracts.catalog import Gate, TableSpec, bronze_for, quarantine_for, table, tables
 from contracts.landing import LandingEntity, landing_entity
 from flows.context import RunContext
-from flows.retry_policy import LAKE_RETRIES
+from flows.retry_policy import LAKE_RETRIES, SOURCE_RETRIES
 from flows.tracking import lake_task
 from tasks import audit, bronze, gold, silver
-
-# A source system can be down for a while after its connector's own retries (backends/sources): the extract
-# tasks retry any failure with backoff. The lake tasks retry transient failures only (flows/retry_policy.py).
-SOURCE_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-                  "retry_jitter_factor": 0.5}
 
 
 class AccountingError(RuntimeError):

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 from deltalake import DeltaTable
 
 from contracts.catalog import TABLES, table
@@ -24,7 +25,13 @@ def normalised(root: Path, name: str) -> pl.DataFrame | None:
     path = root / TABLES[name].path
     if not (path / "_delta_log").is_dir():
         return None
-    df = pl.from_arrow(DeltaTable(str(path)).to_pyarrow_table())
+    return normalise(DeltaTable(str(path)).to_pyarrow_table(), name)
+
+
+def normalise(data: pa.Table, name: str) -> pl.DataFrame:
+    """Rows of table ``name`` (Arrow, as read or computed) in the comparable form: run columns left out,
+    integers as Int64, sorted by every column."""
+    df = pl.from_arrow(data)
     assert isinstance(df, pl.DataFrame)
     keep = [c for c in table(name).columns if c not in RUN_COLUMNS]
     casts = {c: pl.Int64 for c, t in df.schema.items() if t.is_integer()}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import botocore.exceptions
+import grpc
 import psycopg
 import pytest
 from deltalake.exceptions import CommitFailedError
 from prefect import flow, task
+from pyspark.errors.exceptions.connect import AnalysisException, SparkConnectGrpcException
 
 from backends.lake import LakeNotWritableError
 from backends.protocol import ContractViolation
@@ -22,6 +24,7 @@ def _client_error(code: str) -> botocore.exceptions.ClientError:
     OSError("Generic S3 error: connection reset"), ConnectionResetError(), TimeoutError("read timed out"),
     CommitFailedError("a concurrent transaction wrote first"), psycopg.OperationalError("server closed the connection"),
     botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), _client_error("SlowDown"),
+    SparkConnectGrpcException("failed to connect to all addresses", grpc_status_code=grpc.StatusCode.UNAVAILABLE),
 ], ids=repr)
 def test_transient_failures_are_retried(exc):
     assert is_transient(exc)
@@ -31,6 +34,8 @@ def test_transient_failures_are_retried(exc):
     FileNotFoundError("no landing folder"), PermissionError("read-only"), LakeNotWritableError("read-only lake"),
     ContractViolation("customer_id: not_nullable x3"), AccountingError("rows lost"), GateFailedError("gate"),
     ValueError("expected a date"), RuntimeError("a bug"), _client_error("AccessDenied"),
+    # An analysis error names the column; a column called UNAVAILABLE does not make it transient.
+    AnalysisException("attribute UNAVAILABLE is missing from the schema", grpc_status_code=grpc.StatusCode.INTERNAL),
 ], ids=repr)
 def test_failures_that_would_repeat_are_not_retried(exc):
     assert not is_transient(exc)
