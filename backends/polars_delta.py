@@ -6,14 +6,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import narwhals as nw
 import polars as pl
 import pyarrow as pa
-from deltalake import ColumnProperties, WriterProperties, write_deltalake
 from pandera import errors as pandera_errors
 
-from backends import landing
+from backends import delta_files, landing
 from backends.expressions import with_record_hash
 from backends.lake import Lake
 from backends.protocol import ContractViolation, LandingRead, WriteResult
@@ -85,63 +85,63 @@ class PolarsDeltaEngine:
         return nw.from_native(lf.select(spec.columns))
 
     def append(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
-        data = self._arrow(spec, frame)
-        if data.num_rows == 0 and self.exists(spec):
-            return WriteResult(spec.name, self.lake.written_version(spec), 0)
-        return self._write(spec, data, mode="append")
+        data = self._checked(spec, frame)
+        dt = self.lake.delta_table(spec)
+        if data.height == 0 and dt is not None:
+            return WriteResult(spec.name, dt.version(), 0)
+        return self._commit(spec, dt, data, mode="append")
 
     def overwrite(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
-        return self._write(spec, self._arrow(spec, frame), mode="overwrite")
+        return self._commit(spec, self.lake.delta_table(spec), self._checked(spec, frame), mode="overwrite")
 
     def overwrite_partitions(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
         """Replace exactly the partitions present in ``frame``; other partitions stay as they are."""
         if not spec.partition_by:
             msg = f"expected a partitioned table for overwrite_partitions, got {spec.name!r} (no partition columns)"
             raise ValueError(msg)
-        data = self._arrow(spec, frame)
-        if not self.exists(spec):
-            return self._write(spec, data, mode="overwrite")
-        if data.num_rows == 0:
-            return WriteResult(spec.name, self.lake.written_version(spec), 0)
-        predicate = _partition_values(data, spec.partition_by)  # type: ignore[arg-type]
-        return self._write(spec, data, mode="overwrite", predicate=predicate)
+        data = self._checked(spec, frame)
+        dt = self.lake.delta_table(spec)
+        if dt is None:
+            return self._commit(spec, dt, data, mode="overwrite")
+        if data.height == 0:
+            return WriteResult(spec.name, dt.version(), 0)
+        return self._commit(spec, dt, data, mode="overwrite", partitions=_partitions(data, spec.partition_by))
 
     def merge(self, spec: TableSpec, frame: nw.LazyFrame, *, insert_only: bool = False) -> WriteResult:
         """Upsert by ``spec.keys``: the row with the larger ``spec.latest_by`` (then ``_record_hash``) wins.
 
         The source must hold one row per key (the caller deduplicates). With ``insert_only`` existing keys are
-        left alone. Partition values of the source are added to the join predicate so delta-rs prunes files.
+        left alone. Only the target's files in the source's partitions are read (all of them when the table is
+        not partitioned), and only the files holding a row that changes are rewritten; rows of new keys go to
+        new files. One commit removes the rewritten files and adds the new ones.
         """
         if not spec.keys:
             msg = f"expected business keys to merge {spec.name!r}; declare keys in contracts/catalog.py"
             raise ValueError(msg)
-        data = self._arrow(spec, frame)
+        data = self._checked(spec, frame)
         dt = self.lake.delta_table(spec)
         if dt is None:
-            return self._write(spec, data, mode="overwrite")
-        if data.num_rows == 0:
+            return self._commit(spec, dt, data, mode="overwrite")
+        if data.height == 0:
             return WriteResult(spec.name, dt.version(), 0)
-        on = [f"t.{k} = s.{k}" for k in spec.keys]
-        scanned, skipped = _files_in_partitions(dt, data, spec.partition_by)
-        if spec.partition_by and scanned == 0 or not spec.partition_by and not _any_key_in(dt, data, spec):
-            # The merge could only insert (every partition of the source is new, or no source key is in the
-            # target, e.g. new versions of a history table): append, with no join and no file rewritten.
-            appended = self._write(spec, data, mode="append")
-            return WriteResult(spec.name, appended.version, appended.rows, files_scanned=0,
-                               files_skipped=skipped + (0 if spec.partition_by else scanned))
-        if spec.partition_by:
-            on.append(_partition_values(data, spec.partition_by, alias="t"))  # type: ignore[arg-type]
-        merger = dt.merge(data, predicate=" AND ".join(on), source_alias="s", target_alias="t",
-                          error_on_type_mismatch=False, writer_properties=writer_properties(spec))
-        if not insert_only:
-            newer = None
-            if spec.latest_by:
-                lb = spec.latest_by
-                newer = f"s.{lb} > t.{lb} OR (s.{lb} = t.{lb} AND s._record_hash > t._record_hash)"
-            merger = merger.when_matched_update_all(predicate=newer)
-        metrics = merger.when_not_matched_insert_all().execute()
-        written = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
-        return WriteResult(spec.name, self.lake.written_version(spec), written, files_scanned=scanned,
+        keys = list(spec.keys)
+        scanned, skipped, files = _files_in_partitions(dt, data, spec.partition_by)
+        order = [c for c in (spec.latest_by, "_record_hash") if c and not insert_only]
+        # First only the keys (and what decides the winner) of the target rows that match a source key.
+        matched = self._read_files(spec, dt, files, list(dict.fromkeys([*keys, *order]))).join(data.select(keys), on=keys, how="semi")
+        new_rows = data.join(matched.select(keys), on=keys, how="anti")
+        changed = (data.clear() if insert_only or matched.height == 0
+                   else _newer(data.join(matched.select(keys), on=keys, how="semi"), matched, spec))
+        # The files holding a row that changes are rewritten: their other rows, then the new versions.
+        touched = sorted(set(matched.join(changed.select(keys), on=keys, how="semi").get_column("_file")))
+        kept = (self._read_files(spec, dt, touched, spec.columns).join(changed.select(keys), on=keys, how="anti")
+                .drop("_file"))
+        if touched or new_rows.height:
+            version = self._commit(spec, dt, pl.concat([kept, changed, new_rows]), mode="append",
+                                   removes=delta_files.removes_of(dt, touched)).version
+        else:
+            version = dt.version()
+        return WriteResult(spec.name, version, new_rows.height + changed.height, files_scanned=scanned,
                            files_skipped=skipped)
 
     def version(self, spec: TableSpec) -> int | None:
@@ -151,7 +151,7 @@ class PolarsDeltaEngine:
         return self.lake.history(spec, limit)
 
     # -------------------------------------------------------------------------------------- internals
-    def _arrow(self, spec: TableSpec, frame: nw.LazyFrame) -> pa.Table:
+    def _checked(self, spec: TableSpec, frame: nw.LazyFrame) -> pl.DataFrame:
         """The rows to write, checked against the table's pandera contract (nothing unchecked is written)."""
         df = frame.select(spec.columns).collect().to_native().cast(spec.polars_schema)  # type: ignore[arg-type]
         # One pass over the compiled checks (the same as on Spark); only when one fails does pandera run, for
@@ -168,66 +168,67 @@ class PolarsDeltaEngine:
             first = ", ".join(f"{col or '(table)'}: {check} x{n}" for col, check, n in problems[:5])
             msg = f"expected rows for {spec.name!r} to satisfy its contract (contracts/catalog.py); failed: {first}"
             raise ContractViolation(msg)
-        return df.to_arrow().cast(spec.arrow_schema)
+        return df
 
-    def _write(self, spec: TableSpec, data: pa.Table, *, mode: str, predicate: str | None = None) -> WriteResult:
+    def _commit(self, spec: TableSpec, dt: Any, data: pl.DataFrame, *, mode: str, removes: Sequence[Any] = (),
+                partitions: dict[str, list[Any]] | None = None) -> WriteResult:
+        """Write ``data``'s files (backends/delta_files.py) and commit them (creating the table if need be)."""
         self.lake.prepare(spec)
-        write_deltalake(
-            self.lake.delta_table(spec) or self.lake.uri(spec), data, mode=mode, partition_by=list(spec.partition_by) or None,  # type: ignore[arg-type]
-            predicate=predicate, storage_options=self.lake.storage_options or None,
-            configuration=self.lake.table_configuration, writer_properties=writer_properties(spec),
-        )
+        adds = delta_files.write_files(self.lake, spec, data)
+        delta_files.commit(self.lake, spec, dt, adds, mode=mode, removes=removes, partitions=partitions)
         self.lake.check_features(spec)
-        return WriteResult(spec.name, self.lake.written_version(spec), data.num_rows)
+        return WriteResult(spec.name, self.lake.written_version(spec), data.height)
+
+    def _read_files(self, spec: TableSpec, dt: Any, files: Sequence[str], columns: Sequence[str]) -> pl.DataFrame:
+        """``columns`` of the rows in the table's files ``files`` (paths as in the log), with ``_file``: the
+        path each row came from. Partition values come from the log (they are not in the files)."""
+        schema = {c: spec.polars_schema[c] for c in columns}
+        if not files:
+            return pl.DataFrame(schema={**schema, "_file": pl.Utf8})
+        in_file = [c for c in columns if c not in spec.partition_by]
+        base = self.lake.uri(spec).rstrip("/")
+        rows = pl.scan_parquet([f"{base}/{unquote(f)}" for f in files], include_file_paths="_path",
+                               hive_partitioning=False, storage_options=self.lake.storage_options or None,
+                               ).select(*in_file, "_path")
+        paths = pl.DataFrame({"_path": [f"{base}/{unquote(f)}" for f in files], "_file": list(files)})
+        parted = [c for c in columns if c in spec.partition_by]
+        if parted:
+            adds = pl.from_arrow(pa.table(dt.get_add_actions(flatten=True)))  # type: ignore[union-attr]
+            values = adds.select(pl.col("path").alias("_file"),  # type: ignore[union-attr]
+                                 *(pl.col(f"partition.{c}").cast(spec.polars_schema[c]).alias(c) for c in parted))
+            paths = paths.join(values, on="_file", how="left")
+        return (rows.join(paths.lazy(), on="_path", how="left").drop("_path").select(*columns, "_file")
+                .cast(schema).collect())  # type: ignore[arg-type]
 
 
-def digest_columns(spec: TableSpec) -> list[str]:
-    """The columns of random digests, (nearly) unique per row: record hashes, HMACs, and a surrogate key that is
-    the table's own key (``customer_sk`` of dim_customer; in the fact it repeats and is not listed)."""
-    own_key = spec.keys if len(spec.keys) == 1 else ()
-    return [c for c in spec.columns
-            if c == "_record_hash" or c.endswith("_hmac") or (c in own_key and c.endswith("_sk"))]
+def _newer(source: pl.DataFrame, target: pl.DataFrame, spec: TableSpec) -> pl.DataFrame:
+    """The rows of ``source`` that win over the target row of their key: a larger ``spec.latest_by``, then a
+    larger ``_record_hash`` (without ``latest_by``, every matched source row wins)."""
+    if not spec.latest_by:
+        return source
+    lb = spec.latest_by
+    theirs = target.select(*spec.keys, pl.col(lb).alias("_t_latest"), pl.col("_record_hash").alias("_t_hash"))
+    joined = source.join(theirs, on=list(spec.keys), how="inner")
+    wins = (pl.col(lb) > pl.col("_t_latest")) | ((pl.col(lb) == pl.col("_t_latest"))
+                                                  & (pl.col("_record_hash") > pl.col("_t_hash")))
+    return joined.filter(wins).drop("_t_latest", "_t_hash")
 
 
-def writer_properties(spec: TableSpec) -> WriterProperties:
-    """Parquet writer settings for ``spec``: ZSTD level 1, and no dictionary encoding for its digest columns.
-
-    ZSTD at level 1 writes about as fast as delta-rs' default (Snappy) and makes files a third to a half smaller:
-    Snappy barely compresses hex digests. A dictionary of random unique values never pays: the writer builds
-    one, finds it too large and falls back to plain encoding. (Identifiers such as ``O000923798`` keep theirs:
-    in a partition's small files it makes them smaller.) ``make bench-writes`` (bench/parquet_writes.py)
-    measures both settings per table."""
-    off = ColumnProperties(dictionary_enabled=False)
-    return WriterProperties(compression="ZSTD", compression_level=1,
-                            column_properties={c: off for c in digest_columns(spec)})
-
-
-def _files_in_partitions(dt: Any, data: pa.Table, columns: tuple[str, ...]) -> tuple[int, int]:
-    """How many of the table's files lie in the partitions of ``data`` (a merge reads them) and how many not
-    (its predicate skips them); every file is read when the table is not partitioned."""
+def _files_in_partitions(dt: Any, data: pl.DataFrame, columns: tuple[str, ...]) -> tuple[int, int, list[str]]:
+    """How many of the table's files lie in the partitions of ``data`` (a merge reads them), how many not (it
+    skips them), and the paths of the former; every file is read when the table is not partitioned."""
     adds = pl.from_arrow(pa.table(dt.get_add_actions(flatten=True)))
     if not columns or adds.height == 0:  # type: ignore[union-attr]
-        return adds.height, 0  # type: ignore[union-attr]
-    source = pl.from_arrow(data)
+        return adds.height, 0, adds.get_column("path").to_list() if adds.height else []  # type: ignore[union-attr]
     inside = pl.all_horizontal(  # type: ignore[union-attr]
-        pl.col(f"partition.{c}").cast(pl.Utf8).is_in(source.get_column(c).cast(pl.Utf8).unique().to_list())  # type: ignore[union-attr]
+        pl.col(f"partition.{c}").cast(pl.Utf8).is_in(data.get_column(c).cast(pl.Utf8).unique().to_list())
         for c in columns)
-    scanned = adds.filter(inside).height  # type: ignore[union-attr]
-    return scanned, adds.height - scanned  # type: ignore[union-attr]
+    files = adds.filter(inside).get_column("path").to_list()  # type: ignore[union-attr]
+    return len(files), adds.height - len(files), files  # type: ignore[union-attr]
 
 
-def _any_key_in(dt: Any, data: pa.Table, spec: TableSpec) -> bool:
-    """Whether some row of ``data`` has a key the table already holds (only the key columns are read). Null keys
-    never match, as in the merge's join."""
-    keys = list(spec.keys)
-    source = pl.from_arrow(data).lazy().select(keys).drop_nulls()  # type: ignore[union-attr]
-    target = pl.scan_delta(dt).select(keys).cast({k: spec.polars_schema[k] for k in keys})  # type: ignore[arg-type]
-    return source.join(target, on=keys, how="semi").head(1).collect().height > 0
-
-
-def _partition_values(data: pa.Table, columns: tuple[str, ...], alias: str | None = None) -> str:
-    df = pl.from_arrow(data)
-    return landing.partition_predicate({c: df.get_column(c).unique().to_list() for c in columns}, alias)  # type: ignore[union-attr]
+def _partitions(data: pl.DataFrame, columns: tuple[str, ...]) -> dict[str, list[Any]]:
+    return {c: data.get_column(c).unique().to_list() for c in columns}
 
 
 def _read_jsonl(files: Sequence[tuple[Path, str]], columns: list[str]) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
