@@ -111,9 +111,10 @@ class PolarsDeltaEngine:
         """Upsert by ``spec.keys``: the row with the larger ``spec.latest_by`` (then ``_record_hash``) wins.
 
         The source must hold one row per key (the caller deduplicates). With ``insert_only`` existing keys are
-        left alone. Only the target's files in the source's partitions are read (all of them when the table is
-        not partitioned), and only the files holding a row that changes are rewritten; rows of new keys go to
-        new files. One commit removes the rewritten files and adds the new ones.
+        left alone. Only the target files that can hold a source key are read: those in the source's partitions
+        whose key statistics (min and max in the Delta log) overlap the source's keys. Only the files holding a
+        row that changes are rewritten; rows of new keys go to new files. One commit removes the rewritten files
+        and adds the new ones.
         """
         if not spec.keys:
             msg = f"expected business keys to merge {spec.name!r}; declare keys in contracts/catalog.py"
@@ -125,20 +126,18 @@ class PolarsDeltaEngine:
         if data.height == 0:
             return WriteResult(spec.name, dt.version(), 0)
         keys = list(spec.keys)
-        scanned, skipped, files = _files_in_partitions(dt, data, spec.partition_by)
-        order = [c for c in (spec.latest_by, "_record_hash") if c and not insert_only]
-        # First only the keys (and what decides the winner) of the target rows that match a source key.
-        matched = self._read_files(spec, dt, files, list(dict.fromkeys([*keys, *order]))).join(data.select(keys), on=keys, how="semi")
+        scanned, skipped, files = _candidate_files(dt, data, spec)
+        target = self._read_files(spec, dt, files, spec.columns)
+        matched = target.join(data.select(keys), on=keys, how="semi")
         new_rows = data.join(matched.select(keys), on=keys, how="anti")
         changed = (data.clear() if insert_only or matched.height == 0
                    else _newer(data.join(matched.select(keys), on=keys, how="semi"), matched, spec))
         # The files holding a row that changes are rewritten: their other rows, then the new versions.
-        touched = sorted(set(matched.join(changed.select(keys), on=keys, how="semi").get_column("_file")))
-        kept = (self._read_files(spec, dt, touched, spec.columns).join(changed.select(keys), on=keys, how="anti")
-                .drop("_file"))
+        touched = set(matched.join(changed.select(keys), on=keys, how="semi").get_column("_file"))
+        kept = target.filter(pl.col("_file").is_in(touched)).join(changed.select(keys), on=keys, how="anti")
         if touched or new_rows.height:
-            version = self._commit(spec, dt, pl.concat([kept, changed, new_rows]), mode="append",
-                                   removes=delta_files.removes_of(dt, touched)).version
+            version = self._commit(spec, dt, pl.concat([kept.drop("_file"), changed, new_rows]), mode="append",
+                                   removes=delta_files.removes_of(dt, sorted(touched))).version
         else:
             version = dt.version()
         return WriteResult(spec.name, version, new_rows.height + changed.height, files_scanned=scanned,
@@ -214,16 +213,29 @@ def _newer(source: pl.DataFrame, target: pl.DataFrame, spec: TableSpec) -> pl.Da
     return joined.filter(wins).drop("_t_latest", "_t_hash")
 
 
-def _files_in_partitions(dt: Any, data: pl.DataFrame, columns: tuple[str, ...]) -> tuple[int, int, list[str]]:
-    """How many of the table's files lie in the partitions of ``data`` (a merge reads them), how many not (it
-    skips them), and the paths of the former; every file is read when the table is not partitioned."""
+def _candidate_files(dt: Any, data: pl.DataFrame, spec: TableSpec) -> tuple[int, int, list[str]]:
+    """The table's files a merge of ``data`` must read (how many, how many it skips, their paths): those in the
+    partitions of ``data`` whose statistics allow one of its keys. A key column of dates, times or numbers
+    prunes a file whose [min, max] misses the source's range (a timestamp maximum widened by 1 ms: delta-rs
+    and Spark write them truncated to milliseconds); a file without statistics is always read."""
     adds = pl.from_arrow(pa.table(dt.get_add_actions(flatten=True)))
-    if not columns or adds.height == 0:  # type: ignore[union-attr]
-        return adds.height, 0, adds.get_column("path").to_list() if adds.height else []  # type: ignore[union-attr]
-    inside = pl.all_horizontal(  # type: ignore[union-attr]
-        pl.col(f"partition.{c}").cast(pl.Utf8).is_in(data.get_column(c).cast(pl.Utf8).unique().to_list())
-        for c in columns)
-    files = adds.filter(inside).get_column("path").to_list()  # type: ignore[union-attr]
+    if adds.height == 0:  # type: ignore[union-attr]
+        return 0, 0, []
+    keep = pl.lit(True)
+    for c in spec.partition_by:
+        keep &= pl.col(f"partition.{c}").cast(pl.Utf8).is_in(data.get_column(c).cast(pl.Utf8).unique().to_list())
+    for c in spec.keys:
+        dtype = spec.polars_schema[c]
+        if c in spec.partition_by or not (dtype.is_temporal() or dtype.is_numeric()) or f"min.{c}" not in adds.columns:  # type: ignore[union-attr]
+            continue
+        low, high = data.get_column(c).min(), data.get_column(c).max()
+        if low is None:
+            continue
+        fmin, fmax = pl.col(f"min.{c}").cast(dtype), pl.col(f"max.{c}").cast(dtype)
+        if isinstance(dtype, pl.Datetime):
+            fmax = fmax + pl.duration(milliseconds=1)
+        keep &= (fmin.is_null() | (fmin <= pl.lit(high, dtype))) & (fmax.is_null() | (fmax >= pl.lit(low, dtype)))
+    files = adds.filter(keep).get_column("path").to_list()  # type: ignore[union-attr]
     return len(files), adds.height - len(files), files  # type: ignore[union-attr]
 
 

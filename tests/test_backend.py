@@ -306,3 +306,75 @@ def test_the_laptop_engine_writes_digests_without_a_dictionary_and_compresses_wi
         assert {c.compression for c in columns.values()} == {"ZSTD"}
     names = {r["product_id"]: r["product_name"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()}
     assert len(names) == 2001 and names["p1"] == "renamed"
+
+
+VERSIONS = table("silver.customer_versions")
+
+
+def versions(*rows: tuple[str, datetime, str]) -> pl.DataFrame:
+    """silver.customer_versions rows: (customer id, updated_at, record hash)."""
+    digest = "0" * 64
+    return pl.DataFrame(
+        [(cid, None, None, digest, "a***@x.com", None, None, "DE", date(2026, 1, 1), at, "f", rh)
+         for cid, at, rh in rows], schema=VERSIONS.polars_schema, orient="row")
+
+
+def file_stats(lake: Lake) -> dict:
+    """The statistics of the one file the latest commit of silver.customer_versions added (from its log)."""
+    last = sorted(Path(lake.uri(VERSIONS), "_delta_log").glob("*.json"))[-1]
+    adds = [json.loads(line)["add"] for line in last.read_text().splitlines() if '"add"' in line]
+    return json.loads(adds[0]["stats"])
+
+
+def test_a_merge_reads_only_the_files_whose_key_statistics_can_hold_a_source_key(tmp_path):
+    """A history table (key: customer id and updated_at) gains a file a day: a merge of today's versions reads
+    only the files whose updated_at range can hold one, and still finds an existing key among them."""
+    engine = get_backend("polars", Lake(str(tmp_path / "lake")))
+    for day in (1, 2, 3):
+        engine.merge(VERSIONS, nw.from_native(versions(
+            *((f"C{i}", datetime(2026, 11, day, i, tzinfo=UTC), f"h{day}-{i}") for i in range(1, 4))).lazy()))
+    again = datetime(2026, 11, 3, 2, tzinfo=UTC)  # an existing key of day 3, with a larger record hash
+    result = engine.merge(VERSIONS, nw.from_native(versions(
+        ("C2", again, "h9"), ("C9", datetime(2026, 11, 3, 23, tzinfo=UTC), "h9-9")).lazy()))
+    assert (result.files_scanned, result.files_skipped, result.rows) == (1, 2, 2)
+    rows = engine.to_arrow(engine.scan(VERSIONS)).to_pylist()
+    assert len(rows) == 10  # 9 + the new key; the existing one was updated in place, not added
+    assert [r["_record_hash"] for r in rows if (r["customer_id"], r["updated_at"]) == ("C2", again)] == ["h9"]
+
+
+def test_a_merge_finds_a_key_at_a_files_maximum_that_delta_rs_truncated_to_milliseconds(tmp_path):
+    """delta-rs (and Spark) write a timestamp maximum truncated to milliseconds: a key at the file's true
+    maximum (with microseconds) is still read and matched, never added a second time."""
+    from deltalake import write_deltalake
+
+    lake = Lake(str(tmp_path / "lake"))
+    engine = get_backend("polars", lake)
+    last = datetime(2026, 11, 1, 10, 0, 5, 987654, tzinfo=UTC)
+    old = versions(("C1", datetime(2026, 11, 1, 9, tzinfo=UTC), "h1"), ("C2", last, "h2"))
+    write_deltalake(lake.uri(VERSIONS), old.to_arrow().cast(VERSIONS.arrow_schema))
+    stats = file_stats(lake)
+    assert stats["maxValues"]["updated_at"] == "2026-11-01T10:00:05.987Z"  # below the true maximum
+    result = engine.merge(VERSIONS, nw.from_native(versions(("C2", last, "h3")).lazy()), insert_only=True)
+    assert (result.files_scanned, result.rows) == (1, 0)
+    assert engine.count(engine.scan(VERSIONS)) == 2
+
+
+def test_the_laptop_engine_writes_delta_statistics_every_engine_reads(tmp_path, sail_url):
+    """The add actions of the files Polars writes carry rows, null counts and min/max per column (timestamps
+    in UTC with milliseconds, the maximum rounded up); Spark (Sail) reads the table and prunes by them."""
+    lake = Lake(str(tmp_path / "lake"))
+    engine = get_backend("polars", lake)
+    late = datetime(2026, 11, 2, 8, 0, 0, 500, tzinfo=UTC)  # 0.5 ms: the maximum rounds up to .001
+    engine.merge(VERSIONS, nw.from_native(versions(("C1", datetime(2026, 11, 1, 9, tzinfo=UTC), "h1"),
+                                                    ("C2", late, "h2")).lazy()))
+    stats = file_stats(lake)
+    assert stats["numRecords"] == 2
+    assert stats["nullCount"]["first_name"] == 2 and stats["nullCount"]["customer_id"] == 0
+    assert stats["minValues"]["customer_id"] == "C1" and stats["maxValues"]["customer_id"] == "C2"
+    assert stats["minValues"]["updated_at"] == "2026-11-01T09:00:00.000Z"
+    assert stats["maxValues"]["updated_at"] == "2026-11-02T08:00:00.001Z"
+    assert stats["minValues"]["signup_date"] == "2026-01-01"
+    assert "first_name" not in stats["minValues"]  # no value, no bound
+    spark = get_backend("spark", lake, SparkSettings(remote=sail_url))
+    found = spark.to_arrow(spark.scan(VERSIONS).filter(nw.col("updated_at") == nw.lit(late))).to_pylist()
+    assert [r["customer_id"] for r in found] == ["C2"]
