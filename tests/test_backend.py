@@ -321,7 +321,7 @@ def versions(*rows: tuple[str, datetime, str]) -> pl.DataFrame:
 
 def file_stats(lake: Lake) -> dict:
     """The statistics of the one file the latest commit of silver.customer_versions added (from its log)."""
-    last = sorted(Path(lake.uri(VERSIONS), "_delta_log").glob("*.json"))[-1]
+    last = max(Path(lake.uri(VERSIONS), "_delta_log").glob("*.json"))
     adds = [json.loads(line)["add"] for line in last.read_text().splitlines() if '"add"' in line]
     return json.loads(adds[0]["stats"])
 
