@@ -195,6 +195,9 @@ def report(incremental: list, full: list, day: date, scale: float, history: int,
         if isinstance(result, dict):
             if result.get("files_scanned") is not None:
                 extra = f"merge: {result['files_scanned']} file(s) scanned, {result['files_skipped']} skipped"
+                if result.get("history_files_scanned") is not None:
+                    extra += (f"; its history table: {result['history_files_scanned']} scanned, "
+                              f"{result['history_files_skipped']} skipped")
             elif result.get("order_dates") is not None:
                 extra = f"{result['order_dates']} order date(s)"
         print(f"  {stage:7} {label:34} {secs:7.2f} s  {extra}")

@@ -296,13 +296,15 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
         msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
         raise AccountingError(msg)
     hashes = engine.to_arrow(valid.select("_record_hash")).column(0).to_pylist() if accepted_hashes else []
+    versions: dict[str, Any] = {}
     if spec.history:  # every version first (merged by version key), then the latest per key
         history = table(spec.history)
-        engine.merge(history, silver.latest_per_key(valid.select(history.columns), history))
+        kept = engine.merge(history, silver.latest_per_key(valid.select(history.columns), history))
+        versions = {"history_files_scanned": kept.files_scanned, "history_files_skipped": kept.files_skipped}
     written = engine.merge(spec, silver.latest_per_key(valid, spec))
     return {"rows_in": rows_in, "accepted": accepted, "quarantined": quarantined, "rules": rules,
             "rows_written": written.rows, "version": written.version, "accepted_hashes": hashes,
-            "files_scanned": written.files_scanned, "files_skipped": written.files_skipped}
+            "files_scanned": written.files_scanned, "files_skipped": written.files_skipped, **versions}
 
 
 @lake_task(lambda p: ["silver.customers", "silver.contacts"], name="silver-links", **LAKE_RETRIES)
