@@ -99,12 +99,9 @@ class PolarsDeltaEngine:
         if not spec.partition_by:
             msg = f"expected a partitioned table for overwrite_partitions, got {spec.name!r} (no partition columns)"
             raise ValueError(msg)
-        data = self._checked(spec, frame)
-        dt = self.lake.delta_table(spec)
-        if dt is None:
-            return self._commit(spec, dt, data, mode="overwrite")
-        if data.height == 0:
-            return WriteResult(spec.name, dt.version(), 0)
+        data, dt, done = self._into_existing(spec, frame)
+        if done is not None:
+            return done
         return self._commit(spec, dt, data, mode="overwrite", partitions=_partitions(data, spec.partition_by))
 
     def merge(self, spec: TableSpec, frame: nw.LazyFrame, *, insert_only: bool = False) -> WriteResult:
@@ -119,12 +116,9 @@ class PolarsDeltaEngine:
         if not spec.keys:
             msg = f"expected business keys to merge {spec.name!r}; declare keys in contracts/catalog.py"
             raise ValueError(msg)
-        data = self._checked(spec, frame)
-        dt = self.lake.delta_table(spec)
-        if dt is None:
-            return self._commit(spec, dt, data, mode="overwrite")
-        if data.height == 0:
-            return WriteResult(spec.name, dt.version(), 0)
+        data, dt, done = self._into_existing(spec, frame)
+        if done is not None:
+            return done
         keys = list(spec.keys)
         scanned, skipped, files = _candidate_files(dt, data, spec)
         target = self._read_files(spec, dt, files, spec.columns)
@@ -150,6 +144,17 @@ class PolarsDeltaEngine:
         return self.lake.history(spec, limit)
 
     # -------------------------------------------------------------------------------------- internals
+    def _into_existing(self, spec: TableSpec, frame: nw.LazyFrame) -> tuple[pl.DataFrame, Any, WriteResult | None]:
+        """The checked rows and the table's log, for a write that changes part of a table; with a result already
+        when there is nothing more to do: the table did not exist (it is created with the rows) or no rows."""
+        data = self._checked(spec, frame)
+        dt = self.lake.delta_table(spec)
+        if dt is None:
+            return data, dt, self._commit(spec, dt, data, mode="overwrite")
+        if data.height == 0:
+            return data, dt, WriteResult(spec.name, dt.version(), 0)
+        return data, dt, None
+
     def _checked(self, spec: TableSpec, frame: nw.LazyFrame) -> pl.DataFrame:
         """The rows to write, checked against the table's pandera contract (nothing unchecked is written)."""
         df = frame.select(spec.columns).collect().to_native().cast(spec.polars_schema)  # type: ignore[arg-type]
