@@ -30,8 +30,14 @@ def hmac_digest(key: bytes, value: str) -> str:
 
 def with_record_hash(frame: nw.LazyFrame, columns: list[str], out: str = "_record_hash") -> nw.LazyFrame:
     """Add ``out``: SHA-256 hex of ``columns`` (text) joined by a separator, nulls marked."""
-    joined = nw.concat_str([nw.col(c).cast(nw.String).fill_null(NULL_MARK) for c in columns], separator=FIELD_SEP)
-    return _hex_digest(frame, joined.alias(out), out, key=None)
+    return _hex_digest(frame, row_text(columns).alias(out), out, key=None)
+
+
+def row_text(columns: Iterable[str]) -> nw.Expr:
+    """``columns`` as one text value (each cast to text, nulls marked, joined by a separator): two rows of a
+    frame have the same text exactly when they have the same values, nulls included (a join on it matches
+    nulls, which a join on the columns themselves does not)."""
+    return nw.concat_str([nw.col(c).cast(nw.String).fill_null(NULL_MARK) for c in columns], separator=FIELD_SEP)
 
 
 def with_hmac(frame: nw.LazyFrame, column: str, key: bytes, out: str) -> nw.LazyFrame:

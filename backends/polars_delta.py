@@ -137,6 +137,17 @@ class PolarsDeltaEngine:
         return WriteResult(spec.name, version, new_rows.height + changed.height, files_scanned=scanned,
                            files_skipped=skipped)
 
+    def scan_changes(self, spec: TableSpec, since: int) -> tuple[nw.LazyFrame, nw.LazyFrame]:
+        """The rows that may have left the table since version ``since`` and the rows that may have come in:
+        those of the files removed since, and those of the files added since. A row that changed is in one of
+        them; a rewritten file's unchanged rows are in both (compare them to find the changes)."""
+        self.lake.check_readable(spec, since)
+        old, new = self.lake.delta_table_at(spec, since), self.lake.delta_table(spec)
+        before, after = set(delta_files.paths_of(old)), set(delta_files.paths_of(new))
+        gone = self._read_files(spec, old, sorted(before - after), spec.columns).drop("_file")
+        came = self._read_files(spec, new, sorted(after - before), spec.columns).drop("_file")
+        return nw.from_native(gone.lazy()), nw.from_native(came.lazy())
+
     def version(self, spec: TableSpec) -> int | None:
         return self.lake.version(spec)
 

@@ -192,6 +192,12 @@ class SparkDeltaEngine:
         written = int(result[0][0]) if result and len(result[0]) else rows
         return WriteResult(spec.name, self.lake.written_version(spec), written)
 
+    def scan_changes(self, spec: TableSpec, since: int) -> tuple[nw.LazyFrame, nw.LazyFrame]:
+        """The rows that may have left the table since version ``since`` and the rows that may have come in:
+        here the whole table at ``since`` and the whole table now (Spark reads no file list; the caller's
+        comparison finds the changed rows all the same, reading more)."""
+        return self.scan(spec, version=since), self.scan(spec)
+
     def version(self, spec: TableSpec) -> int | None:
         return self.lake.version(spec)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from backends.checkpoints import Checkpoints
 from backends.releases import Releases
 from contracts.catalog import Gate, TableSpec, bronze_for, quarantine_for, table, tables
 from contracts.landing import LandingEntity, landing_entity
+from flows import customer_grain
 from flows.context import RunContext
 from flows.retry_policy import LAKE_RETRIES, SOURCE_RETRIES
 from flows.tracking import lake_task
@@ -326,7 +327,7 @@ GOLD_INPUTS: dict[str, tuple[str, ...]] = {
     "gold.customer_360": ("gold.fact_orders", "silver.customers", "silver.customer_crm_links", "silver.accounts",
                           "silver.opportunities", "silver.customer_behaviour"),
     "gold.product_performance": ("gold.fact_orders",),
-    "gold.customer_segments": ("gold.fact_orders",),
+    "gold.customer_segments": ("gold.customer_360", "gold.fact_orders"),
 }
 
 
@@ -392,25 +393,62 @@ def build_gold(ctx: RunContext, table_name: str, order_dates: list[date] | None 
 
     if partial and not order_dates:
         return _summary("gold", spec, rows_written=0, version=engine.version(spec), order_dates=0)
+    if spec.name in customer_grain.TABLES:
+        return _build_customer_grain(ctx, engine, spec, s, whole=order_dates is None)
     orders = s("silver.orders")
-    builders = {
+    builders: dict[str, Callable[[], nw.LazyFrame]] = {
         "gold.fact_orders": lambda: gold.build_fact_orders(
             orders, s("silver.order_events").join(orders.select("order_id"), on="order_id", how="semi"),
             s("gold.dim_customer").join(orders.select("customer_id").unique(), on="customer_id", how="semi")),
-        "gold.dim_customer": lambda: gold.build_dim_customer(s("silver.customer_versions"),
-                                                             s("silver.customer_crm_links")),
         "gold.dim_product": lambda: gold.build_dim_product(s("silver.products")),
         "gold.dim_date": lambda: gold.build_dim_date(_calendar(engine, s("gold.fact_orders"))),
         "gold.customer_360": lambda: gold.build_customer_360(
             s("gold.fact_orders"), s("silver.customers"), s("silver.customer_crm_links"), s("silver.accounts"),
             s("silver.opportunities"), s("silver.customer_behaviour")),
         "gold.product_performance": lambda: gold.build_product_performance(s("gold.fact_orders")),
-        "gold.customer_segments": lambda: gold.build_customer_segments(s("gold.fact_orders")),
+        "gold.customer_segments": lambda: gold.build_customer_segments(s("gold.customer_360"), s("gold.fact_orders")),
     }
     frame = builders[spec.name]()
     written = engine.overwrite_partitions(spec, frame) if partial else engine.overwrite(spec, frame)
     return _summary("gold", spec, rows_written=written.rows, version=written.version,
                     order_dates=len(order_dates) if partial and order_dates else None)
+
+
+def dim_customer_of(scan: Callable[[str], nw.LazyFrame]) -> nw.LazyFrame:
+    """``gold.dim_customer`` built from the inputs ``scan`` gives (all customers, or some)."""
+    return gold.build_dim_customer(scan("silver.customer_versions"), scan("silver.customer_crm_links"))
+
+
+def _build_customer_grain(ctx: RunContext, engine: Engine, spec: TableSpec, scan: Callable[[str], nw.LazyFrame], *,
+                          whole: bool) -> dict[str, Any]:
+    """Build ``gold.dim_customer`` (flows/customer_grain.py): again only for the customers whose inputs changed
+    since its recorded build, else (``whole``, or no build to continue) whole. Records the build."""
+    lake = ctx.settings().lake()
+    inputs_now = {name: engine.version(table(name)) for name in GOLD_INPUTS[spec.name]}
+    current = engine.version(spec)
+    since, why = (None, "a whole build was asked for") if whole else customer_grain.recorded_inputs(
+        lake, spec, current, inputs_now)
+    build = dim_customer_of
+    if since is None:
+        if not whole:
+            _logger().info("%s: built whole, because %s", spec.name, why)
+        written = engine.overwrite(spec, build(scan))
+        version, rows, customers = written.version, written.rows, None
+    else:
+        changed = engine.materialize(customer_grain.affected_customers(engine, spec, since))
+        customers = engine.count(changed)
+        if customers:
+            fresh = build(customer_grain.for_customers(scan, changed))
+            written = engine.overwrite(spec, customer_grain.rebuilt(engine.scan(spec), changed, fresh))
+            version, rows = written.version, written.rows
+        else:  # nothing it is built from changed: the table stays as it is
+            version, rows = current, 0
+        _logger().info("%s: %d customer(s) built again, the others kept", spec.name, customers)
+    if any(v is None for v in inputs_now.values()) or version is None:
+        msg = f"expected {spec.name}'s inputs and the table to exist after its build, got {inputs_now}"
+        raise RuntimeError(msg)
+    customer_grain.record(lake, spec, version, {k: v for k, v in inputs_now.items() if v is not None}, ctx.run_id)
+    return _summary("gold", spec, rows_written=rows, version=version, order_dates=None, customers_rebuilt=customers)
 
 
 def gate_failures(summaries: list[dict[str, Any]], gates: Mapping[str, Gate]) -> list[dict[str, Any]]:

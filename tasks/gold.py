@@ -452,17 +452,19 @@ def _segment() -> nw.Expr:
     return first_match(((matches(rule), nw.lit(rule.segment)) for rule in rules), nw.lit(fallback.segment))
 
 
-def build_customer_segments(fact_orders: nw.LazyFrame) -> nw.LazyFrame:
+def build_customer_segments(customer_360: nw.LazyFrame, fact_orders: nw.LazyFrame) -> nw.LazyFrame:
     """RFM scores and segment per customer with at least one kept (not cancelled) order.
 
-    Recency is measured from ``as_of_date``, the latest ``order_date`` in ``fact_orders`` (not the clock),
-    so rerunning a past day gives the same result. Scores use ``RFM_THRESHOLDS``; segments ``SEGMENT_RULES``.
+    Frequency, monetary value and the latest kept order are ``customer_360``'s kept-order measures (one
+    definition of each, and no second pass over the facts). Recency is measured from ``as_of_date``, the latest
+    ``order_date`` in ``fact_orders`` (not the clock), so rerunning a past day gives the same result. Scores use
+    ``RFM_THRESHOLDS``; segments ``SEGMENT_RULES``.
     """
     as_of = fact_orders.select(nw.col("order_date").max().alias("as_of_date"))
     frame = (
-        _order_summary(
-            fact_orders, ["customer_id"],
-            frequency="kept_orders", monetary_usd="kept_revenue_usd", _last="last_kept_date",
+        customer_360.select(
+            "customer_id", nw.col("order_count").alias("frequency"),
+            nw.col("lifetime_revenue_usd").alias("monetary_usd"), nw.col("last_order_date").alias("_last"),
         )
         .filter(nw.col("frequency") >= 1)
         .join(as_of, how="cross")

@@ -344,7 +344,11 @@ def test_product_performance(make):
 
 # ----------------------------------------------------------------------------------- customer_segments
 def _segments(make, rows) -> dict[str, dict[str, Any]]:
-    got = collect(build_customer_segments(make("gold.fact_orders", rows)), "gold.customer_segments")
+    fact_orders = make("gold.fact_orders", rows)
+    customers = make("silver.customers", [{"customer_id": c} for c in sorted({r["customer_id"] for r in rows})])
+    c360 = build_customer_360(fact_orders, customers, *(make(n, []) for n in (
+        "silver.customer_crm_links", "silver.accounts", "silver.opportunities", "silver.customer_behaviour")))
+    got = collect(build_customer_segments(c360, fact_orders), "gold.customer_segments")
     return {r.pop("customer_id"): r for r in got}
 
 
@@ -445,7 +449,7 @@ BUILDERS: dict[str, Callable[[Callable[..., nw.LazyFrame]], nw.LazyFrame]] = {
         m("gold.fact_orders"), m("silver.customers"), m("silver.customer_crm_links"), m("silver.accounts"),
         m("silver.opportunities"), m("silver.customer_behaviour")),
     "gold.product_performance": lambda m: build_product_performance(m("gold.fact_orders")),
-    "gold.customer_segments": lambda m: build_customer_segments(m("gold.fact_orders")),
+    "gold.customer_segments": lambda m: build_customer_segments(m("gold.customer_360"), m("gold.fact_orders")),
 }
 
 
