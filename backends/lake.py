@@ -5,6 +5,7 @@ Table locations are the catalog's relative paths under this root; this is the on
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -259,6 +260,61 @@ class Lake:
             msg = f"expected a version of {spec.name!r} between 0 and {current}, got {version!r}"
             raise TableNotFoundError(msg)
         return True
+
+    def unreferenced_files(self, spec: TableSpec, *, retention_hours: float, keep_versions: list[int]) -> list[str]:
+        """The files of ``spec`` (paths relative to the table) that no version reads any more: removed from the
+        table more than ``retention_hours`` ago, and not part of any version in ``keep_versions`` (delta-rs'
+        vacuum, listing only). Empty when the table does not exist."""
+        dt = self.delta_table(spec)
+        if dt is None:
+            return []
+        # A dry run lists what a vacuum would delete without committing to a log another engine may write;
+        # the retention is this project's setting (vacuum_retention_hours), not the table property's floor.
+        return sorted(dt.vacuum(retention_hours=math.ceil(retention_hours), dry_run=True,
+                                enforce_retention_duration=False, keep_versions=sorted(keep_versions) or None))
+
+    def sizes_of(self, spec: TableSpec, paths: list[str]) -> dict[str, int]:
+        """The files among ``paths`` (relative to the table, as the log names them) that are there: their bytes."""
+        from urllib.parse import unquote
+
+        if self.is_local:
+            folder = Path(self.uri(spec))
+            found = {}
+            for path in paths:
+                try:
+                    found[path] = (folder / unquote(path)).stat().st_size
+                except FileNotFoundError:
+                    continue
+            return found
+        bucket, key = self.s3_key(spec.path)
+        prefix = key.rstrip("/") + "/"
+        sizes = {o["Key"].removeprefix(prefix): o["Size"] for page in self.s3().get_paginator(
+            "list_objects_v2").paginate(Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])}
+        return {p: sizes[unquote(p)] for p in paths if unquote(p) in sizes}
+
+    def delete_files(self, spec: TableSpec, paths: list[str]) -> None:
+        """Delete files of ``spec`` (paths relative to the table, as the log names them)."""
+        from urllib.parse import unquote
+
+        if self.is_local:
+            folder = Path(self.uri(spec))
+            for path in paths:
+                (folder / unquote(path)).unlink(missing_ok=True)
+            return
+        bucket, key = self.s3_key(spec.path)
+        keys = [f"{key.rstrip('/')}/{unquote(p)}" for p in paths]
+        client = self.s3()
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
+                                                         "Quiet": True})
+
+    def missing_files(self, spec: TableSpec, version: int) -> list[str]:
+        """Files that version ``version`` of ``spec`` reads and that are no longer there (vacuumed)."""
+        from backends.delta_files import paths_of
+
+        files = paths_of(self.delta_table_at(spec, version))
+        present = self.sizes_of(spec, files)
+        return [f for f in files if f not in present]
 
     def check_features(self, spec: TableSpec) -> None:
         """Refuse a table whose protocol needs a feature one of the engines cannot read."""

@@ -108,4 +108,13 @@ class Releases:
         if history[-1].versions == target.versions:
             msg = f"{release_id}'s versions are already the current ones ({history[-1].release_id}): nothing to roll back"
             raise ValueError(msg)
+        from contracts.catalog import table
+
+        gone = {name: len(missing) for name, version in target.versions.items()
+                if (missing := self.lake.missing_files(table(name), version))}
+        if gone:
+            msg = (f"expected the files of {release_id}'s table versions to be there, but a vacuum deleted some ("
+                   + ", ".join(f"{name}: {n} file(s)" for name, n in sorted(gone.items()))
+                   + "); roll back to a release made within vacuum_retention_hours of the last vacuum")
+            raise ValueError(msg)
         return self.publish(target.versions, run_id=run_id, run_date=target.run_date)

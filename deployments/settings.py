@@ -340,6 +340,10 @@ class Settings(BaseSettings):
     run_lock_wait_seconds: float = Field(
         900.0, ge=0, description="how long a run waits for another run of the lake to finish before failing",
     )
+    vacuum_retention_hours: float = Field(
+        168.0, ge=0, description="how long a vacuum keeps the files a table replaced (older versions read them); "
+        "the current gold release and the releases made within it are always kept",
+    )
     stream_commit_max_files: int = Field(
         64, ge=1, description="Kafka micro-batch files applied per bronze commit (one checkpoint row each)",
     )

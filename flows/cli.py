@@ -437,6 +437,53 @@ def releases(env: EnvOpt = None, lake_root: LakeOpt = None, limit: Annotated[int
 
 
 @app.command()
+def vacuum(
+    env: EnvOpt = None,
+    lake_root: LakeOpt = None,
+    retention_hours: Annotated[float | None, typer.Option(
+        "--retention-hours", min=0, help="keep files replaced less than this many hours ago "
+        "(default: the environment's vacuum_retention_hours, 168)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be deleted; delete nothing")] = False,
+) -> None:
+    """Delete the data files no kept version of the lake's tables reads: files replaced more than the retention
+    ago, except those of the current gold release, of releases made within the retention, and of the versions
+    the next incremental build reads (flows/vacuum.py). Waits for a running daily run (the lake's run lock)."""
+    from backends.run_lock import LakeLockedError
+    from flows.vacuum import existing_tables, held_vacuum
+
+    settings = _settings(env, lake_root=lake_root)
+    hours = settings.vacuum_retention_hours if retention_hours is None else retention_hours
+    names = [s.name for s in existing_tables(settings.lake())]
+    if not names:
+        _fail(f"expected tables under {settings.lake_root!r}, found none: nothing to vacuum")
+    t = Table(title=f"{'dry run: would delete' if dry_run else 'deleted'} in {settings.lake_root} "
+                    f"(files replaced more than {hours:g} h ago)")
+    for col, justify in (("table", "left"), ("files", "right"), ("MiB", "right"), ("versions kept", "left")):
+        t.add_column(col, justify=justify)  # type: ignore[arg-type]
+    with _progress() as progress:
+        bar = progress.add_task("vacuum", total=len(names))
+
+        def done(v) -> None:
+            progress.update(bar, advance=1, description=v.table)
+            if v.files:
+                t.add_row(v.table, f"{v.files:,}", f"{v.bytes / 2**20:,.1f}", ", ".join(map(str, v.kept_versions)))
+
+        try:
+            results = held_vacuum(
+                settings.lake(), retention_hours=hours, dry_run=dry_run,
+                run_id=f"vacuum-{datetime.now().strftime('%Y%m%dT%H%M%S')}",
+                wait_seconds=settings.run_lock_wait_seconds, on_table=done,
+                on_wait=lambda held: err.print(f"waiting for the lake's run lock, held by {held.get('run_id')} "
+                                               f"({held.get('what')})"))
+        except LakeLockedError as exc:
+            _fail(str(exc))
+    console.print(t)
+    files, freed = sum(v.files for v in results), sum(v.bytes for v in results)
+    console.print(f"{'would delete' if dry_run else 'deleted'} {files:,} file(s), {freed / 2**20:,.1f} MiB, "
+                  f"in {sum(1 for v in results if v.files)} of {len(results)} table(s)")
+
+
+@app.command()
 def status(env: EnvOpt = None, lake_root: LakeOpt = None,
            limit: Annotated[int, typer.Option(min=1, help="how many recent runs to show")] = 10) -> None:
     """Recent runs from the run ledger (status, tasks, rows, failed tasks) and each table's freshness: the

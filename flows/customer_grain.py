@@ -87,6 +87,21 @@ def recorded_inputs(lake: Lake, spec: TableSpec, table_version: int | None,
     return inputs, ""
 
 
+def pinned_versions(lake: Lake) -> dict[str, set[int]]:
+    """The versions the next build of each table reads besides the latest (a vacuum keeps their files): the
+    table version and input versions of its last recorded build, which ``changed_keys`` compares with."""
+    pinned: dict[str, set[int]] = {}
+    for name in TABLES:
+        log = lake.read_log(builds_log(table(name)))
+        if log is None or log.num_rows == 0:
+            continue
+        last = log.slice(_newest(log), 1).to_pylist()[0]
+        pinned.setdefault(name, set()).add(last["table_version"])
+        for inp, version in json.loads(last["inputs"]).items():
+            pinned.setdefault(inp, set()).add(version)
+    return pinned
+
+
 def _newest(log: pa.Table) -> int:
     stamps = log.column("built_at").to_pylist()
     return max(range(len(stamps)), key=lambda i: (stamps[i], log.column("table_version")[i].as_py()))

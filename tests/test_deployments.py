@@ -1,7 +1,7 @@
 """The Prefect deployments for real: a Prefect server on loopback, the work pools, ``prefect deploy --all`` of
 ``deployments/prefect.yaml``, a process worker (all started by ``deployments/local_stack.py``, as
 ``make deploy-local`` does, and stopped by process id), then ``prefect deployment run`` and, after a run that
-fails in a task, ``prefect flow-run retry``."""
+fails in a task, ``prefect flow-run retry``; then the vacuum deployment."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from backends.lake import Lake
 from backends.releases import Releases
 from backends.run_log import RunLog
+from contracts.catalog import table
 from flows.tracking import read_ledger
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path):
     listed = _prefect(stack, "deployment", "ls")
     assert listed.returncode == 0, listed.stderr
     for name in ("daily-lakehouse/local", "daily-lakehouse/emr", "backfill-lakehouse/backfill",
-                 "publish-snowflake/snowflake"):
+                 "publish-snowflake/snowflake", "vacuum-lakehouse/vacuum"):
         assert name in listed.stdout, listed.stdout
     shown = _prefect(stack, "deployment", "inspect", "daily-lakehouse/local")
     assert "0 6 * * *" in shown.stdout and "lakehouse-local" in shown.stdout
@@ -113,3 +114,14 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path):
                         and r["status"] == "completed")
     ran_in_retry = {r["task"] for r in rows if r["started_at"] >= retry_started}
     assert ran_in_retry == {"gold-gold.customer_segments", "release-gold"}
+
+    # 4. The vacuum deployment, run by the worker, deletes the files day 2 replaced; the release still reads.
+    before = set(lake_root.rglob("*.parquet"))
+    swept = _prefect(stack, "deployment", "run", "vacuum-lakehouse/vacuum", "-p", f"lake_root={lake_root}",
+                     "-p", "retention_hours=0", *watch)
+    assert swept.returncode == 0 and "Completed" in swept.stdout, swept.stdout[-3000:] + swept.stderr[-3000:]
+    gone = before - set(lake_root.rglob("*.parquet"))
+    assert any("gold/customer_360/" in str(p) for p in gone), "customer_360 is rewritten whole: day 1's file goes"
+    lake = Lake(str(lake_root))
+    current = Releases(lake).current()
+    assert all(not lake.missing_files(table(name), v) for name, v in current.versions.items())
