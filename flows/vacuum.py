@@ -29,6 +29,7 @@ from backends.lake import Lake
 from backends.releases import Releases
 from backends.run_lock import RunLock
 from contracts.catalog import TableSpec, tables
+from deployments.secrets import use_aws_credentials_block
 from flows import customer_grain
 from flows.context import RunContext
 
@@ -103,6 +104,8 @@ def vacuum_lakehouse(env: str = "local", lake_root: str | None = None, retention
     ctx = RunContext(env=env, run_date=datetime.now(UTC).date(), run_id=str(flow_run.get_id() or "local"),
                      started_at=datetime.now(UTC), overrides=overrides)
     settings = ctx.settings()
+    if settings.aws_credentials_block:  # an S3 lake reached with a prefect-aws block, as the daily flow does
+        use_aws_credentials_block(settings.aws_credentials_block)
     hours = settings.vacuum_retention_hours if retention_hours is None else retention_hours
     logger = get_run_logger()
     done = held_vacuum(settings.lake(), retention_hours=hours, dry_run=dry_run, run_id=ctx.run_id,
