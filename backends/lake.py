@@ -270,8 +270,10 @@ class Lake:
             return []
         # A dry run lists what a vacuum would delete without committing to a log another engine may write;
         # the retention is this project's setting (vacuum_retention_hours), not the table property's floor.
-        return sorted(dt.vacuum(retention_hours=math.ceil(retention_hours), dry_run=True,
-                                enforce_retention_duration=False, keep_versions=sorted(keep_versions) or None))
+        listed = dt.vacuum(retention_hours=math.ceil(retention_hours), dry_run=True,
+                           enforce_retention_duration=False, keep_versions=sorted(keep_versions) or None)
+        # Only files inside the table's folder: a log may name absolute paths (a shallow clone's), never deleted.
+        return sorted(p for p in listed if "://" not in p and not p.startswith("/") and ".." not in p.split("/"))
 
     def sizes_of(self, spec: TableSpec, paths: list[str]) -> dict[str, int]:
         """The files among ``paths`` (relative to the table, as the log names them) that are there: their bytes."""
