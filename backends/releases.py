@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 import pyarrow as pa
 
 from backends.lake import Lake
+from contracts.catalog import table
 
 RELEASE_SCHEMA = pa.schema([
     pa.field("release_id", pa.string(), nullable=False),
@@ -108,8 +109,6 @@ class Releases:
         if history[-1].versions == target.versions:
             msg = f"{release_id}'s versions are already the current ones ({history[-1].release_id}): nothing to roll back"
             raise ValueError(msg)
-        from contracts.catalog import table
-
         gone = {name: len(missing) for name, version in target.versions.items()
                 if (missing := self.lake.missing_files(table(name), version))}
         if gone:

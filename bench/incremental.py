@@ -99,17 +99,15 @@ def full_steps(ctx: Any, days: list[date]) -> list[tuple[str, str, Any]]:
             + [("gold", "(run ledger)", lambda: flush_ledger(ctx))])
 
 
-def timed(steps: list[tuple[str, str, Any]]) -> list[tuple[str, str, float, Any]]:
-    """Each step's wall seconds; the process's CPU seconds (user + system, every thread) of all the steps are
-    appended as a last step of stage ``cpu``, which the totals leave out."""
+def timed(steps: list[tuple[str, str, Any]]) -> tuple[list[tuple[str, str, float, Any]], float]:
+    """Each step's wall seconds, and the process's CPU seconds (user + system, every thread) of all the steps."""
     out = []
     cpu = time.process_time()
     for stage, label, run in steps:
         t = time.perf_counter()
         result = run()
         out.append((stage, label, time.perf_counter() - t, result))
-    out.append(("cpu", "(CPU seconds, all steps)", time.process_time() - cpu, None))
-    return out
+    return out, time.process_time() - cpu
 
 
 def history_lake(scale: float, days: int, seed: int) -> tuple[Path, Path, list[date]]:
@@ -150,33 +148,33 @@ def main() -> None:
 
     landing, history, days = history_lake(args.scale, args.days, args.seed)
     fulls, incrementals = [], []
+    cpus: dict[str, list[float]] = {"full": [], "incremental": []}
     for i in range(1, args.repeat + 1):
         # A fresh lake folder per pass: the process keeps each lake's loaded Delta logs by path.
         work = OUT / f"work-full-{i}"
         shutil.rmtree(work, ignore_errors=True)
         os.sync()
-        fulls.append(timed(full_steps(_ctx(days[-1], work, landing, f"full-rebuild-{i}"), days)))
+        steps, cpu = timed(full_steps(_ctx(days[-1], work, landing, f"full-rebuild-{i}"), days))
+        fulls.append(steps)
+        cpus["full"].append(cpu)
         work = OUT / f"work-incremental-{i}"
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(history, work, ignore=shutil.ignore_patterns("_results"))
         os.sync()  # the copy's write-back must not run during the measurement
-        incrementals.append(timed(daily_steps(_ctx(days[-1], work, landing, f"incremental-{i}"))))
+        steps, cpu = timed(daily_steps(_ctx(days[-1], work, landing, f"incremental-{i}")))
+        incrementals.append(steps)
+        cpus["incremental"].append(cpu)
         print(f"pass {i}/{args.repeat}: incremental {_total(incrementals[-1]):.2f} s, full rebuild "
               f"{_total(fulls[-1]):.2f} s ({_total(incrementals[-1]) / _total(fulls[-1]):.1%})", flush=True)
     for i in range(1, args.repeat):  # keep the last pass's lakes to look at
         shutil.rmtree(OUT / f"work-full-{i}", ignore_errors=True)
         shutil.rmtree(OUT / f"work-incremental-{i}", ignore_errors=True)
     ratios = [_total(i) / _total(f) for i, f in zip(incrementals, fulls, strict=True)]
-    cpu_ratios = [_cpu(i) / _cpu(f) for i, f in zip(incrementals, fulls, strict=True)]
-    report(_median_pass(incrementals), _median_pass(fulls), days[-1], args.scale, args.days, ratios, cpu_ratios)
+    report(_median_pass(incrementals), _median_pass(fulls), days[-1], args.scale, args.days, ratios, cpus)
 
 
 def _total(steps: list) -> float:
-    return sum(secs for stage, _, secs, _ in steps if stage != "cpu")
-
-
-def _cpu(steps: list) -> float:
-    return next(secs for stage, _, secs, _ in steps if stage == "cpu")
+    return sum(secs for _, _, secs, _ in steps)
 
 
 def _median_pass(passes: list[list]) -> list:
@@ -186,13 +184,15 @@ def _median_pass(passes: list[list]) -> list:
 
 
 def report(incremental: list, full: list, day: date, scale: float, history: int, ratios: list[float],
-           cpu_ratios: list[float]) -> None:
+           cpus: dict[str, list[float]]) -> None:
+    cpu_ratios = [i / f for i, f in zip(cpus["incremental"], cpus["full"], strict=True)]
     print(f"\nday {day} at scale {scale:g} on {history} days of history, laptop engine: the median of the "
           f"{len(ratios)} passes' ratios is {statistics.median(ratios):.1%} "
           f"(passes: {', '.join(f'{r:.1%}' for r in ratios)})")
     print(f"in CPU seconds (user + system, every thread; time the machine gave to other work is left out): "
           f"{statistics.median(cpu_ratios):.1%} (passes: {', '.join(f'{r:.1%}' for r in cpu_ratios)}; "
-          f"{_cpu(incremental):.2f} s against {_cpu(full):.2f} s, medians)")
+          f"{statistics.median(cpus['incremental']):.2f} s against {statistics.median(cpus['full']):.2f} s, "
+          "medians)")
     print("\nmedian seconds per step over the passes, summed per stage")
     print(f"{'stage':8} {'incremental':>12} {'full rebuild':>13} {'ratio':>7}")
     total_i = total_f = 0.0
@@ -204,8 +204,6 @@ def report(incremental: list, full: list, day: date, scale: float, history: int,
     print(f"{'all':8} {total_i:12.2f} {total_f:13.2f} {total_i / total_f:7.1%}")
     print("\nincremental day, step by step (merges: target files scanned / skipped by the predicate)")
     for stage, label, secs, result in incremental:
-        if stage == "cpu":
-            continue
         extra = ""
         if isinstance(result, dict):
             if result.get("files_scanned") is not None:

@@ -25,6 +25,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
+from typing import Any
 
 import narwhals as nw
 import pyarrow as pa
@@ -71,10 +72,9 @@ def recorded_inputs(lake: Lake, spec: TableSpec, table_version: int | None,
     them; else None and why not."""
     if table_version is None:
         return None, "the table does not exist yet"
-    log = lake.read_log(builds_log(spec))
-    if log is None or log.num_rows == 0:
+    last = last_build(lake, spec)
+    if last is None:
         return None, "no build of it is recorded"
-    last = log.slice(_newest(log), 1).to_pylist()[0]
     if last["table_version"] != table_version:
         return None, (f"its last recorded build wrote version {last['table_version']}, the table is at "
                       f"{table_version}")
@@ -92,19 +92,22 @@ def pinned_versions(lake: Lake) -> dict[str, set[int]]:
     table version and input versions of its last recorded build, which ``changed_keys`` compares with."""
     pinned: dict[str, set[int]] = {}
     for name in TABLES:
-        log = lake.read_log(builds_log(table(name)))
-        if log is None or log.num_rows == 0:
+        last = last_build(lake, table(name))
+        if last is None:
             continue
-        last = log.slice(_newest(log), 1).to_pylist()[0]
         pinned.setdefault(name, set()).add(last["table_version"])
         for inp, version in json.loads(last["inputs"]).items():
             pinned.setdefault(inp, set()).add(version)
     return pinned
 
 
-def _newest(log: pa.Table) -> int:
-    stamps = log.column("built_at").to_pylist()
-    return max(range(len(stamps)), key=lambda i: (stamps[i], log.column("table_version")[i].as_py()))
+def last_build(lake: Lake, spec: TableSpec) -> dict[str, Any] | None:
+    """The newest row of ``spec``'s builds log (None when no build is recorded)."""
+    log = lake.read_log(builds_log(spec))
+    if log is None or log.num_rows == 0:
+        return None
+    stamps, versions = log.column("built_at").to_pylist(), log.column("table_version").to_pylist()
+    return log.slice(max(range(len(stamps)), key=lambda i: (stamps[i], versions[i])), 1).to_pylist()[0]
 
 
 def changed_keys(engine: Engine, name: str, since: int, key: str) -> nw.LazyFrame:

@@ -58,14 +58,14 @@ def kept_versions(lake: Lake, *, retention_hours: float, now: datetime) -> dict[
     return kept
 
 
-def vacuum_lake(lake: Lake, *, retention_hours: float, dry_run: bool = False, now: datetime | None = None,
+def vacuum_lake(lake: Lake, *, retention_hours: float, dry_run: bool = False,
                 on_table: Callable[[Vacuumed], None] | None = None) -> list[Vacuumed]:
     """Vacuum every table of the catalog that exists (see the module docstring); one ``Vacuumed`` per table.
     The caller holds the lake's run lock."""
     if retention_hours < 0:
         msg = f"expected a retention of 0 hours or more, got {retention_hours}"
         raise ValueError(msg)
-    kept = kept_versions(lake, retention_hours=retention_hours, now=now or datetime.now(UTC))
+    kept = kept_versions(lake, retention_hours=retention_hours, now=datetime.now(UTC))
     done = []
     for spec in existing_tables(lake):
         keep = sorted(kept.get(spec.name, ()))
