@@ -5,7 +5,7 @@ see what broke."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -48,10 +48,12 @@ def check_references(spec: TableSpec, scan: Callable[[str], nw.LazyFrame],
     return failures
 
 
-def lost_keys(before: nw.LazyFrame, after: nw.LazyFrame, ref: Reference) -> nw.LazyFrame:
-    """Keys ``ref`` points at that the parent had ``before`` and no longer has ``after`` (one column per key)."""
-    old = before.select(*ref.to).unique()
-    return old.join(after.select(*ref.to).unique(), on=list(ref.to), how="anti")
+def lost_keys(before: nw.LazyFrame, after: nw.LazyFrame, columns: Sequence[str]) -> nw.LazyFrame:
+    """Distinct ``columns`` values a parent table had ``before`` and no longer has ``after``. With several
+    references to one parent, the union of their columns asks once: when no combination was lost, no value of
+    any one column was."""
+    old = before.select(*columns).unique()
+    return old.join(after.select(*columns).unique(), on=list(columns), how="anti")
 
 
 def check_row_drop(spec: TableSpec, rows: int, released_rows: int | None) -> AuditFailure | None:

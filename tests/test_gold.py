@@ -28,6 +28,8 @@ from tasks.gold import (
     build_fact_orders,
     build_product_performance,
     changed_order_dates,
+    events_that_can_count,
+    oldest_change_day,
 )
 
 D = date.fromisoformat
@@ -125,6 +127,39 @@ def test_fact_orders_status_from_newer_event_only(make):
         expected("o5", "cancelled", "2026-11-01T10:00"),
         expected("o6", "placed", "2025-03-09T10:00", order_date="2025-03-09", date_key=20250309),
     ]
+
+
+def test_fact_orders_read_no_event_older_than_every_order_change_and_stay_the_same(make):
+    """An incremental build reads events from the day of the orders' oldest updated_at on; the facts equal those
+    built from every event (o1's winning event lies between the oldest and the newest change day)."""
+    def order(order_id, order_day, updated):
+        return {"order_id": order_id, "customer_id": "c1", "order_ts": ts(f"{order_day}T08:00"),
+                "order_date": D(order_day), "updated_at": ts(updated), "status": "placed"}
+
+    def event(event_id, order_id, status, at):
+        return {"event_id": event_id, "order_id": order_id, "status": status, "event_ts": ts(at),
+                "event_date": ts(at).date()}
+
+    orders = make("silver.orders", [
+        order("o1", "2026-11-01", "2026-11-01T09:00"),  # the oldest change: events from Nov 1 on are read
+        order("o2", "2026-11-03", "2026-11-03T09:00"),
+    ])
+    events = make("silver.order_events", [
+        event("e0", "o1", "cancelled", "2026-10-31T23:59"),  # a day before every change: never counts
+        event("e1", "o1", "shipped", "2026-11-02T10:00"),    # newer than o1's change: counts
+        event("e2", "o2", "shipped", "2026-11-01T10:00"),    # older than o2's change: does not count
+        event("e9", "o9", "shipped", "2026-11-02T10:00"),    # another order's
+    ])
+    since = oldest_change_day(orders).collect().to_arrow().column("day")[0].as_py()
+    assert since == D("2026-11-01")
+    read = events_that_can_count(events, orders, since)
+    assert sorted(read.select("event_id").collect().to_arrow().column(0).to_pylist()) == ["e1", "e2"]
+    dim = make("gold.dim_customer", [{"customer_id": "c1", "customer_sk": "00000000000000c1",
+                                      "valid_from": ts("2026-01-01T00:00"), "is_current": True}])
+    got = collect(build_fact_orders(orders, read, dim), "gold.fact_orders")
+    assert got == collect(build_fact_orders(orders, events, dim), "gold.fact_orders")
+    assert [(r["order_id"], r["status"]) for r in got] == [("o1", "shipped"), ("o2", "placed")]
+    assert oldest_change_day(make("silver.orders")).collect().to_arrow().column("day")[0].as_py() is None
 
 
 # ------------------------------------------------------------------------------------------ dimensions
