@@ -339,15 +339,16 @@ PLAN_INPUTS = ("silver.orders", "silver.order_events", "silver.customer_versions
 
 def affected_order_dates(engine: Engine, *, orders_batch: nw.LazyFrame, events_batch: nw.LazyFrame,
                          customers_batch: nw.LazyFrame, events_since: date | None = None) -> list[date]:
-    """The order dates whose gold partitions rows of silver orders, order events and customer versions with the
-    batches' ``_record_hash`` change (tasks/gold.py ``changed_order_dates``), sorted. ``events_since``: no
-    event of the batch is older (event partitions before it are not read)."""
+    """The order dates whose gold partitions the batches' rows of silver orders, order events and customer
+    versions change (tasks/gold.py ``changed_order_dates``: batches of ``_source_file`` or of
+    ``_record_hash``), sorted. ``events_since``: no event of the batch is older (event partitions before it
+    are not read)."""
     def s(name: str) -> nw.LazyFrame:
         return engine.scan(table(name))
 
     # The orders' few columns the plan joins on, read once (three joins use them).
     orders = engine.materialize(s("silver.orders").select("order_id", "customer_id", "order_ts", "order_date",
-                                                         "_record_hash"))
+                                                         *orders_batch.columns))
     events = s("silver.order_events")
     if events_since is not None:
         events = events.filter(nw.col("event_date") >= nw.lit(events_since).cast(nw.Date()))
@@ -364,8 +365,10 @@ def plan_gold(ctx: RunContext) -> list[date] | None:
     if not engine.exists(table("gold.fact_orders")):
         return None
 
+    # The run date's bronze files: the silver rows that came from them are the ones the batches wrote (a file
+    # column reads far less than the rows' hashes).
     def batch(name: str) -> nw.LazyFrame:
-        return bronze.batch_for(engine.scan(table(name)), ctx.run_date).select("_record_hash")
+        return bronze.batch_for(engine.scan(table(name)), ctx.run_date).select("_source_file").unique()
 
     # Events the batch accepted lie within the lookback (late.beyond_lookback), so older event partitions are
     # not read.

@@ -333,12 +333,16 @@ def changed_order_dates(
     events_batch: nw.LazyFrame,
     customers_batch: nw.LazyFrame,
 ) -> nw.LazyFrame:
-    """``order_date`` of every silver order whose fact row a run's bronze batches (``*_batch``: frames with the
-    batch's ``_record_hash``) may have changed: orders the batch wrote, orders one of its events belongs to, and
-    orders placed on or after a new customer version's ``valid_from`` (all the customer's orders when the new
-    version is the customer's first). One column ``order_date``, distinct."""
+    """``order_date`` of every silver order whose fact row a run's bronze batches may have changed: orders the
+    batch wrote, orders one of its events belongs to, and orders placed on or after a new customer version's
+    ``valid_from`` (all the customer's orders when the new version is the customer's first). One column
+    ``order_date``, distinct.
+
+    A ``*_batch`` frame names what the batch wrote by one column: ``_source_file`` (the bronze files of a run
+    date: the silver rows that came from them) or ``_record_hash`` (rows, as a replay knows them)."""
     def written(frame: nw.LazyFrame, batch: nw.LazyFrame) -> nw.LazyFrame:
-        return frame.join(batch.select("_record_hash").unique(), on="_record_hash", how="semi")
+        (column,) = batch.columns
+        return frame.join(batch.unique(), on=column, how="semi")
 
     own = written(orders, orders_batch).select("order_date")
     event_orders = written(order_events, events_batch).select("order_id").unique()

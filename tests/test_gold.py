@@ -222,33 +222,44 @@ def test_fact_orders_carry_the_customer_version_valid_when_ordered(make):
 
 
 def test_changed_order_dates_follow_the_batch_events_and_new_customer_versions(make):
-    def order(order_id, customer_id, at, record_hash):
+    """The batch given by its rows' hashes (a replay) or by its bronze files (a daily run) finds the same dates."""
+    def order(order_id, customer_id, at, record_hash, source_file="old.parquet"):
         return {"order_id": order_id, "customer_id": customer_id, "order_ts": ts(at), "order_date": ts(at).date(),
-                "_record_hash": record_hash}
+                "_record_hash": record_hash, "_source_file": source_file}
 
     orders = make("silver.orders", [
-        order("o1", "c1", "2026-11-01T10:00", "h-o1"),  # written by the batch
+        order("o1", "c1", "2026-11-01T10:00", "h-o1", "orders-new.parquet"),  # written by the batch
         order("o2", "c2", "2026-11-02T10:00", "h-o2"),  # an event of the batch
         order("o3", "c3", "2026-11-03T10:00", "h-o3"),  # c3 has a new version from before it
         order("o4", "c3", "2026-11-01T09:00", "h-o4"),  # ... but from after this one
         order("o5", "c4", "2026-10-20T10:00", "h-o5"),  # c4's new version is its first: every order
         order("o6", "c5", "2026-10-21T10:00", "h-o6"),  # untouched
     ])
-    events = make("silver.order_events", [{"event_id": "e1", "order_id": "o2", "_record_hash": "h-e1"},
-                                          {"event_id": "e2", "order_id": "o6", "_record_hash": "h-e2"}])
+    events = make("silver.order_events", [
+        {"event_id": "e1", "order_id": "o2", "_record_hash": "h-e1", "_source_file": "events-new.jsonl"},
+        {"event_id": "e2", "order_id": "o6", "_record_hash": "h-e2", "_source_file": "events-old.jsonl"}])
     versions = make("silver.customer_versions", [
-        {**_version("c3", "2026-10-01T00:00"), "_record_hash": "h-c3a"},
-        {**_version("c3", "2026-11-02T00:00"), "_record_hash": "h-c3b"},
-        {**_version("c4", "2026-11-05T00:00"), "_record_hash": "h-c4"},
+        {**_version("c3", "2026-10-01T00:00"), "_record_hash": "h-c3a", "_source_file": "old.parquet"},
+        {**_version("c3", "2026-11-02T00:00"), "_record_hash": "h-c3b", "_source_file": "customers-new.parquet"},
+        {**_version("c4", "2026-11-05T00:00"), "_record_hash": "h-c4", "_source_file": "customers-new.parquet"},
     ])
 
-    def batch(*hashes):
-        return make("bronze.snowflake.orders", [{"_record_hash": h} for h in hashes])
+    def batch(column, *values):
+        return make("bronze.snowflake.orders", [{column: v} for v in values]).select(column)
 
-    got = changed_order_dates(orders, events, versions, orders_batch=batch("h-o1", "h-zz"),
-                              events_batch=batch("h-e1"), customers_batch=batch("h-c3b", "h-c4"))
-    dates = sorted(r["order_date"] for r in got.collect(backend="polars").to_native().to_dicts())
-    assert dates == [D("2026-10-20"), D("2026-11-01"), D("2026-11-02"), D("2026-11-03")]
+    def dates(got):
+        return sorted(r["order_date"] for r in got.collect(backend="polars").to_native().to_dicts())
+
+    by_rows = changed_order_dates(orders, events, versions, orders_batch=batch("_record_hash", "h-o1", "h-zz"),
+                                  events_batch=batch("_record_hash", "h-e1"),
+                                  customers_batch=batch("_record_hash", "h-c3b", "h-c4"))
+    expected = [D("2026-10-20"), D("2026-11-01"), D("2026-11-02"), D("2026-11-03")]
+    assert dates(by_rows) == expected
+    by_files = changed_order_dates(orders, events, versions,
+                                   orders_batch=batch("_source_file", "orders-new.parquet", "orders-gone.parquet"),
+                                   events_batch=batch("_source_file", "events-new.jsonl"),
+                                   customers_batch=batch("_source_file", "customers-new.parquet"))
+    assert dates(by_files) == expected
 
 
 def test_dim_product_is_the_current_products(make):
