@@ -341,8 +341,10 @@ def changed_order_dates(
     A ``*_batch`` frame names what the batch wrote by one column: ``_source_file`` (the bronze files of a run
     date: the silver rows that came from them) or ``_record_hash`` (rows, as a replay knows them)."""
     def written(frame: nw.LazyFrame, batch: nw.LazyFrame) -> nw.LazyFrame:
-        (column,) = batch.columns
-        return frame.join(batch.unique(), on=column, how="semi")
+        if batch.columns not in (["_source_file"], ["_record_hash"]):
+            msg = f"expected a batch of one column, _source_file or _record_hash, got columns {batch.columns}"
+            raise ValueError(msg)
+        return frame.join(batch.unique(), on=batch.columns[0], how="semi")
 
     own = written(orders, orders_batch).select("order_date")
     event_orders = written(order_events, events_batch).select("order_id").unique()

@@ -260,6 +260,9 @@ def test_changed_order_dates_follow_the_batch_events_and_new_customer_versions(m
                                    events_batch=batch("_source_file", "events-new.jsonl"),
                                    customers_batch=batch("_source_file", "customers-new.parquet"))
     assert dates(by_files) == expected
+    with pytest.raises(ValueError, match="expected a batch of one column, _source_file or _record_hash"):
+        changed_order_dates(orders, events, versions, orders_batch=orders.select("order_id"),
+                            events_batch=batch("_source_file"), customers_batch=batch("_source_file"))
 
 
 def test_dim_product_is_the_current_products(make):
