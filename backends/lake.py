@@ -261,6 +261,16 @@ class Lake:
             raise TableNotFoundError(msg)
         return True
 
+    def readable_version(self, spec: TableSpec, version: int) -> bool:
+        """Whether version ``version`` of ``spec`` can still be loaded: delta-rs drops the log files of versions
+        older than the table's log retention (30 days by default) once a checkpoint follows them."""
+        from deltalake.exceptions import DeltaError
+
+        try:
+            return self._loaded_table(self.uri(spec), version) is not None
+        except DeltaError:
+            return False
+
     def unreferenced_files(self, spec: TableSpec, *, retention_hours: float, keep_versions: list[int]) -> list[str]:
         """The files of ``spec`` (paths relative to the table) that no version reads any more: removed from the
         table more than ``retention_hours`` ago, and not part of any version in ``keep_versions`` (delta-rs'

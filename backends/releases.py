@@ -109,6 +109,12 @@ class Releases:
         if history[-1].versions == target.versions:
             msg = f"{release_id}'s versions are already the current ones ({history[-1].release_id}): nothing to roll back"
             raise ValueError(msg)
+        unreadable = sorted(f"{name} version {version}" for name, version in target.versions.items()
+                            if not self.lake.readable_version(table(name), version))
+        if unreadable:
+            msg = (f"expected {release_id}'s table versions to be readable, but delta-rs cleaned up the log of "
+                   + ", ".join(unreadable) + " (older than the table's log retention); roll back to a newer release")
+            raise ValueError(msg)
         gone = {name: len(missing) for name, version in target.versions.items()
                 if (missing := self.lake.missing_files(table(name), version))}
         if gone:

@@ -478,6 +478,10 @@ def vacuum(
         except LakeLockedError as exc:
             _fail(str(exc))
     console.print(t)
+    for v in results:
+        if v.unreadable_versions:
+            err.print(f"{v.table}: version(s) {', '.join(map(str, v.unreadable_versions))} can no longer be read "
+                      "(delta-rs cleaned up their log), so their files were not kept")
     files, freed = sum(v.files for v in results), sum(v.bytes for v in results)
     console.print(f"{'would delete' if dry_run else 'deleted'} {files:,} file(s), {freed / 2**20:,.1f} MiB, "
                   f"in {sum(1 for v in results if v.files)} of {len(results)} table(s)")

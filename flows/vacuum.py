@@ -9,6 +9,9 @@ files of versions something of the project still reads:
   to them; a rollback to an older one is refused when its files are gone, backends/releases.py);
 * the versions the next incremental build of ``gold.dim_customer`` compares with (flows/customer_grain.py).
 
+A version whose log delta-rs already cleaned up (older than the table's log retention, 30 days by default)
+cannot be read any more, so its files are not kept; the result names such versions.
+
 delta-rs lists the files (a dry-run vacuum with ``keep_versions``) and the lake deletes them, whichever engine
 wrote the table: no commit is added to a log another engine writes. The lake's run lock is held throughout, so
 a vacuum never runs beside a daily run. ``lakehouse vacuum`` runs it; the ``vacuum`` deployment runs it weekly.
@@ -42,6 +45,8 @@ class Vacuumed:
     files: int
     bytes: int
     kept_versions: tuple[int, ...]
+    # Versions a release or a recorded build names whose log is gone: nothing can read them, so not kept.
+    unreadable_versions: tuple[int, ...] = ()
 
 
 def kept_versions(lake: Lake, *, retention_hours: float, now: datetime) -> dict[str, set[int]]:
@@ -68,13 +73,15 @@ def vacuum_lake(lake: Lake, *, retention_hours: float, dry_run: bool = False,
     kept = kept_versions(lake, retention_hours=retention_hours, now=datetime.now(UTC))
     done = []
     for spec in existing_tables(lake):
-        keep = sorted(kept.get(spec.name, ()))
+        wanted = sorted(kept.get(spec.name, ()))
+        keep = [v for v in wanted if lake.readable_version(spec, v)]
         # The log keeps naming removed files after a vacuum deleted them: count only those still there.
         present = lake.sizes_of(spec, lake.unreferenced_files(spec, retention_hours=retention_hours,
                                                               keep_versions=keep))
         if not dry_run:
             lake.delete_files(spec, sorted(present))
-        result = Vacuumed(spec.name, len(present), sum(present.values()), tuple(keep))
+        result = Vacuumed(spec.name, len(present), sum(present.values()), tuple(keep),
+                          tuple(v for v in wanted if v not in keep))
         done.append(result)
         if on_table is not None:
             on_table(result)
@@ -112,7 +119,12 @@ def vacuum_lakehouse(env: str = "local", lake_root: str | None = None, retention
                        wait_seconds=settings.run_lock_wait_seconds,
                        on_wait=lambda held: logger.warning("waiting for the lake's run lock, held by %s (%s)",
                                                            held.get("run_id"), held.get("what")))
-    rows = [asdict(v) | {"kept_versions": ", ".join(map(str, v.kept_versions))} for v in done]
+    for v in done:
+        if v.unreadable_versions:
+            logger.warning("%s: version(s) %s no longer readable (their log was cleaned up), files not kept",
+                           v.table, ", ".join(map(str, v.unreadable_versions)))
+    rows = [asdict(v) | {"kept_versions": ", ".join(map(str, v.kept_versions)),
+                         "unreadable_versions": ", ".join(map(str, v.unreadable_versions))} for v in done]
     create_table_artifact(key="vacuum-lakehouse", table=rows,
                           description=f"Vacuum of {settings.lake_root} (retention {hours:g} h"
                                       f"{', dry run: nothing deleted' if dry_run else ''})")
