@@ -5,6 +5,7 @@ engines; without a build it can trust, the table is built whole."""
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
@@ -135,3 +136,32 @@ def test_without_a_build_it_can_trust_the_table_is_built_whole(lake_copy, monkey
     customer_grain.record(lake, spec, engine.version(spec), inputs, "t")
     since, why = customer_grain.recorded_inputs(lake, spec, engine.version(spec), older)
     assert since is None and "silver.customer_versions" in why
+
+
+def test_a_recorded_input_version_whose_log_was_cleaned_up_is_not_built_on(lake_copy, tmp_path):
+    """delta-rs drops the commits before a checkpoint once they are older than the log retention (a lake idle
+    for a month): the recorded build's input version cannot be read, so the table is built whole."""
+    from deltalake import DeltaTable
+
+    engine = lake_copy["engine_impl"]
+    links = table("silver.customer_crm_links")
+    _replace(engine, links.name, _rows(engine, links.name)[1:])  # a link gone: the input moved on
+    dt = DeltaTable(str(lake_copy["root"] / links.path))
+    latest = dt.version()
+    dt.create_checkpoint()
+    for v in range(latest):
+        (lake_copy["root"] / links.path / "_delta_log" / f"{v:020d}.json").unlink()
+    # Loaded afresh under another path, as the next run's process would (this one keeps what it loaded, by path).
+    cleaned = tmp_path / "cleaned"
+    shutil.copytree(lake_copy["root"], cleaned)
+    ctx = RunContext(run_date=date.fromisoformat(FLOW_DAYS[-1]), run_id="cleaned", started_at=datetime.now(UTC),
+                     overrides={"lake_root": str(cleaned), "landing_root": str(lake_copy["landing"]),
+                                **lake_copy["engine"]})
+    lake, fresh = ctx.settings().lake(), ctx.engine()
+    spec = table(DIM)
+    inputs = {n: fresh.version(table(n)) for n in ("silver.customer_versions", "silver.customer_crm_links")}
+    since, why = customer_grain.recorded_inputs(lake, spec, fresh.version(spec), inputs)
+    assert since is None and "silver.customer_crm_links's recorded version" in why and "cleaned up" in why
+    summary = build_gold.fn(ctx, DIM, [])
+    assert summary["customers_rebuilt"] is None, "built whole"
+    assert_same_rows(DIM, normalise(fresh.to_arrow(fresh.scan(spec)), DIM), _whole(fresh))
