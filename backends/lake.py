@@ -266,6 +266,9 @@ class Lake:
         older than the table's log retention (30 days by default) once a checkpoint follows them."""
         from deltalake.exceptions import DeltaError
 
+        latest = self.delta_table(spec)
+        if latest is not None and latest.version() == version:
+            return True  # the latest, already loaded
         try:
             return self._loaded_table(self.uri(spec), version) is not None
         except DeltaError:

@@ -86,7 +86,7 @@ def recorded_inputs(lake: Lake, spec: TableSpec, table_version: int | None,
             return None, f"input {name} is at version {now}, recorded {inputs.get(name)}"
         # The rows that changed since are found by comparing with the recorded version, which delta-rs may have
         # cleaned up (a lake idle past the log retention, 30 days by default).
-        if inputs[name] < now and not lake.readable_version(table(name), inputs[name]):
+        if not lake.readable_version(table(name), inputs[name]):
             return None, (f"input {name}'s recorded version {inputs[name]} can no longer be read (delta-rs "
                           "cleaned up its log)")
     return inputs, ""

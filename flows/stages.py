@@ -368,7 +368,7 @@ def plan_gold(ctx: RunContext) -> list[date] | None:
     # The run date's bronze files: the silver rows that came from them are the ones the batches wrote (a file
     # column reads far less than the rows' hashes).
     def batch(name: str) -> nw.LazyFrame:
-        return bronze.batch_for(engine.scan(table(name)), ctx.run_date).select("_source_file").unique()
+        return bronze.batch_for(engine.scan(table(name)), ctx.run_date).select("_source_file")
 
     # Events the batch accepted lie within the lookback (late.beyond_lookback), so older event partitions are
     # not read.
@@ -535,19 +535,17 @@ def release_gold(ctx: RunContext, versions: dict[str, int], order_dates: list[da
     keys = {name: engine.materialize(scan(name).select(*sorted(columns))) for name, columns in pointed.items()}
 
     @functools.cache
-    def lost_since_current(parent: str, columns: tuple[str, ...]) -> bool:
+    def lost_since_current(parent: str) -> bool:
+        """Whether ``parent`` lost a combination of its referenced key columns since the current release (none
+        lost: no value of any one of them was)."""
         assert current is not None  # partitions_only asks only when there is a release
         before = engine.scan(table(parent), version=current.versions[parent])
-        return engine.count(audit.lost_keys(before, keys[parent], columns)) > 0
+        return engine.count(audit.lost_keys(before, keys[parent], sorted(pointed[parent]))) > 0
 
     def partitions_only(spec: TableSpec) -> bool:
         if order_dates is None or current is None or spec.partition_by != ("order_date",):
             return False
-        parents: dict[str, set[str]] = {}
-        for r in spec.references:
-            if r.table in current.versions:
-                parents.setdefault(r.table, set()).update(r.to)
-        return not any(lost_since_current(parent, tuple(sorted(columns))) for parent, columns in parents.items())
+        return not any(lost_since_current(r.table) for r in spec.references if r.table in current.versions)
 
     failures = []
     for name in versions:

@@ -51,7 +51,7 @@ def check_references(spec: TableSpec, scan: Callable[[str], nw.LazyFrame],
 def lost_keys(before: nw.LazyFrame, after: nw.LazyFrame, columns: Sequence[str]) -> nw.LazyFrame:
     """Distinct ``columns`` values a parent table had ``before`` and no longer has ``after``. With several
     references to one parent, the union of their columns asks once: when no combination was lost, no value of
-    any one column was."""
+    any one column was (a lost combination is conservative: the caller checks everything)."""
     old = before.select(*columns).unique()
     return old.join(after.select(*columns).unique(), on=list(columns), how="anti")
 

@@ -48,3 +48,14 @@ def assert_same_rows(name: str, left: pl.DataFrame, right: pl.DataFrame) -> None
     for col in floats:
         for a, b in zip(left.get_column(col).to_list(), right.get_column(col).to_list(), strict=True):
             assert (a is None and b is None) or math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL), (name, col, a, b)
+
+
+def clean_up_log(table_path: Path) -> int:
+    """What delta-rs' expired-log cleanup leaves of a table's log (a lake idle past the log retention): a
+    checkpoint at the latest version, and the commits before it gone. Returns that version."""
+    dt = DeltaTable(str(table_path))
+    latest = dt.version()
+    dt.create_checkpoint()
+    for v in range(latest):
+        (table_path / "_delta_log" / f"{v:020d}.json").unlink()
+    return latest
