@@ -1,69 +1,652 @@
-"""What every engine's landing reader shares: the shape of rejected records and how they are described.
+"""The landing reader every engine shares: each file of an entity's folder is read into text columns or refused
+whole, and each record that cannot become a row is a reject carrying its raw bytes.
 
-A record that cannot become a bronze row (a line that is not a JSON object) is returned as a reject with the
-quarantine columns, so that both engines quarantine it identically. A file whose schema is wrong (a declared
-column missing or renamed, a column that cannot be read as text) is refused whole, by the same test on both.
+Both engines call :func:`read_files` and only convert its Arrow result, so the same bytes give the same rows,
+rejects and refusals on the laptop and on Spark. Paths are opened as paths (never globbed); compressed files
+(gzip, zstd) are recognised by their first bytes; a file is read as a stream with every record bounded
+(``contracts.landing.READ_LIMITS``), so a hostile file costs bounded memory and time.
+
+Row semantics, per format (README "Landing format" says the same):
+- CSV: RFC 4180 with a header row; UTF-8 with or without a BOM; LF or CRLF line ends (a lone CR is data);
+  empty lines are skipped; an empty field is null. A quoted field may span lines; a line that opens a quote no
+  later line closes into a record of the header's width is quarantined alone and reading goes on with the next.
+- JSON lines: one object per line (blank lines skipped); a string, number (its literal text) or boolean
+  (``true``/``false``) value is kept as text, null as null.
+- Parquet: typed columns give the text a CSV would carry (:func:`_canonical_text`): timestamps in UTC as
+  ``YYYY-MM-DDTHH:MM:SS[.fraction]Z`` (a timestamp without a zone is UTC), dates ``YYYY-MM-DD``, decimals with
+  their scale, booleans ``true``/``false``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import codecs
+import csv
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
 
 from backends.expressions import record_digest
 from contracts.catalog import QUARANTINE_COLUMNS
-from contracts.landing import LandingEntity
+from contracts.landing import FILE_RULES, READ_LIMITS, RECORD_RULES, LandingEntity, ReadLimits
 
 REJECT_SCHEMA = pa.schema([(c, pa.large_string()) for c in ("rule", "reason", "record", "record_hash", "source_file")])
 assert set(REJECT_SCHEMA.names) <= set(QUARANTINE_COLUMNS)
-
-MALFORMED_JSON = "parse.malformed_json"
-MALFORMED_JSON_REASON = "expected one JSON object per line, got text that does not parse"
-
-
-def malformed_lines(lines: list[tuple[str, str]]) -> pa.Table:
-    """Rejects for ``(line, source_file)`` pairs that are not JSON objects."""
-    return pa.Table.from_pylist(
-        [{"rule": MALFORMED_JSON, "reason": MALFORMED_JSON_REASON, "record": line, "record_hash": record_digest([line]),
-          "source_file": label} for line, label in lines],
-        schema=REJECT_SCHEMA,
-    )
-
-
 REFUSED_SCHEMA = pa.schema([(c, pa.large_string()) for c in ("source_file", "problem", "reason")])
-MISSING_COLUMN = "schema.missing_column"
-UNCASTABLE_COLUMN = "schema.uncastable_column"
+
+_KEEP = "the file was not ingested and stays where it is: fix it and run its date again"
+_GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 
 
-def refused_file(entity: LandingEntity, file_name: str, label: str, *, got: dict[str, str],
-                 nested: Callable[[str], bool]) -> dict[str, str] | None:
-    """Why a file of ``entity`` cannot be read (``got``: its column -> type name; ``nested(column)``: the
-    engine's test for a type that does not cast to text), or None when it can. Such a file is not ingested."""
-    missing = [c for c in entity.column_names if c not in got]
-    keep = "the file was not ingested and stays where it is: fix it and run its date again"
+# ------------------------------------------------------------------------------------------------ listing
+@dataclass(frozen=True)
+class LandingFolder:
+    """The files of one entity's date folder: those it reads (``(path, label)``, sorted by name), those refused
+    for their name, and hidden or marker files (``.*``, ``_*``, e.g. ``_SUCCESS``) that are not deliveries."""
+
+    files: list[tuple[Path, str]]
+    refused: list[dict[str, str]]
+    ignored: list[str]
+
+
+def list_folder(entity: LandingEntity, folder: Path, root: Path) -> LandingFolder:
+    """Every entry of ``folder``: read, refused (an extension the entity does not accept, a sub-folder) or ignored."""
+    files: list[tuple[Path, str]] = []
+    refused: list[dict[str, str]] = []
+    ignored: list[str] = []
+    if not folder.is_dir():
+        return LandingFolder(files, refused, ignored)
+    accepted = entity.accepted_suffixes
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        label = path.relative_to(root).as_posix()
+        if path.name.startswith((".", "_")):
+            ignored.append(label)
+        elif path.is_file() and path.name.lower().endswith(accepted):
+            files.append((path, label))
+        else:
+            what = "a folder" if path.is_dir() else f"a file named {path.name!r}"
+            refused.append(_refusal(label, "file.extension",
+                                    f"expected a file named *{', *'.join(accepted)} in {entity.name}'s folder, got "
+                                    f"{what}; {_KEEP} (rename it, or move it to its entity's folder)"))
+    return LandingFolder(files, refused, ignored)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+@dataclass
+class ArrowRead:
+    """Landing files of one entity as Arrow: ``rows`` (declared columns as text + ``_source_file``),
+    ``rejects`` (quarantine columns), ``refused`` (``source_file, problem, reason``); ``records`` counts each
+    file's input records (rows + rejects) so a stage can check that nothing was lost."""
+
+    rows: pa.Table
+    rejects: pa.Table
+    refused: pa.Table
+    records: dict[str, int] = field(default_factory=dict)
+
+
+class _Refused(Exception):  # a control-flow signal inside this module, never raised out of it
+    def __init__(self, problem: str, reason: str) -> None:
+        super().__init__(problem)
+        self.problem, self.reason = problem, reason
+
+
+def read_files(entity: LandingEntity, files: Sequence[tuple[Path, str]], *,
+               limits: ReadLimits = READ_LIMITS) -> ArrowRead:
+    """Read ``files`` (``(path, label)``) of ``entity``. A file is all or nothing: its rows and rejects are kept
+    only when the whole file was read; a file that cannot be read is refused with a reason, and the rest go on."""
+    columns = entity.column_names
+    row_tables: list[pa.Table] = []
+    rejects: list[dict[str, str]] = []
+    refused: list[dict[str, str]] = []
+    records: dict[str, int] = {}
+    reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[entity.format]
+    for path, label in files:
+        out = _FileOut(label, columns, limits)
+        try:
+            reader(entity, path, out)
+        except _Refused as refusal:
+            refused.append(_refusal(label, refusal.problem, refusal.reason))
+            continue
+        except (OSError, EOFError, ValueError, pa.ArrowException) as error:  # a broken stream, a truncated file
+            refused.append(_refusal(label, "file.unreadable",
+                                    f"expected a readable {entity.format} file for {entity.name}, got {path.name} that "
+                                    f"fails to read ({type(error).__name__}); {_KEEP}"))
+            continue
+        table = out.table()
+        row_tables.append(table)
+        rejects.extend(out.rejects)
+        records[label] = table.num_rows + len(out.rejects)
+    schema = pa.schema([(c, pa.large_string()) for c in (*columns, "_source_file")])
+    rows = pa.concat_tables(row_tables) if row_tables else schema.empty_table()
+    return ArrowRead(rows, pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA) if rejects
+                     else REJECT_SCHEMA.empty_table(), pa.Table.from_pylist(refused, schema=REFUSED_SCHEMA), records)
+
+
+def _refusal(label: str, problem: str, reason: str) -> dict[str, str]:
+    assert problem in FILE_RULES, problem
+    return {"source_file": label, "problem": problem, "reason": reason}
+
+
+class _FileOut:
+    """What one file produced so far: value rows (column-wise) and rejects."""
+
+    def __init__(self, label: str, columns: list[str], limits: ReadLimits) -> None:
+        self.label, self.columns, self.limits = label, columns, limits
+        self.values: list[list[str | None]] = [[] for _ in columns]
+        self.tables: list[pa.Table] = []
+        self.rejects: list[dict[str, str]] = []
+
+    def row(self, values: Sequence[str | None], record: str) -> None:
+        if any(v is not None and "\x00" in v for v in values):
+            self.reject("encoding.nul_byte", "expected text without NUL characters, got a value holding one", record)
+            return
+        for column, value in zip(self.values, values, strict=True):
+            column.append(value)
+
+    def reject(self, rule: str, reason: str, record: str) -> None:
+        assert rule in RECORD_RULES, rule
+        self.rejects.append({"rule": rule, "reason": reason, "record": record, "record_hash": record_digest([record]),
+                             "source_file": self.label})
+
+    def add_table(self, table: pa.Table, records: pa.Array | None) -> None:
+        """Rows decoded in bulk (declared columns as text); rows holding a NUL become rejects (``records``: the
+        raw text of each row, or None to describe a row by its values)."""
+        nul = None
+        for c in self.columns:
+            has = pc.fill_null(pc.match_substring(table[c], "\x00"), False)
+            nul = has if nul is None else pc.or_(nul, has)
+        if nul is not None and pc.any(nul).as_py():
+            for i in pc.indices_nonzero(nul).to_pylist():
+                record = records[i].as_py() if records is not None else _row_record(table.slice(i, 1))
+                self.reject("encoding.nul_byte", "expected text without NUL characters, got a value holding one",
+                            record)
+            table = table.filter(pc.invert(nul))
+        self.tables.append(table.select(self.columns))
+
+    def table(self) -> pa.Table:
+        text = pa.schema([(c, pa.large_string()) for c in self.columns])
+        parts = [t.cast(text) for t in self.tables]
+        if self.values[0] if self.values else False:
+            parts.append(pa.table([pa.array(v, pa.large_string()) for v in self.values], schema=text))
+        table = pa.concat_tables(parts) if parts else text.empty_table()
+        return table.append_column("_source_file", pa.repeat(pa.scalar(self.label, pa.large_string()), table.num_rows)
+                                   if table.num_rows else pa.array([], pa.large_string()))
+
+
+def _row_record(row: pa.Table) -> str:
+    return json.dumps({k: v[0] for k, v in row.to_pydict().items()}, ensure_ascii=False, default=str)
+
+
+# ------------------------------------------------------------------------------------------------ streams
+class _RawStream(io.RawIOBase):
+    """An Arrow input stream (a decompressing one) as a raw Python stream, so it can be line-buffered."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _open(path: Path) -> tuple[BinaryIO, int, bool]:
+    """``path`` as a buffered byte stream, decompressed when its first bytes say gzip or zstd (whatever its
+    name); its size on disk; whether it was compressed."""
+    size = path.stat().st_size
+    with path.open("rb") as probe:
+        magic = probe.read(4)
+    compression = "gzip" if magic.startswith(_GZIP) else "zstd" if magic == _ZSTD else None
+    named = next((c for c in (".gz", ".zst") if path.name.lower().endswith(c)), None)
+    if named and compression is None and size:
+        raise _Refused("file.unreadable", f"expected {named} compressed data in {path.name} (its name says so), got "
+                                          f"bytes that are not; {_KEEP}")
+    if compression is None:
+        return path.open("rb"), size, False
+    raw = _RawStream(pa.input_stream(str(path), compression=compression))
+    return io.BufferedReader(raw, buffer_size=1 << 20), size, True  # type: ignore[return-value]
+
+
+def _lines(stream: BinaryIO, limit: int) -> Iterator[tuple[bytes, int]]:
+    """Each line of ``stream`` with its end, and its length; a line longer than ``limit`` is yielded cut to
+    ``limit`` bytes with its full length (the rest is read and dropped, so memory stays bounded)."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line, len(line)
+            continue
+        length = len(line)
+        while True:
+            more = stream.readline(limit)
+            length += len(more)
+            if not more or more.endswith(b"\n"):
+                break
+        yield line[:limit], length
+
+
+def _escaped(raw: bytes) -> str:
+    """Bytes as text: UTF-8 where it decodes, each other byte as ``\\xNN``."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _too_large(out: _FileOut, head: bytes, length: int, what: str) -> None:
+    kept = out.limits.kept_record_bytes
+    out.reject("parse.record_too_large",
+               f"expected a {what} of at most {out.limits.max_record_bytes} bytes, got {length} bytes; the record "
+               f"keeps its first {kept}", _escaped(head[:kept]) + f"...[{length - kept} more bytes not kept]")
+
+
+def _strip_end(raw: bytes) -> bytes:
+    return raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
+
+
+# ------------------------------------------------------------------------------------------------ CSV
+def _read_csv(entity: LandingEntity, path: Path, out: _FileOut) -> None:
+    stream, size, _ = _open(path)
+    with stream:
+        if size == 0:
+            raise _Refused("file.empty", f"expected a CSV file with at least a header row for {entity.name}, got "
+                                         f"an empty (0-byte) {path.name}; {_KEEP}")
+        lines = _PushBack(_lines(stream, out.limits.max_record_bytes))
+        index, width = _csv_header(entity, path, lines, out.limits)
+        for raw, length in lines:
+            if length > out.limits.max_record_bytes:
+                _too_large(out, raw, length, "CSV record")
+                continue
+            body = _strip_end(raw)
+            if not body:
+                continue
+            if b'"' not in body:
+                fields: list[str] | None = body.decode("utf-8", "surrogateescape").split(",")
+                record = body
+            else:
+                fields, record = _quoted_record(raw, lines, out, width)
+                if fields is None:
+                    continue
+            try:
+                record.decode("utf-8")
+            except UnicodeDecodeError as error:
+                out.reject("encoding.invalid_utf8", f"expected UTF-8 text, got byte 0x{record[error.start]:02x} at "
+                                                    f"offset {error.start} of the record", _escaped(record))
+                continue
+            if len(fields) != width:
+                out.reject("parse.field_count", f"expected {width} fields (the header's), got {len(fields)}",
+                           record.decode("utf-8"))
+                continue
+            out.row([fields[i] or None for i in index], record.decode("utf-8"))
+
+
+def _csv_header(entity: LandingEntity, path: Path, lines: _PushBack, limits: ReadLimits) -> tuple[list[int], int]:
+    """Positions of the declared columns in the header, and the header's width; refuses a bad header."""
+    first = next(lines, None)
+    if first is None:
+        raise _Refused("file.empty", f"expected a CSV file with at least a header row for {entity.name}, got "
+                                     f"{path.name} that holds nothing; {_KEEP}")
+    if first[0].count(b",") >= limits.max_columns:
+        raise _Refused("file.too_many_columns", f"expected at most {limits.max_columns} columns in {path.name} "
+                                                f"({entity.name}), got a header of {first[1]} bytes with more; {_KEEP}")
+    if first[1] > limits.max_record_bytes:
+        raise _Refused("file.unreadable", f"expected a header row of at most {limits.max_record_bytes} bytes in "
+                                          f"{path.name} ({entity.name}); {_KEEP}")
+    raw = _strip_end(first[0])
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refused("file.encoding", f"expected a UTF-8 header row in {path.name} ({entity.name}), got bytes that "
+                                        f"are not UTF-8; {_KEEP} (save it as UTF-8)") from None
+    try:
+        names = next(csv.reader([text], strict=True), [])
+    except csv.Error:
+        raise _Refused("file.unreadable", f"expected a CSV header row in {path.name} ({entity.name}), got a first line "
+                                          f"whose quoting does not parse; {_KEEP}") from None
+    _check_columns(entity, path.name, names, limits)
+    return [names.index(c) for c in entity.column_names], len(names)
+
+
+def _check_columns(entity: LandingEntity, file_name: str, names: list[str], limits: ReadLimits) -> None:
+    if len(names) > limits.max_columns:
+        raise _Refused("file.too_many_columns", f"expected at most {limits.max_columns} columns in {file_name} "
+                                                f"({entity.name}), got {len(names)}; {_KEEP}")
+    declared = entity.column_names
+    missing = [c for c in declared if c not in names]
     if missing:
-        extra = [c for c in got if c not in entity.column_names]
-        reason = (f"expected column(s) {missing} in {file_name} ({entity.name}), got columns {list(got)}"
-                  + (f" ({extra} not declared: renamed?)" if extra else "") + f"; {keep}")
-        return {"source_file": label, "problem": MISSING_COLUMN, "reason": reason}
-    bad = {c: got[c] for c in entity.column_names if nested(c)}
-    if bad:
-        reason = (f"expected column(s) {list(bad)} of {file_name} ({entity.name}) as text or a scalar that casts "
-                  f"to text, got {bad}; {keep}")
-        return {"source_file": label, "problem": UNCASTABLE_COLUMN, "reason": reason}
-    return None
+        extra = [c for c in names if c not in declared]
+        shown = names if len(names) <= 50 else [*names[:50], "..."]
+        raise _Refused("schema.missing_column",
+                       f"expected column(s) {missing} in {file_name} ({entity.name}), got columns {shown}"
+                       + (f" ({extra[:20]} not declared: renamed?)" if extra else "") + f"; {_KEEP}")
+    twice = sorted({c for c in declared if names.count(c) > 1})
+    if twice:
+        raise _Refused("schema.duplicate_column", f"expected each declared column once in {file_name} "
+                                                  f"({entity.name}), got {twice} more than once; {_KEEP}")
 
 
-def refused_table(rows: list[dict[str, str]]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=REFUSED_SCHEMA)
+class _PushBack:
+    """An iterator of lines that takes lines back (a failed multi-line record gives back all but its first)."""
+
+    def __init__(self, lines: Iterator[tuple[bytes, int]]) -> None:
+        self.lines, self.back = lines, []  # type: ignore[var-annotated]
+
+    def __iter__(self) -> _PushBack:
+        return self
+
+    def __next__(self) -> tuple[bytes, int]:
+        return self.back.pop() if self.back else next(self.lines)
+
+    def give_back(self, items: list[tuple[bytes, int]]) -> None:
+        self.back.extend(reversed(items))
 
 
-def partition_predicate(values: dict[str, list], alias: str | None = None) -> str:
-    """A SQL predicate matching exactly the given partition values (``{column: [values]}``)."""
-    prefix = f"{alias}." if alias else ""
-    parts = []
-    for col, vals in values.items():
-        literals = ", ".join("NULL" if v is None else f"'{v}'" for v in sorted(vals, key=lambda v: (v is None, v)))
-        parts.append(f"{prefix}{col} IN ({literals})")
-    return " AND ".join(parts)
+def _quoted_record(first: bytes, lines: _PushBack, out: _FileOut, width: int) -> tuple[list[str] | None, bytes]:
+    """Parse a record that holds a quote, taking more lines while a quoted field stays open. A record that does
+    not parse cleanly is quarantined: alone when it is one line, as its first line (``parse.unmatched_quote``)
+    when it took more, the other lines given back."""
+    taken = [(first, len(first))]
+    budget = out.limits.max_record_bytes - len(first)
+
+    def feed() -> Iterator[str]:
+        nonlocal budget
+        yield first.decode("utf-8", "surrogateescape")
+        while True:
+            item = next(lines, None)
+            if item is None or item[1] > budget or len(item[0]) < item[1]:
+                if item is not None:
+                    lines.give_back([item])
+                return
+            taken.append(item)
+            budget -= item[1]
+            yield item[0].decode("utf-8", "surrogateescape")
+
+    try:
+        fields = next(csv.reader(feed(), strict=True))
+    except (csv.Error, StopIteration):
+        fields = None
+    record = _strip_end(b"".join(raw for raw, _ in taken))
+    if fields is not None and len(taken) == 1:
+        return fields, record
+    if fields is not None and len(fields) == width:
+        return fields, record
+    line = _strip_end(first)
+    lines.give_back(taken[1:])
+    if len(taken) == 1:
+        out.reject("parse.malformed_row", "expected RFC 4180 quoting (a quoted field closed by a quote followed by "
+                                          "a comma or the line end), got a line that breaks it", _escaped(line))
+    else:
+        out.reject("parse.unmatched_quote", "expected a quoted field to close into a record of the header's width, "
+                                            "got a quote that no later line closes; the record ends at its own line "
+                                            "end", _escaped(line))
+    return None, line
+
+
+# ------------------------------------------------------------------------------------------------ JSON lines
+def _read_jsonl(entity: LandingEntity, path: Path, out: _FileOut) -> None:
+    """Read in blocks of ``json_chunk_bytes`` cut at line ends; a line longer than ``max_record_bytes`` is
+    quarantined (its head kept) while the rest of it is read and dropped."""
+    stream, _, _ = _open(path)
+    limit = out.limits.max_record_bytes
+    carry = b""
+    skipping: list[Any] | None = None  # [head, length] of an over-long line being read past
+    with stream:
+        while block := stream.read(out.limits.json_chunk_bytes):
+            if skipping is not None:
+                end = block.find(b"\n")
+                skipping[1] += len(block) if end < 0 else end + 1
+                if end < 0:
+                    continue
+                _too_large(out, skipping[0], skipping[1], "JSON line")
+                skipping, block = None, block[end + 1:]
+            data = carry + block
+            cut = data.rfind(b"\n")
+            carry = data[cut + 1:]
+            if cut >= 0:
+                _json_chunk(data[:cut].split(b"\n"), out)
+            if len(carry) > limit:
+                skipping, carry = [carry[:limit], len(carry)], b""
+        if skipping is not None:
+            _too_large(out, skipping[0], skipping[1], "JSON line")
+        elif carry:
+            _json_chunk([carry], out)
+
+
+def _json_chunk(lines: list[bytes], out: _FileOut) -> None:
+    """Decode JSON lines: plainly flat objects (one brace pair, no bracket, no NaN/Infinity literal) in bulk by
+    Arrow's decoder, every other line on its own. Both ways give the same rows: the bulk path only takes lines
+    the line-by-line rules accept unchanged (a bulk decode that fails, or disagrees line for line, is split in
+    halves down to single lines decoded on their own)."""
+    limit = out.limits.max_record_bytes
+    plain: list[bytes] = []
+    for raw in lines:
+        line = raw.strip(b" \t\r")
+        if not line:
+            continue
+        if len(line) > limit:
+            _too_large(out, line, len(line), "JSON line")
+        elif (line[:1] == b"{" and line[-1:] == b"}" and line.count(b"{") == 1 and b"[" not in line
+              and b"NaN" not in line and b"Infinity" not in line):
+            plain.append(line)
+        else:
+            _json_line(line, out)
+    if plain:
+        _bulk(plain, out)
+
+
+def _bulk(lines: list[bytes], out: _FileOut) -> None:
+    data = b"\n".join(lines)
+    try:
+        data.decode("utf-8")
+        schema = pa.schema([(c, pa.string()) for c in out.columns])
+        table = pa_json.read_json(io.BytesIO(data), read_options=pa_json.ReadOptions(
+            block_size=max(len(data) + 1, 1 << 20)), parse_options=pa_json.ParseOptions(
+            explicit_schema=schema, unexpected_field_behavior="ignore"))
+    except (UnicodeDecodeError, pa.ArrowException):
+        table = None
+    if table is not None and table.num_rows == len(lines):
+        out.add_table(table, pa.array([line.decode("utf-8") for line in lines], pa.large_string())
+                      if b"\\u0000" in data else None)
+    elif len(lines) <= 32:
+        for line in lines:
+            _json_line(line, out)
+    else:
+        half = len(lines) // 2
+        _bulk(lines[:half], out)
+        _bulk(lines[half:], out)
+
+
+class _LineRejected(Exception):  # a control-flow signal inside this module
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(rule)
+        self.rule, self.reason = rule, reason
+
+
+def _number(text: str) -> str:
+    if text in ("NaN", "Infinity", "-Infinity") or float(text) in (float("inf"), float("-inf")):
+        raise _LineRejected("parse.nonfinite_number", f"expected a finite JSON number, got {text[:40]}")
+    return text
+
+
+class _Number(str):
+    """A JSON number's literal text (kept as written)."""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise _LineRejected("parse.duplicate_key", f"expected each key once in a JSON object, got {twice[:5]} twice")
+    return dict(pairs)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _json_line(raw: bytes, out: _FileOut) -> None:
+    limits = out.limits
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        out.reject("encoding.invalid_utf8", f"expected UTF-8 text, got byte 0x{raw[error.start]:02x} at offset "
+                                            f"{error.start} of the line", _escaped(raw))
+        return
+    try:
+        if text.count("{") + text.count("[") > limits.max_json_depth:
+            # Bracket runs are checked before decoding: a deep line costs no recursion.
+            depth = level = 0
+            in_string = escaped = False
+            for ch in text:
+                if in_string:
+                    escaped, in_string = (not escaped and ch == "\\"), in_string and (escaped or ch != '"')
+                elif ch == '"':
+                    in_string = True
+                elif ch in "{[":
+                    level += 1
+                    depth = max(depth, level)
+                elif ch in "}]":
+                    level -= 1
+            if depth > limits.max_json_depth:
+                raise _LineRejected("parse.too_deep", f"expected JSON nested at most {limits.max_json_depth} levels, "
+                                                      f"got {depth}")
+        value = json.loads(text, parse_float=lambda s: _Number(_number(s)), parse_int=_Number,
+                           parse_constant=_number, object_pairs_hook=_pairs)
+    except _LineRejected as rejected:
+        out.reject(rejected.rule, rejected.reason, text)
+        return
+    except (json.JSONDecodeError, RecursionError):
+        out.reject("parse.malformed_json", "expected one JSON object per line, got text that does not parse", text)
+        return
+    if not isinstance(value, dict):
+        out.reject("parse.not_an_object", f"expected one JSON object per line, got a JSON {type(value).__name__}",
+                   text)
+        return
+    values: list[str | None] = []
+    for c in out.columns:
+        v = value.get(c)
+        if isinstance(v, dict | list):
+            out.reject("parse.nested_value", f"expected a text, number or boolean for {c!r}, got a JSON "
+                                             f"{'object' if isinstance(v, dict) else 'array'}", text)
+            return
+        values.append(None if v is None else ("true" if v else "false") if isinstance(v, bool) else str(v))
+    try:
+        for v in values:
+            if v is not None:
+                v.encode("utf-8")
+    except UnicodeEncodeError:
+        out.reject("encoding.invalid_utf8", "expected UTF-8 text, got a \\u escape of a lone surrogate", text)
+        return
+    out.row(values, text)
+
+
+# ------------------------------------------------------------------------------------------------ Parquet
+def _read_parquet(entity: LandingEntity, path: Path, out: _FileOut) -> None:
+    stream, size, compressed = _open(path)
+    with stream:
+        if size == 0:
+            raise _Refused("file.empty", f"expected a Parquet file for {entity.name}, got an empty (0-byte) "
+                                         f"{path.name}; {_KEEP}")
+        source: Any = io.BytesIO(stream.read()) if compressed else stream
+        try:
+            parquet = pq.ParquetFile(source)
+        except (pa.ArrowException, OSError):
+            raise _Refused("file.unreadable", f"expected a Parquet file for {entity.name}, got {path.name} that is "
+                                              f"not Parquet or is truncated (no valid footer); {_KEEP}") from None
+        schema = parquet.schema_arrow
+        _check_columns(entity, path.name, schema.names, out.limits)
+        types = {c: schema.field(c).type for c in entity.column_names}
+        bad = {c: str(t) for c, t in types.items() if not _castable(t)}
+        if bad:
+            raise _Refused("schema.uncastable_column",
+                           f"expected column(s) {list(bad)} of {path.name} ({entity.name}) as text or a scalar that "
+                           f"casts to text, got {bad}; {_KEEP}")
+        for batch in parquet.iter_batches(columns=entity.column_names, batch_size=256 * 1024):
+            table = pa.Table.from_batches([batch])
+            text, bad_rows = _canonical_text(table)
+            if bad_rows:
+                keep = [i for i in range(table.num_rows) if i not in bad_rows]
+                for i, (rule, reason) in sorted(bad_rows.items()):
+                    out.reject(rule, reason, _row_record(table.slice(i, 1)))
+                text = text.take(pa.array(keep, pa.int64()))
+            out.add_table(text, None)
+
+
+def _castable(dtype: pa.DataType) -> bool:
+    if pa.types.is_dictionary(dtype):
+        return _castable(dtype.value_type)
+    return (pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
+            or pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_decimal(dtype)
+            or pa.types.is_boolean(dtype) or pa.types.is_date(dtype) or pa.types.is_timestamp(dtype)
+            or pa.types.is_null(dtype))
+
+
+def _canonical_text(table: pa.Table) -> tuple[pa.Table, dict[int, tuple[str, str]]]:
+    """Each column as the text a CSV file would carry for the same value, and the rows that cannot be text
+    (row index -> rule, reason): a float NaN or infinity, a string that is not UTF-8."""
+    bad: dict[int, tuple[str, str]] = {}
+    out = []
+    for name in table.column_names:
+        col = table[name].combine_chunks()
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        t = col.type
+        if pa.types.is_floating(t):
+            finite = pc.is_finite(col)
+            for i in pc.indices_nonzero(pc.invert(pc.fill_null(finite, True))).to_pylist():
+                bad.setdefault(i, ("parse.nonfinite_number", f"expected a finite number in {name!r}, got {col[i]}"))
+            text = pc.if_else(pc.fill_null(finite, False), col, pa.scalar(None, t)).cast(pa.large_string())
+        elif pa.types.is_boolean(t):
+            text = pc.if_else(col, "true", "false").cast(pa.large_string())
+        elif pa.types.is_timestamp(t):
+            text = _timestamp_text(col)
+        elif pa.types.is_date(t):
+            text = col.cast(pa.date32()).cast(pa.large_string())
+        elif pa.types.is_null(t):
+            text = pa.nulls(len(col), pa.large_string())
+        elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            text = col.cast(pa.large_string())
+            try:
+                text.validate(full=True)
+            except pa.ArrowInvalid:  # a string column holding bytes that are not UTF-8: those rows are rejects
+                decoded = [v.decode("utf-8", "replace") if v is not None else None
+                           for v in col.cast(pa.large_binary()).to_pylist()]
+                for i, v in enumerate(col.cast(pa.large_binary()).to_pylist()):
+                    if v is not None and decoded[i].encode("utf-8") != v:
+                        reason = f"expected UTF-8 text in {name!r}, got bytes that are not"
+                        bad.setdefault(i, ("encoding.invalid_utf8", reason))
+                text = pa.array(decoded, pa.large_string())
+        else:  # integers and decimals: their plain digits (a decimal keeps its scale)
+            text = col.cast(pa.large_string())
+        out.append(text)
+    return pa.table(out, names=table.column_names), bad
+
+
+def _timestamp_text(col: pa.Array) -> pa.Array:
+    """Timestamps as UTC ``YYYY-MM-DDTHH:MM:SS[.fraction]Z`` (fraction without trailing zeros); a timestamp
+    without a zone is taken as UTC."""
+    unit = col.type.unit
+    utc = col.cast(pa.timestamp(unit, "UTC"))
+    seconds = pc.floor_temporal(utc, unit="second")
+    base = pc.strftime(seconds.cast(pa.timestamp("s", "UTC")), format="%Y-%m-%dT%H:%M:%S")
+    digits = {"s": 0, "ms": 3, "us": 6, "ns": 9}[unit]
+    if digits == 0:
+        return pc.binary_join_element_wise(base, "Z", "").cast(pa.large_string())
+    fraction = pc.subtract(utc.cast(pa.int64()), seconds.cast(pa.int64())).cast(pa.string())
+    fraction = pc.utf8_rtrim(pc.utf8_lpad(fraction, width=digits, padding="0"), characters="0")
+    dotted = pc.if_else(pc.equal(fraction, ""), "", pc.binary_join_element_wise(".", fraction, ""))
+    return pc.binary_join_element_wise(base, dotted, "Z", "").cast(pa.large_string())
+

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,30 +45,10 @@ class PolarsDeltaEngine:
 
     # ----------------------------------------------------------------------------------- landing files
     def read_landing(self, entity: LandingEntity, files: Sequence[tuple[Path, str]]) -> LandingRead:
-        columns = entity.column_names
-        frames: list[pl.DataFrame] = []
-        rejects: list[pa.Table] = []
-        refused: list[dict[str, str]] = []
-        if entity.format == "jsonl":
-            if files:  # every file's lines in one scan and one JSON decode: micro-batch files are many and small
-                rows, bad = _read_jsonl(files, columns)
-                frames.append(rows)
-                rejects.append(landing.malformed_lines(bad))
-        else:
-            for file, label in files:
-                raw = pl.read_csv(file, infer_schema=False) if entity.format == "csv" else pl.read_parquet(file)
-                problem = landing.refused_file(entity, file.name, label, got={c: str(t) for c, t in raw.schema.items()},
-                                               nested=lambda c, s=raw.schema: s[c].is_nested())
-                if problem:
-                    refused.append(problem)
-                    continue
-                text = raw.select([pl.col(c).cast(pl.Utf8) for c in columns])
-                frames.append(text.with_columns(_source_file=pl.lit(label)))
-        schema = {c: pl.Utf8 for c in (*columns, "_source_file")}
-        rows = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
-        hashed = with_record_hash(nw.from_native(rows.lazy()), columns)
-        return LandingRead(hashed, pa.concat_tables(rejects) if rejects else landing.REJECT_SCHEMA.empty_table(),
-                           landing.refused_table(refused))
+        read = landing.read_files(entity, files)
+        rows = pl.from_arrow(read.rows).lazy()  # type: ignore[union-attr]
+        hashed = with_record_hash(nw.from_native(rows), entity.column_names)
+        return LandingRead(hashed, read.rejects, read.refused, read.records)
 
     # ------------------------------------------------------------------------------------ Delta tables
     def exists(self, spec: TableSpec) -> bool:
@@ -257,56 +236,3 @@ def _candidate_files(dt: Any, data: pl.DataFrame, spec: TableSpec) -> tuple[int,
 
 def _partitions(data: pl.DataFrame, columns: tuple[str, ...]) -> dict[str, list[Any]]:
     return {c: data.get_column(c).unique().to_list() for c in columns}
-
-
-def _read_jsonl(files: Sequence[tuple[Path, str]], columns: list[str]) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
-    """JSON lines as text columns plus ``_source_file``; lines that are not a JSON object become rejects (with
-    the raw line and its file).
-
-    Fast path: lines shaped like an object are decoded in one go by Polars; only when that fails (a value that
-    is not text, a broken line that still looks like an object) is every line probed on its own.
-    """
-    labels = {str(path): label for path, label in files}
-    lines = (
-        pl.scan_csv([p for p, _ in files], has_header=False, separator="\x01", quote_char=None,
-                    schema={"_line": pl.Utf8}, include_file_paths="_path")
-        .with_columns(pl.col("_line").str.strip_chars(),
-                      pl.col("_path").replace_strict(labels, return_dtype=pl.Utf8).alias("_source_file"))
-        .drop("_path")
-        .filter(pl.col("_line") != "")
-        .collect()
-    )
-    shaped = pl.col("_line").str.starts_with("{") & pl.col("_line").str.ends_with("}")
-    candidates, others = lines.filter(shaped), lines.filter(~shaped)
-    bad = [(line, label) for line, label in others.select("_line", "_source_file").rows() if not _is_json_object(line)]
-    try:
-        payload = "\n".join(candidates.get_column("_line").to_list()).encode()
-        good = pl.read_ndjson(payload, schema={c: pl.Utf8 for c in columns}) if payload else None
-        if good is not None and good.height != candidates.height:
-            raise ValueError("row count changed while decoding")
-        good = good if good is not None else pl.DataFrame(schema={c: pl.Utf8 for c in columns})
-        good = good.with_columns(candidates.get_column("_source_file"))
-        good_others = others.filter(~pl.col("_line").is_in([line for line, _ in bad]))
-        if good_others.height:  # e.g. an object with trailing spaces inside quotes; decode one by one
-            good = pl.concat([good, _probe_lines(good_others, columns).drop("_line")])
-    except Exception:  # noqa: BLE001 - any decoding problem sends the batch down the line-by-line path
-        good = _probe_lines(lines, columns)
-        suspect = good.filter(pl.all_horizontal(pl.col(c).is_null() for c in columns))
-        bad = [(line, label) for line, label in suspect.select("_line", "_source_file").rows()
-               if not _is_json_object(line)]
-        good = good.filter(~pl.col("_line").is_in([line for line, _ in bad])) if bad else good
-        good = good.drop("_line")
-    return good.select(*columns, "_source_file"), bad
-
-
-def _probe_lines(lines: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    """Each line's fields by JSON path (a line that does not parse yields nulls); keeps ``_line``."""
-    return lines.with_columns(pl.col("_line").str.json_path_match(f"$.{c}").alias(c) for c in columns)
-
-
-def _is_json_object(line: str) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except json.JSONDecodeError:
-        return False
-

@@ -7,7 +7,7 @@ result back to the engine to write. Arrow is the exchange format at the edges (`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -50,15 +50,17 @@ class LandingRead:
     path under the landing root, recorded as ``_source_file``).
 
     ``rows`` has every declared column of the entity as text, plus ``_source_file`` and ``_record_hash``.
-    ``rejects`` are records that could not become rows (unparseable lines), with the quarantine columns
-    ``rule, reason, record, record_hash, source_file``. ``refused`` are whole files not read because their
-    schema is wrong (a declared column missing or renamed, a column that cannot be read as text):
-    ``source_file, problem, reason`` (``backends.landing.REFUSED_SCHEMA``).
+    ``rejects`` are records that could not become rows (a ragged CSV row, a line that is not a JSON object, bytes
+    that are not UTF-8), with the quarantine columns ``rule, reason, record, record_hash, source_file``.
+    ``refused`` are whole files not read (unreadable, empty, a declared column missing or renamed):
+    ``source_file, problem, reason`` (``backends.landing.REFUSED_SCHEMA``). ``records`` counts each read
+    file's input records (rows + rejects).
     """
 
     rows: nw.LazyFrame
     rejects: pa.Table
     refused: pa.Table
+    records: dict[str, int] = field(default_factory=dict)
 
 
 class Engine(Protocol):

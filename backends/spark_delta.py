@@ -52,6 +52,9 @@ def _spark_type(dtype: pa.DataType) -> str:
     raise EngineError(msg)
 
 
+_SLICE_BYTES = 64 << 20
+
+
 class SparkDeltaEngine:
     """PySpark + Delta behind the engine protocol. ``kind`` is ``classic``, ``connect`` or ``sail``."""
 
@@ -84,50 +87,17 @@ class SparkDeltaEngine:
 
     # ----------------------------------------------------------------------------------- landing files
     def read_landing(self, entity: LandingEntity, files: Sequence[tuple[Path, str]]) -> LandingRead:
-        F = self._functions()
-        columns = entity.column_names
-        frames: list[DataFrame] = []
-        rejects: list[pa.Table] = []
-        refused: list[dict[str, str]] = []
-        if entity.format == "jsonl" and files:
-            frames, rejects = self._read_jsonl(files, columns)
-            files = ()
-        for path, label in files:
-            uri = str(path)
-            if entity.format == "csv":
-                raw = (self.spark.read.option("header", True).option("multiLine", True).option("escape", '"')
-                       .csv(uri))
-            else:
-                raw = self.spark.read.parquet(uri)
-            got = {f.name: f.dataType.simpleString() for f in raw.schema.fields}
-            problem = landing.refused_file(entity, path.name, label, got=got,
-                                           nested=lambda c, g=got: g[c].startswith(("array<", "struct<", "map<")))
-            if problem:
-                refused.append(problem)
-                continue
-            text = raw.select(*(F.col(f"`{c}`").cast("string").alias(c) for c in columns))
-            frames.append(text.withColumn("_source_file", F.lit(label)))
-        if frames:
-            rows = _union(frames)
-        else:
-            rows = spark_frame(self.spark, pa.table({c: pa.array([], pa.string()) for c in (*columns, "_source_file")}))
-        hashed = with_record_hash(nw.from_native(rows), columns)
-        return LandingRead(hashed, pa.concat_tables(rejects) if rejects else landing.REJECT_SCHEMA.empty_table(),
-                           landing.refused_table(refused))
-
-    def _read_jsonl(self, files: Sequence[tuple[Path, str]], columns: list[str]) -> tuple[list[DataFrame], list[pa.Table]]:
-        """JSON lines of all ``files``: object lines as text columns, every other line a reject (one collect)."""
-        F = self._functions()
-        labelled = [self.spark.read.text(str(path)).select(
-            F.regexp_replace("value", r"^\s+|\s+$", "").alias("_line"), F.lit(label).alias("_source_file"))
-            for path, label in files]
-        lines = _union(labelled).filter(F.col("_line") != "")
-        is_object = F.json_object_keys("_line").isNotNull()
-        struct = ", ".join(f"`{c}` string" for c in columns)
-        parsed = lines.filter(is_object).select(F.from_json("_line", struct).alias("_j"), "_source_file")
-        bad = lines.filter(~is_object).toArrow()
-        pairs = list(zip(bad.column("_line").to_pylist(), bad.column("_source_file").to_pylist(), strict=True))
-        return [parsed.select("_j.*", "_source_file")], [landing.malformed_lines(pairs)] if pairs else []
+        """Landing files are read on the driver by the reader both engines share (``backends/landing.py``), so
+        the same bytes give the same rows, rejects and refusals as on the laptop; the rows are handed to Spark
+        in slices of at most ``_SLICE_BYTES`` of Arrow data."""
+        read = landing.read_files(entity, files)
+        table = read.rows
+        per_row = max(table.nbytes // max(table.num_rows, 1), 1)
+        step = max(_SLICE_BYTES // per_row, 1)
+        frames = [spark_frame(self.spark, table.slice(i, step)) for i in range(0, table.num_rows, step)]
+        rows = _union(frames) if frames else spark_frame(self.spark, table)
+        hashed = with_record_hash(nw.from_native(rows), entity.column_names)
+        return LandingRead(hashed, read.rejects, read.refused, read.records)
 
     # ------------------------------------------------------------------------------------ Delta tables
     def exists(self, spec: TableSpec) -> bool:
@@ -244,7 +214,7 @@ class SparkDeltaEngine:
 
     def _partitions(self, data: DataFrame, spec: TableSpec, alias: str | None = None) -> str:
         values = data.select(*spec.partition_by).distinct().toArrow()
-        return landing.partition_predicate({c: values.column(c).to_pylist() for c in spec.partition_by}, alias)
+        return partition_predicate({c: values.column(c).to_pylist() for c in spec.partition_by}, alias)
 
     def _write(self, spec: TableSpec, data: DataFrame, rows: int, *, mode: str,
                replace_where: str | None = None) -> WriteResult:
@@ -277,6 +247,16 @@ class SparkDeltaEngine:
                        "--spark-remote sc://host:port or leave --spark-master unset for the embedded Sail server")
                 raise EngineError(msg) from exc
             raise
+
+
+def partition_predicate(values: dict[str, list], alias: str | None = None) -> str:
+    """A SQL predicate matching exactly the given partition values (``{column: [values]}``)."""
+    prefix = f"{alias}." if alias else ""
+    parts = []
+    for col, vals in values.items():
+        literals = ", ".join("NULL" if v is None else f"'{v}'" for v in sorted(vals, key=lambda v: (v is None, v)))
+        parts.append(f"{prefix}{col} IN ({literals})")
+    return " AND ".join(parts)
 
 
 def _union(frames: Sequence[DataFrame]) -> DataFrame:

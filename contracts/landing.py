@@ -6,6 +6,10 @@ reads exactly this, and README's "Landing format" section documents it. Files fo
 
 All values are read as text into bronze (bronze is raw); silver parses them. Timestamps are ISO 8601 UTC
 (``2026-11-01T09:30:00Z``), dates ``YYYY-MM-DD``, decimals with a dot.
+
+The boundary's own rules are declared here too: which file names an entity accepts, the limits a file must stay
+within (``READ_LIMITS``), why a whole file is refused (``FILE_RULES``) and why one record is quarantined
+(``RECORD_RULES``). ``backends/landing.py`` applies them, the same for every engine.
 """
 
 from __future__ import annotations
@@ -47,6 +51,62 @@ class LandingEntity:
     @property
     def suffix(self) -> str:
         return {"csv": ".csv", "parquet": ".parquet", "jsonl": ".jsonl"}[self.format]
+
+    @property
+    def accepted_suffixes(self) -> tuple[str, ...]:
+        """File name endings this entity reads: its format's, plain or compressed (gzip, zstd)."""
+        return (self.suffix, *(self.suffix + c for c in COMPRESSED_SUFFIXES))
+
+
+COMPRESSED_SUFFIXES: tuple[str, ...] = (".gz", ".zst")
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What a landing file must stay within; past a limit the record is quarantined or the file refused, so a
+    hostile file costs bounded time and memory (one record of at most ``max_record_bytes`` is held at a time
+    besides the rows already read)."""
+
+    max_record_bytes: int = 1 << 20  # one CSV record / JSON line; a longer one is quarantined, its head kept
+    kept_record_bytes: int = 64 << 10  # how much of an over-long record the quarantine keeps
+    max_columns: int = 2000  # a header (CSV) or schema (Parquet) wider than this refuses the file
+    max_json_depth: int = 64  # nesting of a JSON line (objects and arrays)
+    json_chunk_bytes: int = 32 << 20  # JSON lines decoded together on the fast path
+
+
+READ_LIMITS = ReadLimits()
+
+# Why a landing file is refused whole (nothing of it ingested, the file kept where it is, logged in _refused/).
+FILE_RULES: dict[str, str] = {
+    "file.extension": "the file name does not end in one of the entity's accepted extensions",
+    "file.empty": "a 0-byte CSV or Parquet file (a CSV delivery without changes still carries its header row)",
+    "file.unreadable": "not readable as the entity's format: not Parquet, truncated, a broken compressed stream, "
+                       "a CSV header that does not parse",
+    "file.encoding": "the CSV header is not UTF-8",
+    "file.too_many_columns": f"more columns than the limit ({READ_LIMITS.max_columns})",
+    "schema.missing_column": "a declared column is missing (renamed?)",
+    "schema.duplicate_column": "a declared column appears more than once",
+    "schema.uncastable_column": "a declared column has a type that does not cast to text (nested, binary, time)",
+}
+
+# Why one landing record is quarantined in bronze (its raw bytes kept in the quarantine ``record``).
+RECORD_RULES: dict[str, str] = {
+    "parse.field_count": "a CSV record with more or fewer fields than the header",
+    "parse.unmatched_quote": "a CSV line opens a quoted field that no later line closes into a valid record; the "
+                             "record ends at the end of its own line and reading goes on with the next line",
+    "parse.malformed_row": "a CSV line whose quoting breaks RFC 4180 (text after a closing quote)",
+    "parse.record_too_large": f"a CSV record or JSON line longer than {READ_LIMITS.max_record_bytes} bytes "
+                              f"(the quarantine keeps its first {READ_LIMITS.kept_record_bytes} bytes)",
+    "parse.malformed_json": "a line that is not valid JSON",
+    "parse.not_an_object": "a JSON line that is valid JSON but not an object",
+    "parse.too_deep": f"a JSON line nested deeper than {READ_LIMITS.max_json_depth} levels",
+    "parse.nonfinite_number": "a number that is NaN, Infinity or out of a double's range (JSON literals "
+                              "NaN/Infinity/1e309, Parquet float NaN/inf)",
+    "parse.duplicate_key": "a JSON object that names the same key twice",
+    "parse.nested_value": "a declared column holds a JSON object or array instead of a scalar",
+    "encoding.invalid_utf8": "bytes that are not UTF-8 (e.g. a latin-1 name); the record keeps them escaped as \\xNN",
+    "encoding.nul_byte": "a value holds a NUL character",
+}
 
 
 def _c(name: str, type_: str, required: bool, meaning: str) -> LandingColumn:

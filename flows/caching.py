@@ -79,4 +79,5 @@ def _landing_fingerprint(ctx: RunContext, entity_name: str) -> list[tuple[str, i
     folder = ctx.landing_dir() / entity.source / entity.entity / ctx.run_date.isoformat()
     if not folder.is_dir():
         return []
-    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob(f"*{entity.suffix}"))]
+    # Every entry, whatever its name: a renamed, replaced or refused file changes what the run does.
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir(), key=lambda p: p.name)]

@@ -33,11 +33,16 @@ def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
     for entity in LANDING_ENTITIES:
         row: dict[str, Any] = {"entity": entity.name, "source": settings.sources.kind(entity.name)}
         if row["source"] == "files":
-            folder = (f"{settings.landing_root}/{entity.source}/{entity.entity}/{run_date.isoformat()}")
             from pathlib import Path
 
-            files = sorted(Path(folder).glob(f"*{entity.suffix}")) if Path(folder).is_dir() else []
-            rows.append({**row, "from": folder, "window": "-", "would_fetch": f"{len(files)} file(s)", "ok": True})
+            from backends.landing import list_folder
+
+            root = Path(settings.landing_root)
+            folder = root / entity.source / entity.entity / run_date.isoformat()
+            listed = list_folder(entity, folder, root)
+            refused = f", {len(listed.refused)} refused by name" if listed.refused else ""
+            rows.append({**row, "from": str(folder), "window": "-",
+                         "would_fetch": f"{len(listed.files)} file(s){refused}", "ok": True})
             continue
         try:
             connector = connector_for(entity, settings)

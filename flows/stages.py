@@ -17,7 +17,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.exceptions import MissingContextError
 
-from backends import Engine
+from backends import Engine, landing
 from backends.checkpoints import Checkpoints
 from backends.releases import Releases
 from contracts.catalog import Gate, TableSpec, bronze_for, quarantine_for, table, tables
@@ -70,12 +70,20 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     engine = ctx.engine()
     root = ctx.landing_dir()
     folder = root / entity.source / entity.entity / ctx.run_date.isoformat()
-    files = sorted(p for p in folder.glob(f"*{entity.suffix}") if p.is_file()) if folder.is_dir() else []
-    if not files:
+    listed = landing.list_folder(entity, folder, root)
+    if listed.ignored:
+        _logger().info("%s: not deliveries (hidden or marker files), left alone: %s", entity.name,
+                       ", ".join(listed.ignored))
+    if not listed.files and not listed.refused:
         _logger().warning("no landing files for %s on %s under %s", entity.name, ctx.run_date, folder)
-    labelled = [(f, f.relative_to(root).as_posix()) for f in files]
+    _log_refused(ctx, entity, listed.refused)
+    named_refused = [r["source_file"] for r in listed.refused]
+    labelled = listed.files
+    files = labelled
     if entity.stream:
-        return _ingest_stream(ctx, engine, entity, labelled)
+        summary = _ingest_stream(ctx, engine, entity, labelled)
+        summary["refused"] = named_refused + summary["refused"]
+        return summary
     # A file of the run date's folder can only have been ingested by a run of that date: look in its partition.
     done = set(_files_in(engine, bronze.batch_for(engine.scan(spec), ctx.run_date)))
     new = [(f, label) for f, label in labelled if label not in done]
@@ -92,7 +100,7 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
         rules.update(r)
     return _summary("bronze", spec, files=len(files), new_files=len(new), rows_in=rows + quarantined,
                     accepted=rows, quarantined=quarantined, rules=dict(rules), rows_written=rows, version=version,
-                    refused=refused)
+                    refused=named_refused + refused)
 
 
 @lake_task(lambda p: [], name="extract", task_run_name="extract-{entity_name}", **SOURCE_RETRIES)
@@ -157,7 +165,17 @@ def _append_files(ctx: RunContext, engine: Engine, entity: LandingEntity, files:
         )
         result = engine.append(spec, stamped)
         rows, version = result.rows, result.version
+        if rows + quarantined != sum(read.records.values()):
+            msg = (f"expected {sum(read.records.values())} input records of {entity.name} in bronze or quarantine, "
+                   f"got {rows} rows and {quarantined} quarantined; nothing else was written for these files")
+            raise AccountingError(msg)
     refused = read.refused.to_pylist() if read is not None else []
+    _log_refused(ctx, entity, refused)
+    return rows, quarantined, rules, version, [r["source_file"] for r in refused]
+
+
+def _log_refused(ctx: RunContext, entity: LandingEntity, refused: list[dict[str, str]]) -> None:
+    """Name each refused file in the run's log and append it to the entity's refused log."""
     for r in refused:
         _logger().error("refused %s (%s): %s", r["source_file"], r["problem"], r["reason"])
     if refused:
@@ -165,7 +183,6 @@ def _append_files(ctx: RunContext, engine: Engine, entity: LandingEntity, files:
         ctx.settings().lake().append_log(refused_log(entity.source, entity.entity), pa.Table.from_pylist(
             [{**r, "run_id": ctx.run_id, "run_date": ctx.run_date, "refused_at": now} for r in refused],
             schema=REFUSED_LOG_SCHEMA))
-    return rows, quarantined, rules, version, [r["source_file"] for r in refused]
 
 
 def _ingest_stream(ctx: RunContext, engine: Engine, entity: LandingEntity,
@@ -193,19 +210,25 @@ def _ingest_stream(ctx: RunContext, engine: Engine, entity: LandingEntity,
     step = settings.stream_commit_max_files
     rows = quarantined = 0
     rules: Counter[str] = Counter()
+    refused: list[str] = []
     version = engine.version(spec)
     for i in range(0, len(todo), step):
         chunk = todo[i:i + step]
-        n, q, r, version, _ = _append_files(ctx, engine, entity, chunk)
-        checkpoints.record([label for _, label in chunk], [_lines(f) for f, _ in chunk], rows=n, quarantined=q,
-                           bronze_version=version or 0, recovered=False, run_id=ctx.run_id, run_date=ctx.run_date)
+        n, q, r, version, bad = _append_files(ctx, engine, entity, chunk)
+        refused += bad
+        # A refused file is not checkpointed: once fixed, a rerun of its date applies it.
+        applied_now = [(f, label) for f, label in chunk if label not in bad]
+        if applied_now:
+            checkpoints.record([label for _, label in applied_now], [_lines(f) for f, _ in applied_now], rows=n,
+                               quarantined=q,
+                               bronze_version=version or 0, recovered=False, run_id=ctx.run_id, run_date=ctx.run_date)
         rows, quarantined = rows + n, quarantined + q
         rules.update(r)
         _logger().info("%s: applied micro-batch files %d-%d of %d (%d rows)", entity.name, i + 1,
                        i + len(chunk), len(todo), n)
     return _summary("bronze", spec, files=len(files), new_files=len(todo), rows_in=rows + quarantined,
                     accepted=rows, quarantined=quarantined, rules=dict(rules), rows_written=rows, version=version,
-                    refused=[], recovered_files=len(orphaned))
+                    refused=refused, recovered_files=len(orphaned))
 
 
 def _files_in(engine: Engine, frame: nw.LazyFrame) -> dict[str, int]:
@@ -226,7 +249,7 @@ REFUSED_LOG_SCHEMA = pa.schema([
 
 
 def refused_log(source: str, entity: str) -> str:
-    """Where files refused for a wrong schema are recorded (each run that refuses one appends a row)."""
+    """Where refused landing files are recorded (each run that refuses one appends a row)."""
     return f"_refused/{source}/{entity}"
 
 
