@@ -1,0 +1,314 @@
+"""The input boundary: a corpus of damaged landing files, each derived from a valid generated day, read on both
+engines. Every file is read or refused with the expected reason, every bad record quarantined with the expected
+rule and its raw bytes, input records = bronze rows + quarantined rows per file, and both engines give the same
+bronze rows."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from backends import Lake, get_backend
+from backends.expressions import record_digest
+from backends.landing import list_folder
+from contracts.landing import FILE_RULES, RECORD_RULES, landing_entity
+from deployments.settings import SparkSettings
+
+DAY = date(2026, 11, 1)
+ACCOUNTS, EVENTS, CUSTOMERS = (landing_entity(n) for n in ("crm.accounts", "kafka.order_events", "snowflake.customers"))
+
+
+@pytest.fixture(scope="module")
+def valid_day(tmp_path_factory) -> Path:
+    """One generated day (scale 0.01): the valid files every damaged file is derived from."""
+    from tasks.sample_data import generate
+
+    out = tmp_path_factory.mktemp("valid-day")
+    generate(out, days=1, scale=0.01, seed=3, start=DAY)
+    return out
+
+
+@pytest.fixture(scope="module", params=["polars", "sail"])
+def engine(request, tmp_path_factory):
+    lake = Lake(str(tmp_path_factory.mktemp("lake")))
+    if request.param == "sail":
+        return get_backend("spark", lake, SparkSettings(remote=request.getfixturevalue("sail_url")))
+    return get_backend("polars", lake)
+
+
+def valid_file(day: Path, entity) -> Path:
+    folder = day / entity.source / entity.entity / DAY.isoformat()
+    return min(p for p in folder.iterdir() if p.name.endswith(entity.suffix))
+
+
+def csv_lines(day: Path) -> tuple[str, list[str]]:
+    header, *rows = valid_file(day, ACCOUNTS).read_text().splitlines()
+    assert '"' not in "".join(rows)  # the derivations below rely on an unquoted export
+    return header, rows
+
+
+def json_lines(day: Path) -> list[str]:
+    """The valid JSON lines of the day's first micro-batch file (the generator's own dirt removed)."""
+    lines = valid_file(day, EVENTS).read_text().splitlines()
+    return [line for line in lines if line.startswith("{") and _is_object(line)]
+
+
+def _is_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+@dataclass
+class Case:
+    """A damaged delivery: the files it lands (name -> bytes), derived from the valid day, and what must
+    come of it: refused files (name -> problem), quarantined rules, and the bronze rows by key column."""
+
+    entity: Any
+    files: Callable[[Path], dict[str, bytes]]
+    refused: dict[str, str] = field(default_factory=dict)
+    rules: dict[str, int] = field(default_factory=dict)
+    keys: Callable[[Path], list[str]] | None = None  # expected bronze key values (sorted), None: the valid file's
+
+
+def _csv(header: str, rows: list[str], *, end: str = "\n") -> bytes:
+    return (header + end + end.join(rows) + end).encode()
+
+
+def _with_csv(change: Callable[[str, list[str]], bytes]) -> Callable[[Path], dict[str, bytes]]:
+    return lambda day: {"accounts_export.csv": change(*csv_lines(day))}
+
+
+def _ids(rows: list[str]) -> list[str]:
+    return sorted(r.split(",")[0] for r in rows)
+
+
+def _except(*positions: int) -> Callable[[Path], list[str]]:
+    return lambda day: _ids([r for i, r in enumerate(csv_lines(day)[1]) if i not in positions])
+
+
+def _set(rows: list[str], i: int, column: int, value: str) -> list[str]:
+    fields = rows[i].split(",")
+    fields[column] = value
+    return [*rows[:i], ",".join(fields), *rows[i + 1:]]
+
+
+def _zstd(data: bytes) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as out:
+        out.write(data)
+    return sink.getvalue().to_pybytes()
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def _valid_parquet(day: Path) -> bytes:
+    return valid_file(day, CUSTOMERS).read_bytes()
+
+
+def _customer_ids(day: Path) -> list[str]:
+    return sorted(pq.read_table(valid_file(day, CUSTOMERS)).column("customer_id").to_pylist())
+
+
+CASES: dict[str, Case] = {
+    # ---------------------------------------------------------------- CSV rows
+    "ragged rows": Case(ACCOUNTS, _with_csv(lambda h, r: _csv(h, [r[0].rsplit(",", 1)[0], r[1] + ",extra", *r[2:]])),
+                        rules={"parse.field_count": 2}, keys=_except(0, 1)),
+    "unmatched quote": Case(ACCOUNTS, _with_csv(lambda h, r: _csv(h, _set(r, 3, 1, '"' + r[3].split(",")[1]))),
+                            rules={"parse.unmatched_quote": 1}, keys=_except(3)),
+    "latin-1 bytes": Case(ACCOUNTS, _with_csv(lambda h, r: _csv(h, r).replace(
+        r[2].encode(), ",".join(_set(r, 2, 4, "Jürgen Müller")[2].split(",")).encode("latin-1"))),
+        rules={"encoding.invalid_utf8": 1}, keys=_except(2)),
+    "NUL byte": Case(ACCOUNTS, _with_csv(lambda h, r: _csv(h, _set(r, 4, 1, "Acme\x00Corp"))),
+                     rules={"encoding.nul_byte": 1}, keys=_except(4)),
+    "10 MB field": Case(ACCOUNTS, _with_csv(lambda h, r: _csv(h, _set(r, 5, 1, "x" * (10 << 20)))),
+                        rules={"parse.record_too_large": 1}, keys=_except(5)),
+    "lone CR inside a field": Case(ACCOUNTS, _with_csv(lambda h, r: _csv(h, _set(r, 0, 1, "Acme\rCorp")))),
+    "BOM + CRLF": Case(ACCOUNTS, _with_csv(lambda h, r: b"\xef\xbb\xbf" + _csv(h, r, end="\r\n"))),
+    "formula-like values": Case(ACCOUNTS, _with_csv(lambda h, r: _csv(h, _set(_set(_set(r, 0, 1, "=HYPERLINK(\"x\")"),
+                                                                              1, 4, "+1 555"), 2, 3, "@SUM(A1)")))),
+    "type drift in a CSV column": Case(landing_entity("redshift.customer_behaviour"), lambda day: {
+        "customer_behaviour.csv": valid_file(day, landing_entity("redshift.customer_behaviour")).read_bytes()
+        .replace(b"\n", b"\nC9999999,2026-11-01,lots,1,1,1,2026-11-01T09:30:00Z\n", 1)},
+        keys=lambda day: sorted([*(r["customer_id"] for r in csv.DictReader(io.StringIO(valid_file(
+            day, landing_entity("redshift.customer_behaviour")).read_text()))), "C9999999"])),
+    # ---------------------------------------------------------------- CSV files
+    "renamed column": Case(ACCOUNTS, _with_csv(lambda h, r: _csv(h.replace("domain", "web_domain"), r)),
+                           refused={"accounts_export.csv": "schema.missing_column"}, keys=lambda day: []),
+    "duplicate header": Case(ACCOUNTS, _with_csv(lambda h, r: _csv(h + ",domain", [x + ",dup.com" for x in r])),
+                             refused={"accounts_export.csv": "schema.duplicate_column"}, keys=lambda day: []),
+    "empty CSV": Case(ACCOUNTS, lambda day: {"accounts_export.csv": b""},
+                      refused={"accounts_export.csv": "file.empty"}, keys=lambda day: []),
+    "header only": Case(ACCOUNTS, _with_csv(lambda h, r: (h + "\n").encode()), keys=lambda day: []),
+    "200,000 columns": Case(ACCOUNTS, lambda day: {"accounts_export.csv": (",".join(
+        f"c{i}" for i in range(200_000)) + "\n1\n").encode()},
+        refused={"accounts_export.csv": "file.too_many_columns"}, keys=lambda day: []),
+    "gzip named .csv": Case(ACCOUNTS, lambda day: {"accounts_export.csv": gzip.compress(valid_file(day, ACCOUNTS)
+                                                                                        .read_bytes())}),
+    "csv.gz and csv.zst": Case(ACCOUNTS, lambda day: {
+        "accounts.csv.gz": gzip.compress(_csv(*csv_lines(day))), "accounts.csv.zst": _zstd(_csv(*csv_lines(day)))},
+        keys=lambda day: sorted(_ids(csv_lines(day)[1]) * 2)),
+    "broken gzip": Case(ACCOUNTS, lambda day: {"accounts.csv.gz": gzip.compress(_csv(*csv_lines(day)))[:-40]},
+                        refused={"accounts.csv.gz": "file.unreadable"}, keys=lambda day: []),
+    "a glob in the name": Case(ACCOUNTS, lambda day: {
+        "accounts_export*.csv": _csv(csv_lines(day)[0], csv_lines(day)[1][:3]),
+        "accounts_export_2.csv": _csv(csv_lines(day)[0], csv_lines(day)[1][3:])}),
+    "brackets and a space in the name": Case(ACCOUNTS, lambda day: {"accounts_export [1].csv": _csv(*csv_lines(day))}),
+    "another extension": Case(ACCOUNTS, lambda day: {"accounts.xlsx": b"PK\x03\x04", "accounts_export.csv":
+                                                     _csv(*csv_lines(day)), "_SUCCESS": b"", ".DS_Store": b"\x00"},
+                              refused={"accounts.xlsx": "file.extension"}),
+    # ---------------------------------------------------------------- JSON lines
+    "JSON damage": Case(EVENTS, lambda day: {"batch-0001.jsonl": "\n".join([
+        *json_lines(day)[:20],
+        json_lines(day)[20][:-12],  # truncated
+        "[" * 5000 + "]" * 5000,  # deep
+        '{"event_id": ' + "[" * 5000 + "]" * 5000 + "}",
+        "[1, 2, 3]", '"just text"',  # not an object
+        json_lines(day)[21].replace('"placed"', "NaN"), json_lines(day)[22].replace('"placed"', "Infinity"),
+        json_lines(day)[23].replace('"placed"', "1e309"),
+        json_lines(day)[24].replace("placed", "pla\x01ced"),  # a raw control character
+        json_lines(day)[25].replace('"event_type"', '"event_type": {"a": 1}, "x"'),
+        json_lines(day)[26][:-1] + ', "event_id": "again"}',  # a key twice
+        "", "   ",  # blank lines are not records
+    ]).encode() + b"\n" + json_lines(day)[27].replace("placed", "plac\u00e9").encode("latin-1") + b"\n"},
+        rules={"parse.malformed_json": 2, "parse.too_deep": 2, "parse.not_an_object": 2,
+               "parse.nonfinite_number": 3, "parse.nested_value": 1, "parse.duplicate_key": 1,
+               "encoding.invalid_utf8": 1},
+        keys=lambda day: sorted(json.loads(x)["event_id"] for x in json_lines(day)[:20])),
+    "JSON numbers and booleans as text": Case(EVENTS, lambda day: {"batch-0001.jsonl": (
+        b'{"event_id": 17, "order_id": 1.50, "event_type": true, "status": null, "event_ts": "2026-11-01T00:00:00Z"}\n'
+        b'{"event_id": "E1", "order_id": "O1", "event_type": "created", "status": "placed", "event_ts": "t"}\n'
+    )}, keys=lambda day: ["17", "E1"]),
+    "empty JSON lines file": Case(EVENTS, lambda day: {"batch-0001.jsonl": b""}, keys=lambda day: []),
+    # ---------------------------------------------------------------- Parquet
+    "not Parquet": Case(CUSTOMERS, lambda day: {"customers.parquet": b"customer_id,email\nC1,a@b.c\n"},
+                        refused={"customers.parquet": "file.unreadable"}, keys=lambda day: []),
+    "truncated Parquet": Case(CUSTOMERS, lambda day: {"customers.parquet": _valid_parquet(day)[:-100]},
+                              refused={"customers.parquet": "file.unreadable"}, keys=lambda day: []),
+    "empty Parquet": Case(CUSTOMERS, lambda day: {"customers.parquet": b""},
+                          refused={"customers.parquet": "file.empty"}, keys=lambda day: []),
+    "Parquet .gz": Case(CUSTOMERS, lambda day: {"customers.parquet.gz": gzip.compress(_valid_parquet(day))},
+                        keys=_customer_ids),
+}
+
+
+def land(case: Case, day: Path, root: Path) -> tuple[list[tuple[Path, str]], list[dict], list[str]]:
+    """Write the case's files into the entity's date folder under ``root``; the folder listing's files to read,
+    files refused by name, and files ignored."""
+    e = case.entity
+    folder = root / e.source / e.entity / DAY.isoformat()
+    folder.mkdir(parents=True)
+    for name, data in case.files(day).items():
+        (folder / name).write_bytes(data)
+    listed = list_folder(e, folder, root)
+    return listed.files, listed.refused, listed.ignored
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_damaged_file_is_read_or_refused_with_its_reason(name, engine, valid_day, tmp_path):
+    case = CASES[name]
+    e = case.entity
+    files, refused_by_name, ignored = land(case, valid_day, tmp_path / "landing")
+    read = engine.read_landing(e, files)
+    rows = engine.to_arrow(read.rows).to_pylist()
+    refused = {r["source_file"].rsplit("/", 1)[1]: r["problem"] for r in [*refused_by_name, *read.refused.to_pylist()]}
+    assert refused == case.refused
+    assert all(problem in FILE_RULES for problem in refused.values())
+    assert dict(Counter(read.rejects.column("rule").to_pylist())) == case.rules
+    assert all(rule in RECORD_RULES for rule in case.rules)
+    key = e.column_names[0]
+    expected = case.keys(valid_day) if case.keys else _default_keys(e, valid_day)
+    assert sorted(r[key] for r in rows) == expected
+    # input records = bronze rows + quarantined, per file; refused files contribute nothing
+    per_file = Counter(r["_source_file"] for r in rows) + Counter(read.rejects.column("source_file").to_pylist())
+    assert {k: v for k, v in read.records.items() if v} == dict(per_file)
+    assert not set(refused) & {label.rsplit("/", 1)[1] for label in read.records}
+    assert all(r["_record_hash"] == record_digest([r[c] for c in e.column_names]) for r in rows)
+    for reject in read.rejects.to_pylist():  # the raw record is kept and hashed, never empty
+        assert reject["record"] and reject["record_hash"] == record_digest([reject["record"]])
+    if name == "another extension":
+        assert sorted(label.rsplit("/", 1)[1] for label in ignored) == [".DS_Store", "_SUCCESS"]
+
+
+def _default_keys(entity, day: Path) -> list[str]:
+    if entity is ACCOUNTS:
+        return _ids(csv_lines(day)[1])
+    raise AssertionError(f"no default keys for {entity.name}")
+
+
+def test_raw_bytes_are_kept_escaped_and_values_exactly_as_sent(engine, valid_day, tmp_path):
+    header, rows = csv_lines(valid_day)
+    damaged = _set(_set(rows, 0, 1, "Acme\rCorp"), 1, 1, "=HYPERLINK(\"http://x\")")
+    latin = ",".join(_set(rows, 2, 4, "Jürgen")[2].split(",")).encode("latin-1")
+    data = _csv(header, damaged).replace(rows[2].encode(), latin)
+    case = Case(ACCOUNTS, lambda day: {"accounts_export.csv": data})
+    files, _, _ = land(case, valid_day, tmp_path / "landing")
+    read = engine.read_landing(ACCOUNTS, files)
+    by_id = {r["account_id"]: r for r in engine.to_arrow(read.rows).to_pylist()}
+    first, second = rows[0].split(",")[0], rows[1].split(",")[0]
+    assert by_id[first]["account_name"] == "Acme\rCorp"
+    assert by_id[second]["account_name"] == '=HYPERLINK("http://x")'  # bronze is raw: neutralised only for people
+    [reject] = read.rejects.to_pylist()
+    assert reject["record"] == latin.decode("latin-1").replace("ü", "\\xfc")
+
+
+def test_typed_parquet_gives_the_text_a_csv_would_carry(engine, tmp_path):
+    """Typed columns (what a warehouse unload writes) become the canonical text: UTC timestamps with a Z,
+    fractions without trailing zeros, a naive timestamp taken as UTC, dates, decimals with their scale."""
+    kolkata = pa.timestamp("us", "Asia/Kolkata")
+    table = pa.table({
+        "customer_id": pa.array(["C1", "C2", "C3"]).dictionary_encode(),
+        "email": ["a@x.com", "b@x.com", "c@x.com"],
+        "phone": pa.array([4915112345, None, 7], pa.int64()),
+        "first_name": ["A", "B", "C"], "last_name": pa.array([Decimal("12.50"), Decimal("0.00"), None],
+                                                            pa.decimal128(10, 2)),
+        "country": [True, False, None],
+        "signup_date": [date(2026, 1, 31), date(1999, 12, 31), None],
+        "updated_at": pa.array([datetime(2026, 11, 1, 4, 0), datetime(2026, 11, 1, 9, 30, 0, 123000),
+                                datetime(1969, 12, 31, 23, 59, 59, 500000)], pa.timestamp("ns")),
+    })
+    zoned = table.set_column(7, "updated_at", pa.array([datetime(2026, 11, 1, 4, 0)] * 3, pa.timestamp("us", "UTC"))
+                             .cast(kolkata))
+    case = Case(CUSTOMERS, lambda day: {"typed.parquet": _parquet(table), "zoned.parquet": _parquet(zoned)})
+    files, _, _ = land(case, Path("."), tmp_path / "landing")
+    read = engine.read_landing(CUSTOMERS, files)
+    rows = sorted(engine.to_arrow(read.rows).to_pylist(), key=lambda r: (r["_source_file"], r["customer_id"]))
+    got = [(r["customer_id"], r["phone"], r["last_name"], r["country"], r["signup_date"], r["updated_at"])
+           for r in rows]
+    assert got == [
+        ("C1", "4915112345", "12.50", "true", "2026-01-31", "2026-11-01T04:00:00Z"),
+        ("C2", None, "0.00", "false", "1999-12-31", "2026-11-01T09:30:00.123Z"),
+        ("C3", "7", None, None, None, "1969-12-31T23:59:59.5Z"),
+        ("C1", "4915112345", "12.50", "true", "2026-01-31", "2026-11-01T04:00:00Z"),
+        ("C2", None, "0.00", "false", "1999-12-31", "2026-11-01T04:00:00Z"),
+        ("C3", "7", None, None, None, "2026-11-01T04:00:00Z"),
+    ]
+
+
+def test_parquet_rows_that_cannot_be_text_are_quarantined_not_their_file(engine, tmp_path):
+    table = pa.table({c: pa.array(["x", "y", "z"]) for c in CUSTOMERS.column_names})
+    table = table.set_column(4, "last_name", pa.array([1.5, float("nan"), float("inf")]))
+    case = Case(CUSTOMERS, lambda day: {"customers.parquet": _parquet(table)})
+    files, _, _ = land(case, Path("."), tmp_path / "landing")
+    read = engine.read_landing(CUSTOMERS, files)
+    assert [r["last_name"] for r in engine.to_arrow(read.rows).to_pylist()] == ["1.5"]
+    assert read.rejects.column("rule").to_pylist() == ["parse.nonfinite_number"] * 2
+    assert read.records == {"snowflake/customers/2026-11-01/customers.parquet": 3}
