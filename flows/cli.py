@@ -14,6 +14,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(help="Project A lakehouse: the daily pipeline on Polars + delta-rs (laptop) or Spark + Delta.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -32,7 +33,9 @@ MasterOpt = Annotated[str | None, typer.Option(
 def _fail(message: str) -> None:
     from rich.markup import escape
 
-    err.print(f"[bold red]error:[/] {escape(message)}")  # a message may name a [settings.table]
+    from flows.display import plain
+
+    err.print(f"[bold red]error:[/] {escape(plain(message))}")  # a message may name a [settings.table] or a file
     raise typer.Exit(code=2)
 
 
@@ -170,7 +173,9 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
     except (SettingsError, LakeNotWritableError, LandingNotFoundError) as exc:
         _fail(str(exc))
     from flows.daily import daily_lakehouse
+    from flows.display import quiet_tracebacks
 
+    quiet_tracebacks()
     for i, day in enumerate(days, 1):
         console.rule(f"[bold]daily-lakehouse {day}[/] ({i}/{len(days)})")
         started = datetime.now()
@@ -181,7 +186,27 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
         except (LakeNotWritableError, LandingNotFoundError, LakeLockedError) as exc:
             _fail(str(exc))
             raise
+        except Exception as exc:  # noqa: BLE001 - one message a person can act on; the traceback goes to DEBUG
+            _run_failed(day, exc)
         _print_summaries(day, summaries, (datetime.now() - started).total_seconds())
+
+
+def _run_failed(day: date, exc: Exception) -> None:
+    """A failed run as one message: what failed and what to do; the traceback goes to the DEBUG log."""
+    import logging
+
+    from rich.markup import escape
+
+    from flows.display import plain
+
+    logging.getLogger("prefect.lakehouse").debug("run of %s failed", day, exc_info=exc)
+    known = type(exc).__name__ in ("GateFailedError", "AuditFailedError", "AccountingError")
+    what = plain(str(exc)) if known else f"{type(exc).__name__}: {plain(str(exc))[:500]}"
+    err.print(f"[bold red]error:[/] run of {day} failed: {escape(what)}")
+    err.print("what to do: see the failed stage in the Prefect UI and 'lakehouse quarantine list' (rows and files "
+              f"refused), fix the data, rule or file, then run 'lakehouse run --date {day}' again (docs/runbooks.md)"
+              + ("" if known else "; PREFECT_LOGGING_LEVEL=DEBUG prints the full traceback"))
+    raise typer.Exit(code=1)
 
 
 def _print_summaries(day: date, summaries: list[dict[str, Any]], seconds: float) -> None:
@@ -192,10 +217,13 @@ def _print_summaries(day: date, summaries: list[dict[str, Any]], seconds: float)
         t.add_row(s["stage"], s["table"], str(s.get("rows_in", "")), str(s.get("accepted", "")),
                   str(s.get("quarantined", "")), str(s.get("rows_written", "")), str(s.get("version", "")))
     console.print(t)
+    from flows.display import terminal
+
     for s in summaries:
         for f in s.get("refused", []):
-            err.print(f"[bold red]refused[/] {f} ({s['table']}): its schema is wrong, nothing of it was ingested; "
-                      "see 'lakehouse quarantine list', fix the file and run the date again")
+            err.print(Text.assemble(("refused ", "bold red"), terminal(f), f" ({s['table']}): nothing of it was "
+                                    "ingested; 'lakehouse quarantine list' says why: fix the file and run the date "
+                                    "again"))
 
 
 @app.command()
@@ -241,6 +269,8 @@ def _quarantine_by_rule(settings) -> None:
 
     engine = get_backend(settings.backend, settings.lake(), settings.spark)
     lake = settings.lake()
+    from flows.display import terminal
+
     t = Table(title="quarantined rows by rule (replayed: accepted by a later replay)")
     for col in ("quarantine table", "rule", "rows", "run dates", "replayed"):
         t.add_column(col, justify="right" if col in ("rows", "replayed") else "left")
@@ -258,7 +288,7 @@ def _quarantine_by_rule(settings) -> None:
             dates = sorted({str(h["run_date"]) for h in hits})
             span = dates[0] if len(dates) == 1 else f"{dates[0]}..{dates[-1]}"
             done = sum(h["record_hash"] in replayed for h in hits)
-            t.add_row(spec.name, rule, f"{len(hits):,}", span, f"{done:,}" if silver_name else "")
+            t.add_row(spec.name, terminal(rule), f"{len(hits):,}", span, f"{done:,}" if silver_name else "")
     console.print(t)
     _refused_files(engine, lake)
 
@@ -266,10 +296,11 @@ def _quarantine_by_rule(settings) -> None:
 def _refused_files(engine, lake) -> None:
     from contracts.catalog import bronze_for
     from contracts.landing import LANDING_ENTITIES
+    from flows.display import terminal
     from flows.stages import refused_log
     from tasks.bronze import ingested_files
 
-    t = Table(title="files refused for a wrong schema (not ingested; fix the file and run its date again)")
+    t = Table(title="landing files refused (not ingested; fix the file and run its date again)")
     for col in ("file", "problem", "times refused", "last run date", "ingested since", "reason"):
         t.add_column(col, overflow="fold")
     shown = 0
@@ -285,8 +316,8 @@ def _refused_files(engine, lake) -> None:
             by_file.setdefault(r["source_file"], []).append(r)
         for f, runs in sorted(by_file.items()):
             last = max(runs, key=lambda r: r["refused_at"])
-            t.add_row(f, last["problem"], str(len(runs)), str(last["run_date"]), "yes" if f in now_in else "no",
-                      last["reason"])
+            t.add_row(terminal(f), last["problem"], str(len(runs)), str(last["run_date"]),
+                      "yes" if f in now_in else "no", terminal(last["reason"]))
             shown += 1
     if shown:
         console.print(t)
@@ -338,11 +369,14 @@ def quarantine_show(
         rows = rows.filter(nw.col("rule") == rule)
     data = engine.to_arrow(rows.select("rule", "run_date", "source_file", "reason", "record")
                            .sort("run_date", "rule", "source_file", "record").head(limit)).to_pylist()
-    t = Table(title=f"{spec.name}" + (f", rule {rule}" if rule else "") + f": first {len(data)} rows", show_lines=True)
+    from flows.display import plain, terminal
+
+    t = Table(title=Text(f"{spec.name}" + (f", rule {plain(rule)}" if rule else "") + f": first {len(data)} rows"),
+              show_lines=True)
     for col in ("rule", "run date", "source file", "reason", "record"):
         t.add_column(col, overflow="fold")
     for r in data:
-        t.add_row(r["rule"], str(r["run_date"]), r["source_file"], r["reason"], r["record"])
+        t.add_row(*(terminal(r[c]) for c in ("rule", "run_date", "source_file", "reason", "record")))
     console.print(t)
 
 
@@ -412,10 +446,16 @@ def show(
     data = engine.to_arrow(engine.scan(spec, version=version).head(limit))
     import polars as pl
 
+    from flows.display import plain
+
+    frame = pl.from_arrow(data)
+    frame = frame.with_columns(  # type: ignore[union-attr]
+        pl.col(c).map_elements(plain, return_dtype=pl.Utf8) for c, t in frame.schema.items() if t == pl.Utf8)
+
     console.print(f"[bold]{name}[/] (first {data.num_rows} rows, version {version}{note})")
     with pl.Config(tbl_rows=limit, tbl_cols=-1, tbl_width_chars=60_000, fmt_str_lengths=80,
                    tbl_hide_dataframe_shape=True):
-        print(pl.from_arrow(data))
+        print(frame)
 
 
 @app.command()

@@ -17,6 +17,7 @@ import polars as pl
 
 from backends.lake import Lake
 from contracts.catalog import quarantine_for, tables
+from flows.display import inert
 from flows.tracking import read_ledger
 
 LAYERS = ("bronze", "silver", "gold")
@@ -73,6 +74,21 @@ def quarantine_by_rule(lake: Lake, run_date: date) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (-r["rows"], r["table"], r["rule"]))
 
 
+def refused_files(lake: Lake, run_date: date) -> list[dict[str, Any]]:
+    """Landing files refused by runs of ``run_date`` (the latest refusal of each): file, problem, reason."""
+    from contracts.landing import LANDING_ENTITIES
+    from flows.stages import refused_log
+
+    latest: dict[str, dict[str, Any]] = {}
+    for entity in LANDING_ENTITIES:
+        log = lake.read_log(refused_log(entity.source, entity.entity))
+        for r in (log.to_pylist() if log is not None else []):
+            if r["run_date"] == run_date and (r["source_file"] not in latest
+                                              or r["refused_at"] > latest[r["source_file"]]["refused_at"]):
+                latest[r["source_file"]] = r
+    return [{"file": f, "problem": r["problem"], "reason": r["reason"]} for f, r in sorted(latest.items())]
+
+
 def render(lake: Lake, run_date: date, *, trend_dates: int = TREND_DATES) -> str:
     """The report page for ``run_date`` (an error if the ledger has no run of it)."""
     ledger = read_ledger(lake)
@@ -85,7 +101,7 @@ def render(lake: Lake, run_date: date, *, trend_dates: int = TREND_DATES) -> str
     dates = sorted({r["run_date"] for r in ledger if r["run_date"] <= run_date})[-trend_dates:]
     trend = [f for f in (day_figures(ledger, d) for d in dates) if f is not None]
     quarantine = quarantine_by_rule(lake, run_date)
-    return _page(lake, day, trend, quarantine)
+    return _page(lake, day, trend, quarantine, refused_files(lake, run_date))
 
 
 # ------------------------------------------------------------------------------------------------ HTML
@@ -101,8 +117,13 @@ def _share(quarantined: int, rows_in: int) -> float:
     return quarantined / rows_in if rows_in else 0.0
 
 
-def _page(lake: Lake, day: DayFigures, trend: list[DayFigures], quarantine: list[dict[str, Any]]) -> str:
-    e = html.escape
+def _page(lake: Lake, day: DayFigures, trend: list[DayFigures], quarantine: list[dict[str, Any]],
+          refused: list[dict[str, Any]]) -> str:
+    def e(value: Any) -> str:  # values from outside systems: HTML-escaped and inert if pasted into a spreadsheet
+        return html.escape(inert(value))
+
+    refused_rows = "".join(f"<tr><td>{e(r['file'])}</td><td>{e(r['problem'])}</td><td>{e(r['reason'])}</td></tr>"
+                           for r in refused) or "<tr><td colspan='3'>no file refused</td></tr>"
     layer_rows = "".join(
         f"<tr><td>{layer}</td>" + _fig(f"{layer}.rows_in", _n(f["rows_in"])) + _fig(f"{layer}.rows_out", _n(f["rows_out"]))
         + _fig(f"{layer}.rows_quarantined", _n(f["rows_quarantined"])) + "</tr>"
@@ -142,6 +163,8 @@ th {{ background: #f3f5f7; }} td.num {{ text-align: right; font-variant-numeric:
 status <span class="{e(day.status)}" data-figure="status">{e(day.status)}</span> · generated {generated}</p>
 <h2>Rows per layer</h2>
 <table><tr><th>layer</th><th>rows in</th><th>rows written</th><th>quarantined</th></tr>{layer_rows}</table>
+<h2>Landing files refused (nothing of them ingested)</h2>
+<table><tr><th>file</th><th>problem</th><th>reason</th></tr>{refused_rows}</table>
 <h2>Quarantine by rule</h2>
 <table><tr><th>table</th><th>rule</th><th>rows</th></tr>{q_rows}</table>
 <h2>Quality over the last {len(trend)} run date(s)</h2>

@@ -33,11 +33,12 @@ ACCOUNTS, EVENTS, CUSTOMERS = (landing_entity(n) for n in ("crm.accounts", "kafk
 
 @pytest.fixture(scope="module")
 def valid_day(tmp_path_factory) -> Path:
-    """One generated day (scale 0.01): the valid files every damaged file is derived from."""
+    """One generated day (scale 0.03, seed 7, as the daily flow tests): the valid files every damaged file is
+    derived from."""
     from tasks.sample_data import generate
 
     out = tmp_path_factory.mktemp("valid-day")
-    generate(out, days=1, scale=0.01, seed=3, start=DAY)
+    generate(out, days=1, scale=0.03, seed=7, start=DAY)
     return out
 
 
@@ -312,3 +313,95 @@ def test_parquet_rows_that_cannot_be_text_are_quarantined_not_their_file(engine,
     assert [r["last_name"] for r in engine.to_arrow(read.rows).to_pylist()] == ["1.5"]
     assert read.rejects.column("rule").to_pylist() == ["parse.nonfinite_number"] * 2
     assert read.records == {"snowflake/customers/2026-11-01/customers.parquet": 3}
+
+
+# ------------------------------------------------------------------------------------ a whole day, through the CLI
+@pytest.fixture(params=["polars", "sail"])
+def cli_engine(request) -> list[str]:
+    return [] if request.param == "polars" else ["--backend", "spark", "--spark-remote",
+                                                 request.getfixturevalue("sail_url")]
+
+
+HOSTILE = "[/bold] [link=http://evil.example]click[/link] \x1b[2J\x1b]8;;http://x\x07"
+
+
+def test_a_day_with_damaged_files_runs_names_every_refusal_and_prints_data_inert(
+        cli_engine, prefect_harness, valid_day, tmp_path):
+    """The rest of the day goes on around refused files and quarantined records; the run's summary, the refused
+    log, 'quarantine list', 'quarantine show', 'show' and the report name them, and data cannot drive the
+    terminal (markup, hyperlinks, escape sequences) or a spreadsheet (formulas)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.report import render
+
+    runner = CliRunner()
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    shutil.copytree(valid_day, landing)
+    accounts = landing / "crm" / "accounts" / DAY.isoformat()
+    header, rows = csv_lines(valid_day)
+    (accounts / "accounts_export.csv").write_bytes(_csv(header, [*rows, f"A9999999,{HOSTILE},x"]))
+    (accounts / "=cmd [x].csv").write_bytes(_csv(header.replace("domain", "web_domain"), rows))
+    (accounts / "notes.txt").write_bytes(b"not a delivery")
+    customers = landing / "snowflake" / "customers" / DAY.isoformat()
+    (customers / "late.parquet").write_bytes(_valid_parquet(valid_day)[:-200])
+
+    result = runner.invoke(app, ["run", "--date", DAY.isoformat(), "--lake-root", str(lake), "--landing",
+                                 str(landing), *cli_engine])
+    assert result.exit_code == 0, result.output
+    for name in ("=cmd [x].csv", "notes.txt", "late.parquet"):
+        assert f"refused crm/accounts/2026-11-01/{name}" in result.output or \
+            f"refused snowflake/customers/2026-11-01/{name}" in result.output
+
+    from backends import Lake
+    from flows.stages import refused_log
+
+    log = {r["source_file"].rsplit("/", 1)[1]: r["problem"] for entity in ("accounts", "customers")
+           for r in Lake(str(lake)).read_log(refused_log("crm" if entity == "accounts" else "snowflake",
+                                                         entity)).to_pylist()}
+    assert log == {"=cmd [x].csv": "schema.missing_column", "notes.txt": "file.extension",
+                   "late.parquet": "file.unreadable"}
+
+    listed = runner.invoke(app, ["quarantine", "list", "--lake-root", str(lake)])
+    assert listed.exit_code == 0, listed.output
+    assert "parse.field_count" in listed.output and "=cmd [x].csv" in listed.output
+    shown = runner.invoke(app, ["quarantine", "show", "bronze.crm.accounts", "--lake-root", str(lake)])
+    assert shown.exit_code == 0, shown.output
+    # the record column, its folded lines joined
+    flat = "".join(line.split("│")[-2].strip() for line in shown.output.splitlines() if line.count("│") > 2)
+    assert "[/bold] [link=http://evil.example]click[/link]".replace(" ", "") in flat.replace(" ", "")
+    assert "\\x1b[2J" in flat and "\x1b" not in shown.output and "\x07" not in shown.output
+    table = runner.invoke(app, ["show", "bronze.crm.accounts", "--limit", "10000", "--lake-root", str(lake)])
+    assert table.exit_code == 0 and "\x1b" not in table.output
+
+    page = render(Lake(str(lake)), DAY)
+    assert "=cmd [x].csv" in page and "schema.missing_column" in page and "file.unreadable" in page
+
+
+def test_a_failed_run_prints_one_message_and_no_traceback(cli_engine, prefect_harness, valid_day, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    landing = tmp_path / "landing"
+    shutil.copytree(valid_day, landing)
+    for f in (landing / "snowflake" / "customers" / DAY.isoformat()).iterdir():
+        f.unlink()  # every order now names a customer never delivered: the silver gate stops the run
+    result = CliRunner().invoke(app, ["run", "--date", DAY.isoformat(), "--lake-root", str(tmp_path / "lake"),
+                                      "--landing", str(landing), *cli_engine])
+    assert result.exit_code == 1
+    assert "error: run of 2026-11-01 failed: silver gate failed" in " ".join(result.output.split())
+    assert "ref.unknown_customer" in result.output and "Traceback" not in result.output
+
+
+def test_values_for_people_are_escaped_for_terminals_and_inert_for_spreadsheets():
+    from flows.display import inert, plain, terminal
+
+    assert plain("a\x1b[2Jb\r\nc\u202e") == "a\\x1b[2Jb\\r\\nc\\u202e"
+    assert terminal("[/bold]").plain == "[/bold]" and not terminal("[bold]x[/bold]").spans
+    assert [inert(v) for v in ("=1+2", "+1", "-2", "@SUM(A1)", "\tx", "\rx", "ok", "a=b")] == [
+        "'=1+2", "'+1", "'-2", "'@SUM(A1)", "'\tx", "'\rx", "ok", "a=b"]
