@@ -29,3 +29,11 @@ def test_readme_documents_every_gold_column():
         section = README.split(f"### `{spec.name}`")[1].split("###")[0]
         for column, meaning in GOLD_COLUMN_DOCS[spec.name].items():
             assert f"| `{column}` | {meaning} |" in section
+
+
+def test_readme_documents_every_landing_refusal_and_record_rule():
+    from contracts.landing import FILE_RULES, RECORD_RULES
+
+    section = README.split("## Landing format")[1].split("### ")[0]
+    for rule, meaning in {**FILE_RULES, **RECORD_RULES}.items():
+        assert f"| `{rule}` | {meaning} |" in section
