@@ -13,7 +13,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup system-deps demo test bench bench-engines bench-incremental bench-writes bench-publish bench-extract deploy-local deploy-local-stop lint clean
+.PHONY: setup system-deps demo test bench bench-engines bench-incremental bench-writes bench-publish bench-extract bench-landing deploy-local deploy-local-stop lint clean
 
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -61,6 +61,9 @@ bench-publish: setup
 
 bench-extract: setup system-deps
 	$(PY) bench/extract.py --rows 2000000
+
+bench-landing: setup
+	$(PY) bench/hostile_files.py
 
 # A local Prefect server (port 4200, state in .prefect/), the work pools, every deployment of
 # deployments/prefect.yaml and a process worker; deploy-local-stop stops them by process id.

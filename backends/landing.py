@@ -41,6 +41,7 @@ REJECT_SCHEMA = pa.schema([(c, pa.large_string()) for c in ("rule", "reason", "r
 assert set(REJECT_SCHEMA.names) <= set(QUARANTINE_COLUMNS)
 REFUSED_SCHEMA = pa.schema([(c, pa.large_string()) for c in ("source_file", "problem", "reason")])
 
+_FLUSH_ROWS = 65_536
 _KEEP = "the file was not ingested and stays where it is: fix it and run its date again"
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 
@@ -149,6 +150,13 @@ class _FileOut:
             return
         for column, value in zip(self.values, values, strict=True):
             column.append(value)
+        if len(self.values[0]) >= _FLUSH_ROWS:  # rows held as Arrow, a fraction of Python strings' memory
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.values and self.values[0]:
+            self.tables.append(pa.table([pa.array(v, pa.large_string()) for v in self.values], names=self.columns))
+            self.values = [[] for _ in self.columns]
 
     def reject(self, rule: str, reason: str, record: str) -> None:
         assert rule in RECORD_RULES, rule
@@ -171,10 +179,9 @@ class _FileOut:
         self.tables.append(table.select(self.columns))
 
     def table(self) -> pa.Table:
+        self._flush()
         text = pa.schema([(c, pa.large_string()) for c in self.columns])
         parts = [t.cast(text) for t in self.tables]
-        if self.values[0] if self.values else False:
-            parts.append(pa.table([pa.array(v, pa.large_string()) for v in self.values], schema=text))
         table = pa.concat_tables(parts) if parts else text.empty_table()
         return table.append_column("_source_file", pa.repeat(pa.scalar(self.label, pa.large_string()), table.num_rows)
                                    if table.num_rows else pa.array([], pa.large_string()))
