@@ -260,5 +260,5 @@ def test_a_refused_file_is_ingested_once_fixed_and_its_date_run_again(lake_copy,
     assert label in {r["_source_file"] for r in read_table(root, "bronze.redshift.customer_behaviour")}
     listed = CliRunner().invoke(app, ["quarantine", "list", "--lake-root", str(root)])
     assert listed.exit_code == 0, listed.output
-    refused_part = listed.output.split("files refused for a wrong schema")[1]
+    refused_part = listed.output.split("landing files refused")[1]
     assert "schema.missing_column" in refused_part and "yes" in refused_part, "refused once, ingested since"
