@@ -342,7 +342,10 @@ def test_a_day_with_damaged_files_runs_names_every_refusal_and_prints_data_inert
     shutil.copytree(valid_day, landing)
     accounts = landing / "crm" / "accounts" / DAY.isoformat()
     header, rows = csv_lines(valid_day)
-    (accounts / "accounts_export.csv").write_bytes(_csv(header, [*rows, f"A9999999,{HOSTILE},x"]))
+    (accounts / "accounts_export.csv").write_bytes(_csv(header, [*rows, f"A9999999,{HOSTILE},x",
+                                                                 "A9999998,Bad Date Ltd,,,,,01/11/2026 09:30"]))
+    behaviour = landing / "redshift" / "customer_behaviour" / DAY.isoformat() / "customer_behaviour.csv"
+    behaviour.write_bytes(behaviour.read_bytes() + b"C9999999,2026-11-01,lots,1,1,1,2026-11-01T09:30:00Z\n")
     (accounts / "=cmd [x].csv").write_bytes(_csv(header.replace("domain", "web_domain"), rows))
     (accounts / "notes.txt").write_bytes(b"not a delivery")
     customers = landing / "snowflake" / "customers" / DAY.isoformat()
@@ -375,6 +378,16 @@ def test_a_day_with_damaged_files_runs_names_every_refusal_and_prints_data_inert
     assert "\\x1b[2J" in flat and "\x1b" not in shown.output and "\x07" not in shown.output
     table = runner.invoke(app, ["show", "bronze.crm.accounts", "--limit", "10000", "--lake-root", str(lake)])
     assert table.exit_code == 0 and "\x1b" not in table.output
+
+    # bad date formats and type drift are read into bronze as sent, and quarantined by silver's type rules
+    from deltalake import DeltaTable
+
+    def silver_rules(entity: str) -> dict[str, str]:
+        rows = DeltaTable(str(lake / "quarantine" / "silver" / entity)).to_pyarrow_table().to_pylist()
+        return {r["rule"]: r["record"] for r in rows if "9999999" in r["record"] or "9999998" in r["record"]}
+
+    assert list(silver_rules("accounts")) == ["type.invalid_updated_at"]
+    assert list(silver_rules("customer_behaviour")) == ["type.invalid_sessions"]
 
     page = render(Lake(str(lake)), DAY)
     assert "=cmd [x].csv" in page and "schema.missing_column" in page and "file.unreadable" in page
