@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow as pa_arrow
 
 from contracts.landing import (
-    KNOWN_CURRENCIES,
+    CURRENCY_CODES,
     LANDING_ENTITIES,
     ORDER_EVENT_TYPES,
     ORDER_STATUSES,
@@ -158,7 +158,7 @@ def _quarantine(layer: str, entity: str) -> TableSpec:
 
 
 # ---------------------------------------------------------------------------------------------- silver
-_ccy = pa.Check.isin(list(KNOWN_CURRENCIES))
+_ccy = pa.Check.isin(sorted(CURRENCY_CODES))
 _pos = pa.Check.gt(0)
 _nonneg = pa.Check.ge(0)
 _pii = _cols(email_hmac=_req(STR, pa.Check.str_matches(r"^[0-9a-f]{64}$")), email_masked=_req(STR),

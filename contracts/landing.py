@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import iso4217
+
 FileFormat = Literal["csv", "parquet", "jsonl"]
 
 
@@ -256,9 +258,9 @@ def landing_entity(name: str) -> LandingEntity:
     raise KeyError(msg)
 
 
-KNOWN_CURRENCIES: tuple[str, ...] = (
-    "USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF", "SEK", "NOK", "DKK", "PLN", "MXN", "BRL", "INR", "SGD",
-)
+# Every active ISO 4217 code, from the maintained list of the ``iso4217`` package (updated with each ISO
+# amendment), but XXX ("no currency") and XTS (reserved for testing), which no amount is in.
+CURRENCY_CODES: frozenset[str] = frozenset(c.code for c in iso4217.Currency) - {"XXX", "XTS"}
 ORDER_STATUSES: tuple[str, ...] = ("placed", "shipped", "delivered", "cancelled")
 ORDER_EVENT_TYPES: tuple[str, ...] = ("created", "updated", "cancelled")
 DEAL_STAGES: tuple[str, ...] = (

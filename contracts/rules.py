@@ -36,10 +36,10 @@ from contracts.landing import (
     ACCOUNTS,
     BEHAVIOUR,
     CONTACTS,
+    CURRENCY_CODES,
     CUSTOMERS,
     DEAL_STAGES,
     FX_RATES,
-    KNOWN_CURRENCIES,
     OPPORTUNITIES,
     ORDER_EVENT_TYPES,
     ORDER_EVENTS,
@@ -129,6 +129,12 @@ def _one_of(rule_id: str, column: str, allowed: tuple[str, ...]) -> Rule:
     return Rule(rule_id, f"expected {column} to be one of {', '.join(allowed)}", lambda: nw.col(column).is_in(allowed))
 
 
+def _currency(column: str) -> Rule:
+    codes = tuple(sorted(CURRENCY_CODES))
+    return Rule("currency.unknown", f"expected {column} to be an ISO 4217 currency code (e.g. USD, EUR, CNY)",
+                lambda: nw.col(column).is_in(codes))
+
+
 _EMAIL = Rule(
     "email.malformed",
     "expected email to look like name@domain.tld (ASCII letters, digits and ._%+'- only)",
@@ -169,7 +175,7 @@ ROW_RULES: dict[str, tuple[Rule, ...]] = {
             & (nw.col("unit_price") > 0)
             & (nw.col("unit_price") <= ORDER_MAX_UNIT_PRICE),
         ),
-        _one_of("currency.unknown", "currency", KNOWN_CURRENCIES),
+        _currency("currency"),
         _one_of("value.invalid_status", "status", ORDER_STATUSES),
         Rule("ref.unknown_customer", "expected customer_id to exist in silver.customers",
              lambda: nw.col(KNOWN_CUSTOMER)),
@@ -187,7 +193,7 @@ ROW_RULES: dict[str, tuple[Rule, ...]] = {
         *_base(FX_RATES),
         Rule("currency.base_not_usd", "expected base_currency USD (rates are units of quote_currency per 1 USD)",
              lambda: nw.col("base_currency") == "USD"),
-        _one_of("currency.unknown", "quote_currency", KNOWN_CURRENCIES),
+        _currency("quote_currency"),
         Rule("amount.out_of_range", "expected rate > 0", lambda: nw.col("rate") > 0),
     ),
     "silver.customer_behaviour": (
@@ -205,7 +211,7 @@ ROW_RULES: dict[str, tuple[Rule, ...]] = {
         *_base(OPPORTUNITIES),
         _one_of("value.invalid_stage", "stage", DEAL_STAGES),
         Rule("amount.out_of_range", "expected amount >= 0", lambda: nw.col("amount") >= 0),
-        _one_of("currency.unknown", "currency", KNOWN_CURRENCIES),
+        _currency("currency"),
         _FX,
     ),
 }

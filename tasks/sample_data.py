@@ -32,7 +32,6 @@ from contracts.landing import (
     CUSTOMERS,
     DEAL_STAGES,
     FX_RATES,
-    KNOWN_CURRENCIES,
     LANDING_ENTITIES,
     OPEN_DEAL_STAGES,
     OPPORTUNITIES,
@@ -115,7 +114,11 @@ DIRT_RULES: dict[str, str] = {
     "malformed_json": "parse.malformed_json",
     "renamed_column": "schema.missing_column",
 }
-UNKNOWN_CURRENCIES: tuple[str, ...] = ("XXX", "ZZZ", "QQQ", "ABC")
+# The currencies of generated orders and FX rates (any ISO 4217 code is accepted; these are the ones generated).
+SAMPLE_CURRENCIES: tuple[str, ...] = (
+    "USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF", "SEK", "NOK", "DKK", "PLN", "MXN", "BRL", "INR", "SGD",
+)
+UNKNOWN_CURRENCIES: tuple[str, ...] = ("XXX", "ZZZ", "QQQ", "ABC")  # not currencies: XXX is ISO's "no currency"
 
 # Row-level kinds, applied to disjoint rows in this order; duplicates are then copied from untouched rows.
 _ROW_KINDS = ("null_required", "malformed_email", "amount_out_of_range", "unknown_currency", "unknown_customer",
@@ -573,8 +576,8 @@ class _Generator:
         for d in range(self.days):
             day = self.start + timedelta(days=d)
             rate_day = max(x for x in self.fx_dates if x <= day)
-            flat += [1.0 if c == "USD" else rates[(rate_day, c)] for c in KNOWN_CURRENCIES]
-        self.fx_asof = pl.Series("rate", flat, dtype=pl.Float64)  # index: day * len(KNOWN_CURRENCIES) + currency
+            flat += [1.0 if c == "USD" else rates[(rate_day, c)] for c in SAMPLE_CURRENCIES]
+        self.fx_asof = pl.Series("rate", flat, dtype=pl.Float64)  # index: day * len(SAMPLE_CURRENCIES) + currency
 
     def _fx_day(self, d: int) -> list[tuple[str, pl.DataFrame | pl.Series]]:
         day = self.start + timedelta(days=d)
@@ -902,10 +905,10 @@ class _Generator:
         # skewed picks: early customers and the first products order more often (gives RFM something to find)
         customer_idx = (known.cast(pl.Float64) * r.uniform(n) ** 1.5).floor().cast(pl.Int64)
         product_idx = (r.uniform(n) ** 1.3 * self.volumes["products"]).floor().cast(pl.Int64)
-        others = len(KNOWN_CURRENCIES) - 1
-        weights = [USD_ORDER_SHARE if c == "USD" else (1 - USD_ORDER_SHARE) / others for c in KNOWN_CURRENCIES]
-        cur_idx = r.index(len(KNOWN_CURRENCIES), n, weights)
-        rate = self.fx_asof.gather(day * len(KNOWN_CURRENCIES) + cur_idx)
+        others = len(SAMPLE_CURRENCIES) - 1
+        weights = [USD_ORDER_SHARE if c == "USD" else (1 - USD_ORDER_SHARE) / others for c in SAMPLE_CURRENCIES]
+        cur_idx = r.index(len(SAMPLE_CURRENCIES), n, weights)
+        rate = self.fx_asof.gather(day * len(SAMPLE_CURRENCIES) + cur_idx)
         price = self.products.get_column("list_price_usd").gather(product_idx)
         plan = plan.with_columns(
             _life=r.uniform(n), _ship=r.uniform(n), _same=r.uniform(n), _delay=r.ints(1, 4, n),
@@ -915,7 +918,7 @@ class _Generator:
             customer_no=customer_idx + 1,
             product_no=product_idx + 1,
             quantity=(1 + (r.uniform(n) ** 2.2 * 10).floor()).cast(pl.Int64),
-            currency=pl.Series(list(KNOWN_CURRENCIES), dtype=pl.String).gather(cur_idx),
+            currency=pl.Series(list(SAMPLE_CURRENCIES), dtype=pl.String).gather(cur_idx),
             unit_price=(price * rate).round(2).clip(0.01),
             event_type=pl.when(pl.col("_life") < ORDER_CANCEL_RATE).then(pl.lit("cancelled"))
             .when(pl.col("_life") < ORDER_CANCEL_RATE + ORDER_UPDATE_RATE).then(pl.lit("updated")),

@@ -15,7 +15,7 @@ import pytest
 from deltalake import DeltaTable
 
 from contracts.catalog import TABLES
-from contracts.landing import KNOWN_CURRENCIES, LANDING_ENTITIES
+from contracts.landing import CURRENCY_CODES, LANDING_ENTITIES
 from flows.daily import daily_lakehouse
 
 pytestmark = pytest.mark.slow
@@ -91,7 +91,7 @@ def expected_orders(landing: Path, days: list[date]) -> dict[str, dict]:
     for day in days:
         for r in landing_rows(landing, "fx", "rates", day):
             ccy, rate = clean(r.get("quote_currency")), num(r.get("rate"))
-            if ccy in KNOWN_CURRENCIES and rate and rate > 0 and clean(r.get("base_currency")) == "USD":
+            if ccy in CURRENCY_CODES and rate and rate > 0 and clean(r.get("base_currency")) == "USD":
                 rates[(ccy, date.fromisoformat(clean(r["rate_date"])))] = rate
         for r in landing_rows(landing, "snowflake", "customers", day):
             email = (clean(r.get("email")) or "").lower()
@@ -113,7 +113,7 @@ def expected_orders(landing: Path, days: list[date]) -> dict[str, dict]:
             ts = clean(r.get("order_ts"))
             if not (clean(r.get("order_id")) and qty and price and ts and TS.match(ts)):
                 continue
-            if not (1 <= qty <= 1000 and 0 < price <= 100_000 and ccy in KNOWN_CURRENCIES):
+            if not (1 <= qty <= 1000 and 0 < price <= 100_000 and ccy in CURRENCY_CODES):
                 continue
             if clean(r.get("customer_id")) not in customers or clean(r.get("product_id")) not in products:
                 continue

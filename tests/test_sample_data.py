@@ -18,7 +18,6 @@ from contracts.landing import (
     CUSTOMERS,
     DEAL_STAGES,
     FX_RATES,
-    KNOWN_CURRENCIES,
     LANDING_ENTITIES,
     OPPORTUNITIES,
     ORDER_EVENT_TYPES,
@@ -28,7 +27,14 @@ from contracts.landing import (
     PRODUCTS,
     LandingEntity,
 )
-from tasks.sample_data import DIRT_RATES, RENAMED_COLUMN, GenerationReport, format_id, generate
+from tasks.sample_data import (
+    DIRT_RATES,
+    RENAMED_COLUMN,
+    SAMPLE_CURRENCIES,
+    GenerationReport,
+    format_id,
+    generate,
+)
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -271,7 +277,7 @@ def test_orders_events_and_late_updates_are_consistent(landing):
 def test_fx_rates_are_business_days_with_history_in_the_first_file(landing):
     rates = landing.all(FX_RATES)
     assert set(rates.get_column("base_currency")) == {"USD"}
-    quotes = set(KNOWN_CURRENCIES) - {"USD"}
+    quotes = set(SAMPLE_CURRENCIES) - {"USD"}
     assert set(rates.get_column("quote_currency")) == quotes
     days = rates.get_column("rate_date").str.to_date()
     assert (days.dt.weekday() <= 5).all()  # Monday=1 .. Friday=5
@@ -293,7 +299,7 @@ def test_every_clean_order_has_a_rate_within_four_days_before(landing):
     rates = landing.all(FX_RATES).select(
         "quote_currency", pl.col("rate_date").str.to_date(), pl.col("rate").cast(pl.Float64))
     orders = landing.all(ORDERS).filter(
-        pl.col("currency").is_in(KNOWN_CURRENCIES) & (pl.col("currency") != "USD")
+        pl.col("currency").is_in(SAMPLE_CURRENCIES) & (pl.col("currency") != "USD")
     ).select("order_id", "currency", day=pl.col("order_ts").str.slice(0, 10).str.to_date())
     assert orders.height > 0
     matched = orders.sort("day").join_asof(
@@ -346,7 +352,7 @@ def test_amounts_out_of_range_match_the_report(landing):
 
 def test_unknown_currencies_match_the_report(landing):
     for e in (ORDERS, OPPORTUNITIES):
-        unknown = landing.all(e).filter(~pl.col("currency").is_in(KNOWN_CURRENCIES)).height
+        unknown = landing.all(e).filter(~pl.col("currency").is_in(SAMPLE_CURRENCIES)).height
         assert unknown == landing.report.entities[e.name].dirt["unknown_currency"] > 0
     usd = (landing.all(ORDERS).get_column("currency") == "USD").mean()
     assert 0.4 < usd < 0.6

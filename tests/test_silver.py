@@ -571,3 +571,20 @@ def test_empty_batch_gives_empty_outputs(engine: str) -> None:
 def test_opportunities_need_the_run_date_to_pick_a_rate(engine: str) -> None:
     with pytest.raises(ValueError, match="expected run_date"):
         conform_records(engine, "silver.opportunities", [GOOD["silver.opportunities"]], run_date=None)
+
+
+def test_any_iso_4217_currency_converts_and_only_non_codes_are_unknown(engine: str) -> None:
+    """CNY, IDR and RON (never generated) convert at their rates; a valid code without a rate waits as
+    fx.no_rate; only text that is not an ISO 4217 code is currency.unknown (XXX is ISO's "no currency")."""
+    rates = [(c, D(2026, 11, 6), r, ts(6, 16)) for c, r in (("CNY", 7.1), ("IDR", 15800.0), ("RON", 4.6))]
+    orders = [_order("cny", "cny", "2026-11-06T15:00:00Z"), _order("idr", "IDR", "2026-11-07T10:00:00Z"),
+              _order("ron", "RON", "2026-11-06T10:00:00Z"), _order("kes", "KES", "2026-11-06T10:00:00Z"),
+              _order("zzz", "ZZZ", "2026-11-06T10:00:00Z"), _order("xxx", "XXX", "2026-11-06T10:00:00Z")]
+    out = conform_records(engine, "silver.orders", orders, refs=order_refs(engine, rates))
+    assert [(r["order_id"], r["currency"], r["fx_rate"]) for r in rows(out.valid, "order_id")] == [
+        ("cny", "CNY", 7.1), ("idr", "IDR", 15800.0), ("ron", "RON", 4.6)]
+    assert [(json.loads(q["record"])["order_id"], q["rule"]) for q in qrows(out, "record")] == [
+        ("kes", "fx.no_rate"), ("xxx", "currency.unknown"), ("zzz", "currency.unknown")]
+    fx = conform_records(engine, "silver.fx_rates", [GOOD["silver.fx_rates"] | {"quote_currency": c}
+                                                     for c in ("IDR", "RON", "ABC")])
+    assert sorted(r["quote_currency"] for r in rows(fx.valid, "quote_currency")) == ["IDR", "RON"]
