@@ -105,3 +105,55 @@ def first_match(branches: Iterable[tuple[nw.Expr, nw.Expr]], otherwise: nw.Expr 
     17 rules on 20 rows after its joins: a 4.2 s Sail query chained, 0.09 s flat)."""
     arms = [nw.when(condition).then(value) for condition, value in branches]
     return nw.coalesce(*arms, otherwise if otherwise is not None else nw.lit(None, dtype=nw.String()))
+
+
+def with_timestamps(frame: nw.LazyFrame, columns: dict[str, str], pattern: str) -> nw.LazyFrame:
+    """Parse text columns (``{text column: out column}``) of ISO 8601 / RFC 3339 timestamps into UTC datetimes
+    (microseconds), the same on every engine. ``pattern`` has four groups: date, time, fraction digits (optional)
+    and zone (optional: ``Z``, ``±HH``, ``±HHMM`` or ``±HH:MM``); text that does not match is null. A fraction is
+    cut to microseconds; a timestamp without a zone is UTC.
+
+    Narwhals has no portable parse of fractions and offsets (its Spark format mapping takes ``%f`` for one digit
+    and ``%z`` without a colon), so each engine normalises the text to ``YYYY-MM-DDTHH:MM:SS.ffffff±HH:MM`` and
+    parses that with its own formatter."""
+    impl = frame.implementation
+    if impl.is_polars():
+        import polars as pl
+
+        def norm_pl(text: pl.Expr) -> pl.Expr:
+            zone = text.str.extract(pattern, 4).str.to_uppercase()
+            zone = (pl.when(zone.is_null() | (zone == "Z")).then(pl.lit("+00:00"))
+                    .when(zone.str.len_chars() == 3).then(zone + ":00")
+                    .when(zone.str.len_chars() == 5).then(zone.str.slice(0, 3) + ":" + zone.str.slice(3, 2))
+                    .otherwise(zone))
+            fraction = (text.str.extract(pattern, 3).fill_null("") + "000000").str.slice(0, 6)
+            whole = text.str.extract(pattern, 1) + "T" + text.str.extract(pattern, 2) + "." + fraction + zone
+            parsed = whole.str.to_datetime("%Y-%m-%dT%H:%M:%S%.6f%:z", time_unit="us", strict=False)
+            return parsed.dt.convert_time_zone("UTC")
+
+        native = frame.to_native().with_columns(norm_pl(pl.col(src)).alias(out) for src, out in columns.items())
+        return nw.from_native(native)
+    if impl.is_pyspark() or impl.is_pyspark_connect():
+        if impl.is_pyspark_connect():
+            from pyspark.sql.connect import functions as F
+        else:
+            from pyspark.sql import functions as F  # type: ignore[no-redef]
+
+        def norm_spark(text):
+            matches = text.rlike(pattern)
+            zone = F.upper(F.regexp_extract(text, pattern, 4))
+            zone = (F.when((zone == "") | (zone == "Z"), F.lit("+00:00"))
+                    .when(F.length(zone) == 3, F.concat(zone, F.lit(":00")))
+                    .when(F.length(zone) == 5, F.concat(F.substring(zone, 1, 3), F.lit(":"), F.substring(zone, 4, 2)))
+                    .otherwise(zone))
+            fraction = F.rpad(F.regexp_extract(text, pattern, 3), 6, "0")
+            whole = F.concat(F.regexp_extract(text, pattern, 1), F.lit("T"), F.regexp_extract(text, pattern, 2),
+                             F.lit("."), fraction, zone)
+            return F.when(matches, F.to_timestamp(whole, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"))
+
+        native = frame.to_native()
+        for src, out in columns.items():
+            native = native.withColumn(out, norm_spark(F.col(src)))
+        return nw.from_native(native)
+    msg = f"expected a polars or pyspark frame for timestamp parsing, got {impl!r}; use the polars or spark engine"
+    raise NotImplementedError(msg)

@@ -76,7 +76,7 @@ _TYPE_TEXT = {
     "integer": "a whole number like 12",
     "decimal": "a decimal number like 12.50",
     "date": "a calendar date YYYY-MM-DD",
-    "timestamp": "a UTC timestamp YYYY-MM-DDTHH:MM:SSZ",
+    "timestamp": "an ISO 8601 timestamp like 2026-11-01T09:30:00Z (T or space, a fraction, Z or an offset like +05:30; none means UTC)",
 }
 
 # Which landing entity feeds each silver table: derived from the catalog's `source` declarations.

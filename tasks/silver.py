@@ -21,7 +21,7 @@ from datetime import date, timedelta
 import narwhals as nw
 import pyarrow as pa
 
-from backends.expressions import ratio, with_hmac
+from backends.expressions import ratio, with_hmac, with_timestamps
 from contracts.catalog import TableSpec, table
 from contracts.landing import OPEN_DEAL_STAGES, LandingColumn, LandingEntity
 from contracts.rules import (
@@ -67,7 +67,10 @@ TYPE_PATTERNS: dict[str, str] = {
     "integer": r"^[+-]?[0-9]{1,18}$",
     "decimal": r"^[+-]?(?:[0-9]{1,15}(?:\.[0-9]*)?|\.[0-9]+)$",
     "date": rf"^{_DATE}$",
-    "timestamp": rf"^{_DATE}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$",
+    # RFC 3339 / ISO 8601 as exporters write it: T or space, a fraction of up to 9 digits, Z or an offset (±HH,
+    # ±HHMM, ±HH:MM up to 14 h); no zone means UTC. Four groups: date, time, fraction, zone (with_timestamps).
+    "timestamp": rf"^({_DATE})[Tt ]((?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9])(?:\.([0-9]{{1,9}}))?"
+                 rf"([Zz]|[+-](?:0[0-9]|1[0-4])(?::?[0-5][0-9])?)?$",
 }
 
 # Per-column text normalisation after trimming, by landing column name.
@@ -239,9 +242,8 @@ def _parse_typed(text: nw.Expr, column: LandingColumn) -> nw.Expr:
         return guarded.cast(nw.Float64)
     if column.type == "date":
         return guarded.str.to_date("%Y-%m-%d")
-    # Parse without the trailing "Z": Spark's pattern letter Z wants an offset (+0000) and rejects "Z".
-    naive = guarded.str.slice(0, 19).str.to_datetime(format="%Y-%m-%dT%H:%M:%S")
-    return naive.dt.replace_time_zone("UTC")
+    msg = f"timestamps are parsed by with_timestamps, not as an expression ({column.name})"
+    raise ValueError(msg)
 
 
 def _parse(bronze: nw.LazyFrame, landing: LandingEntity) -> nw.LazyFrame:
@@ -252,10 +254,12 @@ def _parse(bronze: nw.LazyFrame, landing: LandingEntity) -> nw.LazyFrame:
         *(nw.col(c).cast(nw.String).alias(_RAW + c) for c in landing.column_names),
         *(_clean_text(c.name).alias(c.name if c.type == "string" else text_col(c.name)) for c in landing.columns),
     )
-    return staged.with_columns(
-        *(_parse_typed(nw.col(text_col(c.name)), c).alias(c.name) for c in typed),
+    parsed = staged.with_columns(
+        *(_parse_typed(nw.col(text_col(c.name)), c).alias(c.name) for c in typed if c.type != "timestamp"),
         nw.col("_record_hash").is_first_distinct().over(order_by=["_source_file", "_ingested_at"]).alias(FIRST_COPY),
     )
+    stamps = {text_col(c.name): c.name for c in typed if c.type == "timestamp"}
+    return with_timestamps(parsed, stamps, TYPE_PATTERNS["timestamp"]) if stamps else parsed
 
 
 def _keep_last(frame: nw.LazyFrame, keys: tuple[str, ...], order_by: tuple[str, ...]) -> nw.LazyFrame:

@@ -588,3 +588,29 @@ def test_any_iso_4217_currency_converts_and_only_non_codes_are_unknown(engine: s
     fx = conform_records(engine, "silver.fx_rates", [GOOD["silver.fx_rates"] | {"quote_currency": c}
                                                      for c in ("IDR", "RON", "ABC")])
     assert sorted(r["quote_currency"] for r in rows(fx.valid, "quote_currency")) == ["IDR", "RON"]
+
+
+def test_timestamps_in_the_forms_exporters_write_are_read_as_utc(engine: str) -> None:
+    """T or space, fractions up to nanoseconds (cut to microseconds), Z, lower-case z, an offset with or
+    without a colon or minutes, or no zone (UTC): all parse, to the same instant on every engine."""
+    forms = {
+        "z": ("2026-11-07T10:00:00Z", ts(7, 10)),
+        "millis": ("2026-11-07T09:30:00.123Z", dt.datetime(2026, 11, 7, 9, 30, 0, 123000, tzinfo=dt.UTC)),
+        "nanos": ("2026-11-07T09:30:00.123456789Z", dt.datetime(2026, 11, 7, 9, 30, 0, 123456, tzinfo=dt.UTC)),
+        "offset": ("2026-11-07T15:00:00+05:30", ts(7, 9, 30)),
+        "compact-offset": ("2026-11-07T01:00:00-0800", ts(7, 9)),
+        "hour-offset": ("2026-11-07T11:00:00+01", ts(7, 10)),
+        "space-z": ("2026-11-07 09:30:00Z", ts(7, 9, 30)),
+        "no-zone": ("2026-11-07 09:30:00", ts(7, 9, 30)),
+        "lower": ("2026-11-07t09:30:00.5z", dt.datetime(2026, 11, 7, 9, 30, 0, 500000, tzinfo=dt.UTC)),
+        "day-change": ("2026-11-07T02:00:00+05:30", ts(6, 20, 30)),
+    }
+    bad = {"too-far": "2026-11-07T10:00:00+15:00", "slash": "07/11/2026 10:00", "feb-30": "2026-02-30T00:00:00Z",
+           "ten-digits": "2026-11-07T10:00:00.1234567890Z"}
+    records = [GOOD["silver.orders"] | {"order_id": k, "updated_at": v} for k, (v, _) in forms.items()]
+    records += [GOOD["silver.orders"] | {"order_id": k, "updated_at": v} for k, v in bad.items()]
+    out = conform_records(engine, "silver.orders", records, run_date=D(2026, 11, 8))
+    got = {r["order_id"]: r["updated_at"] for r in rows(out.valid, "order_id")}
+    assert got == {k: expected for k, (_, expected) in forms.items()}
+    assert sorted((json.loads(q["record"])["order_id"], q["rule"]) for q in qrows(out, "record")) == sorted(
+        (k, "type.invalid_updated_at") for k in bad)
