@@ -4,8 +4,9 @@ This is the contract with the outside world. The sample-data generator writes ex
 reads exactly this, and README's "Landing format" section documents it. Files for run date D live under
 ``<landing>/<source>/<entity>/<D>/``; every file in that folder is one delivery of that entity.
 
-All values are read as text into bronze (bronze is raw); silver parses them. Timestamps are ISO 8601 UTC
-(``2026-11-01T09:30:00Z``), dates ``YYYY-MM-DD``, decimals with a dot.
+All values are read as text into bronze (bronze is raw); silver parses them. Timestamps are RFC 3339 / ISO 8601
+(``2026-11-01T09:30:00Z``; a space for the T, a fraction and an offset are read too; no zone means UTC), dates
+``YYYY-MM-DD``, decimals with a dot, currencies ISO 4217 codes.
 
 The boundary's own rules are declared here too: which file names an entity accepts, the limits a file must stay
 within (``READ_LIMITS``), why a whole file is refused (``FILE_RULES``) and why one record is quarantined
