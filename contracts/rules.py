@@ -19,6 +19,8 @@ Columns the predicates read (``tasks.silver`` computes them; the names are defin
   silver.customers / silver.products reference frame, null otherwise.
 * ``_in_lookback`` (:data:`IN_LOOKBACK`): for order changes and order events, True when the change (its
   ``updated_at`` / ``event_ts``) is at most ``lookback_days`` before the run date (always True in a replay).
+* ``_plausible_until`` / ``_plausible_until_date`` (:data:`PLAUSIBLE_UNTIL`): the end of the run date plus
+  :data:`FUTURE_TOLERANCE`, as a UTC timestamp and as a date (far in the future when there is no run date).
 * ``fx_rate``: units of the row's currency per 1 USD as of the row's date (1.0 for USD), null when no
   rate lies in the window.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 
 import narwhals as nw
 
@@ -65,6 +68,23 @@ KNOWN_CUSTOMER = "_known_customer"
 KNOWN_PRODUCT = "_known_product"
 FX_RATE = "fx_rate"
 IN_LOOKBACK = "_in_lookback"
+PLAUSIBLE_UNTIL = "_plausible_until"
+PLAUSIBLE_UNTIL_DATE = "_plausible_until_date"
+
+# Plausibility: nothing this business records happened before PLAUSIBLE_FROM, and nothing after the run date's
+# end plus FUTURE_TOLERANCE (clock skew, a source's time zone). A date column about the future (a deal's
+# expected close date) may reach up to PLAUSIBLE_FAR_FUTURE. One row out of the window would stretch dim_date
+# to the year 9999 and every recency figure with it, so it is quarantined instead.
+PLAUSIBLE_FROM = date(1990, 1, 1)
+FUTURE_TOLERANCE = timedelta(days=1)
+PLAUSIBLE_FAR_FUTURE = date(2100, 1, 1)
+FUTURE_COLUMNS = frozenset({"close_date"})
+
+
+def plausible_until(run_date: date | None) -> datetime:
+    """The latest plausible instant for a run date: the end of the run date plus the tolerance."""
+    day = run_date or PLAUSIBLE_FAR_FUTURE
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1) + FUTURE_TOLERANCE
 
 # ASCII-only on purpose: Rust's (Polars) and Java's (Spark) regex classes differ on Unicode (\d, \s).
 EMAIL_PATTERN = r"^[a-z0-9._%+'-]+@[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}$"
@@ -118,11 +138,43 @@ def _typed(column: LandingColumn) -> Rule:
     )
 
 
+def _in_window(column: LandingColumn) -> nw.Expr:
+    col = nw.col(column.name)
+    if column.name in FUTURE_COLUMNS:
+        return col.is_null() | ((col >= nw.lit(PLAUSIBLE_FROM).cast(nw.Date()))
+                                & (col < nw.lit(PLAUSIBLE_FAR_FUTURE).cast(nw.Date())))
+    if column.type == "date":
+        return col.is_null() | ((col >= nw.lit(PLAUSIBLE_FROM).cast(nw.Date())) & (col <= nw.col(PLAUSIBLE_UNTIL_DATE)))
+    floor = datetime(PLAUSIBLE_FROM.year, PLAUSIBLE_FROM.month, PLAUSIBLE_FROM.day, tzinfo=UTC)
+    return col.is_null() | ((col >= nw.lit(floor).cast(nw.Datetime("us", "UTC"))) & (col < nw.col(PLAUSIBLE_UNTIL)))
+
+
+def _plausible(entity: LandingEntity) -> tuple[Rule, ...]:
+    """``time.implausible``: every date and timestamp of the row lies in the plausible window."""
+    columns = [c for c in entity.columns if c.type in ("date", "timestamp")]
+    if not columns:
+        return ()
+    names = ", ".join(c.name for c in columns)
+
+    def ok() -> nw.Expr:
+        checks = [_in_window(c) for c in columns]
+        out = checks[0]
+        for check in checks[1:]:
+            out = out & check
+        return out
+
+    return (Rule("time.implausible", f"expected {names} on or after {PLAUSIBLE_FROM} and at most "
+                 f"{FUTURE_TOLERANCE.days} day(s) after the run date"
+                 + (f" ({', '.join(sorted(FUTURE_COLUMNS & {c.name for c in columns}))} before "
+                    f"{PLAUSIBLE_FAR_FUTURE})" if FUTURE_COLUMNS & {c.name for c in columns} else ""), ok),)
+
+
 def _base(entity: LandingEntity) -> tuple[Rule, ...]:
-    """Rules every table has: exact duplicates, required columns, then parseable typed columns."""
+    """Rules every table has: exact duplicates, required columns, parseable typed columns, then plausible dates
+    and times."""
     required = tuple(_required(c) for c in entity.columns if c.required)
     typed = tuple(_typed(c) for c in entity.columns if c.type != "string")
-    return (_duplicate(), *required, *typed)
+    return (_duplicate(), *required, *typed, *_plausible(entity))
 
 
 def _one_of(rule_id: str, column: str, allowed: tuple[str, ...]) -> Rule:

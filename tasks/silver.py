@@ -30,9 +30,12 @@ from contracts.rules import (
     IN_LOOKBACK,
     KNOWN_CUSTOMER,
     KNOWN_PRODUCT,
+    PLAUSIBLE_UNTIL,
+    PLAUSIBLE_UNTIL_DATE,
     ROW_RULES,
     SILVER_LANDING,
     first_failing_rule,
+    plausible_until,
     reason_of,
     text_col,
 )
@@ -204,6 +207,9 @@ class _Batch:
     def split(self, frame: nw.LazyFrame, derive: Callable[[nw.LazyFrame], nw.LazyFrame] | None = None) -> Conformed:
         """Tag each row with its first failing rule; valid rows → ``derive`` → silver shape, the rest → quarantine."""
         rules = ROW_RULES[self.spec.name]
+        until = plausible_until(self.run_date)
+        frame = frame.with_columns(nw.lit(until).cast(nw.Datetime("us", "UTC")).alias(PLAUSIBLE_UNTIL),
+                                   nw.lit(until.date() - timedelta(days=1)).cast(nw.Date()).alias(PLAUSIBLE_UNTIL_DATE))
         tagged = self.checkpoint(frame.with_columns(first_failing_rule(rules).alias(_RULE)))
         valid = tagged.filter(nw.col(_RULE).is_null())
         if derive is not None:

@@ -243,6 +243,10 @@ def _violations() -> list[tuple[str, str, dict[str, str]]]:
                 cases.append((name, f"required.{col.name}", {col.name: "  \t "}))
             if col.type != "string":
                 cases.append((name, f"type.invalid_{col.name}", {col.name: _BAD_TEXT[col.type]}))
+        when = next((c for c in landing.columns if c.type in ("date", "timestamp")), None)
+        if when is not None:
+            far = "9999-12-31" if when.type == "date" else "9999-12-31T00:00:00Z"
+            cases.append((name, "time.implausible", {when.name: far}))
     return cases + _SPECIFIC
 
 
@@ -614,3 +618,27 @@ def test_timestamps_in_the_forms_exporters_write_are_read_as_utc(engine: str) ->
     assert got == {k: expected for k, (_, expected) in forms.items()}
     assert sorted((json.loads(q["record"])["order_id"], q["rule"]) for q in qrows(out, "record")) == sorted(
         (k, "type.invalid_updated_at") for k in bad)
+
+
+def test_implausible_dates_and_times_are_quarantined_before_they_reach_a_dimension(engine: str) -> None:
+    """An order dated 9999-12-31 (or before 1990, or days after the run date), a signup in the future: each is
+    quarantined as time.implausible; a day of tolerance after the run date passes; a deal may close in the
+    future."""
+    orders = [GOOD["silver.orders"] | {"order_id": k, "order_ts": v, "currency": "USD"} for k, v in (
+        ("year-9999", "9999-12-31T00:00:00Z"), ("before-floor", "1989-12-31T23:59:59Z"),
+        ("in-two-days", "2026-11-10T00:00:00Z"), ("tolerated", "2026-11-09T23:59:59Z"),
+        ("floor", "1990-01-01T00:00:00Z"))]
+    out = conform_records(engine, "silver.orders", orders, lookback_days=None)
+    assert sorted(r["order_id"] for r in rows(out.valid)) == ["floor", "tolerated"]
+    assert sorted((json.loads(q["record"])["order_id"], q["rule"]) for q in qrows(out, "record")) == [
+        ("before-floor", "time.implausible"), ("in-two-days", "time.implausible"), ("year-9999", "time.implausible")]
+    customers = [GOOD["silver.customers"] | {"customer_id": "future", "signup_date": "2026-11-12"},
+                 GOOD["silver.customers"] | {"customer_id": "today", "signup_date": "2026-11-08"}]
+    out = conform_records(engine, "silver.customers", customers)
+    assert [r["customer_id"] for r in rows(out.valid)] == ["today"]
+    assert [q["rule"] for q in qrows(out)] == ["time.implausible"]
+    deals = [GOOD["silver.opportunities"] | {"opportunity_id": "next-year", "close_date": "2027-06-30"},
+             GOOD["silver.opportunities"] | {"opportunity_id": "year-2200", "close_date": "2200-01-01"}]
+    out = conform_records(engine, "silver.opportunities", deals)
+    assert [r["opportunity_id"] for r in rows(out.valid)] == ["next-year"]
+    assert [q["rule"] for q in qrows(out)] == ["time.implausible"]
