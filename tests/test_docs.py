@@ -37,3 +37,17 @@ def test_readme_documents_every_landing_refusal_and_record_rule():
     section = README.split("## Landing format")[1].split("### ")[0]
     for rule, meaning in {**FILE_RULES, **RECORD_RULES}.items():
         assert f"| `{rule}` | {meaning} |" in section
+
+
+def test_docs_rules_lists_every_declared_rule_with_its_meaning():
+    from contracts.landing import FILE_RULES, RECORD_RULES
+    from contracts.rules import ROW_RULES
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "rules.md").read_text()
+    for rule, meaning in {**FILE_RULES, **RECORD_RULES}.items():
+        assert f"| `{rule}` |" in page and f"| {meaning} |" in page
+    for table, rules in ROW_RULES.items():
+        for rule in rules:
+            row = next(line for line in page.splitlines()
+                       if line.startswith(f"| `{rule.id}` | silver") and line.endswith(f"| {rule.reason} |"))
+            assert table.removeprefix("silver.") in row.split("|")[3].strip().split(", "), (rule.id, table)
