@@ -49,13 +49,16 @@ class Reference:
 @dataclass(frozen=True)
 class Gate:
     """When a run's batch of a table fails its gate: more than ``max_quarantine_rate`` of the batch's rows were
-    quarantined (judged only for batches of at least ``min_rows`` rows: a rate over a handful says nothing), or
+    quarantined (for batches of at least ``min_rows`` rows; a smaller batch fails above ``small_batch_max_share``), or
     its source is stale: the newest rows of its bronze table were ingested more than ``max_age_days`` before
     the run date (the source stopped delivering). The sample data injects up to ~2.7% dirt per table by design
     (docs/sample-data.md), so the default rate is 5%; FX rates skip weekends and holidays, hence 4 days."""
 
     max_quarantine_rate: float = 0.05
     min_rows: int = 100
+    # A batch under min_rows (an FX day has 9-54 rates) is judged by a looser share instead: losing a third of a
+    # small feed still stops the run, a single bad row of a handful does not.
+    small_batch_max_share: float = 0.25
     max_age_days: int | None = 4  # freshness: the newest delivery (bronze ingest date) at most this many days old
 
 

@@ -477,16 +477,18 @@ def _build_dim_customer(ctx: RunContext, engine: Engine, spec: TableSpec, scan: 
 
 
 def gate_failures(summaries: list[dict[str, Any]], gates: Mapping[str, Gate]) -> list[dict[str, Any]]:
-    """The summaries whose quarantined share breaks their table's gate (batches of at least ``min_rows``)."""
+    """The summaries whose quarantined share breaks their table's gate: ``max_quarantine_rate`` for batches of at
+    least ``min_rows``, ``small_batch_max_share`` for smaller ones."""
     failures = []
     for s in summaries:
         gate, rows = gates.get(s["table"]), s.get("rows_in") or 0
-        if gate is None or rows < gate.min_rows:
+        if gate is None or rows == 0:
             continue
+        limit = gate.max_quarantine_rate if rows >= gate.min_rows else gate.small_batch_max_share
         quarantined = s.get("quarantined", 0)
-        if quarantined > gate.max_quarantine_rate * rows:
+        if quarantined > limit * rows:
             failures.append({"table": s["table"], "rows_in": rows, "quarantined": quarantined,
-                             "limit": gate.max_quarantine_rate, "rules": dict(s.get("rules", {}))})
+                             "limit": limit, "rules": dict(s.get("rules", {}))})
     return failures
 
 

@@ -27,13 +27,17 @@ def test_every_silver_table_declares_a_gate():
             assert 0 < spec.gate.max_quarantine_rate < 1 and spec.gate.min_rows > 0, spec.name
 
 
-def test_the_gate_fails_above_the_rate_and_ignores_batches_too_small_to_judge():
-    gate = Gate(max_quarantine_rate=0.05, min_rows=100)
+def test_the_gate_fails_above_the_rate_and_judges_small_batches_by_a_looser_share():
+    gate = Gate(max_quarantine_rate=0.05, min_rows=100, small_batch_max_share=0.25)
     s = {"stage": "silver", "table": "silver.customers"}
     assert gate_failures([{**s, "rows_in": 1000, "quarantined": 50}], {"silver.customers": gate}) == []
     failed = gate_failures([{**s, "rows_in": 1000, "quarantined": 51}], {"silver.customers": gate})
     assert [(f["table"], f["rows_in"], f["quarantined"]) for f in failed] == [("silver.customers", 1000, 51)]
-    assert gate_failures([{**s, "rows_in": 99, "quarantined": 99}], {"silver.customers": gate}) == []
+    # a small batch: one bad row of 20 passes, a third of an FX day's 54 rates fails
+    assert gate_failures([{**s, "rows_in": 20, "quarantined": 1}], {"silver.customers": gate}) == []
+    assert gate_failures([{**s, "rows_in": 8, "quarantined": 2}], {"silver.customers": gate}) == []
+    failed = gate_failures([{**s, "rows_in": 54, "quarantined": 18}], {"silver.customers": gate})
+    assert [(f["rows_in"], f["quarantined"], f["limit"]) for f in failed] == [(54, 18, 0.25)]
     assert gate_failures([{"stage": "silver", "table": "silver.customer_crm_links", "rows_written": 5}],
                          {"silver.customers": gate}) == []
 
@@ -134,3 +138,20 @@ def test_a_bronze_gate_stops_the_flow_before_silver(engine, daily_lakes, prefect
     assert "parse.malformed_json" in message
     assert (root / table("bronze.kafka.order_events").path).is_dir(), "bronze was written: the gate judges it"
     assert not (root / "silver").exists(), "silver is not built after a failed bronze gate"
+
+
+@pytest.mark.parametrize("engine", DELTA_ENGINES)
+def test_a_small_feed_losing_a_third_of_its_rows_stops_the_run(engine, daily_lakes, prefect_harness, tmp_path,
+                                                                 request):
+    """The FX feed is under the rate gate's 100-row minimum; a third of its rates broken still fails the silver
+    gate (the small-batch share), naming the table and its limit."""
+    def break_a_third_of_the_rates(landing, day):
+        rates = landing / "fx" / "rates" / day / "rates.jsonl"
+        lines = rates.read_text().splitlines()
+        broken = [line.replace('"rate":"', '"rate":"-') if i % 3 == 0 else line for i, line in enumerate(lines)]
+        assert sum(a != b for a, b in zip(lines, broken, strict=True)) >= len(lines) // 3 - 1
+        rates.write_text("\n".join(broken) + "\n")
+
+    message, _ = run_first_day_with(break_a_third_of_the_rates, engine, daily_lakes, tmp_path, request)
+    assert "silver gate failed" in message and "silver.fx_rates quarantined" in message
+    assert "(limit 25%), most by amount.out_of_range" in message
