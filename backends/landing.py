@@ -6,7 +6,7 @@ rejects and refusals on the laptop and on Spark. Paths are opened as paths (neve
 (gzip, zstd) are recognised by their first bytes; a file is read as a stream with every record bounded
 (``contracts.landing.READ_LIMITS``), so a hostile file costs bounded memory and time.
 
-Row semantics, per format (README "Landing format" says the same):
+Row semantics, per format (docs/landing.md says the same):
 - CSV: RFC 4180 with a header row; UTF-8 with or without a BOM; LF or CRLF line ends (a lone CR is data);
   empty lines are skipped; an empty field is null. A quoted field may span lines; a line that opens a quote no
   later line closes into a record of the header's width is quarantined alone and reading goes on with the next.

@@ -1,7 +1,7 @@
 """The landing format of every source entity: where its files sit, how they are encoded, which columns they carry.
 
 This is the contract with the outside world. The sample-data generator writes exactly this, bronze ingestion
-reads exactly this, and README's "Landing format" section documents it. Files for run date D live under
+reads exactly this, and docs/landing.md documents it. Files for run date D live under
 ``<landing>/<source>/<entity>/<D>/``; every file in that folder is one delivery of that entity.
 
 All values are read as text into bronze (bronze is raw); silver parses them. Timestamps are RFC 3339 / ISO 8601

@@ -307,7 +307,7 @@ def landing_text(rows: pa.Table, entity: LandingEntity) -> pa.Table:
     missing = [c for c in entity.column_names if c not in by_lower]
     if missing:
         msg = (f"expected column(s) {missing} of {entity.name} from its source, got columns {frame.columns}; map the "
-               "source's columns to the landing format (README, Landing format)")
+               "source's columns to the landing format (docs/landing.md)")
         raise SourceError(msg)
     exprs = []
     for name in entity.column_names:
