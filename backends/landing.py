@@ -111,6 +111,9 @@ def read_files(entity: LandingEntity, files: Sequence[tuple[Path, str]], *,
     for path, label in files:
         out = _FileOut(label, columns, limits)
         try:
+            if entity.format != "jsonl" and path.stat().st_size == 0:  # an empty JSON-lines file has no rows
+                raise _Refused("file.empty", f"expected a {entity.format} file for {entity.name} (a CSV carries at "
+                                             f"least its header row), got an empty (0-byte) {path.name}; {_KEEP}")
             reader(entity, path, out)
         except _Refused as refusal:
             refused.append(_refusal(label, refusal.problem, refusal.reason))
@@ -207,21 +210,20 @@ class _RawStream(io.RawIOBase):
         return len(data)
 
 
-def _open(path: Path) -> tuple[BinaryIO, int, bool]:
+def _open(path: Path) -> tuple[BinaryIO, bool]:
     """``path`` as a buffered byte stream, decompressed when its first bytes say gzip or zstd (whatever its
-    name); its size on disk; whether it was compressed."""
-    size = path.stat().st_size
+    name), and whether it was compressed."""
     with path.open("rb") as probe:
         magic = probe.read(4)
     compression = "gzip" if magic.startswith(_GZIP) else "zstd" if magic == _ZSTD else None
     named = next((c for c in (".gz", ".zst") if path.name.lower().endswith(c)), None)
-    if named and compression is None and size:
+    if named and compression is None and magic:
         raise _Refused("file.unreadable", f"expected {named} compressed data in {path.name} (its name says so), got "
                                           f"bytes that are not; {_KEEP}")
     if compression is None:
-        return path.open("rb"), size, False
+        return path.open("rb"), False
     raw = _RawStream(pa.input_stream(str(path), compression=compression))
-    return io.BufferedReader(raw, buffer_size=1 << 20), size, True  # type: ignore[return-value]
+    return io.BufferedReader(raw, buffer_size=1 << 20), True  # type: ignore[return-value]
 
 
 def _lines(stream: BinaryIO, limit: int) -> Iterator[tuple[bytes, int]]:
@@ -261,11 +263,8 @@ def _strip_end(raw: bytes) -> bytes:
 
 # ------------------------------------------------------------------------------------------------ CSV
 def _read_csv(entity: LandingEntity, path: Path, out: _FileOut) -> None:
-    stream, size, _ = _open(path)
+    stream, _ = _open(path)
     with stream:
-        if size == 0:
-            raise _Refused("file.empty", f"expected a CSV file with at least a header row for {entity.name}, got "
-                                         f"an empty (0-byte) {path.name}; {_KEEP}")
         lines = _PushBack(_lines(stream, out.limits.max_record_bytes))
         index, width = _csv_header(entity, path, lines, out.limits)
         for raw, length in lines:
@@ -402,7 +401,7 @@ def _quoted_record(first: bytes, lines: _PushBack, out: _FileOut, width: int) ->
 def _read_jsonl(entity: LandingEntity, path: Path, out: _FileOut) -> None:
     """Read in blocks of ``json_chunk_bytes`` cut at line ends; a line longer than ``max_record_bytes`` is
     quarantined (its head kept) while the rest of it is read and dropped."""
-    stream, _, _ = _open(path)
+    stream, _ = _open(path)
     limit = out.limits.max_record_bytes
     carry = b""
     skipping: list[Any] | None = None  # [head, length] of an over-long line being read past
@@ -562,11 +561,8 @@ def _json_line(raw: bytes, out: _FileOut) -> None:
 
 # ------------------------------------------------------------------------------------------------ Parquet
 def _read_parquet(entity: LandingEntity, path: Path, out: _FileOut) -> None:
-    stream, size, compressed = _open(path)
+    stream, compressed = _open(path)
     with stream:
-        if size == 0:
-            raise _Refused("file.empty", f"expected a Parquet file for {entity.name}, got an empty (0-byte) "
-                                         f"{path.name}; {_KEEP}")
         source: Any = io.BytesIO(stream.read()) if compressed else stream
         try:
             parquet = pq.ParquetFile(source)
@@ -629,9 +625,9 @@ def _canonical_text(table: pa.Table) -> tuple[pa.Table, dict[int, tuple[str, str
             try:
                 text.validate(full=True)
             except pa.ArrowInvalid:  # a string column holding bytes that are not UTF-8: those rows are rejects
-                decoded = [v.decode("utf-8", "replace") if v is not None else None
-                           for v in col.cast(pa.large_binary()).to_pylist()]
-                for i, v in enumerate(col.cast(pa.large_binary()).to_pylist()):
+                raw = col.cast(pa.large_binary()).to_pylist()
+                decoded = [v.decode("utf-8", "replace") if v is not None else None for v in raw]
+                for i, v in enumerate(raw):
                     if v is not None and decoded[i].encode("utf-8") != v:
                         reason = f"expected UTF-8 text in {name!r}, got bytes that are not"
                         bad.setdefault(i, ("encoding.invalid_utf8", reason))

@@ -200,7 +200,9 @@ def _run_failed(day: date, exc: Exception) -> None:
     from flows.display import plain
 
     logging.getLogger("prefect.lakehouse").debug("run of %s failed", day, exc_info=exc)
-    known = type(exc).__name__ in ("GateFailedError", "AuditFailedError", "AccountingError")
+    from flows.stages import AccountingError, AuditFailedError, GateFailedError
+
+    known = isinstance(exc, GateFailedError | AuditFailedError | AccountingError)
     what = plain(str(exc)) if known else f"{type(exc).__name__}: {plain(str(exc))[:500]}"
     err.print(f"[bold red]error:[/] run of {day} failed: {escape(what)}")
     err.print("what to do: see the failed stage in the Prefect UI and 'lakehouse quarantine list' (rows and files "

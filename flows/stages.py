@@ -78,15 +78,14 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
         _logger().warning("no landing files for %s on %s under %s", entity.name, ctx.run_date, folder)
     _log_refused(ctx, entity, listed.refused)
     named_refused = [r["source_file"] for r in listed.refused]
-    labelled = listed.files
-    files = labelled
+    files = listed.files
     if entity.stream:
-        summary = _ingest_stream(ctx, engine, entity, labelled)
+        summary = _ingest_stream(ctx, engine, entity, files)
         summary["refused"] = named_refused + summary["refused"]
         return summary
     # A file of the run date's folder can only have been ingested by a run of that date: look in its partition.
     done = set(_files_in(engine, bronze.batch_for(engine.scan(spec), ctx.run_date)))
-    new = [(f, label) for f, label in labelled if label not in done]
+    new = [(f, label) for f, label in files if label not in done]
     # A few files per commit (a connector's extract is many files): memory stays bounded, and a run that dies
     # between two commits resumes with the files not yet in bronze.
     step = ctx.settings().sources.bronze_files_per_commit
