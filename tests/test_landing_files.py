@@ -343,6 +343,7 @@ def test_a_day_with_damaged_files_runs_names_every_refusal_and_prints_data_inert
     accounts = landing / "crm" / "accounts" / DAY.isoformat()
     header, rows = csv_lines(valid_day)
     (accounts / "accounts_export.csv").write_bytes(_csv(header, [*rows, f"A9999999,{HOSTILE},x",
+                                                                 "A9999997,Evil\x1b[2J Corp,,,,,2026-11-01T09:30:00Z",
                                                                  "A9999998,Bad Date Ltd,,,,,01/11/2026 09:30"]))
     behaviour = landing / "redshift" / "customer_behaviour" / DAY.isoformat() / "customer_behaviour.csv"
     behaviour.write_bytes(behaviour.read_bytes() + b"C9999999,2026-11-01,lots,1,1,1,2026-11-01T09:30:00Z\n")
@@ -377,7 +378,7 @@ def test_a_day_with_damaged_files_runs_names_every_refusal_and_prints_data_inert
     assert "[/bold] [link=http://evil.example]click[/link]".replace(" ", "") in flat.replace(" ", "")
     assert "\\x1b[2J" in flat and "\x1b" not in shown.output and "\x07" not in shown.output
     table = runner.invoke(app, ["show", "bronze.crm.accounts", "--limit", "10000", "--lake-root", str(lake)])
-    assert table.exit_code == 0 and "\x1b" not in table.output
+    assert table.exit_code == 0 and "Evil\\x1b[2J Corp" in table.output and "\x1b" not in table.output
 
     # bad date formats and type drift are read into bronze as sent, and quarantined by silver's type rules
     from deltalake import DeltaTable
