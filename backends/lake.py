@@ -159,7 +159,8 @@ class Lake:
             self.check_writable()
         uri = self.path_uri(relative)
         # The log as this process loaded it (read_log usually just did): delta-rs would load it again from a URI.
-        write_deltalake(self._loaded_table(uri) or uri, rows, mode="append",
+        # A log written by an older release may lack a column added since: it is added (older rows hold null).
+        write_deltalake(self._loaded_table(uri) or uri, rows, mode="append", schema_mode="merge",
                         storage_options=self.storage_options or None, configuration=PORTABLE_TABLE_PROPERTIES)
 
     # Table metadata is read with delta-rs whichever engine wrote the table (the Delta log is the same).
@@ -246,6 +247,19 @@ class Lake:
         adds = pa.table(dt.get_add_actions(flatten=True))
         values = [v for v in adds.column(f"partition.{column}").to_pylist() if v is not None]
         return str(max(values)) if values else None
+
+    def files_through(self, spec: TableSpec, column: str, last: str) -> list[str]:
+        """The paths of the table's files whose partition ``column`` is at most ``last`` (ISO dates compare as
+        text), from the Delta log alone; empty when the table does not exist."""
+        dt = self.delta_table(spec)
+        if dt is None:
+            return []
+        import pyarrow as pa
+
+        adds = pa.table(dt.get_add_actions(flatten=True))
+        values = adds.column(f"partition.{column}").to_pylist()
+        return sorted(p for p, v in zip(adds.column("path").to_pylist(), values, strict=True)
+                      if v is not None and str(v) <= last)
 
     def check_readable(self, spec: TableSpec, version: int | None) -> bool:
         """Whether ``spec`` exists; a clear error when ``version`` is asked of a table that lacks it."""

@@ -73,15 +73,27 @@ class PolarsDeltaEngine:
     def overwrite(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
         return self._commit(spec, self.lake.delta_table(spec), self._checked(spec, frame), mode="overwrite")
 
-    def overwrite_partitions(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
-        """Replace exactly the partitions present in ``frame``; other partitions stay as they are."""
+    def overwrite_partitions(self, spec: TableSpec, frame: nw.LazyFrame, *,
+                             partitions: dict[str, list[Any]] | None = None) -> WriteResult:
+        """Replace exactly the partitions present in ``frame`` (or those named in ``partitions``: column ->
+        values, which ``frame``'s rows must lie in; then an empty ``frame`` empties them); other partitions stay
+        as they are."""
         if not spec.partition_by:
             msg = f"expected a partitioned table for overwrite_partitions, got {spec.name!r} (no partition columns)"
             raise ValueError(msg)
-        data, dt, done = self._into_existing(spec, frame)
-        if done is not None:
-            return done
-        return self._commit(spec, dt, data, mode="overwrite", partitions=_partitions(data, spec.partition_by))
+        if partitions is None:
+            data, dt, done = self._into_existing(spec, frame)
+            if done is not None:
+                return done
+            return self._commit(spec, dt, data, mode="overwrite", partitions=_partitions(data, spec.partition_by))
+        data = self._checked(spec, frame)
+        outside = _partitions(data, spec.partition_by)
+        stray = {c: sorted(set(v) - set(partitions.get(c, ())), key=str) for c, v in outside.items()}
+        if any(stray.values()):
+            msg = f"expected rows for {spec.name!r} in partitions {partitions}, got rows in {stray}"
+            raise ValueError(msg)
+        dt = self.lake.delta_table(spec)
+        return self._commit(spec, dt, data, mode="overwrite", partitions=partitions if dt is not None else None)
 
     def merge(self, spec: TableSpec, frame: nw.LazyFrame, *, insert_only: bool = False) -> WriteResult:
         """Upsert by ``spec.keys``: the row with the larger ``spec.latest_by`` (then ``_record_hash``) wins.

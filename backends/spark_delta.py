@@ -122,16 +122,28 @@ class SparkDeltaEngine:
         data, rows = self._checked(spec, frame)
         return self._write(spec, data, rows, mode="overwrite")
 
-    def overwrite_partitions(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
-        """Replace exactly the partitions present in ``frame``; other partitions stay as they are."""
+    def overwrite_partitions(self, spec: TableSpec, frame: nw.LazyFrame, *,
+                             partitions: dict[str, list[Any]] | None = None) -> WriteResult:
+        """Replace exactly the partitions present in ``frame`` (or those named in ``partitions``: column ->
+        values, which ``frame``'s rows must lie in; then an empty ``frame`` empties them); other partitions stay
+        as they are."""
         if not spec.partition_by:
             msg = f"expected a partitioned table for overwrite_partitions, got {spec.name!r} (no partition columns)"
             raise ValueError(msg)
         data, rows = self._checked(spec, frame)
-        done = self._create_or_skip(spec, data, rows)
-        if done is not None:
-            return done
-        return self._write(spec, data, rows, mode="overwrite", replace_where=self._partitions(data, spec))
+        if partitions is None:
+            done = self._create_or_skip(spec, data, rows)
+            if done is not None:
+                return done
+            return self._write(spec, data, rows, mode="overwrite", replace_where=self._partitions(data, spec))
+        if not self.exists(spec):
+            return self._write(spec, data, rows, mode="overwrite")
+        predicate = partition_predicate(partitions)
+        stray = data.filter(f"NOT ({predicate})").limit(1).count() if rows else 0
+        if stray:
+            msg = f"expected rows for {spec.name!r} in partitions {partitions}, got rows outside them"
+            raise ValueError(msg)
+        return self._write(spec, data, rows, mode="overwrite", replace_where=predicate)
 
     def merge(self, spec: TableSpec, frame: nw.LazyFrame, *, insert_only: bool = False) -> WriteResult:
         """Upsert by ``spec.keys`` with ``MERGE INTO``: the larger ``spec.latest_by`` (then ``_record_hash``) wins."""

@@ -12,9 +12,11 @@ the flow run); ``force`` refreshes every key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,9 +50,31 @@ def resumable(task: T, ctx: RunContext) -> T:
                              refresh_cache=ctx.force or None)
 
 
-def keyed_by(reads: Callable[[dict[str, Any]], Iterable[str]]) -> Callable[[TaskRunContext, dict[str, Any]], str]:
+# The modules whose code decides how a bronze row is conformed into silver or quarantined (rules, parsing,
+# currencies), and the libraries whose data they use.
+CONFORM_CODE = ("contracts/rules.py", "contracts/landing.py", "contracts/catalog.py", "tasks/silver.py",
+                "backends/expressions.py")
+CONFORM_LIBRARIES = ("iso4217",)
+
+
+@functools.cache
+def conform_code_version() -> str:
+    """A digest of the code and library versions that decide silver's rules: a fix to a rule changes it, so a
+    retried task or a rerun date conforms its batch again (``CONFORM_CODE``)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for relative in CONFORM_CODE:
+        digest.update(relative.encode() + b"\0" + (root / relative).read_bytes() + b"\0")
+    for library in CONFORM_LIBRARIES:
+        digest.update(f"{library}=={metadata.version(library)}".encode())
+    return digest.hexdigest()
+
+
+def keyed_by(reads: Callable[[dict[str, Any]], Iterable[str]], *, rules: bool = False
+             ) -> Callable[[TaskRunContext, dict[str, Any]], str]:
     """A Prefect ``cache_key_fn``: ``reads(parameters)`` names the tables the task reads (``landing:`` entries
-    name landing entities, fingerprinted by their files for the run date)."""
+    name landing entities, fingerprinted by their files for the run date); with ``rules``, the key also holds
+    the rules' code version (``conform_code_version``), so a fixed rule runs the task again in a retry."""
 
     def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         ctx: RunContext = parameters["ctx"]
@@ -66,6 +90,7 @@ def keyed_by(reads: Callable[[dict[str, Any]], Iterable[str]]) -> Callable[[Task
         material = {
             "task": context.task.name, "args": args, "run_date": ctx.run_date, "run_id": ctx.run_id,
             "lake": settings.lake().path_uri(""), "backend": settings.backend, "versions": versions,
+            "rules": conform_code_version() if rules else None,
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 

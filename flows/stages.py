@@ -4,6 +4,8 @@ backend-agnostic transforms in ``tasks/``, writes through the engine, and return
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -23,6 +25,7 @@ from backends.releases import Releases
 from contracts.catalog import Gate, TableSpec, bronze_for, quarantine_for, table, tables
 from contracts.landing import LandingEntity, landing_entity
 from flows import customer_grain
+from flows.caching import conform_code_version
 from flows.context import RunContext
 from flows.retry_policy import LAKE_RETRIES, SOURCE_RETRIES
 from flows.tracking import lake_task
@@ -45,9 +48,11 @@ def _summary(stage: str, spec: TableSpec, **figures: Any) -> dict[str, Any]:
     return {"stage": stage, "table": spec.name, **figures}
 
 
-def _quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunContext) -> tuple[int, dict[str, int]]:
-    """Write rejected rows (rule, reason, record, record_hash, source_file) to ``spec``'s quarantine table."""
-    if data.num_rows == 0:
+def _quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunContext, *, replace: bool = False
+                ) -> tuple[int, dict[str, int]]:
+    """Write rejected rows (rule, reason, record, record_hash, source_file) to ``spec``'s quarantine table; with
+    ``replace``, they replace the run date's partition (no rows: it is emptied)."""
+    if data.num_rows == 0 and not (replace and engine.exists(quarantine_for(spec))):
         return 0, {}
     qspec = quarantine_for(spec)
     stamped = engine.from_arrow(data).with_columns(
@@ -56,7 +61,10 @@ def _quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunContext
         nw.lit(ctx.run_id).alias("run_id"),
         nw.lit(ctx.run_date).cast(nw.Date()).alias("run_date"),
     )
-    engine.merge(qspec, stamped, insert_only=True)
+    if replace:
+        engine.overwrite_partitions(qspec, stamped, partitions={"run_date": [ctx.run_date]})
+    else:
+        engine.merge(qspec, stamped, insert_only=True)
     return data.num_rows, dict(Counter(data.column("rule").to_pylist()))
 
 
@@ -84,22 +92,34 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
         summary["refused"] = named_refused + summary["refused"]
         return summary
     # A file of the run date's folder can only have been ingested by a run of that date: look in its partition.
-    done = set(_files_in(engine, bronze.batch_for(engine.scan(spec), ctx.run_date)))
+    done = _files_in(engine, bronze.batch_for(engine.scan(spec), ctx.run_date))
     new = [(f, label) for f, label in files if label not in done]
     # A few files per commit (a connector's extract is many files): memory stays bounded, and a run that dies
     # between two commits resumes with the files not yet in bronze.
     step = ctx.settings().sources.bronze_files_per_commit
-    rows = quarantined = 0
-    rules: Counter[str] = Counter()
+    rows = 0
     refused: list[str] = []
     version = engine.version(spec)
     for i in range(0, max(len(new), 1), step):
-        n, q, r, version, bad = _append_files(ctx, engine, entity, new[i:i + step])
-        rows, quarantined, refused = rows + n, quarantined + q, refused + bad
-        rules.update(r)
-    return _summary("bronze", spec, files=len(files), new_files=len(new), rows_in=rows + quarantined,
-                    accepted=rows, quarantined=quarantined, rules=dict(rules), rows_written=rows, version=version,
-                    refused=named_refused + refused)
+        n, _, version, bad = _append_files(ctx, engine, entity, new[i:i + step])
+        rows, refused = rows + n, refused + bad
+    return _summary("bronze", spec, files=len(files), new_files=len(new),
+                    **bronze_figures(ctx, engine, spec, sum(done.values()) + rows), rows_written=rows,
+                    version=version, refused=named_refused + refused)
+
+
+def bronze_figures(ctx: RunContext, engine: Engine, spec: TableSpec, accepted: int) -> dict[str, Any]:
+    """The run date's bronze batch of ``spec`` (every file ingested for the date, by this run or before):
+    ``accepted`` rows in bronze, the records its quarantine holds for the date (by rule), so a gate judges the
+    same batch on a rerun as on the first run."""
+    qspec = quarantine_for(spec)
+    rules: dict[str, int] = {}
+    if engine.exists(qspec):
+        rows = engine.scan(qspec).filter(nw.col("run_date") == nw.lit(ctx.run_date).cast(nw.Date()))
+        counts = engine.to_arrow(rows.group_by("rule").agg(nw.len().alias("n")))
+        rules = dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
+    quarantined = sum(rules.values())
+    return {"rows_in": accepted + quarantined, "accepted": accepted, "quarantined": quarantined, "rules": rules}
 
 
 @lake_task(lambda p: [], name="extract", task_run_name="extract-{entity_name}", **SOURCE_RETRIES)
@@ -149,14 +169,14 @@ def acknowledge_stream(ctx: RunContext, entity_name: str) -> dict[str, Any]:
 
 
 def _append_files(ctx: RunContext, engine: Engine, entity: LandingEntity, files: list[tuple[Path, str]]
-                  ) -> tuple[int, int, dict[str, int], int | None, list[str]]:
+                  ) -> tuple[int, int, int | None, list[str]]:
     """Read ``files`` and append their rows to bronze in one commit (unparseable records to quarantine first,
-    refused files logged): rows, quarantined, rules, bronze version, refused files."""
+    refused files logged): rows, quarantined, bronze version, refused files."""
     spec = bronze_for(entity)
     read = engine.read_landing(entity, files) if files else None
-    quarantined, rules = (0, {})
+    quarantined = 0
     if read is not None and read.rejects.num_rows:
-        quarantined, rules = _quarantine(engine, spec, read.rejects, ctx)
+        quarantined, _ = _quarantine(engine, spec, read.rejects, ctx)
     rows, version = 0, engine.version(spec)
     if read is not None:
         stamped = engine.materialize(
@@ -170,7 +190,7 @@ def _append_files(ctx: RunContext, engine: Engine, entity: LandingEntity, files:
             raise AccountingError(msg)
     refused = read.refused.to_pylist() if read is not None else []
     _log_refused(ctx, entity, refused)
-    return rows, quarantined, rules, version, [r["source_file"] for r in refused]
+    return rows, quarantined, version, [r["source_file"] for r in refused]
 
 
 def _log_refused(ctx: RunContext, entity: LandingEntity, refused: list[dict[str, str]]) -> None:
@@ -207,13 +227,12 @@ def _ingest_stream(ctx: RunContext, engine: Engine, entity: LandingEntity,
                           ", ".join(labels))
     todo = [(f, label) for f, label in pending if label not in in_bronze]
     step = settings.stream_commit_max_files
-    rows = quarantined = 0
-    rules: Counter[str] = Counter()
+    rows = 0
     refused: list[str] = []
     version = engine.version(spec)
     for i in range(0, len(todo), step):
         chunk = todo[i:i + step]
-        n, q, r, version, bad = _append_files(ctx, engine, entity, chunk)
+        n, q, version, bad = _append_files(ctx, engine, entity, chunk)
         refused += bad
         # A refused file is not checkpointed: once fixed, a rerun of its date applies it.
         applied_now = [(f, label) for f, label in chunk if label not in bad]
@@ -221,13 +240,12 @@ def _ingest_stream(ctx: RunContext, engine: Engine, entity: LandingEntity,
             checkpoints.record([label for _, label in applied_now], [_lines(f) for f, _ in applied_now], rows=n,
                                quarantined=q,
                                bronze_version=version or 0, recovered=False, run_id=ctx.run_id, run_date=ctx.run_date)
-        rows, quarantined = rows + n, quarantined + q
-        rules.update(r)
+        rows += n
         _logger().info("%s: applied micro-batch files %d-%d of %d (%d rows)", entity.name, i + 1,
                        i + len(chunk), len(todo), n)
-    return _summary("bronze", spec, files=len(files), new_files=len(todo), rows_in=rows + quarantined,
-                    accepted=rows, quarantined=quarantined, rules=dict(rules), rows_written=rows, version=version,
-                    refused=refused, recovered_files=len(orphaned))
+    return _summary("bronze", spec, files=len(files), new_files=len(todo),
+                    **bronze_figures(ctx, engine, spec, sum(in_bronze.values()) + rows), rows_written=rows,
+                    version=version, refused=refused, recovered_files=len(orphaned))
 
 
 def _files_in(engine: Engine, frame: nw.LazyFrame) -> dict[str, int]:
@@ -260,52 +278,104 @@ def _logger() -> Any:
         return logging.getLogger(__name__)
 
 
-@lake_task(lambda p: [table(p["table_name"]).source or "", *silver.REFS_NEEDED.get(p["table_name"], ())],
+@lake_task(lambda p: [table(p["table_name"]).source or "", *silver.REFS_NEEDED.get(p["table_name"], ())], rules=True,
            name="silver", task_run_name="silver-{table_name}", **LAKE_RETRIES)
 def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     """Conform the run date's bronze batch into a silver table: quarantine, dedupe latest, merge by key.
 
-    Each bronze file is conformed once (``_conformed/<entity>`` lists the files done): a rerun of the date
-    conforms only files ingested since, so what was accepted or quarantined stays as the first run left it
-    (re-checking quarantined rows against today's references is a replay, flows/quarantine.py)."""
+    A date's batch is conformed whole, and again whenever what it was conformed with changed (``conform_inputs``:
+    its bronze files, the bronze files up to the date its reference tables are built from, the rules' code and
+    settings): a retry or rerun after a fix (missing customers delivered, a rule corrected, a refused file
+    fixed) gives the tables one clean run with the fixed inputs gives, and the date's quarantine holds only
+    what that run quarantines. Unchanged inputs change nothing; the summary then gives the date's figures as
+    the lake holds them, so a gate judges the same batch on a rerun. ``_conformed/<entity>`` records each
+    conform of a date."""
     spec = table(table_name)
     engine = ctx.engine()
     lake = ctx.settings().lake()
     source = table(spec.source or "")
     batch = bronze.batch_for(engine.scan(source), ctx.run_date)
-    files = set(_files_in(engine, batch))
-    done_log = lake.read_log(conformed_log(spec))
-    todo = sorted(files - (set(done_log.column("source_file").to_pylist()) if done_log is not None else set()))
-    if files and not todo:
-        _logger().info("%s: the %d bronze file(s) of %s were conformed before; nothing to do", spec.name,
-                       len(files), ctx.run_date)
-    batch = engine.materialize(batch.filter(nw.col("_source_file").is_in(todo)))
-    done = conform_into_silver(ctx, engine, spec, batch)
-    if todo:
+    files = _files_in(engine, batch)
+    inputs = conform_inputs(ctx, spec, files)
+    if files and last_conform(ctx, spec) == inputs:
+        _logger().info("%s: the %d bronze file(s) of %s were conformed with the same inputs before; nothing to do",
+                       spec.name, len(files), ctx.run_date)
+        return _summary("silver", spec, files=0, **silver_figures(ctx, engine, spec, sum(files.values())),
+                        rows_written=0, version=engine.version(spec))
+    done = conform_into_silver(ctx, engine, spec, engine.materialize(batch), replace_quarantine=bool(files))
+    if files:
         now = datetime.now(UTC)
         lake.append_log(conformed_log(spec), pa.Table.from_pylist(
-            [{"source_file": f, "run_id": ctx.run_id, "run_date": ctx.run_date, "conformed_at": now} for f in todo],
-            schema=CONFORMED_LOG_SCHEMA))
-    return _summary("silver", spec, files=len(todo), **{k: v for k, v in done.items() if k != "accepted_hashes"})
+            [{"source_file": f, "run_id": ctx.run_id, "run_date": ctx.run_date, "conformed_at": now, "inputs": inputs}
+             for f in sorted(files)], schema=CONFORMED_LOG_SCHEMA))
+    return _summary("silver", spec, files=len(files), **{k: v for k, v in done.items() if k != "accepted_hashes"})
 
 
 CONFORMED_LOG_SCHEMA = pa.schema([
     ("source_file", pa.string()), ("run_id", pa.string()), ("run_date", pa.date32()),
-    ("conformed_at", pa.timestamp("us", tz="UTC")),
+    ("conformed_at", pa.timestamp("us", tz="UTC")), ("inputs", pa.string()),
 ])
 
 
 def conformed_log(spec: TableSpec) -> str:
-    """The bronze files already conformed into silver table ``spec`` (one row per file)."""
+    """Each conform of a date's bronze files into silver table ``spec`` (one row per file, with the digest of
+    the inputs it was conformed with)."""
     return f"_conformed/{spec.entity}"
 
 
+def conform_inputs(ctx: RunContext, spec: TableSpec, files: Mapping[str, int]) -> str:
+    """A digest of what conforming the run date's batch of ``spec`` depends on: the batch's bronze files (with
+    their rows), the bronze files up to the run date of the tables its references are built from, the rules'
+    code version and the settings the rules read."""
+    settings = ctx.settings()
+    lake = settings.lake()
+    refs = {name: lake.files_through(table(table(name).source or name), "_ingest_date", ctx.run_date.isoformat())
+            for name in silver.REFS_NEEDED.get(spec.name, ())}
+    key = hashlib.sha256(settings.require_hmac_key() + b"conform-inputs").hexdigest()
+    material = {"files": sorted(files.items()), "refs": refs, "rules": conform_code_version(),
+                "settings": [settings.fx_window_days, settings.lookback_days, key]}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def last_conform(ctx: RunContext, spec: TableSpec) -> str | None:
+    """The inputs digest of the latest conform of the run date into ``spec`` (None: never, or by a release
+    that did not record it)."""
+    log = ctx.settings().lake().read_log(conformed_log(spec))
+    if log is None or "inputs" not in log.column_names:
+        return None
+    mine = [r for r in log.select(["run_date", "conformed_at", "inputs"]).to_pylist() if r["run_date"] == ctx.run_date]
+    return max(mine, key=lambda r: r["conformed_at"])["inputs"] if mine else None
+
+
+def silver_figures(ctx: RunContext, engine: Engine, spec: TableSpec, rows_in: int) -> dict[str, Any]:
+    """The run date's batch of ``spec`` as the lake holds it: ``rows_in`` bronze rows, the date's quarantined
+    rows not accepted since by a replay (by rule), the rest accepted."""
+    from flows.quarantine import replay_log
+
+    qspec = quarantine_for(spec)
+    rules: dict[str, int] = {}
+    if engine.exists(qspec):
+        rows = engine.scan(qspec).filter(nw.col("run_date") == nw.lit(ctx.run_date).cast(nw.Date()))
+        replayed = ctx.settings().lake().read_log(replay_log(spec.name))
+        if replayed is not None and replayed.num_rows:
+            hashes = pa.table({"record_hash": replayed.column("record_hash").cast(pa.string()).unique()})
+            rows = rows.join(engine.from_arrow(hashes), on="record_hash", how="anti")
+        # A row a replay sent back under another rule is one row, under its first rule.
+        firsts = rows.group_by("record_hash", "source_file", "occurrence").agg(nw.col("rule").min())
+        counts = engine.to_arrow(firsts.group_by("rule").agg(nw.len().alias("n")))
+        rules = dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
+    quarantined = sum(rules.values())
+    return {"rows_in": rows_in, "accepted": rows_in - quarantined, "quarantined": quarantined, "rules": rules}
+
+
 def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch: nw.LazyFrame, *,
-                        accepted_hashes: bool = False, late_ok: bool = False) -> dict[str, Any]:
+                        accepted_hashes: bool = False, late_ok: bool = False,
+                        replace_quarantine: bool = False) -> dict[str, Any]:
     """Conform a bronze ``batch`` of ``spec``'s entity: quarantine what fails a rule, merge the rest by key.
     Every row is accounted for (rows in = accepted + quarantined) or nothing is merged. With
     ``accepted_hashes``, also the ``_record_hash`` of every accepted row (for the replay log). ``late_ok``
-    (a replay) accepts changes older than the lookback."""
+    (a replay) accepts changes older than the lookback. With ``replace_quarantine`` (``batch`` is the run
+    date's whole batch) the run date's quarantine partition is replaced by this batch's rejects."""
     settings = ctx.settings()
     refs = {name: engine.scan(table(name)) for name in silver.REFS_NEEDED.get(spec.name, ())}
     result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.require_hmac_key(),
@@ -315,7 +385,7 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
     valid = engine.materialize(result.valid)
     rows_in, accepted = engine.count(batch), engine.count(valid)
     rejected = result.quarantine_records(engine.to_arrow(result.quarantined))
-    quarantined, rules = _quarantine(engine, spec, rejected, ctx)
+    quarantined, rules = _quarantine(engine, spec, rejected, ctx, replace=replace_quarantine)
     if rows_in != accepted + quarantined:
         msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
         raise AccountingError(msg)

@@ -91,9 +91,11 @@ class TaskRun:
         )
 
 
-def lake_task(reads: Callable[[dict[str, Any]], Iterable[str]], **options: Any) -> Callable[[Callable], Any]:
+def lake_task(reads: Callable[[dict[str, Any]], Iterable[str]], *, rules: bool = False, **options: Any
+              ) -> Callable[[Callable], Any]:
     """A Prefect task (``options`` as for ``@task``) whose result is cached under the versions of the tables
-    ``reads(parameters)`` names (flows/caching.py), and which records itself in the ledger and lineage."""
+    ``reads(parameters)`` names (and, with ``rules``, the rules' code version: flows/caching.py), and which
+    records itself in the ledger and lineage."""
 
     def decorate(fn: Callable[..., Any]) -> Any:
         signature = inspect.signature(fn)
@@ -108,7 +110,7 @@ def lake_task(reads: Callable[[dict[str, Any]], Iterable[str]], **options: Any) 
             name = template.format(**params.arguments) if template else options.get("name", fn.__name__)
             return _tracked(ctx, fn, args, kwargs, names, fallback_name=name)
 
-        return task(cache_key_fn=keyed_by(reads), **options)(run)
+        return task(cache_key_fn=keyed_by(reads, rules=rules), **options)(run)
 
     return decorate
 

@@ -1,0 +1,155 @@
+"""A retry or a rerun after a fix gives the clean run's tables, on both engines.
+
+The scenario: every order of day 2 points at a customer first delivered on day 2, and day 2's customers file
+comes late. The first run of day 2 stops at the silver gate (the orders are ``ref.unknown_customer``). The
+customers are delivered; then the failed flow run is retried (only what the delivery changed runs again), or
+the date is run again with ``lakehouse run``. Either way silver, gold and quarantine equal one clean run of day 2
+with every file there, and a rerun with nothing changed changes nothing. A rerun *without* the fix fails the
+gate again: the gate judges the date's batch, not only what the rerun wrote.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+from lakes import normalised
+from typer.testing import CliRunner
+
+from backends import Lake
+from backends.releases import Releases
+from contracts.catalog import TABLES
+from flows.cli import app
+from flows.tracking import read_ledger
+
+DAY1, DAY2 = date(2026, 11, 1), date(2026, 11, 2)
+runner = CliRunner()
+
+
+@pytest.fixture(params=["polars", "sail"])
+def late_customers(request, daily_lakes, tmp_path):
+    """Per engine: the landing with day 2's orders pointed at day 2's new customers, the clean lake of day 2 with
+    every file there, a lake after day 1 to fail in, and the withheld customers file."""
+    from flows.daily import daily_lakehouse
+
+    built = daily_lakes(request.param)
+    landing = tmp_path / "landing"
+    shutil.copytree(built["landing"], landing)
+    customers = landing / "snowflake" / "customers"
+    known = set(pl.read_parquet(customers / DAY1.isoformat() / "customers.parquet")["customer_id"].to_list())
+    day2 = customers / DAY2.isoformat() / "customers.parquet"
+    new = sorted(set(pl.read_parquet(day2)["customer_id"].to_list()) - known)
+    assert len(new) >= 5, "the sample signs up customers on day 2"
+    orders_file = landing / "snowflake" / "orders" / DAY2.isoformat() / "orders.parquet"
+    orders = pl.read_parquet(orders_file)
+    pointed = pl.Series([new[i % len(new)] for i in range(orders.height)], dtype=orders.schema["customer_id"])
+    orders.with_columns(pointed.alias("customer_id")).write_parquet(orders_file)
+
+    clean = tmp_path / "clean"
+    shutil.copytree(built["first_day"], clean)
+    daily_lakehouse(run_date=DAY2, lake_root=str(clean), landing_root=str(landing), **built["engine"])
+    withheld = tmp_path / "withheld.parquet"
+    shutil.move(day2, withheld)
+    failing = tmp_path / "lake"
+    shutil.copytree(built["first_day"], failing)
+    return {"landing": landing, "clean": clean, "root": failing, "withheld": withheld, "delivered": day2,
+            "orders": orders.height, "engine": built["engine"], "name": request.param}
+
+
+def _compared(a: Path, b: Path) -> list[str]:
+    """The silver, gold and quarantine tables whose rows differ between lakes ``a`` and ``b``."""
+    differ = []
+    for name, spec in sorted(TABLES.items()):
+        if spec.layer in ("silver", "gold", "quarantine"):
+            x, y = normalised(a, name), normalised(b, name)
+            if (x is None) != (y is None) or (x is not None and not x.equals(y)):
+                differ.append(name)
+    return differ
+
+
+def _conformed_versions(root: Path) -> dict[str, int | None]:
+    """The versions of bronze, quarantine and the silver tables conformed from bronze (not the links and gold,
+    which every run rewrites whole)."""
+    lake = Lake(str(root))
+    return {name: lake.version(spec) for name, spec in TABLES.items()
+            if spec.layer in ("bronze", "quarantine") or (spec.layer == "silver" and spec.source)}
+
+
+def _cli_run(s: dict, *extra: str):
+    engine = ["--backend", "spark", "--spark-remote", s["engine"]["spark_remote"]] if s["engine"] else []
+    return runner.invoke(app, ["run", "--date", DAY2.isoformat(), "--lake-root", str(s["root"]), "--landing",
+                               str(s["landing"]), *engine, *extra])
+
+
+def _quarantined_orders(root: Path) -> dict[str, int]:
+    rows = normalised(root, "quarantine.silver.orders")
+    if rows is None:
+        return {}
+    day = rows.filter(pl.col("run_date") == DAY2)
+    return dict(day.group_by("rule").len().iter_rows())
+
+
+def test_a_retried_run_after_the_late_customers_arrive_equals_the_clean_run(late_customers, monkeypatch):
+    from flows import stages
+    from flows.daily import daily_lakehouse
+
+    s = late_customers
+    real = stages.create_table_artifact
+    delivered = []
+
+    def deliver_when_the_gate_fails(*args, **kwargs):
+        # The operator's fix, made while the run stands failed: the customers file is delivered.
+        if kwargs.get("key") == "silver-gate" and not delivered:
+            shutil.copy(s["withheld"], s["delivered"])
+            delivered.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "create_table_artifact", deliver_when_the_gate_fails)
+    state = daily_lakehouse.with_options(retries=1, retry_delay_seconds=0)(
+        run_date=DAY2, lake_root=str(s["root"]), landing_root=str(s["landing"]), return_state=True, **s["engine"])
+    assert delivered, "the first attempt stopped at the silver gate"
+    assert state.is_completed(), state
+    rows = [r for r in read_ledger(Lake(str(s["root"]))) if r["run_date"] == DAY2]
+    failed = {r["task"] for r in rows if r["status"] == "failed"}
+    assert failed == {"gate-silver"}, failed
+    completed: dict[str, int] = {}
+    for r in rows:
+        if r["status"] == "completed":
+            completed[r["task"]] = completed.get(r["task"], 0) + 1
+    # The retry ran what the delivery changed, and what follows; the other sources were not touched again.
+    assert completed["bronze-snowflake.customers"] == completed["silver-silver.orders"] == 2
+    assert completed["bronze-snowflake.orders"] == completed["silver-silver.products"] == 1
+    assert completed["gate-silver"] == 1 and completed["release-gold"] == 1
+
+    assert _quarantined_orders(s["clean"]).get("ref.unknown_customer", 0) == 0
+    assert _compared(s["clean"], s["root"]) == []
+    assert Releases(Lake(str(s["root"]))).current().run_date == DAY2
+
+    before = _conformed_versions(s["root"])
+    again = _cli_run(s)
+    assert again.exit_code == 0, again.output
+    assert _conformed_versions(s["root"]) == before, "nothing was ingested or conformed again"
+    assert _compared(s["clean"], s["root"]) == [], "a rerun with nothing changed changes nothing"
+
+
+def test_a_rerun_fails_the_gate_until_the_fix_then_equals_the_clean_run(late_customers):
+    s = late_customers
+    first = _cli_run(s)
+    assert first.exit_code != 0 and "silver gate failed" in first.output, first.output
+    stuck = _quarantined_orders(s["root"])
+    assert stuck.get("ref.unknown_customer", 0) > 0.9 * s["orders"], stuck
+    # Run again without the fix: the gate judges the date's batch (all of it still quarantined), not the
+    # nothing this rerun conformed, so nothing is released.
+    unfixed = _cli_run(s)
+    assert unfixed.exit_code != 0 and "silver gate failed" in unfixed.output, unfixed.output
+    assert Releases(Lake(str(s["root"]))).current().run_date == DAY1
+    assert _quarantined_orders(s["root"]) == stuck, "no duplicate quarantine rows"
+
+    shutil.copy(s["withheld"], s["delivered"])
+    fixed = _cli_run(s)
+    assert fixed.exit_code == 0, fixed.output
+    assert _compared(s["clean"], s["root"]) == []
+    assert Releases(Lake(str(s["root"]))).current().run_date == DAY2
