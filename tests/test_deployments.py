@@ -125,3 +125,68 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path):
     lake = Lake(str(lake_root))
     current = Releases(lake).current()
     assert all(not lake.missing_files(table(name), v) for name, v in current.versions.items())
+
+
+def _deployment_run(stack, day: date, lake_root: Path, landing: Path) -> subprocess.CompletedProcess[str]:
+    return _prefect(stack, "deployment", "run", "daily-lakehouse/local", "-p", f"run_date={day}",
+                    "-p", f"lake_root={lake_root}", "-p", f"landing_root={landing}", "--watch", "--watch-interval", "1")
+
+
+def _wait_completed(stack, run_id: str, lake_root: Path, day: date) -> None:
+    deadline = time.monotonic() + 300
+    while day not in RunLog(Lake(str(lake_root))).done_dates():
+        assert time.monotonic() < deadline, "the retried run did not complete within 5 minutes"
+        time.sleep(2)
+    while "COMPLETED" not in (inspect := _prefect(stack, "flow-run", "inspect", run_id)).stdout.upper():
+        assert time.monotonic() < deadline, f"the retried flow run did not end COMPLETED: {inspect.stdout[-2000:]}"
+        time.sleep(2)
+
+
+def test_a_run_failed_at_the_gate_retried_after_the_fix_equals_the_clean_run(stack, tmp_path):
+    """Day 2's orders all point at customers first delivered on day 2, whose file comes late: the deployment's
+    run stops at the silver gate. The file is delivered and the failed flow run retried with ``prefect flow-run
+    retry`` (the Prefect UI's Retry does the same): the worker resumes it, and silver, gold and quarantine equal a
+    clean run of day 2 with every file there."""
+    import polars as pl
+    from lakes import normalised
+    from test_rerun_after_fix import _compared
+
+    from tasks.sample_data import generate
+
+    landing, lake_root, clean = tmp_path / "landing", tmp_path / "lake", tmp_path / "clean"
+    generate(landing, days=2, scale=0.03, seed=11, start=DAY1)
+    customers = landing / "snowflake" / "customers"
+    known = set(pl.read_parquet(customers / DAY1.isoformat() / "customers.parquet")["customer_id"].to_list())
+    late = customers / DAY2.isoformat() / "customers.parquet"
+    new = sorted(set(pl.read_parquet(late)["customer_id"].to_list()) - known)
+    orders_file = landing / "snowflake" / "orders" / DAY2.isoformat() / "orders.parquet"
+    orders = pl.read_parquet(orders_file)
+    orders.with_columns(pl.Series("customer_id", [new[i % len(new)] for i in range(orders.height)],
+                                  dtype=orders.schema["customer_id"])).write_parquet(orders_file)
+    withheld = tmp_path / "withheld.parquet"
+    shutil.move(late, withheld)
+
+    first = _deployment_run(stack, DAY1, lake_root, landing)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    shutil.copytree(lake_root, clean)
+    failed = _deployment_run(stack, DAY2, lake_root, landing)
+    assert failed.returncode != 0 and "Failed" in failed.stdout
+    rows = [r for r in read_ledger(Lake(str(lake_root))) if r["run_date"] == DAY2]
+    assert {r["task"] for r in rows if r["status"] == "failed"} == {"gate-silver"}
+    run_id = rows[0]["run_id"]
+
+    shutil.copy(withheld, late)  # the fix: the late file is delivered
+    made = _deployment_run(stack, DAY2, clean, landing)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    retried = _prefect(stack, "flow-run", "retry", run_id)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    _wait_completed(stack, run_id, lake_root, DAY2)
+
+    assert _compared(clean, lake_root) == []
+    orders_in = normalised(lake_root, "silver.orders")
+    assert orders_in is not None and orders_in.filter(pl.col("order_date") == DAY2).height > 0.9 * orders.height
+    assert Releases(Lake(str(lake_root))).current().run_date == DAY2
+    again = [r for r in read_ledger(Lake(str(lake_root))) if r["run_id"] == run_id and r["status"] == "completed"]
+    ran_twice = {t for t in {r["task"] for r in again} if sum(r["task"] == t for r in again) > 1}
+    assert {"bronze-snowflake.customers", "silver-silver.customers", "silver-silver.orders"} <= ran_twice
+    assert "bronze-snowflake.orders" not in ran_twice and "silver-silver.products" not in ran_twice
