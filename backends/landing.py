@@ -23,8 +23,9 @@ import codecs
 import csv
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -77,6 +78,47 @@ def list_folder(entity: LandingEntity, folder: Path, root: Path) -> LandingFolde
                                     f"expected a file named *{', *'.join(accepted)} in {entity.name}'s folder, got "
                                     f"{what}; {_KEEP} (rename it, or move it to its entity's folder)"))
     return LandingFolder(files, refused, ignored)
+
+
+class MissingDeliveryError(RuntimeError):
+    """A run date lacks the delivery of an entity that delivers every day; nothing was written."""
+
+
+@dataclass(frozen=True)
+class MissingDelivery:
+    """An entity delivered every day (``delivery="daily"``) with no file it reads in its folder for the date."""
+
+    entity: str
+    folder: Path
+    found: str  # what the folder holds instead, in words
+
+
+def missing_deliveries(entities: Iterable[LandingEntity], root: Path, run_date: date) -> list[MissingDelivery]:
+    """The entities of ``entities`` declared ``daily`` whose folder for ``run_date`` holds no file they read
+    (none, no folder, or only files of other extensions, hidden or marker files). An empty file is a delivery."""
+    missing = []
+    for entity in entities:
+        if entity.delivery != "daily":
+            continue
+        folder = root / entity.source / entity.entity / run_date.isoformat()
+        listed = list_folder(entity, folder, root)
+        if listed.files:
+            continue
+        others = [r["source_file"].rsplit("/", 1)[-1] for r in listed.refused]
+        others += [label.rsplit("/", 1)[-1] for label in listed.ignored]
+        found = ("no such folder" if not folder.is_dir() else
+                 f"only {', '.join(others)} (not *{', *'.join(entity.accepted_suffixes)})" if others else "no file")
+        missing.append(MissingDelivery(entity.name, folder, found))
+    return missing
+
+
+def missing_message(missing: list[MissingDelivery], run_date: date) -> str:
+    """One message naming each missing delivery, where it was looked for, and the ways on."""
+    names = " ".join(f"--allow-missing {m.entity}" for m in missing)
+    return (f"expected a delivery for {run_date} of every entity delivered daily; missing: "
+            + "; ".join(f"{m.entity} (looked in {m.folder}: {m.found})" for m in missing)
+            + f". Nothing was written and the date is not done: deliver the file(s) (an empty file when nothing "
+              f"changed) and run the date again, or, if the source sent nothing that day, run it with {names}")
 
 
 # ------------------------------------------------------------------------------------------------ reading

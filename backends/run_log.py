@@ -23,6 +23,9 @@ RUN_LOG_SCHEMA = pa.schema([
     pa.field("locked_at", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("forced", pa.bool_(), nullable=False),
+    # Entities delivered daily that the run was allowed to go without (a backfill runs the date again once
+    # they have arrived).
+    pa.field("missing", pa.list_(pa.string()), nullable=True),
 ])
 
 
@@ -38,9 +41,13 @@ class RunLog:
     def done_dates(self) -> set[date]:
         return {r["run_date"] for r in self.history()}
 
+    def went_without(self) -> dict[date, list[str]]:
+        """For each done date, the entities its latest run was allowed to go without (empty: none)."""
+        return {r["run_date"]: list(r.get("missing") or []) for r in self.history()}
+
     def record(self, *, run_date: date, run_id: str, flow: str, backend: str, release_id: str | None,
-               locked_at: datetime, finished_at: datetime, forced: bool) -> None:
+               locked_at: datetime, finished_at: datetime, forced: bool, missing: list[str] | None = None) -> None:
         self.lake.append_log(self.path, pa.Table.from_pylist([{
             "run_date": run_date, "run_id": run_id, "flow": flow, "backend": backend, "release_id": release_id,
-            "locked_at": locked_at, "finished_at": finished_at, "forced": forced,
+            "locked_at": locked_at, "finished_at": finished_at, "forced": forced, "missing": missing or [],
         }], schema=RUN_LOG_SCHEMA))

@@ -21,6 +21,16 @@ from typing import Literal
 import iso4217
 
 FileFormat = Literal["csv", "parquet", "jsonl"]
+Delivery = Literal["daily", "when_changed"]
+
+# How an entity's files arrive, declared per entity (``LandingEntity.delivery``).
+DELIVERIES: dict[str, str] = {
+    "daily": "a file every run date, an empty one (a CSV header, a Parquet file of no rows, an empty JSON-lines "
+             "file) when nothing changed: a run date without one stops before anything is written, unless the "
+             "run allows it missing (--allow-missing, sources.allow_missing)",
+    "when_changed": "files only on days with changes: a day without one is normal; the freshness gate "
+                    "(max_age_days) tells a quiet source from one that stopped",
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class LandingEntity:
     description: str
     # A stream drained into micro-batch files: applied to bronze in order, each commit recorded in a checkpoint.
     stream: bool = False
+    delivery: Delivery = "daily"  # see DELIVERIES
 
     @property
     def name(self) -> str:
@@ -187,6 +198,7 @@ PRODUCTS = LandingEntity(
         _c("updated_at", "timestamp", True, "last change of the record"),
     ),
     "Snowflake extract of new and changed products (Parquet).",
+    delivery="when_changed",
 )
 
 ORDERS = LandingEntity(
@@ -228,7 +240,8 @@ FX_RATES = LandingEntity(
         _c("rate", "decimal", True, "units of quote_currency per 1 USD"),
         _c("published_at", "timestamp", True, "when the vendor published the rate"),
     ),
-    "FX vendor daily rates, one JSON object per line.",
+    "FX vendor daily rates, one JSON object per line (none on weekends and bank holidays).",
+    delivery="when_changed",
 )
 
 ORDER_EVENTS = LandingEntity(

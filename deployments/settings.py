@@ -261,6 +261,18 @@ class KafkaSettings(BaseModel):
         return self
 
 
+def known_entities(names: Any) -> Any:
+    """``names`` (landing entity names, or a mapping keyed by them), or an error naming the known ones."""
+    from contracts.landing import LANDING_ENTITIES
+
+    known = {e.name for e in LANDING_ENTITIES}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        msg = f"expected entity names among {sorted(known)}, got {unknown}"
+        raise ValueError(msg)
+    return names
+
+
 class SourcesSettings(BaseModel):
     """Where each landing entity comes from: files under landing_root (default) or its connector."""
 
@@ -273,6 +285,9 @@ class SourcesSettings(BaseModel):
     first_from: str = Field("", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
                             description="first watermark of a first extract (YYYY-MM-DD); empty: everything")
     bronze_files_per_commit: int = Field(16, ge=1, description="landing files appended to bronze per commit")
+    allow_missing: list[str] = Field(
+        default_factory=list, description="entities delivered daily whose missing delivery does not stop a run "
+                                          '(e.g. ["redshift.customer_behaviour"]); --allow-missing adds to it')
     snowflake: SnowflakeConnection = Field(
         default_factory=lambda: SnowflakeConnection(database="RAW", schema="PUBLIC"))
     redshift: RedshiftSettings = Field(default_factory=RedshiftSettings)
@@ -280,17 +295,10 @@ class SourcesSettings(BaseModel):
     fx: FxSettings = Field(default_factory=FxSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
-    @field_validator("entities")
+    @field_validator("entities", "allow_missing")
     @classmethod
-    def _known(cls, value: dict[str, str]) -> dict[str, str]:
-        from contracts.landing import LANDING_ENTITIES
-
-        known = {e.name for e in LANDING_ENTITIES}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            msg = f"expected entity names among {sorted(known)}, got {unknown}"
-            raise ValueError(msg)
-        return value
+    def _known(cls, value: Any) -> Any:
+        return known_entities(value)
 
     def kind(self, entity_name: str) -> str:
         """``files`` or ``connector`` for ``entity_name``."""

@@ -1,6 +1,7 @@
 """Backfills: run the daily flow over a range of dates, in order, skipping dates already done.
 
-A date is done when ``<lake>/_runs/daily`` has a finished run of it (backends/run_log.py). ``force`` runs
+A date is done when ``<lake>/_runs/daily`` has a finished run of it (backends/run_log.py), unless that run was
+allowed to go without an entity's delivery and the delivery has come since. ``force`` runs
 every date again, recomputing every task. Each date is one ``daily-lakehouse`` run (a subflow here), so it
 takes the lake's run lock, resumes on retry and is released like any daily run. The flow reports progress
 as a Prefect progress artifact (``backfill-progress``); ``lakehouse backfill`` shows a progress bar.
@@ -34,14 +35,30 @@ def backfill_plan(settings: Settings, date_from: date, date_to: date, *, force: 
     if days > MAX_BACKFILL_DAYS:
         msg = f"expected at most {MAX_BACKFILL_DAYS} days in one backfill, got {days}; split the range"
         raise BackfillRangeError(msg)
-    done = set() if force else RunLog(settings.lake()).done_dates()
+    done = set() if force else _done(settings)
     return [(d, d in done) for d in (date_from + timedelta(days=i) for i in range(days))]
+
+
+def _done(settings: Settings) -> set[date]:
+    """The dates done: run to the end, and not allowed to go without an entity whose delivery has come since."""
+    from pathlib import Path
+
+    from backends.landing import missing_deliveries
+    from contracts.landing import landing_entity
+
+    done = set()
+    for day, went_without in RunLog(settings.lake()).went_without().items():
+        arrived = went_without and len(missing_deliveries(
+            [landing_entity(e) for e in went_without], Path(settings.landing_root), day)) < len(went_without)
+        if not arrived:
+            done.add(day)
+    return done
 
 
 @flow(name="backfill-lakehouse", flow_run_name="backfill-{date_from}-{date_to}")
 def backfill(date_from: date, date_to: date, force: bool = False, env: str = "local", backend: str | None = None,
              lake_root: str | None = None, landing_root: str | None = None,
-             spark_remote: str | None = None) -> list[dict[str, Any]]:
+             spark_remote: str | None = None, allow_missing: list[str] | None = None) -> list[dict[str, Any]]:
     """Run ``daily-lakehouse`` for each date of the range in order; dates already done are skipped unless ``force``."""
     settings = load_settings(env, backend=backend, lake_root=lake_root, landing_root=landing_root,
                              spark_remote=spark_remote)
@@ -57,7 +74,7 @@ def backfill(date_from: date, date_to: date, force: bool = False, env: str = "lo
         else:
             logger.info("%s (%d/%d): running", day, i, len(plan))
             daily_lakehouse(run_date=day, env=env, backend=backend, lake_root=lake_root, landing_root=landing_root,
-                            spark_remote=spark_remote, force=force)
+                            spark_remote=spark_remote, force=force, allow_missing=allow_missing)
             report.append({"run_date": day, "status": "ran"})
         update_progress_artifact(progress, 100.0 * i / len(plan))
     return report

@@ -25,6 +25,9 @@ EnvOpt = Annotated[str | None, typer.Option("--env", help="environment: deployme
 LakeOpt = Annotated[str | None, typer.Option("--lake-root", help="lake folder or s3://bucket/prefix")]
 LandingOpt = Annotated[str | None, typer.Option("--landing", help="landing folder")]
 BackendOpt = Annotated[str | None, typer.Option("--backend", help="engine: polars (laptop) or spark")]
+AllowMissingOpt = Annotated[list[str] | None, typer.Option(
+    "--allow-missing", help="an entity delivered daily that may be missing this time, e.g. redshift.customer_behaviour "
+                            "(repeat for more)")]
 RemoteOpt = Annotated[str | None, typer.Option("--spark-remote", help="Spark Connect URL sc://host:port (spark engine)")]
 MasterOpt = Annotated[str | None, typer.Option(
     "--spark-master", help="classic Spark master, e.g. yarn or local[2] (spark engine; default: embedded Sail)")]
@@ -91,11 +94,12 @@ def run(
     landing: LandingOpt = None,
     spark_remote: RemoteOpt = None,
     spark_master: MasterOpt = None,
+    allow_missing: AllowMissingOpt = None,
 ) -> None:
     """Run the daily flow (bronze → silver → gold) for one date."""
     day = _parse_date(run_date, "--date")
     _run_days([day], env=env, backend=backend, lake_root=lake_root, landing=landing, spark_remote=spark_remote,
-              spark_master=spark_master)
+              spark_master=spark_master, allow_missing=allow_missing)
 
 
 @app.command()
@@ -108,8 +112,10 @@ def backfill(
     lake_root: LakeOpt = None,
     landing: LandingOpt = None,
     spark_remote: RemoteOpt = None,
+    allow_missing: AllowMissingOpt = None,
 ) -> None:
-    """Run the daily flow for every date of a range, in order; dates already done are skipped unless --force."""
+    """Run the daily flow for every date of a range, in order; dates already done are skipped unless --force (a
+    date run without an entity allowed missing runs again once its delivery has come)."""
     first, last = _parse_date(date_from, "--from"), _parse_date(date_to, "--to")
     settings = _settings(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote)
     from flows.backfill import BackfillRangeError, backfill_plan
@@ -128,7 +134,7 @@ def backfill(
         for day in todo:
             progress.update(bar, description=f"backfill: {day}")
             _run_days([day], env=env, backend=backend, lake_root=lake_root, landing=landing,
-                      spark_remote=spark_remote, force=force)
+                      spark_remote=spark_remote, force=force, allow_missing=allow_missing)
             progress.advance(bar)
         progress.update(bar, description=f"backfill {first} .. {last}: {len(todo)} ran, {len(skipped)} skipped")
 
@@ -158,14 +164,18 @@ def demo(
 
 def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_root: str | None,
               landing: str | None, spark_remote: str | None = None, spark_master: str | None = None,
-              force: bool = False) -> None:
+              force: bool = False, allow_missing: list[str] | None = None) -> None:
     settings = _settings(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote,
                          spark_master=spark_master)
     from backends.lake import LakeNotWritableError
     from backends.run_lock import LakeLockedError
-    from deployments.settings import SettingsError
+    from deployments.settings import SettingsError, known_entities
     from flows.context import LandingNotFoundError, require_landing
 
+    try:
+        known_entities(allow_missing or [])
+    except ValueError as exc:
+        _fail(f"--allow-missing: {exc}")
     try:
         settings.require_hmac_key()
         settings.lake().check_writable()
@@ -182,7 +192,7 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
         try:
             summaries = daily_lakehouse(run_date=day, env=settings.env, backend=backend, lake_root=lake_root,
                                         landing_root=landing, spark_remote=spark_remote, spark_master=spark_master,
-                                        force=force)
+                                        force=force, allow_missing=allow_missing)
         except (LakeNotWritableError, LandingNotFoundError, LakeLockedError) as exc:
             _fail(str(exc))
             raise
@@ -200,8 +210,12 @@ def _run_failed(day: date, exc: Exception) -> None:
     from flows.display import plain
 
     logging.getLogger("prefect.lakehouse").debug("run of %s failed", day, exc_info=exc)
+    from backends.landing import MissingDeliveryError
     from flows.stages import AccountingError, AuditFailedError, GateFailedError
 
+    if isinstance(exc, MissingDeliveryError):  # the message says what to do
+        err.print(f"[bold red]error:[/] run of {day} stopped: {escape(plain(str(exc)))}")
+        raise typer.Exit(code=1)
     known = isinstance(exc, GateFailedError | AuditFailedError | AccountingError)
     what = plain(str(exc)) if known else f"{type(exc).__name__}: {plain(str(exc))[:500]}"
     err.print(f"[bold red]error:[/] run of {day} failed: {escape(what)}")

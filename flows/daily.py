@@ -14,10 +14,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
+from backends import landing
 from backends.run_lock import RunLock
 from backends.run_log import RunLog
 from contracts.landing import LANDING_ENTITIES
 from deployments.secrets import use_aws_credentials_block
+from deployments.settings import known_entities
 from flows.caching import resumable
 from flows.context import RunContext
 from flows.stages import (
@@ -111,6 +113,7 @@ def daily_lakehouse(
     spark_remote: str | None = None,
     spark_master: str | None = None,
     force: bool = False,
+    allow_missing: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the whole pipeline for ``run_date`` (default: the date the run was scheduled for, UTC). Unset options
     come from the environment's settings. With
@@ -120,6 +123,10 @@ def daily_lakehouse(
     or neither for an embedded Sail server. One run writes a lake at a time (the lake's run lock; a second run
     waits). A retry of a failed run resumes after the last task that completed (flows/caching.py); ``force``
     recomputes every task.
+
+    Before anything is written, every entity delivered daily (contracts/landing.py ``DELIVERIES``) must have a
+    file for the date, else the run stops naming the folders it looked in; ``allow_missing`` (and the setting
+    ``sources.allow_missing``) names entities that may be missing this time (the run log records them).
     """
     given = {"backend": backend, "lake_root": lake_root, "landing_root": landing_root, "spark_remote": spark_remote,
              "spark_master": spark_master}
@@ -133,8 +140,17 @@ def daily_lakehouse(
     settings.require_hmac_key()
     settings.sources.require_connectors()
     settings.lake().check_writable()
-    ctx.landing_dir()
     logger = get_run_logger()
+    allowed = set(settings.sources.allow_missing) | set(known_entities(allow_missing or []))
+    expected = [e for e in LANDING_ENTITIES if settings.sources.kind(e.name) == "files"]
+    missing = landing.missing_deliveries(expected, ctx.landing_dir(), run_date)
+    for m in missing:
+        if m.entity in allowed:
+            logger.warning("%s: no delivery for %s (%s: %s); allowed missing, the run goes on", m.entity, run_date,
+                           m.folder, m.found)
+    if [m for m in missing if m.entity not in allowed]:
+        raise landing.MissingDeliveryError(landing.missing_message(
+            [m for m in missing if m.entity not in allowed], run_date))
 
     def waiting(holder: dict[str, Any]) -> None:
         logger.warning("waiting for the lake's run lock, held by run %s (%s) since %s", holder.get("run_id"),
@@ -148,7 +164,7 @@ def daily_lakehouse(
         RunLog(settings.lake()).record(
             run_date=run_date, run_id=ctx.run_id, flow="daily-lakehouse", backend=settings.backend,
             release_id=release, locked_at=datetime.fromisoformat(held["acquired_at"]),
-            finished_at=datetime.now(UTC), forced=force)
+            finished_at=datetime.now(UTC), forced=force, missing=sorted(m.entity for m in missing))
     if settings.snowflake.publish_with_daily and release is not None:
         from flows.snowflake_publish import choose_release, publish_release
 

@@ -31,18 +31,27 @@ def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
     rows = []
     lake = settings.lake()
     for entity in LANDING_ENTITIES:
-        row: dict[str, Any] = {"entity": entity.name, "source": settings.sources.kind(entity.name)}
+        row: dict[str, Any] = {"entity": entity.name, "source": settings.sources.kind(entity.name), "delivery": "pulled"}
         if row["source"] == "files":
             from pathlib import Path
 
-            from backends.landing import list_folder
+            from backends.landing import list_folder, missing_deliveries
 
             root = Path(settings.landing_root)
             folder = root / entity.source / entity.entity / run_date.isoformat()
             listed = list_folder(entity, folder, root)
             refused = f", {len(listed.refused)} refused by name" if listed.refused else ""
-            rows.append({**row, "from": str(folder), "window": "-",
-                         "would_fetch": f"{len(listed.files)} file(s){refused}", "ok": True})
+            fetch = f"{len(listed.files)} file(s){refused}"
+            row.update({"from": str(folder), "window": "-", "delivery": entity.delivery, "ok": True})
+            missing = missing_deliveries([entity], root, run_date)
+            if missing and entity.name in settings.sources.allow_missing:
+                fetch += " (allowed missing: sources.allow_missing)"
+            elif missing:
+                row.update(ok=False, error=f"no delivery for {run_date} ({folder}: {missing[0].found}); a run of the "
+                                           f"date stops unless it allows it missing (--allow-missing {entity.name})")
+            elif not listed.files:
+                fetch += " (none expected: delivered when changed)"
+            rows.append({**row, "would_fetch": fetch})
             continue
         try:
             connector = connector_for(entity, settings)
@@ -68,7 +77,8 @@ def sources_check(env: Annotated[str | None, typer.Option("--env")] = None,
                   lake_root: Annotated[str | None, typer.Option("--lake-root")] = None,
                   landing: Annotated[str | None, typer.Option("--landing")] = None,
                   run_date: DateOpt = None) -> None:
-    """Test each connector's connection and say what a run of the date would fetch (exit 1 if one fails)."""
+    """Test each connector's connection and say what a run of the date would fetch; name each entity delivered
+    daily whose file for the date is missing (exit 1 if a connection fails or a delivery is missing)."""
     from rich.markup import escape
 
     from flows.cli import _settings, console, err
@@ -77,11 +87,11 @@ def sources_check(env: Annotated[str | None, typer.Option("--env")] = None,
     day = _date(run_date)
     rows = check_sources(settings, day)
     table = Table(title=f"sources for a run of {day}")
-    for column in ("entity", "source", "from", "window", "would fetch", "status"):
+    for column in ("entity", "source", "delivery", "from", "window", "would fetch", "status"):
         table.add_column(column)
     for r in rows:
         status = "[green]ok[/]" if r["ok"] else "[red]failed[/] (below)"
-        table.add_row(r["entity"], r["source"], r["from"], r["window"], r["would_fetch"], status)
+        table.add_row(r["entity"], r["source"], r["delivery"], escape(r["from"]), r["window"], r["would_fetch"], status)
     console.print(table)
     for r in rows:
         if not r["ok"]:

@@ -93,7 +93,9 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
         return summary
     # A file of the run date's folder can only have been ingested by a run of that date: look in its partition.
     done = _files_in(engine, bronze.batch_for(engine.scan(spec), ctx.run_date))
-    new = [(f, label) for f, label in files if label not in done]
+    # An empty delivery adds no bronze row: the delivery log says it was read.
+    empty = delivered(ctx, entity) - set(done)
+    new = [(f, label) for f, label in files if label not in done and label not in empty]
     # A few files per commit (a connector's extract is many files): memory stays bounded, and a run that dies
     # between two commits resumes with the files not yet in bronze.
     step = ctx.settings().sources.bronze_files_per_commit
@@ -190,7 +192,46 @@ def _append_files(ctx: RunContext, engine: Engine, entity: LandingEntity, files:
             raise AccountingError(msg)
     refused = read.refused.to_pylist() if read is not None else []
     _log_refused(ctx, entity, refused)
+    read_whole = {label: n for label, n in (read.records if read is not None else {}).items()
+                  if label not in {r["source_file"] for r in refused}}
+    if read_whole:
+        now = datetime.now(UTC)
+        ctx.settings().lake().append_log(delivery_log(entity), pa.Table.from_pylist(
+            [{"source_file": label, "records": n, "run_id": ctx.run_id, "run_date": ctx.run_date, "ingested_at": now}
+             for label, n in sorted(read_whole.items())], schema=DELIVERY_LOG_SCHEMA))
     return rows, quarantined, version, [r["source_file"] for r in refused]
+
+
+DELIVERY_LOG_SCHEMA = pa.schema([
+    ("source_file", pa.string()), ("records", pa.int64()), ("run_id", pa.string()), ("run_date", pa.date32()),
+    ("ingested_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def delivery_log(entity: LandingEntity) -> str:
+    """Every landing file of ``entity`` read into bronze, with its records (0: an empty "no changes" delivery,
+    which adds no bronze row but counts for freshness)."""
+    return f"_deliveries/{entity.source}/{entity.entity}"
+
+
+def delivered(ctx: RunContext, entity: LandingEntity) -> set[str]:
+    """The landing files of ``entity`` for the run date recorded as read."""
+    log = ctx.settings().lake().read_log(delivery_log(entity))
+    if log is None:
+        return set()
+    return {r["source_file"] for r in log.select(["source_file", "run_date"]).to_pylist()
+            if r["run_date"] == ctx.run_date}
+
+
+def newest_delivery(lake: Any, source: TableSpec) -> date | None:
+    """The newest run date with a delivery to bronze table ``source``: its newest ingest partition, or a newer
+    empty delivery from the delivery log."""
+    newest = lake.newest_partition(source, "_ingest_date")  # from the Delta log: no data read
+    dates = [date.fromisoformat(newest)] if newest else []
+    log = lake.read_log(delivery_log(landing_entity(source.name.removeprefix("bronze."))))
+    if log is not None and log.num_rows:
+        dates.append(max(log.column("run_date").to_pylist()))
+    return max(dates) if dates else None
 
 
 def _log_refused(ctx: RunContext, entity: LandingEntity, refused: list[dict[str, str]]) -> None:
@@ -575,8 +616,7 @@ def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> 
     for spec in tables(layer):  # type: ignore[arg-type]
         source = table(spec.source) if spec.source else None
         if source is not None and spec.gate.max_age_days is not None and engine.exists(source):
-            newest = lake.newest_partition(source, "_ingest_date")  # from the Delta log: no data read
-            stale = audit.check_freshness(spec, date.fromisoformat(newest) if newest else None, ctx.run_date)
+            stale = audit.check_freshness(spec, newest_delivery(lake, source), ctx.run_date)
             broken += [stale] if stale else []
     if not failures and not broken:
         return

@@ -267,7 +267,9 @@ def test_sources_check_reports_each_connection_and_what_it_would_fetch(generated
     assert "ORDERS" in orders["from"] and orders["window"].endswith("2026-11-02T00:00:00+00:00)")
     behaviour = rows["redshift.customer_behaviour"]
     assert not behaviour["ok"] and "could not connect to Redshift" in behaviour["error"]
-    assert rows["crm.accounts"]["source"] == "files" and rows["crm.accounts"]["ok"]
+    accounts = rows["crm.accounts"]  # delivered daily as files, and no landing folder here
+    assert accounts["source"] == "files" and accounts["delivery"] == "daily" and not accounts["ok"]
+    assert "no delivery for 2026-11-01" in accounts["error"] and "--allow-missing crm.accounts" in accounts["error"]
     # the command itself exits 1 when a connection fails, and prints the error in full
     cached_settings.cache_clear()
     out = CliRunner().invoke(app, ["sources", "check", "--date", "2026-11-01", "--lake-root", str(tmp_path / "lake"),
