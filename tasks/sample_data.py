@@ -75,8 +75,16 @@ FX_HISTORY_DAYS = 10  # calendar days before `start` whose business-day rates ri
 FX_DAILY_VOLATILITY = 0.004
 FX_LEVELS: dict[str, float] = {
     "EUR": 0.92, "GBP": 0.79, "JPY": 150.0, "CAD": 1.36, "AUD": 1.52, "CHF": 0.88, "SEK": 10.5,
-    "NOK": 10.7, "DKK": 6.9, "PLN": 4.0, "MXN": 17.0, "BRL": 5.0, "INR": 83.0, "SGD": 1.34,
+    "NOK": 10.7, "DKK": 6.9, "PLN": 4.0, "MXN": 17.0, "BRL": 5.0, "INR": 83.0, "SGD": 1.34, "CNY": 7.2,
+    "ZAR": 18.5,
 }
+
+#: Dialects real exporters write: the Snowflake extracts are typed Parquet (timestamps, decimals, integers), the
+#: CRM exports its local time with an offset and milliseconds.
+TYPED_PARQUET: tuple[str, ...] = ("snowflake.customers", "snowflake.products", "snowflake.orders")
+CRM_UTC_OFFSET_HOURS = -5
+#: Slow sources on weekends (the first day always carries its full load): products do not change (no file: a
+#: quiet day); the FX vendor publishes no fixings, sending an empty file on Saturday and nothing on Sunday.
 
 #: Share of the rows of each delivery that carry each kind of dirt. Counts per (entity, kind) are carried
 #: over from day to day and start at one, so every configured kind appears at least once per generation.
@@ -117,6 +125,7 @@ DIRT_RULES: dict[str, str] = {
 # The currencies of generated orders and FX rates (any ISO 4217 code is accepted; these are the ones generated).
 SAMPLE_CURRENCIES: tuple[str, ...] = (
     "USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF", "SEK", "NOK", "DKK", "PLN", "MXN", "BRL", "INR", "SGD",
+    "CNY", "ZAR",
 )
 UNKNOWN_CURRENCIES: tuple[str, ...] = ("XXX", "ZZZ", "QQQ", "ABC")  # not currencies: XXX is ISO's "no currency"
 
@@ -322,6 +331,28 @@ def _ts(expr: pl.Expr) -> pl.Expr:
     return pl.from_epoch(expr, time_unit="s").dt.strftime(_TS_FORMAT)
 
 
+def _ts_local(expr: pl.Expr) -> pl.Expr:
+    """Epoch seconds -> the CRM's local time with milliseconds and its offset, ``2026-11-01T04:30:00.250-05:00``
+    (the instant plus a millisecond part drawn from the seconds, so copies of a row stay identical)."""
+    hours = CRM_UTC_OFFSET_HOURS
+    sign = "-" if hours < 0 else "+"
+    millis = (expr * 7919 % 1000).cast(pl.String).str.zfill(3)
+    return pl.concat_str(pl.from_epoch(expr + hours * 3600, time_unit="s").dt.strftime("%Y-%m-%dT%H:%M:%S"),
+                         pl.lit("."), millis, pl.lit(f"{sign}{abs(hours):02d}:00"))
+
+
+def _typed(entity: LandingEntity, frame: pl.DataFrame) -> pl.DataFrame:
+    """A Snowflake unload's typed columns (timestamps with zone, dates, decimals, integers) from the text
+    ``frame``; the pipeline's bronze text is the same either way (docs/landing.md, typed Parquet)."""
+    casts = {
+        "timestamp": lambda c: pl.col(c).str.to_datetime(_TS_FORMAT, time_unit="us", time_zone="UTC"),
+        "date": lambda c: pl.col(c).str.to_date("%Y-%m-%d"),
+        "decimal": lambda c: pl.col(c).cast(pl.Decimal(18, 2)),
+        "integer": lambda c: pl.col(c).cast(pl.Int64),
+    }
+    return frame.with_columns(casts[c.type](c.name) for c in entity.columns if c.type in casts)
+
+
 def _date(expr: pl.Expr) -> pl.Expr:
     """Epoch days -> ``2026-11-01``."""
     return pl.from_epoch(expr * _DAY, time_unit="s").dt.strftime("%Y-%m-%d")
@@ -447,10 +478,12 @@ class _Generator:
             day = self.start + timedelta(days=d)
             for entity in LANDING_ENTITIES:
                 folder = self.out / entity.source / entity.entity / day.isoformat()
-                folder.mkdir(parents=True, exist_ok=True)
+                files = builders[entity.name](d)
+                if files:  # a quiet day of a source delivered when changed: no folder
+                    folder.mkdir(parents=True, exist_ok=True)
                 for old in folder.glob(_BATCH_FILE.split("{")[0] + "*.jsonl"):
                     old.unlink()
-                for name, payload in builders[entity.name](d):
+                for name, payload in files:
                     self._write(entity, folder / name, payload)
                 done += 1
                 if progress is not None:
@@ -470,8 +503,9 @@ class _Generator:
                               quote_style="necessary")
             rows = payload.height
         else:
-            payload.write_parquet(path, compression="zstd", compression_level=3, statistics=True,
-                                  row_group_size=1_000_000)
+            typed = _typed(entity, payload) if entity.name in TYPED_PARQUET else payload
+            typed.write_parquet(path, compression="zstd", compression_level=3, statistics=True,
+                                row_group_size=1_000_000)
             rows = payload.height
         rep = self.report.entities[entity.name]
         rep.rows += rows
@@ -581,6 +615,8 @@ class _Generator:
 
     def _fx_day(self, d: int) -> list[tuple[str, pl.DataFrame | pl.Series]]:
         day = self.start + timedelta(days=d)
+        if d > 0 and day.weekday() == 6:  # Sunday: the vendor sends nothing
+            return []
         dates = [x for x in self.fx_dates if (x <= day if d == 0 else x == day)]
         rows = [(x, c) for x in dates for c in FX_LEVELS]
         frame = pl.DataFrame({
@@ -615,6 +651,8 @@ class _Generator:
 
     def _products_day(self, d: int) -> list[tuple[str, pl.DataFrame | pl.Series]]:
         r = self.rng(f"products/{d}")
+        if d > 0 and (self.start + timedelta(days=d)).weekday() >= 5:  # no changes on weekends: no file
+            return []
         if d == 0:
             rows = self.products
         else:
@@ -837,7 +875,7 @@ class _Generator:
             rows = pl.concat([rows, self.accounts[idx]])
             self.report.entities[ACCOUNTS.name].late_updates += len(idx)
         frame = _shape(ACCOUNTS, rows, {
-            "account_id": _id("account_id", pl.col("account_no")), "updated_at": _ts(pl.col("updated_at")),
+            "account_id": _id("account_id", pl.col("account_no")), "updated_at": _ts_local(pl.col("updated_at")),
         })
         return [(_FILE_NAMES[ACCOUNTS.name], self._dirty(ACCOUNTS, frame, r))]
 
@@ -857,7 +895,7 @@ class _Generator:
         frame = _shape(CONTACTS, rows, {
             "contact_id": _id("contact_id", pl.col("contact_no")),
             "account_id": _id("account_id", pl.col("account_no")),
-            "updated_at": _ts(pl.col("updated_at")),
+            "updated_at": _ts_local(pl.col("updated_at")),
         })
         return [(_FILE_NAMES[CONTACTS.name], self._dirty(CONTACTS, frame, r))]
 
@@ -890,7 +928,7 @@ class _Generator:
             "account_id": _id("account_id", pl.col("account_no")),
             "amount": _decimal(pl.col("amount"), 2),
             "close_date": _date(pl.col("close_date")),
-            "updated_at": _ts(pl.col("updated_at")),
+            "updated_at": _ts_local(pl.col("updated_at")),
         })
         return [(_FILE_NAMES[OPPORTUNITIES.name], self._dirty(OPPORTUNITIES, frame, r))]
 
