@@ -90,7 +90,9 @@ def plausible_until(run_date: date | None) -> datetime:
 EMAIL_PATTERN = r"^[a-z0-9._%+'-]+@[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}$"
 COUNTRY_PATTERN = r"^[A-Z]{2}$"
 ORDER_QUANTITY_RANGE = (1, 1000)  # inclusive
-ORDER_MAX_UNIT_PRICE = 100_000.0  # unit_price in (0, ORDER_MAX_UNIT_PRICE]
+# unit_price in (0, ORDER_MAX_UNIT_PRICE_USD] once converted to USD: a bound in the order's own currency would
+# refuse ordinary prices in IDR, VND or KRW (a 1,250,000 IDR kettle is about 77 USD).
+ORDER_MAX_UNIT_PRICE_USD = 100_000.0
 
 _TYPE_TEXT = {
     "integer": "a whole number like 12",
@@ -221,11 +223,11 @@ ROW_RULES: dict[str, tuple[Rule, ...]] = {
         _LATE,
         Rule(
             "amount.out_of_range",
-            f"expected quantity in {ORDER_QUANTITY_RANGE[0]}..{ORDER_QUANTITY_RANGE[1]} and unit_price in "
-            f"(0, {ORDER_MAX_UNIT_PRICE:.0f}]",
+            f"expected quantity in {ORDER_QUANTITY_RANGE[0]}..{ORDER_QUANTITY_RANGE[1]} and unit_price above 0 and "
+            f"at most {ORDER_MAX_UNIT_PRICE_USD:,.0f} USD at the order date's rate",
             lambda: nw.col("quantity").is_between(*ORDER_QUANTITY_RANGE)
             & (nw.col("unit_price") > 0)
-            & (nw.col("unit_price") <= ORDER_MAX_UNIT_PRICE),
+            & (nw.col(FX_RATE).is_null() | (nw.col("unit_price") <= ORDER_MAX_UNIT_PRICE_USD * nw.col(FX_RATE))),
         ),
         _currency("currency"),
         _one_of("value.invalid_status", "status", ORDER_STATUSES),
