@@ -7,7 +7,7 @@ import csv
 import hashlib
 import json
 import re
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -56,8 +56,8 @@ def landing_rows(landing: Path, source: str, entity: str, day: date) -> list[dic
         if f.suffix == ".csv":
             with f.open(newline="") as fh:
                 rows += list(csv.DictReader(fh))
-        elif f.suffix == ".parquet":
-            rows += pq.read_table(f).to_pylist()
+        elif f.suffix == ".parquet":  # typed columns as the landing format's text (UTC timestamps with Z)
+            rows += [{k: _text(v) for k, v in r.items()} for r in pq.read_table(f).to_pylist()]
         elif f.suffix == ".jsonl":
             for line in f.read_text().splitlines():
                 try:
@@ -67,6 +67,14 @@ def landing_rows(landing: Path, source: str, entity: str, day: date) -> list[dic
                 if isinstance(obj, dict):
                     rows.append({k: None if v is None else str(v) for k, v in obj.items()})
     return rows
+
+
+def _text(v):
+    if isinstance(v, datetime):
+        return v.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(v, date):
+        return v.isoformat()
+    return None if v is None else str(v)
 
 
 def clean(v):
@@ -113,7 +121,7 @@ def expected_orders(landing: Path, days: list[date]) -> dict[str, dict]:
             ts = clean(r.get("order_ts"))
             if not (clean(r.get("order_id")) and qty and price and ts and TS.match(ts)):
                 continue
-            if not (1 <= qty <= 1000 and 0 < price <= 100_000 and ccy in CURRENCY_CODES):
+            if not (1 <= qty <= 1000 and price > 0 and ccy in CURRENCY_CODES):
                 continue
             if clean(r.get("customer_id")) not in customers or clean(r.get("product_id")) not in products:
                 continue
@@ -121,7 +129,7 @@ def expected_orders(landing: Path, days: list[date]) -> dict[str, dict]:
             rate = 1.0 if ccy == "USD" else next(
                 (rates[(ccy, order_date - timedelta(days=k))] for k in range(5)
                  if (ccy, order_date - timedelta(days=k)) in rates), None)
-            if rate is None:
+            if rate is None or price / rate > 100_000:  # the price bound is in USD
                 continue
             version = clean(r["updated_at"])
             if r["order_id"] in orders and orders[r["order_id"]][0] >= version:
