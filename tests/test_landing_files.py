@@ -403,8 +403,11 @@ def test_a_failed_run_prints_one_message_and_no_traceback(cli_engine, prefect_ha
 
     landing = tmp_path / "landing"
     shutil.copytree(valid_day, landing)
+    import pyarrow.parquet as pq
+
     for f in (landing / "snowflake" / "customers" / DAY.isoformat()).iterdir():
-        f.unlink()  # every order now names a customer never delivered: the silver gate stops the run
+        # a "no changes" delivery: every order now names a customer never delivered, so the silver gate stops
+        pq.write_table(pq.read_schema(f).empty_table(), f)
     result = CliRunner().invoke(app, ["run", "--date", DAY.isoformat(), "--lake-root", str(tmp_path / "lake"),
                                       "--landing", str(landing), *cli_engine])
     assert result.exit_code == 1
