@@ -143,7 +143,7 @@ def _wait_completed(stack, run_id: str, lake_root: Path, day: date) -> None:
 
 
 def test_a_run_failed_at_the_gate_retried_after_the_fix_equals_the_clean_run(stack, tmp_path):
-    """Day 2's orders all point at customers first delivered on day 2, whose file comes late: the deployment's
+    """Day 2's orders all point at customers who signed up on day 2, whose file comes late: the deployment's
     run stops at the silver gate. The file is delivered and the failed flow run retried with ``prefect flow-run
     retry`` (the Prefect UI's Retry does the same): the worker resumes it, and silver, gold and quarantine equal a
     clean run of day 2 with every file there."""
@@ -157,8 +157,12 @@ def test_a_run_failed_at_the_gate_retried_after_the_fix_equals_the_clean_run(sta
     generate(landing, days=2, scale=0.03, seed=11, start=DAY1)
     customers = landing / "snowflake" / "customers"
     known = set(pl.read_parquet(customers / DAY1.isoformat() / "customers.parquet")["customer_id"].to_list())
-    late = customers / DAY2.isoformat() / "customers.parquet"
-    new = sorted(set(pl.read_parquet(late)["customer_id"].to_list()) - known)
+    on_time = customers / DAY2.isoformat() / "customers.parquet"
+    delivered = pl.read_parquet(on_time)
+    new = sorted(set(delivered["customer_id"].to_list()) - known)
+    late = customers / DAY2.isoformat() / "customers-signups.parquet"  # the day's sign-ups, in a file of their own
+    delivered.filter(pl.col("customer_id").is_in(new)).write_parquet(late)
+    delivered.filter(~pl.col("customer_id").is_in(new)).write_parquet(on_time)
     orders_file = landing / "snowflake" / "orders" / DAY2.isoformat() / "orders.parquet"
     orders = pl.read_parquet(orders_file)
     orders.with_columns(pl.Series("customer_id", [new[i % len(new)] for i in range(orders.height)],

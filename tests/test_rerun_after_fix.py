@@ -1,7 +1,7 @@
 """A retry or a rerun after a fix gives the clean run's tables, on both engines.
 
-The scenario: every order of day 2 points at a customer first delivered on day 2, and day 2's customers file
-comes late. The first run of day 2 stops at the silver gate (the orders are ``ref.unknown_customer``). The
+The scenario: every order of day 2 points at a customer who signed up on day 2, and the file of day 2's sign-ups
+comes late (the day's other customers file is on time). The first run of day 2 stops at the silver gate (the orders are ``ref.unknown_customer``). The
 customers are delivered; then the failed flow run is retried (only what the delivery changed runs again), or
 the date is run again with ``lakehouse run``. Either way silver, gold and quarantine equal one clean run of day 2
 with every file there, and a rerun with nothing changed changes nothing. A rerun *without* the fix fails the
@@ -41,8 +41,13 @@ def late_customers(request, daily_lakes, tmp_path):
     customers = landing / "snowflake" / "customers"
     known = set(pl.read_parquet(customers / DAY1.isoformat() / "customers.parquet")["customer_id"].to_list())
     day2 = customers / DAY2.isoformat() / "customers.parquet"
-    new = sorted(set(pl.read_parquet(day2)["customer_id"].to_list()) - known)
+    delivered = pl.read_parquet(day2)
+    new = sorted(set(delivered["customer_id"].to_list()) - known)
     assert len(new) >= 5, "the sample signs up customers on day 2"
+    # The day's sign-ups travel in a second file; the first (the updates of known customers) comes on time.
+    signups = customers / DAY2.isoformat() / "customers-signups.parquet"
+    delivered.filter(pl.col("customer_id").is_in(new)).write_parquet(signups)
+    delivered.filter(~pl.col("customer_id").is_in(new)).write_parquet(day2)
     orders_file = landing / "snowflake" / "orders" / DAY2.isoformat() / "orders.parquet"
     orders = pl.read_parquet(orders_file)
     pointed = pl.Series([new[i % len(new)] for i in range(orders.height)], dtype=orders.schema["customer_id"])
@@ -52,10 +57,10 @@ def late_customers(request, daily_lakes, tmp_path):
     shutil.copytree(built["first_day"], clean)
     daily_lakehouse(run_date=DAY2, lake_root=str(clean), landing_root=str(landing), **built["engine"])
     withheld = tmp_path / "withheld.parquet"
-    shutil.move(day2, withheld)
+    shutil.move(signups, withheld)
     failing = tmp_path / "lake"
     shutil.copytree(built["first_day"], failing)
-    return {"landing": landing, "clean": clean, "root": failing, "withheld": withheld, "delivered": day2,
+    return {"landing": landing, "clean": clean, "root": failing, "withheld": withheld, "delivered": signups,
             "orders": orders.height, "engine": built["engine"], "name": request.param}
 
 
