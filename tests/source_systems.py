@@ -45,8 +45,25 @@ def day_rows(landing: Path, entity: LandingEntity, day: date) -> tuple[pl.DataFr
         return pl.DataFrame(parsed, schema={c: pl.String for c in entity.column_names}), lines
     frames = [pl.read_csv(f, infer_schema=False) if entity.format == "csv" else pl.read_parquet(f) for f in files]
     # a file with a drifted schema (a renamed column) is refused by the file path; a source table cannot hold it
-    frames = [f.select(entity.column_names) for f in frames if set(entity.column_names) <= set(f.columns)]
+    frames = [_canonical(f.select(entity.column_names), entity) for f in frames
+              if set(entity.column_names) <= set(f.columns)]
     return (pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String for c in entity.column_names})), []
+
+
+def _canonical(frame: pl.DataFrame, entity: LandingEntity) -> pl.DataFrame:
+    """Typed Parquet columns and zoned timestamps (the generator's dialects) as the landing text of one instant:
+    UTC ``YYYY-MM-DDTHH:MM:SS[.fraction]Z``, what a source system's typed value reads back as."""
+    def ts(value: Any) -> str | None:
+        if value is None:
+            return None
+        moment = (value if isinstance(value, datetime) else datetime.fromisoformat(value)).astimezone(UTC)
+        fraction = f"{moment.microsecond:06d}".rstrip("0")
+        return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+
+    kinds = {c.name: c.type for c in entity.columns}
+    return pl.DataFrame({
+        c: pl.Series(c, [ts(v) for v in frame.get_column(c).to_list()], dtype=pl.String) if kinds[c] == "timestamp"
+        else frame.get_column(c).cast(pl.String) for c in frame.columns})
 
 
 def _scale(values: pl.Series) -> int:
@@ -69,7 +86,7 @@ def typed(frame: pl.DataFrame, entity: LandingEntity, scales: dict[str, int]) ->
             if kind == "date":
                 return date.fromisoformat(value)
             if kind == "timestamp":
-                return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+                return datetime.fromisoformat(value).astimezone(UTC)
         except (ValueError, InvalidOperation):
             return None
         return value

@@ -427,6 +427,10 @@ def test_values_for_people_are_escaped_for_terminals_and_inert_for_spreadsheets(
 def _typed_orders(text: pa.Table) -> tuple[pa.Table, pa.Table]:
     """The orders whose values a warehouse unload could type (the generator's dirt left out), as text and as
     typed columns: timestamps (UTC, microseconds), a decimal price, an integer quantity."""
+    # the generator's unload is typed already: first its text, as a CSV export of the same rows carries it
+    text = pa.table({name: pa.array([None if v is None else v.strftime("%Y-%m-%dT%H:%M:%SZ")
+                                     if isinstance(v, datetime) else str(v) for v in text[name].to_pylist()],
+                                    pa.string()) for name in text.column_names})
     keep = []
     for i, r in enumerate(text.to_pylist()):
         try:

@@ -158,3 +158,49 @@ def test_a_rerun_fails_the_gate_until_the_fix_then_equals_the_clean_run(late_cus
     assert fixed.exit_code == 0, fixed.output
     assert _compared(s["clean"], s["root"]) == []
     assert Releases(Lake(str(s["root"]))).current().run_date == DAY2
+
+
+@pytest.fixture(params=["polars", "sail"])
+def day_two(request, daily_lakes, tmp_path):
+    built = daily_lakes(request.param)
+    lakes = {}
+    for name in ("clean", "rerun"):
+        lakes[name] = tmp_path / name
+        shutil.copytree(built["first_day"], lakes[name])
+    return {**built, **lakes}
+
+
+def test_a_rerun_after_a_rule_fix_equals_a_clean_run_with_the_fixed_rule(day_two, monkeypatch):
+    """Day 2 is run; then a rule is corrected in the code (here: orders' amount bound dropped). A rerun of the
+    date conforms its batch again: the rows the old rule quarantined are in silver and gold, and out of the
+    quarantine, as in a clean run of day 2 with the corrected rule."""
+    from contracts.rules import ROW_RULES
+    from flows import stages
+    from flows.daily import daily_lakehouse
+
+    s = day_two
+    run = {"run_date": DAY2, "landing_root": str(s["landing"]), **s["engine"]}
+    daily_lakehouse(lake_root=str(s["rerun"]), **run)
+    assert _quarantined_orders(s["rerun"]).get("amount.out_of_range", 0) > 0, "the sample's bad amounts"
+
+    fixed = tuple(r for r in ROW_RULES["silver.orders"] if r.id != "amount.out_of_range")
+    monkeypatch.setitem(ROW_RULES, "silver.orders", fixed)
+    monkeypatch.setattr(stages, "conform_code_version", lambda: "the rules' code, corrected")
+    daily_lakehouse(lake_root=str(s["clean"]), **run)
+    daily_lakehouse(lake_root=str(s["rerun"]), **run)
+    assert _quarantined_orders(s["rerun"]).get("amount.out_of_range", 0) == 0
+    assert _compared(s["clean"], s["rerun"]) == []
+
+
+def test_the_rules_code_version_changes_with_the_code_that_decides_the_rules(tmp_path, monkeypatch):
+    from flows import caching
+
+    rule_file = tmp_path / "rules.py"
+    rule_file.write_text("LIMIT = 1\n")
+    monkeypatch.setattr(caching, "CONFORM_CODE", (*caching.CONFORM_CODE, str(rule_file)))
+    caching.conform_code_version.cache_clear()
+    before = caching.conform_code_version()
+    rule_file.write_text("LIMIT = 2\n")
+    caching.conform_code_version.cache_clear()
+    assert caching.conform_code_version() != before
+    caching.conform_code_version.cache_clear()

@@ -52,10 +52,10 @@ def api(prefect_harness, monkeypatch):
 
 def _hubspot_time(text: str) -> str | None:
     try:
-        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+        moment = datetime.fromisoformat(text).astimezone(UTC)
     except (TypeError, ValueError):
         return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def crm_records(frame: pl.DataFrame, name: str, first_id: int) -> tuple[pl.DataFrame, list[dict]]:

@@ -144,7 +144,8 @@ def _landing_timestamp(value: str | None) -> str | None:
         moment = datetime.fromisoformat(value).astimezone(UTC)
     except ValueError:
         return value
-    fraction = f".{moment.microsecond:06d}" if moment.microsecond else ""
+    # the fraction without trailing zeros, as typed Parquet timestamps read (backends/landing.py)
+    fraction = f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
 
 
