@@ -142,19 +142,19 @@ def _wait_completed(stack, run_id: str, lake_root: Path, day: date) -> None:
         time.sleep(2)
 
 
-def test_a_run_failed_at_the_gate_retried_after_the_fix_equals_the_clean_run(stack, tmp_path):
+def test_a_run_failed_at_the_gate_and_retried_after_the_fix_takes_the_orders_in(stack, tmp_path):
     """Day 2's orders all point at customers who signed up on day 2, whose file comes late: the deployment's
     run stops at the silver gate. The file is delivered and the failed flow run retried with ``prefect flow-run
-    retry`` (the Prefect UI's Retry does the same): the worker resumes it, and silver, gold and quarantine equal a
-    clean run of day 2 with every file there."""
+    retry`` (the Prefect UI's Retry does the same): the worker resumes it, the orders are in silver and gold and
+    out of the quarantine, once. (That such a retry equals a clean run of the date, table for table, is shown in
+    process on both engines by tests/test_rerun_after_fix.py.)"""
     import polars as pl
     from lakes import normalised
-    from test_rerun_after_fix import _compared
 
     from tasks.sample_data import generate
 
-    landing, lake_root, clean = tmp_path / "landing", tmp_path / "lake", tmp_path / "clean"
-    generate(landing, days=2, scale=0.03, seed=11, start=DAY1)
+    landing, lake_root = tmp_path / "landing", tmp_path / "lake"
+    generate(landing, days=2, scale=0.01, seed=11, start=DAY1)
     customers = landing / "snowflake" / "customers"
     known = set(pl.read_parquet(customers / DAY1.isoformat() / "customers.parquet")["customer_id"].to_list())
     on_time = customers / DAY2.isoformat() / "customers.parquet"
@@ -172,23 +172,28 @@ def test_a_run_failed_at_the_gate_retried_after_the_fix_equals_the_clean_run(sta
 
     first = _deployment_run(stack, DAY1, lake_root, landing)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    shutil.copytree(lake_root, clean)
     failed = _deployment_run(stack, DAY2, lake_root, landing)
     assert failed.returncode != 0 and "Failed" in failed.stdout
     rows = [r for r in read_ledger(Lake(str(lake_root))) if r["run_date"] == DAY2]
     assert {r["task"] for r in rows if r["status"] == "failed"} == {"gate-silver"}
     run_id = rows[0]["run_id"]
 
+    stuck = normalised(lake_root, "quarantine.silver.orders").filter(pl.col("run_date") == DAY2)
+    assert stuck.filter(pl.col("rule") == "ref.unknown_customer").height > 0.9 * orders.height
+
     shutil.copy(withheld, late)  # the fix: the late file is delivered
-    made = _deployment_run(stack, DAY2, clean, landing)
-    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     retried = _prefect(stack, "flow-run", "retry", run_id)
     assert retried.returncode == 0, retried.stdout + retried.stderr
     _wait_completed(stack, run_id, lake_root, DAY2)
 
-    assert _compared(clean, lake_root) == []
-    orders_in = normalised(lake_root, "silver.orders")
-    assert orders_in is not None and orders_in.filter(pl.col("order_date") == DAY2).height > 0.9 * orders.height
+    quarantined = normalised(lake_root, "quarantine.silver.orders").filter(pl.col("run_date") == DAY2)
+    assert quarantined.filter(pl.col("rule") == "ref.unknown_customer").height == 0
+    assert quarantined.height == quarantined.select("record_hash", "source_file", "occurrence").n_unique()
+    taken = set(normalised(lake_root, "silver.orders")["order_id"].to_list())
+    assert taken >= set(orders["order_id"].to_list()) - set(quarantined["record"].str.extract(
+        r'"order_id":"([^"]*)"').to_list())
+    fact = set(normalised(lake_root, "gold.fact_orders")["order_id"].to_list())
+    assert fact >= taken & set(orders["order_id"].to_list())
     assert Releases(Lake(str(lake_root))).current().run_date == DAY2
     again = [r for r in read_ledger(Lake(str(lake_root))) if r["run_id"] == run_id and r["status"] == "completed"]
     ran_twice = {t for t in {r["task"] for r in again} if sum(r["task"] == t for r in again) > 1}
