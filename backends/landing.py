@@ -100,7 +100,7 @@ def missing_deliveries(entities: Iterable[LandingEntity], root: Path, run_date: 
     for entity in entities:
         if entity.delivery != "daily":
             continue
-        folder = root / entity.source / entity.entity / run_date.isoformat()
+        folder = entity.folder(root, run_date)
         listed = list_folder(entity, folder, root)
         if listed.files:
             continue

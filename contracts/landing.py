@@ -16,6 +16,8 @@ within (``READ_LIMITS``), why a whole file is refused (``FILE_RULES``) and why o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
 from typing import Literal
 
 import iso4217
@@ -61,6 +63,10 @@ class LandingEntity:
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    def folder(self, landing_root: Path, run_date: date) -> Path:
+        """Where this entity's files for ``run_date`` lie: ``<landing>/<source>/<entity>/<YYYY-MM-DD>``."""
+        return landing_root / self.source / self.entity / run_date.isoformat()
 
     @property
     def suffix(self) -> str:

@@ -101,7 +101,7 @@ def _landing_fingerprint(ctx: RunContext, entity_name: str) -> list[tuple[str, i
     from contracts.landing import landing_entity
 
     entity = landing_entity(entity_name)
-    folder = ctx.landing_dir() / entity.source / entity.entity / ctx.run_date.isoformat()
+    folder = entity.folder(ctx.landing_dir(), ctx.run_date)
     if not folder.is_dir():
         return []
     # Every entry, whatever its name: a renamed, replaced or refused file changes what the run does.

@@ -148,9 +148,9 @@ def daily_lakehouse(
         if m.entity in allowed:
             logger.warning("%s: no delivery for %s (%s: %s); allowed missing, the run goes on", m.entity, run_date,
                            m.folder, m.found)
-    if [m for m in missing if m.entity not in allowed]:
-        raise landing.MissingDeliveryError(landing.missing_message(
-            [m for m in missing if m.entity not in allowed], run_date))
+    stopping = [m for m in missing if m.entity not in allowed]
+    if stopping:
+        raise landing.MissingDeliveryError(landing.missing_message(stopping, run_date))
 
     def waiting(holder: dict[str, Any]) -> None:
         logger.warning("waiting for the lake's run lock, held by run %s (%s) since %s", holder.get("run_id"),

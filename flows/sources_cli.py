@@ -38,7 +38,7 @@ def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
             from backends.landing import list_folder, missing_deliveries
 
             root = Path(settings.landing_root)
-            folder = root / entity.source / entity.entity / run_date.isoformat()
+            folder = entity.folder(root, run_date)
             listed = list_folder(entity, folder, root)
             refused = f", {len(listed.refused)} refused by name" if listed.refused else ""
             fetch = f"{len(listed.files)} file(s){refused}"

@@ -77,7 +77,7 @@ def ingest_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     spec = bronze_for(entity)
     engine = ctx.engine()
     root = ctx.landing_dir()
-    folder = root / entity.source / entity.entity / ctx.run_date.isoformat()
+    folder = entity.folder(root, ctx.run_date)
     listed = landing.list_folder(entity, folder, root)
     if listed.ignored:
         _logger().info("%s: not deliveries (hidden or marker files), left alone: %s", entity.name,
@@ -114,14 +114,27 @@ def bronze_figures(ctx: RunContext, engine: Engine, spec: TableSpec, accepted: i
     """The run date's bronze batch of ``spec`` (every file ingested for the date, by this run or before):
     ``accepted`` rows in bronze, the records its quarantine holds for the date (by rule), so a gate judges the
     same batch on a rerun as on the first run."""
-    qspec = quarantine_for(spec)
-    rules: dict[str, int] = {}
-    if engine.exists(qspec):
-        rows = engine.scan(qspec).filter(nw.col("run_date") == nw.lit(ctx.run_date).cast(nw.Date()))
-        counts = engine.to_arrow(rows.group_by("rule").agg(nw.len().alias("n")))
-        rules = dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
+    rules = quarantined_on_run_date(ctx, engine, spec)
     quarantined = sum(rules.values())
     return {"rows_in": accepted + quarantined, "accepted": accepted, "quarantined": quarantined, "rules": rules}
+
+
+def quarantined_on_run_date(ctx: RunContext, engine: Engine, spec: TableSpec, *,
+                            replay_log_path: str | None = None) -> dict[str, int]:
+    """How many rows the quarantine of ``spec`` holds for the run date, by rule; with ``replay_log_path``,
+    without the rows a replay has accepted since. A row a replay sent back under another rule counts once,
+    under its first rule."""
+    qspec = quarantine_for(spec)
+    if not engine.exists(qspec):
+        return {}
+    rows = engine.scan(qspec).filter(nw.col("run_date") == nw.lit(ctx.run_date).cast(nw.Date()))
+    replayed = ctx.settings().lake().read_log(replay_log_path) if replay_log_path else None
+    if replayed is not None and replayed.num_rows:
+        hashes = pa.table({"record_hash": replayed.column("record_hash").cast(pa.string()).unique()})
+        rows = rows.join(engine.from_arrow(hashes), on="record_hash", how="anti")
+    firsts = rows.group_by("record_hash", "source_file", "occurrence").agg(nw.col("rule").min())
+    counts = engine.to_arrow(firsts.group_by("rule").agg(nw.len().alias("n")))
+    return dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
 
 
 @lake_task(lambda p: [], name="extract", task_run_name="extract-{entity_name}", **SOURCE_RETRIES)
@@ -393,18 +406,7 @@ def silver_figures(ctx: RunContext, engine: Engine, spec: TableSpec, rows_in: in
     rows not accepted since by a replay (by rule), the rest accepted."""
     from flows.quarantine import replay_log
 
-    qspec = quarantine_for(spec)
-    rules: dict[str, int] = {}
-    if engine.exists(qspec):
-        rows = engine.scan(qspec).filter(nw.col("run_date") == nw.lit(ctx.run_date).cast(nw.Date()))
-        replayed = ctx.settings().lake().read_log(replay_log(spec.name))
-        if replayed is not None and replayed.num_rows:
-            hashes = pa.table({"record_hash": replayed.column("record_hash").cast(pa.string()).unique()})
-            rows = rows.join(engine.from_arrow(hashes), on="record_hash", how="anti")
-        # A row a replay sent back under another rule is one row, under its first rule.
-        firsts = rows.group_by("record_hash", "source_file", "occurrence").agg(nw.col("rule").min())
-        counts = engine.to_arrow(firsts.group_by("rule").agg(nw.len().alias("n")))
-        rules = dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
+    rules = quarantined_on_run_date(ctx, engine, spec, replay_log_path=replay_log(spec.name))
     quarantined = sum(rules.values())
     return {"rows_in": rows_in, "accepted": rows_in - quarantined, "quarantined": quarantined, "rules": rules}
 

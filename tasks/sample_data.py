@@ -477,7 +477,7 @@ class _Generator:
         for d in range(self.days):
             day = self.start + timedelta(days=d)
             for entity in LANDING_ENTITIES:
-                folder = self.out / entity.source / entity.entity / day.isoformat()
+                folder = entity.folder(self.out, day)
                 files = builders[entity.name](d)
                 if files:  # a quiet day of a source delivered when changed: no folder
                     folder.mkdir(parents=True, exist_ok=True)

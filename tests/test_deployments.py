@@ -91,14 +91,7 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path):
     shutil.move(aside, segments)
     retried = _prefect(stack, "flow-run", "retry", run_id)
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    deadline = time.monotonic() + 300
-    while DAY2 not in RunLog(Lake(str(lake_root))).done_dates():
-        assert time.monotonic() < deadline, "the retried run did not complete within 5 minutes"
-        time.sleep(2)
-    # The run log is written before the flow run ends (its summary artifact comes after): wait for the state too.
-    while "COMPLETED" not in (inspect := _prefect(stack, "flow-run", "inspect", run_id)).stdout.upper():
-        assert time.monotonic() < deadline, f"the retried flow run did not end COMPLETED: {inspect.stdout[-2000:]}"
-        time.sleep(2)
+    _wait_completed(stack, run_id, lake_root, DAY2)
     assert Releases(Lake(str(lake_root))).current().run_date == DAY2
 
     rows = [r for r in read_ledger(Lake(str(lake_root))) if r["run_id"] == run_id]
@@ -133,6 +126,8 @@ def _deployment_run(stack, day: date, lake_root: Path, landing: Path) -> subproc
 
 
 def _wait_completed(stack, run_id: str, lake_root: Path, day: date) -> None:
+    """Wait (5 minutes at most) until the retried flow run ``run_id`` has recorded ``day`` done and ended
+    COMPLETED: the run log is written before the flow run ends (its summary artifact comes after)."""
     deadline = time.monotonic() + 300
     while day not in RunLog(Lake(str(lake_root))).done_dates():
         assert time.monotonic() < deadline, "the retried run did not complete within 5 minutes"

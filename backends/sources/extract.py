@@ -202,7 +202,7 @@ def run_extract(connector: Connector, *, lake: Lake, landing_root: Path, run_dat
         files = [r["file"] for r in mine if r["file"]]
         logger.info("%s: %s already extracted (%d file(s)); nothing to fetch", entity.name, run_date, len(files))
         return ExtractResult(entity.name, run_date, None, files, 0, 0, True, None, [])
-    folder = landing_root / entity.source / entity.entity / run_date.isoformat()
+    folder = entity.folder(landing_root, run_date)
     folder.mkdir(parents=True, exist_ok=True)
     window, cursor, seq = plan.window, plan.cursor, plan.seq
     assert window is not None
