@@ -8,6 +8,9 @@ EXTRAS ?= dev,spark,aws,snowflake,sources
 DEMO_DAYS ?= 3
 DEMO_SCALE ?= 1
 DEMO_START ?= 2026-11-01
+# Test processes (pytest-xdist): every test starts the servers it needs on free loopback ports, so two workers run
+# side by side; TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -42,7 +45,7 @@ system-deps:
 	  else echo "error: the tests need PostgreSQL: install Debian's postgresql (apt-get install postgresql)" >&2; exit 1; fi; }
 
 test: setup system-deps
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS)
 
 bench: setup
 	$(PY) bench/daily_stages.py --scale 10 --days 1

@@ -290,14 +290,15 @@ class Lake:
 
     def unreferenced_files(self, spec: TableSpec, *, retention_hours: float, keep_versions: list[int]) -> list[str]:
         """The files of ``spec`` (paths relative to the table) that no version reads any more: removed from the
-        table more than ``retention_hours`` ago, and not part of any version in ``keep_versions`` (delta-rs'
-        vacuum, listing only). Empty when the table does not exist."""
+        table more than ``retention_hours`` ago, or never committed (a killed write's) and older than that, and not
+        part of any version in ``keep_versions`` (delta-rs' full vacuum, listing only). Empty when the table does not exist."""
         dt = self.delta_table(spec)
         if dt is None:
             return []
         # A dry run lists what a vacuum would delete without committing to a log another engine may write;
         # the retention is this project's setting (vacuum_retention_hours), not the table property's floor.
-        listed = dt.vacuum(retention_hours=math.ceil(retention_hours), dry_run=True,
+        # full=True: also the files no log version ever named (a write killed before its commit), by their age.
+        listed = dt.vacuum(retention_hours=math.ceil(retention_hours), dry_run=True, full=True,
                            enforce_retention_duration=False, keep_versions=sorted(keep_versions) or None)
         # Only files inside the table's folder: a log may name absolute paths (a shallow clone's), never deleted.
         return sorted(p for p in listed if "://" not in p and not p.startswith("/") and ".." not in p.split("/"))

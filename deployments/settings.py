@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from backends.lake import Lake
+from backends.run_lock import RunLock
 
 DEPLOYMENTS_DIR = Path(__file__).resolve().parent
 ENV_VAR = "LAKEHOUSE_ENV"
@@ -348,6 +349,13 @@ class Settings(BaseSettings):
     run_lock_wait_seconds: float = Field(
         900.0, ge=0, description="how long a run waits for another run of the lake to finish before failing",
     )
+    run_lock_lease_seconds: float = Field(
+        60.0, gt=0, description="how long the run lock's lease lasts without a renewal: a lock not renewed for "
+        "this long (its run was killed) is stale and the next run takes it over",
+    )
+    run_lock_heartbeat_seconds: float = Field(
+        5.0, gt=0, description="how often a run renews its lease on the run lock (at most half the lease)",
+    )
     vacuum_retention_hours: float = Field(
         168.0, ge=0, description="how long a vacuum keeps the files a table replaced (older versions read them); "
         "the current gold release and the releases made within it are always kept",
@@ -371,6 +379,19 @@ class Settings(BaseSettings):
 
     def lake(self) -> Lake:
         return Lake(self.lake_root)
+
+    def run_lock(self) -> RunLock:
+        """The lake's run lock with this environment's lease and heartbeat."""
+        return RunLock(self.lake(), lease_seconds=self.run_lock_lease_seconds,
+                       heartbeat_seconds=self.run_lock_heartbeat_seconds)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_the_lease(self) -> Settings:
+        if self.run_lock_heartbeat_seconds > self.run_lock_lease_seconds / 2:
+            msg = (f"expected run_lock_heartbeat_seconds at most half of run_lock_lease_seconds "
+                   f"({self.run_lock_lease_seconds:g} s), got {self.run_lock_heartbeat_seconds:g} s")
+            raise ValueError(msg)
+        return self
 
     _hmac_reference = field_validator("hmac_key_secret")(lambda value: secret_reference(value))
 

@@ -526,11 +526,9 @@ def vacuum(
 
         try:
             results = held_vacuum(
-                settings.lake(), retention_hours=hours, dry_run=dry_run,
+                settings.run_lock(), retention_hours=hours, dry_run=dry_run,
                 run_id=f"vacuum-{datetime.now().strftime('%Y%m%dT%H%M%S')}",
-                wait_seconds=settings.run_lock_wait_seconds, on_table=done,
-                on_wait=lambda held: err.print(f"waiting for the lake's run lock, held by {held.get('run_id')} "
-                                               f"({held.get('what')})"))
+                wait_seconds=settings.run_lock_wait_seconds, on_table=done, on_wait=err.print)
         except LakeLockedError as exc:
             _fail(str(exc))
     console.print(t)
@@ -552,6 +550,7 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
     from flows.tracking import LEDGER_PATH, freshness, read_ledger, runs_overview
 
     settings = _settings(env, lake_root=lake_root)
+    console.print(_lock_line(settings), soft_wrap=True)
     rows = read_ledger(settings.lake())
     if not rows:
         _fail(f"expected a run ledger at {settings.lake().path_uri(LEDGER_PATH)!r}, found none: run "
@@ -584,6 +583,41 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
         f.add_row(spec.name, str(w["run_date"]), str(w["version"]), f"{w['rows_out'] or 0:,}",
                   w["ended_at"].strftime("%Y-%m-%d %H:%M:%S"), _age(age.total_seconds()))
     wide.print(f)
+
+
+def _lock_line(settings) -> str:
+    """The lake's run lock for people: free, or its holder, since when, its lease's expiry, live or stale."""
+    lock = settings.run_lock()
+    found = lock.read()
+    if found is None:
+        return "run lock: free"
+    state = ("[red]stale[/] (its run stopped renewing it: 'lakehouse unlock' clears it, the next run takes it "
+             "over)" if lock.is_stale(found) else "[green]live[/]")
+    return f"run lock: held by {found.describe(lock.lease_seconds)}: {state}"
+
+
+@app.command()
+def unlock(
+    env: EnvOpt = None,
+    lake_root: LakeOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="clear the lock even though its lease is live (only when "
+                                        "you know its run is dead: a live run would go on writing beside the next)")]
+    = False,
+) -> None:
+    """Clear the lake's run lock when its lease ran out (the run holding it died). A live lease is refused
+    without --force. A stale lock is also taken over by the next run by itself; this clears it now."""
+    from backends.run_lock import LakeLockedError
+
+    settings = _settings(env, lake_root=lake_root)
+    lock = settings.run_lock()
+    try:
+        cleared = lock.unlock(force=force)
+    except LakeLockedError as exc:
+        _fail(str(exc))
+    if cleared is None:
+        console.print(f"no run lock held on {settings.lake_root}: nothing to clear")
+        return
+    console.print(f"cleared the run lock of {cleared.describe(lock.lease_seconds)}", soft_wrap=True)
 
 
 def _age(seconds: float) -> str:

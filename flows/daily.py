@@ -15,7 +15,6 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
 from backends import landing
-from backends.run_lock import RunLock
 from backends.run_log import RunLog
 from contracts.landing import LANDING_ENTITIES
 from deployments.secrets import use_aws_credentials_block
@@ -152,13 +151,8 @@ def daily_lakehouse(
     if stopping:
         raise landing.MissingDeliveryError(landing.missing_message(stopping, run_date))
 
-    def waiting(holder: dict[str, Any]) -> None:
-        logger.warning("waiting for the lake's run lock, held by run %s (%s) since %s", holder.get("run_id"),
-                       holder.get("what"), holder.get("acquired_at"))
-
-    lock = RunLock(settings.lake())
-    with lock.hold(ctx.run_id, f"daily-lakehouse {run_date}", wait_seconds=settings.run_lock_wait_seconds,
-                   on_wait=waiting) as held:
+    with settings.run_lock().hold(ctx.run_id, f"daily-lakehouse {run_date}",
+                                  wait_seconds=settings.run_lock_wait_seconds, on_wait=logger.warning) as held:
         summaries = ingest(ctx) + refine(ctx) + publish(ctx)
         release = next((s["table"] for s in summaries if s["stage"] == "release"), None)
         RunLog(settings.lake()).record(

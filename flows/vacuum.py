@@ -93,13 +93,13 @@ def existing_tables(lake: Lake) -> list[TableSpec]:
     return [spec for spec in tables() if lake.version(spec) is not None]
 
 
-def held_vacuum(lake: Lake, *, retention_hours: float, dry_run: bool, run_id: str, wait_seconds: float,
-                on_wait: Callable[[dict[str, Any]], None] | None = None,
+def held_vacuum(lock: RunLock, *, retention_hours: float, dry_run: bool, run_id: str, wait_seconds: float,
+                on_wait: Callable[[str], None] | None = None,
                 on_table: Callable[[Vacuumed], None] | None = None) -> list[Vacuumed]:
     """``vacuum_lake`` under the lake's run lock (waiting up to ``wait_seconds`` for a run to finish)."""
     what = f"vacuum (retention {retention_hours:g} h{', dry run' if dry_run else ''})"
-    with RunLock(lake).hold(run_id, what, wait_seconds=wait_seconds, on_wait=on_wait):
-        return vacuum_lake(lake, retention_hours=retention_hours, dry_run=dry_run, on_table=on_table)
+    with lock.hold(run_id, what, wait_seconds=wait_seconds, on_wait=on_wait):
+        return vacuum_lake(lock.lake, retention_hours=retention_hours, dry_run=dry_run, on_table=on_table)
 
 
 @flow(name="vacuum-lakehouse", flow_run_name="vacuum", log_prints=True)
@@ -115,10 +115,8 @@ def vacuum_lakehouse(env: str = "local", lake_root: str | None = None, retention
         use_aws_credentials_block(settings.aws_credentials_block)
     hours = settings.vacuum_retention_hours if retention_hours is None else retention_hours
     logger = get_run_logger()
-    done = held_vacuum(settings.lake(), retention_hours=hours, dry_run=dry_run, run_id=ctx.run_id,
-                       wait_seconds=settings.run_lock_wait_seconds,
-                       on_wait=lambda held: logger.warning("waiting for the lake's run lock, held by %s (%s)",
-                                                           held.get("run_id"), held.get("what")))
+    done = held_vacuum(settings.run_lock(), retention_hours=hours, dry_run=dry_run, run_id=ctx.run_id,
+                       wait_seconds=settings.run_lock_wait_seconds, on_wait=logger.warning)
     for v in done:
         if v.unreadable_versions:
             logger.warning("%s: version(s) %s no longer readable (their log was cleaned up), files not kept",

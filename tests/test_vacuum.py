@@ -69,6 +69,36 @@ def test_vacuum_deletes_only_files_no_kept_version_reads(lake_copy):
     assert sum(v.files for v in vacuum_lake(lake, retention_hours=0)) == 0, "a second vacuum finds nothing"
 
 
+def test_vacuum_deletes_the_files_a_killed_write_left_once_older_than_the_retention(lake_copy):
+    """A write killed before its commit leaves data files no log version names (orphans): a vacuum deletes them
+    once older than the retention, keeps younger ones (a write may still be going on) and every file a version
+    reads; the tables read the same rows."""
+    import os
+
+    root = lake_copy["root"]
+    lake = Lake(str(root))
+    rows = _rows(root, lake)
+    orphans = {}
+    for name in ("silver.orders", "gold.fact_orders", "bronze.crm.contacts"):
+        folder = root / table(name).path
+        source = next(p for p in sorted(folder.rglob("*.parquet")) if "_delta_log" not in p.parts)
+        for age, hours in (("old", 30), ("young", 1)):
+            orphan = source.with_name(f"part-00000-killed-{age}-write.c000.snappy.parquet")
+            shutil.copyfile(source, orphan)  # what a killed writer leaves: a whole or cut-short Parquet file
+            when = (datetime.now(UTC) - timedelta(hours=hours)).timestamp()
+            os.utime(orphan, (when, when))
+            orphans[orphan] = age
+    files = _data_files(root)
+    done = {v.table: v for v in vacuum_lake(lake, retention_hours=24)}
+    assert all(done[n].files >= 1 for n in ("silver.orders", "gold.fact_orders", "bronze.crm.contacts"))
+    assert {p: p.exists() for p in orphans} == {p: age == "young" for p, age in orphans.items()}
+    assert files - _data_files(root) == {p.relative_to(root).as_posix() for p, a in orphans.items() if a == "old"}, \
+        "only the old orphans went: every file a version reads (replaced less than 24 h ago) stayed"
+    after = _rows(root, lake)
+    for name, frame in rows.items():
+        assert_same_rows(name, after[name], frame)
+
+
 def test_the_next_incremental_build_reads_its_versions_after_a_vacuum(lake_copy):
     """A new version of one customer replaces the file of silver.customer_versions that dim_customer's recorded
     build read; the vacuum keeps that file, so the next build still finds the one changed customer."""
@@ -160,9 +190,9 @@ def test_vacuum_waits_for_the_run_lock(pristine_lake, tmp_path):
     files = _data_files(root)
     with RunLock(lake).hold("daily-run-x", "daily-lakehouse 2026-11-02", wait_seconds=0), \
             pytest.raises(LakeLockedError, match="daily-run-x"):
-        held_vacuum(lake, retention_hours=0, dry_run=False, run_id="vacuum-test", wait_seconds=0)
+        held_vacuum(RunLock(lake), retention_hours=0, dry_run=False, run_id="vacuum-test", wait_seconds=0)
     assert _data_files(root) == files
-    assert sum(v.files for v in held_vacuum(lake, retention_hours=0, dry_run=False, run_id="vacuum-test",
+    assert sum(v.files for v in held_vacuum(RunLock(lake), retention_hours=0, dry_run=False, run_id="vacuum-test",
                                             wait_seconds=0)) > 0
 
 
