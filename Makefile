@@ -45,7 +45,7 @@ system-deps:
 	  else echo "error: the tests need PostgreSQL: install Debian's postgresql (apt-get install postgresql)" >&2; exit 1; fi; }
 
 test: setup system-deps
-	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS)
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 bench: setup
 	$(PY) bench/daily_stages.py --scale 10 --days 1

@@ -5,7 +5,10 @@ fails in a task, ``prefect flow-run retry``; then the vacuum deployment."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -13,14 +16,16 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from lakes import assert_same_rows, normalised
 
 from backends.lake import Lake
 from backends.releases import Releases
+from backends.run_lock import RunLock
 from backends.run_log import RunLog
-from contracts.catalog import table
+from contracts.catalog import TABLES, table
 from flows.tracking import read_ledger
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect-stack")]  # one worker: one stack
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -50,7 +55,7 @@ def _prefect(stack, *args: str, timeout: float = 300) -> subprocess.CompletedPro
                           timeout=timeout, check=False)
 
 
-def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path):
+def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path, daily_lakes):
     from tasks.sample_data import generate
 
     listed = _prefect(stack, "deployment", "ls")
@@ -64,15 +69,36 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path):
     landing, lake_root = tmp_path / "landing", tmp_path / "lake"
     generate(landing, days=2, scale=0.03, seed=7, start=DAY1)
     params = ["-p", f"lake_root={lake_root}", "-p", f"landing_root={landing}"]
-
-    # 1. A run of the deployment, picked up by the worker, completes and releases that date's gold.
     watch = ["--watch", "--watch-interval", "1"]
-    first = _prefect(stack, "deployment", "run", "daily-lakehouse/local", "-p", f"run_date={DAY1}", *params, *watch)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "Completed" in first.stdout
+
+    # 1. A run of the deployment, picked up by the worker, is killed (SIGKILL) in the middle: the worker reports
+    # it Crashed, its run lock's lease is left behind; `prefect flow-run retry` (the UI's Retry) resumes it, takes
+    # its own lock back at once, and the lake converges to the one a clean run of the date leaves.
+    started = _prefect(stack, "deployment", "run", "daily-lakehouse/local", "-p", f"run_date={DAY1}", *params)
+    assert started.returncode == 0, started.stdout + started.stderr
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
     lake = Lake(str(lake_root))
+    deadline = time.monotonic() + 300
+    while not any(r["run_id"] == run_id and r["status"] == "completed" and r["task"].startswith("silver-")
+                  for r in _ledger(lake)):
+        assert time.monotonic() < deadline, "the run never got to silver"
+        time.sleep(0.5)
+    killed = _kill_flow_run(run_id)
+    assert killed, "the flow run's process was found and killed"
+    _wait_state(stack, run_id, "CRASHED")
+    assert RunLock(lake).holder()["run_id"] == run_id, "the killed run's lease is left behind"
+    assert DAY1 not in RunLog(lake).done_dates() and Releases(lake).current() is None
+    retried = _prefect(stack, "flow-run", "retry", run_id)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    _wait_completed(stack, run_id, lake_root, DAY1)
+    assert RunLock(lake).holder() is None
     assert Releases(lake).current().run_date == DAY1
-    assert (lake_root / "gold" / "fact_orders" / "_delta_log").is_dir()
+    clean = daily_lakes("polars")["first_day"]
+    for name in TABLES:
+        want, got = normalised(clean, name), normalised(lake_root, name)
+        assert (want is None) == (got is None), name
+        if want is not None:
+            assert_same_rows(name, got, want)
 
     # 2. A run whose customer_segments task cannot write (a file where its table goes) fails in that task.
     segments = lake_root / "gold" / "customer_segments"
@@ -120,6 +146,37 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path):
     assert all(not lake.missing_files(table(name), v) for name, v in current.versions.items())
 
 
+def _ledger(lake: Lake) -> list[dict]:
+    try:
+        return read_ledger(lake)
+    except Exception:  # noqa: BLE001 - not written yet, or a commit in flight
+        return []
+
+
+def _kill_flow_run(run_id: str) -> list[int]:
+    """SIGKILL the processes the worker started for flow run ``run_id`` (found by the run id in their
+    environment); their pids."""
+    killed = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environ.split(b"\0"):
+            os.kill(int(proc.name), signal.SIGKILL)
+            killed.append(int(proc.name))
+    return killed
+
+
+def _wait_state(stack, run_id: str, state: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while state not in (inspect := _prefect(stack, "flow-run", "inspect", run_id)).stdout.upper():
+        assert time.monotonic() < deadline, f"the flow run did not become {state}: {inspect.stdout[-2000:]}"
+        time.sleep(2)
+
+
 def _deployment_run(stack, day: date, lake_root: Path, landing: Path) -> subprocess.CompletedProcess[str]:
     return _prefect(stack, "deployment", "run", "daily-lakehouse/local", "-p", f"run_date={day}",
                     "-p", f"lake_root={lake_root}", "-p", f"landing_root={landing}", "--watch", "--watch-interval", "1")
@@ -129,8 +186,15 @@ def _wait_completed(stack, run_id: str, lake_root: Path, day: date) -> None:
     """Wait (5 minutes at most) until the retried flow run ``run_id`` has recorded ``day`` done and ended
     COMPLETED: the run log is written before the flow run ends (its summary artifact comes after)."""
     deadline = time.monotonic() + 300
+    resumed = False  # the server may answer with the state before the retry for a moment
     while day not in RunLog(Lake(str(lake_root))).done_dates():
-        assert time.monotonic() < deadline, "the retried run did not complete within 5 minutes"
+        inspect = _prefect(stack, "flow-run", "inspect", run_id).stdout
+        state = re.findall(r"state_type=StateType\.(\w+)", inspect)[:1]
+        resumed = resumed or state in (["SCHEDULED"], ["PENDING"], ["RUNNING"])
+        if time.monotonic() >= deadline or (resumed and state in (["FAILED"], ["CRASHED"])):
+            logs = _prefect(stack, "flow-run", "logs", run_id)
+            pytest.fail(f"the retried run did not complete ({state}, 5 minutes at most): {inspect[-3000:]}\n"
+                        f"{logs.stdout[-4000:]}{logs.stderr[-2000:]}")
         time.sleep(2)
     while "COMPLETED" not in (inspect := _prefect(stack, "flow-run", "inspect", run_id)).stdout.upper():
         assert time.monotonic() < deadline, f"the retried flow run did not end COMPLETED: {inspect.stdout[-2000:]}"
