@@ -174,6 +174,28 @@ class SparkDeltaEngine:
         written = int(result[0][0]) if result and len(result[0]) else rows
         return WriteResult(spec.name, self.lake.written_version(spec), written)
 
+    def replace_rows(self, spec: TableSpec, old: nw.LazyFrame, new: nw.LazyFrame) -> WriteResult:
+        """Delete the rows whose ``spec.keys`` are those of ``old`` and write ``new`` (one row per key, each a
+        key of ``old``) in their place, whatever ``latest_by`` says: one ``MERGE INTO`` that updates the keys
+        with a new row and deletes the others."""
+        if not self.exists(spec):
+            return WriteResult(spec.name, None, 0)
+        data, rows = self._checked(spec, new)
+        keys = _native(old).select(*(f"`{k}`" for k in spec.keys)).distinct()
+        flag = "_replace_with_new"
+        source = keys.join(data.withColumn(flag, self._functions().lit(True)), on=list(spec.keys), how="left")
+        on = [f"t.`{k}` = s.`{k}`" for k in spec.keys]
+        cols = ", ".join(f"t.`{c}` = s.`{c}`" for c in spec.columns)
+        sql = (f"MERGE INTO delta.`{self.lake.uri(spec)}` AS t USING {{view}} AS s ON {' AND '.join(on)} "
+               f"WHEN MATCHED AND s.`{flag}` THEN UPDATE SET {cols} WHEN MATCHED THEN DELETE")
+        view = f"_replace_source_{uuid.uuid4().hex}"
+        source.createOrReplaceTempView(view)
+        try:
+            self._delta(lambda: self.spark.sql(sql.format(view=view)).collect())
+        finally:
+            self.spark.catalog.dropTempView(view)
+        return WriteResult(spec.name, self.lake.written_version(spec), rows)
+
     def scan_changes(self, spec: TableSpec, since: int) -> tuple[nw.LazyFrame, nw.LazyFrame]:
         """The rows that may have left the table since version ``since`` and the rows that may have come in:
         here the whole table at ``since`` and the whole table now (Spark reads no file list; the caller's

@@ -356,18 +356,22 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
                        spec.name, len(files), ctx.run_date)
         return _summary("silver", spec, files=0, **silver_figures(ctx, engine, spec, sum(files.values())),
                         rows_written=0, version=engine.version(spec))
-    done = conform_into_silver(ctx, engine, spec, engine.materialize(batch), replace_quarantine=bool(files))
+    before = engine.version(spec)
+    done = conform_into_silver(ctx, engine, spec, engine.materialize(batch), replace_quarantine=bool(files),
+                               withdraw_before=first_conform_version(ctx, spec) if files else None)
     if files:
         now = datetime.now(UTC)
         lake.append_log(conformed_log(spec), pa.Table.from_pylist(
-            [{"source_file": f, "run_id": ctx.run_id, "run_date": ctx.run_date, "conformed_at": now, "inputs": inputs}
-             for f in sorted(files)], schema=CONFORMED_LOG_SCHEMA))
+            [{"source_file": f, "run_id": ctx.run_id, "run_date": ctx.run_date, "conformed_at": now, "inputs": inputs,
+              "version_before": -1 if before is None else before} for f in sorted(files)],
+            schema=CONFORMED_LOG_SCHEMA))
     return _summary("silver", spec, files=len(files), **{k: v for k, v in done.items() if k != "accepted_hashes"})
 
 
 CONFORMED_LOG_SCHEMA = pa.schema([
     ("source_file", pa.string()), ("run_id", pa.string()), ("run_date", pa.date32()),
     ("conformed_at", pa.timestamp("us", tz="UTC")), ("inputs", pa.string()),
+    ("version_before", pa.int64()),  # the silver table's version before the conform (-1: it did not exist)
 ])
 
 
@@ -401,6 +405,17 @@ def last_conform(ctx: RunContext, spec: TableSpec) -> str | None:
     return max(mine, key=lambda r: r["conformed_at"])["inputs"] if mine else None
 
 
+def first_conform_version(ctx: RunContext, spec: TableSpec) -> int | None:
+    """The version ``spec`` had before the run date's batch was first conformed into it (-1: the table did not
+    exist); None when the date was never conformed, or by a release that did not record it."""
+    log = ctx.settings().lake().read_log(conformed_log(spec))
+    if log is None or "version_before" not in log.column_names:
+        return None
+    mine = [r for r in log.select(["run_date", "conformed_at", "version_before"]).to_pylist()
+            if r["run_date"] == ctx.run_date and r["version_before"] is not None]
+    return min(mine, key=lambda r: r["conformed_at"])["version_before"] if mine else None
+
+
 def silver_figures(ctx: RunContext, engine: Engine, spec: TableSpec, rows_in: int) -> dict[str, Any]:
     """The run date's batch of ``spec`` as the lake holds it: ``rows_in`` bronze rows, the date's quarantined
     rows not accepted since by a replay (by rule), the rest accepted."""
@@ -413,12 +428,14 @@ def silver_figures(ctx: RunContext, engine: Engine, spec: TableSpec, rows_in: in
 
 def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch: nw.LazyFrame, *,
                         accepted_hashes: bool = False, late_ok: bool = False,
-                        replace_quarantine: bool = False) -> dict[str, Any]:
+                        replace_quarantine: bool = False, withdraw_before: int | None = None) -> dict[str, Any]:
     """Conform a bronze ``batch`` of ``spec``'s entity: quarantine what fails a rule, merge the rest by key.
     Every row is accounted for (rows in = accepted + quarantined) or nothing is merged. With
     ``accepted_hashes``, also the ``_record_hash`` of every accepted row (for the replay log). ``late_ok``
     (a replay) accepts changes older than the lookback. With ``replace_quarantine`` (``batch`` is the run
-    date's whole batch) the run date's quarantine partition is replaced by this batch's rejects."""
+    date's whole batch) the run date's quarantine partition is replaced by this batch's rejects. ``withdraw_before`` (the batch
+    was conformed before, into the table's version after this one; -1: into no table) takes out what the batch
+    brought in then and a rule now rejects (``withdraw``)."""
     settings = ctx.settings()
     refs = {name: engine.scan(table(name)) for name in silver.REFS_NEEDED.get(spec.name, ())}
     result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.require_hmac_key(),
@@ -433,6 +450,8 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
         msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
         raise AccountingError(msg)
     hashes = engine.to_arrow(valid.select("_record_hash")).column(0).to_pylist() if accepted_hashes else []
+    if withdraw_before is not None and quarantined:
+        withdraw(engine, spec, valid, rejected.column("record_hash"), withdraw_before)
     versions: dict[str, Any] = {}
     if spec.history:  # every version first (merged by version key), then the latest per key
         history = table(spec.history)
@@ -442,6 +461,29 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
     return {"rows_in": rows_in, "accepted": accepted, "quarantined": quarantined, "rules": rules,
             "rows_written": written.rows, "version": written.version, "accepted_hashes": hashes,
             "files_scanned": written.files_scanned, "files_skipped": written.files_skipped, **versions}
+
+
+def withdraw(engine: Engine, spec: TableSpec, valid: nw.LazyFrame, rejected: pa.ChunkedArray, before: int) -> None:
+    """A batch conformed again rejects rows it accepted before (a stricter rule): take them out of silver as
+    one clean run would never have put them in. A key whose row came from those records gets the version it had
+    before the batch was first conformed (table version ``before``; -1: none) or the batch's own accepted one,
+    whichever is later, and none when neither exists; the history table (``spec.history``) drops those
+    versions. Records the batch also accepts (a copy quarantined as a duplicate) are not withdrawn."""
+    gone = pa.table({"_record_hash": pa.array(rejected.to_pylist(), pa.string()).unique()})
+    gone_rows = engine.from_arrow(gone).join(valid.select("_record_hash"), on="_record_hash", how="anti")
+    targets = [(spec, before)] + ([(table(spec.history), -1)] if spec.history else [])
+    for target, earlier_version in targets:
+        withdrawn = engine.materialize(engine.scan(target).join(gone_rows, on="_record_hash", how="semi"))
+        count = engine.count(withdrawn)
+        if count == 0:
+            continue
+        keys = withdrawn.select(*target.keys)
+        candidates = [valid.select(target.columns).join(keys, on=list(target.keys), how="semi")]
+        if earlier_version >= 0:
+            candidates.append(engine.scan(target, version=earlier_version).select(target.columns)
+                              .join(keys, on=list(target.keys), how="semi"))
+        engine.replace_rows(target, withdrawn, silver.latest_per_key(nw.concat(candidates), target))
+        _logger().info("%s: %d row(s) that a rule now rejects withdrawn", target.name, count)
 
 
 @lake_task(lambda p: ["silver.customers", "silver.contacts"], name="silver-links", **LAKE_RETRIES)

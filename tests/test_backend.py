@@ -69,6 +69,23 @@ def test_merge_latest_wins_and_time_travel(engine):
         engine.scan(PRODUCTS, version=99)
 
 
+def test_replace_rows_puts_older_versions_back_and_deletes_keys_without_one(engine):
+    """What a date conformed again under a stricter rule does to silver: the rows it no longer accepts are
+    replaced by the versions before it (older ``latest_by``, which a merge would not take) or deleted."""
+    engine.merge(PRODUCTS, products(engine, ("p1", "a", 1, "h1"), ("p2", "b", 1, "h2"), ("p3", "c", 1, "h3")))
+    engine.merge(PRODUCTS, products(engine, ("p1", "a2", 2, "h4"), ("p2", "b2", 2, "h5")))
+    before = engine.version(PRODUCTS)
+    withdrawn = engine.scan(PRODUCTS).filter(nw.col("product_id").is_in(["p1", "p2"]))
+    done = engine.replace_rows(PRODUCTS, withdrawn, products(engine, ("p1", "a", 1, "h1")))
+    assert done.version == before + 1 and done.rows == 1
+    rows = {r["product_id"]: (r["product_name"], r["_record_hash"])
+            for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()}
+    assert rows == {"p1": ("a", "h1"), "p3": ("c", "h3")}
+    nothing = engine.replace_rows(PRODUCTS, engine.scan(PRODUCTS).filter(nw.col("product_id") == "none"),
+                                  products(engine))
+    assert nothing.rows == 0 and engine.count(engine.scan(PRODUCTS)) == 2
+
+
 def test_merge_insert_only_keeps_existing_rows(engine):
     engine.merge(PRODUCTS, products(engine, ("p1", "a", 1, "h1")))
     engine.merge(PRODUCTS, products(engine, ("p1", "changed", 5, "h5"), ("p2", "b", 1, "h2")), insert_only=True)

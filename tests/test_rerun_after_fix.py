@@ -14,6 +14,7 @@ import shutil
 from datetime import date
 from pathlib import Path
 
+import narwhals as nw
 import polars as pl
 import pytest
 from lakes import normalised
@@ -212,6 +213,56 @@ def test_a_rerun_after_a_rule_change_equals_a_clean_run_with_the_changed_rule(da
     daily_lakehouse(lake_root=str(s["rerun"]), **run)
     assert _quarantined_orders(s["rerun"]).get("duplicate.exact", 0) == 0
     assert _quarantined_orders(s["rerun"]) == _quarantined_orders(s["clean"]) != {}
+    assert _compared(s["clean"], s["rerun"]) == []
+
+
+def test_a_rerun_after_a_stricter_rule_takes_out_what_it_rejects_as_a_clean_run_would(day_two, monkeypatch):
+    """Day 2 is run; then rules are tightened in the code: a deny list of customers (one updated on day 2, one
+    new on day 2) and of orders (updated and new ones of day 2). A rerun of the date takes out of silver what
+    day 2 brought in and the rules now reject: the updated customer and orders get their day-1 versions back,
+    the new ones are gone, and so are the customers' day-2 versions in ``customer_versions``; every silver,
+    gold and quarantine table equals a clean run of day 2 with the stricter rules."""
+    import polars as pl
+
+    from contracts.rules import ROW_RULES, Rule
+    from flows import stages
+    from flows.daily import daily_lakehouse
+
+    s = day_two
+    run = {"run_date": DAY2, "landing_root": str(s["landing"]), **s["engine"]}
+    daily_lakehouse(lake_root=str(s["rerun"]), **run)
+
+    def of_day_two(name: str, key: str) -> tuple[list[str], list[str]]:
+        """Keys of ``name`` that day 2 updated and that day 2 brought in new (sorted)."""
+        now, before = normalised(s["rerun"], name), normalised(s["first_day"], name)
+        day2 = now.filter(pl.col("_source_file").str.contains(str(DAY2)))
+        updated = day2.join(before.select(key), on=key, how="semi").get_column(key).sort().to_list()
+        new = day2.join(before.select(key), on=key, how="anti").get_column(key).sort().to_list()
+        return updated, new
+
+    customers_updated, customers_new = of_day_two("silver.customers", "customer_id")
+    orders_updated, orders_new = of_day_two("silver.orders", "order_id")
+    assert customers_updated and customers_new and orders_updated and orders_new
+    denied_customers = [customers_updated[0], customers_new[0]]
+    denied_orders = orders_updated[:5] + orders_new[:5]
+    monkeypatch.setitem(ROW_RULES, "silver.customers", (*ROW_RULES["silver.customers"], Rule(
+        "customer.denied", "expected a customer not on the deny list",
+        lambda: ~nw.col("customer_id").is_in(denied_customers))))
+    monkeypatch.setitem(ROW_RULES, "silver.orders", (*ROW_RULES["silver.orders"], Rule(
+        "order.denied", "expected an order not on the deny list", lambda: ~nw.col("order_id").is_in(denied_orders))))
+    monkeypatch.setattr(stages, "conform_code_version", lambda: "the rules' code, stricter")
+    daily_lakehouse(lake_root=str(s["clean"]), **run)
+    daily_lakehouse(lake_root=str(s["rerun"]), **run)
+
+    assert _quarantined_orders(s["rerun"]).get("order.denied", 0) >= len(denied_orders)
+    for name, key, denied in (("silver.customers", "customer_id", denied_customers),
+                              ("silver.orders", "order_id", denied_orders)):
+        after = normalised(s["rerun"], name).filter(pl.col(key).is_in(denied))
+        back = normalised(s["first_day"], name).filter(pl.col(key).is_in(denied))
+        assert back.height == len(denied) // 2, f"{name}: the updated keys had a day-1 version"
+        assert after.equals(back), f"{name}: the denied keys are as day 1 left them"
+    versions = normalised(s["rerun"], "silver.customer_versions").filter(pl.col("customer_id").is_in(denied_customers))
+    assert not versions.get_column("_source_file").str.contains(str(DAY2)).any()
     assert _compared(s["clean"], s["rerun"]) == []
 
 
