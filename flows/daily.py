@@ -140,16 +140,7 @@ def daily_lakehouse(
     settings.sources.require_connectors()
     settings.lake().check_writable()
     logger = get_run_logger()
-    allowed = set(settings.sources.allow_missing) | set(known_entities(allow_missing or []))
-    expected = [e for e in LANDING_ENTITIES if settings.sources.kind(e.name) == "files"]
-    missing = landing.missing_deliveries(expected, ctx.landing_dir(), run_date)
-    for m in missing:
-        if m.entity in allowed:
-            logger.warning("%s: no delivery for %s (%s: %s); allowed missing, the run goes on", m.entity, run_date,
-                           m.folder, m.found)
-    stopping = [m for m in missing if m.entity not in allowed]
-    if stopping:
-        raise landing.MissingDeliveryError(landing.missing_message(stopping, run_date))
+    missing = require_deliveries(ctx, allow_missing or [], logger.warning)
 
     with settings.run_lock().hold(ctx.run_id, f"daily-lakehouse {run_date}",
                                   wait_seconds=settings.run_lock_wait_seconds, on_wait=logger.warning) as held:
@@ -173,6 +164,25 @@ def daily_lakehouse(
                 ctx.run_id, run_date, len(summaries), quarantined, len(refused),
                 f" ({', '.join(refused)}: fix and run the date again)" if refused else "")
     return summaries
+
+
+def require_deliveries(ctx: RunContext, allow_missing: list[str],
+                       warn: Callable[..., None]) -> list[landing.MissingDelivery]:
+    """Stop the run before it writes anything when an entity delivered daily has no file for the run date
+    (``MissingDeliveryError`` naming the folders), unless allowed (``allow_missing`` or the setting
+    ``sources.allow_missing``: ``warn`` is told). The missing deliveries the run goes without."""
+    settings = ctx.settings()
+    allowed = set(settings.sources.allow_missing) | set(known_entities(allow_missing))
+    expected = [e for e in LANDING_ENTITIES if settings.sources.kind(e.name) == "files"]
+    missing = landing.missing_deliveries(expected, ctx.landing_dir(), ctx.run_date)
+    for m in missing:
+        if m.entity in allowed:
+            warn("%s: no delivery for %s (%s: %s); allowed missing, the run goes on", m.entity, ctx.run_date,
+                 m.folder, m.found)
+    stopping = [m for m in missing if m.entity not in allowed]
+    if stopping:
+        raise landing.MissingDeliveryError(landing.missing_message(stopping, ctx.run_date))
+    return missing
 
 
 def _artifact_row(s: dict[str, Any]) -> dict[str, Any]:

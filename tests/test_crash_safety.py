@@ -98,9 +98,11 @@ def test_a_kill_during_checkpoint_writes_leaves_a_readable_table_and_the_rerun_c
         out, _ = writer.communicate(timeout=900)
         assert writer.returncode == 0, out
         if remote is not None:
-            from pyspark.sql import SparkSession
+            # The Spark Connect session class itself: pyspark.sql.SparkSession.builder.remote() would set
+            # SPARK_REMOTE in this process's environment, and a classic JVM session started later would fail.
+            from pyspark.sql.connect.session import SparkSession as ConnectSession
 
-            spark = SparkSession.builder.remote(remote).create()
+            spark = ConnectSession.builder.remote(remote).create()
             try:
                 read = sorted(r.batch for r in spark.read.format("delta").load(str(table)).collect() if r.batch >= 0)
             finally:

@@ -153,6 +153,28 @@ def test_a_failed_job_run_fails_the_flow_and_says_where_the_driver_log_is(emr_ap
     assert not (tmp_path / "lake" / "silver").exists()
 
 
+def test_a_missing_daily_delivery_fails_the_ingest_job_run_before_anything_is_written(emr_app, daily_lakes,
+                                                                                     tmp_path):
+    """The ingest stage's job run checks the deliveries where it reads the landing files, as the in-process
+    flow does before its run lock: a daily entity without a file for the date stops it, naming the folder."""
+    import shutil
+
+    from flows.emr import emr_daily_lakehouse
+
+    landing = tmp_path / "landing"
+    shutil.copytree(daily_lakes("polars")["landing"], landing)
+    shutil.rmtree(landing / "snowflake" / "orders" / FLOW_DAYS[0])
+    state = emr_daily_lakehouse(run_date=date.fromisoformat(FLOW_DAYS[0]), env="local",
+                                lake_root=str(tmp_path / "lake"), landing_root=str(landing), return_state=True)
+    assert state.is_failed()
+    runs = job_runs(emr_app)
+    assert [(r["tags"]["lakehouse:stage"], r["state"]) for r in runs] == [("ingest", "FAILED")]
+    log = driver_log(emr_app, runs[0]["jobRunId"])
+    assert f"expected a delivery for {FLOW_DAYS[0]}" in log and "snowflake.orders" in log
+    assert str(landing / "snowflake" / "orders" / FLOW_DAYS[0]) in log
+    assert not [p for p in (tmp_path / "lake").rglob("_delta_log")], "nothing was written"
+
+
 @pytest.fixture
 def silent_spark():
     """A TCP listener that accepts and never answers: a driver that connects to it hangs as RUNNING."""

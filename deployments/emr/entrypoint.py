@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from backends.spark_session import SUBMITTED_MASTER
     from deployments.settings import load_settings
     from flows.context import RunContext
-    from flows.daily import STAGES
+    from flows.daily import STAGES, require_deliveries
 
     if args.stage not in STAGES:
         print(f"expected --stage among {sorted(STAGES)}, got {args.stage!r}", file=sys.stderr)
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = RunContext(env=args.env, run_date=args.date, run_id=args.run_id, started_at=datetime.now(UTC),
                      overrides=overrides)
     ctx.settings().lake().check_writable()
+    if args.stage == "ingest":  # the first stage: a missing daily delivery stops the run before any write
+        require_deliveries(ctx, [], lambda msg, *a: print("warning: " + msg % a, file=sys.stderr, flush=True))
     summaries = STAGES[args.stage](ctx)
     print(json.dumps({"stage": args.stage, "run_date": args.date.isoformat(), "tables": summaries}, default=str))
     return 0
