@@ -200,7 +200,6 @@ class RunLock:
         holder to finish or for its lease to run out. ``on_wait`` gets a line naming each holder waited for.
         Raises ``LakeLockLostError`` after the block when the lease was taken over meanwhile."""
         token = uuid.uuid4().hex
-        acquired_at = datetime.now(UTC).isoformat()
         deadline = time.monotonic() + wait_seconds
         seen: dict[str, float] = {}  # lease tag -> when this waiter first saw it (its own clock)
         told: set[str] = set()
@@ -221,6 +220,7 @@ class RunLock:
                         on_wait(f"waiting for the lake's run lock, held by {found.describe(self.lease_seconds)}")
                     time.sleep(self.poll_seconds)
                     continue
+            acquired_at = datetime.now(UTC).isoformat()  # when it is taken, not when the wait began
             lease = self._swap(found, self._body(token, run_id, what, acquired_at))
             if lease is False:
                 continue  # someone else changed it first: look again
