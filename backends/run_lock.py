@@ -23,6 +23,7 @@ never renews or deletes a lease that is no longer its own:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -120,12 +121,13 @@ class RunLock:
     def read(self) -> Lease | None:
         """The lock as it is now (None: nobody holds it)."""
         if self.lake.is_local:
-            path = self._path()
-            try:
-                raw, st = path.read_bytes(), path.stat()
+            try:  # body and tag of one and the same file: a rename over the lock may come between two calls
+                with open(self._path(), "rb") as handle:
+                    st, raw = os.fstat(handle.fileno()), handle.read()
             except FileNotFoundError:
                 return None
-            return Lease(_parse(raw), f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}",
+            tag = f"{st.st_ino}:{st.st_mtime_ns}:{hashlib.sha256(raw).hexdigest()}"  # each body is unique
+            return Lease(_parse(raw), tag,
                          datetime.fromtimestamp(st.st_mtime, UTC))
         from botocore.exceptions import ClientError
 

@@ -559,10 +559,15 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
     for col in ("run id", "flow", "run date", "status", "started", "took", "tasks", "rows written", "quarantined",
                 "engine", "failed tasks"):
         t.add_column(col, no_wrap=col != "failed tasks")
+    lock = settings.run_lock()
+    held = lock.read()
+    holder = held.body.get("run_id") if held is not None and held.body is not None else None
     for r in runs_overview(rows)[:limit]:
         took = (r["ended_at"] - r["started_at"]).total_seconds()
-        t.add_row(r["run_id"], r["flow"], str(r["run_date"]),
-                  "[green]completed[/]" if r["status"] == "completed" else "[red]failed[/]",
+        state = "[green]completed[/]" if r["status"] == "completed" else "[red]failed[/]"
+        if r["run_id"] == holder:  # its tasks so far: running, or killed (see the lock above)
+            state = ("[red]died: its lock is stale[/]" if lock.is_stale(held) else "[yellow]holds the run lock[/]")
+        t.add_row(r["run_id"], r["flow"], str(r["run_date"]), state,
                   r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), f"{took:.1f} s", str(r["tasks"]),
                   f"{r['rows_written']:,}", f"{r['rows_quarantined']:,}", r["engine"], ", ".join(r["failed_tasks"]))
     wide = Console(width=max(170, console.width))  # full run ids: 'prefect flow-run retry <id>' takes them

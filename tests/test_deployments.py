@@ -87,7 +87,10 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path, daily_lakes
     assert killed, "the flow run's process was found and killed"
     _wait_state(stack, run_id, "CRASHED")
     assert RunLock(lake).holder()["run_id"] == run_id, "the killed run's lease is left behind"
+    status = _lakehouse("status", "--lake-root", str(lake_root))
+    assert f"run lock: held by run {run_id}" in status and "holds the run lock" in status, status
     assert DAY1 not in RunLog(lake).done_dates() and Releases(lake).current() is None
+    time.sleep(5)  # the worker has done with the killed process before the run is scheduled again
     retried = _prefect(stack, "flow-run", "retry", run_id)
     assert retried.returncode == 0, retried.stdout + retried.stderr
     _wait_completed(stack, run_id, lake_root, DAY1)
@@ -144,6 +147,16 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path, daily_lakes
     lake = Lake(str(lake_root))
     current = Releases(lake).current()
     assert all(not lake.missing_files(table(name), v) for name, v in current.versions.items())
+
+
+def _lakehouse(*args: str) -> str:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    done = CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
+    assert done.exit_code == 0, done.output
+    return done.output
 
 
 def _ledger(lake: Lake) -> list[dict]:
