@@ -62,7 +62,7 @@ def timed_contract_checks() -> dict[str, float]:
 def run_engine(engine: str, landing: Path, lake: Path, days: int, start: date) -> dict:
     """Run the stages of every day on ``engine`` in this process; the last day's timings."""
     from bench.day import daily_steps
-    from flows.context import RunContext
+    from tasks.context import RunContext
 
     shutil.rmtree(lake, ignore_errors=True)
     spent = timed_contract_checks()

@@ -1,6 +1,6 @@
 """One day of the daily flow as its task bodies, in the flow's order, without the Prefect API: what the
 benchmarks time (so orchestration overhead is not counted). The bodies keep their run ledger rows and lineage
-events (flows/tracking.py), and the day ends with the ledger's append, as a flow's stages do."""
+events (tasks/tracking.py), and the day ends with the ledger's append, as a flow's stages do."""
 
 from __future__ import annotations
 
@@ -10,18 +10,12 @@ from typing import Any
 def daily_steps(ctx: Any) -> list[tuple[str, str, Any]]:
     """The daily flow's task bodies in its order, as (stage, label, thunk)."""
     from contracts.landing import LANDING_ENTITIES
-    from flows.stages import (
-        GOLD_ORDER,
-        SILVER_ORDER,
-        build_gold,
-        check_gate,
-        ingest_entity,
-        link_crm,
-        plan_gold,
-        refine_table,
-        release_gold,
-    )
-    from flows.tracking import flush_ledger
+    from tasks.bronze import ingest_entity
+    from tasks.gates import check_gate
+    from tasks.gold import GOLD_ORDER, build_gold, plan_gold
+    from tasks.release import release_gold
+    from tasks.silver import SILVER_ORDER, link_crm, refine_table
+    from tasks.tracking import flush_ledger
 
     state: dict[str, Any] = {"bronze": [], "silver": [], "gold": []}
 

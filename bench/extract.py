@@ -61,8 +61,9 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from deployments.settings import cached_settings
-    from flows.context import RunContext
-    from flows.stages import extract_entity, ingest_entity
+    from tasks.bronze import ingest_entity
+    from tasks.context import RunContext
+    from tasks.extract import extract_entity
     from tests.servers import start_postgres, stop_postgres
 
     proc, info = start_postgres()

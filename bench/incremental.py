@@ -35,7 +35,7 @@ OUT = ROOT / "bench" / "out"
 
 
 def _ctx(day: date, lake: Path, landing: Path, run_id: str) -> Any:
-    from flows.context import RunContext
+    from tasks.context import RunContext
 
     return RunContext(run_date=day, run_id=run_id, started_at=datetime.now(UTC),
                       overrides={"lake_root": str(lake), "landing_root": str(landing)})
@@ -45,17 +45,12 @@ def full_steps(ctx: Any, days: list[date]) -> list[tuple[str, str, Any]]:
     """Every layer from scratch: bronze from every day's files, silver from all of bronze, gold whole."""
     from contracts.catalog import table
     from contracts.landing import LANDING_ENTITIES
-    from flows.stages import (
-        GOLD_ORDER,
-        SILVER_ORDER,
-        build_gold,
-        check_gate,
-        conform_into_silver,
-        ingest_entity,
-        link_crm,
-    )
-    from flows.stages import release_gold as release
-    from flows.tracking import flush_ledger
+    from tasks.bronze import ingest_entity
+    from tasks.gates import check_gate
+    from tasks.gold import GOLD_ORDER, build_gold
+    from tasks.release import release_gold as release
+    from tasks.silver import SILVER_ORDER, conform_into_silver, link_crm
+    from tasks.tracking import flush_ledger
 
     versions: dict[str, int] = {}
 

@@ -60,7 +60,7 @@ def run(lake: Path, port: int) -> None:
     from backends.releases import Releases
     from contracts.catalog import table
     from deployments.settings import SnowflakeSettings, load_settings
-    from flows.stages import GOLD_ORDER
+    from tasks.gold import GOLD_ORDER
 
     database = f"BENCH_{uuid.uuid4().hex[:6].upper()}"
     admin = snowflake.connector.connect(user="admin", password="admin", account="fakesnow", host="127.0.0.1",

@@ -78,7 +78,7 @@ class TableSpec:
     landing: LandingEntity | None = field(default=None, compare=False)
     references: tuple[Reference, ...] = ()  # silver: part of the gate; gold: audited before a release
     max_row_drop: float | None = None  # gold: fail the audit if rows fall by more than this share vs the release
-    gate: Gate = Gate()  # silver: checked after the refine stage (flows/stages.py check_gate)
+    gate: Gate = Gate()  # silver: checked after the refine stage (tasks/gates.py check_gate)
     history: str | None = None  # silver: the table that also keeps every version (not only the latest per key)
 
     @property

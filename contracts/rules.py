@@ -1,11 +1,11 @@
 """Row-level rules of every silver table, declared once, as data.
 
 A rule is an id, a readable reason and a Narwhals predicate that is True when a row passes (a null
-result counts as a failure). ``tasks.silver.conform`` evaluates them in declared order on the parsed batch
+result counts as a failure). ``tasks.transforms.silver.conform`` evaluates them in declared order on the parsed batch
 and quarantines each row under the FIRST rule it fails, so every bronze row ends up either valid or
 quarantined exactly once. The same predicates run on every engine, so both quarantine the same rows.
 
-Columns the predicates read (``tasks.silver`` computes them; the names are defined here):
+Columns the predicates read (``tasks.transforms.silver`` computes them; the names are defined here):
 
 * ``<col>``: landing column ``col`` normalised: trimmed (ASCII whitespace), blank → null; e-mail
   lower-cased; country and currency codes upper-cased; phone reduced to its digits. Typed columns are

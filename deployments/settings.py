@@ -90,7 +90,7 @@ class SnowflakeSettings(SnowflakeConnection):
 
 
 class LineageSettings(BaseModel):
-    """Where the OpenLineage run events of every task go (flows/tracking.py)."""
+    """Where the OpenLineage run events of every task go (tasks/tracking.py)."""
 
     model_config = {"extra": "forbid"}
     transport: Literal["file", "http", "none"] = Field(

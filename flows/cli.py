@@ -170,7 +170,7 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
     from backends.lake import LakeNotWritableError
     from backends.run_lock import LakeLockedError
     from deployments.settings import SettingsError, known_entities
-    from flows.context import LandingNotFoundError, require_landing
+    from tasks.context import LandingNotFoundError, require_landing
 
     try:
         known_entities(allow_missing or [])
@@ -211,7 +211,9 @@ def _run_failed(day: date, exc: Exception) -> None:
 
     logging.getLogger("prefect.lakehouse").debug("run of %s failed", day, exc_info=exc)
     from backends.landing import MissingDeliveryError
-    from flows.stages import AccountingError, AuditFailedError, GateFailedError
+    from tasks.gates import GateFailedError
+    from tasks.quarantine import AccountingError
+    from tasks.release import AuditFailedError
 
     if isinstance(exc, MissingDeliveryError):  # the message says what to do
         err.print(f"[bold red]error:[/] run of {day} stopped: {escape(plain(str(exc)))}")
@@ -281,7 +283,7 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
 def _quarantine_by_rule(settings) -> None:
     from backends import get_backend
     from contracts.catalog import tables as all_tables
-    from flows.quarantine import replay_log
+    from tasks.replay import replay_log
 
     engine = get_backend(settings.backend, settings.lake(), settings.spark)
     lake = settings.lake()
@@ -313,8 +315,8 @@ def _refused_files(engine, lake) -> None:
     from contracts.catalog import bronze_for
     from contracts.landing import LANDING_ENTITIES
     from flows.display import terminal
-    from flows.stages import refused_log
-    from tasks.bronze import ingested_files
+    from tasks.bronze import refused_log
+    from tasks.transforms.bronze import ingested_files
 
     t = Table(title="landing files refused (not ingested; fix the file and run its date again)")
     for col in ("file", "problem", "times refused", "last run date", "ingested since", "reason"):
@@ -407,7 +409,8 @@ def quarantine_replay(
 ) -> None:
     """After fixing data or a rule: send quarantined rows through silver again (each accepted row once), then
     rebuild, audit and release gold."""
-    from flows.quarantine import ReplayError, replay_quarantine, replayable
+    from flows.quarantine import replay_quarantine
+    from tasks.replay import ReplayError, replayable
 
     table_name = name.replace("quarantine.silver.", "silver.")
     try:
@@ -547,7 +550,7 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
     """Recent runs from the run ledger (status, tasks, rows, failed tasks) and each table's freshness: the
     run and date that last wrote it, its version, and how long ago."""
     from contracts.catalog import TABLES
-    from flows.tracking import LEDGER_PATH, freshness, read_ledger, runs_overview
+    from tasks.tracking import LEDGER_PATH, freshness, read_ledger, runs_overview
 
     settings = _settings(env, lake_root=lake_root)
     console.print(_lock_line(settings), soft_wrap=True)

@@ -19,22 +19,15 @@ from backends.run_log import RunLog
 from contracts.landing import LANDING_ENTITIES
 from deployments.secrets import use_aws_credentials_block
 from deployments.settings import known_entities
-from flows.caching import resumable
-from flows.context import RunContext
-from flows.stages import (
-    GOLD_ORDER,
-    SILVER_ORDER,
-    acknowledge_stream,
-    build_gold,
-    check_gate,
-    extract_entity,
-    ingest_entity,
-    link_crm,
-    plan_gold,
-    refine_table,
-    release_gold,
-)
-from flows.tracking import recorded
+from tasks.bronze import ingest_entity
+from tasks.caching import resumable
+from tasks.context import RunContext
+from tasks.extract import acknowledge_stream, extract_entity
+from tasks.gates import check_gate
+from tasks.gold import GOLD_ORDER, build_gold, plan_gold
+from tasks.release import release_gold
+from tasks.silver import SILVER_ORDER, link_crm, refine_table
+from tasks.tracking import recorded
 
 
 @flow(name="ingest", flow_run_name="ingest-{ctx.run_date}")
@@ -120,7 +113,7 @@ def daily_lakehouse(
 
     ``backend="spark"`` runs on Spark: ``spark_remote`` (Spark Connect URL), ``spark_master`` (classic session),
     or neither for an embedded Sail server. One run writes a lake at a time (the lake's run lock; a second run
-    waits). A retry of a failed run resumes after the last task that completed (flows/caching.py); ``force``
+    waits). A retry of a failed run resumes after the last task that completed (tasks/caching.py); ``force``
     recomputes every task.
 
     Before anything is written, every entity delivered daily (contracts/landing.py ``DELIVERIES``) must have a

@@ -18,7 +18,7 @@ import polars as pl
 from backends.lake import Lake
 from contracts.catalog import quarantine_for, tables
 from flows.display import inert
-from flows.tracking import read_ledger
+from tasks.tracking import read_ledger
 
 LAYERS = ("bronze", "silver", "gold")
 TREND_DATES = 14
@@ -77,7 +77,7 @@ def quarantine_by_rule(lake: Lake, run_date: date) -> list[dict[str, Any]]:
 def refused_files(lake: Lake, run_date: date) -> list[dict[str, Any]]:
     """Landing files refused by runs of ``run_date`` (the latest refusal of each): file, problem, reason."""
     from contracts.landing import LANDING_ENTITIES
-    from flows.stages import refused_log
+    from tasks.bronze import refused_log
 
     latest: dict[str, dict[str, Any]] = {}
     for entity in LANDING_ENTITIES:

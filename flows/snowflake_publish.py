@@ -5,24 +5,21 @@ snowflake [--release ID]`` or a deployment. The daily flow runs the same tasks a
 ``snowflake.publish_with_daily`` is set. One task per table, each one batch ``<release id>:<table>``: a
 batch already in the target's load audit is skipped, so publishing a release again changes nothing and a
 retried run resumes with the tables not yet merged. Transient errors (network, timeouts, an unavailable
-service) are retried by Prefect; SQL and schema errors are not (flows/retry_policy.py). The load itself: backends/warehouse.py.
+service) are retried by Prefect; SQL and schema errors are not (tasks/retry_policy.py). The load itself: backends/warehouse.py.
 """
 
 from __future__ import annotations
 
-from contextlib import closing
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow
 from prefect.runtime import flow_run
 
-from backends import warehouse
 from backends.releases import Release, Releases
-from contracts.catalog import table
-from deployments.secrets import resolve_secret
-from deployments.settings import Settings, cached_settings, load_settings
-from flows.retry_policy import retry_if_transient
-from flows.stages import GOLD_ORDER, _logger
+from deployments.settings import Settings, load_settings
+from tasks.context import logger
+from tasks.gold import GOLD_ORDER
+from tasks.publish import publish_table
 
 
 class ReleaseNotFoundError(LookupError):
@@ -46,28 +43,6 @@ def choose_release(settings: Settings, release_id: str | None) -> Release:
     raise ReleaseNotFoundError(msg)
 
 
-@task(name="publish-table", task_run_name="snowflake-{table_name}", retries=3, retry_delay_seconds=[2, 10, 30],
-      retry_condition_fn=retry_if_transient)
-def publish_table(env: str, overrides: dict[str, Any], release_id: str, table_name: str, version: int,
-                  run_id: str) -> dict[str, Any]:
-    """One gold table of a release into its Snowflake target: staged in bulk, merged with its audit row."""
-    settings = cached_settings(env, tuple(sorted(overrides.items())))
-    target = settings.snowflake.require()
-    spec = table(table_name)
-    with closing(warehouse.connect(target, resolve_secret(target.secret, what="snowflake.secret"))) as conn:
-        done = warehouse.load_table(conn.cursor(), settings.lake(), spec, release_id=release_id, version=version,
-                                    run_id=run_id, file_rows=target.stage_file_rows)
-    if done["status"] == "skipped":
-        _logger().info("%s: batch %s is in the load audit already, skipped", table_name, done["batch_id"])
-    else:
-        staged, stage_seconds = done["rows_staged"], done.pop("stage_seconds")
-        _logger().info("%s: %d rows staged in %.2f s (%.0f rows/s), merged in %.2f s: %d inserted, %d updated, "
-                       "%d deleted%s", table_name, staged, stage_seconds, staged / max(stage_seconds, 1e-9),
-                       done["seconds"] - stage_seconds, done["inserted"], done["updated"], done["deleted"],
-                       f"; columns added: {', '.join(done['added'])}" if done["added"] else "")
-    return {"stage": "snowflake", "table": table_name, **done}
-
-
 def publish_release(env: str, overrides: dict[str, Any], release: Release, run_id: str) -> list[dict[str, Any]]:
     """Every table of ``release`` (dimensions first), one task each."""
     order = [t for t in GOLD_ORDER if t in release.versions] + sorted(set(release.versions) - set(GOLD_ORDER))
@@ -86,7 +61,7 @@ def publish_snowflake(env: str = "local", lake_root: str | None = None,
     release = choose_release(settings, release_id)
     summaries = publish_release(env, overrides, release, str(flow_run.get_id() or "local"))
     merged = [s for s in summaries if s["status"] == "merged"]
-    _logger().info("release %s to Snowflake %s.%s: %d table(s) merged, %d already published",
+    logger().info("release %s to Snowflake %s.%s: %d table(s) merged, %d already published",
                           release.release_id, settings.snowflake.database, settings.snowflake.schema_,
                           len(merged), len(summaries) - len(merged))
     return summaries

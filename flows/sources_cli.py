@@ -110,8 +110,8 @@ def sources_extract(entity: Annotated[str, typer.Argument(help="entity, e.g. sno
     extract that died midway, fetches nothing for a date already extracted."""
     from contracts.landing import landing_entity
     from flows.cli import _fail, _settings, console
-    from flows.context import LandingNotFoundError, RunContext
-    from flows.stages import extract_entity
+    from tasks.context import LandingNotFoundError, RunContext
+    from tasks.extract import extract_entity
 
     try:
         landing_entity(entity)

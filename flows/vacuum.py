@@ -7,7 +7,7 @@ files of versions something of the project still reads:
 
 * the current gold release, and every release made within the retention (``lakehouse rollback`` can go back
   to them; a rollback to an older one is refused when its files are gone, backends/releases.py);
-* the versions the next incremental build of ``gold.dim_customer`` compares with (flows/customer_grain.py).
+* the versions the next incremental build of ``gold.dim_customer`` compares with (tasks/customer_grain.py).
 
 A version whose log delta-rs already cleaned up (older than the table's log retention, 30 days by default)
 cannot be read any more, so its files are not kept; the result names such versions.
@@ -33,8 +33,8 @@ from backends.releases import Releases
 from backends.run_lock import RunLock
 from contracts.catalog import TableSpec, tables
 from deployments.secrets import use_aws_credentials_block
-from flows import customer_grain
-from flows.context import RunContext
+from tasks import customer_grain
+from tasks.context import RunContext
 
 
 @dataclass(frozen=True)

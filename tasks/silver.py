@@ -1,372 +1,192 @@
-"""Conform bronze batches into silver: parse, normalise, pseudonymise, convert to USD, apply the row rules.
-
-Frame in, frame out: no paths, settings, clocks or I/O. Everything is plain Narwhals on lazy frames (plus
-``backends.expressions`` for hashing), so the same code runs on Polars and PySpark. Values are parsed with
-regex-guarded casts, so garbage text becomes null (and a ``type.invalid_*`` quarantine) on both engines
-instead of raising, also under Spark's ANSI mode.
-
-Money: ``amount`` and ``amount_usd`` are kept at full Float64 precision. Rounding belongs where sums are
-reported (gold): rounding each order to cents would bias totals and turn sub-cent orders into 0, which the
-silver contract (``amount_usd > 0``) rejects.
-"""
+"""Silver tasks: a run date's bronze batch conformed into its silver table (rules, quarantine, latest per key,
+merge), reconformed when what it was conformed with changed, and the customer-to-CRM links."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import string
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date, timedelta
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import narwhals as nw
 import pyarrow as pa
 
-from backends.expressions import ratio, with_hmac, with_timestamps
+from backends import Engine
 from contracts.catalog import TableSpec, table
-from contracts.landing import OPEN_DEAL_STAGES, LandingColumn, LandingEntity
-from contracts.rules import (
-    FIRST_COPY,
-    FX_RATE,
-    IN_LOOKBACK,
-    KNOWN_CUSTOMER,
-    KNOWN_PRODUCT,
-    PLAUSIBLE_UNTIL,
-    PLAUSIBLE_UNTIL_DATE,
-    ROW_RULES,
-    SILVER_LANDING,
-    first_failing_rule,
-    plausible_until,
-    reason_of,
-    text_col,
-)
-from tasks.schema import to_schema
-
-REFS_NEEDED: dict[str, tuple[str, ...]] = {
-    "silver.orders": ("silver.customers", "silver.products", "silver.fx_rates"),
-    "silver.opportunities": ("silver.fx_rates",),
-}
-_NEEDS_RUN_DATE = ("silver.opportunities",)
-QUARANTINE_OUTPUT = ("rule", "reason", "record", "record_hash", "source_file")
-# What ``Conformed.quarantined`` carries: the raw landing values stay columns (``_raw_<name>``) until
-# :func:`quarantine_records` turns them into the JSON ``record`` on the driver. Building the JSON inside the
-# query would need 32 nested replaces for control characters, deeper than Spark Connect's plan limit.
-QUARANTINE_HEAD = ("rule", "reason", "record_hash", "source_file")
-
-_LINEAGE_IN = ("_source_file", "_record_hash", "_ingested_at")
-_WHITESPACE = string.whitespace  # explicit: Polars' default strip is Unicode-aware, Spark's trim is not
-_RULE, _RAW = "_rule", "_raw_"
-
-# Regex guards: text that matches is guaranteed to cast/parse on both engines. ASCII classes only
-# ([0-9], not \d, which is Unicode-aware in Polars' regex engine). Dates are checked against the calendar
-# (month lengths, leap years) because an impossible date would make the parse raise.
-_LEAP_YEAR = r"(?:[1-9][0-9](?:0[48]|[2468][048]|[13579][26])|(?:[2468][048]|[13579][26])00)"
-_MONTH_DAY = (
-    r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
-    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
-    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))"
-)
-_DATE = rf"(?:[1-9][0-9]{{3}}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
-TYPE_PATTERNS: dict[str, str] = {
-    "integer": r"^[+-]?[0-9]{1,18}$",
-    "decimal": r"^[+-]?(?:[0-9]{1,15}(?:\.[0-9]*)?|\.[0-9]+)$",
-    "date": rf"^{_DATE}$",
-    # RFC 3339 / ISO 8601 as exporters write it: T or space, a fraction of up to 9 digits, Z or an offset (±HH,
-    # ±HHMM, ±HH:MM up to 14 h); no zone means UTC. Four groups: date, time, fraction, zone (with_timestamps).
-    "timestamp": rf"^({_DATE})[Tt ]((?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9])(?:\.([0-9]{{1,9}}))?"
-                 rf"([Zz]|[+-](?:0[0-9]|1[0-4])(?::?[0-5][0-9])?)?$",
-}
-
-# Per-column text normalisation after trimming, by landing column name.
-_NORMALISE: dict[str, Callable[[nw.Expr], nw.Expr]] = {
-    "email": lambda e: e.str.to_lowercase(),
-    "country": lambda e: e.str.to_uppercase(),
-    "currency": lambda e: e.str.to_uppercase(),
-    "base_currency": lambda e: e.str.to_uppercase(),
-    "quote_currency": lambda e: e.str.to_uppercase(),
-    "phone": lambda e: e.str.replace_all("[^0-9]", "", literal=False),
-}
-
-@dataclass(frozen=True)
-class Conformed:
-    """One conformed batch: rows that passed every rule, and rows quarantined with the first rule they broke."""
-
-    valid: nw.LazyFrame  # shaped to the silver table (all versions; latest_per_key dedupes)
-    quarantined: nw.LazyFrame  # QUARANTINE_HEAD + _raw_<landing column> (all String); see quarantine_records
-    landing_columns: tuple[str, ...] = ()
-
-    def quarantine_records(self, quarantined: pa.Table) -> pa.Table:
-        """The collected ``quarantined`` rows with their raw values folded into the JSON ``record``."""
-        return quarantine_records(quarantined, self.landing_columns)
+from tasks.bronze import files_in
+from tasks.caching import conform_code_version
+from tasks.context import RunContext, logger, summary_of
+from tasks.quarantine import AccountingError, quarantined_on_run_date, write_quarantine
+from tasks.retry_policy import LAKE_RETRIES
+from tasks.tracking import lake_task
+from tasks.transforms import bronze, silver
 
 
-def quarantine_records(quarantined: pa.Table, landing_columns: Sequence[str]) -> pa.Table:
-    """``QUARANTINE_OUTPUT`` columns: ``record`` is a JSON object of the raw text values in landing order."""
-    raw = [quarantined.column(_RAW + c).to_pylist() for c in landing_columns]
-    records = [json.dumps(dict(zip(landing_columns, values, strict=True)), ensure_ascii=False, separators=(",", ":"))
-               for values in zip(*raw, strict=True)] if raw else [json.dumps({})] * quarantined.num_rows
-    data = {c: quarantined.column(c).cast(pa.large_string()) for c in QUARANTINE_HEAD}
-    data["record"] = pa.array(records, pa.large_string())
-    return pa.table({c: data[c] for c in QUARANTINE_OUTPUT})
+@lake_task(lambda p: [table(p["table_name"]).source or "", *silver.REFS_NEEDED.get(p["table_name"], ())], rules=True,
+           name="silver", task_run_name="silver-{table_name}", **LAKE_RETRIES)
+def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
+    """Conform the run date's bronze batch into a silver table: quarantine, dedupe latest, merge by key.
+
+    A date's batch is conformed whole, and again whenever what it was conformed with changed (``conform_inputs``:
+    its bronze files, the bronze files up to the date its reference tables are built from, the rules' code and
+    settings): a retry or rerun after a fix (missing customers delivered, a rule corrected, a refused file
+    fixed) gives the tables one clean run with the fixed inputs gives, and the date's quarantine holds only
+    what that run quarantines. Unchanged inputs change nothing; the summary then gives the date's figures as
+    the lake holds them, so a gate judges the same batch on a rerun. ``_conformed/<entity>`` records each
+    conform of a date."""
+    spec = table(table_name)
+    engine = ctx.engine()
+    lake = ctx.settings().lake()
+    source = table(spec.source or "")
+    batch = bronze.batch_for(engine.scan(source), ctx.run_date)
+    files = files_in(engine, batch)
+    inputs = conform_inputs(ctx, spec, files)
+    if files and last_conform(ctx, spec) == inputs:
+        logger().info("%s: the %d bronze file(s) of %s were conformed with the same inputs before; nothing to do",
+                       spec.name, len(files), ctx.run_date)
+        return summary_of("silver", spec, files=0, **silver_figures(ctx, engine, spec, sum(files.values())),
+                        rows_written=0, version=engine.version(spec))
+    before = engine.version(spec)
+    done = conform_into_silver(ctx, engine, spec, engine.materialize(batch), replace_quarantine=bool(files),
+                               withdraw_before=first_conform_version(ctx, spec) if files else None)
+    if files:
+        now = datetime.now(UTC)
+        lake.append_log(conformed_log(spec), pa.Table.from_pylist(
+            [{"source_file": f, "run_id": ctx.run_id, "run_date": ctx.run_date, "conformed_at": now, "inputs": inputs,
+              "version_before": -1 if before is None else before} for f in sorted(files)],
+            schema=CONFORMED_LOG_SCHEMA))
+    return summary_of("silver", spec, files=len(files), **{k: v for k, v in done.items() if k != "accepted_hashes"})
 
 
-# ------------------------------------------------------------------------------------------ public API
-def conform(
-    table_name: str,
-    bronze: nw.LazyFrame,
-    *,
-    refs: Mapping[str, nw.LazyFrame] | None = None,
-    hmac_key: bytes,
-    fx_window_days: int = 4,
-    run_date: date | None = None,
-    lookback_days: int | None = None,
-    checkpoint: Callable[[nw.LazyFrame], nw.LazyFrame] | None = None,
-) -> Conformed:
-    """Parse and check one bronze batch of ``table_name``'s entity; split it into silver rows and quarantine.
-
-    ``refs`` holds the silver frames the table is checked against (see :data:`REFS_NEEDED`). ``hmac_key``
-    pseudonymises e-mail and phone. ``fx_window_days``: how many days old an FX rate may be. ``run_date``
-    values open pipeline (opportunities) at that day's rate, so a deal last touched months ago still converts.
-    ``lookback_days``: order changes and order events that happened more than this many days before ``run_date``
-    are quarantined as ``late.beyond_lookback``; None (a replay) accepts any age.
-    ``checkpoint`` (an engine's ``materialize``) computes the rule-tagged rows once, so that the valid and the
-    quarantined rows do not each re-run parsing and joins; without it both stay lazy.
-    """
-    if table_name not in _CONFORMERS:
-        msg = f"expected a silver table name (one of {', '.join(sorted(_CONFORMERS))}), got {table_name!r}"
-        raise ValueError(msg)
-    refs = dict(refs or {})
-    missing = [name for name in REFS_NEEDED.get(table_name, ()) if name not in refs]
-    if missing:
-        msg = (f"expected refs {list(REFS_NEEDED[table_name])} to conform {table_name!r}, missing {missing}; "
-               f"pass them as refs={{name: silver lazy frame}}")
-        raise ValueError(msg)
-    if not isinstance(hmac_key, bytes) or not hmac_key:
-        msg = "expected hmac_key as non-empty bytes; load it from the secrets block (it is never a parameter)"
-        raise ValueError(msg)
-    if isinstance(fx_window_days, bool) or not isinstance(fx_window_days, int) or fx_window_days < 0:
-        msg = f"expected fx_window_days as an integer >= 0, got {fx_window_days!r}"
-        raise ValueError(msg)
-    if table_name in _NEEDS_RUN_DATE and run_date is None:
-        msg = f"expected run_date (a date) to conform {table_name!r}: its amounts convert at that day's FX rate"
-        raise ValueError(msg)
-    if lookback_days is not None and (isinstance(lookback_days, bool) or not isinstance(lookback_days, int)
-                                      or lookback_days < 0 or run_date is None):
-        msg = f"expected lookback_days as an integer >= 0 with a run_date, got {lookback_days!r} (run_date={run_date!r})"
-        raise ValueError(msg)
-    landing = SILVER_LANDING[table_name]
-    cutoff = run_date - timedelta(days=lookback_days) if lookback_days is not None and run_date else None
-    batch = _Batch(table(table_name), landing, _parse(bronze, landing), refs, fx_window_days, hmac_key, run_date,
-                   cutoff, checkpoint or (lambda frame: frame))
-    return _CONFORMERS[table_name](batch)
+CONFORMED_LOG_SCHEMA = pa.schema([
+    ("source_file", pa.string()), ("run_id", pa.string()), ("run_date", pa.date32()),
+    ("conformed_at", pa.timestamp("us", tz="UTC")), ("inputs", pa.string()),
+    ("version_before", pa.int64()),  # the silver table's version before the conform (-1: it did not exist)
+])
 
 
-def latest_per_key(frame: nw.LazyFrame, spec: TableSpec) -> nw.LazyFrame:
-    """One row per ``spec.keys``: the largest ``spec.latest_by``; ties go to the largest ``_record_hash``."""
-    if not spec.keys or spec.latest_by is None:
-        msg = f"expected a table with keys and latest_by, got {spec.name!r} (keys={spec.keys}, latest_by=None)"
-        raise ValueError(msg)
-    return _keep_last(frame, spec.keys, (spec.latest_by, "_record_hash"))
+def conformed_log(spec: TableSpec) -> str:
+    """Each conform of a date's bronze files into silver table ``spec`` (one row per file, with the digest of
+    the inputs it was conformed with)."""
+    return f"_conformed/{spec.entity}"
 
 
-def link_customers_to_crm(customers: nw.LazyFrame, contacts: nw.LazyFrame) -> nw.LazyFrame:
-    """silver.customer_crm_links: each customer's CRM contact by e-mail HMAC (latest updated; ties: smallest id).
-
-    Both inputs are latest-per-key silver frames (one row per customer_id / contact_id).
-    """
-    pairs = customers.select("customer_id", "email_hmac").join(
-        contacts.select("contact_id", "account_id", "email_hmac", nw.col("updated_at").alias("_contact_updated")),
-        on="email_hmac",
-        how="inner",
-    )
-    newest = pairs.group_by("customer_id").agg(nw.col("_contact_updated").max())
-    pairs = pairs.join(newest, on=["customer_id", "_contact_updated"], how="inner")
-    first = pairs.group_by("customer_id").agg(nw.col("contact_id").min())
-    pairs = pairs.join(first, on=["customer_id", "contact_id"], how="inner")
-    return to_schema(pairs.with_columns(matched_on=nw.lit("email_hmac")), table("silver.customer_crm_links"))
+def conform_inputs(ctx: RunContext, spec: TableSpec, files: Mapping[str, int]) -> str:
+    """A digest of what conforming the run date's batch of ``spec`` depends on: the batch's bronze files (with
+    their rows), the bronze files up to the run date of the tables its references are built from, the rules'
+    code version and the settings the rules read."""
+    settings = ctx.settings()
+    lake = settings.lake()
+    refs = {name: lake.files_through(table(table(name).source or name), "_ingest_date", ctx.run_date.isoformat())
+            for name in silver.REFS_NEEDED.get(spec.name, ())}
+    key = hashlib.sha256(settings.require_hmac_key() + b"conform-inputs").hexdigest()
+    material = {"files": sorted(files.items()), "refs": refs, "rules": conform_code_version(),
+                "settings": [settings.fx_window_days, settings.lookback_days, key]}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-# ------------------------------------------------------------------------------------- shared machinery
-@dataclass(frozen=True)
-class _Batch:
-    spec: TableSpec
-    landing: LandingEntity
-    parsed: nw.LazyFrame
-    refs: Mapping[str, nw.LazyFrame]
-    fx_window_days: int
-    hmac_key: bytes = field(repr=False)
-    run_date: date | None = None
-    late_cutoff: date | None = None  # changes before this date are late (None: any age is accepted)
-    checkpoint: Callable[[nw.LazyFrame], nw.LazyFrame] = lambda frame: frame
-
-    def in_lookback(self, changed_at: str) -> nw.Expr:
-        """``IN_LOOKBACK``: the change (timestamp column ``changed_at``) happened on or after the cutoff date."""
-        if self.late_cutoff is None:
-            return nw.lit(value=True).alias(IN_LOOKBACK)
-        return (nw.col(changed_at).dt.date() >= nw.lit(self.late_cutoff).cast(nw.Date())).alias(IN_LOOKBACK)
-
-    def split(self, frame: nw.LazyFrame, derive: Callable[[nw.LazyFrame], nw.LazyFrame] | None = None) -> Conformed:
-        """Tag each row with its first failing rule; valid rows → ``derive`` → silver shape, the rest → quarantine."""
-        rules = ROW_RULES[self.spec.name]
-        until = plausible_until(self.run_date)
-        frame = frame.with_columns(nw.lit(until).cast(nw.Datetime("us", "UTC")).alias(PLAUSIBLE_UNTIL),
-                                   nw.lit(until.date() - timedelta(days=1)).cast(nw.Date()).alias(PLAUSIBLE_UNTIL_DATE))
-        tagged = self.checkpoint(frame.with_columns(first_failing_rule(rules).alias(_RULE)))
-        valid = tagged.filter(nw.col(_RULE).is_null())
-        if derive is not None:
-            valid = derive(valid)
-        rule = nw.col(_RULE)
-        quarantined = tagged.filter(~rule.is_null()).select(
-            rule.alias("rule"),
-            reason_of(rule, rules).alias("reason"),
-            nw.col("_record_hash").cast(nw.String).alias("record_hash"),
-            nw.col("_source_file").cast(nw.String).alias("source_file"),
-            *(nw.col(_RAW + c) for c in self.landing.column_names),
-        )
-        return Conformed(to_schema(valid, self.spec), quarantined, tuple(self.landing.column_names))
+def last_conform(ctx: RunContext, spec: TableSpec) -> str | None:
+    """The inputs digest of the latest conform of the run date into ``spec`` (None: never, or by a release
+    that did not record it)."""
+    log = ctx.settings().lake().read_log(conformed_log(spec))
+    if log is None or "inputs" not in log.column_names:
+        return None
+    mine = [r for r in log.select(["run_date", "conformed_at", "inputs"]).to_pylist() if r["run_date"] == ctx.run_date]
+    return max(mine, key=lambda r: r["conformed_at"])["inputs"] if mine else None
 
 
-def _require_columns(frame: nw.LazyFrame, columns: tuple[str, ...] | list[str], what: str) -> None:
-    have = set(frame.collect_schema().names())
-    missing = [c for c in columns if c not in have]
-    if missing:
-        msg = f"expected columns {missing} in {what}, got {sorted(have)}"
-        raise ValueError(msg)
+def first_conform_version(ctx: RunContext, spec: TableSpec) -> int | None:
+    """The version ``spec`` had before the run date's batch was first conformed into it (-1: the table did not
+    exist); None when the date was never conformed, or by a release that did not record it."""
+    log = ctx.settings().lake().read_log(conformed_log(spec))
+    if log is None or "version_before" not in log.column_names:
+        return None
+    mine = [r for r in log.select(["run_date", "conformed_at", "version_before"]).to_pylist()
+            if r["run_date"] == ctx.run_date and r["version_before"] is not None]
+    return min(mine, key=lambda r: r["conformed_at"])["version_before"] if mine else None
 
 
-def _clean_text(column: str) -> nw.Expr:
-    """Trimmed, per-column normalised text of a landing column; blank → null."""
-    text = nw.col(column).cast(nw.String).str.strip_chars(_WHITESPACE)
-    text = _NORMALISE.get(column, lambda e: e)(text)
-    return nw.when(text != "").then(text)
+def silver_figures(ctx: RunContext, engine: Engine, spec: TableSpec, rows_in: int) -> dict[str, Any]:
+    """The run date's batch of ``spec`` as the lake holds it: ``rows_in`` bronze rows, the date's quarantined
+    rows not accepted since by a replay (by rule), the rest accepted."""
+    from tasks.replay import replay_log
+
+    rules = quarantined_on_run_date(ctx, engine, spec, replay_log_path=replay_log(spec.name))
+    quarantined = sum(rules.values())
+    return {"rows_in": rows_in, "accepted": rows_in - quarantined, "quarantined": quarantined, "rules": rules}
 
 
-def _parse_typed(text: nw.Expr, column: LandingColumn) -> nw.Expr:
-    guarded = nw.when(text.str.contains(TYPE_PATTERNS[column.type])).then(text)
-    if column.type == "integer":
-        return guarded.cast(nw.Int64)
-    if column.type == "decimal":
-        return guarded.cast(nw.Float64)
-    if column.type == "date":
-        return guarded.str.to_date("%Y-%m-%d")
-    msg = f"timestamps are parsed by with_timestamps, not as an expression ({column.name})"
-    raise ValueError(msg)
+def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch: nw.LazyFrame, *,
+                        accepted_hashes: bool = False, late_ok: bool = False,
+                        replace_quarantine: bool = False, withdraw_before: int | None = None) -> dict[str, Any]:
+    """Conform a bronze ``batch`` of ``spec``'s entity: quarantine what fails a rule, merge the rest by key.
+    Every row is accounted for (rows in = accepted + quarantined) or nothing is merged. With
+    ``accepted_hashes``, also the ``_record_hash`` of every accepted row (for the replay log). ``late_ok``
+    (a replay) accepts changes older than the lookback. With ``replace_quarantine`` (``batch`` is the run
+    date's whole batch) the run date's quarantine partition is replaced by this batch's rejects. ``withdraw_before`` (the batch
+    was conformed before, into the table's version after this one; -1: into no table) takes out what the batch
+    brought in then and a rule now rejects (``withdraw``)."""
+    settings = ctx.settings()
+    refs = {name: engine.scan(table(name)) for name in silver.REFS_NEEDED.get(spec.name, ())}
+    result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.require_hmac_key(),
+                            fx_window_days=settings.fx_window_days, run_date=ctx.run_date,
+                            lookback_days=None if late_ok else settings.lookback_days,
+                            checkpoint=engine.materialize)
+    valid = engine.materialize(result.valid)
+    rows_in, accepted = engine.count(batch), engine.count(valid)
+    rejected = result.quarantine_records(engine.to_arrow(result.quarantined))
+    quarantined, rules = write_quarantine(engine, spec, rejected, ctx, replace=replace_quarantine)
+    if rows_in != accepted + quarantined:
+        msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
+        raise AccountingError(msg)
+    hashes = engine.to_arrow(valid.select("_record_hash")).column(0).to_pylist() if accepted_hashes else []
+    if withdraw_before is not None and quarantined:
+        withdraw(engine, spec, valid, rejected.column("record_hash"), withdraw_before)
+    versions: dict[str, Any] = {}
+    if spec.history:  # every version first (merged by version key), then the latest per key
+        history = table(spec.history)
+        kept = engine.merge(history, silver.latest_per_key(valid.select(history.columns), history))
+        versions = {"history_files_scanned": kept.files_scanned, "history_files_skipped": kept.files_skipped}
+    written = engine.merge(spec, silver.latest_per_key(valid, spec))
+    return {"rows_in": rows_in, "accepted": accepted, "quarantined": quarantined, "rules": rules,
+            "rows_written": written.rows, "version": written.version, "accepted_hashes": hashes,
+            "files_scanned": written.files_scanned, "files_skipped": written.files_skipped, **versions}
 
 
-def _parse(bronze: nw.LazyFrame, landing: LandingEntity) -> nw.LazyFrame:
-    """Keep the raw text (for quarantine records), add normalised/parsed columns and the duplicate flag."""
-    _require_columns(bronze, [*landing.column_names, *_LINEAGE_IN], f"the bronze batch of {landing.name!r}")
-    typed = [c for c in landing.columns if c.type != "string"]
-    staged = bronze.with_columns(
-        *(nw.col(c).cast(nw.String).alias(_RAW + c) for c in landing.column_names),
-        *(_clean_text(c.name).alias(c.name if c.type == "string" else text_col(c.name)) for c in landing.columns),
-    )
-    parsed = staged.with_columns(
-        *(_parse_typed(nw.col(text_col(c.name)), c).alias(c.name) for c in typed if c.type != "timestamp"),
-        nw.col("_record_hash").is_first_distinct().over(order_by=["_source_file", "_ingested_at"]).alias(FIRST_COPY),
-    )
-    stamps = {text_col(c.name): c.name for c in typed if c.type == "timestamp"}
-    return with_timestamps(parsed, stamps, TYPE_PATTERNS["timestamp"]) if stamps else parsed
+def withdraw(engine: Engine, spec: TableSpec, valid: nw.LazyFrame, rejected: pa.ChunkedArray, before: int) -> None:
+    """A batch conformed again rejects rows it accepted before (a stricter rule): take them out of silver as
+    one clean run would never have put them in. A key whose row came from those records gets the version it had
+    before the batch was first conformed (table version ``before``; -1: none) or the batch's own accepted one,
+    whichever is later, and none when neither exists; the history table (``spec.history``) drops those
+    versions. Records the batch also accepts (a copy quarantined as a duplicate) are not withdrawn."""
+    gone = pa.table({"_record_hash": pa.array(rejected.to_pylist(), pa.string()).unique()})
+    gone_rows = engine.from_arrow(gone).join(valid.select("_record_hash"), on="_record_hash", how="anti")
+    targets = [(spec, before)] + ([(table(spec.history), -1)] if spec.history else [])
+    for target, earlier_version in targets:
+        withdrawn = engine.materialize(engine.scan(target).join(gone_rows, on="_record_hash", how="semi"))
+        count = engine.count(withdrawn)
+        if count == 0:
+            continue
+        keys = withdrawn.select(*target.keys)
+        candidates = [valid.select(target.columns).join(keys, on=list(target.keys), how="semi")]
+        if earlier_version >= 0:
+            candidates.append(engine.scan(target, version=earlier_version).select(target.columns)
+                              .join(keys, on=list(target.keys), how="semi"))
+        engine.replace_rows(target, withdrawn, silver.latest_per_key(nw.concat(candidates), target))
+        logger().info("%s: %d row(s) that a rule now rejects withdrawn", target.name, count)
 
 
-def _keep_last(frame: nw.LazyFrame, keys: tuple[str, ...], order_by: tuple[str, ...]) -> nw.LazyFrame:
-    """One row per ``keys``: the last when ordered by ``order_by`` (a window, so exact ties still keep one)."""
-    last = nw.col(keys[0]).is_last_distinct().over(*keys[1:], order_by=list(order_by))
-    return frame.with_columns(last.alias("_keep_last")).filter(nw.col("_keep_last")).drop("_keep_last")
+@lake_task(lambda p: ["silver.customers", "silver.contacts"], name="silver-links", **LAKE_RETRIES)
+def link_crm(ctx: RunContext) -> dict[str, Any]:
+    """Match customers to CRM contacts (and their accounts)."""
+    spec = table("silver.customer_crm_links")
+    engine = ctx.engine()
+    links = silver.link_customers_to_crm(engine.scan(table("silver.customers")), engine.scan(table("silver.contacts")))
+    written = engine.overwrite(spec, links)
+    return summary_of("silver", spec, rows_written=written.rows, version=written.version)
 
 
-def _flag_known(frame: nw.LazyFrame, ref: nw.LazyFrame, key: str, flag: str, ref_name: str) -> nw.LazyFrame:
-    """Add ``flag``: True when ``key`` occurs in ``ref``, null otherwise."""
-    _require_columns(ref, (key,), f"ref {ref_name!r}")
-    known = ref.select(nw.col(key).alias("_ref_key")).unique().with_columns(nw.lit(value=True).alias(flag))
-    joined = frame.join(known, left_on=key, right_on="_ref_key", how="left")
-    return joined.drop("_ref_key", strict=False)
-
-
-def _with_fx(frame: nw.LazyFrame, rates: nw.LazyFrame, *, currency: str, on: str, window_days: int) -> nw.LazyFrame:
-    """Add ``fx_rate`` and ``fx_rate_date``: the rate of ``currency`` with the latest rate_date in [on - window, on].
-
-    Portable as-of join (PySpark has no join_asof): every rate row is copied to each day it may serve
-    (rate_date + 0..window days), the newest rate_date per (currency, day) is kept, then an equi-join on
-    (currency, day). USD is 1.0 on its own date; no rate in the window leaves both columns null.
-    """
-    columns = ("quote_currency", "rate_date", "rate", "published_at", "_record_hash")
-    _require_columns(rates, columns, "ref 'silver.fx_rates'")
-    base = rates.select(*columns)
-    copies = [
-        base.with_columns(nw.col("rate_date").dt.offset_by(f"{k}d").cast(nw.Date()).alias("_fx_day"))
-        for k in range(window_days + 1)
-    ]
-    newest = ("rate_date", "published_at", "_record_hash")  # same-day duplicates: latest publication wins
-    daily = _keep_last(nw.concat(copies, how="vertical"), ("quote_currency", "_fx_day"), newest)
-    daily = daily.select(
-        nw.col("quote_currency").alias("_fx_currency"),
-        "_fx_day",
-        nw.col("rate").alias("_fx_rate"),
-        nw.col("rate_date").alias("_fx_rate_date"),
-    )
-    joined = frame.join(daily, left_on=[currency, on], right_on=["_fx_currency", "_fx_day"], how="left")
-    usd = nw.col(currency) == "USD"
-    return joined.with_columns(
-        nw.when(usd).then(nw.lit(1.0)).otherwise(nw.col("_fx_rate")).alias(FX_RATE),
-        nw.when(usd).then(nw.col(on)).otherwise(nw.col("_fx_rate_date")).alias("fx_rate_date"),
-    ).drop("_fx_currency", "_fx_day", "_fx_rate", "_fx_rate_date", strict=False)
-
-
-def _pseudonymise(frame: nw.LazyFrame, key: bytes) -> nw.LazyFrame:
-    """email/phone (already normalised) → HMAC and masked forms; to_schema then drops the clear values."""
-    email, phone = nw.col("email"), nw.col("phone")
-    frame = with_hmac(with_hmac(frame, "email", key, "email_hmac"), "phone", key, "phone_hmac")
-    return frame.with_columns(
-        nw.concat_str(email.str.slice(0, 1), nw.lit("***@"), email.str.replace_all("^[^@]*@", "")).alias("email_masked"),
-        nw.concat_str(nw.lit("***"), phone.str.slice(-4)).alias("phone_masked"),
-    )
-
-
-# ------------------------------------------------------------------------------------ one per entity
-def _plain(batch: _Batch) -> Conformed:
-    return batch.split(batch.parsed)
-
-
-def _with_pii(batch: _Batch) -> Conformed:
-    return batch.split(batch.parsed, derive=lambda valid: _pseudonymise(valid, batch.hmac_key))
-
-
-def _orders(batch: _Batch) -> Conformed:
-    frame = batch.parsed.with_columns(
-        nw.col("order_ts").dt.date().alias("order_date"),
-        (nw.col("quantity") * nw.col("unit_price")).alias("amount"),
-        batch.in_lookback("updated_at"),
-    )
-    frame = _flag_known(frame, batch.refs["silver.customers"], "customer_id", KNOWN_CUSTOMER, "silver.customers")
-    frame = _flag_known(frame, batch.refs["silver.products"], "product_id", KNOWN_PRODUCT, "silver.products")
-    frame = _with_fx(frame, batch.refs["silver.fx_rates"], currency="currency", on="order_date",
-                     window_days=batch.fx_window_days)
-    return batch.split(frame.with_columns(ratio(nw.col("amount"), nw.col(FX_RATE)).alias("amount_usd")))
-
-
-def _order_events(batch: _Batch) -> Conformed:
-    return batch.split(batch.parsed.with_columns(nw.col("event_ts").dt.date().alias("event_date"),
-                                                 batch.in_lookback("event_ts")))
-
-
-def _opportunities(batch: _Batch) -> Conformed:
-    frame = batch.parsed.with_columns(
-        nw.lit(batch.run_date).cast(nw.Date()).alias("_as_of"),
-        nw.col("stage").is_in(OPEN_DEAL_STAGES).alias("is_open"),
-    )
-    frame = _with_fx(frame, batch.refs["silver.fx_rates"], currency="currency", on="_as_of",
-                     window_days=batch.fx_window_days)
-    return batch.split(frame.with_columns(ratio(nw.col("amount"), nw.col(FX_RATE)).alias("amount_usd")))
-
-
-_CONFORMERS: dict[str, Callable[[_Batch], Conformed]] = {
-    "silver.customers": _with_pii,
-    "silver.products": _plain,
-    "silver.orders": _orders,
-    "silver.order_events": _order_events,
-    "silver.fx_rates": _plain,
-    "silver.customer_behaviour": _plain,
-    "silver.accounts": _plain,
-    "silver.contacts": _with_pii,
-    "silver.opportunities": _opportunities,
-}
+# Silver tables whose conform step reads other silver tables come after them.
+SILVER_ORDER = ("silver.fx_rates", "silver.customers", "silver.products", "silver.accounts", "silver.contacts",
+                "silver.customer_behaviour", "silver.order_events", "silver.orders", "silver.opportunities")

@@ -248,23 +248,23 @@ class TwoPaths:
         return self.tmp / which / "lake"
 
     def ctx(self, which: str, day: date) -> Any:
-        from flows.context import RunContext
+        from tasks.context import RunContext
 
         return RunContext(env="local", run_date=day, run_id=f"{which}-{day}", started_at=datetime.now(UTC),
                           overrides={"lake_root": str(self.lake(which)), "landing_root": str(self.landing(which))})
 
     def run_files(self, name: str, day: date) -> dict[str, Any]:
-        from flows.stages import ingest_entity
+        from tasks.bronze import ingest_entity
 
         return ingest_entity.fn(self.ctx("files", day), name)
 
     def extract(self, name: str, day: date) -> dict[str, Any]:
-        from flows.stages import extract_entity
+        from tasks.extract import extract_entity
 
         return extract_entity.fn(self.ctx("connector", day), name)
 
     def run_connector(self, name: str, day: date) -> tuple[dict[str, Any], dict[str, Any]]:
-        from flows.stages import ingest_entity
+        from tasks.bronze import ingest_entity
 
         pulled = self.extract(name, day)
         return pulled, ingest_entity.fn(self.ctx("connector", day), name)

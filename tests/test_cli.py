@@ -67,16 +67,11 @@ def test_generate_tables_and_show_on_a_real_lake(tmp_path):
     """generate writes files; after the stages run, tables and show print the real rows."""
     from datetime import datetime
 
-    from flows.context import RunContext
-    from flows.stages import (
-        GOLD_ORDER,
-        SILVER_ORDER,
-        build_gold,
-        ingest_entity,
-        link_crm,
-        refine_table,
-        release_gold,
-    )
+    from tasks.bronze import ingest_entity
+    from tasks.context import RunContext
+    from tasks.gold import GOLD_ORDER, build_gold
+    from tasks.release import release_gold
+    from tasks.silver import SILVER_ORDER, link_crm, refine_table
 
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     result = runner.invoke(app, ["generate", "--days", "1", "--scale", "0.01", "--out", str(landing)])

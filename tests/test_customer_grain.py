@@ -1,4 +1,4 @@
-"""``gold.dim_customer`` built on from its recorded build (flows/customer_grain.py): only the customers whose
+"""``gold.dim_customer`` built on from its recorded build (tasks/customer_grain.py): only the customers whose
 versions or CRM link changed are built again, every other row is kept, and the table equals a whole build on both
 engines; without a build it can trust, the table is built whole."""
 
@@ -12,9 +12,9 @@ import polars as pl
 import pyarrow as pa
 
 from contracts.catalog import table
-from flows import customer_grain
-from flows.context import RunContext
-from flows.stages import build_gold, dim_customer_of
+from tasks import customer_grain
+from tasks.context import RunContext
+from tasks.gold import build_gold, dim_customer_of
 from tests.conftest import FLOW_DAYS
 from tests.lakes import assert_same_rows, clean_up_log, normalise
 

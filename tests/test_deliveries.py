@@ -115,7 +115,7 @@ def test_empty_files_are_deliveries_that_keep_a_quiet_source_fresh(first_day):
     source delivered that day). Six days after that, products (delivered when changed) sent nothing since:
     its gate calls it stale, while the sources that sent empty files are fresh."""
     from flows.daily import daily_lakehouse
-    from flows.stages import GateFailedError
+    from tasks.gates import GateFailedError
 
     s = first_day
     quiet = DAY1 + timedelta(days=6)

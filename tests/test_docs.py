@@ -7,7 +7,7 @@ from pathlib import Path
 
 from contracts.catalog import tables
 from contracts.landing import LANDING_ENTITIES
-from tasks.gold import GOLD_COLUMN_DOCS
+from tasks.transforms.gold import GOLD_COLUMN_DOCS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -16,7 +16,7 @@ from engines import DELTA_ENGINES
 from backends import Lake
 from backends.releases import Releases
 from contracts.catalog import TABLES, Gate, table
-from flows.stages import gate_failures
+from tasks.gates import gate_failures
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def test_a_failed_gate_stops_the_flow_before_gold_and_names_each_failure(engine,
 
 
 def test_freshness_judges_the_newest_delivery_against_the_run_date():
-    from tasks.audit import check_freshness
+    from tasks.transforms.audit import check_freshness
 
     fx = table("silver.fx_rates")
     assert fx.gate.max_age_days == 4 and fx.source == "bronze.fx.rates"
@@ -115,8 +115,8 @@ def test_freshness_judges_the_newest_delivery_against_the_run_date():
 def test_a_stale_silver_table_fails_the_gate(lake_copy, prefect_harness):
     from datetime import UTC, datetime, timedelta
 
-    from flows.context import RunContext
-    from flows.stages import GateFailedError, check_gate
+    from tasks.context import RunContext
+    from tasks.gates import GateFailedError, check_gate
 
     late = date.fromisoformat(FLOW_DAYS[-1]) + timedelta(days=10)  # ten days without any delivery
     ctx = RunContext(run_date=late, run_id="stale", started_at=datetime.now(UTC),

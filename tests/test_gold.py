@@ -14,7 +14,7 @@ from engines import to_engine
 
 from contracts.catalog import table, tables
 from contracts.landing import OPEN_DEAL_STAGES
-from tasks.gold import (
+from tasks.transforms.gold import (
     GOLD_COLUMN_DOCS,
     RFM_THRESHOLDS,
     SEGMENT_RULES,

@@ -29,7 +29,7 @@ from backends.run_log import RunLog
 from contracts.catalog import TABLES, table, tables
 from contracts.landing import ORDER_EVENTS
 from flows.cli import app
-from flows.context import RunContext
+from tasks.context import RunContext
 
 START = date(2026, 11, 1)
 START_TS = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
@@ -165,7 +165,7 @@ def test_backfill_runs_dates_in_order_skips_done_dates_and_force_runs_them_again
 def test_a_retried_flow_run_reruns_only_the_failed_task_and_what_follows(five_days, tmp_path, monkeypatch):
     """A task fails on a rerun of day 5; the flow run's retry resumes at that task. The
     retried lake has exactly the commits and the content of a clean rerun, and no completed task ran twice."""
-    import tasks.gold as gold_module
+    import tasks.transforms.gold as gold_module
     from flows.daily import daily_lakehouse
 
     clean, retried = tmp_path / "clean", tmp_path / "retried"
@@ -248,7 +248,7 @@ def test_two_runs_of_a_date_never_interleave(five_days, tmp_path):
 
 def test_kafka_micro_batches_apply_exactly_once_when_a_run_dies_before_its_checkpoint(five_days, tmp_path,
                                                                                      monkeypatch):
-    from flows.stages import ingest_entity
+    from tasks.bronze import ingest_entity
 
     root = tmp_path / "lake"
     ctx = RunContext(run_date=START, run_id="r1", started_at=START_TS,

@@ -16,8 +16,9 @@ from backends import Lake
 from backends.releases import Releases
 from contracts.catalog import table
 from flows.cli import app
-from flows.quarantine import ReplayError, replay_log, replay_quarantine, replayable
-from tasks import gold
+from flows.quarantine import replay_quarantine
+from tasks.replay import ReplayError, replay_log, replayable
+from tasks.transforms import gold
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -129,8 +130,8 @@ def test_a_replay_rebuilds_the_order_dates_its_accepted_rows_change(pristine_lak
     none."""
     from datetime import UTC, date, datetime
 
-    from flows.context import RunContext
-    from flows.quarantine import replayed_order_dates
+    from tasks.context import RunContext
+    from tasks.replay import replayed_order_dates
 
     ctx = RunContext(run_date=date(2026, 11, 2), run_id="replay-dates", started_at=datetime.now(UTC),
                      overrides={"lake_root": str(pristine_lake["root"])})

@@ -18,8 +18,8 @@ from backends import Lake, get_backend
 from backends.releases import NotReleasedError, Releases
 from contracts.catalog import Reference, table, tables
 from flows.cli import app
-from flows.context import RunContext
-from tasks.audit import check_references, orphans
+from tasks.context import RunContext
+from tasks.transforms.audit import check_references, orphans
 
 runner = CliRunner()
 
@@ -134,7 +134,7 @@ def test_gold_without_a_release_is_not_shown(tmp_path):
 
 
 def test_a_row_drop_beyond_the_declared_share_fails_the_audit():
-    from tasks.audit import check_row_drop
+    from tasks.transforms.audit import check_row_drop
 
     fact = table("gold.fact_orders")
     assert fact.max_row_drop == 0.10
@@ -171,7 +171,7 @@ def test_losing_half_the_orders_holds_the_release(lake_copy, prefect_harness):
 @pytest.mark.slow
 def test_an_incremental_release_audits_the_rewritten_partitions(lake_copy, prefect_harness):
     """An orphan written into a rewritten order-date partition fails the (partition-scoped) audit."""
-    from flows.stages import AuditFailedError, release_gold
+    from tasks.release import AuditFailedError, release_gold
 
     engine, root = lake_copy["engine_impl"], lake_copy["root"]
     current = Releases(Lake(str(root))).current()
@@ -192,7 +192,7 @@ def test_an_incremental_release_audits_the_rewritten_partitions(lake_copy, prefe
 def test_an_incremental_release_audits_every_partition_when_a_dimension_lost_a_key(lake_copy, prefect_harness):
     """A dim_customer row whose customer_sk changed (its customer still there) orphans the fact rows of a
     partition the run did not rewrite: the audit of a run that rewrote only the last day still finds them."""
-    from flows.stages import AuditFailedError, release_gold
+    from tasks.release import AuditFailedError, release_gold
 
     engine, root = lake_copy["engine_impl"], lake_copy["root"]
     current = Releases(Lake(str(root))).current()

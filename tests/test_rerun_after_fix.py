@@ -24,7 +24,7 @@ from backends import Lake
 from backends.releases import Releases
 from contracts.catalog import TABLES
 from flows.cli import app
-from flows.tracking import read_ledger
+from tasks.tracking import read_ledger
 
 DAY1, DAY2 = date(2026, 11, 1), date(2026, 11, 2)
 runner = CliRunner()
@@ -121,11 +121,11 @@ def _quarantined_orders(root: Path) -> dict[str, int]:
 
 
 def test_a_retried_run_after_the_late_customers_arrive_equals_the_clean_run(late_customers, monkeypatch):
-    from flows import stages
     from flows.daily import daily_lakehouse
+    from tasks import gates
 
     s = late_customers
-    real = stages.create_table_artifact
+    real = gates.create_table_artifact
     delivered = []
 
     def deliver_when_the_gate_fails(*args, **kwargs):
@@ -135,7 +135,7 @@ def test_a_retried_run_after_the_late_customers_arrive_equals_the_clean_run(late
             delivered.append(True)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stages, "create_table_artifact", deliver_when_the_gate_fails)
+    monkeypatch.setattr(gates, "create_table_artifact", deliver_when_the_gate_fails)
     state = daily_lakehouse.with_options(retries=1, retry_delay_seconds=0)(
         run_date=DAY2, lake_root=str(s["root"]), landing_root=str(s["landing"]), return_state=True, **s["engine"])
     assert delivered, "the first attempt stopped at the silver gate"
@@ -198,8 +198,8 @@ def test_a_rerun_after_a_rule_change_equals_a_clean_run_with_the_changed_rule(da
     quarantined, the merge keeps one copy). A rerun of the date conforms its batch again: its quarantine holds
     only what the changed rules reject, as in a clean run of day 2 with them, and the other tables agree too."""
     from contracts.rules import ROW_RULES
-    from flows import stages
     from flows.daily import daily_lakehouse
+    from tasks import silver as silver_tasks
 
     s = day_two
     run = {"run_date": DAY2, "landing_root": str(s["landing"]), **s["engine"]}
@@ -208,7 +208,7 @@ def test_a_rerun_after_a_rule_change_equals_a_clean_run_with_the_changed_rule(da
 
     changed = tuple(r for r in ROW_RULES["silver.orders"] if r.id != "duplicate.exact")
     monkeypatch.setitem(ROW_RULES, "silver.orders", changed)
-    monkeypatch.setattr(stages, "conform_code_version", lambda: "the rules' code, changed")
+    monkeypatch.setattr(silver_tasks, "conform_code_version", lambda: "the rules' code, changed")
     daily_lakehouse(lake_root=str(s["clean"]), **run)
     daily_lakehouse(lake_root=str(s["rerun"]), **run)
     assert _quarantined_orders(s["rerun"]).get("duplicate.exact", 0) == 0
@@ -225,8 +225,8 @@ def test_a_rerun_after_a_stricter_rule_takes_out_what_it_rejects_as_a_clean_run_
     import polars as pl
 
     from contracts.rules import ROW_RULES, Rule
-    from flows import stages
     from flows.daily import daily_lakehouse
+    from tasks import silver as silver_tasks
 
     s = day_two
     run = {"run_date": DAY2, "landing_root": str(s["landing"]), **s["engine"]}
@@ -250,7 +250,7 @@ def test_a_rerun_after_a_stricter_rule_takes_out_what_it_rejects_as_a_clean_run_
         lambda: ~nw.col("customer_id").is_in(denied_customers))))
     monkeypatch.setitem(ROW_RULES, "silver.orders", (*ROW_RULES["silver.orders"], Rule(
         "order.denied", "expected an order not on the deny list", lambda: ~nw.col("order_id").is_in(denied_orders))))
-    monkeypatch.setattr(stages, "conform_code_version", lambda: "the rules' code, stricter")
+    monkeypatch.setattr(silver_tasks, "conform_code_version", lambda: "the rules' code, stricter")
     daily_lakehouse(lake_root=str(s["clean"]), **run)
     daily_lakehouse(lake_root=str(s["rerun"]), **run)
 
@@ -267,7 +267,7 @@ def test_a_rerun_after_a_stricter_rule_takes_out_what_it_rejects_as_a_clean_run_
 
 
 def test_the_rules_code_version_changes_with_the_code_that_decides_the_rules(tmp_path, monkeypatch):
-    from flows import caching
+    from tasks import caching
 
     rule_file = tmp_path / "rules.py"
     rule_file.write_text("LIMIT = 1\n")

@@ -1,4 +1,4 @@
-"""The lake tasks retry transient failures only (flows/retry_policy.py)."""
+"""The lake tasks retry transient failures only (tasks/retry_policy.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pyspark.errors.exceptions.connect import AnalysisException, SparkConnectGrp
 
 from backends.lake import LakeNotWritableError
 from backends.protocol import ContractViolation
-from flows.retry_policy import LAKE_RETRIES, is_transient
-from flows.stages import AccountingError, GateFailedError
+from tasks.gates import GateFailedError
+from tasks.quarantine import AccountingError
+from tasks.retry_policy import LAKE_RETRIES, is_transient
 
 
 def _client_error(code: str) -> botocore.exceptions.ClientError:

@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 from backends.lake import Lake
 from backends.releases import Releases
 from contracts.catalog import tables
-from flows.tracking import lineage_events, read_ledger
+from tasks.tracking import lineage_events, read_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +33,10 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch, tmp_path):
     """Credentials from a prefect-aws AwsCredentials block (the environment has none while the flow runs)."""
     from prefect_aws import AwsCredentials
 
-    import tasks.gold as gold_module
+    import tasks.transforms.gold as gold_module
     from deployments.settings import cached_settings
     from flows.daily import daily_lakehouse
-    from flows.retry_policy import LAKE_RETRIES
+    from tasks.retry_policy import LAKE_RETRIES
 
     monkeypatch.setenv("AWS_ALLOW_HTTP", "true")  # moto's endpoint is plain HTTP on loopback
     local = daily_lakes("polars")

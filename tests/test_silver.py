@@ -19,7 +19,7 @@ from backends.expressions import record_digest
 from contracts.catalog import table
 from contracts.landing import LandingEntity
 from contracts.rules import ROW_RULES, SILVER_LANDING
-from tasks.silver import (
+from tasks.transforms.silver import (
     QUARANTINE_OUTPUT,
     REFS_NEEDED,
     conform,

@@ -22,8 +22,9 @@ from backends.lake import Lake
 from backends.releases import Releases
 from contracts.catalog import table
 from deployments.settings import cached_settings, load_settings
-from flows.retry_policy import is_transient
-from flows.snowflake_publish import publish_snowflake, publish_table
+from flows.snowflake_publish import publish_snowflake
+from tasks.publish import publish_table
+from tasks.retry_policy import is_transient
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "canary-Pw-7f3a9c1e"  # a canary: it must appear in no log, artifact, parameter or table

@@ -77,7 +77,7 @@ def committed(topic: dict) -> dict[int, int]:
 
 
 def test_consumer_lands_the_file_paths_bronze_and_commits_only_after_bronze(generated, topic, tmp_path):
-    from flows.stages import acknowledge_stream
+    from tasks.extract import acknowledge_stream
 
     paths = TwoPaths(tmp_path)
     total = 0
@@ -90,7 +90,7 @@ def test_consumer_lands_the_file_paths_bronze_and_commits_only_after_bronze(gene
         pulled = paths.extract(NAME, day)
         assert pulled["rows_written"] == len(lines)
         before = committed(topic)
-        from flows.stages import ingest_entity
+        from tasks.bronze import ingest_entity
 
         ingest_entity.fn(paths.ctx("connector", day), NAME)
         assert committed(topic) == before  # bronze alone commits nothing to Kafka

@@ -1,4 +1,4 @@
-"""The run ledger and OpenLineage events every data task leaves (flows/tracking.py), and ``lakehouse status``."""
+"""The run ledger and OpenLineage events every data task leaves (tasks/tracking.py), and ``lakehouse status``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from backends.lake import Lake
 from contracts.catalog import table
-from flows.tracking import LEDGER_PATH, freshness, lineage_events, read_ledger, runs_overview
+from tasks.tracking import LEDGER_PATH, freshness, lineage_events, read_ledger, runs_overview
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def test_lineage_events_pair_start_with_complete_and_carry_datasets_schemas_and_
 def test_a_failing_task_leaves_a_failed_ledger_row_and_a_fail_event_and_the_rows_before_it(
         polars_lake, tmp_path, monkeypatch):
     from flows.daily import daily_lakehouse
-    from tasks import gold
+    from tasks.transforms import gold
 
     root = tmp_path / "lake"
     shutil.copytree(polars_lake["root"], root)
@@ -110,7 +110,7 @@ def test_a_failing_task_leaves_a_failed_ledger_row_and_a_fail_event_and_the_rows
     assert state.is_failed()
     rows = _ledger(root)[before:]
     failed = [r for r in rows if r["status"] == "failed"]
-    attempts = 1  # not a transient error (flows/retry_policy.py): Prefect did not retry it
+    attempts = 1  # not a transient error (tasks/retry_policy.py): Prefect did not retry it
     assert [r["task"] for r in failed] == ["gold-gold.customer_360"] * attempts
     assert len({r["task_run_id"] for r in failed}) == 1
     assert all("injected failure in customer_360" in r["error"] for r in failed)

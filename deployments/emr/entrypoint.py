@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     import flows
     from backends.spark_session import SUBMITTED_MASTER
     from deployments.settings import load_settings
-    from flows.context import RunContext
     from flows.daily import STAGES, require_deliveries
+    from tasks.context import RunContext
 
     if args.stage not in STAGES:
         print(f"expected --stage among {sorted(STAGES)}, got {args.stage!r}", file=sys.stderr)

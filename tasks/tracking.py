@@ -35,8 +35,8 @@ import pyarrow as pa
 from prefect import task
 
 from contracts.catalog import table
-from flows.caching import keyed_by
-from flows.context import RunContext
+from tasks.caching import keyed_by
+from tasks.context import RunContext
 
 LEDGER_PATH = "_ledger/runs"
 LINEAGE_PATH = "_lineage"
@@ -94,7 +94,7 @@ class TaskRun:
 def lake_task(reads: Callable[[dict[str, Any]], Iterable[str]], *, rules: bool = False, **options: Any
               ) -> Callable[[Callable], Any]:
     """A Prefect task (``options`` as for ``@task``) whose result is cached under the versions of the tables
-    ``reads(parameters)`` names (and, with ``rules``, the rules' code version: flows/caching.py), and which
+    ``reads(parameters)`` names (and, with ``rules``, the rules' code version: tasks/caching.py), and which
     records itself in the ledger and lineage."""
 
     def decorate(fn: Callable[..., Any]) -> Any:

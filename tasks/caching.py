@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from prefect.context import TaskRunContext
 
 from contracts.catalog import table
-from flows.context import RunContext
+from tasks.context import RunContext
 
 T = TypeVar("T")
 
@@ -52,7 +52,7 @@ def resumable(task: T, ctx: RunContext) -> T:
 
 # The modules whose code decides how a bronze row is conformed into silver or quarantined (rules, parsing,
 # currencies), and the libraries whose data they use.
-CONFORM_CODE = ("contracts/rules.py", "contracts/landing.py", "contracts/catalog.py", "tasks/silver.py",
+CONFORM_CODE = ("contracts/rules.py", "contracts/landing.py", "contracts/catalog.py", "tasks/transforms/silver.py",
                 "backends/expressions.py")
 CONFORM_LIBRARIES = ("iso4217",)
 

@@ -53,7 +53,7 @@ def builds_log(spec: TableSpec) -> str:
 @cache
 def code_version() -> str:
     """A digest of the gold builders and of this module: a build by other code is not continued."""
-    from tasks import gold, schema
+    from tasks.transforms import gold, schema
 
     text = "".join(inspect.getsource(m) for m in (gold, schema, inspect.getmodule(code_version)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -6,10 +6,13 @@ settings and engine from them, so a task runs the same in-process, on a worker, 
 
 from __future__ import annotations
 
+import logging
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends import Engine, get_backend
@@ -29,7 +32,7 @@ class RunContext(BaseModel):
     started_at: datetime
     overrides: dict[str, Any] = Field(default_factory=dict)
     flow: str = "daily-lakehouse"  # the flow the run belongs to (ledger and lineage job names)
-    force: bool = False  # recompute every task even if a result for the same inputs is stored (flows/caching.py)
+    force: bool = False  # recompute every task even if a result for the same inputs is stored (tasks/caching.py)
 
     def settings(self) -> Settings:
         return cached_settings(self.env, tuple(sorted(self.overrides.items())))
@@ -50,3 +53,16 @@ def require_landing(landing_root: str) -> Path:
                "'lakehouse generate --out <folder>' or pass --landing <folder>")
         raise LandingNotFoundError(msg)
     return root
+
+
+def summary_of(stage: str, spec: Any, **figures: Any) -> dict[str, Any]:
+    """What a task returns: its stage, the table it wrote (``spec.name``) and small figures, never frames."""
+    return {"stage": stage, "table": spec.name, **figures}
+
+
+def logger() -> Any:
+    """The Prefect run logger inside a run; this module's logger when a task body runs bare (benchmarks)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)

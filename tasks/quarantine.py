@@ -1,0 +1,54 @@
+"""Quarantine writes and counts shared by the bronze and silver tasks; every row is accounted for."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import narwhals as nw
+import pyarrow as pa
+
+from backends import Engine
+from contracts.catalog import TableSpec, quarantine_for
+from tasks.context import RunContext
+
+
+class AccountingError(RuntimeError):
+    """A stage lost or invented rows: input rows != accepted + quarantined."""
+
+
+def write_quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunContext, *, replace: bool = False
+                ) -> tuple[int, dict[str, int]]:
+    """Write rejected rows (rule, reason, record, record_hash, source_file) to ``spec``'s quarantine table; with
+    ``replace``, they replace the run date's partition (no rows: it is emptied)."""
+    if data.num_rows == 0 and not (replace and engine.exists(quarantine_for(spec))):
+        return 0, {}
+    qspec = quarantine_for(spec)
+    stamped = engine.from_arrow(data).with_columns(
+        nw.col("record_hash").cum_count().over("record_hash", "rule", "source_file", order_by="record_hash"
+                                               ).alias("occurrence"),
+        nw.lit(ctx.run_id).alias("run_id"),
+        nw.lit(ctx.run_date).cast(nw.Date()).alias("run_date"),
+    )
+    if replace:
+        engine.overwrite_partitions(qspec, stamped, partitions={"run_date": [ctx.run_date]})
+    else:
+        engine.merge(qspec, stamped, insert_only=True)
+    return data.num_rows, dict(Counter(data.column("rule").to_pylist()))
+
+
+def quarantined_on_run_date(ctx: RunContext, engine: Engine, spec: TableSpec, *,
+                            replay_log_path: str | None = None) -> dict[str, int]:
+    """How many rows the quarantine of ``spec`` holds for the run date, by rule; with ``replay_log_path``,
+    without the rows a replay has accepted since. A row a replay sent back under another rule counts once,
+    under its first rule."""
+    qspec = quarantine_for(spec)
+    if not engine.exists(qspec):
+        return {}
+    rows = engine.scan(qspec).filter(nw.col("run_date") == nw.lit(ctx.run_date).cast(nw.Date()))
+    replayed = ctx.settings().lake().read_log(replay_log_path) if replay_log_path else None
+    if replayed is not None and replayed.num_rows:
+        hashes = pa.table({"record_hash": replayed.column("record_hash").cast(pa.string()).unique()})
+        rows = rows.join(engine.from_arrow(hashes), on="record_hash", how="anti")
+    firsts = rows.group_by("record_hash", "source_file", "occurrence").agg(nw.col("rule").min())
+    counts = engine.to_arrow(firsts.group_by("rule").agg(nw.len().alias("n")))
+    return dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
