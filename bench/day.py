@@ -9,12 +9,13 @@ from typing import Any
 
 def daily_steps(ctx: Any) -> list[tuple[str, str, Any]]:
     """The daily flow's task bodies in its order, as (stage, label, thunk)."""
+    from contracts.catalog import build_order, conform_order
     from contracts.landing import LANDING_ENTITIES
     from tasks.bronze import ingest_entity
     from tasks.gates import check_gate
-    from tasks.gold import GOLD_ORDER, build_gold, plan_gold
+    from tasks.gold import build_gold, plan_gold
     from tasks.release import release_gold
-    from tasks.silver import SILVER_ORDER, link_crm, refine_table
+    from tasks.silver import link_crm, refine_table
     from tasks.tracking import flush_ledger
 
     state: dict[str, Any] = {"bronze": [], "silver": [], "gold": []}
@@ -35,11 +36,11 @@ def daily_steps(ctx: Any) -> list[tuple[str, str, Any]]:
 
     return ([("bronze", e.name, keep("bronze", ingest_entity.fn, ctx, e.name)) for e in LANDING_ENTITIES]
             + [("bronze", "(gate)", lambda: check_gate.fn(ctx, "bronze", state["bronze"]))]
-            + [("silver", n, keep("silver", refine_table.fn, ctx, n)) for n in SILVER_ORDER]
+            + [("silver", n, keep("silver", refine_table.fn, ctx, n)) for n in conform_order()]
             + [("silver", "silver.customer_crm_links", keep("silver", link_crm.fn, ctx))]
             + [("silver", "(gate)", lambda: check_gate.fn(ctx, "silver", state["silver"]))]
             + [("gold", "(plan: changed order dates)", plan)]
-            + [("gold", n, gold(n)) for n in GOLD_ORDER]
+            + [("gold", n, gold(n)) for n in build_order("gold")]
             + [("gold", "(audit + release)", lambda: release_gold.fn(
                 ctx, {s["table"]: s["version"] for s in state["gold"]}, state["plan"]))]
             + [("gold", "(run ledger)", lambda: flush_ledger(ctx))])

@@ -43,13 +43,13 @@ def _ctx(day: date, lake: Path, landing: Path, run_id: str) -> Any:
 
 def full_steps(ctx: Any, days: list[date]) -> list[tuple[str, str, Any]]:
     """Every layer from scratch: bronze from every day's files, silver from all of bronze, gold whole."""
-    from contracts.catalog import table
+    from contracts.catalog import build_order, conform_order, table
     from contracts.landing import LANDING_ENTITIES
     from tasks.bronze import ingest_entity
     from tasks.gates import check_gate
-    from tasks.gold import GOLD_ORDER, build_gold
+    from tasks.gold import build_gold
     from tasks.release import release_gold as release
-    from tasks.silver import SILVER_ORDER, conform_into_silver, link_crm
+    from tasks.silver import conform_into_silver, link_crm
     from tasks.tracking import flush_ledger
 
     versions: dict[str, int] = {}
@@ -86,10 +86,10 @@ def full_steps(ctx: Any, days: list[date]) -> list[tuple[str, str, Any]]:
 
     # The same gates as a day (a rebuild is checked too); the bronze gate judges rates the silver one repeats.
     return ([("bronze", e.name, bronze_all(e.name)) for e in LANDING_ENTITIES]
-            + [("silver", n, silver_kept(n)) for n in SILVER_ORDER]
+            + [("silver", n, silver_kept(n)) for n in conform_order()]
             + [("silver", "silver.customer_crm_links", lambda: link_crm.fn(ctx))]
             + [("silver", "(gate)", lambda: check_gate.fn(ctx, "silver", summaries["silver"]))]
-            + [("gold", n, gold_whole(n)) for n in GOLD_ORDER]
+            + [("gold", n, gold_whole(n)) for n in build_order("gold")]
             + [("gold", "(audit + release)", lambda: release.fn(ctx, versions))]
             + [("gold", "(run ledger)", lambda: flush_ledger(ctx))])
 

@@ -58,10 +58,9 @@ def run(lake: Path, port: int) -> None:
 
     from backends import warehouse
     from backends.releases import Releases
-    from contracts.catalog import table
+    from contracts.catalog import build_order, table
     from deployments.settings import SnowflakeSettings, load_settings
-    from tasks.gold import GOLD_ORDER
-
+    
     database = f"BENCH_{uuid.uuid4().hex[:6].upper()}"
     admin = snowflake.connector.connect(user="admin", password="admin", account="fakesnow", host="127.0.0.1",
                                         port=port, protocol="http")
@@ -77,7 +76,7 @@ def run(lake: Path, port: int) -> None:
           "  inserted/updated/deleted")
     totals: dict[str, list[float]] = {}
     for n, label in enumerate(("first", "again"), 1):
-        for name in GOLD_ORDER:
+        for name in build_order("gold"):
             conn = warehouse.connect(target, secret)
             done = warehouse.load_table(conn.cursor(), settings.lake(), table(name), release_id=f"bench-{n}",
                                         version=release.versions[name], run_id="bench",

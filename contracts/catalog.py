@@ -1,14 +1,17 @@
 """The table catalog: every bronze, silver, gold and quarantine table, declared once.
 
 A table is a name (``layer.entity``), where it lives under the lake root, its business keys, its partition
-columns, how it is written, and its contract (a pandera schema: column types, nullability, ranges,
-uniqueness). Nothing else in the project builds a table path: ask the catalog (``table("gold.fact_orders")``).
+columns, how it is written, its contract (a pandera schema: column types, nullability, ranges, uniqueness) and
+the tables it is built from (``inputs``). The graph is those inputs: build orders (``build_order``), what a
+task reads and what a gate checks are derived from them, never restated. Nothing else in the project builds a
+table path: ask the catalog (``table("gold.fact_orders")``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from graphlib import TopologicalSorter
 from typing import Literal
 
 import pandera.polars as pa
@@ -73,7 +76,9 @@ class TableSpec:
     partition_by: tuple[str, ...] = ()
     mode: WriteMode = "overwrite"
     latest_by: str | None = None  # for merge tables: the column whose larger value wins (ties: larger _record_hash)
-    source: str | None = None  # for silver tables: the bronze table that feeds it
+    # The tables it is built from: a silver table's bronze table first, then the silver tables its rules look up;
+    # a gold table's every input its transform reads.
+    inputs: tuple[str, ...] = ()
     description: str = ""
     landing: LandingEntity | None = field(default=None, compare=False)
     references: tuple[Reference, ...] = ()  # silver: part of the gate; gold: audited before a release
@@ -84,6 +89,16 @@ class TableSpec:
     @property
     def name(self) -> str:
         return f"{self.layer}.{self.entity}"
+
+    @property
+    def source(self) -> str | None:
+        """For a silver table conformed from bronze: that bronze table."""
+        return next((n for n in self.inputs if n.startswith("bronze.")), None)
+
+    @property
+    def lookups(self) -> tuple[str, ...]:
+        """For a silver table conformed from bronze: the silver tables its rules look rows up in."""
+        return tuple(n for n in self.inputs if not n.startswith("bronze.")) if self.source else ()
 
     @property
     def path(self) -> str:
@@ -172,7 +187,7 @@ SILVER: tuple[TableSpec, ...] = (
     TableSpec("silver", "customers", _schema("silver.customers", _cols(
         customer_id=_req(STR, unique=True), first_name=_opt(STR), last_name=_opt(STR), **_pii,
         country=_opt(STR, pa.Check.str_matches(r"^[A-Z]{2}$")), signup_date=_req(DATE), updated_at=_req(UTC_TS),
-        **_lineage)), keys=("customer_id",), mode="merge", source="bronze.snowflake.customers", latest_by="updated_at",
+        **_lineage)), keys=("customer_id",), mode="merge", inputs=("bronze.snowflake.customers",), latest_by="updated_at",
         history="silver.customer_versions",
         description="Customers, latest version per customer_id; e-mail and phone pseudonymised."),
     TableSpec("silver", "customer_versions", _schema("silver.customer_versions", _cols(
@@ -185,14 +200,15 @@ SILVER: tuple[TableSpec, ...] = (
     TableSpec("silver", "products", _schema("silver.products", _cols(
         product_id=_req(STR, unique=True), sku=_req(STR), product_name=_req(STR), category=_opt(STR),
         list_price_usd=_req(F64, _nonneg), updated_at=_req(UTC_TS), **_lineage)),
-        keys=("product_id",), mode="merge", source="bronze.snowflake.products", latest_by="updated_at", description="Products, latest version per product_id."),
+        keys=("product_id",), mode="merge", inputs=("bronze.snowflake.products",), latest_by="updated_at", description="Products, latest version per product_id."),
     TableSpec("silver", "orders", _schema("silver.orders", _cols(
         order_id=_req(STR, unique=True), customer_id=_req(STR), product_id=_req(STR),
         quantity=_req(I64, pa.Check.in_range(1, 1000)), unit_price=_req(F64, _pos), currency=_req(STR, _ccy),
         amount=_req(F64, _pos), fx_rate=_req(F64, _pos), fx_rate_date=_req(DATE), amount_usd=_req(F64, _pos),
         status=_req(STR, pa.Check.isin(list(ORDER_STATUSES))), order_ts=_req(UTC_TS), order_date=_req(DATE),
         updated_at=_req(UTC_TS), **_lineage)),
-        keys=("order_id",), partition_by=("order_date",), mode="merge", source="bronze.snowflake.orders", latest_by="updated_at",
+        keys=("order_id",), partition_by=("order_date",), mode="merge", latest_by="updated_at",
+        inputs=("bronze.snowflake.orders", "silver.customers", "silver.products", "silver.fx_rates"),
         references=(Reference(("customer_id",), "silver.customers", ("customer_id",)),
                     Reference(("product_id",), "silver.products", ("product_id",))),
         description="Orders, latest version per order_id, amounts converted to USD at the order date's rate."),
@@ -200,71 +216,75 @@ SILVER: tuple[TableSpec, ...] = (
         event_id=_req(STR, unique=True), order_id=_req(STR), event_type=_req(STR, pa.Check.isin(list(ORDER_EVENT_TYPES))),
         status=_req(STR, pa.Check.isin(list(ORDER_STATUSES))), event_ts=_req(UTC_TS), event_date=_req(DATE),
         **_lineage)),
-        keys=("event_id",), partition_by=("event_date",), mode="merge", source="bronze.kafka.order_events", latest_by="event_ts",
+        keys=("event_id",), partition_by=("event_date",), mode="merge", inputs=("bronze.kafka.order_events",), latest_by="event_ts",
         description="Kafka order events, one row per event_id."),
     TableSpec("silver", "fx_rates", _schema("silver.fx_rates", _cols(
         quote_currency=_req(STR, _ccy), rate_date=_req(DATE), rate=_req(F64, _pos), published_at=_req(UTC_TS),
         **_lineage), unique=("quote_currency", "rate_date")),
-        keys=("quote_currency", "rate_date"), mode="merge", source="bronze.fx.rates", latest_by="published_at",
+        keys=("quote_currency", "rate_date"), mode="merge", inputs=("bronze.fx.rates",), latest_by="published_at",
         description="Daily FX rates: units of quote_currency per 1 USD, latest publication per day."),
     TableSpec("silver", "customer_behaviour", _schema("silver.customer_behaviour", _cols(
         customer_id=_req(STR), activity_date=_req(DATE), sessions=_req(I64, _nonneg), page_views=_req(I64, _nonneg),
         add_to_cart=_req(I64, _nonneg), time_on_site_s=_req(I64, _nonneg), extracted_at=_req(UTC_TS), **_lineage),
         unique=("customer_id", "activity_date")),
-        keys=("customer_id", "activity_date"), partition_by=("activity_date",), mode="merge", source="bronze.redshift.customer_behaviour", latest_by="extracted_at",
+        keys=("customer_id", "activity_date"), partition_by=("activity_date",), mode="merge", inputs=("bronze.redshift.customer_behaviour",), latest_by="extracted_at",
         description="Daily behaviour per customer, latest extract per (customer_id, activity_date)."),
     TableSpec("silver", "accounts", _schema("silver.accounts", _cols(
         account_id=_req(STR, unique=True), account_name=_req(STR), domain=_opt(STR), industry=_opt(STR),
         owner_name=_opt(STR), country=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
-        keys=("account_id",), mode="merge", source="bronze.crm.accounts", latest_by="updated_at", description="CRM companies, latest version per account_id."),
+        keys=("account_id",), mode="merge", inputs=("bronze.crm.accounts",), latest_by="updated_at", description="CRM companies, latest version per account_id."),
     TableSpec("silver", "contacts", _schema("silver.contacts", _cols(
         contact_id=_req(STR, unique=True), account_id=_opt(STR), first_name=_opt(STR), last_name=_opt(STR), **_pii,
         lifecycle_stage=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
-        keys=("contact_id",), mode="merge", source="bronze.crm.contacts", latest_by="updated_at",
+        keys=("contact_id",), mode="merge", inputs=("bronze.crm.contacts",), latest_by="updated_at",
         references=(Reference(("account_id",), "silver.accounts", ("account_id",)),),
         description="CRM contacts, latest version per contact_id; e-mail and phone pseudonymised."),
     TableSpec("silver", "opportunities", _schema("silver.opportunities", _cols(
         opportunity_id=_req(STR, unique=True), account_id=_req(STR), opportunity_name=_opt(STR), stage=_req(STR),
         is_open=_req(BOOL), amount=_req(F64, _nonneg), currency=_req(STR, _ccy), amount_usd=_req(F64, _nonneg),
         close_date=_opt(DATE), owner_name=_opt(STR), updated_at=_req(UTC_TS), **_lineage)),
-        keys=("opportunity_id",), mode="merge", source="bronze.crm.opportunities", latest_by="updated_at",
+        keys=("opportunity_id",), mode="merge", inputs=("bronze.crm.opportunities", "silver.fx_rates"), latest_by="updated_at",
         references=(Reference(("account_id",), "silver.accounts", ("account_id",)),),
         description="CRM deals, latest version per opportunity_id, amount in USD at the run date's rate."),
     TableSpec("silver", "customer_crm_links", _schema("silver.customer_crm_links", _cols(
         customer_id=_req(STR, unique=True), contact_id=_req(STR), account_id=_opt(STR), matched_on=_req(STR))),
-        keys=("customer_id",), mode="overwrite",
+        keys=("customer_id",), mode="overwrite", inputs=("silver.customers", "silver.contacts"),
         description="Each customer matched to its CRM contact (and the contact's account) by pseudonymised e-mail."),
 )
 
 # ------------------------------------------------------------------------------------------------ gold
 GOLD: tuple[TableSpec, ...] = (
-    TableSpec("gold", "fact_orders", _schema("gold.fact_orders", _cols(
-        order_id=_req(STR, unique=True), order_date=_req(DATE), date_key=_req(I64), customer_id=_req(STR),
-        customer_sk=_opt(STR), product_id=_req(STR), quantity=_req(I64), unit_price=_req(F64), currency=_req(STR), amount=_req(F64),
-        fx_rate=_req(F64), amount_usd=_req(F64), status=_req(STR), is_cancelled=_req(BOOL), order_ts=_req(UTC_TS),
-        updated_at=_req(UTC_TS))),
-        keys=("order_id",), partition_by=("order_date",), mode="overwrite", max_row_drop=0.10,
-        references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)),
-                    Reference(("customer_sk",), "gold.dim_customer", ("customer_sk",)),
-                    Reference(("product_id",), "gold.dim_product", ("product_id",)),
-                    Reference(("date_key",), "gold.dim_date", ("date_key",))),
-        description="One row per order: the latest status (order extract or a later Kafka event) and USD amount."),
     TableSpec("gold", "dim_customer", _schema("gold.dim_customer", _cols(
         customer_sk=_req(STR, pa.Check.str_matches(r"^[0-9a-f]{16}$"), unique=True), customer_id=_req(STR),
         first_name=_opt(STR), last_name=_opt(STR), email_masked=_req(STR),
         email_hmac=_req(STR), phone_masked=_opt(STR), country=_opt(STR), signup_date=_req(DATE),
         crm_account_id=_opt(STR), updated_at=_req(UTC_TS), valid_from=_req(UTC_TS), valid_to=_opt(UTC_TS),
         is_current=_req(BOOL)), unique=("customer_id", "valid_from")),
+        inputs=("silver.customer_versions", "silver.customer_crm_links"),
         keys=("customer_sk",), mode="overwrite",
         description="Customer dimension, SCD2: one row per customer version with valid_from/valid_to/is_current."),
     TableSpec("gold", "dim_product", _schema("gold.dim_product", _cols(
         product_id=_req(STR, unique=True), sku=_req(STR), product_name=_req(STR), category=_opt(STR),
         list_price_usd=_req(F64), updated_at=_req(UTC_TS))),
+        inputs=("silver.products",),
         keys=("product_id",), mode="overwrite", description="Product dimension (current version)."),
+    TableSpec("gold", "fact_orders", _schema("gold.fact_orders", _cols(
+        order_id=_req(STR, unique=True), order_date=_req(DATE), date_key=_req(I64), customer_id=_req(STR),
+        customer_sk=_opt(STR), product_id=_req(STR), quantity=_req(I64), unit_price=_req(F64), currency=_req(STR), amount=_req(F64),
+        fx_rate=_req(F64), amount_usd=_req(F64), status=_req(STR), is_cancelled=_req(BOOL), order_ts=_req(UTC_TS),
+        updated_at=_req(UTC_TS))),
+        inputs=("silver.orders", "silver.order_events", "gold.dim_customer"),
+        keys=("order_id",), partition_by=("order_date",), mode="overwrite", max_row_drop=0.10,
+        references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)),
+                    Reference(("customer_sk",), "gold.dim_customer", ("customer_sk",)),
+                    Reference(("product_id",), "gold.dim_product", ("product_id",)),
+                    Reference(("date_key",), "gold.dim_date", ("date_key",))),
+        description="One row per order: the latest status (order extract or a later Kafka event) and USD amount."),
     TableSpec("gold", "dim_date", _schema("gold.dim_date", _cols(
         date_key=_req(I64, unique=True), date=_req(DATE), year=_req(I64), quarter=_req(I64, pa.Check.in_range(1, 4)),
         month=_req(I64, pa.Check.in_range(1, 12)), day=_req(I64, pa.Check.in_range(1, 31)),
         iso_weekday=_req(I64, pa.Check.in_range(1, 7)), is_weekend=_req(BOOL))),
+        inputs=("gold.fact_orders",),
         keys=("date_key",), mode="overwrite", description="Calendar of every day from the first to the last order."),
     TableSpec("gold", "customer_360", _schema("gold.customer_360", _cols(
         customer_id=_req(STR, unique=True), country=_opt(STR), lifetime_revenue_usd=_req(F64, _nonneg),
@@ -274,12 +294,15 @@ GOLD: tuple[TableSpec, ...] = (
         open_pipeline_usd=_req(F64, _nonneg), sessions=_req(I64, _nonneg), page_views=_req(I64, _nonneg),
         add_to_cart=_req(I64, _nonneg), time_on_site_s=_req(I64, _nonneg), active_days=_req(I64, _nonneg),
         last_active_date=_opt(DATE))),
+        inputs=("gold.fact_orders", "silver.customers", "silver.customer_crm_links", "silver.accounts",
+                "silver.opportunities", "silver.customer_behaviour"),
         keys=("customer_id",), mode="overwrite", references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)),),
         description="One row per customer: revenue, orders, CRM account and owner, open pipeline, behaviour."),
     TableSpec("gold", "product_performance", _schema("gold.product_performance", _cols(
         order_date=_req(DATE), product_id=_req(STR), orders=_req(I64, _nonneg), units=_req(I64, _nonneg),
         revenue_usd=_req(F64, _nonneg), distinct_customers=_req(I64, _nonneg), cancelled_orders=_req(I64, _nonneg),
         cancellation_rate=_req(F64, pa.Check.in_range(0, 1))), unique=("order_date", "product_id")),
+        inputs=("gold.fact_orders",),
         keys=("order_date", "product_id"), partition_by=("order_date",), mode="overwrite",
         references=(Reference(("product_id",), "gold.dim_product", ("product_id",)),),
         description="Per product per day: orders, units and USD revenue of kept orders, customers, cancellations."),
@@ -289,6 +312,7 @@ GOLD: tuple[TableSpec, ...] = (
         r_score=_req(I64, pa.Check.in_range(1, 5)), f_score=_req(I64, pa.Check.in_range(1, 5)),
         m_score=_req(I64, pa.Check.in_range(1, 5)), rfm_score=_req(STR, pa.Check.str_matches(r"^[1-5]{3}$")),
         segment=_req(STR))),
+        inputs=("gold.customer_360", "gold.fact_orders"),
         keys=("customer_id",), mode="overwrite", references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)),),
         description="RFM scores and segment per customer with at least one kept order."),
 )
@@ -313,6 +337,45 @@ def table(name: str) -> TableSpec:
 
 def tables(layer: Layer | None = None) -> list[TableSpec]:
     return [t for t in TABLES.values() if layer is None or t.layer == layer]
+
+
+def build_order(layer: Layer) -> tuple[str, ...]:
+    """The tables of ``layer`` in an order that builds every table after its inputs of the same layer (a
+    topological sort of the declared ``inputs``; a history table comes after the table whose conform writes
+    it). Of the tables ready at each step the first declared goes first, so the order is stable."""
+    mine = {t.name: t for t in tables(layer)}
+    graph: dict[str, set[str]] = {n: {i for i in t.inputs if i in mine} for n, t in mine.items()}
+    for t in mine.values():
+        if t.history in graph:
+            graph[t.history].add(t.name)
+    sorter = TopologicalSorter(graph)
+    sorter.prepare()
+    position = {name: i for i, name in enumerate(mine)}
+    ready: list[str] = []
+    order: list[str] = []
+    while sorter.is_active():
+        ready = sorted([*ready, *sorter.get_ready()], key=position.__getitem__)
+        order.append(ready.pop(0))
+        sorter.done(order[-1])
+    return tuple(order)
+
+
+def conform_order() -> tuple[str, ...]:
+    """The silver tables conformed from bronze (the refine stage), each after the tables its rules look up."""
+    return tuple(n for n in build_order("silver") if TABLES[n].source)
+
+
+def upstream(name: str, *, layers: tuple[Layer, ...] = ("bronze", "silver", "gold")) -> tuple[str, ...]:
+    """Every table ``name`` is built from, directly or through others, in ``layers`` (build order)."""
+    seen: set[str] = set()
+    todo = list(table(name).inputs)
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo += TABLES[n].inputs
+            todo += [t.name for t in TABLES.values() if t.history == n]
+    return tuple(n for layer in layers for n in build_order(layer) if n in seen)
 
 
 def bronze_for(entity: LandingEntity) -> TableSpec:

@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 
 from backends import landing
 from backends.run_log import RunLog
+from contracts.catalog import build_order, conform_order
 from contracts.landing import LANDING_ENTITIES
 from deployments.secrets import use_aws_credentials_block
 from deployments.settings import known_entities
@@ -24,9 +25,9 @@ from tasks.caching import resumable
 from tasks.context import RunContext
 from tasks.extract import acknowledge_stream, extract_entity
 from tasks.gates import check_gate
-from tasks.gold import GOLD_ORDER, build_gold, plan_gold
+from tasks.gold import build_gold, plan_gold
 from tasks.release import release_gold
-from tasks.silver import SILVER_ORDER, link_crm, refine_table
+from tasks.silver import link_crm, refine_table
 from tasks.tracking import recorded
 
 
@@ -51,7 +52,7 @@ def ingest(ctx: RunContext) -> list[dict[str, Any]]:
 def refine(ctx: RunContext) -> list[dict[str, Any]]:
     """Silver: conform each entity's bronze batch, link customers to the CRM, then check the silver gates."""
     with recorded(ctx):
-        summaries = [resumable(refine_table, ctx)(ctx, name) for name in SILVER_ORDER]
+        summaries = [resumable(refine_table, ctx)(ctx, name) for name in conform_order()]
         summaries.append(resumable(link_crm, ctx)(ctx))
         resumable(check_gate, ctx)(ctx, "silver", summaries)
     return summaries
@@ -66,7 +67,7 @@ def publish(ctx: RunContext, *, whole: bool = False, order_dates: list[date] | N
             order_dates = None
         elif order_dates is None:
             order_dates = resumable(plan_gold, ctx)(ctx)
-        summaries = [resumable(build_gold, ctx)(ctx, name, order_dates) for name in GOLD_ORDER]
+        summaries = [resumable(build_gold, ctx)(ctx, name, order_dates) for name in build_order("gold")]
         summaries.append(resumable(release_gold, ctx)(ctx, {s["table"]: s["version"] for s in summaries},
                                                       order_dates))
     return summaries

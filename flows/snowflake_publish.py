@@ -16,9 +16,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from backends.releases import Release, Releases
+from contracts.catalog import build_order
 from deployments.settings import Settings, load_settings
 from tasks.context import logger
-from tasks.gold import GOLD_ORDER
 from tasks.publish import publish_table
 
 
@@ -45,7 +45,8 @@ def choose_release(settings: Settings, release_id: str | None) -> Release:
 
 def publish_release(env: str, overrides: dict[str, Any], release: Release, run_id: str) -> list[dict[str, Any]]:
     """Every table of ``release`` (dimensions first), one task each."""
-    order = [t for t in GOLD_ORDER if t in release.versions] + sorted(set(release.versions) - set(GOLD_ORDER))
+    declared = build_order("gold")
+    order = [t for t in declared if t in release.versions] + sorted(set(release.versions) - set(declared))
     return [publish_table(env, overrides, release.release_id, name, release.versions[name], run_id)
             for name in order]
 

@@ -11,29 +11,102 @@ import narwhals as nw
 import pyarrow as pa
 
 from backends import Engine
-from contracts.catalog import TableSpec, table
+from contracts.catalog import TableSpec, table, tables
 from tasks import customer_grain
 from tasks.context import RunContext, logger, summary_of
 from tasks.retry_policy import LAKE_RETRIES
 from tasks.tracking import lake_task
 from tasks.transforms import bronze, gold
 
-# What each gold table is built from (also what its task's cache key is made of).
-GOLD_INPUTS: dict[str, tuple[str, ...]] = {
-    "gold.dim_customer": ("silver.customer_versions", "silver.customer_crm_links"),
-    "gold.dim_product": ("silver.products",),
-    "gold.fact_orders": ("silver.orders", "silver.order_events", "gold.dim_customer"),
-    "gold.dim_date": ("gold.fact_orders",),
-    "gold.customer_360": ("gold.fact_orders", "silver.customers", "silver.customer_crm_links", "silver.accounts",
-                          "silver.opportunities", "silver.customer_behaviour"),
-    "gold.product_performance": ("gold.fact_orders",),
-    "gold.customer_segments": ("gold.customer_360", "gold.fact_orders"),
-}
+
+class Inputs:
+    """A gold table's declared inputs (``TableSpec.inputs``) as lazy frames, for the function that builds it:
+    reading a table the declaration does not name is an error, so the declaration stays the whole truth."""
+
+    def __init__(self, spec: TableSpec, scan: Callable[[str], nw.LazyFrame], engine: Engine | None = None):
+        self.spec, self._scan, self._engine = spec, scan, engine
+
+    def __call__(self, name: str) -> nw.LazyFrame:
+        if name not in self.spec.inputs:
+            msg = (f"expected {self.spec.name}'s builder to read one of its declared inputs "
+                   f"{list(self.spec.inputs)}, got {name!r}; declare it in contracts/catalog.py")
+            raise KeyError(msg)
+        return self._scan(name)
+
+    def row(self, frame: nw.LazyFrame) -> dict[str, Any]:
+        """The first row ``frame`` computes (an aggregate's one row)."""
+        assert self._engine is not None
+        return self._engine.to_arrow(frame).to_pylist()[0]
+
+    def frame(self, data: pa.Table) -> nw.LazyFrame:
+        assert self._engine is not None
+        return self._engine.from_arrow(data)
 
 
-# Not gold.fact_orders: the plan's own stage rewrites it, and a retry must find the plan it made.
-PLAN_INPUTS = ("silver.orders", "silver.order_events", "silver.customer_versions", "bronze.snowflake.orders",
-               "bronze.kafka.order_events", "bronze.snowflake.customers")
+BUILDERS: dict[str, Callable[[Inputs], nw.LazyFrame]] = {}
+
+
+def builds(name: str) -> Callable[[Callable[[Inputs], nw.LazyFrame]], Callable[[Inputs], nw.LazyFrame]]:
+    """Register the function that builds gold table ``name`` from its declared inputs."""
+    def register(fn: Callable[[Inputs], nw.LazyFrame]) -> Callable[[Inputs], nw.LazyFrame]:
+        BUILDERS[name] = fn
+        return fn
+    return register
+
+
+@builds("gold.dim_customer")
+def _dim_customer(read: Inputs) -> nw.LazyFrame:
+    return gold.build_dim_customer(read("silver.customer_versions"), read("silver.customer_crm_links"))
+
+
+@builds("gold.dim_product")
+def _dim_product(read: Inputs) -> nw.LazyFrame:
+    return gold.build_dim_product(read("silver.products"))
+
+
+@builds("gold.fact_orders")
+def _fact_orders(read: Inputs) -> nw.LazyFrame:
+    orders = read("silver.orders")
+    oldest = read.row(gold.oldest_change_day(orders))["day"]
+    events = gold.events_that_can_count(read("silver.order_events"), orders, oldest)
+    customers = read("gold.dim_customer").join(orders.select("customer_id").unique(), on="customer_id", how="semi")
+    return gold.build_fact_orders(orders, events, customers)
+
+
+@builds("gold.dim_date")
+def _dim_date(read: Inputs) -> nw.LazyFrame:
+    """Every day from the first to the last order date (empty when there are no orders)."""
+    fact = read("gold.fact_orders")
+    bounds = read.row(fact.select(nw.col("order_date").min().alias("lo"), nw.col("order_date").max().alias("hi")))
+    lo, hi = bounds["lo"], bounds["hi"]
+    days = [] if lo is None else [lo + timedelta(days=i) for i in range((hi - lo).days + 1)]
+    return gold.build_dim_date(read.frame(pa.table({"date": pa.array(days, pa.date32())})))
+
+
+@builds("gold.customer_360")
+def _customer_360(read: Inputs) -> nw.LazyFrame:
+    return gold.build_customer_360(read("gold.fact_orders"), read("silver.customers"),
+                                   read("silver.customer_crm_links"), read("silver.accounts"),
+                                   read("silver.opportunities"), read("silver.customer_behaviour"))
+
+
+@builds("gold.product_performance")
+def _product_performance(read: Inputs) -> nw.LazyFrame:
+    return gold.build_product_performance(read("gold.fact_orders"))
+
+
+@builds("gold.customer_segments")
+def _customer_segments(read: Inputs) -> nw.LazyFrame:
+    return gold.build_customer_segments(read("gold.customer_360"), read("gold.fact_orders"))
+
+
+def plan_inputs() -> tuple[str, ...]:
+    """What the plan reads: the silver tables the fact table is built from whose rows carry an order date or
+    a customer version, and the bronze tables whose run-date batch says which of their rows are new. Not
+    gold.fact_orders: the plan's own stage rewrites it, and a retry must find the plan it made."""
+    silver = ("silver.orders", "silver.order_events", "silver.customer_versions")
+    fed_by = [table(n).source or next(t.source for t in tables("silver") if t.history == n) for n in silver]
+    return (*silver, *(n for n in fed_by if n))
 
 
 def affected_order_dates(engine: Engine, *, orders_batch: nw.LazyFrame, events_batch: nw.LazyFrame,
@@ -56,7 +129,7 @@ def affected_order_dates(engine: Engine, *, orders_batch: nw.LazyFrame, events_b
     return sorted(d for d in engine.to_arrow(changed).column("order_date").to_pylist() if d is not None)
 
 
-@lake_task(lambda p: PLAN_INPUTS, name="gold-plan")
+@lake_task(lambda p: plan_inputs(), name="gold-plan")
 def plan_gold(ctx: RunContext) -> list[date] | None:
     """The order dates whose gold partitions the run date's batches changed; None when gold must be built
     whole (no fact table yet)."""
@@ -80,7 +153,7 @@ def plan_gold(ctx: RunContext) -> list[date] | None:
     return dates
 
 
-@lake_task(lambda p: GOLD_INPUTS[p["table_name"]], name="gold", task_run_name="gold-{table_name}", **LAKE_RETRIES)
+@lake_task(lambda p: table(p["table_name"]).inputs, name="gold", task_run_name="gold-{table_name}", **LAKE_RETRIES)
 def build_gold(ctx: RunContext, table_name: str, order_dates: list[date] | None = None) -> dict[str, Any]:
     """Build one gold table from silver (marts also from gold.fact_orders). Tables partitioned by order date
     are rebuilt only for ``order_dates`` (None: whole); the others are small and rebuilt whole."""
@@ -98,21 +171,7 @@ def build_gold(ctx: RunContext, table_name: str, order_dates: list[date] | None 
         return summary_of("gold", spec, rows_written=0, version=engine.version(spec), order_dates=0)
     if spec.name in customer_grain.TABLES:
         return _build_dim_customer(ctx, engine, spec, s, whole=order_dates is None)
-    orders = s("silver.orders")
-    builders: dict[str, Callable[[], nw.LazyFrame]] = {
-        "gold.fact_orders": lambda: gold.build_fact_orders(
-            orders, gold.events_that_can_count(s("silver.order_events"), orders, engine.to_arrow(
-                gold.oldest_change_day(orders)).column("day")[0].as_py()),
-            s("gold.dim_customer").join(orders.select("customer_id").unique(), on="customer_id", how="semi")),
-        "gold.dim_product": lambda: gold.build_dim_product(s("silver.products")),
-        "gold.dim_date": lambda: gold.build_dim_date(_calendar(engine, s("gold.fact_orders"))),
-        "gold.customer_360": lambda: gold.build_customer_360(
-            s("gold.fact_orders"), s("silver.customers"), s("silver.customer_crm_links"), s("silver.accounts"),
-            s("silver.opportunities"), s("silver.customer_behaviour")),
-        "gold.product_performance": lambda: gold.build_product_performance(s("gold.fact_orders")),
-        "gold.customer_segments": lambda: gold.build_customer_segments(s("gold.customer_360"), s("gold.fact_orders")),
-    }
-    frame = builders[spec.name]()
+    frame = BUILDERS[spec.name](Inputs(spec, s, engine))
     written = engine.overwrite_partitions(spec, frame) if partial else engine.overwrite(spec, frame)
     return summary_of("gold", spec, rows_written=written.rows, version=written.version,
                     order_dates=len(order_dates) if partial and order_dates else None)
@@ -120,7 +179,7 @@ def build_gold(ctx: RunContext, table_name: str, order_dates: list[date] | None 
 
 def dim_customer_of(scan: Callable[[str], nw.LazyFrame]) -> nw.LazyFrame:
     """``gold.dim_customer`` built from the inputs ``scan`` gives (all customers, or some)."""
-    return gold.build_dim_customer(scan("silver.customer_versions"), scan("silver.customer_crm_links"))
+    return BUILDERS["gold.dim_customer"](Inputs(table("gold.dim_customer"), scan))
 
 
 def _build_dim_customer(ctx: RunContext, engine: Engine, spec: TableSpec, scan: Callable[[str], nw.LazyFrame], *,
@@ -128,7 +187,7 @@ def _build_dim_customer(ctx: RunContext, engine: Engine, spec: TableSpec, scan: 
     """Build ``gold.dim_customer`` (flows/customer_grain.py): again only for the customers whose inputs changed
     since its recorded build, else (``whole``, or no build to continue) whole. Records the build."""
     lake = ctx.settings().lake()
-    inputs_now = {name: engine.version(table(name)) for name in GOLD_INPUTS[spec.name]}
+    inputs_now = {name: engine.version(table(name)) for name in spec.inputs}
     current = engine.version(spec)
     since, why = (None, "a whole build was asked for") if whole else customer_grain.recorded_inputs(
         lake, spec, current, inputs_now)
@@ -150,16 +209,3 @@ def _build_dim_customer(ctx: RunContext, engine: Engine, spec: TableSpec, scan: 
     # A missing input is left out of the record, so the next build is whole (recorded_inputs).
     customer_grain.record(lake, spec, version, {k: v for k, v in inputs_now.items() if v is not None}, ctx.run_id)
     return summary_of("gold", spec, rows_written=rows, version=version, order_dates=None, customers_rebuilt=customers)
-
-
-# Dimensions before the fact (it looks up the customer version), the fact before the marts.
-GOLD_ORDER = ("gold.dim_customer", "gold.dim_product", "gold.fact_orders", "gold.dim_date", "gold.customer_360",
-              "gold.product_performance", "gold.customer_segments")
-
-
-def _calendar(engine: Engine, fact: nw.LazyFrame) -> nw.LazyFrame:
-    """Every day from the first to the last order date (empty when there are no orders)."""
-    bounds = engine.to_arrow(fact.select(nw.col("order_date").min().alias("lo"), nw.col("order_date").max().alias("hi")))
-    lo, hi = bounds.column("lo")[0].as_py(), bounds.column("hi")[0].as_py()
-    days = [] if lo is None else [lo + timedelta(days=i) for i in range((hi - lo).days + 1)]
-    return engine.from_arrow(pa.table({"date": pa.array(days, pa.date32())}))

@@ -23,7 +23,7 @@ from tasks.tracking import lake_task
 from tasks.transforms import bronze, silver
 
 
-@lake_task(lambda p: [table(p["table_name"]).source or "", *silver.REFS_NEEDED.get(p["table_name"], ())], rules=True,
+@lake_task(lambda p: table(p["table_name"]).inputs, rules=True,
            name="silver", task_run_name="silver-{table_name}", **LAKE_RETRIES)
 def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     """Conform the run date's bronze batch into a silver table: quarantine, dedupe latest, merge by key.
@@ -79,7 +79,7 @@ def conform_inputs(ctx: RunContext, spec: TableSpec, files: Mapping[str, int]) -
     settings = ctx.settings()
     lake = settings.lake()
     refs = {name: lake.files_through(table(table(name).source or name), "_ingest_date", ctx.run_date.isoformat())
-            for name in silver.REFS_NEEDED.get(spec.name, ())}
+            for name in table(spec.name).lookups}
     key = hashlib.sha256(settings.require_hmac_key() + b"conform-inputs").hexdigest()
     material = {"files": sorted(files.items()), "refs": refs, "rules": conform_code_version(),
                 "settings": [settings.fx_window_days, settings.lookback_days, key]}
@@ -128,7 +128,7 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
     was conformed before, into the table's version after this one; -1: into no table) takes out what the batch
     brought in then and a rule now rejects (``withdraw``)."""
     settings = ctx.settings()
-    refs = {name: engine.scan(table(name)) for name in silver.REFS_NEEDED.get(spec.name, ())}
+    refs = {name: engine.scan(table(name)) for name in table(spec.name).lookups}
     result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.require_hmac_key(),
                             fx_window_days=settings.fx_window_days, run_date=ctx.run_date,
                             lookback_days=None if late_ok else settings.lookback_days,
@@ -177,7 +177,7 @@ def withdraw(engine: Engine, spec: TableSpec, valid: nw.LazyFrame, rejected: pa.
         logger().info("%s: %d row(s) that a rule now rejects withdrawn", target.name, count)
 
 
-@lake_task(lambda p: ["silver.customers", "silver.contacts"], name="silver-links", **LAKE_RETRIES)
+@lake_task(lambda p: table("silver.customer_crm_links").inputs, name="silver-links", **LAKE_RETRIES)
 def link_crm(ctx: RunContext) -> dict[str, Any]:
     """Match customers to CRM contacts (and their accounts)."""
     spec = table("silver.customer_crm_links")
@@ -187,6 +187,3 @@ def link_crm(ctx: RunContext) -> dict[str, Any]:
     return summary_of("silver", spec, rows_written=written.rows, version=written.version)
 
 
-# Silver tables whose conform step reads other silver tables come after them.
-SILVER_ORDER = ("silver.fx_rates", "silver.customers", "silver.products", "silver.accounts", "silver.contacts",
-                "silver.customer_behaviour", "silver.order_events", "silver.orders", "silver.opportunities")

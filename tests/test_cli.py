@@ -67,11 +67,12 @@ def test_generate_tables_and_show_on_a_real_lake(tmp_path):
     """generate writes files; after the stages run, tables and show print the real rows."""
     from datetime import datetime
 
+    from contracts.catalog import build_order, conform_order
     from tasks.bronze import ingest_entity
     from tasks.context import RunContext
-    from tasks.gold import GOLD_ORDER, build_gold
+    from tasks.gold import build_gold
     from tasks.release import release_gold
-    from tasks.silver import SILVER_ORDER, link_crm, refine_table
+    from tasks.silver import link_crm, refine_table
 
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     result = runner.invoke(app, ["generate", "--days", "1", "--scale", "0.01", "--out", str(landing)])
@@ -83,10 +84,10 @@ def test_generate_tables_and_show_on_a_real_lake(tmp_path):
 
     for e in LANDING_ENTITIES:
         ingest_entity.fn(ctx, e.name)
-    for name in SILVER_ORDER:
+    for name in conform_order():
         refine_table.fn(ctx, name)
     link_crm.fn(ctx)
-    versions = {name: build_gold.fn(ctx, name)["version"] for name in GOLD_ORDER}
+    versions = {name: build_gold.fn(ctx, name)["version"] for name in build_order("gold")}
     unreleased = runner.invoke(app, ["show", "gold.fact_orders", "--lake-root", str(lake)])
     assert unreleased.exit_code == 2 and "expected a gold release" in unreleased.output, "written is not released"
     from prefect.logging import disable_run_logger

@@ -21,7 +21,6 @@ from contracts.landing import LandingEntity
 from contracts.rules import ROW_RULES, SILVER_LANDING
 from tasks.transforms.silver import (
     QUARANTINE_OUTPUT,
-    REFS_NEEDED,
     conform,
     latest_per_key,
     link_customers_to_crm,
@@ -106,7 +105,7 @@ def order_refs(engine: str, rates: list[tuple[str, dt.date, float, dt.datetime]]
 
 
 def refs_for(engine: str, name: str) -> dict:
-    return order_refs(engine) if name in REFS_NEEDED else {}
+    return order_refs(engine) if table(name).lookups else {}
 
 
 def hmac_hex(key: bytes, value: str) -> str:

@@ -41,10 +41,6 @@ from contracts.rules import (
 )
 from tasks.transforms.schema import to_schema
 
-REFS_NEEDED: dict[str, tuple[str, ...]] = {
-    "silver.orders": ("silver.customers", "silver.products", "silver.fx_rates"),
-    "silver.opportunities": ("silver.fx_rates",),
-}
 _NEEDS_RUN_DATE = ("silver.opportunities",)
 QUARANTINE_OUTPUT = ("rule", "reason", "record", "record_hash", "source_file")
 # What ``Conformed.quarantined`` carries: the raw landing values stay columns (``_raw_<name>``) until
@@ -123,7 +119,7 @@ def conform(
 ) -> Conformed:
     """Parse and check one bronze batch of ``table_name``'s entity; split it into silver rows and quarantine.
 
-    ``refs`` holds the silver frames the table is checked against (see :data:`REFS_NEEDED`). ``hmac_key``
+    ``refs`` holds the silver frames the table is checked against (its declared ``lookups``). ``hmac_key``
     pseudonymises e-mail and phone. ``fx_window_days``: how many days old an FX rate may be. ``run_date``
     values open pipeline (opportunities) at that day's rate, so a deal last touched months ago still converts.
     ``lookback_days``: order changes and order events that happened more than this many days before ``run_date``
@@ -135,9 +131,9 @@ def conform(
         msg = f"expected a silver table name (one of {', '.join(sorted(_CONFORMERS))}), got {table_name!r}"
         raise ValueError(msg)
     refs = dict(refs or {})
-    missing = [name for name in REFS_NEEDED.get(table_name, ()) if name not in refs]
+    missing = [name for name in table(table_name).lookups if name not in refs]
     if missing:
-        msg = (f"expected refs {list(REFS_NEEDED[table_name])} to conform {table_name!r}, missing {missing}; "
+        msg = (f"expected refs {list(table(table_name).lookups)} to conform {table_name!r}, missing {missing}; "
                f"pass them as refs={{name: silver lazy frame}}")
         raise ValueError(msg)
     if not isinstance(hmac_key, bytes) or not hmac_key:
