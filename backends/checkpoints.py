@@ -16,23 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-import pyarrow as pa
-
 from backends.lake import Lake
+from backends.logs import LakeLog, lake_log
 from contracts.landing import LandingEntity
-
-CHECKPOINT_SCHEMA = pa.schema([
-    pa.field("seq", pa.int64(), nullable=False),
-    pa.field("files", pa.list_(pa.string()), nullable=False),
-    pa.field("lines", pa.list_(pa.int64()), nullable=False),  # lines per file: the batch's offsets
-    pa.field("rows", pa.int64(), nullable=False),
-    pa.field("quarantined", pa.int64(), nullable=False),
-    pa.field("bronze_version", pa.int64(), nullable=False),
-    pa.field("recovered", pa.bool_(), nullable=False),
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("run_date", pa.date32(), nullable=False),
-    pa.field("committed_at", pa.timestamp("us", tz="UTC"), nullable=False),
-])
 
 
 @dataclass(frozen=True)
@@ -41,13 +27,12 @@ class Checkpoints:
     entity: LandingEntity
 
     @property
-    def path(self) -> str:
-        return f"_checkpoints/{self.entity.source}/{self.entity.entity}"
+    def log(self) -> LakeLog:
+        return lake_log(self.lake, "checkpoints", source=self.entity.source, entity=self.entity.entity)
 
     def history(self) -> list[dict[str, Any]]:
         """Every checkpoint row, in commit order."""
-        rows = self.lake.read_log(self.path)
-        return [] if rows is None else sorted(rows.to_pylist(), key=lambda r: r["seq"])
+        return self.log.rows()
 
     def applied(self) -> set[str]:
         """Every file (its path under the landing root) already applied to bronze."""
@@ -57,9 +42,9 @@ class Checkpoints:
                recovered: bool, run_id: str, run_date: date) -> int:
         """Append one checkpoint row (one Delta commit); its sequence number."""
         seq = len(self.history()) + 1
-        self.lake.append_log(self.path, pa.Table.from_pylist([{
+        self.log.append([{
             "seq": seq, "files": files, "lines": lines, "rows": rows, "quarantined": quarantined,
             "bronze_version": bronze_version, "recovered": recovered, "run_id": run_id, "run_date": run_date,
             "committed_at": datetime.now(UTC),
-        }], schema=CHECKPOINT_SCHEMA))
+        }])
         return seq

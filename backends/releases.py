@@ -12,20 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-import pyarrow as pa
-
 from backends.lake import Lake
+from backends.logs import LakeLog, lake_log
 from contracts.catalog import table
-
-RELEASE_SCHEMA = pa.schema([
-    pa.field("release_id", pa.string(), nullable=False),
-    pa.field("seq", pa.int64(), nullable=False),
-    pa.field("table", pa.string(), nullable=False),
-    pa.field("version", pa.int64(), nullable=False),
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("run_date", pa.date32(), nullable=False),
-    pa.field("released_at", pa.timestamp("us", tz="UTC"), nullable=False),
-])
 
 
 class NotReleasedError(LookupError):
@@ -48,20 +37,17 @@ class Releases:
     layer: str = "gold"
 
     @property
-    def path(self) -> str:
-        return f"_releases/{self.layer}"
+    def log(self) -> LakeLog:
+        return lake_log(self.lake, "releases", layer=self.layer)
 
     @property
     def uri(self) -> str:
-        return self.lake.path_uri(self.path)
+        return self.log.uri
 
     def history(self) -> list[Release]:
         """Every release, oldest first."""
-        rows = self.lake.read_log(self.path)
-        if rows is None:
-            return []
         by_seq: dict[int, list[dict]] = {}
-        for row in rows.to_pylist():
+        for row in self.log.rows():
             by_seq.setdefault(row["seq"], []).append(row)
         return [Release(release_id=r[0]["release_id"], seq=seq, run_id=r[0]["run_id"], run_date=r[0]["run_date"],
                         released_at=r[0]["released_at"], versions={x["table"]: x["version"] for x in r})
@@ -94,7 +80,7 @@ class Releases:
                           released_at=datetime.now(UTC), versions=dict(sorted(versions.items())))
         rows = [{"release_id": release.release_id, "seq": seq, "table": t, "version": v, "run_id": run_id,
                  "run_date": run_date, "released_at": release.released_at} for t, v in release.versions.items()]
-        self.lake.append_log(self.path, pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA))
+        self.log.append(rows)
         return release
 
     def rollback(self, release_id: str, *, run_id: str) -> Release:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.lake import Lake
+from contracts.logs import LOCKS
 
 
 class LakeLockedError(RuntimeError):
@@ -98,7 +99,7 @@ class RunLock:
 
     @property
     def relative(self) -> str:
-        return f"_locks/{self.name}.json"
+        return f"{LOCKS}/{self.name}.json"
 
     # ------------------------------------------------------------------------------------- storage
     def _path(self) -> Path:

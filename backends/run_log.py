@@ -10,33 +10,16 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-import pyarrow as pa
-
 from backends.lake import Lake
-
-RUN_LOG_SCHEMA = pa.schema([
-    pa.field("run_date", pa.date32(), nullable=False),
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("flow", pa.string(), nullable=False),
-    pa.field("backend", pa.string(), nullable=False),
-    pa.field("release_id", pa.string(), nullable=True),
-    pa.field("locked_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("forced", pa.bool_(), nullable=False),
-    # Entities delivered daily that the run was allowed to go without (a backfill runs the date again once
-    # they have arrived).
-    pa.field("missing", pa.list_(pa.string()), nullable=True),
-])
+from backends.logs import lake_log
 
 
 @dataclass(frozen=True)
 class RunLog:
     lake: Lake
-    path: str = "_runs/daily"
 
     def history(self) -> list[dict[str, Any]]:
-        rows = self.lake.read_log(self.path)
-        return [] if rows is None else sorted(rows.to_pylist(), key=lambda r: r["finished_at"])
+        return lake_log(self.lake, "runs").rows()
 
     def done_dates(self) -> set[date]:
         return {r["run_date"] for r in self.history()}
@@ -47,7 +30,7 @@ class RunLog:
 
     def record(self, *, run_date: date, run_id: str, flow: str, backend: str, release_id: str | None,
                locked_at: datetime, finished_at: datetime, forced: bool, missing: list[str] | None = None) -> None:
-        self.lake.append_log(self.path, pa.Table.from_pylist([{
+        lake_log(self.lake, "runs").append([{
             "run_date": run_date, "run_id": run_id, "flow": flow, "backend": backend, "release_id": release_id,
             "locked_at": locked_at, "finished_at": finished_at, "forced": forced, "missing": missing or [],
-        }], schema=RUN_LOG_SCHEMA))
+        }])

@@ -283,7 +283,7 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
 def _quarantine_by_rule(settings) -> None:
     from backends import get_backend
     from contracts.catalog import tables as all_tables
-    from tasks.replay import replay_log
+    from tasks.quarantine import replay_log
 
     engine = get_backend(settings.backend, settings.lake(), settings.spark)
     lake = settings.lake()
@@ -297,7 +297,7 @@ def _quarantine_by_rule(settings) -> None:
             continue
         rows = engine.to_arrow(engine.scan(spec).select("rule", "record_hash", "run_date")).to_pylist()
         silver_name = f"silver.{spec.entity.removeprefix('silver.')}" if spec.entity.startswith("silver.") else None
-        log = lake.read_log(replay_log(silver_name)) if silver_name else None
+        log = replay_log(lake, silver_name).table() if silver_name else None
         replayed = set(log.column("record_hash").to_pylist()) if log is not None else set()
         by_rule: dict[str, list[dict]] = {}
         for r in rows:
@@ -323,7 +323,7 @@ def _refused_files(engine, lake) -> None:
         t.add_column(col, overflow="fold")
     shown = 0
     for entity in LANDING_ENTITIES:
-        log = lake.read_log(refused_log(entity.source, entity.entity))
+        log = refused_log(lake, entity.source, entity.entity).table()
         if log is None:
             continue
         spec = bronze_for(entity)
@@ -549,14 +549,15 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
            limit: Annotated[int, typer.Option(min=1, help="how many recent runs to show")] = 10) -> None:
     """Recent runs from the run ledger (status, tasks, rows, failed tasks) and each table's freshness: the
     run and date that last wrote it, its version, and how long ago."""
+    from backends.logs import lake_log
     from contracts.catalog import TABLES
-    from tasks.tracking import LEDGER_PATH, freshness, read_ledger, runs_overview
+    from tasks.tracking import freshness, read_ledger, runs_overview
 
     settings = _settings(env, lake_root=lake_root)
     console.print(_lock_line(settings), soft_wrap=True)
     rows = read_ledger(settings.lake())
     if not rows:
-        _fail(f"expected a run ledger at {settings.lake().path_uri(LEDGER_PATH)!r}, found none: run "
+        _fail(f"expected a run ledger at {lake_log(settings.lake(), 'ledger').uri!r}, found none: run "
               "'lakehouse run --date D' first")
     t = Table(title=f"recent runs in {settings.lake_root} (newest first)")
     for col in ("run id", "flow", "run date", "status", "started", "took", "tasks", "rows written", "quarantined",

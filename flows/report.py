@@ -81,7 +81,7 @@ def refused_files(lake: Lake, run_date: date) -> list[dict[str, Any]]:
 
     latest: dict[str, dict[str, Any]] = {}
     for entity in LANDING_ENTITIES:
-        log = lake.read_log(refused_log(entity.source, entity.entity))
+        log = refused_log(lake, entity.source, entity.entity).table()
         for r in (log.to_pylist() if log is not None else []):
             if r["run_date"] == run_date and (r["source_file"] not in latest
                                               or r["refused_at"] > latest[r["source_file"]]["refused_at"]):

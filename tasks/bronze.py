@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import narwhals as nw
-import pyarrow as pa
 
 from backends import Engine, landing
 from backends.checkpoints import Checkpoints
+from backends.lake import Lake
+from backends.logs import LakeLog, lake_log
 from contracts.catalog import TableSpec, bronze_for
 from contracts.landing import LandingEntity, landing_entity
 from tasks.context import RunContext, logger, summary_of
@@ -98,39 +99,33 @@ def _append_files(ctx: RunContext, engine: Engine, entity: LandingEntity, files:
                   if label not in {r["source_file"] for r in refused}}
     if read_whole:
         now = datetime.now(UTC)
-        ctx.settings().lake().append_log(delivery_log(entity), pa.Table.from_pylist(
+        delivery_log(ctx.settings().lake(), entity).append(
             [{"source_file": label, "records": n, "run_id": ctx.run_id, "run_date": ctx.run_date, "ingested_at": now}
-             for label, n in sorted(read_whole.items())], schema=DELIVERY_LOG_SCHEMA))
+             for label, n in sorted(read_whole.items())])
     return rows, quarantined, version, [r["source_file"] for r in refused]
 
 
-DELIVERY_LOG_SCHEMA = pa.schema([
-    ("source_file", pa.string()), ("records", pa.int64()), ("run_id", pa.string()), ("run_date", pa.date32()),
-    ("ingested_at", pa.timestamp("us", tz="UTC")),
-])
-
-
-def delivery_log(entity: LandingEntity) -> str:
+def delivery_log(lake: Lake, entity: LandingEntity) -> LakeLog:
     """Every landing file of ``entity`` read into bronze, with its records (0: an empty "no changes" delivery,
     which adds no bronze row but counts for freshness)."""
-    return f"_deliveries/{entity.source}/{entity.entity}"
+    return lake_log(lake, "deliveries", source=entity.source, entity=entity.entity)
 
 
 def delivered(ctx: RunContext, entity: LandingEntity) -> set[str]:
     """The landing files of ``entity`` for the run date recorded as read."""
-    log = ctx.settings().lake().read_log(delivery_log(entity))
+    log = delivery_log(ctx.settings().lake(), entity).table()
     if log is None:
         return set()
     return {r["source_file"] for r in log.select(["source_file", "run_date"]).to_pylist()
             if r["run_date"] == ctx.run_date}
 
 
-def newest_delivery(lake: Any, source: TableSpec) -> date | None:
+def newest_delivery(lake: Lake, source: TableSpec) -> date | None:
     """The newest run date with a delivery to bronze table ``source``: its newest ingest partition, or a newer
     empty delivery from the delivery log."""
     newest = lake.newest_partition(source, "_ingest_date")  # from the Delta log: no data read
     dates = [date.fromisoformat(newest)] if newest else []
-    log = lake.read_log(delivery_log(landing_entity(source.name.removeprefix("bronze."))))
+    log = delivery_log(lake, landing_entity(source.name.removeprefix("bronze."))).table()
     if log is not None and log.num_rows:
         dates.append(max(log.column("run_date").to_pylist()))
     return max(dates) if dates else None
@@ -142,9 +137,8 @@ def _log_refused(ctx: RunContext, entity: LandingEntity, refused: list[dict[str,
         logger().error("refused %s (%s): %s", r["source_file"], r["problem"], r["reason"])
     if refused:
         now = datetime.now(UTC)
-        ctx.settings().lake().append_log(refused_log(entity.source, entity.entity), pa.Table.from_pylist(
-            [{**r, "run_id": ctx.run_id, "run_date": ctx.run_date, "refused_at": now} for r in refused],
-            schema=REFUSED_LOG_SCHEMA))
+        refused_log(ctx.settings().lake(), entity.source, entity.entity).append(
+            [{**r, "run_id": ctx.run_id, "run_date": ctx.run_date, "refused_at": now} for r in refused])
 
 
 def _ingest_stream(ctx: RunContext, engine: Engine, entity: LandingEntity,
@@ -202,12 +196,6 @@ def _lines(path: Path) -> int:
         return sum(1 for _ in handle)
 
 
-REFUSED_LOG_SCHEMA = pa.schema([
-    *((c, pa.string()) for c in ("source_file", "problem", "reason", "run_id")),
-    ("run_date", pa.date32()), ("refused_at", pa.timestamp("us", tz="UTC")),
-])
-
-
-def refused_log(source: str, entity: str) -> str:
+def refused_log(lake: Lake, source: str, entity: str) -> LakeLog:
     """Where refused landing files are recorded (each run that refuses one appends a row)."""
-    return f"_refused/{source}/{entity}"
+    return lake_log(lake, "refused", source=source, entity=entity)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from prefect.context import TaskRunContext
 
 from contracts.catalog import table
+from contracts.logs import RESULTS
 from tasks.context import RunContext
 
 T = TypeVar("T")
@@ -32,7 +33,7 @@ def result_storage(ctx: RunContext) -> Path | str:
     """Where task results are kept for ``ctx``'s settings: a local folder, or (for ``s3://``) the slug of an
     ``S3Bucket`` block saved for the environment (credentials from the standard AWS chain)."""
     settings = ctx.settings()
-    where = settings.result_storage or settings.lake().path_uri("_results")
+    where = settings.result_storage or settings.lake().path_uri(RESULTS)
     if where.startswith("s3://"):
         from prefect_aws import AwsCredentials, S3Bucket
 

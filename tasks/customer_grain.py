@@ -28,26 +28,20 @@ from functools import cache
 from typing import Any
 
 import narwhals as nw
-import pyarrow as pa
 
 from backends import Engine
 from backends.expressions import row_text
 from backends.lake import Lake
+from backends.logs import LakeLog, lake_log
 from contracts.catalog import TableSpec, table
 
 # The tables built this way.
 TABLES = ("gold.dim_customer",)
 KEY = "customer_id"
 
-BUILDS_SCHEMA = pa.schema([
-    ("table_version", pa.int64()), ("inputs", pa.string()), ("code", pa.string()), ("run_id", pa.string()),
-    ("built_at", pa.timestamp("us", tz="UTC")),
-])
-
-
-def builds_log(spec: TableSpec) -> str:
+def builds_log(lake: Lake, spec: TableSpec) -> LakeLog:
     """The lake log of ``spec``'s builds: one row per build (table version written, input versions read)."""
-    return f"_builds/{spec.name}"
+    return lake_log(lake, "builds", table=spec.name)
 
 
 @cache
@@ -63,7 +57,7 @@ def record(lake: Lake, spec: TableSpec, table_version: int, inputs: dict[str, in
     """Record that ``spec`` at ``table_version`` was built from ``inputs`` (table name -> version)."""
     row = {"table_version": table_version, "inputs": json.dumps(inputs, sort_keys=True), "code": code_version(),
            "run_id": run_id, "built_at": datetime.now(UTC)}
-    lake.append_log(builds_log(spec), pa.Table.from_pylist([row], schema=BUILDS_SCHEMA))
+    builds_log(lake, spec).append([row])
 
 
 def recorded_inputs(lake: Lake, spec: TableSpec, table_version: int | None,
@@ -108,7 +102,7 @@ def pinned_versions(lake: Lake) -> dict[str, set[int]]:
 
 def last_build(lake: Lake, spec: TableSpec) -> dict[str, Any] | None:
     """The newest row of ``spec``'s builds log (None when no build is recorded)."""
-    log = lake.read_log(builds_log(spec))
+    log = builds_log(lake, spec).table()
     if log is None or log.num_rows == 0:
         return None
     stamps, versions = log.column("built_at").to_pylist(), log.column("table_version").to_pylist()

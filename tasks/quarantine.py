@@ -8,7 +8,9 @@ import narwhals as nw
 import pyarrow as pa
 
 from backends import Engine
-from contracts.catalog import TableSpec, quarantine_for
+from backends.lake import Lake
+from backends.logs import LakeLog, lake_log
+from contracts.catalog import TableSpec, quarantine_for, table
 from tasks.context import RunContext
 
 
@@ -37,18 +39,23 @@ def write_quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunCo
 
 
 def quarantined_on_run_date(ctx: RunContext, engine: Engine, spec: TableSpec, *,
-                            replay_log_path: str | None = None) -> dict[str, int]:
-    """How many rows the quarantine of ``spec`` holds for the run date, by rule; with ``replay_log_path``,
+                            replayed: LakeLog | None = None) -> dict[str, int]:
+    """How many rows the quarantine of ``spec`` holds for the run date, by rule; with ``replayed`` (a replay log),
     without the rows a replay has accepted since. A row a replay sent back under another rule counts once,
     under its first rule."""
     qspec = quarantine_for(spec)
     if not engine.exists(qspec):
         return {}
     rows = engine.scan(qspec).filter(nw.col("run_date") == nw.lit(ctx.run_date).cast(nw.Date()))
-    replayed = ctx.settings().lake().read_log(replay_log_path) if replay_log_path else None
-    if replayed is not None and replayed.num_rows:
-        hashes = pa.table({"record_hash": replayed.column("record_hash").cast(pa.string()).unique()})
+    accepted = replayed.table() if replayed is not None else None
+    if accepted is not None and accepted.num_rows:
+        hashes = pa.table({"record_hash": accepted.column("record_hash").cast(pa.string()).unique()})
         rows = rows.join(engine.from_arrow(hashes), on="record_hash", how="anti")
     firsts = rows.group_by("record_hash", "source_file", "occurrence").agg(nw.col("rule").min())
     counts = engine.to_arrow(firsts.group_by("rule").agg(nw.len().alias("n")))
     return dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
+
+
+def replay_log(lake: Lake, table_name: str) -> LakeLog:
+    """The quarantined records of silver table ``table_name`` a replay has accepted (tasks/replay.py)."""
+    return lake_log(lake, "replays", entity=table(table_name).entity)

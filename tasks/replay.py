@@ -16,25 +16,14 @@ from prefect.cache_policies import NO_CACHE
 from contracts.catalog import quarantine_for, table
 from tasks.context import RunContext
 from tasks.gold import affected_order_dates
+from tasks.quarantine import replay_log
 from tasks.silver import conform_into_silver
 
 NOT_REPLAYED = frozenset({"duplicate.exact"})
 
 
-REPLAY_SCHEMA = pa.schema([
-    pa.field("record_hash", pa.string(), nullable=False),
-    pa.field("rule", pa.string(), nullable=False),
-    pa.field("replay_id", pa.string(), nullable=False),
-    pa.field("replayed_at", pa.timestamp("us", tz="UTC"), nullable=False),
-])
-
-
 class ReplayError(ValueError):
     """A replay was asked of something that cannot be replayed; the message says what can."""
-
-
-def replay_log(table_name: str) -> str:
-    return f"_replays/{table(table_name).entity}"
 
 
 def replayable(table_name: str) -> None:
@@ -58,7 +47,7 @@ def pending(ctx: RunContext, table_name: str, rule: str | None) -> pa.Table:
     if rule:
         rows = rows.filter(nw.col("rule") == rule)
     found = engine.to_arrow(rows.select("record_hash", "rule", "run_date").unique())
-    done = ctx.settings().lake().read_log(replay_log(table_name))
+    done = replay_log(ctx.settings().lake(), table_name).table()
     accepted = set(done.column("record_hash").to_pylist()) if done is not None else set()
     keep = [h not in accepted for h in found.column("record_hash").to_pylist()]
     return found.filter(pa.array(keep, pa.bool_())) if found.num_rows else found
@@ -90,9 +79,9 @@ def replay_table(ctx: RunContext, table_name: str, rule: str | None = None) -> d
         accepted_hashes += done["accepted_hashes"]
     if accepted_hashes:
         now = datetime.now(UTC)
-        ctx.settings().lake().append_log(replay_log(table_name), pa.Table.from_pylist(
+        replay_log(ctx.settings().lake(), table_name).append(
             [{"record_hash": h, "rule": rule or "*", "replay_id": ctx.run_id, "replayed_at": now}
-             for h in sorted(set(accepted_hashes))], schema=REPLAY_SCHEMA))
+             for h in sorted(set(accepted_hashes))])
     return {"stage": "replay", "table": table_name, "pending": todo.num_rows, **totals,
             "still_quarantined": dict(rules), "version": engine.version(spec),
             "accepted_hashes": sorted(set(accepted_hashes))}

@@ -13,11 +13,13 @@ import narwhals as nw
 import pyarrow as pa
 
 from backends import Engine
+from backends.lake import Lake
+from backends.logs import LakeLog, lake_log
 from contracts.catalog import TableSpec, table
 from tasks.bronze import files_in
 from tasks.caching import conform_code_version
 from tasks.context import RunContext, logger, summary_of
-from tasks.quarantine import AccountingError, quarantined_on_run_date, write_quarantine
+from tasks.quarantine import AccountingError, quarantined_on_run_date, replay_log, write_quarantine
 from tasks.retry_policy import LAKE_RETRIES
 from tasks.tracking import lake_task
 from tasks.transforms import bronze, silver
@@ -52,24 +54,16 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
                                withdraw_before=first_conform_version(ctx, spec) if files else None)
     if files:
         now = datetime.now(UTC)
-        lake.append_log(conformed_log(spec), pa.Table.from_pylist(
+        conformed_log(lake, spec).append(
             [{"source_file": f, "run_id": ctx.run_id, "run_date": ctx.run_date, "conformed_at": now, "inputs": inputs,
-              "version_before": -1 if before is None else before} for f in sorted(files)],
-            schema=CONFORMED_LOG_SCHEMA))
+              "version_before": -1 if before is None else before} for f in sorted(files)])
     return summary_of("silver", spec, files=len(files), **{k: v for k, v in done.items() if k != "accepted_hashes"})
 
 
-CONFORMED_LOG_SCHEMA = pa.schema([
-    ("source_file", pa.string()), ("run_id", pa.string()), ("run_date", pa.date32()),
-    ("conformed_at", pa.timestamp("us", tz="UTC")), ("inputs", pa.string()),
-    ("version_before", pa.int64()),  # the silver table's version before the conform (-1: it did not exist)
-])
-
-
-def conformed_log(spec: TableSpec) -> str:
+def conformed_log(lake: Lake, spec: TableSpec) -> LakeLog:
     """Each conform of a date's bronze files into silver table ``spec`` (one row per file, with the digest of
     the inputs it was conformed with)."""
-    return f"_conformed/{spec.entity}"
+    return lake_log(lake, "conformed", entity=spec.entity)
 
 
 def conform_inputs(ctx: RunContext, spec: TableSpec, files: Mapping[str, int]) -> str:
@@ -89,7 +83,7 @@ def conform_inputs(ctx: RunContext, spec: TableSpec, files: Mapping[str, int]) -
 def last_conform(ctx: RunContext, spec: TableSpec) -> str | None:
     """The inputs digest of the latest conform of the run date into ``spec`` (None: never, or by a release
     that did not record it)."""
-    log = ctx.settings().lake().read_log(conformed_log(spec))
+    log = conformed_log(ctx.settings().lake(), spec).table()
     if log is None or "inputs" not in log.column_names:
         return None
     mine = [r for r in log.select(["run_date", "conformed_at", "inputs"]).to_pylist() if r["run_date"] == ctx.run_date]
@@ -99,7 +93,7 @@ def last_conform(ctx: RunContext, spec: TableSpec) -> str | None:
 def first_conform_version(ctx: RunContext, spec: TableSpec) -> int | None:
     """The version ``spec`` had before the run date's batch was first conformed into it (-1: the table did not
     exist); None when the date was never conformed, or by a release that did not record it."""
-    log = ctx.settings().lake().read_log(conformed_log(spec))
+    log = conformed_log(ctx.settings().lake(), spec).table()
     if log is None or "version_before" not in log.column_names:
         return None
     mine = [r for r in log.select(["run_date", "conformed_at", "version_before"]).to_pylist()
@@ -110,9 +104,7 @@ def first_conform_version(ctx: RunContext, spec: TableSpec) -> int | None:
 def silver_figures(ctx: RunContext, engine: Engine, spec: TableSpec, rows_in: int) -> dict[str, Any]:
     """The run date's batch of ``spec`` as the lake holds it: ``rows_in`` bronze rows, the date's quarantined
     rows not accepted since by a replay (by rule), the rest accepted."""
-    from tasks.replay import replay_log
-
-    rules = quarantined_on_run_date(ctx, engine, spec, replay_log_path=replay_log(spec.name))
+    rules = quarantined_on_run_date(ctx, engine, spec, replayed=replay_log(ctx.settings().lake(), spec.name))
     quarantined = sum(rules.values())
     return {"rows_in": rows_in, "accepted": rows_in - quarantined, "quarantined": quarantined, "rules": rules}
 

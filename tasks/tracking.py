@@ -31,35 +31,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pyarrow as pa
 from prefect import task
 
+from backends.logs import lake_log
 from contracts.catalog import table
+from contracts.logs import LINEAGE
 from tasks.caching import keyed_by
 from tasks.context import RunContext
 
-LEDGER_PATH = "_ledger/runs"
-LINEAGE_PATH = "_lineage"
 PRODUCER = "https://github.com/project-a/lakehouse"
-
-LEDGER_SCHEMA = pa.schema([
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("flow", pa.string(), nullable=False),
-    pa.field("task", pa.string(), nullable=False),
-    pa.field("task_run_id", pa.string(), nullable=False),
-    pa.field("table", pa.string(), nullable=True),
-    pa.field("run_date", pa.date32(), nullable=False),
-    pa.field("versions_read", pa.string(), nullable=False),  # JSON {table: version or null}
-    pa.field("version_written", pa.int64(), nullable=True),
-    pa.field("rows_in", pa.int64(), nullable=True),
-    pa.field("rows_out", pa.int64(), nullable=True),
-    pa.field("rows_quarantined", pa.int64(), nullable=True),
-    pa.field("status", pa.string(), nullable=False),  # completed | failed
-    pa.field("error", pa.string(), nullable=True),
-    pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("duration_s", pa.float64(), nullable=False),
-    pa.field("engine", pa.string(), nullable=False),
-])
 
 _PENDING: dict[str, list[dict[str, Any]]] = {}  # ledger rows not yet appended, by lake root
 _PENDING_LOCK = threading.Lock()
@@ -173,7 +153,7 @@ def flush_ledger(ctx: RunContext) -> int:
     with _PENDING_LOCK:
         rows = _PENDING.pop(lake.root, [])
     if rows:
-        lake.append_log(LEDGER_PATH, pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA))
+        lake_log(lake, "ledger").append(rows)
     return len(rows)
 
 
@@ -188,8 +168,7 @@ def recorded(ctx: RunContext) -> Iterator[None]:
 
 def read_ledger(lake: Any) -> list[dict[str, Any]]:
     """Every ledger row, oldest first (none before the first run)."""
-    rows = lake.read_log(LEDGER_PATH)
-    return [] if rows is None else sorted(rows.to_pylist(), key=lambda r: (r["started_at"], r["task"]))
+    return lake_log(lake, "ledger").rows()
 
 
 def runs_overview(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -339,7 +318,7 @@ def _client(conf: Any, lake: Any, ctx: RunContext) -> Any:
     from openlineage.client.transport.file import FileConfig, FileTransport
 
     if lake.is_local:
-        folder = lake.local_root / LINEAGE_PATH
+        folder = lake.local_root / LINEAGE
         folder.mkdir(parents=True, exist_ok=True)
         return OpenLineageClient(transport=FileTransport(FileConfig(
             log_file_path=str(folder / f"{ctx.run_date.isoformat()}.jsonl"), append=True)))
@@ -377,14 +356,14 @@ class LakeObjectTransport:
             by_date.setdefault(day, []).append(event)
         for day, events in by_date.items():
             name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
-            lake.write_bytes(f"{LINEAGE_PATH}/{day}/{name}", ("\n".join(events) + "\n").encode())
+            lake.write_bytes(f"{LINEAGE}/{day}/{name}", ("\n".join(events) + "\n").encode())
         return len(held)
 
 
 def lineage_events(lake: Any) -> list[dict[str, Any]]:
     """Every lineage event the file transport wrote to the lake (local or object store), in order."""
     events = []
-    for path in lake.list_files(LINEAGE_PATH):
+    for path in lake.list_files(LINEAGE):
         if path.endswith(".jsonl"):
             text = lake.read_bytes(path).decode()
             events += [json.loads(line) for line in text.splitlines() if line.strip()]

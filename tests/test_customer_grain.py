@@ -124,7 +124,7 @@ def test_without_a_build_it_can_trust_the_table_is_built_whole(lake_copy, monkey
 
     # Now recorded again; a record by other code is not continued.
     assert customer_grain.recorded_inputs(lake, spec, engine.version(spec), inputs)[0] is not None
-    log = lake.read_log(customer_grain.builds_log(spec))
+    log = customer_grain.builds_log(lake, spec).table()
     assert log is not None and inputs in [json.loads(x) for x in log.column("inputs").to_pylist()]
     monkeypatch.setattr(customer_grain, "code_version", lambda: "other-code")
     since, why = customer_grain.recorded_inputs(lake, spec, engine.version(spec), inputs)

@@ -206,7 +206,7 @@ def test_a_file_with_a_renamed_column_is_refused_whole_and_kept_for_replay(lake)
     refused = {f for summaries in lake["summaries"].values() for s in summaries for f in s.get("refused", [])}
     label = "redshift/customer_behaviour/" + DAYS[1].isoformat() + "/customer_behaviour.csv"
     assert refused == {label}, "the sample's one renamed-column file, and nothing else"
-    log = Lake(str(lake["root"])).read_log(refused_log("redshift", "customer_behaviour"))
+    log = refused_log(Lake(str(lake["root"])), "redshift", "customer_behaviour").table()
     assert log is not None
     entry = next(r for r in log.to_pylist() if r["source_file"] == label)
     assert entry["problem"] == "schema.missing_column" and "['page_views']" in entry["reason"]

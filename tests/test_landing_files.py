@@ -363,8 +363,7 @@ def test_a_day_with_damaged_files_runs_names_every_refusal_and_prints_data_inert
     from tasks.bronze import refused_log
 
     log = {r["source_file"].rsplit("/", 1)[1]: r["problem"] for entity in ("accounts", "customers")
-           for r in Lake(str(lake)).read_log(refused_log("crm" if entity == "accounts" else "snowflake",
-                                                         entity)).to_pylist()}
+           for r in refused_log(Lake(str(lake)), "crm" if entity == "accounts" else "snowflake", entity).rows()}
     assert log == {"=cmd [x].csv": "schema.missing_column", "notes.txt": "file.extension",
                    "late.parquet": "file.unreadable"}
 

@@ -17,7 +17,8 @@ from backends.releases import Releases
 from contracts.catalog import table
 from flows.cli import app
 from flows.quarantine import replay_quarantine
-from tasks.replay import ReplayError, replay_log, replayable
+from tasks.quarantine import replay_log
+from tasks.replay import ReplayError, replayable
 from tasks.transforms import gold
 
 pytestmark = pytest.mark.slow
@@ -77,7 +78,7 @@ def test_replay_accepts_each_fixed_row_exactly_once_and_keeps_the_rest(lake_copy
                                    engine.scan(table("gold.dim_customer")))
     assert_same_rows("gold.fact_orders", normalise(engine.to_arrow(whole), "gold.fact_orders"),
                      normalise(engine.to_arrow(fact), "gold.fact_orders"))
-    logged = Lake(str(root)).read_log(replay_log("silver.orders"))
+    logged = replay_log(Lake(str(root)), "silver.orders").table()
     assert logged is not None and set(logged.column("record_hash").to_pylist()) == {r["record_hash"] for r in unknown}
 
     # Exactly once: the same replay again finds nothing to do and changes nothing.

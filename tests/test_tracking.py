@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from backends.lake import Lake
 from contracts.catalog import table
-from tasks.tracking import LEDGER_PATH, freshness, lineage_events, read_ledger, runs_overview
+from contracts.logs import log
+from tasks.tracking import freshness, lineage_events, read_ledger, runs_overview
 
 pytestmark = pytest.mark.slow
 
@@ -196,4 +197,4 @@ def test_status_without_a_ledger_says_what_to_do(tmp_path):
     result = CliRunner().invoke(app, ["status", "--lake-root", str(tmp_path / "empty")])
     assert result.exit_code == 2
     flat = result.output.replace("\n", "")
-    assert LEDGER_PATH in flat and "lakehouse run --date D" in flat
+    assert log("ledger").path in flat and "lakehouse run --date D" in flat

@@ -34,22 +34,8 @@ import pyarrow as pa
 
 from backends.expressions import with_record_hash
 from backends.lake import Lake
+from backends.logs import LakeLog, lake_log
 from contracts.landing import LandingEntity
-
-EXTRACT_LOG_SCHEMA = pa.schema([
-    pa.field("run_date", pa.date32(), nullable=False),
-    pa.field("seq", pa.int64(), nullable=False),
-    pa.field("file", pa.string()),  # null on the row that closes a date, and for a piece whose rows were all known
-    pa.field("rows", pa.int64(), nullable=False),
-    pa.field("dropped", pa.int64(), nullable=False),  # rows of the lookback that bronze already held
-    pa.field("cursor", pa.string()),
-    pa.field("window_from", pa.timestamp("us", tz="UTC")),
-    pa.field("window_to", pa.timestamp("us", tz="UTC")),
-    pa.field("done", pa.bool_(), nullable=False),
-    pa.field("note", pa.string()),
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("written_at", pa.timestamp("us", tz="UTC"), nullable=False),
-])
 
 FILE_PREFIX = "extract-"
 
@@ -109,15 +95,14 @@ class ExtractLog:
     entity: LandingEntity
 
     @property
-    def path(self) -> str:
-        return f"_extracts/{self.entity.source}/{self.entity.entity}"
+    def log(self) -> LakeLog:
+        return lake_log(self.lake, "extracts", source=self.entity.source, entity=self.entity.entity)
 
     def rows(self) -> list[dict[str, Any]]:
-        table = self.lake.read_log(self.path)
-        return [] if table is None else sorted(table.to_pylist(), key=lambda r: (r["run_date"], r["seq"]))
+        return self.log.rows()
 
     def append(self, rows: list[dict[str, Any]]) -> None:
-        self.lake.append_log(self.path, pa.Table.from_pylist(rows, schema=EXTRACT_LOG_SCHEMA))
+        self.log.append(rows)
 
     def plan(self, run_date: date, *, windowed: bool, lookback_days: int, first_from: date | None,
              now: datetime) -> Plan:

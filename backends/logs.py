@@ -1,0 +1,49 @@
+"""Reading and appending the lake's own logs (declared in contracts/logs.py): one generic reader/appender.
+
+``lake_log(lake, "refused", source="crm", entity="accounts")`` is that log's instance; ``rows()`` reads it in
+its declared order, ``append(rows)`` adds rows in one Delta commit with the declared schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from backends.lake import Lake
+from contracts.logs import LogSpec, log
+
+
+@dataclass(frozen=True)
+class LakeLog:
+    """One instance of a lake log at ``path`` under ``lake``'s root."""
+
+    lake: Lake
+    spec: LogSpec
+    path: str
+
+    @property
+    def uri(self) -> str:
+        return self.lake.path_uri(self.path)
+
+    def table(self) -> pa.Table | None:
+        """The whole log as Arrow (None: never written)."""
+        return self.lake.read_log(self.path)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row, in the log's declared order."""
+        data = self.table()
+        if data is None:
+            return []
+        return sorted(data.to_pylist(), key=lambda r: tuple(r.get(c) for c in self.spec.order_by))
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Append ``rows`` in one commit, with the declared schema (a missing column is null)."""
+        self.lake.append_log(self.path, pa.Table.from_pylist(rows, schema=self.spec.schema))
+
+
+def lake_log(lake: Lake, name: str, **fields: str) -> LakeLog:
+    """Log ``name`` of ``lake`` for one instance (``fields`` fill its path: layer, source, entity, table)."""
+    spec = log(name)
+    return LakeLog(lake, spec, spec.at(**fields))

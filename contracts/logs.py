@@ -1,0 +1,137 @@
+"""The lake's own logs, declared once beside the tables: name, path under the lake root, schema, keys.
+
+Each log is a small Delta table written with delta-rs whichever engine writes the data tables (lake metadata,
+like ``_delta_log``); every append is one atomic commit and a log only grows. ``backends/logs.py`` reads and
+appends any of them; nothing else builds a log's path. Besides the logs, the lake holds three kinds of plain
+objects, named here too: the run lock's lease (``_locks``), Prefect's task results (``_results``) and the
+OpenLineage event files (``_lineage``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """One lake log. ``path`` is a template whose ``{fields}`` name the log's instance (the layer, the landing
+    entity, the table); ``keys`` identify a row; ``order_by`` is the order rows are read in."""
+
+    name: str
+    path: str
+    schema: pa.Schema
+    keys: tuple[str, ...]
+    order_by: tuple[str, ...]
+    description: str
+
+    def at(self, **fields: str) -> str:
+        """The log's path relative to the lake root for one instance (``at(source="fx", entity="rates")``)."""
+        try:
+            return self.path.format(**fields)
+        except KeyError as missing:
+            msg = f"expected {self.name} log fields {self.fields()}, got {sorted(fields)} (missing {missing})"
+            raise ValueError(msg) from None
+
+    def fields(self) -> list[str]:
+        import string
+
+        return [f for _, f, _, _ in string.Formatter().parse(self.path) if f]
+
+
+def _schema(*fields: tuple[str, pa.DataType] | tuple[str, pa.DataType, bool]) -> pa.Schema:
+    return pa.schema([pa.field(f[0], f[1], nullable=f[2] if len(f) > 2 else True) for f in fields])  # type: ignore[misc]
+
+
+REQUIRED = False  # the third item of a field: nullable=False
+
+LOGS: dict[str, LogSpec] = {log.name: log for log in (
+    LogSpec("releases", "_releases/{layer}", _schema(
+        ("release_id", pa.string(), REQUIRED), ("seq", pa.int64(), REQUIRED), ("table", pa.string(), REQUIRED),
+        ("version", pa.int64(), REQUIRED), ("run_id", pa.string(), REQUIRED), ("run_date", pa.date32(), REQUIRED),
+        ("released_at", UTC_TS, REQUIRED)),
+        keys=("seq", "table"), order_by=("seq", "table"),
+        description="Which Delta version of each table of a layer readers see: one row per table per release; "
+        "the release with the highest seq is current."),
+    LogSpec("runs", "_runs/daily", _schema(
+        ("run_date", pa.date32(), REQUIRED), ("run_id", pa.string(), REQUIRED), ("flow", pa.string(), REQUIRED),
+        ("backend", pa.string(), REQUIRED), ("release_id", pa.string()), ("locked_at", UTC_TS, REQUIRED),
+        ("finished_at", UTC_TS, REQUIRED), ("forced", pa.bool_(), REQUIRED),
+        # Daily entities the run was allowed to go without (a backfill runs the date again once they arrive).
+        ("missing", pa.list_(pa.string()))),
+        keys=("run_id",), order_by=("finished_at",),
+        description="One row per daily run that finished a date: when it held the run lock, its release, what "
+        "it went without. A backfill skips the dates it holds."),
+    LogSpec("ledger", "_ledger/runs", _schema(
+        ("run_id", pa.string(), REQUIRED), ("flow", pa.string(), REQUIRED), ("task", pa.string(), REQUIRED),
+        ("task_run_id", pa.string(), REQUIRED), ("table", pa.string()), ("run_date", pa.date32(), REQUIRED),
+        ("versions_read", pa.string(), REQUIRED),  # JSON {table: version or null}
+        ("version_written", pa.int64()), ("rows_in", pa.int64()), ("rows_out", pa.int64()),
+        ("rows_quarantined", pa.int64()), ("status", pa.string(), REQUIRED),  # completed | failed
+        ("error", pa.string()), ("started_at", UTC_TS, REQUIRED), ("duration_s", pa.float64(), REQUIRED),
+        ("engine", pa.string(), REQUIRED)),
+        keys=("task_run_id", "started_at"), order_by=("started_at", "task"),
+        description="One row per data task run: versions read and written, rows in/out/quarantined, status, "
+        "duration."),
+    LogSpec("checkpoints", "_checkpoints/{source}/{entity}", _schema(
+        ("seq", pa.int64(), REQUIRED), ("files", pa.list_(pa.string()), REQUIRED),
+        ("lines", pa.list_(pa.int64()), REQUIRED),  # lines per file: the batch's offsets
+        ("rows", pa.int64(), REQUIRED), ("quarantined", pa.int64(), REQUIRED),
+        ("bronze_version", pa.int64(), REQUIRED), ("recovered", pa.bool_(), REQUIRED),
+        ("run_id", pa.string(), REQUIRED), ("run_date", pa.date32(), REQUIRED), ("committed_at", UTC_TS, REQUIRED)),
+        keys=("seq",), order_by=("seq",),
+        description="A stream's micro-batch files bronze has applied, one row per bronze commit."),
+    LogSpec("extracts", "_extracts/{source}/{entity}", _schema(
+        ("run_date", pa.date32(), REQUIRED), ("seq", pa.int64(), REQUIRED),
+        ("file", pa.string()),  # null on the row that closes a date, and for a piece whose rows were all known
+        ("rows", pa.int64(), REQUIRED),
+        ("dropped", pa.int64(), REQUIRED),  # rows of the lookback that bronze already held
+        ("cursor", pa.string()), ("window_from", UTC_TS), ("window_to", UTC_TS), ("done", pa.bool_(), REQUIRED),
+        ("note", pa.string()), ("run_id", pa.string(), REQUIRED), ("written_at", UTC_TS, REQUIRED)),
+        keys=("run_date", "seq"), order_by=("run_date", "seq"),
+        description="A source connector's extract state: the window, each landed piece and its cursor."),
+    LogSpec("refused", "_refused/{source}/{entity}", _schema(
+        ("source_file", pa.string()), ("problem", pa.string()), ("reason", pa.string()), ("run_id", pa.string()),
+        ("run_date", pa.date32()), ("refused_at", UTC_TS)),
+        keys=("source_file", "run_id"), order_by=("refused_at",),
+        description="Landing files refused whole, with the reason; each run that refuses one appends a row."),
+    LogSpec("deliveries", "_deliveries/{source}/{entity}", _schema(
+        ("source_file", pa.string()), ("records", pa.int64()), ("run_id", pa.string()), ("run_date", pa.date32()),
+        ("ingested_at", UTC_TS)),
+        keys=("source_file", "run_id"), order_by=("ingested_at",),
+        description="Every landing file read into bronze with its records (0: an empty 'no changes' delivery, "
+        "which counts for freshness)."),
+    LogSpec("conformed", "_conformed/{entity}", _schema(
+        ("source_file", pa.string()), ("run_id", pa.string()), ("run_date", pa.date32()), ("conformed_at", UTC_TS),
+        ("inputs", pa.string()),
+        ("version_before", pa.int64())),  # the silver table's version before the conform (-1: it did not exist)
+        keys=("source_file", "run_id"), order_by=("conformed_at",),
+        description="Each conform of a date's bronze files into a silver table, with the digest of its inputs."),
+    LogSpec("replays", "_replays/{entity}", _schema(
+        ("record_hash", pa.string(), REQUIRED), ("rule", pa.string(), REQUIRED), ("replay_id", pa.string(), REQUIRED),
+        ("replayed_at", UTC_TS, REQUIRED)),
+        keys=("record_hash",), order_by=("replayed_at",),
+        description="Quarantined records a replay accepted into a silver table (never fed again)."),
+    LogSpec("builds", "_builds/{table}", _schema(
+        ("table_version", pa.int64()), ("inputs", pa.string()), ("code", pa.string()), ("run_id", pa.string()),
+        ("built_at", UTC_TS)),
+        keys=("table_version",), order_by=("built_at",),
+        description="Each build of a gold table built per key (gold.dim_customer): the version written and the "
+        "input versions read, so the next build continues from it."),
+)}
+
+LOCKS = "_locks"  # the run lock's lease: one JSON object per lock (backends/run_lock.py)
+RESULTS = "_results"  # Prefect's stored task results, when no other result storage is set (tasks/caching.py)
+LINEAGE = "_lineage"  # OpenLineage run events, one JSON-lines file per task run (tasks/tracking.py)
+
+
+def log(name: str) -> LogSpec:
+    """The declaration of lake log ``name``; a clear error lists the known logs otherwise."""
+    try:
+        return LOGS[name]
+    except KeyError:
+        msg = f"expected a lake log name, got {name!r}; known logs: {', '.join(sorted(LOGS))}"
+        raise KeyError(msg) from None

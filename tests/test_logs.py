@@ -1,0 +1,66 @@
+"""The lake's own logs are declared once (contracts/logs.py) and served by one reader/appender (backends/logs.py)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from backends.lake import Lake
+from backends.logs import lake_log
+from contracts.logs import LINEAGE, LOCKS, LOGS, RESULTS, log
+
+ROOT = Path(__file__).resolve().parents[1]
+PRODUCT = ("backends", "contracts", "deployments", "flows", "tasks")
+
+
+def test_no_module_but_the_declaration_names_a_log_path():
+    prefixes = {spec.path.split("/")[0] for spec in LOGS.values()} | {LOCKS, RESULTS, LINEAGE}
+    pattern = re.compile(r"[\"'](" + "|".join(map(re.escape, sorted(prefixes))) + r")\b")
+    offenders = [f"{p.relative_to(ROOT)}:{n}" for pkg in PRODUCT for p in sorted((ROOT / pkg).rglob("*.py"))
+                 if p.name != "logs.py" or p.parent.name != "contracts"
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
+
+
+def test_a_log_is_appended_with_its_declared_schema_and_read_in_its_declared_order(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    refused = lake_log(lake, "refused", source="crm", entity="accounts")
+    assert refused.path == "_refused/crm/accounts"
+    assert refused.rows() == [] and refused.table() is None
+    later, earlier = datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    refused.append([{"source_file": "b.csv", "problem": "file.extension", "reason": "r", "run_id": "2",
+                     "run_date": date(2026, 11, 2), "refused_at": later}])
+    refused.append([{"source_file": "a.csv", "problem": "file.unreadable", "reason": "r", "run_id": "1",
+                     "run_date": date(2026, 11, 1), "refused_at": earlier}])
+    assert [r["source_file"] for r in refused.rows()] == ["a.csv", "b.csv"]
+    read = refused.table().schema  # strings come back as large_string (Polars reads the log)
+    assert read.names == log("refused").schema.names
+    assert read.field("refused_at").type == log("refused").schema.field("refused_at").type
+    # Each append is one commit of the Delta table under the root.
+    assert (tmp_path / "lake" / "_refused" / "crm" / "accounts" / "_delta_log" / "00000000000000000001.json").exists()
+
+
+def test_a_row_of_the_wrong_shape_is_refused_before_anything_is_written(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    runs = lake_log(lake, "runs")
+    with pytest.raises((TypeError, ValueError)):
+        runs.append([{"run_date": "not a date", "run_id": "1"}])
+    assert runs.table() is None
+
+
+def test_unknown_logs_and_missing_path_fields_name_what_was_expected(tmp_path):
+    lake = Lake(str(tmp_path))
+    with pytest.raises(KeyError, match="known logs: builds, checkpoints"):
+        lake_log(lake, "refusals")
+    with pytest.raises(ValueError, match=r"expected refused log fields \['source', 'entity'\]"):
+        lake_log(lake, "refused", source="crm")
+
+
+def test_every_log_declares_keys_and_order_that_are_columns_of_its_schema():
+    for spec in LOGS.values():
+        assert spec.description
+        assert set(spec.keys) <= set(spec.schema.names), spec.name
+        assert set(spec.order_by) <= set(spec.schema.names), spec.name
