@@ -29,12 +29,12 @@ def get_backend(name: str, lake: Lake, spark: SparkSettings | None = None) -> En
     ``spark`` says how the Spark engine reaches Spark (default: an embedded Sail server).
     """
     if name == "polars":
-        from backends.polars_delta import PolarsDeltaEngine
+        from backends.polars.engine import PolarsDeltaEngine
 
         return PolarsDeltaEngine(lake)
     if name == "spark":
-        from backends.spark_delta import SparkDeltaEngine
-        from backends.spark_session import session_for
+        from backends.spark.engine import SparkDeltaEngine
+        from backends.spark.session import session_for
         from deployments.settings import SparkSettings
 
         session, kind = session_for(spark or SparkSettings())

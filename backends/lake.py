@@ -340,8 +340,6 @@ class Lake:
 
     def missing_files(self, spec: TableSpec, version: int) -> list[str]:
         """Files that version ``version`` of ``spec`` reads and that are no longer there (vacuumed)."""
-        from backends.delta_files import paths_of
-
         files = paths_of(self.delta_table_at(spec, version))
         present = self.sizes_of(spec, files)
         return [f for f in files if f not in present]
@@ -357,3 +355,10 @@ class Lake:
             msg = (f"expected {spec.name} ({self.uri(spec)}) to use only Delta features every engine reads, "
                    f"got {bad}; recreate it without them (see backends/lake.py PORTABLE_TABLE_PROPERTIES)")
             raise UnportableTableError(msg)
+
+
+def paths_of(dt: DeltaTable) -> list[str]:
+    """The paths (as in the log) of the table's files at ``dt``'s version."""
+    import pyarrow as pa
+
+    return pa.table(dt.get_add_actions(flatten=False)).column("path").to_pylist()

@@ -34,8 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from backends.expressions import record_digest
 from contracts.catalog import QUARANTINE_COLUMNS
+from contracts.expressions import record_digest
 from contracts.landing import FILE_RULES, READ_LIMITS, RECORD_RULES, LandingEntity, ReadLimits
 
 REJECT_SCHEMA = pa.schema([(c, pa.large_string()) for c in ("rule", "reason", "record", "record_hash", "source_file")])

@@ -35,10 +35,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backends.lake import Lake
 from contracts.logs import LOCKS
+
+if TYPE_CHECKING:
+    from deployments.settings import Settings
 
 
 class LakeLockedError(RuntimeError):
@@ -90,6 +93,12 @@ class RunLock:
     lease_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
     poll_seconds: float = 0.5
+
+    @classmethod
+    def of(cls, settings: Settings) -> RunLock:
+        """The run lock of ``settings``' lake with its lease and heartbeat."""
+        return cls(Lake(settings.lake_root), lease_seconds=settings.run_lock_lease_seconds,
+                   heartbeat_seconds=settings.run_lock_heartbeat_seconds)
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_seconds <= self.lease_seconds / 2:

@@ -38,7 +38,8 @@ def timed_contract_checks() -> dict[str, float]:
     engines, pandera's report when one fails); the benchmark reports it as a share of the silver stage."""
     import pandera.polars as pa
 
-    from backends import polars_delta, spark_delta
+    from backends.polars import engine as polars_delta
+    from backends.spark import engine as spark_delta
 
     spent = {"silver": 0.0, "all": 0.0, "stage": ""}  # type: ignore[dict-item]
 
@@ -89,7 +90,7 @@ def child(engine: str, landing: Path, lake: Path, days: int, start: date, out: P
     except Exception as exc:  # noqa: BLE001 - reported in the table, not a crash of the whole benchmark
         result = {"engine": engine, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
     out.write_text(json.dumps(result))
-    from backends.spark_session import stop_sessions
+    from backends.spark.session import stop_sessions
 
     stop_sessions()
 

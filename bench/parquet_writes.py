@@ -6,7 +6,7 @@ delta-rs writing the same table itself.
 Reads each table from the incremental benchmark's history lake (bench/incremental.py, built and cached under
 bench/out/ if missing), then writes it ``--repeat`` times as a new Delta table (with its partitions), both ways,
 alternating: ``delta-rs`` is ``write_deltalake`` with ZSTD level 1 (what the engine used before), ``project`` is
-``backends/delta_files.py`` (``write_files`` and ``commit``: what the engine does now). Each is read back with
+``backends/polars/delta_files.py`` (``write_files`` and ``commit``: what the engine does now). Each is read back with
 Polars. Prints the median seconds and the size of the Parquet files.
 """
 
@@ -34,7 +34,7 @@ def write_delta_rs(root: str, spec: Any, data: Any) -> None:
 
 def write_project(root: str, spec: Any, data: Any) -> None:
     from backends import Lake
-    from backends.delta_files import commit, write_files
+    from backends.polars.delta_files import commit, write_files
 
     lake = Lake(root)
     commit(lake, spec, None, write_files(lake, spec, data), mode="overwrite")

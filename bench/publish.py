@@ -25,6 +25,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from backends.lake import Lake
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -70,7 +72,7 @@ def run(lake: Path, port: int) -> None:
                                database=database, schema="GOLD", secret="prefect-secret:unused")
     secret = SecretStr("fakesnow does not check it")
     settings = load_settings(lake_root=str(lake))
-    release = Releases(settings.lake()).current()
+    release = Releases(Lake(settings.lake_root)).current()
     print(f"release {release.release_id} of {lake} → fakesnow {database}.GOLD (file rows {target.stage_file_rows:,})")
     print(f"{'pass':6} {'table':26} {'rows':>10} {'stage s':>8} {'stage rows/s':>13} {'total s':>8} {'rows/s':>10}"
           "  inserted/updated/deleted")
@@ -78,7 +80,7 @@ def run(lake: Path, port: int) -> None:
     for n, label in enumerate(("first", "again"), 1):
         for name in build_order("gold"):
             conn = warehouse.connect(target, secret)
-            done = warehouse.load_table(conn.cursor(), settings.lake(), table(name), release_id=f"bench-{n}",
+            done = warehouse.load_table(conn.cursor(), Lake(settings.lake_root), table(name), release_id=f"bench-{n}",
                                         version=release.versions[name], run_id="bench",
                                         file_rows=target.stage_file_rows)
             conn.close()

@@ -14,6 +14,7 @@ from functools import cached_property
 from graphlib import TopologicalSorter
 from typing import Literal
 
+import narwhals as nw
 import pandera.polars as pa
 import polars as pl
 import pyarrow as pa_arrow
@@ -118,6 +119,26 @@ class TableSpec:
     @property
     def polars_schema(self) -> dict[str, pl.DataType]:
         return {n: c.dtype.type for n, c in self.schema.columns.items()}
+
+    @property
+    def narwhals_schema(self) -> dict[str, nw.dtypes.DType]:
+        """The declared column types as Narwhals types (what the transforms cast to, on every engine)."""
+        return {n: narwhals_dtype(t) for n, t in self.polars_schema.items()}
+
+
+_NW_TYPES = {pl.Utf8: nw.String(), pl.Float64: nw.Float64(), pl.Int64: nw.Int64(), pl.Date: nw.Date(),
+             pl.Boolean: nw.Boolean()}
+
+
+def narwhals_dtype(dtype: pl.DataType) -> nw.dtypes.DType:
+    """The Narwhals type of a catalog column type (catalog types are declared with Polars' dtype objects)."""
+    if isinstance(dtype, pl.Datetime):
+        return nw.Datetime(time_unit=dtype.time_unit, time_zone=dtype.time_zone)
+    for pl_type, nw_type in _NW_TYPES.items():
+        if dtype == pl_type:
+            return nw_type
+    msg = f"expected a catalog column type among {list(_NW_TYPES)} or Datetime, got {dtype!r}"
+    raise TypeError(msg)
 
 
 def _cols(**columns: pa.Column) -> dict[str, pa.Column]:

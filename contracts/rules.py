@@ -33,8 +33,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import narwhals as nw
 
-from backends.expressions import first_match
 from contracts.catalog import SILVER, TABLES
+from contracts.expressions import first_match
 from contracts.landing import (
     ACCOUNTS,
     BEHAVIOUR,

@@ -19,9 +19,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from backends.lake import Lake
-from backends.run_lock import RunLock
-
 DEPLOYMENTS_DIR = Path(__file__).resolve().parent
 ENV_VAR = "LAKEHOUSE_ENV"
 
@@ -376,14 +373,6 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
-
-    def lake(self) -> Lake:
-        return Lake(self.lake_root)
-
-    def run_lock(self) -> RunLock:
-        """The lake's run lock with this environment's lease and heartbeat."""
-        return RunLock(self.lake(), lease_seconds=self.run_lock_lease_seconds,
-                       heartbeat_seconds=self.run_lock_heartbeat_seconds)
 
     @model_validator(mode="after")
     def _heartbeat_within_the_lease(self) -> Settings:

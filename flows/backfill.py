@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from backends.lake import Lake
 from backends.run_log import RunLog
 from deployments.settings import Settings, load_settings
 from flows.daily import daily_lakehouse
@@ -47,7 +48,7 @@ def _done(settings: Settings) -> set[date]:
     from contracts.landing import landing_entity
 
     done = set()
-    for day, went_without in RunLog(settings.lake()).went_without().items():
+    for day, went_without in RunLog(Lake(settings.lake_root)).went_without().items():
         arrived = went_without and len(missing_deliveries(
             [landing_entity(e) for e in went_without], Path(settings.landing_root), day)) < len(went_without)
         if not arrived:

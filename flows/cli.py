@@ -16,50 +16,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from flows.command_line import (
+    AllowMissingOpt,
+    BackendOpt,
+    EnvOpt,
+    LakeOpt,
+    LandingOpt,
+    MasterOpt,
+    RemoteOpt,
+    console,
+    err,
+    fail,
+    lake_of,
+    parse_date,
+    run_lock_of,
+    settings_for,
+)
+
 app = typer.Typer(help="Project A lakehouse: the daily pipeline on Polars + delta-rs (laptop) or Spark + Delta.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console(width=max(120, Console().width))
-err = Console(stderr=True)
-
-EnvOpt = Annotated[str | None, typer.Option("--env", help="environment: deployments/<env>.toml (default local)")]
-LakeOpt = Annotated[str | None, typer.Option("--lake-root", help="lake folder or s3://bucket/prefix")]
-LandingOpt = Annotated[str | None, typer.Option("--landing", help="landing folder")]
-BackendOpt = Annotated[str | None, typer.Option("--backend", help="engine: polars (laptop) or spark")]
-AllowMissingOpt = Annotated[list[str] | None, typer.Option(
-    "--allow-missing", help="an entity delivered daily that may be missing this time, e.g. redshift.customer_behaviour "
-                            "(repeat for more)")]
-RemoteOpt = Annotated[str | None, typer.Option("--spark-remote", help="Spark Connect URL sc://host:port (spark engine)")]
-MasterOpt = Annotated[str | None, typer.Option(
-    "--spark-master", help="classic Spark master, e.g. yarn or local[2] (spark engine; default: embedded Sail)")]
-
-
-def _fail(message: str) -> None:
-    from rich.markup import escape
-
-    from flows.display import plain
-
-    err.print(f"[bold red]error:[/] {escape(plain(message))}")  # a message may name a [settings.table] or a file
-    raise typer.Exit(code=2)
-
-
-def _parse_date(value: str, option: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        _fail(f"expected {option} as YYYY-MM-DD (e.g. 2026-11-01), got {value!r}")
-        raise  # unreachable
-
-
-def _settings(env: str | None, **overrides: Any):
-    from deployments.settings import SettingsError, load_settings
-
-    try:
-        return load_settings(env, **overrides)
-    except SettingsError as exc:
-        _fail(str(exc))
-        raise
-
-
 @app.command()
 def generate(
     days: Annotated[int, typer.Option(min=1, max=366, help="number of days of data")] = 7,
@@ -69,7 +44,7 @@ def generate(
     out: Annotated[Path, typer.Option(help="landing folder to write")] = Path("./landing"),
 ) -> None:
     """Write deterministic sample landing files for all five sources (with documented dirt)."""
-    _generate(days=days, scale=scale, seed=seed, start=_parse_date(start, "--start"), out=out)
+    _generate(days=days, scale=scale, seed=seed, start=parse_date(start, "--start"), out=out)
 
 
 def _generate(*, days: int, scale: float, seed: int, start: date, out: Path) -> None:
@@ -97,7 +72,7 @@ def run(
     allow_missing: AllowMissingOpt = None,
 ) -> None:
     """Run the daily flow (bronze → silver → gold) for one date."""
-    day = _parse_date(run_date, "--date")
+    day = parse_date(run_date, "--date")
     _run_days([day], env=env, backend=backend, lake_root=lake_root, landing=landing, spark_remote=spark_remote,
               spark_master=spark_master, allow_missing=allow_missing)
 
@@ -116,14 +91,14 @@ def backfill(
 ) -> None:
     """Run the daily flow for every date of a range, in order; dates already done are skipped unless --force (a
     date run without an entity allowed missing runs again once its delivery has come)."""
-    first, last = _parse_date(date_from, "--from"), _parse_date(date_to, "--to")
-    settings = _settings(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote)
+    first, last = parse_date(date_from, "--from"), parse_date(date_to, "--to")
+    settings = settings_for(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote)
     from flows.backfill import BackfillRangeError, backfill_plan
 
     try:
         plan = backfill_plan(settings, first, last, force=force)
     except BackfillRangeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     todo = [d for d, skip in plan if not skip]
     skipped = [d for d, skip in plan if skip]
     if skipped:
@@ -147,8 +122,8 @@ def demo(
     seed: int = 42,
 ) -> None:
     """Generate sample data, run the daily flow for each day, and print what landed where."""
-    first = _parse_date(start, "--start")
-    settings = _settings(None)
+    first = parse_date(start, "--start")
+    settings = settings_for(None)
     _generate(days=days, scale=scale, seed=seed, start=first, out=Path(settings.landing_root))
     _run_days([first + timedelta(days=i) for i in range(days)], env=None, backend=None, lake_root=None, landing=None)
     tables(env=None, lake_root=None)
@@ -165,7 +140,7 @@ def demo(
 def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_root: str | None,
               landing: str | None, spark_remote: str | None = None, spark_master: str | None = None,
               force: bool = False, allow_missing: list[str] | None = None) -> None:
-    settings = _settings(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote,
+    settings = settings_for(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote,
                          spark_master=spark_master)
     from backends.lake import LakeNotWritableError
     from backends.run_lock import LakeLockedError
@@ -175,13 +150,13 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
     try:
         known_entities(allow_missing or [])
     except ValueError as exc:
-        _fail(f"--allow-missing: {exc}")
+        fail(f"--allow-missing: {exc}")
     try:
         settings.require_hmac_key()
-        settings.lake().check_writable()
+        lake_of(settings).check_writable()
         require_landing(settings.landing_root)
     except (SettingsError, LakeNotWritableError, LandingNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     from flows.daily import daily_lakehouse
     from flows.display import quiet_tracebacks
 
@@ -194,7 +169,7 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
                                         landing_root=landing, spark_remote=spark_remote, spark_master=spark_master,
                                         force=force, allow_missing=allow_missing)
         except (LakeNotWritableError, LandingNotFoundError, LakeLockedError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
             raise
         except Exception as exc:  # noqa: BLE001 - one message a person can act on; the traceback goes to DEBUG
             _run_failed(day, exc)
@@ -249,12 +224,12 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
     """Every table: layer, rows, Delta version, last write."""
     from contracts.catalog import TABLES
 
-    settings = _settings(env, lake_root=lake_root)
+    settings = settings_for(env, lake_root=lake_root)
     from backends import get_backend
     from backends.releases import Releases
 
-    engine = get_backend(settings.backend, settings.lake(), settings.spark)
-    release = Releases(settings.lake()).current()
+    engine = get_backend(settings.backend, lake_of(settings), settings.spark)
+    release = Releases(lake_of(settings)).current()
     released = release.versions if release else {}
     t = Table(title=f"tables in {settings.lake_root}"
               + (f" (gold: release {release.release_id} of {release.run_date})" if release else " (no gold release)"))
@@ -285,8 +260,8 @@ def _quarantine_by_rule(settings) -> None:
     from contracts.catalog import tables as all_tables
     from tasks.quarantine import replay_log
 
-    engine = get_backend(settings.backend, settings.lake(), settings.spark)
-    lake = settings.lake()
+    engine = get_backend(settings.backend, lake_of(settings), settings.spark)
+    lake = lake_of(settings)
     from flows.display import terminal
 
     t = Table(title="quarantined rows by rule (replayed: accepted by a later replay)")
@@ -354,14 +329,14 @@ def _quarantine_spec(name: str):
         spec = table(name)
         return spec if spec.layer == "quarantine" else quarantine_for(spec)
     except KeyError as exc:
-        _fail(f"expected a silver, bronze or quarantine table name, got {name!r}: {exc.args[0]}")
+        fail(f"expected a silver, bronze or quarantine table name, got {name!r}: {exc.args[0]}")
         raise
 
 
 @quarantine_app.command("list")
 def quarantine_list(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
     """Every quarantine table: rows per rule, the run dates they came from, how many a replay accepted."""
-    _quarantine_by_rule(_settings(env, lake_root=lake_root))
+    _quarantine_by_rule(settings_for(env, lake_root=lake_root))
 
 
 @quarantine_app.command("show")
@@ -378,10 +353,10 @@ def quarantine_show(
     from backends import get_backend
 
     spec = _quarantine_spec(name)
-    settings = _settings(env, lake_root=lake_root)
-    engine = get_backend(settings.backend, settings.lake(), settings.spark)
+    settings = settings_for(env, lake_root=lake_root)
+    engine = get_backend(settings.backend, lake_of(settings), settings.spark)
     if not engine.exists(spec):
-        _fail(f"expected quarantined rows in {spec.name} under {settings.lake_root!r}, it was never written")
+        fail(f"expected quarantined rows in {spec.name} under {settings.lake_root!r}, it was never written")
     rows = engine.scan(spec)
     if rule:
         rows = rows.filter(nw.col("rule") == rule)
@@ -416,13 +391,13 @@ def quarantine_replay(
     try:
         replayable(table_name)
     except (ReplayError, KeyError) as exc:
-        _fail(str(exc.args[0]))
-    settings = _settings(env, lake_root=lake_root, backend=backend, spark_remote=spark_remote)
+        fail(str(exc.args[0]))
+    settings = settings_for(env, lake_root=lake_root, backend=backend, spark_remote=spark_remote)
     try:
         summaries = replay_quarantine(table_name=table_name, rule=rule, env=settings.env, backend=backend,
                                       lake_root=lake_root, spark_remote=spark_remote)
     except ReplayError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         raise
     done = summaries[0]
     still = ", ".join(f"{k}: {v}" for k, v in sorted(done["still_quarantined"].items())) or "none"
@@ -446,21 +421,21 @@ def show(
     try:
         spec = table(name)
     except KeyError as exc:
-        _fail(str(exc.args[0]))
+        fail(str(exc.args[0]))
         raise
-    settings = _settings(env, lake_root=lake_root)
-    engine = get_backend(settings.backend, settings.lake(), settings.spark)
+    settings = settings_for(env, lake_root=lake_root)
+    engine = get_backend(settings.backend, lake_of(settings), settings.spark)
     if not engine.exists(spec):
-        _fail(f"expected table {name!r} to exist under {settings.lake_root!r}; it was never written: run 'lakehouse run --date D' first")
+        fail(f"expected table {name!r} to exist under {settings.lake_root!r}; it was never written: run 'lakehouse run --date D' first")
     version, note = engine.version(spec), ""
     if spec.layer == "gold":  # gold is read at the released version only
         from backends.releases import NotReleasedError, Releases
 
-        releases = Releases(settings.lake())
+        releases = Releases(lake_of(settings))
         try:
             version = releases.version_of(name)
         except NotReleasedError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         note = f", release {releases.current().release_id}"  # type: ignore[union-attr]
     data = engine.to_arrow(engine.scan(spec, version=version).head(limit))
     import polars as pl
@@ -482,10 +457,10 @@ def releases(env: EnvOpt = None, lake_root: LakeOpt = None, limit: Annotated[int
     """The gold releases, newest first: id, run date, run id, when, and the version of each table."""
     from backends.releases import Releases
 
-    settings = _settings(env, lake_root=lake_root)
-    history = Releases(settings.lake()).history()
+    settings = settings_for(env, lake_root=lake_root)
+    history = Releases(lake_of(settings)).history()
     if not history:
-        _fail(f"expected gold releases under {settings.lake_root!r}, found none: run 'lakehouse run --date D' first")
+        fail(f"expected gold releases under {settings.lake_root!r}, found none: run 'lakehouse run --date D' first")
     t = Table(title=f"gold releases in {settings.lake_root} (the first row is current)")
     for col in ("release", "run date", "released at", "run id", "versions"):
         t.add_column(col)
@@ -510,11 +485,11 @@ def vacuum(
     from backends.run_lock import LakeLockedError
     from flows.vacuum import existing_tables, held_vacuum
 
-    settings = _settings(env, lake_root=lake_root)
+    settings = settings_for(env, lake_root=lake_root)
     hours = settings.vacuum_retention_hours if retention_hours is None else retention_hours
-    names = [s.name for s in existing_tables(settings.lake())]
+    names = [s.name for s in existing_tables(lake_of(settings))]
     if not names:
-        _fail(f"expected tables under {settings.lake_root!r}, found none: nothing to vacuum")
+        fail(f"expected tables under {settings.lake_root!r}, found none: nothing to vacuum")
     t = Table(title=f"{'dry run: would delete' if dry_run else 'deleted'} in {settings.lake_root} "
                     f"(files replaced more than {hours:g} h ago)")
     for col, justify in (("table", "left"), ("files", "right"), ("MiB", "right"), ("versions kept", "left")):
@@ -529,11 +504,11 @@ def vacuum(
 
         try:
             results = held_vacuum(
-                settings.run_lock(), retention_hours=hours, dry_run=dry_run,
+                run_lock_of(settings), retention_hours=hours, dry_run=dry_run,
                 run_id=f"vacuum-{datetime.now().strftime('%Y%m%dT%H%M%S')}",
                 wait_seconds=settings.run_lock_wait_seconds, on_table=done, on_wait=err.print)
         except LakeLockedError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     console.print(t)
     for v in results:
         if v.unreadable_versions:
@@ -553,17 +528,17 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
     from contracts.catalog import TABLES
     from tasks.tracking import freshness, read_ledger, runs_overview
 
-    settings = _settings(env, lake_root=lake_root)
+    settings = settings_for(env, lake_root=lake_root)
     console.print(_lock_line(settings), soft_wrap=True)
-    rows = read_ledger(settings.lake())
+    rows = read_ledger(lake_of(settings))
     if not rows:
-        _fail(f"expected a run ledger at {lake_log(settings.lake(), 'ledger').uri!r}, found none: run "
+        fail(f"expected a run ledger at {lake_log(lake_of(settings), 'ledger').uri!r}, found none: run "
               "'lakehouse run --date D' first")
     t = Table(title=f"recent runs in {settings.lake_root} (newest first)")
     for col in ("run id", "flow", "run date", "status", "started", "took", "tasks", "rows written", "quarantined",
                 "engine", "failed tasks"):
         t.add_column(col, no_wrap=col != "failed tasks")
-    lock = settings.run_lock()
+    lock = run_lock_of(settings)
     held = lock.read()
     holder = held.body.get("run_id") if held is not None and held.body is not None else None
     for r in runs_overview(rows)[:limit]:
@@ -596,7 +571,7 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
 
 def _lock_line(settings) -> str:
     """The lake's run lock for people: free, or its holder, since when, its lease's expiry, live or stale."""
-    lock = settings.run_lock()
+    lock = run_lock_of(settings)
     found = lock.read()
     if found is None:
         return "run lock: free"
@@ -617,12 +592,12 @@ def unlock(
     without --force. A stale lock is also taken over by the next run by itself; this clears it now."""
     from backends.run_lock import LakeLockedError
 
-    settings = _settings(env, lake_root=lake_root)
-    lock = settings.run_lock()
+    settings = settings_for(env, lake_root=lake_root)
+    lock = run_lock_of(settings)
     try:
         cleared = lock.unlock(force=force)
     except LakeLockedError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if cleared is None:
         console.print(f"no run lock held on {settings.lake_root}: nothing to clear")
         return
@@ -647,12 +622,12 @@ def report(
     quality trends over the recent run dates, from the run ledger and the quarantine tables."""
     from flows.report import render
 
-    day = _parse_date(run_date, "--date")
-    settings = _settings(env, lake_root=lake_root)
+    day = parse_date(run_date, "--date")
+    settings = settings_for(env, lake_root=lake_root)
     try:
-        page = render(settings.lake(), day)
+        page = render(lake_of(settings), day)
     except LookupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     target = out or Path(f"report-{day.isoformat()}.html")
     target.write_text(page, encoding="utf-8")
     console.print(f"wrote {target} ({len(page):,} bytes)")
@@ -668,12 +643,12 @@ def rollback(
     and the next Snowflake publish see them; the log keeps everything, so a rollback can itself be undone)."""
     from backends.releases import NotReleasedError, Releases
 
-    settings = _settings(env, lake_root=lake_root)
-    releases = Releases(settings.lake())
+    settings = settings_for(env, lake_root=lake_root)
+    releases = Releases(lake_of(settings))
     try:
         made = releases.rollback(to, run_id=f"rollback-{datetime.now().strftime('%Y%m%dT%H%M%S')}")
     except (NotReleasedError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"released {made.release_id} with the versions of {to} (run date {made.run_date}): "
                   + ", ".join(f"{k.removeprefix('gold.')}={v}" for k, v in made.versions.items()))
 
@@ -688,18 +663,18 @@ def publish(
     """Publish a gold release to Snowflake: each table at its released version, staged in bulk and merged by
     key with a load-audit row; tables of the release already published are skipped."""
     if to != "snowflake":
-        _fail(f"expected --to snowflake, got {to!r}")
-    settings = _settings(env, lake_root=lake_root)
+        fail(f"expected --to snowflake, got {to!r}")
+    settings = settings_for(env, lake_root=lake_root)
     from flows.snowflake_publish import ReleaseNotFoundError, choose_release, publish_snowflake
 
     try:
         settings.snowflake.require()
         chosen = choose_release(settings, release)
     except (ReleaseNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     state = publish_snowflake(env=settings.env, lake_root=lake_root, release_id=chosen.release_id, return_state=True)
     if not state.is_completed():
-        _fail(f"publish of {chosen.release_id} to Snowflake failed: {state.message}")
+        fail(f"publish of {chosen.release_id} to Snowflake failed: {state.message}")
     t = Table(title=f"{chosen.release_id} → Snowflake {settings.snowflake.database}.{settings.snowflake.schema_}")
     for col in ("table", "status", "rows staged", "inserted", "updated", "deleted", "seconds"):
         t.add_column(col)
@@ -727,11 +702,11 @@ def emr_ship(env: EmrEnvOpt = "emr") -> None:
     from deployments.settings import SettingsError
 
     try:
-        emr = _settings(env).emr.require()
+        emr = settings_for(env).emr.require()
         bundle = package.build()
         shipped = package.ship(bundle, emr.code_uri, aws_client("s3", emr.region))
     except (SettingsError, EmrJobError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         raise
     console.print(f"code {shipped.digest}: {len(bundle.files)} files, {len(bundle.archive) / 1024:.0f} KiB; "
                   f"{shipped.uploaded} object(s) uploaded")
@@ -750,11 +725,11 @@ def emr_policy(
     from deployments.settings import SettingsError
 
     if which not in iam.POLICIES:
-        _fail(f"expected a policy among {sorted(iam.POLICIES)}, got {which!r}")
+        fail(f"expected a policy among {sorted(iam.POLICIES)}, got {which!r}")
     try:
-        print(json.dumps(iam.render(_settings(env), which), indent=2))  # type: ignore[arg-type]
+        print(json.dumps(iam.render(settings_for(env), which), indent=2))  # type: ignore[arg-type]
     except SettingsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @emr_app.command("run")
@@ -768,17 +743,17 @@ def emr_run(
     from flows.daily import STAGES
     from flows.emr import emr_daily_lakehouse
 
-    day = _parse_date(run_date, "--date")
+    day = parse_date(run_date, "--date")
     unknown = [s for s in stage or [] if s not in STAGES]
     if unknown:
-        _fail(f"expected --stage among {list(STAGES)}, got {unknown}")
+        fail(f"expected --stage among {list(STAGES)}, got {unknown}")
     try:
-        _settings(env).emr.require()
+        settings_for(env).emr.require()
     except SettingsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     state = emr_daily_lakehouse(run_date=day, env=env, stages=stage or None, return_state=True)
     if not state.is_completed():
-        _fail(f"{state.type.value.lower()}: {state.message}")
+        fail(f"{state.type.value.lower()}: {state.message}")
     for done in state.result():
         console.print(f"{done['stage']:8} EMR job run {done['job_run_id']}: {done['seconds']:.0f} s")
 

@@ -15,6 +15,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
 from backends import landing
+from backends.lake import Lake
+from backends.run_lock import RunLock
 from backends.run_log import RunLog
 from contracts.catalog import build_order, conform_order
 from contracts.landing import LANDING_ENTITIES
@@ -132,15 +134,15 @@ def daily_lakehouse(
         use_aws_credentials_block(settings.aws_credentials_block)
     settings.require_hmac_key()
     settings.sources.require_connectors()
-    settings.lake().check_writable()
+    Lake(settings.lake_root).check_writable()
     logger = get_run_logger()
     missing = require_deliveries(ctx, allow_missing or [], logger.warning)
 
-    with settings.run_lock().hold(ctx.run_id, f"daily-lakehouse {run_date}",
+    with RunLock.of(settings).hold(ctx.run_id, f"daily-lakehouse {run_date}",
                                   wait_seconds=settings.run_lock_wait_seconds, on_wait=logger.warning) as held:
         summaries = ingest(ctx) + refine(ctx) + publish(ctx)
         release = next((s["table"] for s in summaries if s["stage"] == "release"), None)
-        RunLog(settings.lake()).record(
+        RunLog(Lake(settings.lake_root)).record(
             run_date=run_date, run_id=ctx.run_id, flow="daily-lakehouse", backend=settings.backend,
             release_id=release, locked_at=datetime.fromisoformat(held["acquired_at"]),
             finished_at=datetime.now(UTC), forced=force, missing=sorted(m.entity for m in missing))

@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 from prefect.states import Cancelled, Completed, Failed, State
 
+from backends.run_lock import RunLock
 from deployments.emr import package
 from deployments.emr.jobs import JobRuns, aws_client
 from deployments.settings import Settings, load_settings
@@ -134,7 +135,7 @@ def emr_daily_lakehouse(
     code = ship_code(env, overrides)
     done: list[dict[str, Any]] = []
     # The job runs write the lake: hold its run lock while they run, as the in-process daily flow does.
-    with settings.run_lock().hold(run_id, f"daily-lakehouse-emr {run_date}",
+    with RunLock.of(settings).hold(run_id, f"daily-lakehouse-emr {run_date}",
                                   wait_seconds=settings.run_lock_wait_seconds, on_wait=get_run_logger().warning):
         for stage in stages:
             state = run_stage_on_emr(stage, run_date, env, overrides, code, run_id, return_state=True)

@@ -21,6 +21,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from backends.lake import Lake
 from tasks.context import RunContext
 from tasks.replay import ReplayError, replay_table, replayable, replayed_order_dates
 from tasks.silver import link_crm
@@ -38,7 +39,7 @@ def replay_quarantine(table_name: str, rule: str | None = None, env: str = "loca
     replayable(table_name)
     overrides = {k: v for k, v in {"backend": backend, "lake_root": lake_root, "spark_remote": spark_remote}.items()
                  if v is not None}
-    current = Releases(load_settings(env, **overrides).lake()).current()
+    current = Releases(Lake(load_settings(env, **overrides).lake_root)).current()
     if current is None:
         msg = "expected a gold release to replay into, found none: run the daily flow first (lakehouse run --date D)"
         raise ReplayError(msg)

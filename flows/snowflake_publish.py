@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from backends.lake import Lake
 from backends.releases import Release, Releases
 from contracts.catalog import build_order
 from deployments.settings import Settings, load_settings
@@ -28,7 +29,7 @@ class ReleaseNotFoundError(LookupError):
 
 def choose_release(settings: Settings, release_id: str | None) -> Release:
     """The release ``release_id``, or the current one; a clear error naming the releases there are."""
-    history = Releases(settings.lake()).history()
+    history = Releases(Lake(settings.lake_root)).history()
     if not history:
         msg = (f"expected a gold release under {settings.lake_root!r} to publish, found none: run the daily flow "
                "(lakehouse run --date D) first")

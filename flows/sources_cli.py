@@ -16,9 +16,9 @@ DateOpt = Annotated[str | None, typer.Option("--date", help="run date YYYY-MM-DD
 
 
 def _date(value: str | None) -> date:
-    from flows.cli import _parse_date
+    from flows.command_line import parse_date
 
-    return _parse_date(value, "--date") if value else datetime.now(UTC).date()
+    return parse_date(value, "--date") if value else datetime.now(UTC).date()
 
 
 def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
@@ -27,9 +27,10 @@ def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
     from backends.sources import connector_for
     from backends.sources.extract import ExtractLog
     from contracts.landing import LANDING_ENTITIES
+    from flows.command_line import lake_of
 
     rows = []
-    lake = settings.lake()
+    lake = lake_of(settings)
     for entity in LANDING_ENTITIES:
         row: dict[str, Any] = {"entity": entity.name, "source": settings.sources.kind(entity.name), "delivery": "pulled"}
         if row["source"] == "files":
@@ -81,9 +82,9 @@ def sources_check(env: Annotated[str | None, typer.Option("--env")] = None,
     daily whose file for the date is missing (exit 1 if a connection fails or a delivery is missing)."""
     from rich.markup import escape
 
-    from flows.cli import _settings, console, err
+    from flows.command_line import console, err, settings_for
 
-    settings = _settings(env, lake_root=lake_root, landing_root=landing)
+    settings = settings_for(env, lake_root=lake_root, landing_root=landing)
     day = _date(run_date)
     rows = check_sources(settings, day)
     table = Table(title=f"sources for a run of {day}")
@@ -109,16 +110,16 @@ def sources_extract(entity: Annotated[str, typer.Argument(help="entity, e.g. sno
     """Pull one entity for a date into landing files now (what the daily flow does before bronze); resumes an
     extract that died midway, fetches nothing for a date already extracted."""
     from contracts.landing import landing_entity
-    from flows.cli import _fail, _settings, console
+    from flows.command_line import console, fail, settings_for
     from tasks.context import LandingNotFoundError, RunContext
     from tasks.extract import extract_entity
 
     try:
         landing_entity(entity)
     except KeyError as exc:
-        _fail(str(exc.args[0]))
+        fail(str(exc.args[0]))
     overrides = {k: v for k, v in {"lake_root": lake_root, "landing_root": landing}.items() if v is not None}
-    settings = _settings(env, **overrides)
+    settings = settings_for(env, **overrides)
     ctx = RunContext(env=settings.env, run_date=_date(run_date), run_id=f"cli-{uuid.uuid4().hex[:12]}",
                      started_at=datetime.now(UTC), overrides=overrides)
     from backends.sources.extract import SourceError
@@ -128,7 +129,7 @@ def sources_extract(entity: Annotated[str, typer.Argument(help="entity, e.g. sno
     try:
         summary = extract_entity.fn(ctx, entity)
     except (SettingsError, SecretNotFoundError, SourceError, LandingNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         raise
     console.print(f"{entity} {ctx.run_date}: {summary['rows_written']} rows in {summary['files']} file(s)"
                   + (f", {summary['dropped_known']} already landed" if summary["dropped_known"] else "")

@@ -115,7 +115,7 @@ def vacuum_lakehouse(env: str = "local", lake_root: str | None = None, retention
         use_aws_credentials_block(settings.aws_credentials_block)
     hours = settings.vacuum_retention_hours if retention_hours is None else retention_hours
     logger = get_run_logger()
-    done = held_vacuum(settings.run_lock(), retention_hours=hours, dry_run=dry_run, run_id=ctx.run_id,
+    done = held_vacuum(RunLock.of(settings), retention_hours=hours, dry_run=dry_run, run_id=ctx.run_id,
                        wait_seconds=settings.run_lock_wait_seconds, on_wait=logger.warning)
     for v in done:
         if v.unreadable_versions:

@@ -99,7 +99,7 @@ def _append_files(ctx: RunContext, engine: Engine, entity: LandingEntity, files:
                   if label not in {r["source_file"] for r in refused}}
     if read_whole:
         now = datetime.now(UTC)
-        delivery_log(ctx.settings().lake(), entity).append(
+        delivery_log(ctx.lake(), entity).append(
             [{"source_file": label, "records": n, "run_id": ctx.run_id, "run_date": ctx.run_date, "ingested_at": now}
              for label, n in sorted(read_whole.items())])
     return rows, quarantined, version, [r["source_file"] for r in refused]
@@ -113,7 +113,7 @@ def delivery_log(lake: Lake, entity: LandingEntity) -> LakeLog:
 
 def delivered(ctx: RunContext, entity: LandingEntity) -> set[str]:
     """The landing files of ``entity`` for the run date recorded as read."""
-    log = delivery_log(ctx.settings().lake(), entity).table()
+    log = delivery_log(ctx.lake(), entity).table()
     if log is None:
         return set()
     return {r["source_file"] for r in log.select(["source_file", "run_date"]).to_pylist()
@@ -137,7 +137,7 @@ def _log_refused(ctx: RunContext, entity: LandingEntity, refused: list[dict[str,
         logger().error("refused %s (%s): %s", r["source_file"], r["problem"], r["reason"])
     if refused:
         now = datetime.now(UTC)
-        refused_log(ctx.settings().lake(), entity.source, entity.entity).append(
+        refused_log(ctx.lake(), entity.source, entity.entity).append(
             [{**r, "run_id": ctx.run_id, "run_date": ctx.run_date, "refused_at": now} for r in refused])
 
 
@@ -147,7 +147,7 @@ def _ingest_stream(ctx: RunContext, engine: Engine, entity: LandingEntity,
     bronze commit, each commit followed by its checkpoint row (backends/checkpoints.py: exactly once)."""
     spec = bronze_for(entity)
     settings = ctx.settings()
-    checkpoints = Checkpoints(settings.lake(), entity)
+    checkpoints = Checkpoints(Lake(settings.lake_root), entity)
     applied = checkpoints.applied()
     pending = [(f, label) for f, label in files if label not in applied]
     # Written by a run that died before its checkpoint row: in bronze already, so record them, never rewrite.

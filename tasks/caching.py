@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from prefect.context import TaskRunContext
 
+from backends.lake import Lake
 from contracts.catalog import table
 from contracts.logs import RESULTS
 from tasks.context import RunContext
@@ -33,7 +34,7 @@ def result_storage(ctx: RunContext) -> Path | str:
     """Where task results are kept for ``ctx``'s settings: a local folder, or (for ``s3://``) the slug of an
     ``S3Bucket`` block saved for the environment (credentials from the standard AWS chain)."""
     settings = ctx.settings()
-    where = settings.result_storage or settings.lake().path_uri(RESULTS)
+    where = settings.result_storage or Lake(settings.lake_root).path_uri(RESULTS)
     if where.startswith("s3://"):
         from prefect_aws import AwsCredentials, S3Bucket
 
@@ -53,8 +54,9 @@ def resumable(task: T, ctx: RunContext) -> T:
 
 # The modules whose code decides how a bronze row is conformed into silver or quarantined (rules, parsing,
 # currencies), and the libraries whose data they use.
-CONFORM_CODE = ("contracts/rules.py", "contracts/landing.py", "contracts/catalog.py", "tasks/transforms/silver.py",
-                "backends/expressions.py")
+CONFORM_CODE = ("contracts/rules.py", "contracts/landing.py", "contracts/catalog.py", "contracts/expressions.py",
+                "tasks/transforms/silver.py", "backends/expressions.py", "backends/polars/expressions.py",
+                "backends/spark/expressions.py")
 CONFORM_LIBRARIES = ("iso4217",)
 
 
@@ -79,7 +81,7 @@ def keyed_by(reads: Callable[[dict[str, Any]], Iterable[str]], *, rules: bool = 
 
     def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         ctx: RunContext = parameters["ctx"]
-        lake = ctx.settings().lake()
+        lake = ctx.lake()
         versions = {}
         for name in sorted(set(reads(parameters))):
             if name.startswith("landing:"):
@@ -90,7 +92,7 @@ def keyed_by(reads: Callable[[dict[str, Any]], Iterable[str]], *, rules: bool = 
         args = {k: v for k, v in parameters.items() if k != "ctx"}
         material = {
             "task": context.task.name, "args": args, "run_date": ctx.run_date, "run_id": ctx.run_id,
-            "lake": settings.lake().path_uri(""), "backend": settings.backend, "versions": versions,
+            "lake": Lake(settings.lake_root).path_uri(""), "backend": settings.backend, "versions": versions,
             "rules": conform_code_version() if rules else None,
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()

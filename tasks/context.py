@@ -16,6 +16,7 @@ from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends import Engine, get_backend
+from backends.lake import Lake
 from deployments.settings import Settings, cached_settings
 
 
@@ -37,9 +38,12 @@ class RunContext(BaseModel):
     def settings(self) -> Settings:
         return cached_settings(self.env, tuple(sorted(self.overrides.items())))
 
+    def lake(self) -> Lake:
+        return Lake(self.settings().lake_root)
+
     def engine(self) -> Engine:
         settings = self.settings()
-        return get_backend(settings.backend, settings.lake(), settings.spark)
+        return get_backend(settings.backend, Lake(settings.lake_root), settings.spark)
 
     def landing_dir(self) -> Path:
         return require_landing(self.settings().landing_root)

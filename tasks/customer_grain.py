@@ -30,10 +30,10 @@ from typing import Any
 import narwhals as nw
 
 from backends import Engine
-from backends.expressions import row_text
 from backends.lake import Lake
 from backends.logs import LakeLog, lake_log
 from contracts.catalog import TableSpec, table
+from contracts.expressions import row_text
 
 # The tables built this way.
 TABLES = ("gold.dim_customer",)

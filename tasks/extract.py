@@ -10,6 +10,7 @@ import narwhals as nw
 import pyarrow as pa
 
 from backends.checkpoints import Checkpoints
+from backends.lake import Lake
 from contracts.catalog import bronze_for
 from contracts.landing import landing_entity
 from tasks.context import RunContext, logger
@@ -37,7 +38,7 @@ def extract_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
 
     sources = settings.sources
     result = run_extract(
-        connector_for(entity, settings), lake=settings.lake(), landing_root=ctx.landing_dir(),
+        connector_for(entity, settings), lake=Lake(settings.lake_root), landing_root=ctx.landing_dir(),
         run_date=ctx.run_date, run_id=ctx.run_id, lookback_days=settings.lookback_days,
         first_from=date.fromisoformat(sources.first_from) if sources.first_from else None,
         chunk_rows=sources.file_rows, known_hashes=known_hashes, logger=logger())
@@ -54,8 +55,8 @@ def acknowledge_stream(ctx: RunContext, entity_name: str) -> dict[str, Any]:
 
     entity = landing_entity(entity_name)
     settings = ctx.settings()
-    applied = Checkpoints(settings.lake(), entity).applied()
-    landed = [r for r in ExtractLog(settings.lake(), entity).rows() if r["file"] and r["file"] in applied]
+    applied = Checkpoints(Lake(settings.lake_root), entity).applied()
+    landed = [r for r in ExtractLog(Lake(settings.lake_root), entity).rows() if r["file"] and r["file"] in applied]
     if not landed:
         return {"stage": "acknowledge", "table": f"landing:{entity.name}", "offsets": {}}
     offsets = connector_for(entity, settings).commit(landed[-1]["cursor"])  # type: ignore[attr-defined]

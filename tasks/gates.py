@@ -43,7 +43,7 @@ def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> 
     ``<layer>-gate``."""
     failures = gate_failures(summaries, {t.name: t.gate for t in tables(layer)})  # type: ignore[arg-type]
     engine = ctx.engine()
-    lake = ctx.settings().lake()
+    lake = ctx.lake()
     broken = [f for spec in tables(layer) if spec.references and engine.exists(spec)  # type: ignore[arg-type]
               for f in audit.check_references(spec, lambda name: engine.scan(table(name)),
                                               lambda frame: engine.to_arrow(frame).to_pylist())]

@@ -186,7 +186,7 @@ def _build_dim_customer(ctx: RunContext, engine: Engine, spec: TableSpec, scan: 
                         whole: bool) -> dict[str, Any]:
     """Build ``gold.dim_customer`` (flows/customer_grain.py): again only for the customers whose inputs changed
     since its recorded build, else (``whole``, or no build to continue) whole. Records the build."""
-    lake = ctx.settings().lake()
+    lake = ctx.lake()
     inputs_now = {name: engine.version(table(name)) for name in spec.inputs}
     current = engine.version(spec)
     since, why = (None, "a whole build was asked for") if whole else customer_grain.recorded_inputs(

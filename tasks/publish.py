@@ -10,6 +10,7 @@ from typing import Any
 from prefect import task
 
 from backends import warehouse
+from backends.lake import Lake
 from contracts.catalog import table
 from deployments.secrets import resolve_secret
 from deployments.settings import cached_settings
@@ -26,7 +27,7 @@ def publish_table(env: str, overrides: dict[str, Any], release_id: str, table_na
     target = settings.snowflake.require()
     spec = table(table_name)
     with closing(warehouse.connect(target, resolve_secret(target.secret, what="snowflake.secret"))) as conn:
-        done = warehouse.load_table(conn.cursor(), settings.lake(), spec, release_id=release_id, version=version,
+        done = warehouse.load_table(conn.cursor(), Lake(settings.lake_root), spec, release_id=release_id, version=version,
                                     run_id=run_id, file_rows=target.stage_file_rows)
     if done["status"] == "skipped":
         logger().info("%s: batch %s is in the load audit already, skipped", table_name, done["batch_id"])

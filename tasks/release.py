@@ -30,7 +30,7 @@ def release_gold(ctx: RunContext, versions: dict[str, int], order_dates: list[da
     partitions passed the last audit and still point at keys that exist, so the check is as strict as a whole
     one. A lost key (a dimension row gone) sends the whole table through the check."""
     engine = ctx.engine()
-    releases = Releases(ctx.settings().lake())
+    releases = Releases(ctx.lake())
     current = releases.current()
 
     def scan(name: str) -> nw.LazyFrame:

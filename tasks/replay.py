@@ -47,7 +47,7 @@ def pending(ctx: RunContext, table_name: str, rule: str | None) -> pa.Table:
     if rule:
         rows = rows.filter(nw.col("rule") == rule)
     found = engine.to_arrow(rows.select("record_hash", "rule", "run_date").unique())
-    done = replay_log(ctx.settings().lake(), table_name).table()
+    done = replay_log(ctx.lake(), table_name).table()
     accepted = set(done.column("record_hash").to_pylist()) if done is not None else set()
     keep = [h not in accepted for h in found.column("record_hash").to_pylist()]
     return found.filter(pa.array(keep, pa.bool_())) if found.num_rows else found
@@ -79,7 +79,7 @@ def replay_table(ctx: RunContext, table_name: str, rule: str | None = None) -> d
         accepted_hashes += done["accepted_hashes"]
     if accepted_hashes:
         now = datetime.now(UTC)
-        replay_log(ctx.settings().lake(), table_name).append(
+        replay_log(ctx.lake(), table_name).append(
             [{"record_hash": h, "rule": rule or "*", "replay_id": ctx.run_id, "replayed_at": now}
              for h in sorted(set(accepted_hashes))])
     return {"stage": "replay", "table": table_name, "pending": todo.num_rows, **totals,

@@ -39,7 +39,7 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     conform of a date."""
     spec = table(table_name)
     engine = ctx.engine()
-    lake = ctx.settings().lake()
+    lake = ctx.lake()
     source = table(spec.source or "")
     batch = bronze.batch_for(engine.scan(source), ctx.run_date)
     files = files_in(engine, batch)
@@ -71,7 +71,7 @@ def conform_inputs(ctx: RunContext, spec: TableSpec, files: Mapping[str, int]) -
     their rows), the bronze files up to the run date of the tables its references are built from, the rules'
     code version and the settings the rules read."""
     settings = ctx.settings()
-    lake = settings.lake()
+    lake = Lake(settings.lake_root)
     refs = {name: lake.files_through(table(table(name).source or name), "_ingest_date", ctx.run_date.isoformat())
             for name in table(spec.name).lookups}
     key = hashlib.sha256(settings.require_hmac_key() + b"conform-inputs").hexdigest()
@@ -83,7 +83,7 @@ def conform_inputs(ctx: RunContext, spec: TableSpec, files: Mapping[str, int]) -
 def last_conform(ctx: RunContext, spec: TableSpec) -> str | None:
     """The inputs digest of the latest conform of the run date into ``spec`` (None: never, or by a release
     that did not record it)."""
-    log = conformed_log(ctx.settings().lake(), spec).table()
+    log = conformed_log(ctx.lake(), spec).table()
     if log is None or "inputs" not in log.column_names:
         return None
     mine = [r for r in log.select(["run_date", "conformed_at", "inputs"]).to_pylist() if r["run_date"] == ctx.run_date]
@@ -93,7 +93,7 @@ def last_conform(ctx: RunContext, spec: TableSpec) -> str | None:
 def first_conform_version(ctx: RunContext, spec: TableSpec) -> int | None:
     """The version ``spec`` had before the run date's batch was first conformed into it (-1: the table did not
     exist); None when the date was never conformed, or by a release that did not record it."""
-    log = conformed_log(ctx.settings().lake(), spec).table()
+    log = conformed_log(ctx.lake(), spec).table()
     if log is None or "version_before" not in log.column_names:
         return None
     mine = [r for r in log.select(["run_date", "conformed_at", "version_before"]).to_pylist()
@@ -104,7 +104,7 @@ def first_conform_version(ctx: RunContext, spec: TableSpec) -> int | None:
 def silver_figures(ctx: RunContext, engine: Engine, spec: TableSpec, rows_in: int) -> dict[str, Any]:
     """The run date's batch of ``spec`` as the lake holds it: ``rows_in`` bronze rows, the date's quarantined
     rows not accepted since by a replay (by rule), the rest accepted."""
-    rules = quarantined_on_run_date(ctx, engine, spec, replayed=replay_log(ctx.settings().lake(), spec.name))
+    rules = quarantined_on_run_date(ctx, engine, spec, replayed=replay_log(ctx.lake(), spec.name))
     quarantined = sum(rules.values())
     return {"rows_in": rows_in, "accepted": rows_in - quarantined, "quarantined": quarantined, "rules": rules}
 

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 from prefect import task
 
+from backends.lake import Lake
 from backends.logs import lake_log
 from contracts.catalog import table
 from contracts.logs import LINEAGE
@@ -98,7 +99,7 @@ def lake_task(reads: Callable[[dict[str, Any]], Iterable[str]], *, rules: bool =
 def _tracked(ctx: RunContext, fn: Callable[..., Any], args: tuple, kwargs: dict, reads: list[str], *,
              fallback_name: str) -> Any:
     settings = ctx.settings()
-    lake = settings.lake()
+    lake = Lake(settings.lake_root)
     read_versions = {n: (None if n.startswith("landing:") else lake.version(table(n))) for n in reads}
     who = TaskRun.current(fallback_name, ctx)
     lineage = Lineage.for_settings(settings, ctx)
@@ -141,13 +142,13 @@ def _record(ctx: RunContext, who: TaskRun, read_versions: dict[str, int | None],
         "engine": ctx.settings().backend,
     }
     with _PENDING_LOCK:
-        _PENDING.setdefault(ctx.settings().lake().root, []).append(row)
+        _PENDING.setdefault(ctx.lake().root, []).append(row)
 
 
 def flush_ledger(ctx: RunContext) -> int:
     """Append the ledger rows this process holds for ``ctx``'s lake in one commit (and, on an object store, write
     the lineage events held); how many rows."""
-    lake = ctx.settings().lake()
+    lake = ctx.lake()
     if not lake.is_local:
         LakeObjectTransport.flush(lake)
     with _PENDING_LOCK:
@@ -229,11 +230,11 @@ class Lineage:
     @classmethod
     def for_settings(cls, settings: Any, ctx: RunContext) -> Lineage:
         conf = settings.lineage
-        key = (conf.transport, conf.url, conf.endpoint, conf.timeout_seconds, conf.retries, settings.lake().root, ctx.run_date)
+        key = (conf.transport, conf.url, conf.endpoint, conf.timeout_seconds, conf.retries, Lake(settings.lake_root).root, ctx.run_date)
         with cls._lock:
             client = cls._clients.get(key)
             if client is None and conf.transport != "none":
-                client = cls._clients[key] = _client(conf, settings.lake(), ctx)
+                client = cls._clients[key] = _client(conf, Lake(settings.lake_root), ctx)
         return cls(client, settings, ctx)
 
     def emit(self, state: str, who: TaskRun, at: datetime, read_versions: dict[str, int | None],
@@ -291,7 +292,7 @@ class Lineage:
             root = Path(self.settings.landing_root).resolve()
             return "file", str(root / entity.source / entity.entity), {}
         spec = table(name)
-        uri = self.settings.lake().uri(spec)
+        uri = Lake(self.settings.lake_root).uri(spec)
         if "://" in uri and not uri.startswith("file://"):
             scheme, _, rest = uri.partition("://")
             bucket, _, key = rest.partition("/")

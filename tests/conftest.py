@@ -72,7 +72,7 @@ def sail_url(tmp_path_factory):
                                  "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
     _wait_for_port(proc, port, log, "Sail server")
     yield f"sc://127.0.0.1:{port}"
-    from backends.spark_session import stop_sessions
+    from backends.spark.session import stop_sessions
 
     stop_sessions()  # while the server still runs: a client left open retries against a dead server at exit
     _stop(proc)
@@ -80,7 +80,7 @@ def sail_url(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sail_session(sail_url):
-    from backends.spark_session import session_for
+    from backends.spark.session import session_for
     from deployments.settings import SparkSettings
 
     spark, _ = session_for(SparkSettings(remote=sail_url))
@@ -95,7 +95,7 @@ def jvm_session():
 
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
         pytest.fail("the JVM transform tests need Java 17 (java on PATH or JAVA_HOME); install a JDK")
-    from backends.spark_session import session_for
+    from backends.spark.session import session_for
     from deployments.settings import SparkSettings
 
     spark, _ = session_for(SparkSettings(master="local[2]", conf={"spark.sql.shuffle.partitions": "4"}))

@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from backends import EngineError, Lake, TableNotFoundError, get_backend
-from backends.expressions import record_digest
 from backends.lake import LakeNotWritableError
 from contracts.catalog import table
+from contracts.expressions import record_digest
 from contracts.landing import landing_entity
 from deployments.settings import SparkSettings
 
@@ -226,7 +226,7 @@ def test_the_laptop_engine_runs_without_pyspark(tmp_path):
 
 def test_spark_with_neither_remote_nor_master_starts_an_embedded_sail_server(tmp_path):
     """The default of --backend spark: Sail in this process on loopback, Spark's API with no JVM."""
-    from backends.spark_session import embedded_sail_url
+    from backends.spark.session import embedded_sail_url
 
     engine = get_backend("spark", Lake(str(tmp_path / "lake")))
     assert engine.kind == "sail" and embedded_sail_url().startswith("sc://127.0.0.1:")

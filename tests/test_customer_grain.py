@@ -107,7 +107,7 @@ def test_without_a_build_it_can_trust_the_table_is_built_whole(lake_copy, monkey
     at all: built whole, and the table still equals a whole build."""
     engine = lake_copy["engine_impl"]
     ctx = _ctx(lake_copy, "whole")
-    lake = ctx.settings().lake()
+    lake = ctx.lake()
     spec = table(DIM)
     inputs = {n: engine.version(table(n)) for n in ("silver.customer_versions", "silver.customer_crm_links")}
     trusted, _ = customer_grain.recorded_inputs(lake, spec, engine.version(spec), inputs)
@@ -151,7 +151,7 @@ def test_a_recorded_input_version_whose_log_was_cleaned_up_is_not_built_on(lake_
     ctx = RunContext(run_date=date.fromisoformat(FLOW_DAYS[-1]), run_id="cleaned", started_at=datetime.now(UTC),
                      overrides={"lake_root": str(cleaned), "landing_root": str(lake_copy["landing"]),
                                 **lake_copy["engine"]})
-    lake, fresh = ctx.settings().lake(), ctx.engine()
+    lake, fresh = ctx.lake(), ctx.engine()
     spec = table(DIM)
     inputs = {n: fresh.version(table(n)) for n in ("silver.customer_versions", "silver.customer_crm_links")}
     since, why = customer_grain.recorded_inputs(lake, spec, fresh.version(spec), inputs)

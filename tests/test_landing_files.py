@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from backends import Lake, get_backend
-from backends.expressions import record_digest
 from backends.landing import list_folder
+from contracts.expressions import record_digest
 from contracts.landing import FILE_RULES, RECORD_RULES, landing_entity
 from deployments.settings import SparkSettings
 

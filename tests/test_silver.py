@@ -15,8 +15,8 @@ import polars as pl
 import pytest
 from engines import to_engine
 
-from backends.expressions import record_digest
 from contracts.catalog import table
+from contracts.expressions import record_digest
 from contracts.landing import LandingEntity
 from contracts.rules import ROW_RULES, SILVER_LANDING
 from tasks.transforms.silver import (

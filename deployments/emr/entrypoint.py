@@ -2,10 +2,11 @@
 for one run date.
 
     entrypoint.py --stage refine --date 2026-11-01 --run-id <prefect flow run id> [--env emr]
-                  [--lake-root s3://...] [--landing-root ...]
+                  [--lake-root s3://...] [--landing-root ...] [--code-dir lakehouse]
 
 It ships next to the code archive (``deployments/emr/package.py``). Spark extracts the archive into the
-driver's working directory (``spark.archives=<archive>#lakehouse``); this file puts that folder first on
+driver's working directory (``spark.archives=<archive>#lakehouse``, the folder ``--code-dir`` names: the job
+submitter, ``deployments/emr/jobs.py``, passes it); this file puts that folder first on
 ``sys.path`` and runs the same stage flow the laptop runs (``flows.daily.STAGES``). The Spark session is the
 one the environment's settings name, else the one spark-submit configured (EMR's, with Delta).
 
@@ -21,8 +22,6 @@ import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-ARCHIVE_ALIAS = "lakehouse"
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="entrypoint.py", description=__doc__.splitlines()[0])
@@ -32,17 +31,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--env", default="emr", help="settings environment: deployments/<env>.toml")
     parser.add_argument("--lake-root", help="lake root (default: the environment's)")
     parser.add_argument("--landing-root", help="landing root (default: the environment's)")
+    parser.add_argument("--code-dir", help="the folder of the driver's working directory the code archive is "
+                                           "extracted to (default: the code is importable already)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    code = Path.cwd() / ARCHIVE_ALIAS
-    if code.is_dir():
+    code = Path.cwd() / args.code_dir if args.code_dir else None
+    if code is not None and code.is_dir():
         sys.path.insert(0, str(code))
 
     import flows
-    from backends.spark_session import SUBMITTED_MASTER
+    from backends.spark.session import SUBMITTED_MASTER
     from deployments.settings import load_settings
     from flows.daily import STAGES, require_deliveries
     from tasks.context import RunContext
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["spark_master"] = SUBMITTED_MASTER
     ctx = RunContext(env=args.env, run_date=args.date, run_id=args.run_id, started_at=datetime.now(UTC),
                      overrides=overrides)
-    ctx.settings().lake().check_writable()
+    ctx.lake().check_writable()
     if args.stage == "ingest":  # the first stage: a missing daily delivery stops the run before any write
         require_deliveries(ctx, [], lambda msg, *a: print("warning: " + msg % a, file=sys.stderr, flush=True))
     summaries = STAGES[args.stage](ctx)

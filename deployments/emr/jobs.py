@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployments.emr import S3Location
-from deployments.emr.entrypoint import ARCHIVE_ALIAS
 from deployments.emr.package import ShippedCode
 from deployments.settings import EmrSettings
 
@@ -26,6 +25,7 @@ log = logging.getLogger(__name__)
 TERMINAL_STATES = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
 # SUBMITTED, PENDING, SCHEDULED, QUEUED, RUNNING and CANCELLING are waited on (as is any state AWS adds later).
 PYTHON_ENV_ALIAS = "environment"
+ARCHIVE_ALIAS = "lakehouse"  # the folder the code archive is extracted to; the entry point is told (--code-dir)
 _SAFE_CONF = re.compile(r"^\S+$")
 
 
@@ -78,7 +78,7 @@ class JobRuns:
                 applicationId=s.application_id, clientToken=client_token, executionRoleArn=s.execution_role_arn,
                 name=name, executionTimeoutMinutes=s.timeout_minutes, tags=dict(tags),
                 jobDriver={"sparkSubmit": {"entryPoint": code.entrypoint_uri,
-                                           "entryPointArguments": list(arguments),
+                                           "entryPointArguments": [*arguments, "--code-dir", ARCHIVE_ALIAS],
                                            "sparkSubmitParameters": self.spark_submit_parameters(code)}},
                 configurationOverrides={"monitoringConfiguration": {
                     "s3MonitoringConfiguration": {"logUri": s.log_uri.rstrip("/") + "/"}}},

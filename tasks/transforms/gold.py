@@ -15,8 +15,9 @@ from typing import Literal
 
 import narwhals as nw
 
-from backends.expressions import first_match, ratio, with_record_hash
+from backends.expressions import with_record_hash
 from contracts.catalog import table
+from contracts.expressions import first_match, ratio
 from tasks.transforms.schema import to_schema
 
 __all__ = [

@@ -21,8 +21,9 @@ from datetime import date, timedelta
 import narwhals as nw
 import pyarrow as pa
 
-from backends.expressions import ratio, with_hmac, with_timestamps
+from backends.expressions import with_hmac, with_timestamps
 from contracts.catalog import TableSpec, table
+from contracts.expressions import ratio
 from contracts.landing import OPEN_DEAL_STAGES, LandingColumn, LandingEntity
 from contracts.rules import (
     FIRST_COPY,

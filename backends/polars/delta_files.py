@@ -133,8 +133,3 @@ def removes_of(dt: DeltaTable, paths: Sequence[str]) -> list[RemoveAction]:
                          partition_values={k.removeprefix("partition."): _partition_text(v) for k, v in a.items()
                                            if k.startswith("partition.")})
             for a in adds if a["path"] in wanted]
-
-
-def paths_of(dt: DeltaTable) -> list[str]:
-    """The paths (as in the log) of the table's files at ``dt``'s version."""
-    return pa.table(dt.get_add_actions(flatten=False)).column("path").to_pylist()

@@ -12,9 +12,10 @@ import polars as pl
 import pyarrow as pa
 from pandera import errors as pandera_errors
 
-from backends import delta_files, landing
+from backends import landing
 from backends.expressions import with_record_hash
-from backends.lake import Lake
+from backends.lake import Lake, paths_of
+from backends.polars import delta_files
 from backends.protocol import ContractViolation, LandingRead, WriteResult
 from contracts.catalog import TableSpec
 from contracts.checks import count_violations
@@ -154,7 +155,7 @@ class PolarsDeltaEngine:
         them; a rewritten file's unchanged rows are in both (compare them to find the changes)."""
         self.lake.check_readable(spec, since)
         old, new = self.lake.delta_table_at(spec, since), self.lake.delta_table(spec)
-        before, after = set(delta_files.paths_of(old)), set(delta_files.paths_of(new))
+        before, after = set(paths_of(old)), set(paths_of(new))
         gone = self._read_files(spec, old, sorted(before - after), spec.columns).drop("_file")
         came = self._read_files(spec, new, sorted(after - before), spec.columns).drop("_file")
         return nw.from_native(gone.lazy()), nw.from_native(came.lazy())
@@ -198,7 +199,7 @@ class PolarsDeltaEngine:
 
     def _commit(self, spec: TableSpec, dt: Any, data: pl.DataFrame, *, mode: str, removes: Sequence[Any] = (),
                 partitions: dict[str, list[Any]] | None = None) -> WriteResult:
-        """Write ``data``'s files (backends/delta_files.py) and commit them (creating the table if need be)."""
+        """Write ``data``'s files (backends/polars/delta_files.py) and commit them (creating the table if need be)."""
         self.lake.prepare(spec)
         adds = delta_files.write_files(self.lake, spec, data)
         delta_files.commit(self.lake, spec, dt, adds, mode=mode, removes=removes, partitions=partitions)

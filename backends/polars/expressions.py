@@ -1,0 +1,40 @@
+"""Column functions on Polars frames that Narwhals has no portable (or no fast) form for; the same names and
+results as backends/spark/expressions.py."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import polars as pl
+
+
+def hex_digest(frame: pl.LazyFrame, column: str, *, key: bytes | None) -> pl.LazyFrame:
+    """``column`` (text) replaced by its lowercase hex SHA-256 (``key`` None) or HMAC-SHA256 under ``key``;
+    null stays null."""
+    if key is None:
+        import polars_hash as plh  # SHA-256 in Rust, many times faster than hashlib per row
+
+        return frame.with_columns(plh.col(column).chash.sha2_256())
+
+    def hash_series(s: pl.Series) -> pl.Series:
+        digest = [None if v is None else hmac.new(key, v.encode(), hashlib.sha256).hexdigest() for v in s.to_list()]
+        return pl.Series(s.name, digest, dtype=pl.Utf8)
+
+    return frame.with_columns(pl.col(column).map_batches(hash_series, return_dtype=pl.Utf8))
+
+
+def parse_timestamps(frame: pl.LazyFrame, columns: dict[str, str], pattern: str) -> pl.LazyFrame:
+    """Text columns parsed as ISO 8601 / RFC 3339 UTC timestamps (see ``backends.expressions.with_timestamps``)."""
+    def norm(text: pl.Expr) -> pl.Expr:
+        zone = text.str.extract(pattern, 4).str.to_uppercase()
+        zone = (pl.when(zone.is_null() | (zone == "Z")).then(pl.lit("+00:00"))
+                .when(zone.str.len_chars() == 3).then(zone + ":00")
+                .when(zone.str.len_chars() == 5).then(zone.str.slice(0, 3) + ":" + zone.str.slice(3, 2))
+                .otherwise(zone))
+        fraction = (text.str.extract(pattern, 3).fill_null("") + "000000").str.slice(0, 6)
+        whole = text.str.extract(pattern, 1) + "T" + text.str.extract(pattern, 2) + "." + fraction + zone
+        parsed = whole.str.to_datetime("%Y-%m-%dT%H:%M:%S%.6f%:z", time_unit="us", strict=False)
+        return parsed.dt.convert_time_zone("UTC")
+
+    return frame.with_columns(norm(pl.col(src)).alias(out) for src, out in columns.items())

@@ -1,0 +1,54 @@
+"""Column functions on PySpark frames (classic or Spark Connect) that Narwhals has no portable form for; the
+same names and results as backends/polars/expressions.py."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+
+def _functions(frame: Any) -> Any:
+    if type(frame).__module__.startswith("pyspark.sql.connect"):
+        from pyspark.sql.connect import functions as F
+    else:
+        from pyspark.sql import functions as F  # type: ignore[no-redef]
+    return F
+
+
+def hex_digest(frame: Any, column: str, *, key: bytes | None) -> Any:
+    """``column`` (text) replaced by its lowercase hex SHA-256 (``key`` None) or HMAC-SHA256 under ``key``, built
+    from SHA-256 in the engine (RFC 2104); null stays null."""
+    F = _functions(frame)
+    col = F.col(column)
+    if key is None:
+        hashed = F.sha2(col.cast("binary"), 256)
+    else:
+        block = 64
+        k = hashlib.sha256(key).digest() if len(key) > block else key
+        k = k.ljust(block, b"\x00")
+        ipad = bytes(b ^ 0x36 for b in k).hex()
+        opad = bytes(b ^ 0x5C for b in k).hex()
+        inner = F.unhex(F.sha2(F.concat(F.unhex(F.lit(ipad)), col.cast("binary")), 256))
+        hashed = F.sha2(F.concat(F.unhex(F.lit(opad)), inner), 256)
+    return frame.withColumn(column, F.when(col.isNull(), None).otherwise(hashed))
+
+
+def parse_timestamps(frame: Any, columns: dict[str, str], pattern: str) -> Any:
+    """Text columns parsed as ISO 8601 / RFC 3339 UTC timestamps (see ``backends.expressions.with_timestamps``)."""
+    F = _functions(frame)
+
+    def norm(text: Any) -> Any:
+        matches = text.rlike(pattern)
+        zone = F.upper(F.regexp_extract(text, pattern, 4))
+        zone = (F.when((zone == "") | (zone == "Z"), F.lit("+00:00"))
+                .when(F.length(zone) == 3, F.concat(zone, F.lit(":00")))
+                .when(F.length(zone) == 5, F.concat(F.substring(zone, 1, 3), F.lit(":"), F.substring(zone, 4, 2)))
+                .otherwise(zone))
+        fraction = F.rpad(F.regexp_extract(text, pattern, 3), 6, "0")
+        whole = F.concat(F.regexp_extract(text, pattern, 1), F.lit("T"), F.regexp_extract(text, pattern, 2),
+                         F.lit("."), fraction, zone)
+        return F.when(matches, F.to_timestamp(whole, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"))
+
+    for src, out in columns.items():
+        frame = frame.withColumn(out, norm(F.col(src)))
+    return frame

@@ -1,0 +1,63 @@
+"""What every lakehouse command shares: the consoles, the common options, and turning a bad argument or setting
+into one clear message and exit code 2 (never a traceback)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console(width=max(120, Console().width))
+err = Console(stderr=True)
+
+EnvOpt = Annotated[str | None, typer.Option("--env", help="environment: deployments/<env>.toml (default local)")]
+LakeOpt = Annotated[str | None, typer.Option("--lake-root", help="lake folder or s3://bucket/prefix")]
+LandingOpt = Annotated[str | None, typer.Option("--landing", help="landing folder")]
+BackendOpt = Annotated[str | None, typer.Option("--backend", help="engine: polars (laptop) or spark")]
+AllowMissingOpt = Annotated[list[str] | None, typer.Option(
+    "--allow-missing", help="an entity delivered daily that may be missing this time, e.g. redshift.customer_behaviour "
+                            "(repeat for more)")]
+RemoteOpt = Annotated[str | None, typer.Option("--spark-remote", help="Spark Connect URL sc://host:port (spark engine)")]
+MasterOpt = Annotated[str | None, typer.Option(
+    "--spark-master", help="classic Spark master, e.g. yarn or local[2] (spark engine; default: embedded Sail)")]
+
+
+def fail(message: str) -> None:
+    from rich.markup import escape
+
+    from flows.display import plain
+
+    err.print(f"[bold red]error:[/] {escape(plain(message))}")  # a message may name a [settings.table] or a file
+    raise typer.Exit(code=2)
+
+
+def parse_date(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        fail(f"expected {option} as YYYY-MM-DD (e.g. 2026-11-01), got {value!r}")
+        raise  # unreachable
+
+
+def lake_of(settings: Any) -> Any:
+    from backends.lake import Lake
+
+    return Lake(settings.lake_root)
+
+
+def run_lock_of(settings: Any) -> Any:
+    from backends.run_lock import RunLock
+
+    return RunLock.of(settings)
+
+
+def settings_for(env: str | None, **overrides: Any):
+    from deployments.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(env, **overrides)
+    except SettingsError as exc:
+        fail(str(exc))
+        raise
