@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from backends.lake import Lake
 from backends.protocol import (
@@ -17,7 +17,6 @@ from backends.protocol import (
 if TYPE_CHECKING:
     from deployments.settings import SparkSettings
 
-BackendName = Literal["polars", "spark"]
 BACKENDS: tuple[str, ...] = ("polars", "spark")
 
 __all__ = ["BACKENDS", "ContractViolation", "Engine", "EngineError", "Lake", "LandingRead", "TableNotFoundError", "WriteResult", "get_backend"]

@@ -152,7 +152,7 @@ def main() -> None:
         child(args.child, landing, out / f"lake-{args.child}", args.days, args.start, args.out)
         return
     if not landing.exists():
-        from tasks.sample_data import generate
+        from backends.sources.sample import generate
 
         t = time.perf_counter()
         generate(landing, days=args.days, scale=args.scale, seed=42, start=args.start)

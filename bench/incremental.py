@@ -108,8 +108,8 @@ def timed(steps: list[tuple[str, str, Any]]) -> tuple[list[tuple[str, str, float
 def history_lake(scale: float, days: int, seed: int) -> tuple[Path, Path, list[date]]:
     """Landing files of ``days + 1`` days and a lake of the first ``days`` built with the daily path, both
     cached under bench/out/; the landing folder, the lake and the dates."""
+    from backends.sources.sample import generate
     from bench.day import daily_steps
-    from tasks.sample_data import generate
 
     start = date(2026, 10, 1)
     dates = [start + timedelta(days=i) for i in range(days + 1)]

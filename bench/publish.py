@@ -4,7 +4,7 @@
 
 Takes the lake of ``bench/incremental.py`` (built and cached under bench/out/ on first use), starts fakesnow's
 server (tests/fakesnow_server.py) and publishes every table of the current gold release twice, each time
-through the task body the flow runs (backends/warehouse.py: Parquet files → table stage → COPY INTO staging →
+through the task body the flow runs (backends/destinations/snowflake.py: Parquet files → table stage → COPY INTO staging →
 one transaction of DELETE + MERGE + audit row):
 
 * **first**: into an empty database (every row inserted);
@@ -58,7 +58,7 @@ def run(lake: Path, port: int) -> None:
     import snowflake.connector
     from pydantic import SecretStr
 
-    from backends import warehouse
+    from backends.destinations import snowflake as destination
     from backends.releases import Releases
     from contracts.catalog import build_order, table
     from deployments.settings import SnowflakeSettings, load_settings
@@ -79,8 +79,8 @@ def run(lake: Path, port: int) -> None:
     totals: dict[str, list[float]] = {}
     for n, label in enumerate(("first", "again"), 1):
         for name in build_order("gold"):
-            conn = warehouse.connect(target, secret)
-            done = warehouse.load_table(conn.cursor(), Lake(settings.lake_root), table(name), release_id=f"bench-{n}",
+            conn = destination.connect(target, secret)
+            done = destination.load_table(conn.cursor(), Lake(settings.lake_root), table(name), release_id=f"bench-{n}",
                                         version=release.versions[name], run_id="bench",
                                         file_rows=target.stage_file_rows)
             conn.close()

@@ -33,8 +33,6 @@ WriteMode = Literal["append", "merge", "overwrite"]
 UTC_TS = pl.Datetime("us", "UTC")
 STR, F64, I64, DATE, BOOL = pl.Utf8, pl.Float64, pl.Int64, pl.Date, pl.Boolean
 
-# Lineage columns bronze adds to every landing row.
-BRONZE_LINEAGE = ("_run_id", "_ingested_at", "_source_file", "_record_hash", "_ingest_date")
 
 
 @dataclass(frozen=True)

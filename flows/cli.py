@@ -48,7 +48,7 @@ def generate(
 
 
 def _generate(*, days: int, scale: float, seed: int, start: date, out: Path) -> None:
-    from tasks.sample_data import generate as generate_files
+    from backends.sources.sample import generate as generate_files
 
     with _progress() as progress:
         bar = progress.add_task("generating", total=None)

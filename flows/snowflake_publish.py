@@ -5,7 +5,7 @@ snowflake [--release ID]`` or a deployment. The daily flow runs the same tasks a
 ``snowflake.publish_with_daily`` is set. One task per table, each one batch ``<release id>:<table>``: a
 batch already in the target's load audit is skipped, so publishing a release again changes nothing and a
 retried run resumes with the tables not yet merged. Transient errors (network, timeouts, an unavailable
-service) are retried by Prefect; SQL and schema errors are not (tasks/retry_policy.py). The load itself: backends/warehouse.py.
+service) are retried by Prefect; SQL and schema errors are not (tasks/retry_policy.py). The load itself: backends/destinations/snowflake.py.
 """
 
 from __future__ import annotations

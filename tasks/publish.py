@@ -1,5 +1,5 @@
 """The Snowflake publish task: one gold table of a release into its Snowflake target (the load itself:
-backends/warehouse.py). Transient errors are retried by Prefect, SQL and schema errors are not
+backends/destinations/snowflake.py). Transient errors are retried by Prefect, SQL and schema errors are not
 (tasks/retry_policy.py). The flow that runs it: flows/snowflake_publish.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 from prefect import task
 
-from backends import warehouse
+from backends.destinations import snowflake
 from backends.lake import Lake
 from contracts.catalog import table
 from deployments.secrets import resolve_secret
@@ -26,8 +26,8 @@ def publish_table(env: str, overrides: dict[str, Any], release_id: str, table_na
     settings = cached_settings(env, tuple(sorted(overrides.items())))
     target = settings.snowflake.require()
     spec = table(table_name)
-    with closing(warehouse.connect(target, resolve_secret(target.secret, what="snowflake.secret"))) as conn:
-        done = warehouse.load_table(conn.cursor(), Lake(settings.lake_root), spec, release_id=release_id, version=version,
+    with closing(snowflake.connect(target, resolve_secret(target.secret, what="snowflake.secret"))) as conn:
+        done = snowflake.load_table(conn.cursor(), Lake(settings.lake_root), spec, release_id=release_id, version=version,
                                     run_id=run_id, file_rows=target.stage_file_rows)
     if done["status"] == "skipped":
         logger().info("%s: batch %s is in the load audit already, skipped", table_name, done["batch_id"])

@@ -124,8 +124,8 @@ def daily_lakes(prefect_harness, tmp_path_factory, request):
     import shutil
     from datetime import date
 
+    from backends.sources.sample import generate
     from flows.daily import daily_lakehouse
-    from tasks.sample_data import generate
 
     base = tmp_path_factory.mktemp("daily")
     landing = base / "landing"
@@ -253,7 +253,7 @@ def source_landing(tmp_path_factory):
     """Generated landing files (three days, scale 0.02) that the connector tests put into source systems."""
     from datetime import date
 
-    from tasks.sample_data import generate
+    from backends.sources.sample import generate
 
     out = tmp_path_factory.mktemp("sources-gen")
     generate(out, days=len(SOURCE_DAYS), scale=0.02, seed=11, start=date.fromisoformat(SOURCE_DAYS[0]))

@@ -56,7 +56,7 @@ def _prefect(stack, *args: str, timeout: float = 300) -> subprocess.CompletedPro
 
 
 def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path, daily_lakes):
-    from tasks.sample_data import generate
+    from backends.sources.sample import generate
 
     listed = _prefect(stack, "deployment", "ls")
     assert listed.returncode == 0, listed.stderr
@@ -223,7 +223,7 @@ def test_a_run_failed_at_the_gate_and_retried_after_the_fix_takes_the_orders_in(
     import polars as pl
     from lakes import normalised
 
-    from tasks.sample_data import generate
+    from backends.sources.sample import generate
 
     landing, lake_root = tmp_path / "landing", tmp_path / "lake"
     generate(landing, days=2, scale=0.01, seed=11, start=DAY1)

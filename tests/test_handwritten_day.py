@@ -160,7 +160,7 @@ def test_a_handwritten_day_in_every_dialect_matches_an_independent_computation(e
     from flows.daily import daily_lakehouse
 
     assert {"IDR", "RON", "KWD"} <= CURRENCIES and len(CURRENCIES) == 10
-    from tasks.sample_data import SAMPLE_CURRENCIES
+    from backends.sources.sample import SAMPLE_CURRENCIES
     assert not {"IDR", "RON", "KWD"} & set(SAMPLE_CURRENCIES), "three currencies the generator never uses"
     landing, root = tmp_path / "landing", tmp_path / "lake"
     _write_landing(landing)

@@ -61,8 +61,8 @@ def _files_of_partition(root: Path, name: str, version: int, day: date) -> set[s
 @pytest.fixture(scope="module")
 def five_days(prefect_harness, tmp_path_factory):
     """A lake built day by day (2026-11-01 .. 05) by the daily flow, with each day's gold versions."""
+    from backends.sources.sample import generate
     from flows.daily import daily_lakehouse
-    from tasks.sample_data import generate
 
     base = tmp_path_factory.mktemp("incremental")
     landing, root = base / "landing", base / "lake"

@@ -35,7 +35,7 @@ ACCOUNTS, EVENTS, CUSTOMERS = (landing_entity(n) for n in ("crm.accounts", "kafk
 def valid_day(tmp_path_factory) -> Path:
     """One generated day (scale 0.03, seed 7, as the daily flow tests): the valid files every damaged file is
     derived from."""
-    from tasks.sample_data import generate
+    from backends.sources.sample import generate
 
     out = tmp_path_factory.mktemp("valid-day")
     generate(out, days=1, scale=0.03, seed=7, start=DAY)

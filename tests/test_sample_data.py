@@ -12,6 +12,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from backends.sources.sample import (
+    DIRT_RATES,
+    RENAMED_COLUMN,
+    SAMPLE_CURRENCIES,
+    GenerationReport,
+    format_id,
+    generate,
+)
 from contracts.landing import (
     BEHAVIOUR,
     CONTACTS,
@@ -26,14 +34,6 @@ from contracts.landing import (
     ORDERS,
     PRODUCTS,
     LandingEntity,
-)
-from tasks.sample_data import (
-    DIRT_RATES,
-    RENAMED_COLUMN,
-    SAMPLE_CURRENCIES,
-    GenerationReport,
-    format_id,
-    generate,
 )
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

@@ -25,7 +25,7 @@ DAY = date(2026, 11, 1)
 
 @pytest.fixture(scope="module")
 def landing(tmp_path_factory):
-    from tasks.sample_data import generate
+    from backends.sources.sample import generate
 
     folder = tmp_path_factory.mktemp("secrets") / "landing"
     generate(folder, days=1, scale=0.02, seed=11, start=DAY)

@@ -17,7 +17,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from pydantic import SecretStr
 
-from backends import warehouse
+from backends.destinations import snowflake as warehouse
 from backends.lake import Lake
 from backends.releases import Releases
 from contracts.catalog import table

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -110,15 +110,16 @@ class ExtractLog:
         rows = self.rows()
         mine = [r for r in rows if r["run_date"] == run_date]
         if any(r["done"] for r in mine):
-            return Plan(mine, True, None, None, 0)
+            return Plan(mine, done=True, window=None, cursor=None, seq=0)
         if mine:  # a run of this date died midway: same window, after its last recorded piece
-            return Plan(mine, False, Window(mine[0]["window_from"], mine[0]["window_to"]), mine[-1]["cursor"],
-                        mine[-1]["seq"])
+            return Plan(mine, done=False, window=Window(mine[0]["window_from"], mine[0]["window_to"]),
+                        cursor=mine[-1]["cursor"], seq=mine[-1]["seq"])
         done = [r for r in rows if r["done"] and r["run_date"] < run_date]
         previous = done[-1] if done else None
         window = window_for(run_date, previous, lookback_days=lookback_days, first_from=first_from, now=now)
         # a positional source (Kafka) goes on from where the previous finished extract left off
-        return Plan(mine, False, window, None if windowed or previous is None else previous["cursor"], 0)
+        return Plan(mine, done=False, window=window,
+                    cursor=None if windowed or previous is None else previous["cursor"], seq=0)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Plan:
     """An extract of one date: its log rows so far, whether it is done, its window, cursor and last piece."""
 
     mine: list[dict[str, Any]]
+    _: KW_ONLY
     done: bool
     window: Window | None
     cursor: str | None

@@ -99,7 +99,7 @@ class SnowflakeSource(SqlConnector):
         return f"Snowflake {s.account} ({s.host or 'snowflakecomputing.com'}) table {self.table}"
 
     def _connect(self) -> Any:
-        from backends.warehouse import connect
+        from backends.destinations.snowflake import connect
         from deployments.secrets import resolve_secret
 
         secret = resolve_secret(self.settings.secret, what="sources.snowflake.secret")

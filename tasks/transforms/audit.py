@@ -66,11 +66,6 @@ def check_row_drop(spec: TableSpec, rows: int, released_rows: int | None) -> Aud
 
 
 
-def newest(frame: nw.LazyFrame, column: str) -> nw.LazyFrame:
-    """One row, one column ``newest``: the largest value of ``column``."""
-    return frame.select(nw.col(column).max().alias("newest"))
-
-
 def check_freshness(spec: TableSpec, newest_ingest: date | None, run_date: date) -> AuditFailure | None:
     """A failure when the newest delivery feeding ``spec`` (its bronze table's largest ``_ingest_date``) is more
     than its gate's ``max_age_days`` before ``run_date``. A table never delivered is not judged here."""

@@ -81,7 +81,7 @@ def snowflake_type(field: pa.Field, table_name: str) -> SnowflakeType:
         if matches(field.type):
             return mapped(field.type)
     msg = (f"expected a column type with a Snowflake mapping for {table_name}.{field.name}, got {field.type}; "
-           "declare it in backends/warehouse.py ARROW_TO_SNOWFLAKE")
+           "declare it in backends/destinations/snowflake.py ARROW_TO_SNOWFLAKE")
     raise UnsupportedTypeError(msg)
 
 

@@ -1,0 +1,1 @@
+"""Where released gold is published: one module per destination (Snowflake)."""
