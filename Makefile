@@ -16,7 +16,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup system-deps demo test bench bench-engines bench-incremental bench-writes bench-publish bench-extract bench-landing deploy-local deploy-local-stop lint clean
+.PHONY: setup system-deps demo test docs bench bench-engines bench-incremental bench-writes bench-publish bench-extract bench-landing deploy-local deploy-local-stop lint clean
 
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -46,6 +46,10 @@ system-deps:
 
 test: setup system-deps
 	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
+
+# The reference pages generated from the declarations (docs/landing.md, docs/gold.md, docs/engines.md).
+docs: setup
+	$(PY) -m flows.reference
 
 bench: setup
 	$(PY) bench/daily_stages.py --scale 10 --days 1

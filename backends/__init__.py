@@ -9,6 +9,7 @@ from backends.protocol import (
     ContractViolation,
     Engine,
     EngineError,
+    Gap,
     LandingRead,
     TableNotFoundError,
     WriteResult,
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 BACKENDS: tuple[str, ...] = ("polars", "spark")
 
-__all__ = ["BACKENDS", "ContractViolation", "Engine", "EngineError", "Lake", "LandingRead", "TableNotFoundError", "WriteResult", "get_backend"]
+__all__ = ["BACKENDS", "ContractViolation", "Engine", "EngineError", "Gap", "Lake", "LandingRead", "TableNotFoundError", "WriteResult", "get_backend"]
 
 
 def get_backend(name: str, lake: Lake, spark: SparkSettings | None = None) -> Engine:

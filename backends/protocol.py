@@ -23,6 +23,18 @@ class EngineError(RuntimeError):
     """An engine was asked for something it cannot do; the message names the engine and the alternative."""
 
 
+@dataclass(frozen=True)
+class Gap:
+    """Something an engine does not do the way the protocol describes, declared rather than silent (narwhals'
+    ``not_implemented``): the engine (and session kind), the operation, what happens instead, and what to use
+    when it matters. ``Engine.gaps`` lists an engine's; docs/engines.md is the table of them all."""
+
+    engine: str
+    operation: str
+    effect: str
+    instead: str
+
+
 class ContractViolation(ValueError):
     """Rows about to be written break their table's contract; nothing was written."""
 
@@ -65,6 +77,7 @@ class LandingRead:
 
 class Engine(Protocol):
     name: str
+    gaps: tuple[Gap, ...]  # what this engine does differently from the protocol (declared, tested)
 
     # ---- frames
     def from_arrow(self, table: pa.Table) -> nw.LazyFrame: ...

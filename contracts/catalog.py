@@ -281,7 +281,9 @@ GOLD: tuple[TableSpec, ...] = (
         is_current=_req(BOOL)), unique=("customer_id", "valid_from")),
         inputs=("silver.customer_versions", "silver.customer_crm_links"),
         keys=("customer_sk",), mode="overwrite",
-        description="Customer dimension, SCD2: one row per customer version with valid_from/valid_to/is_current."),
+        description="Customer dimension, SCD2: one row per customer version. `valid_from` ≤ t < `valid_to` (null: "
+        "current); a fact order takes the version valid at its `order_ts`, or the customer's first version if it "
+        "is older."),
     TableSpec("gold", "dim_product", _schema("gold.dim_product", _cols(
         product_id=_req(STR, unique=True), sku=_req(STR), product_name=_req(STR), category=_opt(STR),
         list_price_usd=_req(F64), updated_at=_req(UTC_TS))),
@@ -335,6 +337,108 @@ GOLD: tuple[TableSpec, ...] = (
         keys=("customer_id",), mode="overwrite", references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)),),
         description="RFM scores and segment per customer with at least one kept order."),
 )
+
+# What each gold column means (docs/gold.md is generated from it: make docs).
+GOLD_COLUMN_DOCS: dict[str, dict[str, str]] = {
+    "gold.fact_orders": {
+        "order_id": "Order id (one row per silver order).",
+        "order_date": "UTC date the order was placed.",
+        "date_key": "order_date as a yyyymmdd integer; joins to dim_date.date_key.",
+        "customer_id": "Ordering customer (business key).",
+        "customer_sk": "The customer version valid when the order was placed; joins to dim_customer.customer_sk "
+        "(null only for a customer without any version, which the release audit refuses).",
+        "product_id": "Ordered product; joins to dim_product.",
+        "quantity": "Units ordered.",
+        "unit_price": "Price per unit in the order currency.",
+        "currency": "ISO 4217 code of the order.",
+        "amount": "quantity x unit_price in the order currency.",
+        "fx_rate": "Units of the order currency per 1 USD on the order date.",
+        "amount_usd": "Order amount in USD at the order date's rate.",
+        "status": "Latest status: of the latest Kafka event if it is newer than the order extract, "
+        "else the extract's.",
+        "is_cancelled": "status is 'cancelled'; cancelled orders are excluded from revenue.",
+        "order_ts": "When the order was placed (UTC).",
+        "updated_at": "Latest change seen: the later of the extract's updated_at and the latest event.",
+    },
+    "gold.dim_customer": {
+        "customer_sk": "Surrogate key of this version: first 16 hex digits of SHA-256(customer_id, valid_from).",
+        "customer_id": "Customer id from the operational warehouse (one row per version).",
+        "first_name": "Given name.",
+        "last_name": "Family name.",
+        "email_masked": "E-mail with the local part masked, for display.",
+        "email_hmac": "Keyed HMAC-SHA256 of the normalised e-mail, for joins without the address.",
+        "phone_masked": "Phone number masked, for display.",
+        "country": "ISO 3166 alpha-2 country code.",
+        "signup_date": "Date the customer signed up.",
+        "crm_account_id": "CRM company the customer's matched contact belongs to; null if unmatched.",
+        "updated_at": "When this version of the customer record was made.",
+        "valid_from": "Start of this version's validity (its updated_at); orders before a customer's first "
+        "version take the first version.",
+        "valid_to": "Start of the next version (exclusive); null for the current version.",
+        "is_current": "This is the customer's latest version.",
+    },
+    "gold.dim_product": {
+        "product_id": "Product id.",
+        "sku": "Stock keeping unit.",
+        "product_name": "Display name.",
+        "category": "Product category.",
+        "list_price_usd": "List price in USD.",
+        "updated_at": "Last change of the product record.",
+    },
+    "gold.dim_date": {
+        "date_key": "The date as a yyyymmdd integer (primary key).",
+        "date": "Calendar date.",
+        "year": "Calendar year.",
+        "quarter": "Calendar quarter, 1-4.",
+        "month": "Month, 1-12.",
+        "day": "Day of the month, 1-31.",
+        "iso_weekday": "ISO weekday: 1 = Monday ... 7 = Sunday, on every engine.",
+        "is_weekend": "Saturday or Sunday (iso_weekday >= 6).",
+    },
+    "gold.customer_360": {
+        "customer_id": "Customer id (one row per silver customer, with or without orders).",
+        "country": "ISO 3166 alpha-2 country code of the customer.",
+        "lifetime_revenue_usd": "Sum of amount_usd over the customer's kept (not cancelled) orders; 0 if none.",
+        "order_count": "Number of kept (not cancelled) orders.",
+        "cancelled_order_count": "Number of cancelled orders.",
+        "first_order_date": "Date of the first kept order; null if none.",
+        "last_order_date": "Date of the latest kept order; null if none.",
+        "crm_account_id": "CRM company matched to the customer via its contact; null if unmatched.",
+        "crm_account_name": "Name of that CRM company.",
+        "crm_owner": "Owner (sales rep) of that CRM company.",
+        "open_pipeline_usd": "USD value of the company's open deals (any customer of the company sees "
+        "the whole company's pipeline); 0 if none.",
+        "sessions": "Web/app sessions over all behaviour days; 0 if none.",
+        "page_views": "Page views over all behaviour days; 0 if none.",
+        "add_to_cart": "Add-to-cart events over all behaviour days; 0 if none.",
+        "time_on_site_s": "Seconds on site over all behaviour days; 0 if none.",
+        "active_days": "Distinct days with a behaviour row; 0 if none.",
+        "last_active_date": "Latest day with a behaviour row; null if none.",
+    },
+    "gold.product_performance": {
+        "order_date": "Day the orders were placed.",
+        "product_id": "Product ordered.",
+        "orders": "All orders of the product that day, cancelled included.",
+        "units": "Units of the kept (not cancelled) orders.",
+        "revenue_usd": "USD revenue of the kept orders.",
+        "distinct_customers": "Distinct customers over all the day's orders of the product, cancelled included.",
+        "cancelled_orders": "Cancelled orders.",
+        "cancellation_rate": "cancelled_orders / orders.",
+    },
+    "gold.customer_segments": {
+        "customer_id": "Customer with at least one kept (not cancelled) order.",
+        "as_of_date": "Latest order_date in fact_orders (any status); recency is measured from it, so "
+        "rerunning a past day reproduces its result.",
+        "recency_days": "Days from the customer's latest kept order to as_of_date.",
+        "frequency": "Number of kept orders.",
+        "monetary_usd": "USD revenue of the kept orders.",
+        "r_score": "Recency score 1-5 from RFM_THRESHOLDS['r_score'] (5 = most recent).",
+        "f_score": "Frequency score 1-5 from RFM_THRESHOLDS['f_score'] (5 = most orders).",
+        "m_score": "Monetary score 1-5 from RFM_THRESHOLDS['m_score'] (5 = highest revenue).",
+        "rfm_score": "The three scores as text, r then f then m (e.g. '543').",
+        "segment": "First matching rule of SEGMENT_RULES on r_score and f_score.",
+    },
+}
 
 BRONZE: tuple[TableSpec, ...] = tuple(_bronze(e) for e in LANDING_ENTITIES)
 QUARANTINE: tuple[TableSpec, ...] = (

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.catalog import tables
+from contracts.catalog import GOLD_COLUMN_DOCS, tables
 from contracts.landing import LANDING_ENTITIES
-from tasks.transforms.gold import GOLD_COLUMN_DOCS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -61,3 +60,24 @@ def test_docs_rules_lists_every_declared_rule_with_its_meaning():
             row = next(line for line in page.splitlines()
                        if line.startswith(f"| `{rule.id}` | silver") and line.endswith(f"| {rule.reason} |"))
             assert table.removeprefix("silver.") in row.split("|")[3].strip().split(", "), (rule.id, table)
+
+
+def test_the_generated_reference_pages_match_the_declarations():
+    """docs/landing.md, docs/gold.md and docs/engines.md below their marker are rendered from the declarations
+    (python -m flows.reference); a change to a declaration without make docs fails here."""
+    from flows.reference import PAGES, rendered
+
+    for page in PAGES:
+        assert (ROOT / "docs" / page).read_text() == rendered(page), f"docs/{page} drifted: run make docs"
+
+
+def test_a_changed_declaration_shows_as_drift(monkeypatch):
+    from contracts import catalog
+    from flows.reference import rendered
+
+    before = rendered("gold.md")
+    docs = {**catalog.GOLD_COLUMN_DOCS, "gold.dim_date": {**catalog.GOLD_COLUMN_DOCS["gold.dim_date"],
+                                                         "date": "A calendar day (changed)."}}
+    monkeypatch.setattr(catalog, "GOLD_COLUMN_DOCS", docs)
+    after = rendered("gold.md")
+    assert after != before and "| `date` | A calendar day (changed). |" in after

@@ -12,10 +12,9 @@ import polars as pl
 import pytest
 from engines import to_engine
 
-from contracts.catalog import table, tables
+from contracts.catalog import GOLD_COLUMN_DOCS, table, tables
 from contracts.landing import OPEN_DEAL_STAGES
 from tasks.transforms.gold import (
-    GOLD_COLUMN_DOCS,
     RFM_THRESHOLDS,
     SEGMENT_RULES,
     _epoch_day,

@@ -16,7 +16,7 @@ from backends import landing
 from backends.expressions import with_record_hash
 from backends.lake import Lake, paths_of
 from backends.polars import delta_files
-from backends.protocol import ContractViolation, LandingRead, WriteResult
+from backends.protocol import ContractViolation, Gap, LandingRead, WriteResult
 from contracts.catalog import TableSpec
 from contracts.checks import count_violations
 from contracts.landing import LandingEntity
@@ -26,6 +26,7 @@ class PolarsDeltaEngine:
     """Polars + delta-rs behind the engine protocol."""
 
     name = "polars"
+    gaps: tuple[Gap, ...] = ()  # none: every operation of the protocol, on one machine
 
     def __init__(self, lake: Lake) -> None:
         self.lake = lake

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import narwhals as nw
 import pyarrow as pa
@@ -19,7 +19,7 @@ import pyarrow as pa
 from backends import landing
 from backends.expressions import with_record_hash
 from backends.lake import Lake
-from backends.protocol import ContractViolation, EngineError, LandingRead, WriteResult
+from backends.protocol import ContractViolation, EngineError, Gap, LandingRead, WriteResult
 from contracts.catalog import TableSpec
 from contracts.checks import count_violations
 from contracts.landing import LandingEntity
@@ -55,15 +55,36 @@ def _spark_type(dtype: pa.DataType) -> str:
 _SLICE_BYTES = 64 << 20
 
 
+SessionKind = Literal["classic", "connect", "sail"]
+
+# What the Spark engine does differently from the protocol, by session kind (docs/engines.md).
+GAPS: dict[SessionKind, tuple[Gap, ...]] = {
+    "sail": (Gap("spark (Sail)", "materialize", "returns the frame unchanged: Sail 0.x has no cache or checkpoint, "
+                 "so each action on it runs its plan again (same rows, more time)",
+                 "a Spark Connect server that caches (--spark-remote) or classic Spark on EMR (local checkpoint)"),),
+    "connect": (),
+    "classic": (),
+}
+GAPS_ALL_KINDS = (
+    Gap("spark", "scan_changes", "returns the whole table at both versions (Spark lists no files added and "
+        "removed); the caller's comparison finds the same changed rows, reading more",
+        "the polars engine reads only the files added and removed since the version"),
+    Gap("spark", "read_landing", "reads landing files on the driver (the reader both engines share) and hands "
+        "Spark the parsed rows", "land large inputs as Parquet; a distributed landing reader is not built yet"),
+)
+
+
 class SparkDeltaEngine:
-    """PySpark + Delta behind the engine protocol. ``kind`` is ``classic``, ``connect`` or ``sail``."""
+    """PySpark + Delta behind the engine protocol, over a classic SparkSession, a Spark Connect server or the
+    embedded Sail server (``kind``)."""
 
     name = "spark"
 
-    def __init__(self, lake: Lake, spark: SparkSession, kind: str) -> None:
+    def __init__(self, lake: Lake, spark: SparkSession, kind: SessionKind) -> None:
         self.lake = lake
         self.spark = spark
         self.kind = kind
+        self.gaps = GAPS[kind] + GAPS_ALL_KINDS
 
     # ------------------------------------------------------------------------------------------ frames
     def from_arrow(self, table: pa.Table) -> nw.LazyFrame:
@@ -76,8 +97,8 @@ class SparkDeltaEngine:
         return int(_native(frame).count())
 
     def materialize(self, frame: nw.LazyFrame) -> nw.LazyFrame:
-        """Compute once where the session can hold a result (classic: a local checkpoint). Sail cannot yet, so
-        there the plan is re-run by each action; results are the same, only slower."""
+        """Compute once where the session can hold a result (classic: a local checkpoint; Spark Connect: a
+        cache). Sail cannot yet: a declared gap (``GAPS``)."""
         native = _native(frame)
         if self.kind == "classic":
             return nw.from_native(native.localCheckpoint(eager=True))

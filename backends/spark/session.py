@@ -15,7 +15,7 @@ import atexit
 import os
 import shutil
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from backends.protocol import EngineError
 
@@ -34,7 +34,7 @@ _sessions: dict[tuple[str, str], Any] = {}
 _embedded: Any = None
 
 
-def session_for(settings: SparkSettings) -> tuple[SparkSession, str]:
+def session_for(settings: SparkSettings) -> tuple[SparkSession, Literal["classic", "connect", "sail"]]:
     """The session for ``settings`` and its kind: ``connect``, ``classic`` or ``sail`` (embedded)."""
     _require_pyspark()
     with _lock:
