@@ -184,7 +184,7 @@ def dim_customer_of(scan: Callable[[str], nw.LazyFrame]) -> nw.LazyFrame:
 
 def _build_dim_customer(ctx: RunContext, engine: Engine, spec: TableSpec, scan: Callable[[str], nw.LazyFrame], *,
                         whole: bool) -> dict[str, Any]:
-    """Build ``gold.dim_customer`` (flows/customer_grain.py): again only for the customers whose inputs changed
+    """Build ``gold.dim_customer`` (tasks/customer_grain.py): again only for the customers whose inputs changed
     since its recorded build, else (``whole``, or no build to continue) whole. Records the build."""
     lake = ctx.lake()
     inputs_now = {name: engine.version(table(name)) for name in spec.inputs}
