@@ -526,7 +526,7 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
     run and date that last wrote it, its version, and how long ago."""
     from backends.logs import lake_log
     from contracts.catalog import TABLES
-    from tasks.tracking import freshness, read_ledger, runs_overview
+    from tasks.ledger import freshness, read_ledger, runs_overview
 
     settings = settings_for(env, lake_root=lake_root)
     console.print(_lock_line(settings), soft_wrap=True)

@@ -18,7 +18,7 @@ import polars as pl
 from backends.lake import Lake
 from contracts.catalog import quarantine_for, tables
 from flows.display import inert
-from tasks.tracking import read_ledger
+from tasks.ledger import read_ledger
 
 LAYERS = ("bronze", "silver", "gold")
 TREND_DATES = 14

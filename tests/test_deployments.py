@@ -23,7 +23,7 @@ from backends.releases import Releases
 from backends.run_lock import RunLock
 from backends.run_log import RunLog
 from contracts.catalog import TABLES, table
-from tasks.tracking import read_ledger
+from tasks.ledger import read_ledger
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect-stack")]  # one worker: one stack
 

@@ -19,7 +19,8 @@ from contracts import catalog
 from contracts.catalog import Reference, TableSpec, build_order, table
 from deployments.settings import SparkSettings
 from tasks import gold as gold_tasks
-from tasks.tracking import lineage_events, read_ledger
+from tasks.ledger import read_ledger
+from tasks.lineage import lineage_events
 from tasks.transforms.schema import to_schema
 
 NAME = "gold.product_units"

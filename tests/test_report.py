@@ -15,7 +15,7 @@ from deltalake import DeltaTable
 from typer.testing import CliRunner
 
 from backends.lake import Lake
-from tasks.tracking import read_ledger
+from tasks.ledger import read_ledger
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from backends import Lake
 from backends.releases import Releases
 from contracts.catalog import TABLES
 from flows.cli import app
-from tasks.tracking import read_ledger
+from tasks.ledger import read_ledger
 
 DAY1, DAY2 = date(2026, 11, 1), date(2026, 11, 2)
 runner = CliRunner()

@@ -14,7 +14,8 @@ from deltalake import DeltaTable
 from backends.lake import Lake
 from backends.releases import Releases
 from contracts.catalog import tables
-from tasks.tracking import lineage_events, read_ledger
+from tasks.ledger import read_ledger
+from tasks.lineage import lineage_events
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import pytest
 from deltalake import DeltaTable
 
 from backends.lake import Lake
-from tasks.tracking import read_ledger
+from tasks.ledger import read_ledger
 
 pytestmark = pytest.mark.slow
 

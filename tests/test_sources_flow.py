@@ -35,7 +35,7 @@ def test_daily_flow_with_connectors_builds_the_same_silver_and_gold_as_files(pri
     from backends.lake import Lake
     from backends.sources.extract import ExtractLog
     from flows.daily import daily_lakehouse
-    from tasks.tracking import read_ledger
+    from tasks.ledger import read_ledger
     generated, from_files = pristine_lake["landing"], pristine_lake["root"]
     pulled_landing = tmp_path / "landing-pulled"
     shutil.copytree(generated, pulled_landing, ignore=shutil.ignore_patterns("fx", "kafka"))

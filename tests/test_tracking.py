@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from backends.lake import Lake
 from contracts.catalog import table
 from contracts.logs import log
-from tasks.tracking import freshness, lineage_events, read_ledger, runs_overview
+from tasks.ledger import freshness, read_ledger, runs_overview
+from tasks.lineage import lineage_events
 
 pytestmark = pytest.mark.slow
 
