@@ -49,7 +49,7 @@ test: setup system-deps
 
 # The reference pages generated from the declarations (docs/landing.md, docs/gold.md, docs/engines.md).
 docs: setup
-	$(PY) -m flows.reference
+	$(PY) -m lakehouse.flows.reference
 
 bench: setup
 	$(PY) bench/daily_stages.py --scale 10 --days 1
@@ -75,10 +75,10 @@ bench-landing: setup
 # A local Prefect server (port 4200, state in .prefect/), the work pools, every deployment of
 # deployments/prefect.yaml and a process worker; deploy-local-stop stops them by process id.
 deploy-local: setup
-	$(PY) -m deployments.local_stack up --port 4200
+	$(PY) -m lakehouse.deployments.local_stack up --port 4200
 
 deploy-local-stop:
-	$(PY) -m deployments.local_stack down
+	$(PY) -m lakehouse.deployments.local_stack down
 
 lint: setup
 	$(VENV)/bin/ruff check .

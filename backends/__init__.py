@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from backends.lake import Lake
-from backends.protocol import (
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.protocol import (
     ContractViolation,
     Engine,
     EngineError,
@@ -16,7 +16,7 @@ from backends.protocol import (
 )
 
 if TYPE_CHECKING:
-    from deployments.settings import SparkSettings
+    from lakehouse.deployments.settings import SparkSettings
 
 BACKENDS: tuple[str, ...] = ("polars", "spark")
 
@@ -29,13 +29,13 @@ def get_backend(name: str, lake: Lake, spark: SparkSettings | None = None) -> En
     ``spark`` says how the Spark engine reaches Spark (default: an embedded Sail server).
     """
     if name == "polars":
-        from backends.polars.engine import PolarsDeltaEngine
+        from lakehouse.backends.polars.engine import PolarsDeltaEngine
 
         return PolarsDeltaEngine(lake)
     if name == "spark":
-        from backends.spark.engine import SparkDeltaEngine
-        from backends.spark.session import session_for
-        from deployments.settings import SparkSettings
+        from lakehouse.backends.spark.engine import SparkDeltaEngine
+        from lakehouse.backends.spark.session import session_for
+        from lakehouse.deployments.settings import SparkSettings
 
         session, kind = session_for(spark or SparkSettings())
         return SparkDeltaEngine(lake, session, kind)

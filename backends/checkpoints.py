@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from backends.lake import Lake
-from backends.logs import LakeLog, lake_log
-from contracts.landing import LandingEntity
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.logs import LakeLog, lake_log
+from lakehouse.contracts.landing import LandingEntity
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,17 @@ from types import ModuleType
 
 import narwhals as nw
 
-from contracts.expressions import row_text
+from lakehouse.contracts.expressions import row_text
 
 
 def _engine_of(frame: nw.LazyFrame) -> ModuleType:
     impl = frame.implementation
     if impl.is_polars():
-        from backends.polars import expressions
+        from lakehouse.backends.polars import expressions
 
         return expressions
     if impl.is_pyspark() or impl.is_pyspark_connect():
-        from backends.spark import expressions
+        from lakehouse.backends.spark import expressions
 
         return expressions  # type: ignore[no-redef]
     msg = f"expected a polars or pyspark frame, got {impl!r}; use the polars or spark engine"

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backends.protocol import TableNotFoundError
-from contracts.catalog import TableSpec
+from lakehouse.backends.protocol import TableNotFoundError
+from lakehouse.contracts.catalog import TableSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

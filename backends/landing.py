@@ -34,9 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from contracts.catalog import QUARANTINE_COLUMNS
-from contracts.expressions import record_digest
-from contracts.landing import FILE_RULES, READ_LIMITS, RECORD_RULES, LandingEntity, ReadLimits
+from lakehouse.contracts.catalog import QUARANTINE_COLUMNS
+from lakehouse.contracts.expressions import record_digest
+from lakehouse.contracts.landing import FILE_RULES, READ_LIMITS, RECORD_RULES, LandingEntity, ReadLimits
 
 REJECT_SCHEMA = pa.schema([(c, pa.large_string()) for c in ("rule", "reason", "record", "record_hash", "source_file")])
 assert set(REJECT_SCHEMA.names) <= set(QUARANTINE_COLUMNS)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from backends.lake import Lake
-from contracts.logs import LogSpec, log
+from lakehouse.backends.lake import Lake
+from lakehouse.contracts.logs import LogSpec, log
 
 
 @dataclass(frozen=True)

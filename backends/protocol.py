@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     import narwhals as nw
     import pyarrow as pa
 
-    from contracts.catalog import TableSpec
-    from contracts.landing import LandingEntity
+    from lakehouse.contracts.catalog import TableSpec
+    from lakehouse.contracts.landing import LandingEntity
 
 
 class EngineError(RuntimeError):

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from backends.lake import Lake
-from backends.logs import LakeLog, lake_log
-from contracts.catalog import table
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.logs import LakeLog, lake_log
+from lakehouse.contracts.catalog import table
 
 
 class NotReleasedError(LookupError):

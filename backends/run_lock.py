@@ -37,11 +37,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backends.lake import Lake
-from contracts.logs import LOCKS
+from lakehouse.backends.lake import Lake
+from lakehouse.contracts.logs import LOCKS
 
 if TYPE_CHECKING:
-    from deployments.settings import Settings
+    from lakehouse.deployments.settings import Settings
 
 
 class LakeLockedError(RuntimeError):

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from backends.lake import Lake
-from backends.logs import lake_log
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.logs import lake_log
 
 
 @dataclass(frozen=True)

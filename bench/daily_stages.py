@@ -38,8 +38,8 @@ def timed_contract_checks() -> dict[str, float]:
     engines, pandera's report when one fails); the benchmark reports it as a share of the silver stage."""
     import pandera.polars as pa
 
-    from backends.polars import engine as polars_delta
-    from backends.spark import engine as spark_delta
+    from lakehouse.backends.polars import engine as polars_delta
+    from lakehouse.backends.spark import engine as spark_delta
 
     spent = {"silver": 0.0, "all": 0.0, "stage": ""}  # type: ignore[dict-item]
 
@@ -63,7 +63,7 @@ def timed_contract_checks() -> dict[str, float]:
 def run_engine(engine: str, landing: Path, lake: Path, days: int, start: date) -> dict:
     """Run the stages of every day on ``engine`` in this process; the last day's timings."""
     from bench.day import daily_steps
-    from tasks.context import RunContext
+    from lakehouse.tasks.context import RunContext
 
     shutil.rmtree(lake, ignore_errors=True)
     spent = timed_contract_checks()
@@ -90,7 +90,7 @@ def child(engine: str, landing: Path, lake: Path, days: int, start: date, out: P
     except Exception as exc:  # noqa: BLE001 - reported in the table, not a crash of the whole benchmark
         result = {"engine": engine, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
     out.write_text(json.dumps(result))
-    from backends.spark.session import stop_sessions
+    from lakehouse.backends.spark.session import stop_sessions
 
     stop_sessions()
 
@@ -152,7 +152,7 @@ def main() -> None:
         child(args.child, landing, out / f"lake-{args.child}", args.days, args.start, args.out)
         return
     if not landing.exists():
-        from backends.sources.sample import generate
+        from lakehouse.backends.sources.sample import generate
 
         t = time.perf_counter()
         generate(landing, days=args.days, scale=args.scale, seed=42, start=args.start)

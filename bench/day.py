@@ -9,14 +9,14 @@ from typing import Any
 
 def daily_steps(ctx: Any) -> list[tuple[str, str, Any]]:
     """The daily flow's task bodies in its order, as (stage, label, thunk)."""
-    from contracts.catalog import build_order, conform_order
-    from contracts.landing import LANDING_ENTITIES
-    from tasks.bronze import ingest_entity
-    from tasks.gates import check_gate
-    from tasks.gold import build_gold, plan_gold
-    from tasks.release import release_gold
-    from tasks.silver import link_crm, refine_table
-    from tasks.tracking import flush_ledger
+    from lakehouse.contracts.catalog import build_order, conform_order
+    from lakehouse.contracts.landing import LANDING_ENTITIES
+    from lakehouse.tasks.bronze import ingest_entity
+    from lakehouse.tasks.gates import check_gate
+    from lakehouse.tasks.gold import build_gold, plan_gold
+    from lakehouse.tasks.release import release_gold
+    from lakehouse.tasks.silver import link_crm, refine_table
+    from lakehouse.tasks.tracking import flush_ledger
 
     state: dict[str, Any] = {"bronze": [], "silver": [], "gold": []}
 

@@ -60,10 +60,10 @@ def main() -> None:
     from prefect.blocks.system import Secret
     from prefect.testing.utilities import prefect_test_harness
 
-    from deployments.settings import cached_settings
-    from tasks.bronze import ingest_entity
-    from tasks.context import RunContext
-    from tasks.extract import extract_entity
+    from lakehouse.deployments.settings import cached_settings
+    from lakehouse.tasks.bronze import ingest_entity
+    from lakehouse.tasks.context import RunContext
+    from lakehouse.tasks.extract import extract_entity
     from tests.servers import start_postgres, stop_postgres
 
     proc, info = start_postgres()

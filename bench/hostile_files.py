@@ -61,8 +61,8 @@ _READ = """
 import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from backends import landing
-from contracts.landing import landing_entity
+from lakehouse.backends import landing
+from lakehouse.contracts.landing import landing_entity
 start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 read = landing.read_files(landing_entity({entity!r}), [(Path({path!r}), "f")])

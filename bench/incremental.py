@@ -35,7 +35,7 @@ OUT = ROOT / "bench" / "out"
 
 
 def _ctx(day: date, lake: Path, landing: Path, run_id: str) -> Any:
-    from tasks.context import RunContext
+    from lakehouse.tasks.context import RunContext
 
     return RunContext(run_date=day, run_id=run_id, started_at=datetime.now(UTC),
                       overrides={"lake_root": str(lake), "landing_root": str(landing)})
@@ -43,14 +43,14 @@ def _ctx(day: date, lake: Path, landing: Path, run_id: str) -> Any:
 
 def full_steps(ctx: Any, days: list[date]) -> list[tuple[str, str, Any]]:
     """Every layer from scratch: bronze from every day's files, silver from all of bronze, gold whole."""
-    from contracts.catalog import build_order, conform_order, table
-    from contracts.landing import LANDING_ENTITIES
-    from tasks.bronze import ingest_entity
-    from tasks.gates import check_gate
-    from tasks.gold import build_gold
-    from tasks.release import release_gold as release
-    from tasks.silver import conform_into_silver, link_crm
-    from tasks.tracking import flush_ledger
+    from lakehouse.contracts.catalog import build_order, conform_order, table
+    from lakehouse.contracts.landing import LANDING_ENTITIES
+    from lakehouse.tasks.bronze import ingest_entity
+    from lakehouse.tasks.gates import check_gate
+    from lakehouse.tasks.gold import build_gold
+    from lakehouse.tasks.release import release_gold as release
+    from lakehouse.tasks.silver import conform_into_silver, link_crm
+    from lakehouse.tasks.tracking import flush_ledger
 
     versions: dict[str, int] = {}
 
@@ -108,8 +108,8 @@ def timed(steps: list[tuple[str, str, Any]]) -> tuple[list[tuple[str, str, float
 def history_lake(scale: float, days: int, seed: int) -> tuple[Path, Path, list[date]]:
     """Landing files of ``days + 1`` days and a lake of the first ``days`` built with the daily path, both
     cached under bench/out/; the landing folder, the lake and the dates."""
-    from backends.sources.sample import generate
     from bench.day import daily_steps
+    from lakehouse.backends.sources.sample import generate
 
     start = date(2026, 10, 1)
     dates = [start + timedelta(days=i) for i in range(days + 1)]

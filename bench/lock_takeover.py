@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 HOLDER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from backends import Lake
-from backends.run_lock import RunLock
+from lakehouse.backends import Lake
+from lakehouse.backends.run_lock import RunLock
 lock = RunLock(Lake(sys.argv[2]), lease_seconds=float(sys.argv[3]), heartbeat_seconds=float(sys.argv[4]))
 held = lock.hold("killed", "a run that will be killed", wait_seconds=0)  # kept: collected, it would let go
 held.__enter__()
@@ -37,8 +37,8 @@ time.sleep(3600)
 
 
 def one_round(lease: float, heartbeat: float) -> float:
-    from backends import Lake
-    from backends.run_lock import RunLock
+    from lakehouse.backends import Lake
+    from lakehouse.backends.run_lock import RunLock
 
     lake = str(Path(tempfile.mkdtemp(prefix="lock-bench-")) / "lake")
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ROOT), lake, str(lease), str(heartbeat)],

@@ -33,8 +33,8 @@ def write_delta_rs(root: str, spec: Any, data: Any) -> None:
 
 
 def write_project(root: str, spec: Any, data: Any) -> None:
-    from backends import Lake
-    from backends.polars.delta_files import commit, write_files
+    from lakehouse.backends import Lake
+    from lakehouse.backends.polars.delta_files import commit, write_files
 
     lake = Lake(root)
     commit(lake, spec, None, write_files(lake, spec, data), mode="overwrite")
@@ -65,9 +65,9 @@ def main() -> None:
     args = parser.parse_args()
     import polars as pl
 
-    from backends import Lake
     from bench.incremental import history_lake
-    from contracts.catalog import table
+    from lakehouse.backends import Lake
+    from lakehouse.contracts.catalog import table
 
     _, history, _ = history_lake(args.scale, args.days, args.seed)
     lake = Lake(str(history))

@@ -25,7 +25,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from backends.lake import Lake
+from lakehouse.backends.lake import Lake
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,10 +58,10 @@ def run(lake: Path, port: int) -> None:
     import snowflake.connector
     from pydantic import SecretStr
 
-    from backends.destinations import snowflake as destination
-    from backends.releases import Releases
-    from contracts.catalog import build_order, table
-    from deployments.settings import SnowflakeSettings, load_settings
+    from lakehouse.backends.destinations import snowflake as destination
+    from lakehouse.backends.releases import Releases
+    from lakehouse.contracts.catalog import build_order, table
+    from lakehouse.deployments.settings import SnowflakeSettings, load_settings
     
     database = f"BENCH_{uuid.uuid4().hex[:6].upper()}"
     admin = snowflake.connector.connect(user="admin", password="admin", account="fakesnow", host="127.0.0.1",

@@ -19,7 +19,7 @@ import pandera.polars as pa
 import polars as pl
 import pyarrow as pa_arrow
 
-from contracts.landing import (
+from lakehouse.contracts.landing import (
     CURRENCY_CODES,
     LANDING_ENTITIES,
     ORDER_EVENT_TYPES,

@@ -33,9 +33,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import narwhals as nw
 
-from contracts.catalog import SILVER, TABLES
-from contracts.expressions import first_match
-from contracts.landing import (
+from lakehouse.contracts.catalog import SILVER, TABLES
+from lakehouse.contracts.expressions import first_match
+from lakehouse.contracts.landing import (
     ACCOUNTS,
     BEHAVIOUR,
     CONTACTS,

@@ -1,8 +1,8 @@
 """A local Prefect stack for the deployments in ``deployments/prefect.yaml``: a Prefect server on loopback, the
 work pools, every deployment registered, and a process worker.
 
-    python -m deployments.local_stack up [--port 4200]    # make deploy-local
-    python -m deployments.local_stack down                # make deploy-local-stop
+    python -m lakehouse.deployments.local_stack up [--port 4200]    # make deploy-local
+    python -m lakehouse.deployments.local_stack down                # make deploy-local-stop
 
 State lives in ``$PREFECT_HOME`` (the Makefile sets ``.prefect/``): the server's database, the logs of the
 server and worker, and ``local-stack.json`` with their process ids, which ``down`` stops (each started in its
@@ -150,7 +150,7 @@ def _save(home: Path, state: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.local_stack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lakehouse.deployments.local_stack", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--port", type=int, default=4200, help="Prefect server port on 127.0.0.1 (up)")
     args = parser.parse_args(argv)

@@ -261,7 +261,7 @@ class KafkaSettings(BaseModel):
 
 def known_entities(names: Any) -> Any:
     """``names`` (landing entity names, or a mapping keyed by them), or an error naming the known ones."""
-    from contracts.landing import LANDING_ENTITIES
+    from lakehouse.contracts.landing import LANDING_ENTITIES
 
     known = {e.name for e in LANDING_ENTITIES}
     unknown = sorted(set(names) - known)
@@ -398,7 +398,7 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=8)
 def _secret_key(reference: str) -> bytes:
-    from deployments.secrets import SecretNotFoundError, resolve_secret
+    from lakehouse.deployments.secrets import SecretNotFoundError, resolve_secret
 
     key = resolve_secret(reference, what="hmac_key_secret").get_secret_value()
     if len(key) < 16:

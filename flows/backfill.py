@@ -15,10 +15,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from backends.lake import Lake
-from backends.run_log import RunLog
-from deployments.settings import Settings, load_settings
-from flows.daily import daily_lakehouse
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.run_log import RunLog
+from lakehouse.deployments.settings import Settings, load_settings
+from lakehouse.flows.daily import daily_lakehouse
 
 MAX_BACKFILL_DAYS = 3660
 
@@ -44,8 +44,8 @@ def _done(settings: Settings) -> set[date]:
     """The dates done: run to the end, and not allowed to go without an entity whose delivery has come since."""
     from pathlib import Path
 
-    from backends.landing import missing_deliveries
-    from contracts.landing import landing_entity
+    from lakehouse.backends.landing import missing_deliveries
+    from lakehouse.contracts.landing import landing_entity
 
     done = set()
     for day, went_without in RunLog(Lake(settings.lake_root)).went_without().items():

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from flows.command_line import (
+from lakehouse.flows.command_line import (
     AllowMissingOpt,
     BackendOpt,
     EnvOpt,
@@ -48,7 +48,7 @@ def generate(
 
 
 def _generate(*, days: int, scale: float, seed: int, start: date, out: Path) -> None:
-    from backends.sources.sample import generate as generate_files
+    from lakehouse.backends.sources.sample import generate as generate_files
 
     with _progress() as progress:
         bar = progress.add_task("generating", total=None)
@@ -93,7 +93,7 @@ def backfill(
     date run without an entity allowed missing runs again once its delivery has come)."""
     first, last = parse_date(date_from, "--from"), parse_date(date_to, "--to")
     settings = settings_for(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote)
-    from flows.backfill import BackfillRangeError, backfill_plan
+    from lakehouse.flows.backfill import BackfillRangeError, backfill_plan
 
     try:
         plan = backfill_plan(settings, first, last, force=force)
@@ -142,10 +142,10 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
               force: bool = False, allow_missing: list[str] | None = None) -> None:
     settings = settings_for(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote,
                          spark_master=spark_master)
-    from backends.lake import LakeNotWritableError
-    from backends.run_lock import LakeLockedError
-    from deployments.settings import SettingsError, known_entities
-    from tasks.context import LandingNotFoundError, require_landing
+    from lakehouse.backends.lake import LakeNotWritableError
+    from lakehouse.backends.run_lock import LakeLockedError
+    from lakehouse.deployments.settings import SettingsError, known_entities
+    from lakehouse.tasks.context import LandingNotFoundError, require_landing
 
     try:
         known_entities(allow_missing or [])
@@ -157,8 +157,8 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
         require_landing(settings.landing_root)
     except (SettingsError, LakeNotWritableError, LandingNotFoundError) as exc:
         fail(str(exc))
-    from flows.daily import daily_lakehouse
-    from flows.display import quiet_tracebacks
+    from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.flows.display import quiet_tracebacks
 
     quiet_tracebacks()
     for i, day in enumerate(days, 1):
@@ -182,13 +182,13 @@ def _run_failed(day: date, exc: Exception) -> None:
 
     from rich.markup import escape
 
-    from flows.display import plain
+    from lakehouse.flows.display import plain
 
     logging.getLogger("prefect.lakehouse").debug("run of %s failed", day, exc_info=exc)
-    from backends.landing import MissingDeliveryError
-    from tasks.gates import GateFailedError
-    from tasks.quarantine import AccountingError
-    from tasks.release import AuditFailedError
+    from lakehouse.backends.landing import MissingDeliveryError
+    from lakehouse.tasks.gates import GateFailedError
+    from lakehouse.tasks.quarantine import AccountingError
+    from lakehouse.tasks.release import AuditFailedError
 
     if isinstance(exc, MissingDeliveryError):  # the message says what to do
         err.print(f"[bold red]error:[/] run of {day} stopped: {escape(plain(str(exc)))}")
@@ -210,7 +210,7 @@ def _print_summaries(day: date, summaries: list[dict[str, Any]], seconds: float)
         t.add_row(s["stage"], s["table"], str(s.get("rows_in", "")), str(s.get("accepted", "")),
                   str(s.get("quarantined", "")), str(s.get("rows_written", "")), str(s.get("version", "")))
     console.print(t)
-    from flows.display import terminal
+    from lakehouse.flows.display import terminal
 
     for s in summaries:
         for f in s.get("refused", []):
@@ -222,11 +222,11 @@ def _print_summaries(day: date, summaries: list[dict[str, Any]], seconds: float)
 @app.command()
 def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
     """Every table: layer, rows, Delta version, last write."""
-    from contracts.catalog import TABLES
+    from lakehouse.contracts.catalog import TABLES
 
     settings = settings_for(env, lake_root=lake_root)
-    from backends import get_backend
-    from backends.releases import Releases
+    from lakehouse.backends import get_backend
+    from lakehouse.backends.releases import Releases
 
     engine = get_backend(settings.backend, lake_of(settings), settings.spark)
     release = Releases(lake_of(settings)).current()
@@ -256,13 +256,13 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
 
 
 def _quarantine_by_rule(settings) -> None:
-    from backends import get_backend
-    from contracts.catalog import tables as all_tables
-    from tasks.quarantine import replay_log
+    from lakehouse.backends import get_backend
+    from lakehouse.contracts.catalog import tables as all_tables
+    from lakehouse.tasks.quarantine import replay_log
 
     engine = get_backend(settings.backend, lake_of(settings), settings.spark)
     lake = lake_of(settings)
-    from flows.display import terminal
+    from lakehouse.flows.display import terminal
 
     t = Table(title="quarantined rows by rule (replayed: accepted by a later replay)")
     for col in ("quarantine table", "rule", "rows", "run dates", "replayed"):
@@ -287,11 +287,11 @@ def _quarantine_by_rule(settings) -> None:
 
 
 def _refused_files(engine, lake) -> None:
-    from contracts.catalog import bronze_for
-    from contracts.landing import LANDING_ENTITIES
-    from flows.display import terminal
-    from tasks.bronze import refused_log
-    from tasks.transforms.bronze import ingested_files
+    from lakehouse.contracts.catalog import bronze_for
+    from lakehouse.contracts.landing import LANDING_ENTITIES
+    from lakehouse.flows.display import terminal
+    from lakehouse.tasks.bronze import refused_log
+    from lakehouse.tasks.transforms.bronze import ingested_files
 
     t = Table(title="landing files refused (not ingested; fix the file and run its date again)")
     for col in ("file", "problem", "times refused", "last run date", "ingested since", "reason"):
@@ -323,7 +323,7 @@ RuleOpt = Annotated[str | None, typer.Option("--rule", help="only this rule id, 
 
 
 def _quarantine_spec(name: str):
-    from contracts.catalog import quarantine_for, table
+    from lakehouse.contracts.catalog import quarantine_for, table
 
     try:
         spec = table(name)
@@ -350,7 +350,7 @@ def quarantine_show(
     """Quarantined rows of one table: rule, run date, source file, reason and the raw record."""
     import narwhals as nw
 
-    from backends import get_backend
+    from lakehouse.backends import get_backend
 
     spec = _quarantine_spec(name)
     settings = settings_for(env, lake_root=lake_root)
@@ -362,7 +362,7 @@ def quarantine_show(
         rows = rows.filter(nw.col("rule") == rule)
     data = engine.to_arrow(rows.select("rule", "run_date", "source_file", "reason", "record")
                            .sort("run_date", "rule", "source_file", "record").head(limit)).to_pylist()
-    from flows.display import plain, terminal
+    from lakehouse.flows.display import plain, terminal
 
     t = Table(title=Text(f"{spec.name}" + (f", rule {plain(rule)}" if rule else "") + f": first {len(data)} rows"),
               show_lines=True)
@@ -384,8 +384,8 @@ def quarantine_replay(
 ) -> None:
     """After fixing data or a rule: send quarantined rows through silver again (each accepted row once), then
     rebuild, audit and release gold."""
-    from flows.quarantine import replay_quarantine
-    from tasks.replay import ReplayError, replayable
+    from lakehouse.flows.quarantine import replay_quarantine
+    from lakehouse.tasks.replay import ReplayError, replayable
 
     table_name = name.replace("quarantine.silver.", "silver.")
     try:
@@ -415,8 +415,8 @@ def show(
     lake_root: LakeOpt = None,
 ) -> None:
     """Print the first rows of a table."""
-    from backends import get_backend
-    from contracts.catalog import table
+    from lakehouse.backends import get_backend
+    from lakehouse.contracts.catalog import table
 
     try:
         spec = table(name)
@@ -429,7 +429,7 @@ def show(
         fail(f"expected table {name!r} to exist under {settings.lake_root!r}; it was never written: run 'lakehouse run --date D' first")
     version, note = engine.version(spec), ""
     if spec.layer == "gold":  # gold is read at the released version only
-        from backends.releases import NotReleasedError, Releases
+        from lakehouse.backends.releases import NotReleasedError, Releases
 
         releases = Releases(lake_of(settings))
         try:
@@ -440,7 +440,7 @@ def show(
     data = engine.to_arrow(engine.scan(spec, version=version).head(limit))
     import polars as pl
 
-    from flows.display import plain
+    from lakehouse.flows.display import plain
 
     frame = pl.from_arrow(data)
     frame = frame.with_columns(  # type: ignore[union-attr]
@@ -455,7 +455,7 @@ def show(
 @app.command()
 def releases(env: EnvOpt = None, lake_root: LakeOpt = None, limit: Annotated[int, typer.Option(min=1)] = 10) -> None:
     """The gold releases, newest first: id, run date, run id, when, and the version of each table."""
-    from backends.releases import Releases
+    from lakehouse.backends.releases import Releases
 
     settings = settings_for(env, lake_root=lake_root)
     history = Releases(lake_of(settings)).history()
@@ -482,8 +482,8 @@ def vacuum(
     """Delete the data files no kept version of the lake's tables reads: files replaced more than the retention
     ago, except those of the current gold release, of releases made within the retention, and of the versions
     the next incremental build reads (flows/vacuum.py). Waits for a running daily run (the lake's run lock)."""
-    from backends.run_lock import LakeLockedError
-    from flows.vacuum import existing_tables, held_vacuum
+    from lakehouse.backends.run_lock import LakeLockedError
+    from lakehouse.flows.vacuum import existing_tables, held_vacuum
 
     settings = settings_for(env, lake_root=lake_root)
     hours = settings.vacuum_retention_hours if retention_hours is None else retention_hours
@@ -524,9 +524,9 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
            limit: Annotated[int, typer.Option(min=1, help="how many recent runs to show")] = 10) -> None:
     """Recent runs from the run ledger (status, tasks, rows, failed tasks) and each table's freshness: the
     run and date that last wrote it, its version, and how long ago."""
-    from backends.logs import lake_log
-    from contracts.catalog import TABLES
-    from tasks.ledger import freshness, read_ledger, runs_overview
+    from lakehouse.backends.logs import lake_log
+    from lakehouse.contracts.catalog import TABLES
+    from lakehouse.tasks.ledger import freshness, read_ledger, runs_overview
 
     settings = settings_for(env, lake_root=lake_root)
     console.print(_lock_line(settings), soft_wrap=True)
@@ -590,7 +590,7 @@ def unlock(
 ) -> None:
     """Clear the lake's run lock when its lease ran out (the run holding it died). A live lease is refused
     without --force. A stale lock is also taken over by the next run by itself; this clears it now."""
-    from backends.run_lock import LakeLockedError
+    from lakehouse.backends.run_lock import LakeLockedError
 
     settings = settings_for(env, lake_root=lake_root)
     lock = run_lock_of(settings)
@@ -620,7 +620,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML page about a run date: rows per layer and table, quarantine by rule, and
     quality trends over the recent run dates, from the run ledger and the quarantine tables."""
-    from flows.report import render
+    from lakehouse.flows.report import render
 
     day = parse_date(run_date, "--date")
     settings = settings_for(env, lake_root=lake_root)
@@ -641,7 +641,7 @@ def rollback(
 ) -> None:
     """Make an earlier gold release current again: a new release with that release's table versions (readers
     and the next Snowflake publish see them; the log keeps everything, so a rollback can itself be undone)."""
-    from backends.releases import NotReleasedError, Releases
+    from lakehouse.backends.releases import NotReleasedError, Releases
 
     settings = settings_for(env, lake_root=lake_root)
     releases = Releases(lake_of(settings))
@@ -665,7 +665,7 @@ def publish(
     if to != "snowflake":
         fail(f"expected --to snowflake, got {to!r}")
     settings = settings_for(env, lake_root=lake_root)
-    from flows.snowflake_publish import ReleaseNotFoundError, choose_release, publish_snowflake
+    from lakehouse.flows.snowflake_publish import ReleaseNotFoundError, choose_release, publish_snowflake
 
     try:
         settings.snowflake.require()
@@ -684,7 +684,7 @@ def publish(
     console.print(t)
 
 
-from flows.sources_cli import sources_app
+from lakehouse.flows.sources_cli import sources_app
 
 app.add_typer(sources_app, name="sources")
 
@@ -697,9 +697,9 @@ EmrEnvOpt = Annotated[str, typer.Option("--env", help="environment: deployments/
 @emr_app.command("ship")
 def emr_ship(env: EmrEnvOpt = "emr") -> None:
     """Build the code archive and upload it with the entry point to emr.code_uri (skipped if already there)."""
-    from deployments.emr import package
-    from deployments.emr.jobs import EmrJobError, aws_client
-    from deployments.settings import SettingsError
+    from lakehouse.deployments.emr import package
+    from lakehouse.deployments.emr.jobs import EmrJobError, aws_client
+    from lakehouse.deployments.settings import SettingsError
 
     try:
         emr = settings_for(env).emr.require()
@@ -721,8 +721,8 @@ def emr_policy(
     """Print an IAM policy scoped to the environment's lake, landing, code and log prefixes."""
     import json
 
-    from deployments.emr import iam
-    from deployments.settings import SettingsError
+    from lakehouse.deployments.emr import iam
+    from lakehouse.deployments.settings import SettingsError
 
     if which not in iam.POLICIES:
         fail(f"expected a policy among {sorted(iam.POLICIES)}, got {which!r}")
@@ -739,9 +739,9 @@ def emr_run(
     env: EmrEnvOpt = "emr",
 ) -> None:
     """Run the daily flow's stages for one date as EMR Serverless job runs, waiting for each."""
-    from deployments.settings import SettingsError
-    from flows.daily import STAGES
-    from flows.emr import emr_daily_lakehouse
+    from lakehouse.deployments.settings import SettingsError
+    from lakehouse.flows.daily import STAGES
+    from lakehouse.flows.emr import emr_daily_lakehouse
 
     day = parse_date(run_date, "--date")
     unknown = [s for s in stage or [] if s not in STAGES]

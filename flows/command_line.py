@@ -27,7 +27,7 @@ MasterOpt = Annotated[str | None, typer.Option(
 def fail(message: str) -> None:
     from rich.markup import escape
 
-    from flows.display import plain
+    from lakehouse.flows.display import plain
 
     err.print(f"[bold red]error:[/] {escape(plain(message))}")  # a message may name a [settings.table] or a file
     raise typer.Exit(code=2)
@@ -42,19 +42,19 @@ def parse_date(value: str, option: str) -> date:
 
 
 def lake_of(settings: Any) -> Any:
-    from backends.lake import Lake
+    from lakehouse.backends.lake import Lake
 
     return Lake(settings.lake_root)
 
 
 def run_lock_of(settings: Any) -> Any:
-    from backends.run_lock import RunLock
+    from lakehouse.backends.run_lock import RunLock
 
     return RunLock.of(settings)
 
 
 def settings_for(env: str | None, **overrides: Any):
-    from deployments.settings import SettingsError, load_settings
+    from lakehouse.deployments.settings import SettingsError, load_settings
 
     try:
         return load_settings(env, **overrides)

@@ -14,23 +14,23 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from backends import landing
-from backends.lake import Lake
-from backends.run_lock import RunLock
-from backends.run_log import RunLog
-from contracts.catalog import build_order, conform_order
-from contracts.landing import LANDING_ENTITIES
-from deployments.secrets import use_aws_credentials_block
-from deployments.settings import known_entities
-from tasks.bronze import ingest_entity
-from tasks.caching import resumable
-from tasks.context import RunContext
-from tasks.extract import acknowledge_stream, extract_entity
-from tasks.gates import check_gate
-from tasks.gold import build_gold, plan_gold
-from tasks.release import release_gold
-from tasks.silver import link_crm, refine_table
-from tasks.tracking import recorded
+from lakehouse.backends import landing
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.run_lock import RunLock
+from lakehouse.backends.run_log import RunLog
+from lakehouse.contracts.catalog import build_order, conform_order
+from lakehouse.contracts.landing import LANDING_ENTITIES
+from lakehouse.deployments.secrets import use_aws_credentials_block
+from lakehouse.deployments.settings import known_entities
+from lakehouse.tasks.bronze import ingest_entity
+from lakehouse.tasks.caching import resumable
+from lakehouse.tasks.context import RunContext
+from lakehouse.tasks.extract import acknowledge_stream, extract_entity
+from lakehouse.tasks.gates import check_gate
+from lakehouse.tasks.gold import build_gold, plan_gold
+from lakehouse.tasks.release import release_gold
+from lakehouse.tasks.silver import link_crm, refine_table
+from lakehouse.tasks.tracking import recorded
 
 
 @flow(name="ingest", flow_run_name="ingest-{ctx.run_date}")
@@ -147,7 +147,7 @@ def daily_lakehouse(
             release_id=release, locked_at=datetime.fromisoformat(held["acquired_at"]),
             finished_at=datetime.now(UTC), forced=force, missing=sorted(m.entity for m in missing))
     if settings.snowflake.publish_with_daily and release is not None:
-        from flows.snowflake_publish import choose_release, publish_release
+        from lakehouse.flows.snowflake_publish import choose_release, publish_release
 
         summaries += publish_release(env, overrides, choose_release(settings, release), ctx.run_id)
     create_table_artifact(

@@ -23,11 +23,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 from prefect.states import Cancelled, Completed, Failed, State
 
-from backends.run_lock import RunLock
-from deployments.emr import package
-from deployments.emr.jobs import JobRuns, aws_client
-from deployments.settings import Settings, load_settings
-from flows.daily import STAGES, dated_run_name, scheduled_date
+from lakehouse.backends.run_lock import RunLock
+from lakehouse.deployments.emr import package
+from lakehouse.deployments.emr.jobs import JobRuns, aws_client
+from lakehouse.deployments.settings import Settings, load_settings
+from lakehouse.flows.daily import STAGES, dated_run_name, scheduled_date
 
 
 @task(name="ship-code", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)

@@ -21,10 +21,10 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from backends.lake import Lake
-from tasks.context import RunContext
-from tasks.replay import ReplayError, replay_table, replayable, replayed_order_dates
-from tasks.silver import link_crm
+from lakehouse.backends.lake import Lake
+from lakehouse.tasks.context import RunContext
+from lakehouse.tasks.replay import ReplayError, replay_table, replayable, replayed_order_dates
+from lakehouse.tasks.silver import link_crm
 
 
 @flow(name="replay-quarantine", flow_run_name="replay-{table_name}")
@@ -32,9 +32,9 @@ def replay_quarantine(table_name: str, rule: str | None = None, env: str = "loca
                       lake_root: str | None = None, spark_remote: str | None = None) -> list[dict[str, Any]]:
     """Replay ``table_name``'s quarantined rows (of ``rule``), then, if any was accepted, rebuild, audit and
     release gold."""
-    from backends.releases import Releases
-    from deployments.settings import load_settings
-    from flows.daily import publish
+    from lakehouse.backends.releases import Releases
+    from lakehouse.deployments.settings import load_settings
+    from lakehouse.flows.daily import publish
 
     replayable(table_name)
     overrides = {k: v for k, v in {"backend": backend, "lake_root": lake_root, "spark_remote": spark_remote}.items()

@@ -3,7 +3,7 @@ dictionary (docs/gold.md) and the engines' declared gaps (docs/engines.md). Each
 introduction; everything after its ``GENERATED`` marker is rendered here. ``make docs`` writes them;
 tests/test_docs.py fails when a page and the declarations drift apart.
 
-    python -m flows.reference [--check]
+    python -m lakehouse.flows.reference [--check]
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-MARKER = "<!-- generated from the declarations by `make docs` (python -m flows.reference): edit those, not below -->"
+MARKER = "<!-- generated from the declarations by `make docs` (python -m lakehouse.flows.reference): edit those, not below -->"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def landing_reference() -> str:
-    from contracts.landing import LANDING_ENTITIES
+    from lakehouse.contracts.landing import LANDING_ENTITIES
 
     parts = []
     for e in LANDING_ENTITIES:
@@ -27,7 +27,7 @@ def landing_reference() -> str:
 
 
 def gold_reference() -> str:
-    from contracts.catalog import GOLD_COLUMN_DOCS, build_order, table
+    from lakehouse.contracts.catalog import GOLD_COLUMN_DOCS, build_order, table
 
     parts = []
     for name in build_order("gold"):
@@ -41,8 +41,8 @@ def gold_reference() -> str:
 
 
 def engines_reference() -> str:
-    from backends.polars.engine import PolarsDeltaEngine
-    from backends.spark.engine import GAPS, GAPS_ALL_KINDS
+    from lakehouse.backends.polars.engine import PolarsDeltaEngine
+    from lakehouse.backends.spark.engine import GAPS, GAPS_ALL_KINDS
 
     gaps = [*PolarsDeltaEngine.gaps, *(g for kind in GAPS.values() for g in kind), *GAPS_ALL_KINDS]
     rows = "\n".join(f"| {g.engine} | `{g.operation}` | {g.effect} | {g.instead} |" for g in gaps)

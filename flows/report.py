@@ -15,10 +15,10 @@ from typing import Any
 
 import polars as pl
 
-from backends.lake import Lake
-from contracts.catalog import quarantine_for, tables
-from flows.display import inert
-from tasks.ledger import read_ledger
+from lakehouse.backends.lake import Lake
+from lakehouse.contracts.catalog import quarantine_for, tables
+from lakehouse.flows.display import inert
+from lakehouse.tasks.ledger import read_ledger
 
 LAYERS = ("bronze", "silver", "gold")
 TREND_DATES = 14
@@ -76,8 +76,8 @@ def quarantine_by_rule(lake: Lake, run_date: date) -> list[dict[str, Any]]:
 
 def refused_files(lake: Lake, run_date: date) -> list[dict[str, Any]]:
     """Landing files refused by runs of ``run_date`` (the latest refusal of each): file, problem, reason."""
-    from contracts.landing import LANDING_ENTITIES
-    from tasks.bronze import refused_log
+    from lakehouse.contracts.landing import LANDING_ENTITIES
+    from lakehouse.tasks.bronze import refused_log
 
     latest: dict[str, dict[str, Any]] = {}
     for entity in LANDING_ENTITIES:

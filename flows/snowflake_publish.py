@@ -15,12 +15,12 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from backends.lake import Lake
-from backends.releases import Release, Releases
-from contracts.catalog import build_order
-from deployments.settings import Settings, load_settings
-from tasks.context import logger
-from tasks.publish import publish_table
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.releases import Release, Releases
+from lakehouse.contracts.catalog import build_order
+from lakehouse.deployments.settings import Settings, load_settings
+from lakehouse.tasks.context import logger
+from lakehouse.tasks.publish import publish_table
 
 
 class ReleaseNotFoundError(LookupError):

@@ -16,7 +16,7 @@ DateOpt = Annotated[str | None, typer.Option("--date", help="run date YYYY-MM-DD
 
 
 def _date(value: str | None) -> date:
-    from flows.command_line import parse_date
+    from lakehouse.flows.command_line import parse_date
 
     return parse_date(value, "--date") if value else datetime.now(UTC).date()
 
@@ -24,10 +24,10 @@ def _date(value: str | None) -> date:
 def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
     """One row per landing entity: its source, where it reads, the window a run of ``run_date`` would fetch,
     how many records (or files) that is, and ``ok`` (False with the error when a connection fails)."""
-    from backends.sources import connector_for
-    from backends.sources.extract import ExtractLog
-    from contracts.landing import LANDING_ENTITIES
-    from flows.command_line import lake_of
+    from lakehouse.backends.sources import connector_for
+    from lakehouse.backends.sources.extract import ExtractLog
+    from lakehouse.contracts.landing import LANDING_ENTITIES
+    from lakehouse.flows.command_line import lake_of
 
     rows = []
     lake = lake_of(settings)
@@ -36,7 +36,7 @@ def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
         if row["source"] == "files":
             from pathlib import Path
 
-            from backends.landing import list_folder, missing_deliveries
+            from lakehouse.backends.landing import list_folder, missing_deliveries
 
             root = Path(settings.landing_root)
             folder = entity.folder(root, run_date)
@@ -82,7 +82,7 @@ def sources_check(env: Annotated[str | None, typer.Option("--env")] = None,
     daily whose file for the date is missing (exit 1 if a connection fails or a delivery is missing)."""
     from rich.markup import escape
 
-    from flows.command_line import console, err, settings_for
+    from lakehouse.flows.command_line import console, err, settings_for
 
     settings = settings_for(env, lake_root=lake_root, landing_root=landing)
     day = _date(run_date)
@@ -109,10 +109,10 @@ def sources_extract(entity: Annotated[str, typer.Argument(help="entity, e.g. sno
                     landing: Annotated[str | None, typer.Option("--landing")] = None) -> None:
     """Pull one entity for a date into landing files now (what the daily flow does before bronze); resumes an
     extract that died midway, fetches nothing for a date already extracted."""
-    from contracts.landing import landing_entity
-    from flows.command_line import console, fail, settings_for
-    from tasks.context import LandingNotFoundError, RunContext
-    from tasks.extract import extract_entity
+    from lakehouse.contracts.landing import landing_entity
+    from lakehouse.flows.command_line import console, fail, settings_for
+    from lakehouse.tasks.context import LandingNotFoundError, RunContext
+    from lakehouse.tasks.extract import extract_entity
 
     try:
         landing_entity(entity)
@@ -122,9 +122,9 @@ def sources_extract(entity: Annotated[str, typer.Argument(help="entity, e.g. sno
     settings = settings_for(env, **overrides)
     ctx = RunContext(env=settings.env, run_date=_date(run_date), run_id=f"cli-{uuid.uuid4().hex[:12]}",
                      started_at=datetime.now(UTC), overrides=overrides)
-    from backends.sources.extract import SourceError
-    from deployments.secrets import SecretNotFoundError
-    from deployments.settings import SettingsError
+    from lakehouse.backends.sources.extract import SourceError
+    from lakehouse.deployments.secrets import SecretNotFoundError
+    from lakehouse.deployments.settings import SettingsError
 
     try:
         summary = extract_entity.fn(ctx, entity)

@@ -28,13 +28,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from backends.lake import Lake
-from backends.releases import Releases
-from backends.run_lock import RunLock
-from contracts.catalog import TableSpec, tables
-from deployments.secrets import use_aws_credentials_block
-from tasks import customer_grain
-from tasks.context import RunContext
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.releases import Releases
+from lakehouse.backends.run_lock import RunLock
+from lakehouse.contracts.catalog import TableSpec, tables
+from lakehouse.deployments.secrets import use_aws_credentials_block
+from lakehouse.tasks import customer_grain
+from lakehouse.tasks.context import RunContext
 
 
 @dataclass(frozen=True)

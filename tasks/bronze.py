@@ -9,17 +9,17 @@ from typing import Any
 
 import narwhals as nw
 
-from backends import Engine, landing
-from backends.checkpoints import Checkpoints
-from backends.lake import Lake
-from backends.logs import LakeLog, lake_log
-from contracts.catalog import TableSpec, bronze_for
-from contracts.landing import LandingEntity, landing_entity
-from tasks.context import RunContext, logger, summary_of
-from tasks.quarantine import AccountingError, quarantined_on_run_date, write_quarantine
-from tasks.retry_policy import LAKE_RETRIES
-from tasks.tracking import lake_task
-from tasks.transforms import bronze
+from lakehouse.backends import Engine, landing
+from lakehouse.backends.checkpoints import Checkpoints
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.logs import LakeLog, lake_log
+from lakehouse.contracts.catalog import TableSpec, bronze_for
+from lakehouse.contracts.landing import LandingEntity, landing_entity
+from lakehouse.tasks.context import RunContext, logger, summary_of
+from lakehouse.tasks.quarantine import AccountingError, quarantined_on_run_date, write_quarantine
+from lakehouse.tasks.retry_policy import LAKE_RETRIES
+from lakehouse.tasks.tracking import lake_task
+from lakehouse.tasks.transforms import bronze
 
 
 @lake_task(lambda p: [f"landing:{p['entity_name']}"], name="bronze", task_run_name="bronze-{entity_name}",

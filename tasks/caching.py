@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 
 from prefect.context import TaskRunContext
 
-from backends.lake import Lake
-from contracts.catalog import table
-from contracts.logs import RESULTS
-from tasks.context import RunContext
+from lakehouse.backends.lake import Lake
+from lakehouse.contracts.catalog import table
+from lakehouse.contracts.logs import RESULTS
+from lakehouse.tasks.context import RunContext
 
 T = TypeVar("T")
 
@@ -101,7 +101,7 @@ def keyed_by(reads: Callable[[dict[str, Any]], Iterable[str]], *, rules: bool = 
 
 
 def _landing_fingerprint(ctx: RunContext, entity_name: str) -> list[tuple[str, int, int]]:
-    from contracts.landing import landing_entity
+    from lakehouse.contracts.landing import landing_entity
 
     entity = landing_entity(entity_name)
     folder = entity.folder(ctx.landing_dir(), ctx.run_date)

@@ -15,9 +15,9 @@ from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict, Field
 
-from backends import Engine, get_backend
-from backends.lake import Lake
-from deployments.settings import Settings, cached_settings
+from lakehouse.backends import Engine, get_backend
+from lakehouse.backends.lake import Lake
+from lakehouse.deployments.settings import Settings, cached_settings
 
 
 class LandingNotFoundError(FileNotFoundError):

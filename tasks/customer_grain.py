@@ -29,11 +29,11 @@ from typing import Any
 
 import narwhals as nw
 
-from backends import Engine
-from backends.lake import Lake
-from backends.logs import LakeLog, lake_log
-from contracts.catalog import TableSpec, table
-from contracts.expressions import row_text
+from lakehouse.backends import Engine
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.logs import LakeLog, lake_log
+from lakehouse.contracts.catalog import TableSpec, table
+from lakehouse.contracts.expressions import row_text
 
 # The tables built this way.
 TABLES = ("gold.dim_customer",)
@@ -47,7 +47,7 @@ def builds_log(lake: Lake, spec: TableSpec) -> LakeLog:
 @cache
 def code_version() -> str:
     """A digest of the gold builders and of this module: a build by other code is not continued."""
-    from tasks.transforms import gold, schema
+    from lakehouse.tasks.transforms import gold, schema
 
     text = "".join(inspect.getsource(m) for m in (gold, schema, inspect.getmodule(code_version)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

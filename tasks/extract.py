@@ -9,21 +9,21 @@ from typing import Any
 import narwhals as nw
 import pyarrow as pa
 
-from backends.checkpoints import Checkpoints
-from backends.lake import Lake
-from contracts.catalog import bronze_for
-from contracts.landing import landing_entity
-from tasks.context import RunContext, logger
-from tasks.retry_policy import SOURCE_RETRIES
-from tasks.tracking import lake_task
+from lakehouse.backends.checkpoints import Checkpoints
+from lakehouse.backends.lake import Lake
+from lakehouse.contracts.catalog import bronze_for
+from lakehouse.contracts.landing import landing_entity
+from lakehouse.tasks.context import RunContext, logger
+from lakehouse.tasks.retry_policy import SOURCE_RETRIES
+from lakehouse.tasks.tracking import lake_task
 
 
 @lake_task(lambda p: [], name="extract", task_run_name="extract-{entity_name}", **SOURCE_RETRIES)
 def extract_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     """Pull the run date's new and changed records of one entity from its source system into landing files
     (backends/sources/extract.py: watermark window with lookback, resumable, each record version once)."""
-    from backends.sources import connector_for
-    from backends.sources.extract import run_extract
+    from lakehouse.backends.sources import connector_for
+    from lakehouse.backends.sources.extract import run_extract
 
     entity = landing_entity(entity_name)
     settings = ctx.settings()
@@ -50,8 +50,8 @@ def extract_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
 @lake_task(lambda p: [], name="acknowledge", task_run_name="acknowledge-{entity_name}", **SOURCE_RETRIES)
 def acknowledge_stream(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     """Commit to Kafka the offsets of the micro-batch files bronze has applied (after the bronze commit)."""
-    from backends.sources import connector_for
-    from backends.sources.extract import ExtractLog
+    from lakehouse.backends.sources import connector_for
+    from lakehouse.backends.sources.extract import ExtractLog
 
     entity = landing_entity(entity_name)
     settings = ctx.settings()

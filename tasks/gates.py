@@ -9,11 +9,11 @@ from typing import Any
 import narwhals as nw
 from prefect.artifacts import create_table_artifact
 
-from contracts.catalog import Gate, quarantine_for, table, tables
-from tasks.bronze import newest_delivery
-from tasks.context import RunContext
-from tasks.tracking import lake_task
-from tasks.transforms import audit
+from lakehouse.contracts.catalog import Gate, quarantine_for, table, tables
+from lakehouse.tasks.bronze import newest_delivery
+from lakehouse.tasks.context import RunContext
+from lakehouse.tasks.tracking import lake_task
+from lakehouse.tasks.transforms import audit
 
 
 class GateFailedError(RuntimeError):

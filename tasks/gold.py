@@ -10,13 +10,13 @@ from typing import Any
 import narwhals as nw
 import pyarrow as pa
 
-from backends import Engine
-from contracts.catalog import TableSpec, table, tables
-from tasks import customer_grain
-from tasks.context import RunContext, logger, summary_of
-from tasks.retry_policy import LAKE_RETRIES
-from tasks.tracking import lake_task
-from tasks.transforms import bronze, gold
+from lakehouse.backends import Engine
+from lakehouse.contracts.catalog import TableSpec, table, tables
+from lakehouse.tasks import customer_grain
+from lakehouse.tasks.context import RunContext, logger, summary_of
+from lakehouse.tasks.retry_policy import LAKE_RETRIES
+from lakehouse.tasks.tracking import lake_task
+from lakehouse.tasks.transforms import bronze, gold
 
 
 class Inputs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.logs import lake_log
+from lakehouse.backends.logs import lake_log
 
 
 def read_ledger(lake: Any) -> list[dict[str, Any]]:

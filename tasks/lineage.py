@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from backends.lake import Lake
-from contracts.catalog import table
-from contracts.logs import LINEAGE
-from tasks.context import RunContext
+from lakehouse.backends.lake import Lake
+from lakehouse.contracts.catalog import table
+from lakehouse.contracts.logs import LINEAGE
+from lakehouse.tasks.context import RunContext
 
 PRODUCER = "https://github.com/project-a/lakehouse"
 
@@ -118,7 +118,7 @@ class Lineage:
         from openlineage.client.facet_v2 import dataset_version_dataset, schema_dataset
 
         if name.startswith("landing:"):
-            from contracts.landing import landing_entity
+            from lakehouse.contracts.landing import landing_entity
 
             entity = landing_entity(name.removeprefix("landing:"))
             root = Path(self.settings.landing_root).resolve()

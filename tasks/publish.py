@@ -9,13 +9,13 @@ from typing import Any
 
 from prefect import task
 
-from backends.destinations import snowflake
-from backends.lake import Lake
-from contracts.catalog import table
-from deployments.secrets import resolve_secret
-from deployments.settings import cached_settings
-from tasks.context import logger
-from tasks.retry_policy import retry_if_transient
+from lakehouse.backends.destinations import snowflake
+from lakehouse.backends.lake import Lake
+from lakehouse.contracts.catalog import table
+from lakehouse.deployments.secrets import resolve_secret
+from lakehouse.deployments.settings import cached_settings
+from lakehouse.tasks.context import logger
+from lakehouse.tasks.retry_policy import retry_if_transient
 
 
 @task(name="publish-table", task_run_name="snowflake-{table_name}", retries=3, retry_delay_seconds=[2, 10, 30],

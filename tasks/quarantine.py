@@ -7,11 +7,11 @@ from collections import Counter
 import narwhals as nw
 import pyarrow as pa
 
-from backends import Engine
-from backends.lake import Lake
-from backends.logs import LakeLog, lake_log
-from contracts.catalog import TableSpec, quarantine_for, table
-from tasks.context import RunContext
+from lakehouse.backends import Engine
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.logs import LakeLog, lake_log
+from lakehouse.contracts.catalog import TableSpec, quarantine_for, table
+from lakehouse.tasks.context import RunContext
 
 
 class AccountingError(RuntimeError):

@@ -9,11 +9,11 @@ from typing import Any
 import narwhals as nw
 from prefect.artifacts import create_table_artifact
 
-from backends.releases import Releases
-from contracts.catalog import TableSpec, table
-from tasks.context import RunContext, logger
-from tasks.tracking import lake_task
-from tasks.transforms import audit
+from lakehouse.backends.releases import Releases
+from lakehouse.contracts.catalog import TableSpec, table
+from lakehouse.tasks.context import RunContext, logger
+from lakehouse.tasks.tracking import lake_task
+from lakehouse.tasks.transforms import audit
 
 
 class AuditFailedError(RuntimeError):

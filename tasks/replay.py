@@ -13,11 +13,11 @@ import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from contracts.catalog import quarantine_for, table
-from tasks.context import RunContext
-from tasks.gold import affected_order_dates
-from tasks.quarantine import replay_log
-from tasks.silver import conform_into_silver
+from lakehouse.contracts.catalog import quarantine_for, table
+from lakehouse.tasks.context import RunContext
+from lakehouse.tasks.gold import affected_order_dates
+from lakehouse.tasks.quarantine import replay_log
+from lakehouse.tasks.silver import conform_into_silver
 
 NOT_REPLAYED = frozenset({"duplicate.exact"})
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect.tasks import exponential_backoff
 
-from backends.lake import LakeNotWritableError
+from lakehouse.backends.lake import LakeNotWritableError
 
 # OSErrors that say something about the path or the machine, not about the moment: a retry fails the same way.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,

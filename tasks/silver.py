@@ -12,17 +12,17 @@ from typing import Any
 import narwhals as nw
 import pyarrow as pa
 
-from backends import Engine
-from backends.lake import Lake
-from backends.logs import LakeLog, lake_log
-from contracts.catalog import TableSpec, table
-from tasks.bronze import files_in
-from tasks.caching import conform_code_version
-from tasks.context import RunContext, logger, summary_of
-from tasks.quarantine import AccountingError, quarantined_on_run_date, replay_log, write_quarantine
-from tasks.retry_policy import LAKE_RETRIES
-from tasks.tracking import lake_task
-from tasks.transforms import bronze, silver
+from lakehouse.backends import Engine
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.logs import LakeLog, lake_log
+from lakehouse.contracts.catalog import TableSpec, table
+from lakehouse.tasks.bronze import files_in
+from lakehouse.tasks.caching import conform_code_version
+from lakehouse.tasks.context import RunContext, logger, summary_of
+from lakehouse.tasks.quarantine import AccountingError, quarantined_on_run_date, replay_log, write_quarantine
+from lakehouse.tasks.retry_policy import LAKE_RETRIES
+from lakehouse.tasks.tracking import lake_task
+from lakehouse.tasks.transforms import bronze, silver
 
 
 @lake_task(lambda p: table(p["table_name"]).inputs, rules=True,

@@ -29,12 +29,12 @@ from typing import Any
 
 from prefect import task
 
-from backends.lake import Lake
-from backends.logs import lake_log
-from contracts.catalog import table
-from tasks.caching import keyed_by
-from tasks.context import RunContext
-from tasks.lineage import LakeObjectTransport, Lineage, TaskRun, output_table
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.logs import lake_log
+from lakehouse.contracts.catalog import table
+from lakehouse.tasks.caching import keyed_by
+from lakehouse.tasks.context import RunContext
+from lakehouse.tasks.lineage import LakeObjectTransport, Lineage, TaskRun, output_table
 
 _PENDING: dict[str, list[dict[str, Any]]] = {}  # ledger rows not yet appended, by lake root
 

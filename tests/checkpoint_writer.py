@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandera.polars as pa
 import polars as pl
 
-from backends import Lake, get_backend
-from backends.lake import PORTABLE_TABLE_PROPERTIES
-from contracts.catalog import TableSpec
-from deployments.settings import SparkSettings
+from lakehouse.backends import Lake, get_backend
+from lakehouse.backends.lake import PORTABLE_TABLE_PROPERTIES
+from lakehouse.contracts.catalog import TableSpec
+from lakehouse.deployments.settings import SparkSettings
 
 SPEC = TableSpec(layer="bronze", entity="kill.batches", mode="append", partition_by=("part",),
                  schema=pa.DataFrameSchema({"batch": pa.Column(pl.Int64), "part": pa.Column(pl.Int64),

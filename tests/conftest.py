@@ -34,8 +34,8 @@ def lake_copy(request, daily_lakes, tmp_path):
     """A private copy of the two-day lake built by the daily flow on each engine (the shared one stays intact)."""
     import shutil
 
-    from backends import Lake, get_backend
-    from deployments.settings import SparkSettings
+    from lakehouse.backends import Lake, get_backend
+    from lakehouse.deployments.settings import SparkSettings
 
     built = daily_lakes(request.param)
     root = tmp_path / "lake"
@@ -72,7 +72,7 @@ def sail_url(tmp_path_factory):
                                  "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
     _wait_for_port(proc, port, log, "Sail server")
     yield f"sc://127.0.0.1:{port}"
-    from backends.spark.session import stop_sessions
+    from lakehouse.backends.spark.session import stop_sessions
 
     stop_sessions()  # while the server still runs: a client left open retries against a dead server at exit
     _stop(proc)
@@ -80,8 +80,8 @@ def sail_url(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sail_session(sail_url):
-    from backends.spark.session import session_for
-    from deployments.settings import SparkSettings
+    from lakehouse.backends.spark.session import session_for
+    from lakehouse.deployments.settings import SparkSettings
 
     spark, _ = session_for(SparkSettings(remote=sail_url))
     yield spark
@@ -95,8 +95,8 @@ def jvm_session():
 
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
         pytest.fail("the JVM transform tests need Java 17 (java on PATH or JAVA_HOME); install a JDK")
-    from backends.spark.session import session_for
-    from deployments.settings import SparkSettings
+    from lakehouse.backends.spark.session import session_for
+    from lakehouse.deployments.settings import SparkSettings
 
     spark, _ = session_for(SparkSettings(master="local[2]", conf={"spark.sql.shuffle.partitions": "4"}))
     yield spark
@@ -124,8 +124,8 @@ def daily_lakes(prefect_harness, tmp_path_factory, request):
     import shutil
     from datetime import date
 
-    from backends.sources.sample import generate
-    from flows.daily import daily_lakehouse
+    from lakehouse.backends.sources.sample import generate
+    from lakehouse.flows.daily import daily_lakehouse
 
     base = tmp_path_factory.mktemp("daily")
     landing = base / "landing"
@@ -253,7 +253,7 @@ def source_landing(tmp_path_factory):
     """Generated landing files (three days, scale 0.02) that the connector tests put into source systems."""
     from datetime import date
 
-    from backends.sources.sample import generate
+    from lakehouse.backends.sources.sample import generate
 
     out = tmp_path_factory.mktemp("sources-gen")
     generate(out, days=len(SOURCE_DAYS), scale=0.02, seed=11, start=date.fromisoformat(SOURCE_DAYS[0]))

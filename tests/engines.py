@@ -25,7 +25,7 @@ def to_engine(engine: str, frame: pl.LazyFrame | pl.DataFrame) -> nw.LazyFrame:
     if engine == "polars":
         return nw.from_native(frame.lazy())
     if engine in SESSIONS:
-        from backends.spark.engine import spark_frame
+        from lakehouse.backends.spark.engine import spark_frame
 
         return nw.from_native(spark_frame(SESSIONS[engine], frame.lazy().collect().to_arrow()))
     msg = f"expected an engine among {TRANSFORM_ENGINES} with its session started, got {engine!r}"

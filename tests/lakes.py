@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from contracts.catalog import TABLES, table
+from lakehouse.contracts.catalog import TABLES, table
 
 RUN_COLUMNS = {"_run_id", "_ingested_at", "run_id"}
 REL_TOL, ABS_TOL = 1e-9, 0.005

@@ -24,8 +24,8 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from backends.sources.extract import landing_text
-from contracts.landing import LandingEntity
+from lakehouse.backends.sources.extract import landing_text
+from lakehouse.contracts.landing import LandingEntity
 
 
 def day_rows(landing: Path, entity: LandingEntity, day: date) -> tuple[pl.DataFrame, list[str]]:
@@ -248,23 +248,23 @@ class TwoPaths:
         return self.tmp / which / "lake"
 
     def ctx(self, which: str, day: date) -> Any:
-        from tasks.context import RunContext
+        from lakehouse.tasks.context import RunContext
 
         return RunContext(env="local", run_date=day, run_id=f"{which}-{day}", started_at=datetime.now(UTC),
                           overrides={"lake_root": str(self.lake(which)), "landing_root": str(self.landing(which))})
 
     def run_files(self, name: str, day: date) -> dict[str, Any]:
-        from tasks.bronze import ingest_entity
+        from lakehouse.tasks.bronze import ingest_entity
 
         return ingest_entity.fn(self.ctx("files", day), name)
 
     def extract(self, name: str, day: date) -> dict[str, Any]:
-        from tasks.extract import extract_entity
+        from lakehouse.tasks.extract import extract_entity
 
         return extract_entity.fn(self.ctx("connector", day), name)
 
     def run_connector(self, name: str, day: date) -> tuple[dict[str, Any], dict[str, Any]]:
-        from tasks.bronze import ingest_entity
+        from lakehouse.tasks.bronze import ingest_entity
 
         pulled = self.extract(name, day)
         return pulled, ingest_entity.fn(self.ctx("connector", day), name)
@@ -273,7 +273,7 @@ class TwoPaths:
         """The bronze rows: the entity's columns, the record hash and the ingest date, sorted."""
         from deltalake import DeltaTable
 
-        from contracts.catalog import bronze_for
+        from lakehouse.contracts.catalog import bronze_for
 
         path = self.lake(which) / bronze_for(entity).path
         cols = [*entity.column_names, "_record_hash", "_ingest_date"]
@@ -282,7 +282,7 @@ class TwoPaths:
     def quarantined(self, which: str, entity: LandingEntity) -> list[tuple]:
         from deltalake import DeltaTable
 
-        from contracts.catalog import bronze_for, quarantine_for
+        from lakehouse.contracts.catalog import bronze_for, quarantine_for
 
         path = self.lake(which) / quarantine_for(bronze_for(entity)).path
         if not (path / "_delta_log").is_dir():

@@ -10,12 +10,12 @@ import narwhals as nw
 import polars as pl
 import pytest
 
-from backends import EngineError, Lake, TableNotFoundError, get_backend
-from backends.lake import LakeNotWritableError
-from contracts.catalog import table
-from contracts.expressions import record_digest
-from contracts.landing import landing_entity
-from deployments.settings import SparkSettings
+from lakehouse.backends import EngineError, Lake, TableNotFoundError, get_backend
+from lakehouse.backends.lake import LakeNotWritableError
+from lakehouse.contracts.catalog import table
+from lakehouse.contracts.expressions import record_digest
+from lakehouse.contracts.landing import landing_entity
+from lakehouse.deployments.settings import SparkSettings
 
 ENGINES = ["polars", "sail"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_unknown_backend_and_unwritable_lake(tmp_path):
 
 
 def test_writes_are_checked_against_the_contract_and_bad_rows_write_nothing(engine):
-    from backends import ContractViolation
+    from lakehouse.backends import ContractViolation
 
     engine.merge(PRODUCTS, products(engine, ("p1", "a", 1, "h1")))
     negative = engine.from_arrow(pl.DataFrame([("p2", "sku", "n", None, -5.0, ts(1), "f", "h2")],
@@ -209,8 +209,8 @@ def test_the_laptop_engine_runs_without_pyspark(tmp_path):
     code = (
         "import sys; sys.modules['pyspark'] = None; sys.modules['pysail'] = None\n"
         "import polars as pl\n"
-        "from backends import Lake, get_backend, EngineError\n"
-        "from contracts.catalog import table\n"
+        "from lakehouse.backends import Lake, get_backend, EngineError\n"
+        "from lakehouse.contracts.catalog import table\n"
         "spec = table('silver.products')\n"
         f"engine = get_backend('polars', Lake({str(tmp_path / 'lake')!r}))\n"
         "rows = pl.DataFrame([('p1', 's', 'n', None, 1.0, None, 'f', 'h')], schema=spec.polars_schema, orient='row')\n"
@@ -226,7 +226,7 @@ def test_the_laptop_engine_runs_without_pyspark(tmp_path):
 
 def test_spark_with_neither_remote_nor_master_starts_an_embedded_sail_server(tmp_path):
     """The default of --backend spark: Sail in this process on loopback, Spark's API with no JVM."""
-    from backends.spark.session import embedded_sail_url
+    from lakehouse.backends.spark.session import embedded_sail_url
 
     engine = get_backend("spark", Lake(str(tmp_path / "lake")))
     assert engine.kind == "sail" and embedded_sail_url().startswith("sc://127.0.0.1:")
@@ -242,7 +242,7 @@ def test_spark_with_neither_remote_nor_master_starts_an_embedded_sail_server(tmp
 def test_tables_with_features_one_engine_cannot_read_are_refused(tmp_path):
     from deltalake import write_deltalake
 
-    from backends.lake import UnportableTableError
+    from lakehouse.backends.lake import UnportableTableError
 
     with pytest.raises(UnportableTableError, match="deletion vectors"):
         Lake(str(tmp_path / "lake"), table_configuration={"delta.enableDeletionVectors": "true"})
@@ -260,7 +260,7 @@ def test_tables_with_features_one_engine_cannot_read_are_refused(tmp_path):
 def test_the_laptop_engine_reports_pandera_failure_cases(tmp_path):
     """Both engines check writes with the compiled contract in one pass; on the laptop engine a failure also
     carries pandera's failure cases (the offending values)."""
-    from backends import ContractViolation
+    from lakehouse.backends import ContractViolation
 
     engine = get_backend("polars", Lake(str(tmp_path / "lake")))
     negative = engine.from_arrow(pl.DataFrame([("p2", "sku", "n", None, -5.0, ts(1), "f", "h2")],
@@ -421,8 +421,8 @@ def test_gap_scan_changes_is_the_changed_files_on_polars_and_the_whole_table_on_
 def test_gap_landing_files_are_read_by_the_shared_reader_on_either_engine(engine, tmp_path, monkeypatch):
     """The Spark engine declares that it reads landing files on the driver with the reader the laptop engine
     uses; the rows it hands back are the same."""
-    from backends import landing
-    from contracts.landing import landing_entity
+    from lakehouse.backends import landing
+    from lakehouse.contracts.landing import landing_entity
 
     entity = landing_entity("fx.rates")
     folder = tmp_path / "landing"

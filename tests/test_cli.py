@@ -7,8 +7,8 @@ from datetime import UTC, date
 import pytest
 from typer.testing import CliRunner
 
-from deployments.settings import SettingsError, load_settings
-from flows.cli import app
+from lakehouse.deployments.settings import SettingsError, load_settings
+from lakehouse.flows.cli import app
 
 runner = CliRunner()
 
@@ -67,12 +67,12 @@ def test_generate_tables_and_show_on_a_real_lake(tmp_path):
     """generate writes files; after the stages run, tables and show print the real rows."""
     from datetime import datetime
 
-    from contracts.catalog import build_order, conform_order
-    from tasks.bronze import ingest_entity
-    from tasks.context import RunContext
-    from tasks.gold import build_gold
-    from tasks.release import release_gold
-    from tasks.silver import link_crm, refine_table
+    from lakehouse.contracts.catalog import build_order, conform_order
+    from lakehouse.tasks.bronze import ingest_entity
+    from lakehouse.tasks.context import RunContext
+    from lakehouse.tasks.gold import build_gold
+    from lakehouse.tasks.release import release_gold
+    from lakehouse.tasks.silver import link_crm, refine_table
 
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     result = runner.invoke(app, ["generate", "--days", "1", "--scale", "0.01", "--out", str(landing)])
@@ -80,7 +80,7 @@ def test_generate_tables_and_show_on_a_real_lake(tmp_path):
     assert (landing / "snowflake" / "orders" / "2026-11-01" / "orders.parquet").is_file()
     ctx = RunContext(run_date=date(2026, 11, 1), run_id="cli-test", started_at=datetime.now(UTC),
                      overrides={"lake_root": str(lake), "landing_root": str(landing)})
-    from contracts.landing import LANDING_ENTITIES
+    from lakehouse.contracts.landing import LANDING_ENTITIES
 
     for e in LANDING_ENTITIES:
         ingest_entity.fn(ctx, e.name)
@@ -97,7 +97,7 @@ def test_generate_tables_and_show_on_a_real_lake(tmp_path):
     listing = runner.invoke(app, ["tables", "--lake-root", str(lake)])
     assert listing.exit_code == 0, listing.output
     engine = ctx.engine()
-    from contracts.catalog import table
+    from lakehouse.contracts.catalog import table
 
     fact_rows = engine.count(engine.scan(table("gold.fact_orders")))
     assert fact_rows > 0

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from engines import to_engine
 
-from contracts.catalog import table
-from contracts.checks import UnsupportedCheckError, compile_schema, count_violations
+from lakehouse.contracts.catalog import table
+from lakehouse.contracts.checks import UnsupportedCheckError, compile_schema, count_violations
 
 SCHEMA = pa.DataFrameSchema({
     "id": pa.Column(pl.Utf8, nullable=False, unique=True),

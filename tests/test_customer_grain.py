@@ -11,10 +11,10 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 import pyarrow as pa
 
-from contracts.catalog import table
-from tasks import customer_grain
-from tasks.context import RunContext
-from tasks.gold import build_gold, dim_customer_of
+from lakehouse.contracts.catalog import table
+from lakehouse.tasks import customer_grain
+from lakehouse.tasks.context import RunContext
+from lakehouse.tasks.gold import build_gold, dim_customer_of
 from tests.conftest import FLOW_DAYS
 from tests.lakes import assert_same_rows, clean_up_log, normalise
 

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from contracts.catalog import TABLES
-from contracts.landing import CURRENCY_CODES, LANDING_ENTITIES
-from flows.daily import daily_lakehouse
+from lakehouse.contracts.catalog import TABLES
+from lakehouse.contracts.landing import CURRENCY_CODES, LANDING_ENTITIES
+from lakehouse.flows.daily import daily_lakehouse
 
 pytestmark = pytest.mark.slow
 
@@ -200,8 +200,8 @@ def test_quarantine_holds_the_injected_dirt_with_rule_reason_record_and_run_id(l
 
 
 def test_a_file_with_a_renamed_column_is_refused_whole_and_kept_for_replay(lake):
-    from backends import Lake
-    from tasks.bronze import refused_log
+    from lakehouse.backends import Lake
+    from lakehouse.tasks.bronze import refused_log
 
     refused = {f for summaries in lake["summaries"].values() for s in summaries for f in s.get("refused", [])}
     label = "redshift/customer_behaviour/" + DAYS[1].isoformat() + "/customer_behaviour.csv"
@@ -252,7 +252,7 @@ def test_a_refused_file_is_ingested_once_fixed_and_its_date_run_again(lake_copy,
     import polars as pl
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from lakehouse.flows.cli import app
 
     landing = tmp_path / "fixed-landing"
     shutil.copytree(lake_copy["landing"], landing)

@@ -14,13 +14,13 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from backends import Lake
-from backends.landing import MissingDeliveryError
-from backends.releases import Releases
-from backends.run_log import RunLog
-from contracts.catalog import TABLES
-from contracts.landing import LANDING_ENTITIES, landing_entity
-from flows.cli import app
+from lakehouse.backends import Lake
+from lakehouse.backends.landing import MissingDeliveryError
+from lakehouse.backends.releases import Releases
+from lakehouse.backends.run_log import RunLog
+from lakehouse.contracts.catalog import TABLES
+from lakehouse.contracts.landing import LANDING_ENTITIES, landing_entity
+from lakehouse.flows.cli import app
 
 DAY1, DAY2 = date(2026, 11, 1), date(2026, 11, 2)
 runner = CliRunner()
@@ -48,7 +48,7 @@ def _run(s: dict, day: date, *extra: str):
 
 
 def test_a_missing_daily_delivery_stops_the_run_before_anything_is_written(first_day):
-    from flows.daily import daily_lakehouse
+    from lakehouse.flows.daily import daily_lakehouse
 
     s = first_day
     behaviour = s["landing"] / "redshift" / "customer_behaviour" / DAY2.isoformat()
@@ -114,8 +114,8 @@ def test_empty_files_are_deliveries_that_keep_a_quiet_source_fresh(first_day):
     """Six days after the first, every source sends an empty file: the day runs green (freshness sees each
     source delivered that day). Six days after that, products (delivered when changed) sent nothing since:
     its gate calls it stale, while the sources that sent empty files are fresh."""
-    from flows.daily import daily_lakehouse
-    from tasks.gates import GateFailedError
+    from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.tasks.gates import GateFailedError
 
     s = first_day
     quiet = DAY1 + timedelta(days=6)

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from lakes import assert_same_rows, normalised
 
-from backends.lake import Lake
-from backends.releases import Releases
-from backends.run_lock import RunLock
-from backends.run_log import RunLog
-from contracts.catalog import TABLES, table
-from tasks.ledger import read_ledger
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.releases import Releases
+from lakehouse.backends.run_lock import RunLock
+from lakehouse.backends.run_log import RunLog
+from lakehouse.contracts.catalog import TABLES, table
+from lakehouse.tasks.ledger import read_ledger
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect-stack")]  # one worker: one stack
 
@@ -36,7 +36,7 @@ DAY1, DAY2 = date(2026, 11, 1), date(2026, 11, 2)
 def stack(tmp_path_factory):
     from conftest import _free_port
 
-    from deployments import local_stack
+    from lakehouse.deployments import local_stack
 
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
@@ -56,7 +56,7 @@ def _prefect(stack, *args: str, timeout: float = 300) -> subprocess.CompletedPro
 
 
 def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path, daily_lakes):
-    from backends.sources.sample import generate
+    from lakehouse.backends.sources.sample import generate
 
     listed = _prefect(stack, "deployment", "ls")
     assert listed.returncode == 0, listed.stderr
@@ -152,7 +152,7 @@ def test_deploy_run_fail_and_retry_through_a_worker(stack, tmp_path, daily_lakes
 def _lakehouse(*args: str) -> str:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from lakehouse.flows.cli import app
 
     done = CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
     assert done.exit_code == 0, done.output
@@ -223,7 +223,7 @@ def test_a_run_failed_at_the_gate_and_retried_after_the_fix_takes_the_orders_in(
     import polars as pl
     from lakes import normalised
 
-    from backends.sources.sample import generate
+    from lakehouse.backends.sources.sample import generate
 
     landing, lake_root = tmp_path / "landing", tmp_path / "lake"
     generate(landing, days=2, scale=0.01, seed=11, start=DAY1)

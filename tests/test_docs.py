@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.catalog import GOLD_COLUMN_DOCS, tables
-from contracts.landing import LANDING_ENTITIES
+from lakehouse.contracts.catalog import GOLD_COLUMN_DOCS, tables
+from lakehouse.contracts.landing import LANDING_ENTITIES
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -41,7 +41,7 @@ def test_docs_document_every_gold_column():
 
 
 def test_docs_document_every_landing_refusal_and_record_rule():
-    from contracts.landing import FILE_RULES, RECORD_RULES
+    from lakehouse.contracts.landing import FILE_RULES, RECORD_RULES
 
     section = LANDING.split("## `")[0]
     for rule, meaning in {**FILE_RULES, **RECORD_RULES}.items():
@@ -49,8 +49,8 @@ def test_docs_document_every_landing_refusal_and_record_rule():
 
 
 def test_docs_rules_lists_every_declared_rule_with_its_meaning():
-    from contracts.landing import FILE_RULES, RECORD_RULES
-    from contracts.rules import ROW_RULES
+    from lakehouse.contracts.landing import FILE_RULES, RECORD_RULES
+    from lakehouse.contracts.rules import ROW_RULES
 
     page = (ROOT / "docs" / "rules.md").read_text()
     for rule, meaning in {**FILE_RULES, **RECORD_RULES}.items():
@@ -65,15 +65,15 @@ def test_docs_rules_lists_every_declared_rule_with_its_meaning():
 def test_the_generated_reference_pages_match_the_declarations():
     """docs/landing.md, docs/gold.md and docs/engines.md below their marker are rendered from the declarations
     (python -m flows.reference); a change to a declaration without make docs fails here."""
-    from flows.reference import PAGES, rendered
+    from lakehouse.flows.reference import PAGES, rendered
 
     for page in PAGES:
         assert (ROOT / "docs" / page).read_text() == rendered(page), f"docs/{page} drifted: run make docs"
 
 
 def test_a_changed_declaration_shows_as_drift(monkeypatch):
-    from contracts import catalog
-    from flows.reference import rendered
+    from lakehouse.contracts import catalog
+    from lakehouse.flows.reference import rendered
 
     before = rendered("gold.md")
     docs = {**catalog.GOLD_COLUMN_DOCS, "gold.dim_date": {**catalog.GOLD_COLUMN_DOCS["gold.dim_date"],

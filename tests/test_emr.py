@@ -26,9 +26,9 @@ import pytest
 from conftest import FLOW_DAYS, ROOT
 from lakes import assert_same_rows, normalised
 
-from contracts.catalog import TABLES
-from deployments.emr import S3Location, package
-from deployments.settings import SettingsError, load_settings
+from lakehouse.contracts.catalog import TABLES
+from lakehouse.deployments.emr import S3Location, package
+from lakehouse.deployments.settings import SettingsError, load_settings
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def test_the_code_archive_is_reproducible_and_ships_once(emr_app):
     first, second = package.build(), package.build()
     assert first.archive == second.archive and first.digest == second.digest
     names = zipfile.ZipFile(__import__("io").BytesIO(first.archive)).namelist()
-    assert "flows/daily.py" in names and "deployments/emr.toml" in names and "contracts/catalog.py" in names
+    assert {"lakehouse/flows/daily.py", "lakehouse/deployments/emr.toml", "lakehouse/contracts/catalog.py"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     code_uri = f"s3://{BUCKET}/code-{time.time_ns()}"
     shipped = package.ship(first, code_uri, emr_app.s3)
@@ -106,7 +106,7 @@ def test_submission_needs_the_emr_settings(monkeypatch):
 
 
 def test_the_daily_flow_on_emr_leaves_the_tables_the_in_process_flow_leaves(emr_app, daily_lakes, tmp_path):
-    from flows.emr import emr_daily_lakehouse
+    from lakehouse.flows.emr import emr_daily_lakehouse
 
     # One day: its three stages as three job runs, against the in-process flow's lake after that day (the
     # in-process suites cover the days after; each job run here is a driver process on Sail).
@@ -138,7 +138,7 @@ def test_the_daily_flow_on_emr_leaves_the_tables_the_in_process_flow_leaves(emr_
 
 
 def test_a_failed_job_run_fails_the_flow_and_says_where_the_driver_log_is(emr_app, tmp_path):
-    from flows.emr import emr_daily_lakehouse
+    from lakehouse.flows.emr import emr_daily_lakehouse
 
     missing = tmp_path / "no-landing-here"
     state = emr_daily_lakehouse(run_date=date(2026, 11, 1), env="local", lake_root=str(tmp_path / "lake"),
@@ -159,7 +159,7 @@ def test_a_missing_daily_delivery_fails_the_ingest_job_run_before_anything_is_wr
     flow does before its run lock: a daily entity without a file for the date stops it, naming the folder."""
     import shutil
 
-    from flows.emr import emr_daily_lakehouse
+    from lakehouse.flows.emr import emr_daily_lakehouse
 
     landing = tmp_path / "landing"
     shutil.copytree(daily_lakes("polars")["landing"], landing)
@@ -216,7 +216,7 @@ def test_cancelling_the_flow_run_cancels_the_job_run(emr_app, silent_spark, dail
     from prefect import get_client
     from prefect.states import Cancelling
 
-    from flows.emr import emr_daily_lakehouse
+    from lakehouse.flows.emr import emr_daily_lakehouse
 
     emr_app.driver_env(LAKEHOUSE_SPARK__REMOTE=silent_spark)
     landing = str(daily_lakes("polars")["landing"])
@@ -242,7 +242,7 @@ def test_sigterm_to_the_flow_process_cancels_the_job_run(emr_app, silent_spark, 
     from prefect.settings import PREFECT_API_URL
 
     emr_app.driver_env(LAKEHOUSE_SPARK__REMOTE=silent_spark)
-    script = ("from datetime import date; from flows.emr import emr_daily_lakehouse; "
+    script = ("from datetime import date; from lakehouse.flows.emr import emr_daily_lakehouse; "
               f"emr_daily_lakehouse(run_date=date(2026, 11, 1), env='local', lake_root={str(tmp_path / 'l')!r}, "
               f"landing_root={str(daily_lakes('polars')['landing'])!r})")
     log = tmp_path / "flow.log"
@@ -263,7 +263,7 @@ def test_sigterm_to_the_flow_process_cancels_the_job_run(emr_app, silent_spark, 
 
 
 def test_the_lake_paths_sent_to_the_driver_are_absolute(emr_app, tmp_path, monkeypatch):
-    from flows.emr import job_arguments
+    from lakehouse.flows.emr import job_arguments
 
     monkeypatch.chdir(tmp_path)
     settings = load_settings("local", lake_root="./lake", landing_root="s3://bucket/landing")
@@ -282,7 +282,7 @@ def s3_resources(policy: dict) -> list[str]:
 
 
 def test_the_iam_policies_are_scoped_to_the_settings_prefixes(aws):
-    from deployments.emr import iam
+    from lakehouse.deployments.emr import iam
 
     settings = load_settings("emr", lake_root="s3://acme-lake/prod/lake", landing_root="s3://acme-landing/in",
                              emr={"application_id": "00abc", "execution_role_arn": "arn:aws:iam::123456789012:role/job",
@@ -311,7 +311,7 @@ def test_the_iam_policies_are_scoped_to_the_settings_prefixes(aws):
 def test_the_emr_commands_print_json_or_name_what_they_need():
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from lakehouse.flows.cli import app
 
     runner = CliRunner()
     ok = runner.invoke(app, ["emr", "policy", "execution", "--env", "emr"])
@@ -327,7 +327,7 @@ def test_the_emr_commands_print_json_or_name_what_they_need():
 
 
 def test_polls_back_off_doubling_up_to_the_cap_and_a_cancel_request_cancels(emr_app, silent_spark, tmp_path):
-    from deployments.emr.jobs import JobRuns
+    from lakehouse.deployments.emr.jobs import JobRuns
 
     emr_app.driver_env(LAKEHOUSE_SPARK__REMOTE=silent_spark)
     settings = load_settings("local", lake_root=str(tmp_path / "lake"), landing_root=str(tmp_path),

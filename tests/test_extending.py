@@ -13,15 +13,15 @@ import pandera.polars as pa
 import polars as pl
 import pytest
 
-from backends import Lake, get_backend
-from backends.releases import Releases
-from contracts import catalog
-from contracts.catalog import Reference, TableSpec, build_order, table
-from deployments.settings import SparkSettings
-from tasks import gold as gold_tasks
-from tasks.ledger import read_ledger
-from tasks.lineage import lineage_events
-from tasks.transforms.schema import to_schema
+from lakehouse.backends import Lake, get_backend
+from lakehouse.backends.releases import Releases
+from lakehouse.contracts import catalog
+from lakehouse.contracts.catalog import Reference, TableSpec, build_order, table
+from lakehouse.deployments.settings import SparkSettings
+from lakehouse.tasks import gold as gold_tasks
+from lakehouse.tasks.ledger import read_ledger
+from lakehouse.tasks.lineage import lineage_events
+from lakehouse.tasks.transforms.schema import to_schema
 
 NAME = "gold.product_units"
 TOY = TableSpec(
@@ -66,8 +66,8 @@ def _second_day(daily_lakes, engine: str, tmp_path):
 @pytest.mark.parametrize("engine", ["polars", "sail"])
 def test_a_gold_model_added_by_one_declaration_and_one_function_is_built_audited_released_and_documented(
         daily_lakes, toy_model, engine, tmp_path):
-    from flows.daily import daily_lakehouse
-    from flows.reference import gold_reference
+    from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.flows.reference import gold_reference
 
     toy_model(units_per_product)
     assert build_order("gold").index(NAME) > build_order("gold").index("gold.fact_orders")
@@ -94,7 +94,7 @@ def test_a_gold_model_added_by_one_declaration_and_one_function_is_built_audited
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["polars", "sail"])
 def test_the_release_audit_checks_the_added_model_like_any_other(daily_lakes, toy_model, engine, tmp_path):
-    from flows.daily import daily_lakehouse
+    from lakehouse.flows.daily import daily_lakehouse
 
     toy_model(unknown_product)
     built, root = _second_day(daily_lakes, engine, tmp_path)

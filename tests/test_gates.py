@@ -13,10 +13,10 @@ import pytest
 from conftest import FLOW_DAYS
 from engines import DELTA_ENGINES
 
-from backends import Lake
-from backends.releases import Releases
-from contracts.catalog import TABLES, Gate, table
-from tasks.gates import gate_failures
+from lakehouse.backends import Lake
+from lakehouse.backends.releases import Releases
+from lakehouse.contracts.catalog import TABLES, Gate, table
+from lakehouse.tasks.gates import gate_failures
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def test_the_gate_fails_above_the_rate_and_judges_small_batches_by_a_looser_shar
 
 def run_first_day_with(edit, engine, daily_lakes, tmp_path, request):
     """The daily flow on a fresh lake for the first day, from a copy of the sample landing changed by ``edit``."""
-    from flows.daily import daily_lakehouse
+    from lakehouse.flows.daily import daily_lakehouse
 
     day = FLOW_DAYS[0]
     landing = tmp_path / "landing"
@@ -98,7 +98,7 @@ def test_a_failed_gate_stops_the_flow_before_gold_and_names_each_failure(engine,
 
 
 def test_freshness_judges_the_newest_delivery_against_the_run_date():
-    from tasks.transforms.audit import check_freshness
+    from lakehouse.tasks.transforms.audit import check_freshness
 
     fx = table("silver.fx_rates")
     assert fx.gate.max_age_days == 4 and fx.source == "bronze.fx.rates"
@@ -115,8 +115,8 @@ def test_freshness_judges_the_newest_delivery_against_the_run_date():
 def test_a_stale_silver_table_fails_the_gate(lake_copy, prefect_harness):
     from datetime import UTC, datetime, timedelta
 
-    from tasks.context import RunContext
-    from tasks.gates import GateFailedError, check_gate
+    from lakehouse.tasks.context import RunContext
+    from lakehouse.tasks.gates import GateFailedError, check_gate
 
     late = date.fromisoformat(FLOW_DAYS[-1]) + timedelta(days=10)  # ten days without any delivery
     ctx = RunContext(run_date=late, run_id="stale", started_at=datetime.now(UTC),

@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 from engines import to_engine
 
-from contracts.catalog import GOLD_COLUMN_DOCS, table, tables
-from contracts.landing import OPEN_DEAL_STAGES
-from tasks.transforms.gold import (
+from lakehouse.contracts.catalog import GOLD_COLUMN_DOCS, table, tables
+from lakehouse.contracts.landing import OPEN_DEAL_STAGES
+from lakehouse.tasks.transforms.gold import (
     RFM_THRESHOLDS,
     SEGMENT_RULES,
     _epoch_day,

@@ -8,8 +8,8 @@ import inspect
 
 import pytest
 
-from contracts.catalog import TABLES, build_order, conform_order, table, tables, upstream
-from tasks import gold as gold_tasks
+from lakehouse.contracts.catalog import TABLES, build_order, conform_order, table, tables, upstream
+from lakehouse.tasks import gold as gold_tasks
 
 
 def test_every_declared_input_is_a_table_and_the_graph_has_no_cycle():
@@ -50,7 +50,7 @@ def test_upstream_follows_inputs_and_history_tables_through_the_layers():
 
 def test_every_gold_table_has_one_builder_and_the_flow_runs_them_in_build_order():
     assert set(gold_tasks.BUILDERS) == {t.name for t in tables("gold")}
-    from flows import daily
+    from lakehouse.flows import daily
 
     source = inspect.getsource(daily.publish)
     assert 'build_order("gold")' in source, "the publish stage builds gold in the derived order"

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from lakes import normalised
 
-from contracts.catalog import TABLES
+from lakehouse.contracts.catalog import TABLES
 
 RUN = date(2026, 12, 28)  # a Monday; Friday 12-25 is a bank holiday, 12-26/27 a weekend
 FIXINGS = [date(2026, 12, d) for d in (21, 22, 23, 24, 28)]
@@ -157,10 +157,10 @@ def _expected() -> dict[str, dict]:
 @pytest.mark.parametrize("engine", ["polars", "sail"])
 def test_a_handwritten_day_in_every_dialect_matches_an_independent_computation(engine, prefect_harness, tmp_path,
                                                                              request):
-    from flows.daily import daily_lakehouse
+    from lakehouse.flows.daily import daily_lakehouse
 
     assert {"IDR", "RON", "KWD"} <= CURRENCIES and len(CURRENCIES) == 10
-    from backends.sources.sample import SAMPLE_CURRENCIES
+    from lakehouse.backends.sources.sample import SAMPLE_CURRENCIES
     assert not {"IDR", "RON", "KWD"} & set(SAMPLE_CURRENCIES), "three currencies the generator never uses"
     landing, root = tmp_path / "landing", tmp_path / "lake"
     _write_landing(landing)

@@ -22,14 +22,14 @@ from deltalake import DeltaTable
 from lakes import normalised
 from typer.testing import CliRunner
 
-from backends import Lake
-from backends.checkpoints import Checkpoints
-from backends.run_lock import RunLock
-from backends.run_log import RunLog
-from contracts.catalog import TABLES, table, tables
-from contracts.landing import ORDER_EVENTS
-from flows.cli import app
-from tasks.context import RunContext
+from lakehouse.backends import Lake
+from lakehouse.backends.checkpoints import Checkpoints
+from lakehouse.backends.run_lock import RunLock
+from lakehouse.backends.run_log import RunLog
+from lakehouse.contracts.catalog import TABLES, table, tables
+from lakehouse.contracts.landing import ORDER_EVENTS
+from lakehouse.flows.cli import app
+from lakehouse.tasks.context import RunContext
 
 START = date(2026, 11, 1)
 START_TS = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
@@ -61,8 +61,8 @@ def _files_of_partition(root: Path, name: str, version: int, day: date) -> set[s
 @pytest.fixture(scope="module")
 def five_days(prefect_harness, tmp_path_factory):
     """A lake built day by day (2026-11-01 .. 05) by the daily flow, with each day's gold versions."""
-    from backends.sources.sample import generate
-    from flows.daily import daily_lakehouse
+    from lakehouse.backends.sources.sample import generate
+    from lakehouse.flows.daily import daily_lakehouse
 
     base = tmp_path_factory.mktemp("incremental")
     landing, root = base / "landing", base / "lake"
@@ -81,7 +81,7 @@ def _copy(five_days, tmp_path) -> Path:
 
 
 def test_incremental_gold_rewrites_only_changed_order_dates_and_equals_a_whole_rebuild(five_days, tmp_path):
-    from flows.daily import publish
+    from lakehouse.flows.daily import publish
 
     root = _copy(five_days, tmp_path)
     before = {t.name: normalised(root, t.name) for t in tables("gold")}
@@ -100,7 +100,7 @@ def test_incremental_gold_rewrites_only_changed_order_dates_and_equals_a_whole_r
 
 
 def test_rerunning_dates_in_any_order_leaves_every_table_identical(five_days, tmp_path):
-    from flows.daily import daily_lakehouse
+    from lakehouse.flows.daily import daily_lakehouse
 
     root = _copy(five_days, tmp_path)
     clean = content_hashes(root)
@@ -113,7 +113,7 @@ def test_rerunning_dates_in_any_order_leaves_every_table_identical(five_days, tm
 def test_a_late_customer_version_gives_the_same_history_and_facts_as_in_order(five_days, tmp_path):
     """Day 2's customer updates delivered two days late, after day 3's newer versions: the same dim_customer
     history and the same facts as the lake that got them in order."""
-    from flows.daily import daily_lakehouse
+    from lakehouse.flows.daily import daily_lakehouse
 
     late = tmp_path / "late-landing"
     shutil.copytree(five_days["landing"], late)
@@ -165,8 +165,8 @@ def test_backfill_runs_dates_in_order_skips_done_dates_and_force_runs_them_again
 def test_a_retried_flow_run_reruns_only_the_failed_task_and_what_follows(five_days, tmp_path, monkeypatch):
     """A task fails on a rerun of day 5; the flow run's retry resumes at that task. The
     retried lake has exactly the commits and the content of a clean rerun, and no completed task ran twice."""
-    import tasks.transforms.gold as gold_module
-    from flows.daily import daily_lakehouse
+    import lakehouse.tasks.transforms.gold as gold_module
+    from lakehouse.flows.daily import daily_lakehouse
 
     clean, retried = tmp_path / "clean", tmp_path / "retried"
     for root in (clean, retried):
@@ -225,7 +225,7 @@ def test_two_runs_of_a_date_never_interleave(five_days, tmp_path):
 
     root = _copy(five_days, tmp_path)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or "", "PREFECT_LOGGING_LEVEL": "INFO"}
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--date", _day(4).isoformat(), "--lake-root", str(root),
+    cmd = [sys.executable, "-m", "lakehouse.flows.cli", "run", "--date", _day(4).isoformat(), "--lake-root", str(root),
            "--landing", str(five_days["landing"])]
     logs = [tmp_path / f"run-{i}.log" for i in (1, 2)]
     waiting = "waiting for the lake's run lock"
@@ -248,7 +248,7 @@ def test_two_runs_of_a_date_never_interleave(five_days, tmp_path):
 
 def test_kafka_micro_batches_apply_exactly_once_when_a_run_dies_before_its_checkpoint(five_days, tmp_path,
                                                                                      monkeypatch):
-    from tasks.bronze import ingest_entity
+    from lakehouse.tasks.bronze import ingest_entity
 
     root = tmp_path / "lake"
     ctx = RunContext(run_date=START, run_id="r1", started_at=START_TS,

@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from backends import Lake, get_backend
-from backends.landing import list_folder
-from contracts.expressions import record_digest
-from contracts.landing import FILE_RULES, RECORD_RULES, landing_entity
-from deployments.settings import SparkSettings
+from lakehouse.backends import Lake, get_backend
+from lakehouse.backends.landing import list_folder
+from lakehouse.contracts.expressions import record_digest
+from lakehouse.contracts.landing import FILE_RULES, RECORD_RULES, landing_entity
+from lakehouse.deployments.settings import SparkSettings
 
 DAY = date(2026, 11, 1)
 ACCOUNTS, EVENTS, CUSTOMERS = (landing_entity(n) for n in ("crm.accounts", "kafka.order_events", "snowflake.customers"))
@@ -35,7 +35,7 @@ ACCOUNTS, EVENTS, CUSTOMERS = (landing_entity(n) for n in ("crm.accounts", "kafk
 def valid_day(tmp_path_factory) -> Path:
     """One generated day (scale 0.03, seed 7, as the daily flow tests): the valid files every damaged file is
     derived from."""
-    from backends.sources.sample import generate
+    from lakehouse.backends.sources.sample import generate
 
     out = tmp_path_factory.mktemp("valid-day")
     generate(out, days=1, scale=0.03, seed=7, start=DAY)
@@ -334,8 +334,8 @@ def test_a_day_with_damaged_files_runs_names_every_refusal_and_prints_data_inert
 
     from typer.testing import CliRunner
 
-    from flows.cli import app
-    from flows.report import render
+    from lakehouse.flows.cli import app
+    from lakehouse.flows.report import render
 
     runner = CliRunner()
     landing, lake = tmp_path / "landing", tmp_path / "lake"
@@ -359,8 +359,8 @@ def test_a_day_with_damaged_files_runs_names_every_refusal_and_prints_data_inert
         assert f"refused crm/accounts/2026-11-01/{name}" in result.output or \
             f"refused snowflake/customers/2026-11-01/{name}" in result.output
 
-    from backends import Lake
-    from tasks.bronze import refused_log
+    from lakehouse.backends import Lake
+    from lakehouse.tasks.bronze import refused_log
 
     log = {r["source_file"].rsplit("/", 1)[1]: r["problem"] for entity in ("accounts", "customers")
            for r in refused_log(Lake(str(lake)), "crm" if entity == "accounts" else "snowflake", entity).rows()}
@@ -398,7 +398,7 @@ def test_a_failed_run_prints_one_message_and_no_traceback(cli_engine, prefect_ha
 
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from lakehouse.flows.cli import app
 
     landing = tmp_path / "landing"
     shutil.copytree(valid_day, landing)
@@ -415,7 +415,7 @@ def test_a_failed_run_prints_one_message_and_no_traceback(cli_engine, prefect_ha
 
 
 def test_values_for_people_are_escaped_for_terminals_and_inert_for_spreadsheets():
-    from flows.display import inert, plain, terminal
+    from lakehouse.flows.display import inert, plain, terminal
 
     assert plain("a\x1b[2Jb\r\nc\u202e") == "a\\x1b[2Jb\\r\\nc\\u202e"
     assert terminal("[/bold]").plain == "[/bold]" and not terminal("[bold]x[/bold]").spans
@@ -454,7 +454,7 @@ def _content(root: Path, name: str) -> list[str]:
     """A table's rows as sorted JSON, without what differs between two runs (run ids, ingest times)."""
     from deltalake import DeltaTable
 
-    from contracts.catalog import TABLES
+    from lakehouse.contracts.catalog import TABLES
 
     path = root / TABLES[name].path
     rows = DeltaTable(str(path)).to_pyarrow_table().to_pylist() if (path / "_delta_log").is_dir() else []
@@ -469,8 +469,8 @@ def test_typed_parquet_gives_the_same_bronze_silver_and_gold_as_text(cli_engine,
     lakes hold the same bronze, silver and gold rows."""
     import shutil
 
-    from contracts.catalog import tables
-    from flows.daily import daily_lakehouse
+    from lakehouse.contracts.catalog import tables
+    from lakehouse.flows.daily import daily_lakehouse
 
     kwargs = {} if not cli_engine else {"backend": "spark", "spark_remote": cli_engine[-1]}
     orders = valid_file(valid_day, landing_entity("snowflake.orders"))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.lake import Lake
-from backends.logs import lake_log
-from contracts.logs import LINEAGE, LOCKS, LOGS, RESULTS, log
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.logs import lake_log
+from lakehouse.contracts.logs import LINEAGE, LOCKS, LOGS, RESULTS, log
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = ("backends", "contracts", "deployments", "flows", "tasks")

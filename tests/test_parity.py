@@ -11,9 +11,9 @@ import pytest
 from deltalake import DeltaTable
 from lakes import assert_same_rows, normalised
 
-from backends import Lake, get_backend
-from contracts.catalog import TABLES, table
-from deployments.settings import SparkSettings
+from lakehouse.backends import Lake, get_backend
+from lakehouse.contracts.catalog import TABLES, table
+from lakehouse.deployments.settings import SparkSettings
 
 pytestmark = pytest.mark.slow
 

@@ -12,14 +12,14 @@ import pytest
 from lakes import assert_same_rows, normalise
 from typer.testing import CliRunner
 
-from backends import Lake
-from backends.releases import Releases
-from contracts.catalog import table
-from flows.cli import app
-from flows.quarantine import replay_quarantine
-from tasks.quarantine import replay_log
-from tasks.replay import ReplayError, replayable
-from tasks.transforms import gold
+from lakehouse.backends import Lake
+from lakehouse.backends.releases import Releases
+from lakehouse.contracts.catalog import table
+from lakehouse.flows.cli import app
+from lakehouse.flows.quarantine import replay_quarantine
+from lakehouse.tasks.quarantine import replay_log
+from lakehouse.tasks.replay import ReplayError, replayable
+from lakehouse.tasks.transforms import gold
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -131,8 +131,8 @@ def test_a_replay_rebuilds_the_order_dates_its_accepted_rows_change(pristine_lak
     none."""
     from datetime import UTC, date, datetime
 
-    from tasks.context import RunContext
-    from tasks.replay import replayed_order_dates
+    from lakehouse.tasks.context import RunContext
+    from lakehouse.tasks.replay import replayed_order_dates
 
     ctx = RunContext(run_date=date(2026, 11, 2), run_id="replay-dates", started_at=datetime.now(UTC),
                      overrides={"lake_root": str(pristine_lake["root"])})

@@ -14,12 +14,12 @@ from conftest import FLOW_DAYS
 from engines import to_engine
 from typer.testing import CliRunner
 
-from backends import Lake, get_backend
-from backends.releases import NotReleasedError, Releases
-from contracts.catalog import Reference, table, tables
-from flows.cli import app
-from tasks.context import RunContext
-from tasks.transforms.audit import check_references, orphans
+from lakehouse.backends import Lake, get_backend
+from lakehouse.backends.releases import NotReleasedError, Releases
+from lakehouse.contracts.catalog import Reference, table, tables
+from lakehouse.flows.cli import app
+from lakehouse.tasks.context import RunContext
+from lakehouse.tasks.transforms.audit import check_references, orphans
 
 runner = CliRunner()
 
@@ -82,7 +82,7 @@ def test_each_run_releases_every_gold_table_at_the_version_it_wrote(lake_copy):
 
 @pytest.mark.slow
 def test_a_failed_audit_leaves_the_previous_release_current_and_readers_on_it(lake_copy, prefect_harness):
-    from flows.daily import publish
+    from lakehouse.flows.daily import publish
 
     engine, root = lake_copy["engine_impl"], lake_copy["root"]
     lake = Lake(str(root))
@@ -134,7 +134,7 @@ def test_gold_without_a_release_is_not_shown(tmp_path):
 
 
 def test_a_row_drop_beyond_the_declared_share_fails_the_audit():
-    from tasks.transforms.audit import check_row_drop
+    from lakehouse.tasks.transforms.audit import check_row_drop
 
     fact = table("gold.fact_orders")
     assert fact.max_row_drop == 0.10
@@ -150,7 +150,7 @@ def test_a_row_drop_beyond_the_declared_share_fails_the_audit():
 def test_losing_half_the_orders_holds_the_release(lake_copy, prefect_harness):
     import narwhals as nw
 
-    from flows.daily import publish
+    from lakehouse.flows.daily import publish
 
     engine, root = lake_copy["engine_impl"], lake_copy["root"]
     releases = Releases(Lake(str(root)))
@@ -171,7 +171,7 @@ def test_losing_half_the_orders_holds_the_release(lake_copy, prefect_harness):
 @pytest.mark.slow
 def test_an_incremental_release_audits_the_rewritten_partitions(lake_copy, prefect_harness):
     """An orphan written into a rewritten order-date partition fails the (partition-scoped) audit."""
-    from tasks.release import AuditFailedError, release_gold
+    from lakehouse.tasks.release import AuditFailedError, release_gold
 
     engine, root = lake_copy["engine_impl"], lake_copy["root"]
     current = Releases(Lake(str(root))).current()
@@ -192,7 +192,7 @@ def test_an_incremental_release_audits_the_rewritten_partitions(lake_copy, prefe
 def test_an_incremental_release_audits_every_partition_when_a_dimension_lost_a_key(lake_copy, prefect_harness):
     """A dim_customer row whose customer_sk changed (its customer still there) orphans the fact rows of a
     partition the run did not rewrite: the audit of a run that rewrote only the last day still finds them."""
-    from tasks.release import AuditFailedError, release_gold
+    from lakehouse.tasks.release import AuditFailedError, release_gold
 
     engine, root = lake_copy["engine_impl"], lake_copy["root"]
     current = Releases(Lake(str(root))).current()

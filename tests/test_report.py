@@ -14,8 +14,8 @@ import pytest
 from deltalake import DeltaTable
 from typer.testing import CliRunner
 
-from backends.lake import Lake
-from tasks.ledger import read_ledger
+from lakehouse.backends.lake import Lake
+from lakehouse.tasks.ledger import read_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def _expected(ledger: list[dict], day: date) -> tuple[str, dict[str, int]]:
 
 
 def test_the_report_shows_the_ledger_figures_in_a_browser(pristine_lake, tmp_path):
-    from flows.cli import app
+    from lakehouse.flows.cli import app
 
     root = pristine_lake["root"]
     page = tmp_path / "report.html"
@@ -116,7 +116,7 @@ def test_the_report_shows_the_ledger_figures_in_a_browser(pristine_lake, tmp_pat
 
 
 def test_a_date_without_runs_is_refused_clearly(pristine_lake, tmp_path):
-    from flows.cli import app
+    from lakehouse.flows.cli import app
 
     root = pristine_lake["root"]
     result = CliRunner().invoke(app, ["report", "--date", "2030-01-01", "--lake-root", str(root),

@@ -20,11 +20,11 @@ import pytest
 from lakes import normalised
 from typer.testing import CliRunner
 
-from backends import Lake
-from backends.releases import Releases
-from contracts.catalog import TABLES
-from flows.cli import app
-from tasks.ledger import read_ledger
+from lakehouse.backends import Lake
+from lakehouse.backends.releases import Releases
+from lakehouse.contracts.catalog import TABLES
+from lakehouse.flows.cli import app
+from lakehouse.tasks.ledger import read_ledger
 
 DAY1, DAY2 = date(2026, 11, 1), date(2026, 11, 2)
 runner = CliRunner()
@@ -34,7 +34,7 @@ runner = CliRunner()
 def prepared(daily_lakes, tmp_path_factory):
     """``prepared(engine)``: the landing with day 2's orders pointed at day 2's sign-ups (which travel in a file
     of their own), and the clean lake of day 2 with every file there; made once per engine."""
-    from flows.daily import daily_lakehouse
+    from lakehouse.flows.daily import daily_lakehouse
 
     made: dict[str, dict] = {}
 
@@ -121,8 +121,8 @@ def _quarantined_orders(root: Path) -> dict[str, int]:
 
 
 def test_a_retried_run_after_the_late_customers_arrive_equals_the_clean_run(late_customers, monkeypatch):
-    from flows.daily import daily_lakehouse
-    from tasks import gates
+    from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.tasks import gates
 
     s = late_customers
     real = gates.create_table_artifact
@@ -197,9 +197,9 @@ def test_a_rerun_after_a_rule_change_equals_a_clean_run_with_the_changed_rule(da
     """Day 2 is run; then a rule is changed in the code (here: orders' exact duplicates are no longer
     quarantined, the merge keeps one copy). A rerun of the date conforms its batch again: its quarantine holds
     only what the changed rules reject, as in a clean run of day 2 with them, and the other tables agree too."""
-    from contracts.rules import ROW_RULES
-    from flows.daily import daily_lakehouse
-    from tasks import silver as silver_tasks
+    from lakehouse.contracts.rules import ROW_RULES
+    from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.tasks import silver as silver_tasks
 
     s = day_two
     run = {"run_date": DAY2, "landing_root": str(s["landing"]), **s["engine"]}
@@ -224,9 +224,9 @@ def test_a_rerun_after_a_stricter_rule_takes_out_what_it_rejects_as_a_clean_run_
     gold and quarantine table equals a clean run of day 2 with the stricter rules."""
     import polars as pl
 
-    from contracts.rules import ROW_RULES, Rule
-    from flows.daily import daily_lakehouse
-    from tasks import silver as silver_tasks
+    from lakehouse.contracts.rules import ROW_RULES, Rule
+    from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.tasks import silver as silver_tasks
 
     s = day_two
     run = {"run_date": DAY2, "landing_root": str(s["landing"]), **s["engine"]}
@@ -267,7 +267,7 @@ def test_a_rerun_after_a_stricter_rule_takes_out_what_it_rejects_as_a_clean_run_
 
 
 def test_the_rules_code_version_changes_with_the_code_that_decides_the_rules(tmp_path, monkeypatch):
-    from tasks import caching
+    from lakehouse.tasks import caching
 
     rule_file = tmp_path / "rules.py"
     rule_file.write_text("LIMIT = 1\n")

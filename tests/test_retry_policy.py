@@ -10,11 +10,11 @@ from deltalake.exceptions import CommitFailedError
 from prefect import flow, task
 from pyspark.errors.exceptions.connect import AnalysisException, SparkConnectGrpcException
 
-from backends.lake import LakeNotWritableError
-from backends.protocol import ContractViolation
-from tasks.gates import GateFailedError
-from tasks.quarantine import AccountingError
-from tasks.retry_policy import LAKE_RETRIES, is_transient
+from lakehouse.backends.lake import LakeNotWritableError
+from lakehouse.backends.protocol import ContractViolation
+from lakehouse.tasks.gates import GateFailedError
+from lakehouse.tasks.quarantine import AccountingError
+from lakehouse.tasks.retry_policy import LAKE_RETRIES, is_transient
 
 
 def _client_error(code: str) -> botocore.exceptions.ClientError:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from backends import Lake
-from backends.run_lock import LakeLockedError, LakeLockLostError, RunLock
+from lakehouse.backends import Lake
+from lakehouse.backends.run_lock import LakeLockedError, LakeLockLostError, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 SLACK = 1.5  # a poll (0.5 s) and the rest for a loaded machine: the bounds below are the lease plus one renewal
@@ -121,7 +121,7 @@ def test_a_killed_holder_is_taken_over_within_the_lease_plus_one_renewal(tmp_pat
     lake = tmp_path / "lake"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, sys.argv[1]);"
-        "from backends import Lake; from backends.run_lock import RunLock;"
+        "from lakehouse.backends import Lake; from lakehouse.backends.run_lock import RunLock;"
         "lock = RunLock(Lake(sys.argv[2]), lease_seconds=1.0, heartbeat_seconds=0.2);"
         "cm = lock.hold('run-killed', 'daily-lakehouse 2026-11-01', wait_seconds=0); cm.__enter__();"
         "print('held', flush=True); time.sleep(600)"), str(ROOT), str(lake)], stdout=subprocess.PIPE, text=True)
@@ -222,8 +222,8 @@ def test_two_processes_racing_for_a_stale_lease_cannot_both_win(tmp_path):
 import os, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from backends import Lake
-from backends.run_lock import LakeLockedError, RunLock
+from lakehouse.backends import Lake
+from lakehouse.backends.run_lock import LakeLockedError, RunLock
 lock, go = RunLock(Lake(sys.argv[2])), Path(sys.argv[3])
 while not go.exists():
     time.sleep(0.01)
@@ -272,7 +272,7 @@ def test_unlock_clears_a_stale_lock_and_refuses_a_live_one_without_force(tmp_pat
 def test_status_shows_the_lock_and_unlock_clears_a_stale_one(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from lakehouse.flows.cli import app
 
     monkeypatch.setenv("COLUMNS", "200")
     lake = tmp_path / "lake"

@@ -11,11 +11,11 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from backends.lake import Lake
-from backends.releases import Releases
-from contracts.catalog import tables
-from tasks.ledger import read_ledger
-from tasks.lineage import lineage_events
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.releases import Releases
+from lakehouse.contracts.catalog import tables
+from lakehouse.tasks.ledger import read_ledger
+from lakehouse.tasks.lineage import lineage_events
 
 pytestmark = pytest.mark.slow
 
@@ -34,10 +34,10 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch, tmp_path):
     """Credentials from a prefect-aws AwsCredentials block (the environment has none while the flow runs)."""
     from prefect_aws import AwsCredentials
 
-    import tasks.transforms.gold as gold_module
-    from deployments.settings import cached_settings
-    from flows.daily import daily_lakehouse
-    from tasks.retry_policy import LAKE_RETRIES
+    import lakehouse.tasks.transforms.gold as gold_module
+    from lakehouse.deployments.settings import cached_settings
+    from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.tasks.retry_policy import LAKE_RETRIES
 
     monkeypatch.setenv("AWS_ALLOW_HTTP", "true")  # moto's endpoint is plain HTTP on loopback
     local = daily_lakes("polars")

@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from backends.sources.sample import (
+from lakehouse.backends.sources.sample import (
     DIRT_RATES,
     RENAMED_COLUMN,
     SAMPLE_CURRENCIES,
@@ -20,7 +20,7 @@ from backends.sources.sample import (
     format_id,
     generate,
 )
-from contracts.landing import (
+from lakehouse.contracts.landing import (
     BEHAVIOUR,
     CONTACTS,
     CUSTOMERS,

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from backends.lake import Lake
-from tasks.ledger import read_ledger
+from lakehouse.backends.lake import Lake
+from lakehouse.tasks.ledger import read_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ DAY = date(2026, 11, 1)
 
 @pytest.fixture(scope="module")
 def landing(tmp_path_factory):
-    from backends.sources.sample import generate
+    from lakehouse.backends.sources.sample import generate
 
     folder = tmp_path_factory.mktemp("secrets") / "landing"
     generate(folder, days=1, scale=0.02, seed=11, start=DAY)
@@ -35,7 +35,7 @@ def landing(tmp_path_factory):
 @pytest.fixture
 def hmac_from(monkeypatch):
     """``hmac_from(reference)``: the next runs take their HMAC key from ``reference`` (settings re-read)."""
-    from deployments import settings
+    from lakehouse.deployments import settings
 
     def use(reference: str) -> None:
         monkeypatch.setenv("LAKEHOUSE_HMAC_KEY_SECRET", reference)
@@ -82,7 +82,7 @@ def test_the_hmac_key_comes_from_a_prefect_secret_and_shows_up_nowhere(prefect_h
     from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client
 
-    from flows.daily import daily_lakehouse
+    from lakehouse.flows.daily import daily_lakehouse
 
     Secret(value=CANARY).save("lakehouse-hmac-canary", overwrite=True)
     hmac_from("prefect-secret:lakehouse-hmac-canary")
@@ -117,7 +117,7 @@ def test_the_hmac_key_comes_from_a_prefect_secret_and_shows_up_nowhere(prefect_h
 def test_the_hmac_key_from_aws_secrets_manager(prefect_harness, landing, tmp_path, aws, hmac_from):
     import boto3
 
-    from flows.daily import daily_lakehouse
+    from lakehouse.flows.daily import daily_lakehouse
 
     sm = boto3.client("secretsmanager", endpoint_url=aws, region_name="us-east-1")
     sm.create_secret(Name="lakehouse/hmac-test", SecretString=json.dumps({"hmac_key": CANARY + "-aws"}))
@@ -131,8 +131,8 @@ def test_the_hmac_key_from_aws_secrets_manager(prefect_harness, landing, tmp_pat
 def test_a_missing_or_short_secret_stops_the_run_before_any_write(prefect_harness, landing, tmp_path, hmac_from):
     from prefect.blocks.system import Secret
 
-    from deployments.secrets import SecretNotFoundError
-    from flows.daily import daily_lakehouse
+    from lakehouse.deployments.secrets import SecretNotFoundError
+    from lakehouse.flows.daily import daily_lakehouse
 
     hmac_from("prefect-secret:no-such-block-here")
     with pytest.raises(SecretNotFoundError, match="no-such-block-here"):

@@ -15,11 +15,11 @@ import polars as pl
 import pytest
 from engines import to_engine
 
-from contracts.catalog import table
-from contracts.expressions import record_digest
-from contracts.landing import LandingEntity
-from contracts.rules import ROW_RULES, SILVER_LANDING
-from tasks.transforms.silver import (
+from lakehouse.contracts.catalog import table
+from lakehouse.contracts.expressions import record_digest
+from lakehouse.contracts.landing import LandingEntity
+from lakehouse.contracts.rules import ROW_RULES, SILVER_LANDING
+from lakehouse.tasks.transforms.silver import (
     QUARANTINE_OUTPUT,
     conform,
     latest_per_key,

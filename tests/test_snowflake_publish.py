@@ -17,14 +17,14 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from pydantic import SecretStr
 
-from backends.destinations import snowflake as warehouse
-from backends.lake import Lake
-from backends.releases import Releases
-from contracts.catalog import table
-from deployments.settings import cached_settings, load_settings
-from flows.snowflake_publish import publish_snowflake
-from tasks.publish import publish_table
-from tasks.retry_policy import is_transient
+from lakehouse.backends.destinations import snowflake as warehouse
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.releases import Releases
+from lakehouse.contracts.catalog import table
+from lakehouse.deployments.settings import cached_settings, load_settings
+from lakehouse.flows.snowflake_publish import publish_snowflake
+from lakehouse.tasks.publish import publish_table
+from lakehouse.tasks.retry_policy import is_transient
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "canary-Pw-7f3a9c1e"  # a canary: it must appear in no log, artifact, parameter or table
@@ -301,7 +301,7 @@ def test_key_pair_secret_from_aws_secrets_manager(target, daily_lakes, aws):
 
 
 def test_secret_references_fail_clearly(prefect_harness, aws):
-    from deployments.secrets import SecretNotFoundError, resolve_secret
+    from lakehouse.deployments.secrets import SecretNotFoundError, resolve_secret
 
     with pytest.raises(SecretNotFoundError, match="expected a Prefect Secret block named 'nope'"):
         resolve_secret("prefect-secret:nope", what="snowflake.secret")
@@ -424,8 +424,8 @@ def test_transient_errors_are_retried_and_others_are_not(target, daily_lakes):
 def test_publish_command_and_daily_flow_step(target, gold_lake, daily_lakes, monkeypatch):
     from typer.testing import CliRunner
 
-    from flows.cli import app
-    from flows.daily import daily_lakehouse
+    from lakehouse.flows.cli import app
+    from lakehouse.flows.daily import daily_lakehouse
 
     runner = CliRunner()
     bad = runner.invoke(app, ["publish", "--to", "snowflake", "--release", "gold-999999", "--lake-root", str(gold_lake)])

@@ -14,9 +14,9 @@ from datetime import date
 
 import pytest
 
-from contracts.catalog import tables
-from contracts.landing import landing_entity
-from deployments.settings import cached_settings
+from lakehouse.contracts.catalog import tables
+from lakehouse.contracts.landing import landing_entity
+from lakehouse.deployments.settings import cached_settings
 from tests.conftest import FLOW_DAYS
 from tests.lakes import assert_same_rows, normalised
 from tests.source_systems import ApiServer, day_rows
@@ -32,10 +32,10 @@ def test_daily_flow_with_connectors_builds_the_same_silver_and_gold_as_files(pri
                                                                              monkeypatch, tmp_path):
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from backends.lake import Lake
-    from backends.sources.extract import ExtractLog
-    from flows.daily import daily_lakehouse
-    from tasks.ledger import read_ledger
+    from lakehouse.backends.lake import Lake
+    from lakehouse.backends.sources.extract import ExtractLog
+    from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.tasks.ledger import read_ledger
     generated, from_files = pristine_lake["landing"], pristine_lake["root"]
     pulled_landing = tmp_path / "landing-pulled"
     shutil.copytree(generated, pulled_landing, ignore=shutil.ignore_patterns("fx", "kafka"))

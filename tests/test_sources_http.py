@@ -15,11 +15,11 @@ from datetime import UTC, date, datetime
 import polars as pl
 import pytest
 
-from backends.lake import Lake
-from backends.sources.extract import FILE_PREFIX, ExtractLog, SourceError
-from backends.sources.http_api import CRM_OBJECTS, CRM_PROPERTIES
-from contracts.landing import landing_entity
-from deployments.settings import cached_settings
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.sources.extract import FILE_PREFIX, ExtractLog, SourceError
+from lakehouse.backends.sources.http_api import CRM_OBJECTS, CRM_PROPERTIES
+from lakehouse.contracts.landing import landing_entity
+from lakehouse.deployments.settings import cached_settings
 from tests.conftest import ROOT
 from tests.source_systems import ApiServer, TwoPaths, day_rows, write_landing
 
@@ -134,7 +134,7 @@ def _killed_midway(api: ApiServer, paths: TwoPaths, name: str, day: date) -> Non
     from prefect.settings import PREFECT_API_URL
 
     api.hold_request = 3  # two answers landed and recorded by then
-    cmd = [sys.executable, "-m", "flows.cli", "sources", "extract", name, "--date", day.isoformat(),
+    cmd = [sys.executable, "-m", "lakehouse.flows.cli", "sources", "extract", name, "--date", day.isoformat(),
            "--lake-root", str(paths.lake("connector")), "--landing", str(paths.landing("connector"))]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -231,8 +231,8 @@ def test_a_killed_fx_extract_resumes_without_duplicates_or_gaps(generated, api, 
 
 
 def test_sources_check_counts_crm_records_and_fx_days(generated, api, tmp_path, monkeypatch):
-    from deployments.settings import load_settings
-    from flows.sources_cli import check_sources
+    from lakehouse.deployments.settings import load_settings
+    from lakehouse.flows.sources_cli import check_sources
 
     kept, records = crm_records(day_rows(generated, landing_entity("crm.opportunities"),
                                         DAYS[0])[0], "crm.opportunities", 0)
@@ -253,9 +253,9 @@ def test_sources_check_counts_crm_records_and_fx_days(generated, api, tmp_path, 
 
 
 def test_fx_rates_keep_the_digits_the_vendor_sent(api):
-    from backends.sources.extract import Window
-    from backends.sources.http_api import FxSource
-    from deployments.settings import load_settings
+    from lakehouse.backends.sources.extract import Window
+    from lakehouse.backends.sources.http_api import FxSource
+    from lakehouse.deployments.settings import load_settings
 
     # a vendor that sends rates as JSON numbers: the digits are kept as sent, trailing zeros included
     api.rates = {"2026-11-02": '{"base": "USD", "date": "2026-11-02", "published_at": "2026-11-02T16:00:00Z", '

@@ -17,10 +17,10 @@ from datetime import date
 import polars as pl
 import pytest
 
-from backends.lake import Lake
-from backends.sources.extract import FILE_PREFIX, ExtractLog
-from contracts.landing import landing_entity
-from deployments.settings import cached_settings
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.sources.extract import FILE_PREFIX, ExtractLog
+from lakehouse.contracts.landing import landing_entity
+from lakehouse.deployments.settings import cached_settings
 from tests.conftest import ROOT
 from tests.source_systems import TwoPaths, day_rows, write_landing
 
@@ -77,7 +77,7 @@ def committed(topic: dict) -> dict[int, int]:
 
 
 def test_consumer_lands_the_file_paths_bronze_and_commits_only_after_bronze(generated, topic, tmp_path):
-    from tasks.extract import acknowledge_stream
+    from lakehouse.tasks.extract import acknowledge_stream
 
     paths = TwoPaths(tmp_path)
     total = 0
@@ -90,7 +90,7 @@ def test_consumer_lands_the_file_paths_bronze_and_commits_only_after_bronze(gene
         pulled = paths.extract(NAME, day)
         assert pulled["rows_written"] == len(lines)
         before = committed(topic)
-        from tasks.bronze import ingest_entity
+        from lakehouse.tasks.bronze import ingest_entity
 
         ingest_entity.fn(paths.ctx("connector", day), NAME)
         assert committed(topic) == before  # bronze alone commits nothing to Kafka
@@ -135,7 +135,7 @@ def test_a_killed_consumer_resumes_without_duplicates_or_gaps(generated, topic, 
     cached_settings.cache_clear()
     paths = TwoPaths(tmp_path)
     log = ExtractLog(Lake(str(paths.lake("connector"))), ENTITY)
-    cmd = [sys.executable, "-m", "flows.cli", "sources", "extract", NAME, "--date", day.isoformat(),
+    cmd = [sys.executable, "-m", "lakehouse.flows.cli", "sources", "extract", NAME, "--date", day.isoformat(),
            "--lake-root", str(paths.lake("connector")), "--landing", str(paths.landing("connector"))]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -156,8 +156,8 @@ def test_a_killed_consumer_resumes_without_duplicates_or_gaps(generated, topic, 
 
 
 def test_sources_check_reaches_the_broker_or_says_it_cannot(topic, tmp_path, monkeypatch):
-    from deployments.settings import load_settings
-    from flows.sources_cli import check_sources
+    from lakehouse.deployments.settings import load_settings
+    from lakehouse.flows.sources_cli import check_sources
     from tests.conftest import _free_port
 
     monkeypatch.setenv("LAKEHOUSE_SOURCES__ENTITIES", '{"kafka.order_events": "connector"}')

@@ -17,11 +17,11 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from backends.lake import Lake
-from backends.sources.extract import FILE_PREFIX, ExtractLog
-from contracts.landing import landing_entity
-from deployments.settings import cached_settings
-from flows.cli import app
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.sources.extract import FILE_PREFIX, ExtractLog
+from lakehouse.contracts.landing import landing_entity
+from lakehouse.deployments.settings import cached_settings
+from lakehouse.flows.cli import app
 from tests.conftest import ROOT
 from tests.source_systems import TwoPaths, day_rows, representable, write_landing
 
@@ -220,7 +220,7 @@ def test_a_killed_extract_resumes_without_duplicates_or_gaps(name, generated, so
     cached_settings.cache_clear()
     lake = Lake(str(paths.lake("connector")))
     log = ExtractLog(lake, entity)
-    cmd = [sys.executable, "-m", "flows.cli", "sources", "extract", name, "--date", day.isoformat(),
+    cmd = [sys.executable, "-m", "lakehouse.flows.cli", "sources", "extract", name, "--date", day.isoformat(),
            "--lake-root", str(paths.lake("connector")), "--landing", str(paths.landing("connector"))]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_with_api(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -247,8 +247,8 @@ def test_a_killed_extract_resumes_without_duplicates_or_gaps(name, generated, so
 
 def test_sources_check_reports_each_connection_and_what_it_would_fetch(generated, source_for, tmp_path, monkeypatch,
                                                                         postgres_server):
-    from deployments.settings import load_settings
-    from flows.sources_cli import check_sources
+    from lakehouse.deployments.settings import load_settings
+    from lakehouse.flows.sources_cli import check_sources
 
     entity = landing_entity("snowflake.orders")
     source = source_for(entity)
@@ -293,8 +293,8 @@ def _closed_port() -> int:
 
 
 def test_redshift_settings_name_what_is_missing(monkeypatch):
-    from backends.sources import connector_for
-    from deployments.settings import SettingsError, load_settings
+    from lakehouse.backends.sources import connector_for
+    from lakehouse.deployments.settings import SettingsError, load_settings
 
     monkeypatch.delenv("LAKEHOUSE_SOURCES__REDSHIFT__HOST", raising=False)
     with pytest.raises(SettingsError, match=r"sources\.redshift\.host, sources\.redshift\.user, "

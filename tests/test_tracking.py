@@ -13,11 +13,11 @@ import pytest
 from deltalake import DeltaTable
 from typer.testing import CliRunner
 
-from backends.lake import Lake
-from contracts.catalog import table
-from contracts.logs import log
-from tasks.ledger import freshness, read_ledger, runs_overview
-from tasks.lineage import lineage_events
+from lakehouse.backends.lake import Lake
+from lakehouse.contracts.catalog import table
+from lakehouse.contracts.logs import log
+from lakehouse.tasks.ledger import freshness, read_ledger, runs_overview
+from lakehouse.tasks.lineage import lineage_events
 
 pytestmark = pytest.mark.slow
 
@@ -96,8 +96,8 @@ def test_lineage_events_pair_start_with_complete_and_carry_datasets_schemas_and_
 
 def test_a_failing_task_leaves_a_failed_ledger_row_and_a_fail_event_and_the_rows_before_it(
         polars_lake, tmp_path, monkeypatch):
-    from flows.daily import daily_lakehouse
-    from tasks.transforms import gold
+    from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.tasks.transforms import gold
 
     root = tmp_path / "lake"
     shutil.copytree(polars_lake["root"], root)
@@ -149,8 +149,8 @@ class _Receiver(BaseHTTPRequestHandler):
 
 
 def test_lineage_goes_to_an_http_receiver_from_settings_and_is_retried(polars_lake, tmp_path, monkeypatch):
-    from deployments.settings import cached_settings
-    from flows.daily import daily_lakehouse
+    from lakehouse.deployments.settings import cached_settings
+    from lakehouse.flows.daily import daily_lakehouse
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -179,7 +179,7 @@ def test_lineage_goes_to_an_http_receiver_from_settings_and_is_retried(polars_la
 
 
 def test_status_shows_recent_runs_and_table_freshness(polars_lake):
-    from flows.cli import app
+    from lakehouse.flows.cli import app
 
     result = CliRunner().invoke(app, ["status", "--lake-root", str(polars_lake["root"])])
     assert result.exit_code == 0, result.output
@@ -193,7 +193,7 @@ def test_status_shows_recent_runs_and_table_freshness(polars_lake):
 
 
 def test_status_without_a_ledger_says_what_to_do(tmp_path):
-    from flows.cli import app
+    from lakehouse.flows.cli import app
 
     result = CliRunner().invoke(app, ["status", "--lake-root", str(tmp_path / "empty")])
     assert result.exit_code == 2

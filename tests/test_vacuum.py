@@ -13,13 +13,13 @@ import pytest
 from lakes import assert_same_rows, clean_up_log, normalised
 from typer.testing import CliRunner
 
-from backends.lake import Lake
-from backends.releases import Releases
-from backends.run_lock import LakeLockedError, RunLock
-from contracts.catalog import table
-from flows.cli import app
-from flows.vacuum import existing_tables, held_vacuum, kept_versions, vacuum_lake
-from tasks import customer_grain
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.releases import Releases
+from lakehouse.backends.run_lock import LakeLockedError, RunLock
+from lakehouse.contracts.catalog import table
+from lakehouse.flows.cli import app
+from lakehouse.flows.vacuum import existing_tables, held_vacuum, kept_versions, vacuum_lake
+from lakehouse.tasks import customer_grain
 
 runner = CliRunner()
 
@@ -104,7 +104,7 @@ def test_the_next_incremental_build_reads_its_versions_after_a_vacuum(lake_copy)
     build read; the vacuum keeps that file, so the next build still finds the one changed customer."""
     from test_customer_grain import DIM, _ctx, _replace, _rows, _whole
 
-    from tasks.gold import build_gold
+    from lakehouse.tasks.gold import build_gold
     from tests.lakes import normalise
 
     engine = lake_copy["engine_impl"]

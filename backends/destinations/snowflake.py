@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from snowflake.connector import SnowflakeConnection
     from snowflake.connector.cursor import SnowflakeCursor
 
-    from backends.lake import Lake
-    from contracts.catalog import TableSpec
-    from deployments.settings import SnowflakeConnection as SnowflakeSettings
+    from lakehouse.backends.lake import Lake
+    from lakehouse.contracts.catalog import TableSpec
+    from lakehouse.deployments.settings import SnowflakeConnection as SnowflakeSettings
 
 AUDIT_TABLE = "LAKEHOUSE_LOAD_AUDIT"
 STAGE_SUFFIX = "__STAGE"

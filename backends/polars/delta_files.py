@@ -26,8 +26,8 @@ import pyarrow as pa
 from deltalake import DeltaTable, Schema
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
-from backends.lake import Lake
-from contracts.catalog import TableSpec
+from lakehouse.backends.lake import Lake
+from lakehouse.contracts.catalog import TableSpec
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 

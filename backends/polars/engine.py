@@ -12,14 +12,14 @@ import polars as pl
 import pyarrow as pa
 from pandera import errors as pandera_errors
 
-from backends import landing
-from backends.expressions import with_record_hash
-from backends.lake import Lake, paths_of
-from backends.polars import delta_files
-from backends.protocol import ContractViolation, Gap, LandingRead, WriteResult
-from contracts.catalog import TableSpec
-from contracts.checks import count_violations
-from contracts.landing import LandingEntity
+from lakehouse.backends import landing
+from lakehouse.backends.expressions import with_record_hash
+from lakehouse.backends.lake import Lake, paths_of
+from lakehouse.backends.polars import delta_files
+from lakehouse.backends.protocol import ContractViolation, Gap, LandingRead, WriteResult
+from lakehouse.contracts.catalog import TableSpec
+from lakehouse.contracts.checks import count_violations
+from lakehouse.contracts.landing import LandingEntity
 
 
 class PolarsDeltaEngine:

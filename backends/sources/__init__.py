@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from contracts.landing import LandingEntity
+from lakehouse.contracts.landing import LandingEntity
 
 if TYPE_CHECKING:
-    from backends.sources.extract import Connector
-    from deployments.settings import Settings
+    from lakehouse.backends.sources.extract import Connector
+    from lakehouse.deployments.settings import Settings
 
 
 def connector_for(entity: LandingEntity, settings: Settings) -> Connector:
@@ -21,25 +21,25 @@ def connector_for(entity: LandingEntity, settings: Settings) -> Connector:
     sources = settings.sources
     rows = sources.batch_rows
     if entity.source == "snowflake":
-        from backends.sources.sql import SnowflakeSource
+        from lakehouse.backends.sources.sql import SnowflakeSource
 
         return SnowflakeSource(entity, sources.snowflake, batch_rows=rows)
     if entity.source == "redshift":
-        from backends.sources.sql import RedshiftSource
+        from lakehouse.backends.sources.sql import RedshiftSource
 
         return RedshiftSource(entity, sources.redshift, batch_rows=rows)
     if entity.source == "crm":
-        from backends.sources.http_api import CrmSource
-        from deployments.secrets import resolve_secret
+        from lakehouse.backends.sources.http_api import CrmSource
+        from lakehouse.deployments.secrets import resolve_secret
 
         crm = sources.crm.require()
         return CrmSource(entity, crm, resolve_secret(crm.token_secret, what="sources.crm.token_secret"))
     if entity.source == "fx":
-        from backends.sources.http_api import FxSource
+        from lakehouse.backends.sources.http_api import FxSource
 
         return FxSource(entity, sources.fx.require())
     if entity.source == "kafka":
-        from backends.sources.kafka import KafkaSource
+        from lakehouse.backends.sources.kafka import KafkaSource
 
         return KafkaSource(entity, sources.kafka.require())
     msg = f"expected an entity of snowflake, redshift, crm, fx or kafka, got {entity.name!r}"

@@ -32,10 +32,10 @@ import narwhals as nw
 import polars as pl
 import pyarrow as pa
 
-from backends.expressions import with_record_hash
-from backends.lake import Lake
-from backends.logs import LakeLog, lake_log
-from contracts.landing import LandingEntity
+from lakehouse.backends.expressions import with_record_hash
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.logs import LakeLog, lake_log
+from lakehouse.contracts.landing import LandingEntity
 
 FILE_PREFIX = "extract-"
 

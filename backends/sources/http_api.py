@@ -36,11 +36,11 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from backends.sources.extract import Piece, SourceError, Window
-from contracts.landing import LandingEntity
+from lakehouse.backends.sources.extract import Piece, SourceError, Window
+from lakehouse.contracts.landing import LandingEntity
 
 if TYPE_CHECKING:
-    from deployments.settings import CrmSettings, FxSettings
+    from lakehouse.deployments.settings import CrmSettings, FxSettings
 
 _log = logging.getLogger(__name__)
 RETRIED_STATUS = frozenset({429, 500, 502, 503, 504})

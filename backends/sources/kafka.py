@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from backends.sources.extract import Piece, SourceError, Window
-from contracts.landing import LandingEntity
+from lakehouse.backends.sources.extract import Piece, SourceError, Window
+from lakehouse.contracts.landing import LandingEntity
 
 if TYPE_CHECKING:
-    from deployments.settings import KafkaSettings
+    from lakehouse.deployments.settings import KafkaSettings
 
 
 _POLL_SECONDS = 0.2

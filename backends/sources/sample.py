@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from contracts.landing import (
+from lakehouse.contracts.landing import (
     ACCOUNTS,
     BEHAVIOUR,
     CONTACTS,

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from backends.sources.extract import Piece, SourceError, Window
-from contracts.landing import LandingEntity
+from lakehouse.backends.sources.extract import Piece, SourceError, Window
+from lakehouse.contracts.landing import LandingEntity
 
 if TYPE_CHECKING:
-    from deployments.settings import RedshiftSettings, SnowflakeConnection
+    from lakehouse.deployments.settings import RedshiftSettings, SnowflakeConnection
 
 # The column each entity's window is taken on.
 WATERMARKS = {"snowflake.customers": "updated_at", "snowflake.orders": "updated_at",
@@ -99,8 +99,8 @@ class SnowflakeSource(SqlConnector):
         return f"Snowflake {s.account} ({s.host or 'snowflakecomputing.com'}) table {self.table}"
 
     def _connect(self) -> Any:
-        from backends.destinations.snowflake import connect
-        from deployments.secrets import resolve_secret
+        from lakehouse.backends.destinations.snowflake import connect
+        from lakehouse.deployments.secrets import resolve_secret
 
         secret = resolve_secret(self.settings.secret, what="sources.snowflake.secret")
         return connect(self.settings, secret, create_schema=False)
@@ -132,7 +132,7 @@ class RedshiftSource(SqlConnector):
     def _connect(self) -> Any:
         import psycopg
 
-        from deployments.secrets import resolve_secret
+        from lakehouse.deployments.secrets import resolve_secret
 
         s = self.settings
         password = resolve_secret(s.secret, what="sources.redshift.secret").get_secret_value()

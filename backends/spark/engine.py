@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import narwhals as nw
 import pyarrow as pa
 
-from backends import landing
-from backends.expressions import with_record_hash
-from backends.lake import Lake
-from backends.protocol import ContractViolation, EngineError, Gap, LandingRead, WriteResult
-from contracts.catalog import TableSpec
-from contracts.checks import count_violations
-from contracts.landing import LandingEntity
+from lakehouse.backends import landing
+from lakehouse.backends.expressions import with_record_hash
+from lakehouse.backends.lake import Lake
+from lakehouse.backends.protocol import ContractViolation, EngineError, Gap, LandingRead, WriteResult
+from lakehouse.contracts.catalog import TableSpec
+from lakehouse.contracts.checks import count_violations
+from lakehouse.contracts.landing import LandingEntity
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -17,12 +17,12 @@ import shutil
 import threading
 from typing import TYPE_CHECKING, Any, Literal
 
-from backends.protocol import EngineError
+from lakehouse.backends.protocol import EngineError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from deployments.settings import SparkSettings
+    from lakehouse.deployments.settings import SparkSettings
 
 # Spark computes timestamps in the session time zone; the lake's timestamps are UTC.
 SESSION_CONF = {"spark.sql.session.timeZone": "UTC", "spark.sql.ansi.enabled": "true"}

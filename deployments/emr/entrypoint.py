@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None and code.is_dir():
         sys.path.insert(0, str(code))
 
-    import flows
-    from backends.spark.session import SUBMITTED_MASTER
-    from deployments.settings import load_settings
-    from flows.daily import STAGES, require_deliveries
-    from tasks.context import RunContext
+    from lakehouse import flows
+    from lakehouse.backends.spark.session import SUBMITTED_MASTER
+    from lakehouse.deployments.settings import load_settings
+    from lakehouse.flows.daily import STAGES, require_deliveries
+    from lakehouse.tasks.context import RunContext
 
     if args.stage not in STAGES:
         print(f"expected --stage among {sorted(STAGES)}, got {args.stage!r}", file=sys.stderr)

@@ -15,8 +15,8 @@ from pathlib import Path
 from string import Template
 from typing import Any, Literal
 
-from deployments.emr import S3Location
-from deployments.settings import Settings, SettingsError
+from lakehouse.deployments.emr import S3Location
+from lakehouse.deployments.settings import Settings, SettingsError
 
 HERE = Path(__file__).resolve().parent
 POLICIES = {"execution": HERE / "execution-role-policy.json", "submitter": HERE / "submitter-policy.json"}

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.emr import S3Location
-from deployments.emr.package import ShippedCode
-from deployments.settings import EmrSettings
+from lakehouse.deployments.emr import S3Location
+from lakehouse.deployments.emr.package import ShippedCode
+from lakehouse.deployments.settings import EmrSettings
 
 log = logging.getLogger(__name__)
 

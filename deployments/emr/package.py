@@ -1,4 +1,5 @@
-"""How the code ships to EMR Serverless: one zip of the project's packages plus ``entrypoint.py``.
+"""How the code ships to EMR Serverless: one zip of the project's packages plus ``entrypoint.py``. In the zip
+the packages sit under ``lakehouse/`` (``lakehouse/flows/daily.py``), the import namespace they install as.
 
 The zip is built byte-for-byte reproducibly (sorted entries, fixed timestamps) and named by its content
 hash, so ``<code_uri>/<digest>/`` always holds exactly the code a job run was submitted with, and shipping
@@ -15,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deployments.emr import S3Location
+from lakehouse.deployments.emr import S3Location
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("backends", "contracts", "deployments", "flows", "tasks")
 SHIPPED_SUFFIXES = (".py", ".toml", ".json")
 ENTRYPOINT = Path(__file__).with_name("entrypoint.py")
 ARCHIVE_NAME = "lakehouse.zip"
+NAMESPACE = "lakehouse"  # the packages import as lakehouse.flows, lakehouse.tasks, ...
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def build(root: Path = ROOT) -> CodeBundle:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name in files:
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info = zipfile.ZipInfo(f"{NAMESPACE}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, (root / name).read_bytes())

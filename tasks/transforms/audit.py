@@ -12,7 +12,7 @@ from typing import Any
 
 import narwhals as nw
 
-from contracts.catalog import Reference, TableSpec
+from lakehouse.contracts.catalog import Reference, TableSpec
 
 SAMPLE_ROWS = 5
 

@@ -15,10 +15,10 @@ from typing import Literal
 
 import narwhals as nw
 
-from backends.expressions import with_record_hash
-from contracts.catalog import table
-from contracts.expressions import first_match, ratio
-from tasks.transforms.schema import to_schema
+from lakehouse.backends.expressions import with_record_hash
+from lakehouse.contracts.catalog import table
+from lakehouse.contracts.expressions import first_match, ratio
+from lakehouse.tasks.transforms.schema import to_schema
 
 __all__ = [
     "RFM_THRESHOLDS",

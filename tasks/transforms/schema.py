@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import narwhals as nw
 
-from contracts.catalog import TableSpec
+from lakehouse.contracts.catalog import TableSpec
 
 
 def to_schema(frame: nw.LazyFrame, spec: TableSpec) -> nw.LazyFrame:

@@ -21,11 +21,11 @@ from datetime import date, timedelta
 import narwhals as nw
 import pyarrow as pa
 
-from backends.expressions import with_hmac, with_timestamps
-from contracts.catalog import TableSpec, table
-from contracts.expressions import ratio
-from contracts.landing import OPEN_DEAL_STAGES, LandingColumn, LandingEntity
-from contracts.rules import (
+from lakehouse.backends.expressions import with_hmac, with_timestamps
+from lakehouse.contracts.catalog import TableSpec, table
+from lakehouse.contracts.expressions import ratio
+from lakehouse.contracts.landing import OPEN_DEAL_STAGES, LandingColumn, LandingEntity
+from lakehouse.contracts.rules import (
     FIRST_COPY,
     FX_RATE,
     IN_LOOKBACK,
@@ -40,7 +40,7 @@ from contracts.rules import (
     reason_of,
     text_col,
 )
-from tasks.transforms.schema import to_schema
+from lakehouse.tasks.transforms.schema import to_schema
 
 _NEEDS_RUN_DATE = ("silver.opportunities",)
 QUARANTINE_OUTPUT = ("rule", "reason", "record", "record_hash", "source_file")
