@@ -488,19 +488,6 @@ def conform_order() -> tuple[str, ...]:
     return tuple(n for n in build_order("silver") if TABLES[n].source)
 
 
-def upstream(name: str, *, layers: tuple[Layer, ...] = ("bronze", "silver", "gold")) -> tuple[str, ...]:
-    """Every table ``name`` is built from, directly or through others, in ``layers`` (build order)."""
-    seen: set[str] = set()
-    todo = list(table(name).inputs)
-    while todo:
-        n = todo.pop()
-        if n not in seen:
-            seen.add(n)
-            todo += TABLES[n].inputs
-            todo += [t.name for t in TABLES.values() if t.history == n]
-    return tuple(n for layer in layers for n in build_order(layer) if n in seen)
-
-
 def bronze_for(entity: LandingEntity) -> TableSpec:
     return TABLES[f"bronze.{entity.source}.{entity.entity}"]
 

@@ -125,7 +125,8 @@ def newest_delivery(lake: Lake, source: TableSpec) -> date | None:
     empty delivery from the delivery log."""
     newest = lake.newest_partition(source, "_ingest_date")  # from the Delta log: no data read
     dates = [date.fromisoformat(newest)] if newest else []
-    log = delivery_log(lake, landing_entity(source.name.removeprefix("bronze."))).table()
+    assert source.landing is not None, f"{source.name} is not a bronze table"
+    log = delivery_log(lake, source.landing).table()
     if log is not None and log.num_rows:
         dates.append(max(log.column("run_date").to_pylist()))
     return max(dates) if dates else None

@@ -43,7 +43,7 @@ class RunContext(BaseModel):
 
     def engine(self) -> Engine:
         settings = self.settings()
-        return get_backend(settings.backend, Lake(settings.lake_root), settings.spark)
+        return get_backend(settings.backend, self.lake(), settings.spark)
 
     def landing_dir(self) -> Path:
         return require_landing(self.settings().landing_root)

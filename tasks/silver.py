@@ -44,14 +44,15 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
     batch = bronze.batch_for(engine.scan(source), ctx.run_date)
     files = files_in(engine, batch)
     inputs = conform_inputs(ctx, spec, files)
-    if files and last_conform(ctx, spec) == inputs:
+    earlier = conforms_of_run_date(ctx, spec)  # the log is read once
+    if files and earlier and earlier[-1]["inputs"] == inputs:
         logger().info("%s: the %d bronze file(s) of %s were conformed with the same inputs before; nothing to do",
                        spec.name, len(files), ctx.run_date)
         return summary_of("silver", spec, files=0, **silver_figures(ctx, engine, spec, sum(files.values())),
                         rows_written=0, version=engine.version(spec))
     before = engine.version(spec)
     done = conform_into_silver(ctx, engine, spec, engine.materialize(batch), replace_quarantine=bool(files),
-                               withdraw_before=first_conform_version(ctx, spec) if files else None)
+                               withdraw_before=first_version_before(earlier) if files else None)
     if files:
         now = datetime.now(UTC)
         conformed_log(lake, spec).append(
@@ -71,34 +72,27 @@ def conform_inputs(ctx: RunContext, spec: TableSpec, files: Mapping[str, int]) -
     their rows), the bronze files up to the run date of the tables its references are built from, the rules'
     code version and the settings the rules read."""
     settings = ctx.settings()
-    lake = Lake(settings.lake_root)
+    lake = ctx.lake()
     refs = {name: lake.files_through(table(table(name).source or name), "_ingest_date", ctx.run_date.isoformat())
-            for name in table(spec.name).lookups}
+            for name in spec.lookups}
     key = hashlib.sha256(settings.require_hmac_key() + b"conform-inputs").hexdigest()
     material = {"files": sorted(files.items()), "refs": refs, "rules": conform_code_version(),
                 "settings": [settings.fx_window_days, settings.lookback_days, key]}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def last_conform(ctx: RunContext, spec: TableSpec) -> str | None:
-    """The inputs digest of the latest conform of the run date into ``spec`` (None: never, or by a release
-    that did not record it)."""
-    log = conformed_log(ctx.lake(), spec).table()
-    if log is None or "inputs" not in log.column_names:
-        return None
-    mine = [r for r in log.select(["run_date", "conformed_at", "inputs"]).to_pylist() if r["run_date"] == ctx.run_date]
-    return max(mine, key=lambda r: r["conformed_at"])["inputs"] if mine else None
+def conforms_of_run_date(ctx: RunContext, spec: TableSpec) -> list[dict[str, Any]]:
+    """The conform log's rows of the run date for ``spec``, oldest first: the last one's ``inputs`` is the
+    digest the batch was last conformed with (None: by a release that did not record it)."""
+    rows = conformed_log(ctx.lake(), spec).rows()
+    return [{"inputs": r.get("inputs"), "version_before": r.get("version_before")} for r in rows
+            if r["run_date"] == ctx.run_date]
 
 
-def first_conform_version(ctx: RunContext, spec: TableSpec) -> int | None:
-    """The version ``spec`` had before the run date's batch was first conformed into it (-1: the table did not
-    exist); None when the date was never conformed, or by a release that did not record it."""
-    log = conformed_log(ctx.lake(), spec).table()
-    if log is None or "version_before" not in log.column_names:
-        return None
-    mine = [r for r in log.select(["run_date", "conformed_at", "version_before"]).to_pylist()
-            if r["run_date"] == ctx.run_date and r["version_before"] is not None]
-    return min(mine, key=lambda r: r["conformed_at"])["version_before"] if mine else None
+def first_version_before(conforms: list[dict[str, Any]]) -> int | None:
+    """The version the table had before the run date's batch was first conformed into it (-1: the table did
+    not exist); None when the date was never conformed, or by a release that did not record it."""
+    return next((r["version_before"] for r in conforms if r["version_before"] is not None), None)
 
 
 def silver_figures(ctx: RunContext, engine: Engine, spec: TableSpec, rows_in: int) -> dict[str, Any]:
