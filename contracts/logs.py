@@ -56,15 +56,6 @@ LOGS: dict[str, LogSpec] = {log.name: log for log in (
         keys=("seq", "table"), order_by=("seq", "table"),
         description="Which Delta version of each table of a layer readers see: one row per table per release; "
         "the release with the highest seq is current."),
-    LogSpec("runs", "_runs/daily", _schema(
-        ("run_date", pa.date32(), REQUIRED), ("run_id", pa.string(), REQUIRED), ("flow", pa.string(), REQUIRED),
-        ("backend", pa.string(), REQUIRED), ("release_id", pa.string()), ("locked_at", UTC_TS, REQUIRED),
-        ("finished_at", UTC_TS, REQUIRED), ("forced", pa.bool_(), REQUIRED),
-        # Daily entities the run was allowed to go without (a backfill runs the date again once they arrive).
-        ("missing", pa.list_(pa.string()))),
-        keys=("run_id",), order_by=("finished_at",),
-        description="One row per daily run that finished a date: when it held the run lock, its release, what "
-        "it went without. A backfill skips the dates it holds."),
     LogSpec("ledger", "_ledger/runs", _schema(
         ("run_id", pa.string(), REQUIRED), ("flow", pa.string(), REQUIRED), ("task", pa.string(), REQUIRED),
         ("task_run_id", pa.string(), REQUIRED), ("table", pa.string()), ("run_date", pa.date32(), REQUIRED),
@@ -72,10 +63,16 @@ LOGS: dict[str, LogSpec] = {log.name: log for log in (
         ("version_written", pa.int64()), ("rows_in", pa.int64()), ("rows_out", pa.int64()),
         ("rows_quarantined", pa.int64()), ("status", pa.string(), REQUIRED),  # completed | failed
         ("error", pa.string()), ("started_at", UTC_TS, REQUIRED), ("duration_s", pa.float64(), REQUIRED),
-        ("engine", pa.string(), REQUIRED)),
+        ("engine", pa.string(), REQUIRED),
+        ("level", pa.string(), REQUIRED),  # task: one data task run | run: a daily run that finished its date
+        # A run row's own facts: the release it made, when it took the run lock (= started_at), whether it was
+        # forced, and the daily entities it was allowed to go without (a backfill runs the date again once they
+        # arrive). Null on task rows.
+        ("release_id", pa.string()), ("locked_at", UTC_TS), ("forced", pa.bool_()), ("missing", pa.list_(pa.string()))),
         keys=("task_run_id", "started_at"), order_by=("started_at", "task"),
-        description="One row per data task run: versions read and written, rows in/out/quarantined, status, "
-        "duration."),
+        description="The run log: one row per data task run (versions read and written, rows in/out/quarantined, "
+        "status, duration) and one row per daily run that finished a date (its release, lock time, what it went "
+        "without; a backfill skips the dates it holds)."),
     LogSpec("checkpoints", "_checkpoints/{source}/{entity}", _schema(
         ("seq", pa.int64(), REQUIRED), ("files", pa.list_(pa.string()), REQUIRED),
         ("lines", pa.list_(pa.int64()), REQUIRED),  # lines per file: the batch's offsets

@@ -1,6 +1,6 @@
 """Backfills: run the daily flow over a range of dates, in order, skipping dates already done.
 
-A date is done when ``<lake>/_runs/daily`` has a finished run of it (backends/run_log.py), unless that run was
+A date is done when the run log ``<lake>/_ledger/runs`` has a finished run of it (backends/run_log.py), unless that run was
 allowed to go without an entity's delivery and the delivery has come since. ``force`` runs
 every date again, recomputing every task. Each date is one ``daily-lakehouse`` run (a subflow here), so it
 takes the lake's run lock, resumes on retry and is released like any daily run. The flow reports progress
@@ -9,6 +9,7 @@ as a Prefect progress artifact (``backfill-progress``); ``lakehouse backfill`` s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
@@ -67,15 +68,30 @@ def backfill(date_from: date, date_to: date, force: bool = False, env: str = "lo
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, key="backfill-progress",
                                         description=f"Backfill {date_from} .. {date_to}: share of dates handled")
+    def step(i: int, total: int, day: date, status: str) -> None:
+        if status == "running":
+            logger.info("%s (%d/%d): running", day, i, total)
+            return
+        if status == "skipped":
+            logger.info("%s (%d/%d): already done, skipped (force=True runs it again)", day, i, total)
+        update_progress_artifact(progress, 100.0 * i / total)
+
+    return run_backfill(plan, lambda day: daily_lakehouse(
+        run_date=day, env=env, backend=backend, lake_root=lake_root, landing_root=landing_root,
+        spark_remote=spark_remote, force=force, allow_missing=allow_missing), step)
+
+
+def run_backfill(plan: list[tuple[date, bool]], run_day: Callable[[date], object],
+                 on_step: Callable[[int, int, date, str], None]) -> list[dict[str, Any]]:
+    """Walk a backfill plan in order: ``run_day`` each date not skipped. ``on_step(i, total, day, status)`` is told
+    before a date runs (``running``) and after each date (``ran`` or ``skipped``); the flow turns it into log lines
+    and a progress artifact, ``lakehouse backfill`` into a progress bar. One entry per date: run date, status."""
     report = []
     for i, (day, skip) in enumerate(plan, 1):
-        if skip:
-            logger.info("%s (%d/%d): already done, skipped (force=True runs it again)", day, i, len(plan))
-            report.append({"run_date": day, "status": "skipped"})
-        else:
-            logger.info("%s (%d/%d): running", day, i, len(plan))
-            daily_lakehouse(run_date=day, env=env, backend=backend, lake_root=lake_root, landing_root=landing_root,
-                            spark_remote=spark_remote, force=force, allow_missing=allow_missing)
-            report.append({"run_date": day, "status": "ran"})
-        update_progress_artifact(progress, 100.0 * i / len(plan))
+        if not skip:
+            on_step(i, len(plan), day, "running")
+            run_day(day)
+        status = "skipped" if skip else "ran"
+        on_step(i, len(plan), day, status)
+        report.append({"run_date": day, "status": status})
     return report

@@ -96,25 +96,30 @@ def backfill(
     date run without an entity allowed missing runs again once its delivery has come)."""
     first, last = parse_date(date_from, "--from"), parse_date(date_to, "--to")
     settings = settings_for(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote)
-    from lakehouse.flows.backfill import BackfillRangeError, backfill_plan
+    from lakehouse.flows.backfill import BackfillRangeError, backfill_plan, run_backfill
 
     try:
         plan = backfill_plan(settings, first, last, force=force)
     except BackfillRangeError as exc:
         fail(str(exc))
-    todo = [d for d, skip in plan if not skip]
     skipped = [d for d, skip in plan if skip]
     if skipped:
         console.print(f"{len(skipped)} date(s) already done, skipped (--force runs them again): "
                       f"{', '.join(str(d) for d in skipped)}")
     with _progress() as progress:
-        bar = progress.add_task(f"backfill {first} .. {last}", total=len(plan), completed=len(skipped))
-        for day in todo:
-            progress.update(bar, description=f"backfill: {day}")
-            _run_days([day], env=env, backend=backend, lake_root=lake_root, landing=landing,
-                      spark_remote=spark_remote, force=force, allow_missing=allow_missing)
-            progress.advance(bar)
-        progress.update(bar, description=f"backfill {first} .. {last}: {len(todo)} ran, {len(skipped)} skipped")
+        bar = progress.add_task(f"backfill {first} .. {last}", total=len(plan))
+
+        def step(i: int, total: int, day: date, status: str) -> None:
+            if status == "running":
+                progress.update(bar, description=f"backfill: {day}")
+            else:
+                progress.update(bar, completed=i)
+
+        report = run_backfill(plan, lambda day: _run_days(
+            [day], env=env, backend=backend, lake_root=lake_root, landing=landing, spark_remote=spark_remote,
+            force=force, allow_missing=allow_missing), step)
+        ran = sum(r["status"] == "ran" for r in report)
+        progress.update(bar, description=f"backfill {first} .. {last}: {ran} ran, {len(skipped)} skipped")
 
 
 @app.command()

@@ -1,16 +1,17 @@
-"""Reading the run ledger (``<lake>/_ledger/runs``, one row per data task run, written by ``tasks/tracking.py``):
-every row, the runs it adds up to, and each table's freshness."""
+"""Reading the run ledger's task rows (``<lake>/_ledger/runs``, one row per data task run, written by
+``tasks/tracking.py``; the same log's run rows are backends/run_log.py): every row, the runs they add up to, and
+each table's freshness."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lakehouse.backends.logs import lake_log
+from lakehouse.backends.run_log import TASK_ROWS, RunLog
 
 
 def read_ledger(lake: Any) -> list[dict[str, Any]]:
-    """Every ledger row, oldest first (none before the first run)."""
-    return lake_log(lake, "ledger").rows()
+    """Every task row of the ledger, oldest first (none before the first run)."""
+    return RunLog(lake).rows(TASK_ROWS)
 
 
 def runs_overview(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from prefect import task
 
 from lakehouse.backends.lake import Lake
 from lakehouse.backends.logs import lake_log
+from lakehouse.backends.run_log import TASK_ROWS
 from lakehouse.contracts.catalog import table
 from lakehouse.tasks.caching import keyed_by
 from lakehouse.tasks.context import RunContext
@@ -101,7 +102,7 @@ def _record(ctx: RunContext, who: TaskRun, read_versions: dict[str, int | None],
         "version_written": s.get("version") if written else None,
         "rows_in": s.get("rows_in"), "rows_out": s.get("rows_written"), "rows_quarantined": s.get("quarantined"),
         "status": status, "error": error, "started_at": started, "duration_s": (ended - started).total_seconds(),
-        "engine": ctx.settings().backend,
+        "engine": ctx.settings().backend, "level": TASK_ROWS,
     }
     with _PENDING_LOCK:
         _PENDING.setdefault(ctx.lake().root, []).append(row)

@@ -162,6 +162,18 @@ def test_backfill_runs_dates_in_order_skips_done_dates_and_force_runs_them_again
     assert bad.exit_code == 2 and "expected --from on or before --to" in bad.output
 
 
+def test_the_flow_and_the_command_walk_a_backfill_plan_through_one_loop():
+    from lakehouse.flows.backfill import run_backfill
+
+    ran, steps = [], []
+    plan = [(_day(0), True), (_day(1), False), (_day(2), False)]
+    report = run_backfill(plan, ran.append, lambda i, total, day, status: steps.append((i, total, day, status)))
+    assert ran == [_day(1), _day(2)], "skipped dates do not run; the others run in order"
+    assert steps == [(1, 3, _day(0), "skipped"), (2, 3, _day(1), "running"), (2, 3, _day(1), "ran"),
+                     (3, 3, _day(2), "running"), (3, 3, _day(2), "ran")]
+    assert [r["status"] for r in report] == ["skipped", "ran", "ran"]
+
+
 def test_a_retried_flow_run_reruns_only_the_failed_task_and_what_follows(five_days, tmp_path, monkeypatch):
     """A task fails on a rerun of day 5; the flow run's retry resumes at that task. The
     retried lake has exactly the commits and the content of a clean rerun, and no completed task ran twice."""

@@ -45,7 +45,7 @@ def test_a_log_is_appended_with_its_declared_schema_and_read_in_its_declared_ord
 
 def test_a_row_of_the_wrong_shape_is_refused_before_anything_is_written(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
-    runs = lake_log(lake, "runs")
+    runs = lake_log(lake, "ledger")
     with pytest.raises((TypeError, ValueError)):
         runs.append([{"run_date": "not a date", "run_id": "1"}])
     assert runs.table() is None
@@ -64,3 +64,24 @@ def test_every_log_declares_keys_and_order_that_are_columns_of_its_schema():
         assert spec.description
         assert set(spec.keys) <= set(spec.schema.names), spec.name
         assert set(spec.order_by) <= set(spec.schema.names), spec.name
+
+
+def test_one_run_log_holds_the_task_runs_and_the_runs_that_finished_a_date(tmp_path):
+    from lakehouse.backends.run_log import RunLog
+    from lakehouse.tasks.ledger import read_ledger
+
+    lake = Lake(str(tmp_path / "lake"))
+    day, t0 = date(2026, 11, 2), datetime(2026, 11, 3, 6, 0, tzinfo=UTC)
+    lake_log(lake, "ledger").append([{
+        "run_id": "r1", "flow": "daily-lakehouse", "task": "silver-orders", "task_run_id": "t1",
+        "table": "silver.orders", "run_date": day, "versions_read": "{}", "version_written": 0, "rows_out": 5,
+        "status": "completed", "started_at": t0, "duration_s": 1.5, "engine": "polars", "level": "task"}])
+    RunLog(lake).record(run_date=day, run_id="r1", flow="daily-lakehouse", backend="polars", release_id="rel-1",
+                        locked_at=t0, finished_at=datetime(2026, 11, 3, 6, 0, 9, tzinfo=UTC), forced=False,
+                        missing=["fx.rates"])
+    assert [r["task"] for r in read_ledger(lake)] == ["silver-orders"], "the ledger's readers see task rows only"
+    [run] = RunLog(lake).history()
+    assert (run["run_date"], run["release_id"], run["missing"], run["duration_s"]) == (day, "rel-1", ["fx.rates"], 9.0)
+    assert run["finished_at"] == datetime(2026, 11, 3, 6, 0, 9, tzinfo=UTC)
+    assert RunLog(lake).done_dates() == {day} and RunLog(lake).went_without() == {day: ["fx.rates"]}
+    assert sorted(p.name for p in (tmp_path / "lake").iterdir()) == ["_ledger"], "one log, one Delta table"
