@@ -487,3 +487,25 @@ def test_typed_parquet_gives_the_same_bronze_silver_and_gold_as_text(cli_engine,
     for name in names:
         assert _content(lakes["text"], name) == _content(lakes["typed"], name), name
     assert _content(lakes["typed"], "gold.fact_orders")
+
+
+@pytest.mark.parametrize("name", ["crm.accounts", "kafka.order_events", "snowflake.customers"])
+def test_the_one_landing_writer_writes_what_the_reader_reads_back_and_leaves_no_temporary_file(tmp_path, name):
+    import polars as pl
+
+    from lakehouse.backends.landing import read_files
+    from lakehouse.backends.sources.landing_writer import write_landing_file
+
+    entity = landing_entity(name)
+    values = {c: [f"{c}-1", None, 'a "quoted", value'] for c in entity.column_names}
+    frame = pl.DataFrame(values, schema=dict.fromkeys(entity.column_names, pl.String))
+    path = tmp_path / f"part-1{entity.suffix}"
+    assert write_landing_file(entity, path, frame) == 3
+    read = read_files(entity, [(path, path.name)])
+    assert read.refused.num_rows == 0 and read.rejects.num_rows == 0
+    back = read.rows.drop("_source_file").to_pylist()
+    assert back == frame.to_dicts(), "a null stays null, quotes and commas survive"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    lines = tmp_path / "lines.jsonl"
+    assert write_landing_file(entity, lines, ['{"a":"1"}\n', '{"a":\n"2"}']) == 2
+    assert lines.read_text() == '{"a":"1"}\n{"a": "2"}\n', "one record per line, its own newlines become spaces"

@@ -19,9 +19,7 @@ continues from the recorded cursor in the recorded window: no duplicates and no 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -35,6 +33,7 @@ import pyarrow as pa
 from lakehouse.backends.expressions import with_record_hash
 from lakehouse.backends.lake import Lake
 from lakehouse.backends.logs import LakeLog, lake_log
+from lakehouse.backends.sources.landing_writer import write_landing_file
 from lakehouse.contracts.landing import LandingEntity
 
 FILE_PREFIX = "extract-"
@@ -326,21 +325,8 @@ def _drop_known(text: pa.Table, entity: LandingEntity, known: pl.Series) -> tupl
 
 
 def _write_file(entity: LandingEntity, path: Path, payload: pa.Table | list[str], root: Path) -> str:
-    """Write one landing file atomically (a temporary name, flushed, then renamed); its path under ``root``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(payload, list):
-        tmp.write_text("".join(line.rstrip("\n").replace("\n", " ") + "\n" for line in payload), encoding="utf-8")
-    else:
-        frame = pl.from_arrow(payload)
-        assert isinstance(frame, pl.DataFrame)
-        if entity.format == "csv":
-            frame.write_csv(tmp, include_header=True, null_value="", line_terminator="\n", quote_style="necessary")
-        elif entity.format == "parquet":
-            frame.write_parquet(tmp, compression="zstd", compression_level=3, statistics=True)
-        else:
-            tmp.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in frame.to_dicts()),
-                           encoding="utf-8")
-    with tmp.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    """Write one landing file (atomically: sources/landing_writer.py); its path under ``root``."""
+    frame = payload if isinstance(payload, list) else pl.from_arrow(payload)
+    assert isinstance(frame, pl.DataFrame | list)
+    write_landing_file(entity, path, frame)
     return path.relative_to(root).as_posix()

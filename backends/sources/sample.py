@@ -25,6 +25,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from lakehouse.backends.sources.landing_writer import write_landing_file
 from lakehouse.contracts.landing import (
     ACCOUNTS,
     BEHAVIOUR,
@@ -491,22 +492,9 @@ class _Generator:
         return self.report
 
     def _write(self, entity: LandingEntity, path: Path, payload: pl.DataFrame | pl.Series) -> None:
-        if isinstance(payload, pl.Series):  # JSON lines, written verbatim
-            if payload.len():
-                payload.to_frame("line").write_csv(path, include_header=False, quote_style="never",
-                                                   line_terminator="\n")
-            else:
-                path.write_bytes(b"")
-            rows = payload.len()
-        elif entity.format == "csv":
-            payload.write_csv(path, include_header=True, null_value="", line_terminator="\n",
-                              quote_style="necessary")
-            rows = payload.height
-        else:
-            typed = _typed(entity, payload) if entity.name in TYPED_PARQUET else payload
-            typed.write_parquet(path, compression="zstd", compression_level=3, statistics=True,
-                                row_group_size=1_000_000)
-            rows = payload.height
+        if isinstance(payload, pl.DataFrame) and entity.format == "parquet" and entity.name in TYPED_PARQUET:
+            payload = _typed(entity, payload)
+        rows = write_landing_file(entity, path, payload)
         rep = self.report.entities[entity.name]
         rep.rows += rows
         rep.files += 1
