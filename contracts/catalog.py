@@ -1,7 +1,7 @@
 """The table catalog: every bronze, silver, gold and quarantine table, declared once.
 
 A table is a name (``layer.entity``), where it lives under the lake root, its business keys, its partition
-columns, how it is written, its contract (a pandera schema: column types, nullability, ranges, uniqueness) and
+columns, how it is written, its contract (contracts/contract.py: column types, nullability, ranges, uniqueness) and
 the tables it is built from (``inputs``). The graph is those inputs: build orders (``build_order``), what a
 task reads and what a gate checks are derived from them, never restated. Nothing else in the project builds a
 table path: ask the catalog (``table("gold.fact_orders")``).
@@ -15,10 +15,10 @@ from graphlib import TopologicalSorter
 from typing import Literal
 
 import narwhals as nw
-import pandera.polars as pa
 import polars as pl
 import pyarrow as pa_arrow
 
+from lakehouse.contracts.contract import Check, Column, Contract, optional, required
 from lakehouse.contracts.landing import (
     CURRENCY_CODES,
     LANDING_ENTITIES,
@@ -70,7 +70,7 @@ class TableSpec:
 
     layer: Layer
     entity: str
-    schema: pa.DataFrameSchema
+    schema: Contract
     keys: tuple[str, ...] = ()
     partition_by: tuple[str, ...] = ()
     mode: WriteMode = "overwrite"
@@ -111,12 +111,12 @@ class TableSpec:
     @cached_property
     def arrow_schema(self) -> pa_arrow.Schema:
         """The Arrow schema every engine writes this table with (Arrow is the exchange format)."""
-        empty = pl.DataFrame(schema={n: c.dtype.type for n, c in self.schema.columns.items()})
+        empty = pl.DataFrame(schema=self.polars_schema)
         return empty.to_arrow().schema
 
     @property
     def polars_schema(self) -> dict[str, pl.DataType]:
-        return {n: c.dtype.type for n, c in self.schema.columns.items()}
+        return self.schema.polars_schema
 
     @property
     def narwhals_schema(self) -> dict[str, nw.dtypes.DType]:
@@ -139,20 +139,15 @@ def narwhals_dtype(dtype: pl.DataType) -> nw.dtypes.DType:
     raise TypeError(msg)
 
 
-def _cols(**columns: pa.Column) -> dict[str, pa.Column]:
+def _cols(**columns: Column) -> dict[str, Column]:
     return columns
 
 
-def _req(dtype, *checks, unique: bool = False) -> pa.Column:
-    return pa.Column(dtype, list(checks), nullable=False, unique=unique)
+_req, _opt = required, optional
 
 
-def _opt(dtype, *checks) -> pa.Column:
-    return pa.Column(dtype, list(checks), nullable=True)
-
-
-def _schema(name: str, columns: dict[str, pa.Column], unique: tuple[str, ...] = ()) -> pa.DataFrameSchema:
-    return pa.DataFrameSchema(columns, name=name, unique=list(unique) or None, strict=True, ordered=False)
+def _schema(name: str, columns: dict[str, Column], unique: tuple[str, ...] = ()) -> Contract:
+    return Contract(name, columns, unique)
 
 
 # --------------------------------------------------------------------------------------------- bronze
@@ -195,23 +190,23 @@ def _quarantine(layer: str, entity: str) -> TableSpec:
 
 
 # ---------------------------------------------------------------------------------------------- silver
-_ccy = pa.Check.isin(sorted(CURRENCY_CODES))
-_pos = pa.Check.gt(0)
-_nonneg = pa.Check.ge(0)
-_pii = _cols(email_hmac=_req(STR, pa.Check.str_matches(r"^[0-9a-f]{64}$")), email_masked=_req(STR),
-             phone_hmac=_opt(STR, pa.Check.str_matches(r"^[0-9a-f]{64}$")), phone_masked=_opt(STR))
+_ccy = Check.isin(sorted(CURRENCY_CODES))
+_pos = Check.gt(0)
+_nonneg = Check.ge(0)
+_pii = _cols(email_hmac=_req(STR, Check.str_matches(r"^[0-9a-f]{64}$")), email_masked=_req(STR),
+             phone_hmac=_opt(STR, Check.str_matches(r"^[0-9a-f]{64}$")), phone_masked=_opt(STR))
 _lineage = _cols(_source_file=_req(STR), _record_hash=_req(STR))
 
 SILVER: tuple[TableSpec, ...] = (
     TableSpec("silver", "customers", _schema("silver.customers", _cols(
         customer_id=_req(STR, unique=True), first_name=_opt(STR), last_name=_opt(STR), **_pii,
-        country=_opt(STR, pa.Check.str_matches(r"^[A-Z]{2}$")), signup_date=_req(DATE), updated_at=_req(UTC_TS),
+        country=_opt(STR, Check.str_matches(r"^[A-Z]{2}$")), signup_date=_req(DATE), updated_at=_req(UTC_TS),
         **_lineage)), keys=("customer_id",), mode="merge", inputs=("bronze.snowflake.customers",), latest_by="updated_at",
         history="silver.customer_versions",
         description="Customers, latest version per customer_id; e-mail and phone pseudonymised."),
     TableSpec("silver", "customer_versions", _schema("silver.customer_versions", _cols(
         customer_id=_req(STR), first_name=_opt(STR), last_name=_opt(STR), **_pii,
-        country=_opt(STR, pa.Check.str_matches(r"^[A-Z]{2}$")), signup_date=_req(DATE), updated_at=_req(UTC_TS),
+        country=_opt(STR, Check.str_matches(r"^[A-Z]{2}$")), signup_date=_req(DATE), updated_at=_req(UTC_TS),
         **_lineage), unique=("customer_id", "updated_at")),
         keys=("customer_id", "updated_at"), mode="merge", latest_by="updated_at",
         description="Every version of every customer (one per customer_id and updated_at), in whatever order "
@@ -222,9 +217,9 @@ SILVER: tuple[TableSpec, ...] = (
         keys=("product_id",), mode="merge", inputs=("bronze.snowflake.products",), latest_by="updated_at", description="Products, latest version per product_id."),
     TableSpec("silver", "orders", _schema("silver.orders", _cols(
         order_id=_req(STR, unique=True), customer_id=_req(STR), product_id=_req(STR),
-        quantity=_req(I64, pa.Check.in_range(1, 1000)), unit_price=_req(F64, _pos), currency=_req(STR, _ccy),
+        quantity=_req(I64, Check.in_range(1, 1000)), unit_price=_req(F64, _pos), currency=_req(STR, _ccy),
         amount=_req(F64, _pos), fx_rate=_req(F64, _pos), fx_rate_date=_req(DATE), amount_usd=_req(F64, _pos),
-        status=_req(STR, pa.Check.isin(list(ORDER_STATUSES))), order_ts=_req(UTC_TS), order_date=_req(DATE),
+        status=_req(STR, Check.isin(list(ORDER_STATUSES))), order_ts=_req(UTC_TS), order_date=_req(DATE),
         updated_at=_req(UTC_TS), **_lineage)),
         keys=("order_id",), partition_by=("order_date",), mode="merge", latest_by="updated_at",
         inputs=("bronze.snowflake.orders", "silver.customers", "silver.products", "silver.fx_rates"),
@@ -232,8 +227,8 @@ SILVER: tuple[TableSpec, ...] = (
                     Reference(("product_id",), "silver.products", ("product_id",))),
         description="Orders, latest version per order_id, amounts converted to USD at the order date's rate."),
     TableSpec("silver", "order_events", _schema("silver.order_events", _cols(
-        event_id=_req(STR, unique=True), order_id=_req(STR), event_type=_req(STR, pa.Check.isin(list(ORDER_EVENT_TYPES))),
-        status=_req(STR, pa.Check.isin(list(ORDER_STATUSES))), event_ts=_req(UTC_TS), event_date=_req(DATE),
+        event_id=_req(STR, unique=True), order_id=_req(STR), event_type=_req(STR, Check.isin(list(ORDER_EVENT_TYPES))),
+        status=_req(STR, Check.isin(list(ORDER_STATUSES))), event_ts=_req(UTC_TS), event_date=_req(DATE),
         **_lineage)),
         keys=("event_id",), partition_by=("event_date",), mode="merge", inputs=("bronze.kafka.order_events",), latest_by="event_ts",
         description="Kafka order events, one row per event_id."),
@@ -274,7 +269,7 @@ SILVER: tuple[TableSpec, ...] = (
 # ------------------------------------------------------------------------------------------------ gold
 GOLD: tuple[TableSpec, ...] = (
     TableSpec("gold", "dim_customer", _schema("gold.dim_customer", _cols(
-        customer_sk=_req(STR, pa.Check.str_matches(r"^[0-9a-f]{16}$"), unique=True), customer_id=_req(STR),
+        customer_sk=_req(STR, Check.str_matches(r"^[0-9a-f]{16}$"), unique=True), customer_id=_req(STR),
         first_name=_opt(STR), last_name=_opt(STR), email_masked=_req(STR),
         email_hmac=_req(STR), phone_masked=_opt(STR), country=_opt(STR), signup_date=_req(DATE),
         crm_account_id=_opt(STR), updated_at=_req(UTC_TS), valid_from=_req(UTC_TS), valid_to=_opt(UTC_TS),
@@ -302,9 +297,9 @@ GOLD: tuple[TableSpec, ...] = (
                     Reference(("date_key",), "gold.dim_date", ("date_key",))),
         description="One row per order: the latest status (order extract or a later Kafka event) and USD amount."),
     TableSpec("gold", "dim_date", _schema("gold.dim_date", _cols(
-        date_key=_req(I64, unique=True), date=_req(DATE), year=_req(I64), quarter=_req(I64, pa.Check.in_range(1, 4)),
-        month=_req(I64, pa.Check.in_range(1, 12)), day=_req(I64, pa.Check.in_range(1, 31)),
-        iso_weekday=_req(I64, pa.Check.in_range(1, 7)), is_weekend=_req(BOOL))),
+        date_key=_req(I64, unique=True), date=_req(DATE), year=_req(I64), quarter=_req(I64, Check.in_range(1, 4)),
+        month=_req(I64, Check.in_range(1, 12)), day=_req(I64, Check.in_range(1, 31)),
+        iso_weekday=_req(I64, Check.in_range(1, 7)), is_weekend=_req(BOOL))),
         inputs=("gold.fact_orders",),
         keys=("date_key",), mode="overwrite", description="Calendar of every day from the first to the last order."),
     TableSpec("gold", "customer_360", _schema("gold.customer_360", _cols(
@@ -322,7 +317,7 @@ GOLD: tuple[TableSpec, ...] = (
     TableSpec("gold", "product_performance", _schema("gold.product_performance", _cols(
         order_date=_req(DATE), product_id=_req(STR), orders=_req(I64, _nonneg), units=_req(I64, _nonneg),
         revenue_usd=_req(F64, _nonneg), distinct_customers=_req(I64, _nonneg), cancelled_orders=_req(I64, _nonneg),
-        cancellation_rate=_req(F64, pa.Check.in_range(0, 1))), unique=("order_date", "product_id")),
+        cancellation_rate=_req(F64, Check.in_range(0, 1))), unique=("order_date", "product_id")),
         inputs=("gold.fact_orders",),
         keys=("order_date", "product_id"), partition_by=("order_date",), mode="overwrite",
         references=(Reference(("product_id",), "gold.dim_product", ("product_id",)),),
@@ -330,8 +325,8 @@ GOLD: tuple[TableSpec, ...] = (
     TableSpec("gold", "customer_segments", _schema("gold.customer_segments", _cols(
         customer_id=_req(STR, unique=True), as_of_date=_req(DATE), recency_days=_req(I64, _nonneg),
         frequency=_req(I64, _pos), monetary_usd=_req(F64, _nonneg),
-        r_score=_req(I64, pa.Check.in_range(1, 5)), f_score=_req(I64, pa.Check.in_range(1, 5)),
-        m_score=_req(I64, pa.Check.in_range(1, 5)), rfm_score=_req(STR, pa.Check.str_matches(r"^[1-5]{3}$")),
+        r_score=_req(I64, Check.in_range(1, 5)), f_score=_req(I64, Check.in_range(1, 5)),
+        m_score=_req(I64, Check.in_range(1, 5)), rfm_score=_req(STR, Check.str_matches(r"^[1-5]{3}$")),
         segment=_req(STR))),
         inputs=("gold.customer_360", "gold.fact_orders"),
         keys=("customer_id",), mode="overwrite", references=(Reference(("customer_id",), "gold.dim_customer", ("customer_id",)),),

@@ -1,9 +1,10 @@
-"""A table's pandera contract as Narwhals expressions, evaluated in one aggregation on every engine.
+"""A table's contract (contracts/contract.py) as Narwhals expressions, evaluated in one aggregation on every engine.
 
 Pandera cannot validate Spark frames, and on Polars it runs one query per check. Both engines therefore
 evaluate the declarations compiled here in one pass: per check, the number of rows that break it. When a check
-fails, the laptop engine also runs pandera itself for its full report of failure cases; Spark reports the
-counts. ``tests/test_contracts.py`` proves the counts equal pandera's for every check kind on every engine.
+fails, the laptop engine also runs pandera itself (``Contract.pandera()``) for its full report of failure cases;
+Spark reports the counts. ``tests/test_contracts.py`` proves the counts equal pandera's for every check kind on
+every engine.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import narwhals as nw
-import pandera.polars as pa
+
+from lakehouse.contracts.contract import Check, Contract
 
 
 class UnsupportedCheckError(ValueError):
-    """A contract uses a pandera check this compiler does not translate (add it to ``_predicate``)."""
+    """A contract uses a check this compiler does not translate (add it to ``_predicate``)."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class CompiledCheck:
     violations: nw.Expr  # aggregates to the number of violating rows
 
 
-def compile_schema(schema: pa.DataFrameSchema) -> list[CompiledCheck]:
+def compile_schema(schema: Contract) -> list[CompiledCheck]:
     """Every column's nullability, uniqueness and value checks, plus the table's composite uniqueness."""
     compiled: list[CompiledCheck] = []
     for name, column in schema.columns.items():
@@ -37,14 +39,14 @@ def compile_schema(schema: pa.DataFrameSchema) -> list[CompiledCheck]:
         for check in column.checks:
             ok = _predicate(col, check, where=f"{schema.name}.{name}")
             compiled.append(CompiledCheck(name, check.name, (~ok & ~col.is_null()).cast(nw.Int64).sum()))
-    unique = schema.unique or []
+    unique = list(schema.unique or ())
     if unique:
         joined = nw.concat_str([nw.col(c).cast(nw.String).fill_null("\x00") for c in unique], separator="\x1f")
         compiled.append(CompiledCheck(None, f"unique({', '.join(unique)})", nw.len() - joined.n_unique()))
     return compiled
 
 
-def count_violations(frame: nw.LazyFrame, schema: pa.DataFrameSchema) -> tuple[int, list[tuple[str | None, str, int]]]:
+def count_violations(frame: nw.LazyFrame, schema: Contract) -> tuple[int, list[tuple[str | None, str, int]]]:
     """The row count of ``frame`` and ``(column, check, violating rows)`` for every check that fails, in one pass."""
     compiled = compile_schema(schema)
     exprs = [nw.len().alias("_rows"), *(c.violations.alias(f"_c{i}") for i, c in enumerate(compiled))]
@@ -52,7 +54,7 @@ def count_violations(frame: nw.LazyFrame, schema: pa.DataFrameSchema) -> tuple[i
     return int(rows), [(c.column, c.check, int(n)) for c, n in zip(compiled, counts, strict=True) if n]
 
 
-def _predicate(col: nw.Expr, check: pa.Check, *, where: str) -> nw.Expr:
+def _predicate(col: nw.Expr, check: Check, *, where: str) -> nw.Expr:
     stats = check.statistics or {}
     match check.name:
         case "isin":

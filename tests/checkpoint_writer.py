@@ -13,17 +13,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandera.polars as pa
 import polars as pl
 
 from lakehouse.backends import Lake, get_backend
 from lakehouse.backends.lake import PORTABLE_TABLE_PROPERTIES
 from lakehouse.contracts.catalog import TableSpec
+from lakehouse.contracts.contract import Contract, optional
 from lakehouse.deployments.settings import SparkSettings
 
 SPEC = TableSpec(layer="bronze", entity="kill.batches", mode="append", partition_by=("part",),
-                 schema=pa.DataFrameSchema({"batch": pa.Column(pl.Int64), "part": pa.Column(pl.Int64),
-                                            "payload": pa.Column(pl.Utf8)}))
+                 schema=Contract("bronze.kill.batches", {"batch": optional(pl.Int64), "part": optional(pl.Int64),
+                                                         "payload": optional(pl.Utf8)}))
 # Many files (one per part) make each checkpoint a large share of a commit's time: most kills land in one.
 PARTS = 1500
 

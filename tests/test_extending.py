@@ -9,7 +9,6 @@ import shutil
 from datetime import date
 
 import narwhals as nw
-import pandera.polars as pa
 import polars as pl
 import pytest
 
@@ -17,6 +16,7 @@ from lakehouse.backends import Lake, get_backend
 from lakehouse.backends.releases import Releases
 from lakehouse.contracts import catalog
 from lakehouse.contracts.catalog import Reference, TableSpec, build_order, table
+from lakehouse.contracts.contract import Check, Contract, required
 from lakehouse.deployments.settings import SparkSettings
 from lakehouse.tasks import gold as gold_tasks
 from lakehouse.tasks.ledger import read_ledger
@@ -26,9 +26,7 @@ from lakehouse.tasks.transforms.schema import to_schema
 NAME = "gold.product_units"
 TOY = TableSpec(
     "gold", "product_units",
-    pa.DataFrameSchema({"product_id": pa.Column(pl.Utf8, nullable=False, unique=True),
-                        "units": pa.Column(pl.Int64, [pa.Check.ge(0)], nullable=False)},
-                       name=NAME, strict=True, ordered=False),
+    Contract(NAME, {"product_id": required(pl.Utf8, unique=True), "units": required(pl.Int64, Check.ge(0))}),
     inputs=("gold.fact_orders",), keys=("product_id",), mode="overwrite",
     references=(Reference(("product_id",), "gold.dim_product", ("product_id",)),),
     description="Units ordered per product, all time (a toy model).")
@@ -69,9 +67,9 @@ def test_a_gold_model_added_by_one_declaration_and_one_function_is_built_audited
     from lakehouse.flows.daily import daily_lakehouse
     from lakehouse.flows.reference import gold_reference
 
+    built, root = _second_day(daily_lakes, engine, tmp_path)  # the first day is built before the model is added
     toy_model(units_per_product)
     assert build_order("gold").index(NAME) > build_order("gold").index("gold.fact_orders")
-    built, root = _second_day(daily_lakes, engine, tmp_path)
     day = date(2026, 11, 2)
     daily_lakehouse(run_date=day, lake_root=str(root), landing_root=str(built["landing"]), **built["engine"])
 
@@ -96,8 +94,8 @@ def test_a_gold_model_added_by_one_declaration_and_one_function_is_built_audited
 def test_the_release_audit_checks_the_added_model_like_any_other(daily_lakes, toy_model, engine, tmp_path):
     from lakehouse.flows.daily import daily_lakehouse
 
+    built, root = _second_day(daily_lakes, engine, tmp_path)  # the first day is built before the model is added
     toy_model(unknown_product)
-    built, root = _second_day(daily_lakes, engine, tmp_path)
     before = Releases(Lake(str(root))).current()
     state = daily_lakehouse(run_date=date(2026, 11, 2), lake_root=str(root), landing_root=str(built["landing"]),
                             return_state=True, **built["engine"])

@@ -333,7 +333,7 @@ def test_every_row_ends_valid_or_quarantined_exactly_once(engine: str, name: str
     valid, quarantined = rows(out.valid), qrows(out)
     assert len(records) == len(valid) + len(quarantined)
     assert Counter(q["rule"] for q in quarantined) == Counter(["duplicate.exact", *(rule_id for rule_id, _ in cases)])
-    table(name).schema.validate(out.valid.collect(backend="polars").to_native())  # valid rows meet the contract
+    table(name).schema.pandera().validate(out.valid.collect(backend="polars").to_native())  # valid rows meet the contract
 
 
 def test_quarantine_columns_are_the_declared_text_columns(engine: str) -> None:

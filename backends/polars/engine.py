@@ -10,7 +10,6 @@ from urllib.parse import unquote
 import narwhals as nw
 import polars as pl
 import pyarrow as pa
-from pandera import errors as pandera_errors
 
 from lakehouse.backends import landing
 from lakehouse.backends.expressions import with_record_hash
@@ -180,14 +179,16 @@ class PolarsDeltaEngine:
         return data, dt, None
 
     def _checked(self, spec: TableSpec, frame: nw.LazyFrame) -> pl.DataFrame:
-        """The rows to write, checked against the table's pandera contract (nothing unchecked is written)."""
+        """The rows to write, checked against the table's contract (nothing unchecked is written)."""
         df = frame.select(spec.columns).collect().to_native().cast(spec.polars_schema)  # type: ignore[arg-type]
         # One pass over the compiled checks (the same as on Spark); only when one fails does pandera run, for
         # its full report of failure cases.
         _, problems = count_violations(nw.from_native(df.lazy()), spec.schema)
         if problems:
+            from pandera import errors as pandera_errors
+
             try:
-                spec.schema.validate(df, lazy=True)
+                spec.schema.pandera().validate(df, lazy=True)
             except pandera_errors.SchemaErrors as exc:
                 cases = exc.failure_cases.head(5).select("column", "check", "failure_case").rows()
                 msg = (f"expected rows for {spec.name!r} to satisfy its contract (contracts/catalog.py); "
