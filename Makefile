@@ -21,10 +21,13 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
+# Installed byte-compiled (--compile-bytecode, compileall): with PYTHONDONTWRITEBYTECODE set, as on many CI and
+# container images, every command would otherwise compile Prefect, Polars and the project from source (~1.5 s).
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(UV) pip install --quiet --python $(PY) -c requirements.lock -e ".[$(EXTRAS)]"
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c requirements.lock -e ".[$(EXTRAS)]"
+	$(PY) -m compileall -q flows tasks backends contracts deployments
 	touch $@
 
 setup: $(STAMP)

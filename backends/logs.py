@@ -11,7 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from lakehouse.backends.arrow_rows import arrow_table, python_rows
 from lakehouse.backends.lake import Lake
+from lakehouse.contracts.catalog import table
 from lakehouse.contracts.logs import LogSpec, log
 
 
@@ -36,14 +38,24 @@ class LakeLog:
         data = self.table()
         if data is None:
             return []
-        return sorted(data.to_pylist(), key=lambda r: tuple(r.get(c) for c in self.spec.order_by))
+        return sorted(python_rows(data), key=lambda r: tuple(r.get(c) for c in self.spec.order_by))
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Append ``rows`` in one commit, with the declared schema (a missing column is null)."""
-        self.lake.append_log(self.path, pa.Table.from_pylist(rows, schema=self.spec.schema))
+        self.lake.append_log(self.path, arrow_table(rows, self.spec.schema))
 
 
 def lake_log(lake: Lake, name: str, **fields: str) -> LakeLog:
     """Log ``name`` of ``lake`` for one instance (``fields`` fill its path: layer, source, entity, table)."""
     spec = log(name)
     return LakeLog(lake, spec, spec.at(**fields))
+
+
+def refused_log(lake: Lake, source: str, entity: str) -> LakeLog:
+    """Where refused landing files of ``source``.``entity`` are recorded (each run that refuses one appends a row)."""
+    return lake_log(lake, "refused", source=source, entity=entity)
+
+
+def replay_log(lake: Lake, table_name: str) -> LakeLog:
+    """The quarantined records of silver table ``table_name`` a replay has accepted (tasks/replay.py)."""
+    return lake_log(lake, "replays", entity=table(table_name).entity)

@@ -24,8 +24,8 @@ from lakehouse.flows.command_line import (
 def print_quarantine_by_rule(settings: Any) -> None:
     """Every quarantine table's rows by rule (with how many a replay accepted since), then the refused files."""
     from lakehouse.backends import get_backend
+    from lakehouse.backends.logs import replay_log
     from lakehouse.contracts.catalog import tables as all_tables
-    from lakehouse.tasks.quarantine import replay_log
 
     engine = get_backend(settings.backend, lake_of(settings), settings.spark)
     lake = lake_of(settings)
@@ -54,10 +54,11 @@ def print_quarantine_by_rule(settings: Any) -> None:
 
 
 def _refused_files(engine, lake) -> None:
+    from lakehouse.backends.arrow_rows import python_rows
+    from lakehouse.backends.logs import refused_log
     from lakehouse.contracts.catalog import bronze_for
     from lakehouse.contracts.landing import LANDING_ENTITIES
     from lakehouse.flows.display import terminal
-    from lakehouse.tasks.bronze import refused_log
     from lakehouse.tasks.transforms.bronze import ingested_files
 
     t = Table(title="landing files refused (not ingested; fix the file and run its date again)")
@@ -72,7 +73,7 @@ def _refused_files(engine, lake) -> None:
         now_in = (set(engine.to_arrow(ingested_files(engine.scan(spec))).column("_source_file").to_pylist())
                   if engine.exists(spec) else set())
         by_file: dict[str, list[dict]] = {}
-        for r in log.to_pylist():
+        for r in python_rows(log):
             by_file.setdefault(r["source_file"], []).append(r)
         for f, runs in sorted(by_file.items()):
             last = max(runs, key=lambda r: r["refused_at"])

@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from lakehouse.backends.arrow_rows import python_rows
 from lakehouse.backends.lake import Lake
 from lakehouse.contracts.catalog import quarantine_for, tables
 from lakehouse.flows.display import inert
@@ -76,13 +77,13 @@ def quarantine_by_rule(lake: Lake, run_date: date) -> list[dict[str, Any]]:
 
 def refused_files(lake: Lake, run_date: date) -> list[dict[str, Any]]:
     """Landing files refused by runs of ``run_date`` (the latest refusal of each): file, problem, reason."""
+    from lakehouse.backends.logs import refused_log
     from lakehouse.contracts.landing import LANDING_ENTITIES
-    from lakehouse.tasks.bronze import refused_log
 
     latest: dict[str, dict[str, Any]] = {}
     for entity in LANDING_ENTITIES:
         log = refused_log(lake, entity.source, entity.entity).table()
-        for r in (log.to_pylist() if log is not None else []):
+        for r in (python_rows(log) if log is not None else []):
             if r["run_date"] == run_date and (r["source_file"] not in latest
                                               or r["refused_at"] > latest[r["source_file"]]["refused_at"]):
                 latest[r["source_file"]] = r

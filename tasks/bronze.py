@@ -12,7 +12,7 @@ import narwhals as nw
 from lakehouse.backends import Engine, landing
 from lakehouse.backends.checkpoints import Checkpoints
 from lakehouse.backends.lake import Lake
-from lakehouse.backends.logs import LakeLog, lake_log
+from lakehouse.backends.logs import LakeLog, lake_log, refused_log
 from lakehouse.contracts.catalog import TableSpec, bronze_for
 from lakehouse.contracts.landing import LandingEntity, landing_entity
 from lakehouse.tasks.context import RunContext, logger, summary_of
@@ -196,7 +196,3 @@ def _lines(path: Path) -> int:
     with path.open("rb") as handle:
         return sum(1 for _ in handle)
 
-
-def refused_log(lake: Lake, source: str, entity: str) -> LakeLog:
-    """Where refused landing files are recorded (each run that refuses one appends a row)."""
-    return lake_log(lake, "refused", source=source, entity=entity)

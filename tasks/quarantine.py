@@ -8,9 +8,8 @@ import narwhals as nw
 import pyarrow as pa
 
 from lakehouse.backends import Engine
-from lakehouse.backends.lake import Lake
-from lakehouse.backends.logs import LakeLog, lake_log
-from lakehouse.contracts.catalog import TableSpec, quarantine_for, table
+from lakehouse.backends.logs import LakeLog
+from lakehouse.contracts.catalog import TableSpec, quarantine_for
 from lakehouse.tasks.context import RunContext
 
 
@@ -55,7 +54,3 @@ def quarantined_on_run_date(ctx: RunContext, engine: Engine, spec: TableSpec, *,
     counts = engine.to_arrow(firsts.group_by("rule").agg(nw.len().alias("n")))
     return dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
 
-
-def replay_log(lake: Lake, table_name: str) -> LakeLog:
-    """The quarantined records of silver table ``table_name`` a replay has accepted (tasks/replay.py)."""
-    return lake_log(lake, "replays", entity=table(table_name).entity)

@@ -13,10 +13,10 @@ import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from lakehouse.backends.logs import replay_log
 from lakehouse.contracts.catalog import quarantine_for, table
 from lakehouse.tasks.context import RunContext
 from lakehouse.tasks.gold import affected_order_dates
-from lakehouse.tasks.quarantine import replay_log
 from lakehouse.tasks.silver import conform_into_silver
 
 NOT_REPLAYED = frozenset({"duplicate.exact"})

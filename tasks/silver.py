@@ -14,12 +14,12 @@ import pyarrow as pa
 
 from lakehouse.backends import Engine
 from lakehouse.backends.lake import Lake
-from lakehouse.backends.logs import LakeLog, lake_log
+from lakehouse.backends.logs import LakeLog, lake_log, replay_log
 from lakehouse.contracts.catalog import TableSpec, table
 from lakehouse.tasks.bronze import files_in
 from lakehouse.tasks.caching import conform_code_version
 from lakehouse.tasks.context import RunContext, logger, summary_of
-from lakehouse.tasks.quarantine import AccountingError, quarantined_on_run_date, replay_log, write_quarantine
+from lakehouse.tasks.quarantine import AccountingError, quarantined_on_run_date, write_quarantine
 from lakehouse.tasks.retry_policy import LAKE_RETRIES
 from lakehouse.tasks.tracking import lake_task
 from lakehouse.tasks.transforms import bronze, silver

@@ -201,7 +201,7 @@ def test_quarantine_holds_the_injected_dirt_with_rule_reason_record_and_run_id(l
 
 def test_a_file_with_a_renamed_column_is_refused_whole_and_kept_for_replay(lake):
     from lakehouse.backends import Lake
-    from lakehouse.tasks.bronze import refused_log
+    from lakehouse.backends.logs import refused_log
 
     refused = {f for summaries in lake["summaries"].values() for s in summaries for f in s.get("refused", [])}
     label = "redshift/customer_behaviour/" + DAYS[1].isoformat() + "/customer_behaviour.csv"

@@ -360,7 +360,7 @@ def test_a_day_with_damaged_files_runs_names_every_refusal_and_prints_data_inert
             f"refused snowflake/customers/2026-11-01/{name}" in result.output
 
     from lakehouse.backends import Lake
-    from lakehouse.tasks.bronze import refused_log
+    from lakehouse.backends.logs import refused_log
 
     log = {r["source_file"].rsplit("/", 1)[1]: r["problem"] for entity in ("accounts", "customers")
            for r in refused_log(Lake(str(lake)), "crm" if entity == "accounts" else "snowflake", entity).rows()}

@@ -13,11 +13,11 @@ from lakes import assert_same_rows, normalise
 from typer.testing import CliRunner
 
 from lakehouse.backends import Lake
+from lakehouse.backends.logs import replay_log
 from lakehouse.backends.releases import Releases
 from lakehouse.contracts.catalog import table
 from lakehouse.flows.cli import app
 from lakehouse.flows.quarantine import replay_quarantine
-from lakehouse.tasks.quarantine import replay_log
 from lakehouse.tasks.replay import ReplayError, replayable
 from lakehouse.tasks.transforms import gold
 
