@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ from lakehouse.flows.command_line import (
 )
 from lakehouse.flows.emr_cli import emr_app
 from lakehouse.flows.quarantine_cli import print_quarantine_by_rule, quarantine_app
+from lakehouse.flows.server_cli import running, server_app
 from lakehouse.flows.sources_cli import sources_app
 
 app = typer.Typer(help="Project A lakehouse: the daily pipeline on Polars + delta-rs (laptop) or Spark + Delta.",
@@ -136,13 +138,11 @@ def demo(
     _run_days([first + timedelta(days=i) for i in range(days)], env=None, backend=None, lake_root=None, landing=None)
     tables(env=None, lake_root=None)
     print_quarantine_by_rule(settings)
-    home = os.environ.get("PREFECT_HOME", str(Path.home() / ".prefect"))
     console.print(f"\nlake: [bold]{Path(settings.lake_root).resolve()}[/]   landing: [bold]{Path(settings.landing_root).resolve()}[/]")
-    console.print(
-        "Prefect runs are stored in "
-        f"[bold]{home}[/]. To browse them: [bold]PREFECT_HOME={home} .venv/bin/prefect server start[/] "
-        "then open http://127.0.0.1:4200 (flow 'daily-lakehouse', artifact 'daily-lakehouse-summary')."
-    )
+    server = running()
+    if server is not None:
+        console.print(f"Prefect UI: [bold]{server.ui}[/] (flow 'daily-lakehouse', artifact 'daily-lakehouse-summary'); "
+                      "the local server keeps running for the next command: 'lakehouse server stop' stops it.")
 
 
 def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_root: str | None,
@@ -151,7 +151,6 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
     settings = settings_for(env, backend=backend, lake_root=lake_root, landing_root=landing, spark_remote=spark_remote,
                          spark_master=spark_master)
     from lakehouse.backends.lake import LakeNotWritableError
-    from lakehouse.backends.run_lock import LakeLockedError
     from lakehouse.deployments.settings import SettingsError, known_entities
     from lakehouse.tasks.context import LandingNotFoundError, require_landing
 
@@ -165,17 +164,34 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
         require_landing(settings.landing_root)
     except (SettingsError, LakeNotWritableError, LandingNotFoundError) as exc:
         fail(str(exc))
-    from lakehouse.flows.daily import daily_lakehouse
     from lakehouse.flows.display import quiet_tracebacks
+    from lakehouse.flows.server_cli import PrefectServerError, prefect_api
 
     quiet_tracebacks()
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(prefect_api())
+        except PrefectServerError as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(code=1) from None
+        _run_each(days, settings.env, backend=backend, lake_root=lake_root, landing=landing, spark_remote=spark_remote,
+                  spark_master=spark_master, force=force, allow_missing=allow_missing)
+
+
+def _run_each(days: list[date], env: str, **options: Any) -> None:
+    from lakehouse.backends.lake import LakeNotWritableError
+    from lakehouse.backends.run_lock import LakeLockedError
+    from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.tasks.context import LandingNotFoundError
+
     for i, day in enumerate(days, 1):
         console.rule(f"[bold]daily-lakehouse {day}[/] ({i}/{len(days)})")
         started = datetime.now()
         try:
-            summaries = daily_lakehouse(run_date=day, env=settings.env, backend=backend, lake_root=lake_root,
-                                        landing_root=landing, spark_remote=spark_remote, spark_master=spark_master,
-                                        force=force, allow_missing=allow_missing)
+            summaries = daily_lakehouse(run_date=day, env=env, backend=options["backend"],
+                                        lake_root=options["lake_root"], landing_root=options["landing"],
+                                        spark_remote=options["spark_remote"], spark_master=options["spark_master"],
+                                        force=options["force"], allow_missing=options["allow_missing"])
         except (LakeNotWritableError, LandingNotFoundError, LakeLockedError) as exc:
             fail(str(exc))
             raise
@@ -544,6 +560,7 @@ def publish(
 
 
 app.add_typer(sources_app, name="sources")
+app.add_typer(server_app, name="server")
 app.add_typer(emr_app, name="emr")
 
 

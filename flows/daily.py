@@ -140,7 +140,8 @@ def daily_lakehouse(
 
     with RunLock.of(settings).hold(ctx.run_id, f"daily-lakehouse {run_date}",
                                   wait_seconds=settings.run_lock_wait_seconds, on_wait=logger.warning) as held:
-        summaries = ingest(ctx) + refine(ctx) + publish(ctx)
+        with _stage_heartbeats_off():
+            summaries = ingest(ctx) + refine(ctx) + publish(ctx)
         release = next((s["table"] for s in summaries if s["stage"] == "release"), None)
         RunLog(Lake(settings.lake_root)).record(
             run_date=run_date, run_id=ctx.run_id, flow="daily-lakehouse", backend=settings.backend,
@@ -160,6 +161,15 @@ def daily_lakehouse(
                 ctx.run_id, run_date, len(summaries), quarantined, len(refused),
                 f" ({', '.join(refused)}: fix and run the date again)" if refused else "")
     return summaries
+
+
+def _stage_heartbeats_off() -> Any:
+    """The stages' subflow runs send no heartbeats of their own: the daily run's heartbeat covers the process
+    they run in, and Prefect waits up to a second for a flow's heartbeat thread to stop at its end (a
+    second per stage on every run)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def require_deliveries(ctx: RunContext, allow_missing: list[str],

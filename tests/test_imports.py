@@ -45,7 +45,7 @@ def test_read_only_commands_import_no_prefect_pandera_or_pandas(pristine_lake):
 
 
 @pytest.mark.slow
-def test_the_laptop_install_runs_a_day_without_pyspark_pandas_or_pandera(tmp_path):
+def test_the_laptop_install_runs_a_day_without_pyspark_pandas_or_pandera(prefect_harness, tmp_path):
     """A venv with the core dependencies only (the distribution without extras) runs the daily flow for a
     generated day and never imports pyspark or pandas (neither is installed there, so an import of either on this
     path would fail the run) nor pandera (installed; its report is built only for a failed check)."""
@@ -62,8 +62,9 @@ def test_the_laptop_install_runs_a_day_without_pyspark_pandas_or_pandera(tmp_pat
         probe = subprocess.run([python, "-c", f"import {missing}"], check=False, capture_output=True, timeout=60)
         assert probe.returncode != 0, f"the core install holds {missing}"
     landing, lake = tmp_path / "landing", tmp_path / "lake"
-    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    from prefect.settings import PREFECT_API_URL
+
+    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": PREFECT_API_URL.value()}
     _loaded(python, ["generate", "--days", "1", "--scale", "0.02", "--out", str(landing)], env)
     loaded, out = _loaded(python, ["run", "--date", "2026-11-01", "--lake-root", str(lake), "--landing",
                                    str(landing)], env)
