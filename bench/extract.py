@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/extract.py --rows 2000000
 
-Starts PostgreSQL (tests/servers.py) and a throw-away Prefect server (for the password's Secret block),
+Starts PostgreSQL (lakehouse.testing.servers) and a throw-away Prefect server (for the password's Secret block),
 fills ``customer_behaviour`` with ``--rows`` rows of one day on the server (generate_series), then runs in this
 process, through the task bodies the daily flow runs:
 
@@ -64,7 +64,7 @@ def main() -> None:
     from lakehouse.tasks.bronze import ingest_entity
     from lakehouse.tasks.context import RunContext
     from lakehouse.tasks.extract import extract_entity
-    from tests.servers import start_postgres, stop_postgres
+    from lakehouse.testing.servers import start_postgres, stop_postgres
 
     proc, info = start_postgres()
     work = Path(tempfile.mkdtemp(prefix="bench-extract-"))

@@ -3,7 +3,7 @@
     .venv/bin/python bench/publish.py --scale 10 --days 30
 
 Takes the lake of ``bench/incremental.py`` (built and cached under bench/out/ on first use), starts fakesnow's
-server (tests/fakesnow_server.py) and publishes every table of the current gold release twice, each time
+server (lakehouse.testing.fakesnow_server) and publishes every table of the current gold release twice, each time
 through the task body the flow runs (backends/destinations/snowflake.py: Parquet files → table stage → COPY INTO staging →
 one transaction of DELETE + MERGE + audit row):
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -40,16 +39,11 @@ def main() -> None:
     from bench.incremental import history_lake
 
     _, lake, _ = history_lake(args.scale, args.days, args.seed)
-    from tests.servers import free_port, stop, wait_for_port
+    from lakehouse.testing.servers import start_fakesnow, stop
 
-    port = free_port()
-    log = Path(tempfile.mkdtemp(prefix="bench-fakesnow-")) / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fakesnow_server.py"), "--port", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
+    server, info = start_fakesnow(Path(tempfile.mkdtemp(prefix="bench-fakesnow-")))
     try:
-        wait_for_port(server, port, log, "fakesnow server")
-        run(lake, port)
+        run(lake, info["port"])
     finally:
         stop(server)
 

@@ -7,11 +7,11 @@ from datetime import UTC, date, datetime
 
 import polars as pl
 import pytest
-from engines import to_engine
 
 from lakehouse.contracts.catalog import table
 from lakehouse.contracts.checks import UnsupportedCheckError, compile_schema, count_violations
 from lakehouse.contracts.contract import Check, Column, Contract
+from lakehouse.testing import to_engine
 
 SCHEMA = Contract("t", {
     "id": Column(pl.Utf8, nullable=False, unique=True),

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from lakehouse.testing.servers import start_sail, stop
+
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = ROOT / "tests" / "checkpoint_writer.py"
 BATCHES = 40
@@ -39,18 +41,6 @@ def _whole(batches: list[int]) -> bool:
     return all(c == 3 for c in counts.values())
 
 
-def _start_sail(tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    from tests.servers import free_port, wait_for_port
-
-    port = free_port()
-    log = tmp_path / f"sail-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "sail"), "spark", "server", "--ip", "127.0.0.1",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    wait_for_port(proc, port, log, "Sail server", 60)
-    return proc, f"sc://127.0.0.1:{port}"
-
-
 def _writer(root: Path, remote: str | None) -> subprocess.Popen:
     args = [sys.executable, str(WRITER), str(root), "spark" if remote else "polars", str(BATCHES)] + (
         [remote] if remote else [])
@@ -60,7 +50,6 @@ def _writer(root: Path, remote: str | None) -> subprocess.Popen:
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["polars", "sail"])
 def test_a_kill_during_checkpoint_writes_leaves_a_readable_table_and_the_rerun_converges(tmp_path, engine):
-    from tests.servers import stop
 
     rnd = random.Random(20261203)
     root = tmp_path / "lake"
@@ -68,7 +57,7 @@ def test_a_kill_during_checkpoint_writes_leaves_a_readable_table_and_the_rerun_c
     log = table / "_delta_log"
     caught = 0  # kills that landed after a commit and before its checkpoint was written
     for attempt in range(4):
-        server, remote = _start_sail(tmp_path) if engine == "sail" else (None, None)
+        server, remote = start_sail(tmp_path) if engine == "sail" else (None, None)
         writer = _writer(root, remote)
         try:
             assert writer.stdout.readline().strip() == "ready"
@@ -92,7 +81,7 @@ def test_a_kill_during_checkpoint_writes_leaves_a_readable_table_and_the_rerun_c
     assert caught >= 1, "no kill landed between a commit and its checkpoint"
 
     # Both engines read the table the kills left, and a plain rerun of the writer converges.
-    server, remote = _start_sail(tmp_path) if engine == "sail" else (None, None)
+    server, remote = start_sail(tmp_path) if engine == "sail" else (None, None)
     try:
         writer = _writer(root, remote)
         out, _ = writer.communicate(timeout=900)

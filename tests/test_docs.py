@@ -81,3 +81,15 @@ def test_a_changed_declaration_shows_as_drift(monkeypatch):
     monkeypatch.setattr(catalog, "GOLD_COLUMN_DOCS", docs)
     after = rendered("gold.md")
     assert after != before and "| `date` | A calendar day (changed). |" in after
+
+
+def test_the_testing_guide_quotes_its_tests():
+    """docs/testing.md's Python examples are tests/test_testing_kit.py's (each paragraph of a block verbatim)."""
+    guide = (ROOT / "docs" / "testing.md").read_text()
+    kit_tests = (ROOT / "tests" / "test_testing_kit.py").read_text()
+    blocks = [b.split("\n", 1)[1] for b in guide.split("```")[1::2] if b.startswith("python\n")]
+    assert len(blocks) >= 3
+    pieces = [p.strip() for b in blocks[1:] for p in b.split("\n\n\n")]
+    for piece in pieces:
+        assert piece in kit_tests, piece
+    assert 'pytest_plugins = ["lakehouse.testing.plugin"]' in (ROOT / "tests" / "conftest.py").read_text()

@@ -11,12 +11,12 @@ from datetime import date
 import polars as pl
 import pytest
 from conftest import FLOW_DAYS
-from engines import DELTA_ENGINES
 
 from lakehouse.backends import Lake
 from lakehouse.backends.releases import Releases
 from lakehouse.contracts.catalog import TABLES, Gate, table
 from lakehouse.tasks.gates import gate_failures
+from lakehouse.testing import DELTA_ENGINES
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,6 @@ from typing import Any
 import narwhals as nw
 import polars as pl
 import pytest
-from engines import to_engine
 
 from lakehouse.contracts.catalog import GOLD_COLUMN_DOCS, table, tables
 from lakehouse.contracts.landing import OPEN_DEAL_STAGES
@@ -30,6 +29,7 @@ from lakehouse.tasks.transforms.gold import (
     events_that_can_count,
     oldest_change_day,
 )
+from lakehouse.testing import to_engine
 
 D = date.fromisoformat
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port
+from lakehouse.testing.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,6 @@ import polars as pl
 import pyarrow as pa
 import pytest
 from conftest import FLOW_DAYS
-from engines import to_engine
 from typer.testing import CliRunner
 
 from lakehouse.backends import Lake, get_backend
@@ -20,6 +19,7 @@ from lakehouse.contracts.catalog import Reference, table, tables
 from lakehouse.flows.cli import app
 from lakehouse.tasks.context import RunContext
 from lakehouse.tasks.transforms.audit import check_references, orphans
+from lakehouse.testing import to_engine
 
 runner = CliRunner()
 

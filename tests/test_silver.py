@@ -13,7 +13,6 @@ from typing import Any
 import narwhals as nw
 import polars as pl
 import pytest
-from engines import to_engine
 
 from lakehouse.contracts.catalog import table
 from lakehouse.contracts.expressions import record_digest
@@ -25,6 +24,7 @@ from lakehouse.tasks.transforms.silver import (
     latest_per_key,
     link_customers_to_crm,
 )
+from lakehouse.testing import to_engine
 
 KEY = b"test-key-not-a-secret"
 OTHER_KEY = b"another-key"

@@ -1,5 +1,6 @@
-"""Servers the tests and benchmarks start on loopback: a free port, waiting for a server to listen, stopping
-it by its process id, and a throw-away PostgreSQL (Redshift's wire protocol).
+"""Servers a test or a benchmark starts on loopback: a free port, starting a server and waiting for it to
+listen, stopping it by its process id; Sail's Spark Connect server, fakesnow's Snowflake server and a
+throw-away PostgreSQL (Redshift's wire protocol).
 
 ``start_postgres()`` makes a fresh cluster in a temporary folder and starts ``postgres`` in the background.
 PostgreSQL refuses to run as root: when the caller is root, the server runs as ``nobody``. ``stop_postgres()``
@@ -14,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +56,33 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def start(args: list[str], what: str, port: int, log: Path, env: dict[str, str] | None = None,
+          timeout: float = 60) -> subprocess.Popen:
+    """Start ``args`` in the background (output to ``log``) and return once it listens on ``port``."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+    wait_for_port(proc, port, log, what, timeout)
+    return proc
+
+
+def start_sail(workdir: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """Sail's Spark Connect server (the ``sail`` command of the spark extra) and its ``sc://`` address."""
+    port = free_port()
+    sail = Path(sys.executable).parent / "sail"
+    proc = start([str(sail), "spark", "server", "--ip", "127.0.0.1", "--port", str(port)], "Sail server", port,
+                 workdir / "sail.log", timeout=timeout)
+    return proc, f"sc://127.0.0.1:{port}"
+
+
+def start_fakesnow(workdir: Path, timeout: float = 60) -> tuple[subprocess.Popen, dict]:
+    """fakesnow's Snowflake server (:mod:`lakehouse.testing.fakesnow_server`) and its host, port and log."""
+    port = free_port()
+    log = workdir / "fakesnow.log"
+    proc = start([sys.executable, "-m", "lakehouse.testing.fakesnow_server", "--port", str(port)],
+                 "fakesnow server", port, log, timeout=timeout)
+    return proc, {"host": "127.0.0.1", "port": port, "log": log}
+
+
 def _binaries() -> Path:
     found = shutil.which("postgres")
     if found:
@@ -85,7 +114,7 @@ def start_postgres(timeout: float = 60) -> tuple[subprocess.Popen, dict]:
     with log.open("ab") as out:
         proc = subprocess.Popen([str(binaries / "postgres"), "-D", str(base / "data"), "-p", str(port), "-k",
                                  str(base), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-                                stdout=out, stderr=subprocess.STDOUT, **run_as)
+                                stdout=out, stderr=subprocess.STDOUT, **run_as)  # runs as nobody under root
     wait_for_port(proc, port, log, "PostgreSQL", timeout)
     return proc, {"host": "127.0.0.1", "port": port, "user": USER, "password": PASSWORD, "database": "postgres",
                   "base": base}

@@ -6,7 +6,7 @@ inside ``BEGIN .. COMMIT`` after another write failed with "a single transaction
 attached database". This launcher skips the bookkeeping of empty comments and changes nothing else: with it,
 DELETE + MERGE + INSERT commit or roll back together, as on Snowflake.
 
-    python tests/fakesnow_server.py --port 8000
+    python -m lakehouse.testing.fakesnow_server --port 8000
 """
 
 from __future__ import annotations

@@ -1,0 +1,122 @@
+"""pytest fixtures for testing a change to the pipeline the way the project tests its own (``docs/testing.md``).
+
+Load them from your ``conftest.py``::
+
+    pytest_plugins = ["lakehouse.testing.plugin"]
+
+- ``prefect_harness``: one temporary Prefect server (SQLite) for the session; flows run against it.
+- ``sail_url`` / ``sail_session``: Sail's Spark Connect server on loopback for the session (the spark extra),
+  stopped by its process id; a SparkSession on it.
+- ``lakehouse_engine``: runs a test once per engine (``polars``, ``sail``); build frames there with
+  :func:`lakehouse.testing.frame`.
+- ``sample_landing(days=2, scale=0.03, seed=7, start=...)``: generated landing files, made once per session.
+- ``daily_lake(engine="polars", days=2, ...)``: a lake the daily flow built over those days on an engine,
+  built once per session and argument set, with a copy as each day left it (copy it before writing to it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from lakehouse.testing import engines
+from lakehouse.testing.lakes import DEFAULT_START, BuiltLake, run_days
+from lakehouse.testing.servers import start_sail, stop
+
+# A test session's Prefect settings: no analytics, a patient start-up on a busy machine, quiet logs.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (SQLite) for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def sail_url(tmp_path_factory):
+    """A Sail Spark Connect server process on loopback for the whole session, stopped by its process id."""
+    try:
+        proc, url = start_sail(tmp_path_factory.mktemp("sail"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield url
+    from lakehouse.backends.spark.session import stop_sessions
+
+    stop_sessions()  # while the server still runs: a client left open retries against a dead server at exit
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def sail_session(sail_url):
+    """A SparkSession on the session's Sail server."""
+    from lakehouse.backends.spark.session import session_for
+    from lakehouse.deployments.settings import SparkSettings
+
+    spark, _ = session_for(SparkSettings(remote=sail_url))
+    yield spark
+    spark.stop()  # while the server still runs: a client left open retries against a dead server at exit
+
+
+def use_engine(request: pytest.FixtureRequest, name: str) -> str:
+    """Start ``name``'s session once per test session (from the ``<name>_session`` fixture) and return
+    ``name``, so :func:`lakehouse.testing.frame` builds frames there."""
+    if name != "polars" and name not in engines.SESSIONS:
+        engines.SESSIONS[name] = request.getfixturevalue(f"{name}_session")
+    return name
+
+
+@pytest.fixture(params=engines.DELTA_ENGINES)
+def lakehouse_engine(request) -> str:
+    """The name of the engine this run of the test uses (``polars``, then ``sail``)."""
+    return use_engine(request, request.param)
+
+
+@pytest.fixture(scope="session")
+def sample_landing(tmp_path_factory) -> Callable[..., Path]:
+    """``sample_landing(days=2, scale=0.03, seed=7, start=2026-11-01)``: a landing folder of generated files
+    (the sample sources' days ``start`` .. ``start + days - 1``), made once per session per argument set."""
+    from lakehouse.backends.sources.sample import generate
+
+    made: dict[tuple, Path] = {}
+
+    def make(days: int = 2, scale: float = 0.03, seed: int = 7, start: date = DEFAULT_START) -> Path:
+        key = (days, scale, seed, start)
+        if key not in made:
+            out = tmp_path_factory.mktemp("landing")
+            generate(out, days=days, scale=scale, seed=seed, start=start)
+            made[key] = out
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def daily_lake(prefect_harness, sample_landing, tmp_path_factory, request) -> Callable[..., BuiltLake]:
+    """``daily_lake(engine="polars", days=2, scale=0.03, seed=7, start=2026-11-01)``: the lake the daily flow
+    built over ``sample_landing(days, scale, seed, start)`` on ``engine`` (``polars`` or ``sail``), one run per
+    day, built once per session per argument set, with a copy of the lake as each day's run left it
+    (``after(day)``). Tests share it: copy ``root`` before writing to it."""
+    built: dict[tuple, BuiltLake] = {}
+
+    def build(engine: str = "polars", days: int = 2, scale: float = 0.03, seed: int = 7,
+              start: date = DEFAULT_START) -> BuiltLake:
+        key = (engine, days, scale, seed, start)
+        if key not in built:
+            remote = request.getfixturevalue("sail_url") if engine != "polars" else None
+            landing = sample_landing(days=days, scale=scale, seed=seed, start=start)
+            root = tmp_path_factory.mktemp(f"lake-{engine}") / "lake"
+            built[key] = run_days(engine, root, landing, days=days, start=start, spark_remote=remote,
+                                  snapshots=True)
+        return built[key]
+
+    return build
