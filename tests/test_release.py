@@ -117,6 +117,11 @@ def test_a_failed_audit_leaves_the_previous_release_current_and_readers_on_it(la
     assert f"version {before.versions[dim.name]}, release {before.release_id}" in shown.output
     assert victim in shown.output
     assert len(released_dim) == engine.count(engine.scan(dim, version=releases.version_of(dim.name)))
+    # The Python API reads the released version too, whichever engine wrote the lake.
+    from lakehouse.flows.api import read
+
+    api_rows = read("gold.dim_customer", lake_root=str(root)).collect()
+    assert api_rows.height == len(released_dim) and victim in api_rows["customer_id"].to_list()
 
 
 def test_gold_without_a_release_is_not_shown(tmp_path):
