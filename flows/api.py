@@ -14,11 +14,52 @@ the CLI.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import polars as pl
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Which version of a table a reader reads: the table, its lake, the version, and the gold release that
+    named it (None for bronze and silver)."""
+
+    spec: Any
+    lake: Any
+    version: int
+    release: Any = None
+
+    def scan(self) -> pl.LazyFrame:
+        import polars as pl
+
+        return pl.scan_delta(self.lake.uri(self.spec), version=self.version,
+                             storage_options=self.lake.storage_options or None)
+
+
+def resolve(name: str, *, lake_root: str | None = None, env: str | None = None,
+            as_of: str | date | None = None) -> Resolved:
+    """The version :func:`read` reads (same arguments and errors)."""
+    from lakehouse.backends.lake import Lake
+    from lakehouse.contracts.catalog import table
+    from lakehouse.deployments.settings import load_settings
+
+    spec = table(name)
+    lake = Lake(load_settings(env, lake_root=lake_root).lake_root)
+    if spec.layer == "gold":
+        release = _release(lake, name, as_of)
+        return Resolved(spec, lake, release.versions[name], release)
+    if as_of is not None:
+        msg = f"expected as_of only for gold tables (they are released), got as_of={as_of!r} for {name!r}"
+        raise ValueError(msg)
+    version = lake.version(spec)
+    if version is None:
+        msg = (f"expected table {name!r} to exist under {lake.root!r}; it was never written: run "
+               "'lakehouse run --date D' first")
+        raise LookupError(msg)
+    return Resolved(spec, lake, version)
 
 
 def read(name: str, *, lake_root: str | None = None, env: str | None = None,
@@ -30,33 +71,16 @@ def read(name: str, *, lake_root: str | None = None, env: str | None = None,
     date or an earlier one made). Other layers: the latest version; ``as_of`` is refused there (they have no
     releases). Raises KeyError for an unknown table, LookupError when the table or release is not there.
     """
-    import polars as pl
-
-    from lakehouse.backends.lake import Lake
-    from lakehouse.contracts.catalog import table
-    from lakehouse.deployments.settings import load_settings
-
-    spec = table(name)
-    lake = Lake(load_settings(env, lake_root=lake_root).lake_root)
-    if spec.layer == "gold":
-        version = _released_version(lake, name, as_of)
-    elif as_of is not None:
-        msg = f"expected as_of only for gold tables (they are released), got as_of={as_of!r} for {name!r}"
-        raise ValueError(msg)
-    else:
-        version = lake.version(spec)
-        if version is None:
-            msg = f"expected table {name!r} under {lake.root!r}; it was never written: run a day first"
-            raise LookupError(msg)
-    return pl.scan_delta(lake.uri(spec), version=version, storage_options=lake.storage_options or None)
+    return resolve(name, lake_root=lake_root, env=env, as_of=as_of).scan()
 
 
-def _released_version(lake: Any, name: str, as_of: str | date | None) -> int:
+def _release(lake: Any, name: str, as_of: str | date | None) -> Any:
     from lakehouse.backends.releases import NotReleasedError, Releases
 
     releases = Releases(lake)
     if as_of is None:
-        return releases.version_of(name)
+        releases.version_of(name)  # the clear errors: no release, or the table not in it
+        return releases.current()
     history = releases.history()
     if isinstance(as_of, str) and as_of.startswith("gold-"):
         chosen = [r for r in history if r.release_id == as_of]
@@ -75,7 +99,7 @@ def _released_version(lake: Any, name: str, as_of: str | date | None) -> int:
     if name not in release.versions:
         msg = f"expected {name!r} in gold release {release.release_id}, it has {sorted(release.versions)}"
         raise NotReleasedError(msg)
-    return release.versions[name]
+    return release
 
 
 def _as_date(value: str | date) -> date:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from datetime import date, datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -126,17 +128,20 @@ def backfill(
 
 @app.command()
 def demo(
-    days: Annotated[int, typer.Option(min=1, max=31)] = 3,
-    scale: Annotated[float, typer.Option(min=0.001, max=100.0)] = 1.0,
+    days: Annotated[int, typer.Option(min=1, max=31, help="number of days to generate and run")] = 3,
+    scale: Annotated[float, typer.Option(min=0.001, max=100.0, help="1 ≈ 100k orders, 10k customers")] = 1.0,
     start: Annotated[str, typer.Option(help="first day, YYYY-MM-DD")] = "2026-11-01",
-    seed: int = 42,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same files")] = 42,
+    lake_root: LakeOpt = None,
+    landing: LandingOpt = None,
 ) -> None:
     """Generate sample data, run the daily flow for each day, and print what landed where."""
     first = parse_date(start, "--start")
-    settings = settings_for(None)
+    settings = settings_for(None, lake_root=lake_root, landing_root=landing)
     _generate(days=days, scale=scale, seed=seed, start=first, out=Path(settings.landing_root))
-    _run_days([first + timedelta(days=i) for i in range(days)], env=None, backend=None, lake_root=None, landing=None)
-    tables(env=None, lake_root=None)
+    _run_days([first + timedelta(days=i) for i in range(days)], env=None, backend=None, lake_root=lake_root,
+              landing=landing)
+    tables(env=None, lake_root=lake_root)
     print_quarantine_by_rule(settings)
     console.print(f"\nlake: [bold]{Path(settings.lake_root).resolve()}[/]   landing: [bold]{Path(settings.landing_root).resolve()}[/]")
     server = running()
@@ -282,16 +287,32 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
 app.add_typer(quarantine_app, name="quarantine")
 
 
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
 @app.command()
 def show(
     name: Annotated[str, typer.Argument(help="table name, e.g. gold.fact_orders")],
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 10,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="rows to print at most")] = 10,
+    columns: Annotated[str | None, typer.Option(help="comma-separated columns to print, e.g. order_id,amount_usd")] = None,
+    where: Annotated[list[str] | None, typer.Option(
+        help="a filter COLUMN<op>VALUE (=, !=, <, <=, >, >=), e.g. country=DE; repeat to AND several")] = None,
+    order_by: Annotated[list[str] | None, typer.Option(
+        help="COLUMN or COLUMN:desc; repeat for ties (default: the table's keys, then every column)")] = None,
+    as_of: Annotated[str | None, typer.Option(help="gold only: a release id (gold-000003) or a run date")] = None,
+    output: Annotated[Format, typer.Option("--format", help="table (fits the terminal), csv or json lines")] = Format.table,
     env: EnvOpt = None,
     lake_root: LakeOpt = None,
 ) -> None:
-    """Print the first rows of a table."""
-    from lakehouse.backends import get_backend
+    """Print rows of a table (gold at its released version), ordered by key unless --order-by says otherwise."""
+    import shutil
+
     from lakehouse.contracts.catalog import table
+    from lakehouse.flows.api import resolve
+    from lakehouse.flows.display import browse, render
 
     try:
         spec = table(name)
@@ -299,36 +320,24 @@ def show(
         fail(str(exc.args[0]))
         raise
     settings = settings_for(env, lake_root=lake_root)
-    engine = get_backend(settings.backend, lake_of(settings), settings.spark)
-    if not engine.exists(spec):
-        fail(f"expected table {name!r} to exist under {settings.lake_root!r}; it was never written: run 'lakehouse run --date D' first")
-    version, note = engine.version(spec), ""
-    if spec.layer == "gold":  # gold is read at the released version only
-        from lakehouse.backends.releases import NotReleasedError, Releases
-
-        releases = Releases(lake_of(settings))
-        try:
-            version = releases.version_of(name)
-        except NotReleasedError as exc:
-            fail(str(exc))
-        note = f", release {releases.current().release_id}"  # type: ignore[union-attr]
-    data = engine.to_arrow(engine.scan(spec, version=version).head(limit))
-    import polars as pl
-
-    from lakehouse.flows.display import plain
-
-    frame = pl.from_arrow(data)
-    frame = frame.with_columns(  # type: ignore[union-attr]
-        pl.col(c).map_elements(plain, return_dtype=pl.Utf8) for c, t in frame.schema.items() if t == pl.Utf8)
-
-    console.print(f"[bold]{name}[/] (first {data.num_rows} rows, version {version}{note})")
-    with pl.Config(tbl_rows=limit, tbl_cols=-1, tbl_width_chars=60_000, fmt_str_lengths=80,
-                   tbl_hide_dataframe_shape=True):
-        print(frame)
+    try:
+        found = resolve(name, lake_root=settings.lake_root, env=settings.env, as_of=as_of)
+        rows = browse(found.scan(), columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
+                      where=where or [], order_by=order_by or list(spec.keys), limit=limit)
+    except (LookupError, ValueError) as exc:
+        fail(str(exc.args[0]))
+        raise
+    if output is not Format.table:
+        sys.stdout.write(render(rows, output.value, 0))
+        return
+    note = f", release {found.release.release_id}" if found.release else ""
+    console.print(f"[bold]{name}[/] (first {rows.height} rows, version {found.version}{note})")
+    print(render(rows, "table", shutil.get_terminal_size((120, 24)).columns))
 
 
 @app.command()
-def releases(env: EnvOpt = None, lake_root: LakeOpt = None, limit: Annotated[int, typer.Option(min=1)] = 10) -> None:
+def releases(env: EnvOpt = None, lake_root: LakeOpt = None,
+             limit: Annotated[int, typer.Option(min=1, help="releases to list, newest first")] = 10) -> None:
     """The gold releases, newest first: id, run date, run id, when, and the version of each table."""
     from lakehouse.backends.releases import Releases
 
@@ -405,9 +414,10 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
 
     settings = settings_for(env, lake_root=lake_root)
     console.print(_lock_line(settings), soft_wrap=True)
-    rows = read_ledger(lake_of(settings))
+    lake = lake_of(settings)
+    rows = read_ledger(lake)
     if not rows:
-        fail(f"expected a run ledger at {lake_log(lake_of(settings), 'ledger').uri!r}, found none: run "
+        fail(f"expected a run ledger at {lake_log(lake, 'ledger').uri!r}, found none: run "
               "'lakehouse run --date D' first")
     t = Table(title=f"recent runs in {settings.lake_root} (newest first)")
     for col in ("run id", "flow", "run date", "status", "started", "took", "tasks", "rows written", "quarantined",
@@ -435,8 +445,14 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
         if spec.layer == "quarantine":
             continue
         w = fresh.get(spec.name)
-        if w is None:
-            f.add_row(spec.name, "-", "-", "-", "never written", "-")
+        if w is None:  # a table no task of its own writes (silver.customer_versions): its Delta log says when
+            last = lake.history(spec, limit=1) if lake.version(spec) is not None else []
+            if not last:
+                f.add_row(spec.name, "-", "-", "-", "never written", "-")
+                continue
+            at = datetime.fromtimestamp(last[0]["timestamp"] / 1000).astimezone()
+            f.add_row(spec.name, "-", str(last[0]["version"]), "-", at.strftime("%Y-%m-%d %H:%M:%S"),
+                      _age((now - at).total_seconds()))
             continue
         age = now - w["ended_at"]
         f.add_row(spec.name, str(w["run_date"]), str(w["version"]), f"{w['rows_out'] or 0:,}",

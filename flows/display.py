@@ -67,3 +67,92 @@ def quiet_tracebacks() -> None:
         for handler in logger.handlers:
             if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _NoTraceback):
                 handler.setFormatter(_NoTraceback(handler.formatter or logging.Formatter()))
+
+
+# ------------------------------------------------------------------------------------- browsing a table
+_FILTER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|=|!=|<=|>=|<|>)\s*(.*?)\s*$")
+
+
+def _value(text: str, dtype: Any, column: str) -> Any:
+    """``text`` as a value of ``dtype`` (a Polars type), or a ValueError naming what was expected."""
+    import polars as pl
+
+    raw = text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
+    try:
+        if dtype == pl.Utf8:
+            return raw
+        if dtype == pl.Boolean:
+            return {"true": True, "false": False}[raw.lower()]
+        series = pl.Series([raw])
+        if dtype == pl.Date:
+            return series.str.to_date("%Y-%m-%d").item()
+        if isinstance(dtype, pl.Datetime):
+            return series.str.to_datetime(time_zone="UTC").dt.convert_time_zone(dtype.time_zone or "UTC").item()
+        return series.cast(dtype, strict=True).item()
+    except (KeyError, ValueError, pl.exceptions.PolarsError):
+        hint = {"Date": "2026-11-01", "Boolean": "true or false"}.get(str(dtype), "")
+        msg = f"expected a {dtype} value for {column!r}{f' (e.g. {hint})' if hint else ''}, got {text!r}"
+        raise ValueError(msg) from None
+
+
+def row_filter(text: str, schema: Any) -> Any:
+    """``column<op>value`` (``=``, ``!=``, ``<``, ``<=``, ``>``, ``>=``; dates as 2026-11-01, timestamps as ISO
+    8601) as a Polars expression on a frame of ``schema``; a ValueError naming what was expected."""
+    import polars as pl
+
+    match = _FILTER.match(text)
+    if not match:
+        msg = f"expected a filter like 'country=DE' or 'amount_usd>=100' (=, !=, <, <=, >, >=), got {text!r}"
+        raise ValueError(msg)
+    column, op, raw = match.groups()
+    if column not in schema:
+        msg = f"expected a column among {', '.join(schema)} in --where, got {column!r}"
+        raise ValueError(msg)
+    value, col = _value(raw, schema[column], column), pl.col(column)
+    return {"=": col == value, "==": col == value, "!=": col != value, "<": col < value, "<=": col <= value,
+            ">": col > value, ">=": col >= value}[op]
+
+
+def browse(frame: Any, *, columns: list[str] | None, where: list[str], order_by: list[str], limit: int) -> Any:
+    """At most ``limit`` rows of a Polars LazyFrame: filtered (every ``where``), ordered (``column`` or
+    ``column:desc``; ties and the rest by every column, so the same rows always print in the same order), and
+    the ``columns`` asked for. A ValueError names an unknown column or a bad filter."""
+    import polars as pl
+
+    schema = frame.collect_schema()
+    for name in [*(columns or []), *(o.split(":")[0] for o in order_by)]:
+        if name not in schema:
+            msg = f"expected a column among {', '.join(schema)}, got {name!r}"
+            raise ValueError(msg)
+    for spec in order_by:
+        if ":" in spec and spec.split(":", 1)[1] not in ("asc", "desc"):
+            msg = f"expected --order-by COLUMN or COLUMN:desc (or :asc), got {spec!r}"
+            raise ValueError(msg)
+    for text in where:
+        frame = frame.filter(row_filter(text, schema))
+    keys = [o.split(":")[0] for o in order_by]
+    rest = [c for c in schema if c not in keys and schema[c].is_nested() is False]
+    descending = [o.endswith(":desc") for o in order_by] + [False] * len(rest)
+    frame = frame.sort([*keys, *rest], descending=descending, nulls_last=True, maintain_order=True)
+    frame = frame.head(limit)
+    if columns:
+        frame = frame.select(columns)
+    out = frame.collect()
+    return out.with_columns(pl.col(c).map_elements(plain, return_dtype=pl.Utf8)
+                            for c, t in out.schema.items() if t == pl.Utf8)
+
+
+def render(frame: Any, fmt: str, width: int) -> str:
+    """Rows as ``table`` (fits ``width`` characters: columns that do not fit are elided, pick them with
+    ``--columns``), ``csv`` (formula-like text neutralised) or ``json`` (one object per line)."""
+    import polars as pl
+
+    if fmt == "csv":
+        safe = frame.with_columns(pl.col(c).map_elements(inert, return_dtype=pl.Utf8)
+                                  for c, t in frame.schema.items() if t == pl.Utf8)
+        return safe.write_csv()
+    if fmt == "json":
+        return frame.write_ndjson()
+    with pl.Config(tbl_rows=frame.height, tbl_cols=max(2, width // 14), tbl_width_chars=width,
+                   fmt_str_lengths=max(12, min(80, width // 4)), tbl_hide_dataframe_shape=True):
+        return str(frame)

@@ -110,7 +110,7 @@ def quarantine_list(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
 def quarantine_show(
     name: Annotated[str, typer.Argument(help="silver.orders, bronze.kafka.order_events or quarantine.silver.orders")],
     rule: RuleOpt = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="rows to print at most")] = 20,
     env: EnvOpt = None,
     lake_root: LakeOpt = None,
 ) -> None:
@@ -126,6 +126,10 @@ def quarantine_show(
         fail(f"expected quarantined rows in {spec.name} under {settings.lake_root!r}, it was never written")
     rows = engine.scan(spec)
     if rule:
+        present = sorted(engine.to_arrow(rows.select("rule").unique()).column("rule").to_pylist())  # a few ids
+        if rule not in present:
+            fail(f"expected a rule with rows in {spec.name}: {', '.join(present) or 'none (it is empty)'}; "
+                 f"got {rule!r} (docs/rules.md lists every rule)")
         rows = rows.filter(nw.col("rule") == rule)
     data = engine.to_arrow(rows.select("rule", "run_date", "source_file", "reason", "record")
                            .sort("run_date", "rule", "source_file", "record").head(limit)).to_pylist()

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from lakehouse.flows.command_line import EnvOpt, LakeOpt, LandingOpt
+
 sources_app = typer.Typer(help="Source connectors: check connections, see what a run would fetch, extract by hand.",
                           no_args_is_help=True)
 
@@ -74,9 +76,9 @@ def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
 
 
 @sources_app.command("check")
-def sources_check(env: Annotated[str | None, typer.Option("--env")] = None,
-                  lake_root: Annotated[str | None, typer.Option("--lake-root")] = None,
-                  landing: Annotated[str | None, typer.Option("--landing")] = None,
+def sources_check(env: EnvOpt = None,
+                  lake_root: LakeOpt = None,
+                  landing: LandingOpt = None,
                   run_date: DateOpt = None) -> None:
     """Test each connector's connection and say what a run of the date would fetch; name each entity delivered
     daily whose file for the date is missing (exit 1 if a connection fails or a delivery is missing)."""
@@ -104,9 +106,9 @@ def sources_check(env: Annotated[str | None, typer.Option("--env")] = None,
 @sources_app.command("extract")
 def sources_extract(entity: Annotated[str, typer.Argument(help="entity, e.g. snowflake.orders")],
                     run_date: DateOpt = None,
-                    env: Annotated[str | None, typer.Option("--env")] = None,
-                    lake_root: Annotated[str | None, typer.Option("--lake-root")] = None,
-                    landing: Annotated[str | None, typer.Option("--landing")] = None) -> None:
+                    env: EnvOpt = None,
+                    lake_root: LakeOpt = None,
+                    landing: LandingOpt = None) -> None:
     """Pull one entity for a date into landing files now (what the daily flow does before bronze); resumes an
     extract that died midway, fetches nothing for a date already extracted."""
     from lakehouse.contracts.landing import landing_entity
