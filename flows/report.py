@@ -51,7 +51,7 @@ def day_figures(ledger: list[dict[str, Any]], run_date: date) -> DayFigures | No
     status = "failed" if any(r["status"] == "failed" for r in latest.values()) else "completed"
     per_table = [{"table": r["table"], "task": r["task"], "status": r["status"], "rows_in": r["rows_in"],
                   "rows_out": r["rows_out"], "rows_quarantined": r["rows_quarantined"],
-                  "version": r["version_written"]}
+                  "version": r["version_written"], "duration_s": r["duration_s"], "error": r["error"]}
                  for r in latest.values() if r["table"] and r["table"].split(".")[0] in LAYERS]
     return DayFigures(run_date, run_id, status, sorted(per_table, key=lambda t: (LAYERS.index(
         t["table"].split(".")[0]), t["table"])))
@@ -86,8 +86,9 @@ def refused_files(lake: Lake, run_date: date) -> list[dict[str, Any]]:
         for r in (python_rows(log) if log is not None else []):
             if r["run_date"] == run_date and (r["source_file"] not in latest
                                               or r["refused_at"] > latest[r["source_file"]]["refused_at"]):
-                latest[r["source_file"]] = r
-    return [{"file": f, "problem": r["problem"], "reason": r["reason"]} for f, r in sorted(latest.items())]
+                latest[r["source_file"]] = {**r, "table": f"bronze.{entity.source}.{entity.entity}"}
+    return [{"file": f, "table": r["table"], "problem": r["problem"], "reason": r["reason"]}
+            for f, r in sorted(latest.items())]
 
 
 def render(lake: Lake, run_date: date, *, trend_dates: int = TREND_DATES) -> str:
@@ -118,34 +119,86 @@ def _share(quarantined: int, rows_in: int) -> float:
     return quarantined / rows_in if rows_in else 0.0
 
 
+def _anchor(kind: str, table: str) -> str:
+    return f"{kind}-{table.replace('.', '-')}"
+
+
 def _page(lake: Lake, day: DayFigures, trend: list[DayFigures], quarantine: list[dict[str, Any]],
           refused: list[dict[str, Any]]) -> str:
     def e(value: Any) -> str:  # values from outside systems: HTML-escaped and inert if pasted into a spreadsheet
         return html.escape(inert(value))
 
-    refused_rows = "".join(f"<tr><td>{e(r['file'])}</td><td>{e(r['problem'])}</td><td>{e(r['reason'])}</td></tr>"
-                           for r in refused) or "<tr><td colspan='3'>no file refused</td></tr>"
+    failed = [t for t in day.tables if t["status"] == "failed"]
+    quarantined = sum(q["rows"] for q in quarantine)
+    refused_by_table: dict[str, int] = {}
+    for r in refused:
+        refused_by_table[r["table"]] = refused_by_table.get(r["table"], 0) + 1
+    quarantined_tables = {q["table"] for q in quarantine}
+
+    # What happened, most serious first: failed tasks (a gate, an audit, an error), refused files, quarantine.
+    story = [f"<li class='failed'>{e(t['task'])} failed: {e(t['error'] or 'see the Prefect run')}</li>" for t in failed]
+    story += [f"<li class='warn'><a href='#{_anchor('refused', r['table'])}'>{e(r['table'])}</a>: landing file "
+              f"<code>{e(r['file'])}</code> refused ({e(r['problem'])}): {e(r['reason'])}; nothing of it ingested</li>"
+              for r in refused]
+    if quarantine:
+        top = ", ".join(f"<a href='#{_anchor('quarantine', q['table'])}'>{e(q['table'])}</a> {e(q['rule'])} "
+                        f"({q['rows']:,})" for q in quarantine[:3])
+        story.append(f"<li>{quarantined:,} rows quarantined in {len(quarantined_tables)} table(s); most: {top}</li>")
+    if not story:
+        story.append("<li class='completed'>every task completed; no file refused, no row quarantined</li>")
+    summary = (f"<p class='meta'><span data-figure='summary.failed_tasks'>{len(failed)}</span> failed task(s) · "
+               f"<span data-figure='summary.refused_files'>{len(refused)}</span> refused file(s) · "
+               f"<span data-figure='summary.rows_quarantined'>{quarantined:,}</span> rows quarantined</p>")
+
+    refused_rows = "".join(
+        f"<tr id='{_anchor('refused', r['table'])}'><td>{e(r['table'])}</td><td>{e(r['file'])}</td>"
+        f"<td>{e(r['problem'])}</td><td>{e(r['reason'])}</td></tr>"
+        for r in refused) or "<tr><td colspan='4'>no file refused</td></tr>"
+
+    def rows_in(layer: str, value: int | None) -> str:  # gold is built from silver tables, not fed rows
+        return "built from silver" if layer == "gold" else _n(value)
+
     layer_rows = "".join(
-        f"<tr><td>{layer}</td>" + _fig(f"{layer}.rows_in", _n(f["rows_in"])) + _fig(f"{layer}.rows_out", _n(f["rows_out"]))
-        + _fig(f"{layer}.rows_quarantined", _n(f["rows_quarantined"])) + "</tr>"
+        f"<tr><td>{layer}</td>" + _fig(f"{layer}.rows_in", rows_in(layer, f["rows_in"]))
+        + _fig(f"{layer}.rows_out", _n(f["rows_out"])) + _fig(f"{layer}.rows_quarantined", _n(f["rows_quarantined"]))
+        + "</tr>"
         for layer, f in ((layer, day.layer(layer)) for layer in LAYERS))
+
+    def status_cell(t: dict[str, Any]) -> str:
+        notes = []
+        if refused_by_table.get(t["table"]):
+            notes.append(f"<a href='#{_anchor('refused', t['table'])}'>{refused_by_table[t['table']]} file(s) refused</a>")
+        if t["table"] in quarantined_tables:
+            notes.append(f"<a href='#{_anchor('quarantine', t['table'])}'>{_n(t['rows_quarantined'])} quarantined</a>")
+        cls = "failed" if t["status"] == "failed" else ("warn" if notes else "completed")
+        return f"<td class='{cls}'>{e(t['status'])}{' · ' + ' · '.join(notes) if notes else ''}</td>"
+
     table_rows = "".join(
-        f"<tr><td>{e(t['table'])}</td><td>{e(t['status'])}</td>" + _fig(f"{t['table']}.rows_in", _n(t["rows_in"]))
+        f"<tr><td>{e(t['table'])}</td>{status_cell(t)}"
+        + _fig(f"{t['table']}.rows_in", rows_in(t["table"].split(".")[0], t["rows_in"]))
         + _fig(f"{t['table']}.rows_out", _n(t["rows_out"]))
-        + _fig(f"{t['table']}.rows_quarantined", _n(t["rows_quarantined"])) + f"<td class='num'>{_n(t['version'])}</td></tr>"
+        + _fig(f"{t['table']}.rows_quarantined", _n(t["rows_quarantined"]))
+        + _fig(f"{t['table']}.duration_s", f"{t['duration_s']:.2f} s") + f"<td class='num'>{_n(t['version'])}</td></tr>"
         for t in day.tables)
-    q_rows = "".join(f"<tr><td>{e(q['table'])}</td><td>{e(q['rule'])}</td>"
-                     + _fig(f"quarantine.{q['table']}.{q['rule']}", _n(q["rows"])) + "</tr>" for q in quarantine) \
-        or "<tr><td colspan='3'>nothing quarantined</td></tr>"
+    seen: set[str] = set()
+    q_rows = ""
+    for q in quarantine:
+        anchor = "" if q["table"] in seen else f" id='{_anchor('quarantine', q['table'])}'"
+        seen.add(q["table"])
+        q_rows += (f"<tr{anchor}><td>{e(q['table'])}</td><td>{e(q['rule'])}</td>"
+                   + _fig(f"quarantine.{q['table']}.{q['rule']}", _n(q["rows"])) + "</tr>")
+    q_rows = q_rows or "<tr><td colspan='3'>nothing quarantined</td></tr>"
     share_points = [(str(f.run_date), _share(f.layer("silver")["rows_quarantined"], f.layer("silver")["rows_in"]))
                     for f in trend]
-    written = {layer: [(str(f.run_date), float(f.layer(layer)["rows_out"])) for f in trend] for layer in LAYERS}
     trend_rows = "".join(
         f"<tr><td>{f.run_date}</td><td>{e(f.status)}</td>"
         + _fig(f"trend.{f.run_date}.silver_quarantine_share", f"{share:.2%}")
         + "".join(_fig(f"trend.{f.run_date}.{layer}.rows_out", _n(f.layer(layer)["rows_out"])) for layer in LAYERS)
         + "</tr>"
         for f, (_, share) in zip(trend, share_points, strict=True))
+    written = "".join(_line_chart(f"{layer.capitalize()} rows written per run date",
+                                  [(str(f.run_date), float(f.layer(layer)["rows_out"])) for f in trend],
+                                  _COLOURS[layer]) for layer in LAYERS)
     generated = datetime.now(UTC).isoformat(timespec="seconds")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -157,67 +210,91 @@ table {{ border-collapse: collapse; margin: 8px 0; }}
 th, td {{ border: 1px solid #d0d7de; padding: 4px 10px; text-align: left; }}
 th {{ background: #f3f5f7; }} td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .meta {{ color: #57606a; }} .failed {{ color: #b42318; font-weight: 600; }} .completed {{ color: #1a7f37; }}
-.charts {{ display: flex; gap: 24px; flex-wrap: wrap; }}
+.warn {{ color: #9a6700; }} ul.story li {{ margin: 4px 0; }}
+.charts {{ display: flex; gap: 24px; flex-wrap: wrap; }} figcaption {{ font-weight: 600; }}
 </style></head><body>
 <h1>Lakehouse report for {day.run_date}</h1>
 <p class="meta">lake {e(lake.root)} · run <code data-figure="run_id">{e(day.run_id)}</code> ·
 status <span class="{e(day.status)}" data-figure="status">{e(day.status)}</span> · generated {generated}</p>
-<h2>Rows per layer</h2>
-<table><tr><th>layer</th><th>rows in</th><th>rows written</th><th>quarantined</th></tr>{layer_rows}</table>
+<h2>What happened</h2>
+{summary}
+<ul class="story">{"".join(story)}</ul>
 <h2>Landing files refused (nothing of them ingested)</h2>
-<table><tr><th>file</th><th>problem</th><th>reason</th></tr>{refused_rows}</table>
+<table><tr><th>table</th><th>file</th><th>problem</th><th>reason</th></tr>{refused_rows}</table>
 <h2>Quarantine by rule</h2>
 <table><tr><th>table</th><th>rule</th><th>rows</th></tr>{q_rows}</table>
+<h2>Rows per layer</h2>
+<table><tr><th>layer</th><th>rows in</th><th>rows written</th><th>quarantined</th></tr>{layer_rows}</table>
+<h2>Tables</h2>
+<table><tr><th>table</th><th>status</th><th>rows in</th><th>rows written</th><th>quarantined</th><th>took</th>
+<th>version</th></tr>
+{table_rows}</table>
 <h2>Quality over the last {len(trend)} run date(s)</h2>
 <div class="charts">
-{_bar_chart("Silver rows quarantined (share of rows in)", share_points)}
-{_line_chart("Rows written per layer", written)}
+{_bar_chart("Silver rows quarantined, share of rows in", share_points)}
+{written}
 </div>
 <table><tr><th>run date</th><th>status</th><th>silver quarantined</th>
 {"".join(f"<th>{layer} rows written</th>" for layer in LAYERS)}</tr>{trend_rows}</table>
-<h2>Tables</h2>
-<table><tr><th>table</th><th>status</th><th>rows in</th><th>rows written</th><th>quarantined</th><th>version</th></tr>
-{table_rows}</table>
 </body></html>
 """
 
 
-_W, _H, _PAD = 460, 220, 40
-_COLOURS = {"bronze": "#b7791f", "silver": "#718096", "gold": "#d69e2e"}
+_W, _H = 420, 220
+_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 16, 40
+_COLOURS = {"bronze": "#9c4221", "silver": "#4a5568", "gold": "#b7791f"}
+
+
+def _axes(top: float, labels: list[str], fmt: str, x_of: Any) -> str:
+    """A y axis from 0 to ``top`` with three ticks (formatted by ``fmt``), and the run dates under the x axis."""
+    plot_h = _H - _TOP - _BOTTOM
+    parts = [f'<line x1="{_LEFT}" y1="{_TOP}" x2="{_LEFT}" y2="{_H - _BOTTOM}" stroke="#555"/>',
+             f'<line x1="{_LEFT}" y1="{_H - _BOTTOM}" x2="{_W - _RIGHT}" y2="{_H - _BOTTOM}" stroke="#555"/>']
+    for frac in (0.0, 0.5, 1.0):
+        y = _H - _BOTTOM - plot_h * frac
+        parts.append(f'<line x1="{_LEFT - 4}" y1="{y:.1f}" x2="{_W - _RIGHT}" y2="{y:.1f}" stroke="#e1e4e8"/>'
+                     f'<text x="{_LEFT - 6}" y="{y + 3:.1f}" font-size="10" text-anchor="end">'
+                     f"{format(top * frac, fmt)}</text>")
+    for i, label in enumerate(labels):
+        parts.append(f'<text x="{x_of(i):.1f}" y="{_H - _BOTTOM + 14}" font-size="10" text-anchor="middle">'
+                     f"{html.escape(label[5:])}</text>")
+    parts.append(f'<text x="{(_LEFT + _W - _RIGHT) / 2:.1f}" y="{_H - 6}" font-size="10" text-anchor="middle" '
+                 'fill="#57606a">run date</text>')
+    return "".join(parts)
 
 
 def _bar_chart(title: str, points: list[tuple[str, float]]) -> str:
-    """Bars of shares (0..1), one per run date."""
-    top = max((v for _, v in points), default=0.0) or 1.0
-    width = (_W - 2 * _PAD) / max(len(points), 1)
+    """Bars of shares (0..1), one per run date, on a y axis from 0 to the largest share."""
+    top = max((v for _, v in points), default=0.0) or 0.01
+    width = (_W - _LEFT - _RIGHT) / max(len(points), 1)
+    plot_h = _H - _TOP - _BOTTOM
     bars = []
     for i, (label, value) in enumerate(points):
-        h = (_H - 2 * _PAD) * value / top
-        x, y = _PAD + i * width + 2, _H - _PAD - h
-        text = f"{value:.1%}"
-        bars.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(width - 4, 1):.1f}" height="{h:.1f}" fill="#3182ce">'
-                    f"<title>{html.escape(label)}: {text}</title></rect>"
-                    f'<text x="{x + width / 2 - 2:.1f}" y="{_H - _PAD + 14}" font-size="9" text-anchor="middle">'
-                    f"{html.escape(label[5:])}</text>")
+        h = plot_h * value / top
+        x, y = _LEFT + i * width + width * 0.15, _H - _BOTTOM - h
+        bars.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{width * 0.7:.1f}" height="{h:.1f}" fill="#3182ce">'
+                    f"<title>{html.escape(label)}: {value:.2%}</title></rect>"
+                    f'<text x="{x + width * 0.35:.1f}" y="{y - 3:.1f}" font-size="10" text-anchor="middle">'
+                    f"{value:.2%}</text>")
+    axes = _axes(top, [label for label, _ in points], ".1%", lambda i: _LEFT + (i + 0.5) * width)
     return (f'<figure><figcaption>{html.escape(title)}</figcaption><svg role="img" width="{_W}" height="{_H}" '
-            f'viewBox="0 0 {_W} {_H}"><line x1="{_PAD}" y1="{_H - _PAD}" x2="{_W - _PAD}" y2="{_H - _PAD}" '
-            f'stroke="#888"/><text x="4" y="{_PAD}" font-size="10">{top:.1%}</text>{"".join(bars)}</svg></figure>')
+            f'viewBox="0 0 {_W} {_H}">{axes}{"".join(bars)}</svg></figure>')
 
 
-def _line_chart(title: str, series: dict[str, list[tuple[str, float]]]) -> str:
-    top = max((v for pts in series.values() for _, v in pts), default=0.0) or 1.0
-    n = max((len(pts) for pts in series.values()), default=1)
-    step = (_W - 2 * _PAD) / max(n - 1, 1)
-    lines, legend = [], []
-    for k, (layer, pts) in enumerate(series.items()):
-        coords = " ".join(f"{_PAD + i * step:.1f},{_H - _PAD - (_H - 2 * _PAD) * v / top:.1f}"
-                          for i, (_, v) in enumerate(pts))
-        lines.append(f'<polyline fill="none" stroke="{_COLOURS[layer]}" stroke-width="2" points="{coords}"/>')
-        lines += [f'<circle cx="{_PAD + i * step:.1f}" cy="{_H - _PAD - (_H - 2 * _PAD) * v / top:.1f}" r="3" '
-                  f'fill="{_COLOURS[layer]}"><title>{layer} {html.escape(d)}: {v:,.0f}</title></circle>'
-                  for i, (d, v) in enumerate(pts)]
-        legend.append(f'<text x="{_PAD + k * 80}" y="14" font-size="11" fill="{_COLOURS[layer]}">{layer}</text>')
+def _line_chart(title: str, points: list[tuple[str, float]], colour: str) -> str:
+    """One series per chart (each layer on its own scale, so no two lines hide each other), with its axes."""
+    top = max((v for _, v in points), default=0.0) or 1.0
+    step = (_W - _LEFT - _RIGHT) / max(len(points), 1)
+    plot_h = _H - _TOP - _BOTTOM
+
+    def x_of(i: int) -> float:
+        return _LEFT + (i + 0.5) * step
+
+    xy = [(x_of(i), _H - _BOTTOM - plot_h * v / top, d, v) for i, (d, v) in enumerate(points)]
+    line = (f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
+            f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in xy)}"/>')
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{colour}"><title>{html.escape(d)}: {v:,.0f}'
+                   f"</title></circle>" for x, y, d, v in xy)
+    axes = _axes(top, [d for d, _ in points], ",.0f", x_of)
     return (f'<figure><figcaption>{html.escape(title)}</figcaption><svg role="img" width="{_W}" height="{_H}" '
-            f'viewBox="0 0 {_W} {_H}"><line x1="{_PAD}" y1="{_H - _PAD}" x2="{_W - _PAD}" y2="{_H - _PAD}" '
-            f'stroke="#888"/><text x="4" y="{_PAD}" font-size="10">{top:,.0f}</text>{"".join(legend)}'
-            f'{"".join(lines)}</svg></figure>')
+            f'viewBox="0 0 {_W} {_H}">{axes}{line}{dots}</svg></figure>')
