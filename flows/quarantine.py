@@ -22,6 +22,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from lakehouse.backends.lake import Lake
+from lakehouse.tasks.caching import summary_of_state
 from lakehouse.tasks.context import RunContext
 from lakehouse.tasks.replay import ReplayError, replay_table, replayable, replayed_order_dates
 from lakehouse.tasks.silver import link_crm
@@ -45,10 +46,10 @@ def replay_quarantine(table_name: str, rule: str | None = None, env: str = "loca
         raise ReplayError(msg)
     ctx = RunContext(env=env, run_date=current.run_date, run_id=str(flow_run.get_id() or "replay"),
                      started_at=datetime.now(UTC), overrides=overrides)
-    summary = replay_table(ctx, table_name, rule)
+    summary = summary_of_state(replay_table(ctx, table_name, rule))
     hashes = summary.pop("accepted_hashes")
     if not summary.get("accepted"):
         return [summary]  # nothing changed in silver: gold and its release stay as they are
-    links = link_crm(ctx)
+    links = summary_of_state(link_crm(ctx))
     # Gold partitioned by order date is rebuilt for the dates the accepted rows change; the rest whole.
     return [summary, links, *publish(ctx, order_dates=replayed_order_dates(ctx, table_name, hashes))]

@@ -47,9 +47,24 @@ def result_storage(ctx: RunContext) -> Path | str:
 
 
 def resumable(task: T, ctx: RunContext) -> T:
-    """``task`` persisting its result to ``ctx``'s result storage; with ``ctx.force``, recomputing."""
-    return task.with_options(result_storage=result_storage(ctx), persist_result=True,  # type: ignore[attr-defined]
-                             refresh_cache=ctx.force or None)
+    """``task`` persisting its result to ``ctx``'s result storage; with ``ctx.force``, recomputing. Called, it
+    returns the task's summary also when the task ended in a named Completed state (tasks/tracking.py
+    ``noted``: Refused, Quarantined)."""
+    configured = task.with_options(result_storage=result_storage(ctx), persist_result=True,  # type: ignore[attr-defined]
+                                   refresh_cache=ctx.force or None)
+
+    @functools.wraps(configured.fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return summary_of_state(configured(*args, **kwargs))
+
+    return call  # type: ignore[return-value]
+
+
+def summary_of_state(value: Any) -> Any:
+    """A task call's value: the summary inside a state the task returned, or the value itself."""
+    from prefect.states import State
+
+    return value.result() if isinstance(value, State) else value
 
 
 # The modules whose code decides how a bronze row is conformed into silver or quarantined (rules, parsing,

@@ -60,11 +60,34 @@ def lake_task(reads: Callable[[dict[str, Any]], Iterable[str]], *, rules: bool =
             names = sorted(set(reads(params.arguments)))
             template = options.get("task_run_name")  # the name Prefect gives the run, also when run bare
             name = template.format(**params.arguments) if template else options.get("name", fn.__name__)
-            return _tracked(ctx, fn, args, kwargs, names, fallback_name=name)
+            return noted(_tracked(ctx, fn, args, kwargs, names, fallback_name=name))
 
         return task(cache_key_fn=keyed_by(reads, rules=rules), **options)(run)
 
     return decorate
+
+
+def noted(summary: Any) -> Any:
+    """Inside a Prefect task run, a summary that refused files or quarantined rows as a Completed state named
+    ``Refused`` or ``Quarantined`` with a one-line message (the UI shows it, not a plain green Completed); the
+    summary itself otherwise (and always when the task body runs bare)."""
+    from prefect.context import TaskRunContext
+
+    if not isinstance(summary, dict) or TaskRunContext.get() is None:
+        return summary
+    refused, quarantined = summary.get("refused") or [], summary.get("quarantined") or 0
+    if not refused and not quarantined:
+        return summary
+    from prefect.states import Completed
+
+    rules = summary.get("rules") or {}
+    top = ", ".join(f"{r} {n:,}" for r, n in sorted(rules.items(), key=lambda x: -x[1])[:3]) if isinstance(
+        rules, dict) else ""
+    parts = [f"{len(refused)} landing file(s) refused: {', '.join(refused[:3])}"] if refused else []
+    if quarantined:
+        parts.append(f"{quarantined:,} row(s) quarantined" + (f" ({top})" if top else ""))
+    return Completed(data=summary, name="Refused" if refused else "Quarantined",
+                     message=f"{summary.get('table', '')}: " + "; ".join(parts))
 
 
 def _tracked(ctx: RunContext, fn: Callable[..., Any], args: tuple, kwargs: dict, reads: list[str], *,

@@ -199,3 +199,34 @@ def test_status_without_a_ledger_says_what_to_do(tmp_path):
     assert result.exit_code == 2
     flat = result.output.replace("\n", "")
     assert log("ledger").path in flat and "lakehouse run --date D" in flat
+
+
+@pytest.mark.parametrize("engine", ["polars", "sail"])
+def test_a_task_that_quarantined_rows_is_not_a_plain_completed_in_prefect(daily_lakes, engine):
+    """The daily flow's task runs, as the Prefect server has them: the ones that quarantined rows end in a
+    Completed state named Quarantined, with counts and rules in its message; clean ones stay Completed."""
+    import asyncio
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    built = daily_lakes(engine)
+    summaries = built["summaries"][DAYS[-1]]
+    quarantined = {s["table"] for s in summaries if s.get("quarantined")}
+    clean = {s["table"] for s in summaries if s["stage"] in ("bronze", "silver") and not s.get("quarantined")
+             and not s.get("refused")}
+    assert "silver.orders" in quarantined and clean
+    ledger = [r for r in _ledger(built["root"]) if r["run_date"] == DAYS[-1] and r["level"] == "task"]
+    task_runs = {r["table"]: r["task_run_id"] for r in ledger if r["table"] in quarantined | clean}
+
+    async def states() -> dict[str, object]:
+        async with get_client() as client:
+            return {name: (await client.read_task_run(UUID(tid))).state for name, tid in task_runs.items()}
+
+    by_table = asyncio.run(states())
+    orders = by_table["silver.orders"]
+    assert orders.type.value == "COMPLETED" and orders.name == "Quarantined"
+    rows = next(s for s in summaries if s["table"] == "silver.orders")["quarantined"]
+    assert f"{rows:,} row(s) quarantined" in orders.message and "silver.orders" in orders.message
+    for name in clean:
+        assert by_table[name].name == "Completed", name
