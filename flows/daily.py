@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from lakehouse.backends import landing
@@ -155,6 +155,10 @@ def daily_lakehouse(
         key="daily-lakehouse-summary", table=[_artifact_row(s) for s in summaries],
         description=f"Daily lakehouse run for {run_date}: rows per table per stage, quarantined rows by rule.",
     )
+    incidents = incidents_markdown(run_date, summaries)
+    if incidents:  # in full: the table artifact's cells are cut short in the UI
+        create_markdown_artifact(key="daily-lakehouse-incidents", markdown=incidents,
+                                 description=f"Refused files and quarantined rows by rule for {run_date}")
     quarantined = sum(s.get("quarantined", 0) for s in summaries)
     refused = [f for s in summaries for f in s.get("refused", [])]
     logger.info("run %s for %s done: %d tables written, %d rows quarantined, %d file(s) refused%s",
@@ -189,6 +193,22 @@ def require_deliveries(ctx: RunContext, allow_missing: list[str],
     if stopping:
         raise landing.MissingDeliveryError(landing.missing_message(stopping, ctx.run_date))
     return missing
+
+
+def incidents_markdown(run_date: date, summaries: list[dict[str, Any]]) -> str:
+    """The run's refused landing files and quarantined rows by table and rule, as Markdown ('' if none)."""
+    refused = [(s["table"], f) for s in summaries for f in s.get("refused", [])]
+    rules = [(s["table"], rule, n) for s in summaries for rule, n in sorted((s.get("rules") or {}).items()) if n]
+    if not refused and not rules:
+        return ""
+    parts = [f"# What happened on {run_date}"]
+    if refused:
+        parts.append("## Landing files refused (nothing of them ingested: fix each and run the date again)")
+        parts += [f"- `{f}` ({t}); reason: `lakehouse quarantine list` or the report" for t, f in refused]
+    if rules:
+        parts.append("## Rows quarantined by rule")
+        parts.append("| table | rule | rows |\n|---|---|---:|\n" + "\n".join(f"| {t} | {r} | {n:,} |" for t, r, n in rules))
+    return "\n\n".join(parts) + "\n"
 
 
 def _artifact_row(s: dict[str, Any]) -> dict[str, Any]:

@@ -270,3 +270,23 @@ def test_a_refused_file_is_ingested_once_fixed_and_its_date_run_again(lake_copy,
     assert listed.exit_code == 0, listed.output
     refused_part = listed.output.split("landing files refused")[1]
     assert "schema.missing_column" in refused_part and "yes" in refused_part, "refused once, ingested since"
+
+
+def test_the_incidents_artifact_lists_every_rule_in_full(lake):
+    """The Markdown artifact names every quarantined rule of the run with its count (the table artifact's
+    cells are cut short in the UI)."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    summaries = lake["summaries"][DAYS[-1]]
+    expected = {(s["table"], r, n) for s in summaries for r, n in (s.get("rules") or {}).items() if n}
+    assert expected
+
+    async def incidents():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["daily-lakehouse-incidents"])))
+
+    texts = [a.data for a in anyio.run(incidents)]
+    assert any(all(f"| {t} | {r} | {n:,} |" in text for t, r, n in expected) for text in texts)
