@@ -165,7 +165,9 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
         fail(f"--allow-missing: {exc}")
     try:
         settings.require_hmac_key()
-        lake_of(settings).check_writable()
+        lake = lake_of(settings)
+        if lake.is_local or not settings.aws_credentials_block:
+            lake.check_writable()
         require_landing(settings.landing_root)
     except (SettingsError, LakeNotWritableError, LandingNotFoundError) as exc:
         fail(str(exc))
@@ -413,8 +415,8 @@ def status(env: EnvOpt = None, lake_root: LakeOpt = None,
     from lakehouse.tasks.ledger import freshness, read_ledger, runs_overview
 
     settings = settings_for(env, lake_root=lake_root)
-    console.print(_lock_line(settings), soft_wrap=True)
     lake = lake_of(settings)
+    console.print(_lock_line(settings), soft_wrap=True)
     rows = read_ledger(lake)
     if not rows:
         fail(f"expected a run ledger at {lake_log(lake, 'ledger').uri!r}, found none: run "

@@ -42,9 +42,18 @@ def parse_date(value: str, option: str) -> date:
 
 
 def lake_of(settings: Any) -> Any:
-    from lakehouse.backends.lake import Lake
+    """The settings' lake; an ``s3://`` root whose bucket does not answer is one clear error (exit 2), unless
+    its credentials come from a prefect-aws block (the daily flow loads it and checks the root then)."""
+    from lakehouse.backends.lake import Lake, LakeNotWritableError
 
-    return Lake(settings.lake_root)
+    lake = Lake(settings.lake_root)
+    if getattr(settings, "aws_credentials_block", None):  # the flow loads those credentials, then checks
+        return lake
+    try:
+        lake.check_reachable()
+    except LakeNotWritableError as exc:
+        fail(str(exc))
+    return lake
 
 
 def run_lock_of(settings: Any) -> Any:

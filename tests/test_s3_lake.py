@@ -100,3 +100,54 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch, tmp_path):
     assert fact["outputs"][0]["namespace"] == "s3://lake-bucket"
     assert fact["outputs"][0]["name"] == "prod/lake/gold/fact_orders"
     cached_settings.cache_clear()  # later tests read settings without the block
+
+
+def _run(args: list[str]):
+    from typer.testing import CliRunner
+
+    from lakehouse.flows.cli import app
+
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.fixture(params=["polars", "spark"])
+def run_options(request, sail_url) -> list[str]:
+    return [] if request.param == "polars" else ["--backend", "spark", "--spark-remote", sail_url]
+
+
+def test_an_s3_root_whose_bucket_does_not_exist_fails_before_any_write(aws, sample_landing, run_options):
+    root = "s3://no-such-bucket/lake"
+    code, out = _run(["run", "--date", "2026-11-01", "--lake-root", root, "--landing", str(sample_landing()),
+                      *run_options])
+    assert code == 2 and "expected the bucket 'no-such-bucket' of the lake root 's3://no-such-bucket/lake'" in out
+    assert "Traceback" not in out
+    code, out = _run(["tables", "--lake-root", root])
+    assert code == 2 and "to exist, it does not" in out
+
+
+def test_an_s3_root_without_credentials_fails_clearly_and_writes_nothing(aws, sample_landing, run_options,
+                                                                         monkeypatch, tmp_path):
+    boto3.client("s3").create_bucket(Bucket="lake-no-creds")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code, out = _run(["run", "--date", "2026-11-01", "--lake-root", "s3://lake-no-creds/lake", "--landing",
+                      str(sample_landing()), *run_options])
+    assert code == 2 and "expected AWS credentials to reach the lake root 's3://lake-no-creds/lake'" in out
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    assert boto3.client("s3").list_objects_v2(Bucket="lake-no-creds").get("KeyCount") == 0
+
+
+def test_an_unreachable_s3_endpoint_fails_clearly(aws, sample_landing, run_options, monkeypatch):
+    from lakehouse.testing.servers import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    code, out = _run(["run", "--date", "2026-11-01", "--lake-root", "s3://lake-bucket/lake", "--landing",
+                      str(sample_landing()), *run_options])
+    assert code == 2 and "expected S3 at http://127.0.0.1:" in out and "check the network" in out
+    code, out = _run(["status", "--lake-root", "s3://lake-bucket/lake"])
+    assert code == 2 and "for the lake root 's3://lake-bucket/lake'" in out
