@@ -376,7 +376,7 @@ def test_a_day_with_damaged_files_runs_names_every_refusal_and_prints_data_inert
     flat = "".join(line.split("│")[-2].strip() for line in shown.output.splitlines() if line.count("│") > 2)
     assert "[/bold] [link=http://evil.example]click[/link]".replace(" ", "") in flat.replace(" ", "")
     assert "\\x1b[2J" in flat and "\x1b" not in shown.output and "\x07" not in shown.output
-    table = runner.invoke(app, ["show", "bronze.crm.accounts", "--limit", "10000", "--lake-root", str(lake)])
+    table = runner.invoke(app, ["show", "bronze.crm.accounts", "--columns", "account_id,account_name", "--limit", "10000", "--lake-root", str(lake)])
     assert table.exit_code == 0 and "Evil\\x1b[2J Corp" in table.output and "\x1b" not in table.output
 
     # bad date formats and type drift are read into bronze as sent, and quarantined by silver's type rules
