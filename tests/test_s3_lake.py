@@ -103,6 +103,8 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch, tmp_path):
 
 
 def _run(args: list[str]):
+    """A CLI command in this process. The tests that call it use the Prefect test harness, so a check that let a
+    run through would report to the harness, not start a server in the user's Prefect home."""
     from typer.testing import CliRunner
 
     from lakehouse.flows.cli import app
@@ -116,7 +118,8 @@ def run_options(request, sail_url) -> list[str]:
     return [] if request.param == "polars" else ["--backend", "spark", "--spark-remote", sail_url]
 
 
-def test_an_s3_root_whose_bucket_does_not_exist_fails_before_any_write(aws, sample_landing, run_options):
+def test_an_s3_root_whose_bucket_does_not_exist_fails_before_any_write(aws, sample_landing, run_options,
+                                                                      prefect_harness):
     root = "s3://no-such-bucket/lake"
     code, out = _run(["run", "--date", "2026-11-01", "--lake-root", root, "--landing", str(sample_landing()),
                       *run_options])
@@ -127,7 +130,7 @@ def test_an_s3_root_whose_bucket_does_not_exist_fails_before_any_write(aws, samp
 
 
 def test_an_s3_root_without_credentials_fails_clearly_and_writes_nothing(aws, sample_landing, run_options,
-                                                                         monkeypatch, tmp_path):
+                                                                         monkeypatch, tmp_path, prefect_harness):
     boto3.client("s3").create_bucket(Bucket="lake-no-creds")
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(key)
@@ -142,7 +145,7 @@ def test_an_s3_root_without_credentials_fails_clearly_and_writes_nothing(aws, sa
     assert boto3.client("s3").list_objects_v2(Bucket="lake-no-creds").get("KeyCount") == 0
 
 
-def test_an_unreachable_s3_endpoint_fails_clearly(aws, sample_landing, run_options, monkeypatch):
+def test_an_unreachable_s3_endpoint_fails_clearly(aws, sample_landing, run_options, monkeypatch, prefect_harness):
     from lakehouse.testing.servers import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
