@@ -165,8 +165,8 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
         fail(f"--allow-missing: {exc}")
     try:
         settings.require_hmac_key()
-        lake = lake_of(settings)
-        if lake.is_local or not settings.aws_credentials_block:
+        lake = lake_of(settings)  # an s3:// root is checked there (once), unless a credentials block reaches it
+        if lake.is_local:
             lake.check_writable()
         require_landing(settings.landing_root)
     except (SettingsError, LakeNotWritableError, LandingNotFoundError) as exc:
@@ -259,8 +259,9 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
     from lakehouse.backends import get_backend
     from lakehouse.backends.releases import Releases
 
-    engine = get_backend(settings.backend, lake_of(settings), settings.spark)
-    release = Releases(lake_of(settings)).current()
+    lake = lake_of(settings)
+    engine = get_backend(settings.backend, lake, settings.spark)
+    release = Releases(lake).current()
     released = release.versions if release else {}
     t = Table(title=f"tables in {settings.lake_root}"
               + (f" (gold: release {release.release_id} of {release.run_date})" if release else " (no gold release)"))
@@ -322,6 +323,7 @@ def show(
         fail(str(exc.args[0]))
         raise
     settings = settings_for(env, lake_root=lake_root)
+    lake_of(settings)  # an s3:// root that does not answer is one clear error
     try:
         found = resolve(name, lake_root=settings.lake_root, env=settings.env, as_of=as_of)
         rows = browse(found.scan(), columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,

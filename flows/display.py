@@ -131,7 +131,7 @@ def browse(frame: Any, *, columns: list[str] | None, where: list[str], order_by:
     for text in where:
         frame = frame.filter(row_filter(text, schema))
     keys = [o.split(":")[0] for o in order_by]
-    rest = [c for c in schema if c not in keys and schema[c].is_nested() is False]
+    rest = [c for c in schema if c not in keys and not schema[c].is_nested()]  # nested types do not sort
     descending = [o.endswith(":desc") for o in order_by] + [False] * len(rest)
     frame = frame.sort([*keys, *rest], descending=descending, nulls_last=True, maintain_order=True)
     frame = frame.head(limit)

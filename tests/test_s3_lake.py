@@ -154,3 +154,5 @@ def test_an_unreachable_s3_endpoint_fails_clearly(aws, sample_landing, run_optio
     assert code == 2 and "expected S3 at http://127.0.0.1:" in out and "check the network" in out
     code, out = _run(["status", "--lake-root", "s3://lake-bucket/lake"])
     assert code == 2 and "for the lake root 's3://lake-bucket/lake'" in out
+    code, out = _run(["show", "gold.fact_orders", "--lake-root", "s3://lake-bucket/lake"])
+    assert code == 2 and "for the lake root 's3://lake-bucket/lake'" in out
