@@ -44,14 +44,28 @@ app = typer.Typer(help="Project A lakehouse: the daily pipeline on Polars + delt
                   no_args_is_help=True, pretty_exceptions_enable=False)
 @app.command()
 def generate(
-    days: Annotated[int, typer.Option(min=1, max=366, help="number of days of data")] = 7,
-    scale: Annotated[float, typer.Option(min=0.001, max=100.0, help="1 ≈ 100k orders, 10k customers")] = 1.0,
-    seed: Annotated[int, typer.Option(help="random seed: same seed, same files")] = 42,
-    start: Annotated[str, typer.Option(help="first day, YYYY-MM-DD")] = "2026-11-01",
+    days: Annotated[int | None, typer.Option(min=1, max=366, help=(
+        "number of days of data [default: 7]; with --append the days to add [default: 1]"))] = None,
+    scale: Annotated[float | None, typer.Option(min=0.001, max=100.0, help=(
+        "1 ≈ 100k orders, 10k customers over the days [default: 1]"))] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed: same seed, same files [default: 42]")] = None,
+    start: Annotated[str | None, typer.Option(help="first day, YYYY-MM-DD [default: 2026-11-01]")] = None,
     out: Annotated[Path, typer.Option(help="landing folder to write")] = Path("./landing"),
+    append: Annotated[bool, typer.Option("--append", help=(
+        "add the day(s) after the last one in --out, continuing its data (ids, late updates, dirt rates); "
+        "earlier days are left as they are"))] = False,
 ) -> None:
     """Write deterministic sample landing files for all five sources (with documented dirt)."""
-    _generate(days=days, scale=scale, seed=seed, start=parse_date(start, "--start"), out=out)
+    if append:
+        given = [name for name, value in (("--scale", scale), ("--seed", seed), ("--start", start)) if value is not None]
+        if given:
+            fail(f"expected no {', '.join(given)} with --append: the new days continue the scale, seed and start "
+                 f"that {out} records; drop {', '.join(given)}")
+        _append(days=1 if days is None else days, out=out)
+        return
+    _generate(days=7 if days is None else days, scale=1.0 if scale is None else scale,
+              seed=42 if seed is None else seed,
+              start=parse_date("2026-11-01" if start is None else start, "--start"), out=out)
 
 
 def _generate(*, days: int, scale: float, seed: int, start: date, out: Path) -> None:
@@ -65,6 +79,27 @@ def _generate(*, days: int, scale: float, seed: int, start: date, out: Path) -> 
 
         result = generate_files(out, days=days, scale=scale, seed=seed, start=start, progress=report)
     console.print(f"wrote {len(result.files)} files for {days} day(s) from {start} into [bold]{out.resolve()}[/]")
+
+
+def _append(*, days: int, out: Path) -> None:
+    from lakehouse.backends.sources.sample import append as append_files
+    from lakehouse.backends.sources.sample import read_span
+
+    try:
+        first = read_span(out).next_day
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    with _progress() as progress:
+        bar = progress.add_task("appending", total=None)
+
+        def report(step: str, done: int, total: int) -> None:
+            progress.update(bar, description=f"appending {step}", completed=done, total=total)
+
+        result = append_files(out, days=days, progress=report)
+    last = first + timedelta(days=days - 1)
+    span, command = ((str(first), f"lakehouse run --date {first}") if days == 1 else
+                     (f"{first} .. {last}", f"lakehouse backfill --from {first} --to {last}"))
+    console.print(f"wrote {len(result.files)} files for {span} into [bold]{out.resolve()}[/]; run it: {command}")
 
 
 @app.command()

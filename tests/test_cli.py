@@ -63,6 +63,26 @@ def test_show_rejects_an_unknown_table_and_lists_known_ones(tmp_path):
     assert "gold.fact_orders" in result.output
 
 
+def test_generate_append_adds_the_next_day_and_says_how_to_run_it(tmp_path):
+    landing = tmp_path / "landing"
+    first = runner.invoke(app, ["generate", "--days", "2", "--scale", "0.01", "--start", "2026-11-05",
+                                "--out", str(landing)])
+    assert first.exit_code == 0, first.output
+    before = {p: p.read_bytes() for p in landing.rglob("*.parquet")}
+    added = runner.invoke(app, ["generate", "--append", "--out", str(landing)])
+    assert added.exit_code == 0, added.output
+    assert "2026-11-07" in added.output and "lakehouse run --date 2026-11-07" in " ".join(added.output.split())
+    assert sorted(p.name for p in (landing / "snowflake" / "orders").iterdir()) == [
+        "2026-11-05", "2026-11-06", "2026-11-07"]
+    assert all(p.read_bytes() == b for p, b in before.items())
+    two = runner.invoke(app, ["generate", "--append", "--days", "2", "--out", str(landing)])
+    assert two.exit_code == 0 and (landing / "snowflake" / "orders" / "2026-11-09").is_dir()
+    clash = runner.invoke(app, ["generate", "--append", "--seed", "3", "--out", str(landing)])
+    assert clash.exit_code == 2 and "expected no --seed with --append" in " ".join(clash.output.split())
+    missing = runner.invoke(app, ["generate", "--append", "--out", str(tmp_path / "elsewhere")])
+    assert missing.exit_code == 2 and "expected a landing folder written by" in " ".join(missing.output.split())
+
+
 def test_generate_tables_and_show_on_a_real_lake(tmp_path):
     """generate writes files; after the stages run, tables and show print the real rows."""
     from datetime import datetime

@@ -272,6 +272,43 @@ def test_a_refused_file_is_ingested_once_fixed_and_its_date_run_again(lake_copy,
     assert "schema.missing_column" in refused_part and "yes" in refused_part, "refused once, ingested since"
 
 
+def test_a_day_appended_to_the_landing_runs_clean_and_loses_no_row(lake_copy, tmp_path):
+    """``generate --append`` delivers tomorrow: its run refuses nothing, every order of its file is in silver or
+    quarantined, the late updates of earlier orders win, and the day is released."""
+    import shutil
+
+    import polars as pl
+
+    from lakehouse.backends import Lake
+    from lakehouse.backends.releases import Releases
+    from lakehouse.backends.sources.sample import append, read_span
+
+    landing = tmp_path / "landing"
+    shutil.copytree(lake_copy["landing"], landing)
+    day = read_span(landing).next_day
+    assert day == DAYS[-1] + timedelta(days=1)
+    report = append(landing)
+    root = lake_copy["root"]
+    summaries = daily_lakehouse(run_date=day, lake_root=str(root), landing_root=str(landing), **lake_copy["engine"])
+    assert [s["table"] for s in summaries if s.get("refused")] == []
+    ingested = {s["table"]: s for s in summaries if s["table"].startswith("bronze.")}
+    assert ingested["bronze.snowflake.orders"]["rows_in"] == report.entities["snowflake.orders"].rows
+    delivered = pl.read_parquet(landing / "snowflake/orders" / day.isoformat() / "orders.parquet")
+    silver = {r["order_id"]: r for r in read_table(root, "silver.orders")}
+    quarantined = {json.loads(r["record"])["order_id"] for r in read_table(root, "quarantine.silver.orders")
+                   if r["run_date"] == day}
+    ids = set(delivered.get_column("order_id"))
+    assert ids <= set(silver) | quarantined and ids - quarantined
+    resent = delivered.filter(pl.col("order_ts").dt.date() < day).unique("order_id")
+    assert resent.height == report.entities["snowflake.orders"].late_updates > 0
+    for order_id, status in resent.select("order_id", "status").iter_rows():
+        if order_id not in quarantined:
+            assert silver[order_id]["status"] == status, order_id
+    fact_days = {r["order_date"] for r in read_table(root, "gold.fact_orders")}
+    assert day in fact_days
+    assert Releases(Lake(str(root))).current().run_date == day
+
+
 def test_the_incidents_artifact_lists_every_rule_in_full(lake):
     """The Markdown artifact names every quarantined rule of the run with its count (the table artifact's
     cells are cut short in the UI)."""

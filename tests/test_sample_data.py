@@ -14,13 +14,18 @@ import pytest
 
 from lakehouse.backends.sources.sample import (
     DIRT_RATES,
+    MANIFEST_NAME,
     RENAMED_COLUMN,
     SAMPLE_CURRENCIES,
     GenerationReport,
+    SampleSpan,
+    append,
     format_id,
     generate,
+    read_span,
 )
 from lakehouse.contracts.landing import (
+    ACCOUNTS,
     BEHAVIOUR,
     CONTACTS,
     CUSTOMERS,
@@ -58,13 +63,16 @@ class Landing:
         return pl.concat(frames)
 
 
-def _read(root: Path, report: GenerationReport) -> Landing:
+def _read(root: Path, report: GenerationReport, days: set[str] | None = None) -> Landing:
+    """The deliveries under ``root`` (only the day folders in ``days`` when given)."""
     tables: dict[str, dict[str, pl.DataFrame]] = {}
     files: dict[str, dict[str, list[Path]]] = {}
     bad: Counter[str] = Counter()
     for e in LANDING_ENTITIES:
         tables[e.name], files[e.name] = {}, {}
         for folder in sorted((root / e.source / e.entity).iterdir()):
+            if days is not None and folder.name not in days:
+                continue
             paths = sorted(folder.iterdir())
             files[e.name][folder.name] = paths
             if e.format == "jsonl":
@@ -111,7 +119,7 @@ def test_same_arguments_give_identical_bytes_and_another_seed_differs(tmp_path):
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         generate(tmp_path / name, days=3, scale=0.01, seed=seed)
     a, b, c = (_snapshot(tmp_path / n) for n in "abc")
-    assert len(a) == 9 * 3 + 3  # one file per entity and day, plus a second kafka batch per day
+    assert len(a) == 9 * 3 + 3 + 1  # one file per entity and day, a second kafka batch per day, the record
     assert a == b
     assert a.keys() == c.keys()
     differing = [k for k in a if a[k] != c[k]]
@@ -329,69 +337,195 @@ def test_every_clean_order_has_a_rate_within_four_days_before(landing):
 
 
 # ------------------------------------------------------------------------------------------ dirt, recounted
-def test_every_configured_dirt_kind_occurs(landing):
-    for name, rates in DIRT_RATES.items():
-        for kind in rates:
-            assert landing.report.entities[name].dirt[kind] >= 1, (name, kind)
-
-
-def test_exact_duplicates_match_the_report(landing):
+def _dirt_in_files(landing: Landing, issued: dict[str, set[str]]) -> dict[str, dict[str, int]]:
+    """Every dirt kind recounted from the files, per entity; ``issued`` holds every customer and product id of
+    the folder (an unknown reference is one outside it)."""
+    found: dict[str, dict[str, int]] = {e.name: {} for e in LANDING_ENTITIES}
     for e in LANDING_ENTITIES:
-        found = sum(f.height - f.unique().height for f in landing.tables[e.name].values())
-        assert found == landing.report.entities[e.name].dirt.get("duplicate", 0), e.name
-
-
-def test_nulls_in_required_columns_match_the_report(landing):
-    for e in LANDING_ENTITIES:
-        required = [c.name for c in e.columns if c.required]
-        found = sum(f.select(pl.col(c).is_null().sum() for c in required if c in f.columns).sum_horizontal().item()
-                    for f in landing.tables[e.name].values() if f.height)
-        assert found == landing.report.entities[e.name].dirt.get("null_required", 0), e.name
-
-
-def test_malformed_emails_match_the_report(landing):
+        frames = [f for f in landing.tables[e.name].values() if f.height]
+        if "duplicate" in DIRT_RATES[e.name]:
+            found[e.name]["duplicate"] = sum(f.height - f.unique().height for f in frames)
+        if "null_required" in DIRT_RATES[e.name]:
+            required = [c.name for c in e.columns if c.required]
+            found[e.name]["null_required"] = sum(
+                f.select(pl.col(c).is_null().sum() for c in required if c in f.columns).sum_horizontal().item()
+                for f in frames)
+        if "malformed_json" in DIRT_RATES[e.name]:
+            found[e.name]["malformed_json"] = landing.bad_lines.get(e.name, 0)
     for e in (CUSTOMERS, CONTACTS):
         emails = landing.all(e).get_column("email").drop_nulls().to_list()
-        bad = [x for x in emails if not EMAIL.match(x.strip())]
-        assert len(bad) == landing.report.entities[e.name].dirt["malformed_email"] > 0
+        found[e.name]["malformed_email"] = sum(not EMAIL.match(x.strip()) for x in emails)
+    for e in (ORDERS, OPPORTUNITIES):
+        found[e.name]["unknown_currency"] = landing.all(e).filter(~pl.col("currency").is_in(SAMPLE_CURRENCIES)).height
+    orders = landing.all(ORDERS)
+    qty, price = orders.get_column("quantity").cast(pl.Int64), orders.get_column("unit_price").cast(pl.Float64)
+    found[ORDERS.name]["amount_out_of_range"] = (((qty < 1) | (qty > 1000)).fill_null(False) | (price < 0)).sum()
+    for col, kind in (("customer_id", "unknown_customer"), ("product_id", "unknown_product")):
+        found[ORDERS.name][kind] = sum(r not in issued[col] for r in orders.get_column(col).drop_nulls().to_list())
+    return found
 
 
-def test_amounts_out_of_range_match_the_report(landing):
+def _issued(landing: Landing) -> dict[str, set[str]]:
+    return {"customer_id": set(landing.all(CUSTOMERS).get_column("customer_id")),
+            "product_id": set(landing.all(PRODUCTS).get_column("product_id"))}
+
+
+def test_every_dirt_kind_recounted_from_the_files_matches_the_report_and_occurs(landing):
+    found = _dirt_in_files(landing, _issued(landing))
+    for e in LANDING_ENTITIES:
+        reported = {k: n for k, n in landing.report.entities[e.name].dirt.items() if k != "renamed_column"}
+        assert found[e.name] == reported, e.name
+        assert all(n >= 1 for n in reported.values()), (e.name, reported)  # every configured kind occurs
+
+
+def test_amounts_out_of_range_are_the_only_quantities_outside_one_to_ten(landing):
     orders = landing.all(ORDERS)
     qty = orders.get_column("quantity").cast(pl.Int64)
-    price = orders.get_column("unit_price").cast(pl.Float64)
-    bad = ((qty < 1) | (qty > 1000)).fill_null(False) | (price < 0)
-    assert bad.sum() == landing.report.entities[ORDERS.name].dirt["amount_out_of_range"] > 0
+    bad = ((qty < 1) | (qty > 1000)).fill_null(False) | (orders.get_column("unit_price").cast(pl.Float64) < 0)
     clean = qty.filter(~bad).drop_nulls()
     assert clean.min() >= 1 and clean.max() <= 10
 
 
-def test_unknown_currencies_match_the_report(landing):
-    for e in (ORDERS, OPPORTUNITIES):
-        unknown = landing.all(e).filter(~pl.col("currency").is_in(SAMPLE_CURRENCIES)).height
-        assert unknown == landing.report.entities[e.name].dirt["unknown_currency"] > 0
-    usd = (landing.all(ORDERS).get_column("currency") == "USD").mean()
-    assert 0.4 < usd < 0.6
-
-
-def test_unknown_customers_and_products_match_the_report(landing):
-    orders = landing.all(ORDERS)
-    for col, entity, kind in (("customer_id", CUSTOMERS, "unknown_customer"),
-                              ("product_id", PRODUCTS, "unknown_product")):
-        known = set(landing.all(entity).get_column(col))
-        refs = orders.get_column(col).drop_nulls().to_list()
-        assert sum(r not in known for r in refs) == landing.report.entities[ORDERS.name].dirt[kind] > 0
-
-
-def test_malformed_json_lines_match_the_report(landing):
-    for e in (FX_RATES, ORDER_EVENTS):
-        assert landing.bad_lines.get(e.name, 0) == landing.report.entities[e.name].dirt["malformed_json"] > 0
+def test_unknown_ids_come_from_a_range_no_id_is_issued_from(landing):
+    orders, issued = landing.all(ORDERS), _issued(landing)
+    for col, width in (("customer_id", 7), ("product_id", 5)):
+        unknown = [r for r in orders.get_column(col).drop_nulls().to_list() if r not in issued[col]]
+        assert unknown and all(int(r.lstrip("CP")) >= 9 * 10 ** width for r in unknown), col
 
 
 def test_rows_in_the_report_are_the_rows_in_the_files(landing):
     for e in LANDING_ENTITIES:
         rows = sum(f.height for f in landing.tables[e.name].values()) + landing.bad_lines.get(e.name, 0)
         assert rows == landing.report.entities[e.name].rows, e.name
+
+
+# ------------------------------------------------------------------------------------------ growing by a day
+PLANNED, ADDED = 2, 3  # Friday and Saturday generated, then Sunday to Tuesday appended
+
+
+@dataclass
+class Grown:
+    root: Path
+    before: dict[str, bytes]  # the folder's files before the append
+    report: GenerationReport  # what the append wrote
+    everything: Landing  # every day, read back
+    added: Landing  # the appended days only
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory) -> Grown:
+    root = tmp_path_factory.mktemp("grown")
+    generate(root, days=PLANNED, scale=0.1, seed=7, start=START)
+    before = _snapshot(root)
+    report = append(root, days=ADDED)
+    return Grown(root, before, report, _read(root, report),
+                 _read(root, report, days=set(_days(PLANNED + ADDED)[PLANNED:])))
+
+
+def _first_seen(landing: Landing, entity: LandingEntity, key: str) -> dict[str, set[str]]:
+    """Per day, the ``key`` values no earlier day's file holds (new records, not re-sends)."""
+    seen: set[str] = set()
+    out = {}
+    for day, frame in sorted(landing.tables[entity.name].items()):
+        ids = set(frame.get_column(key).drop_nulls())
+        out[day], seen = ids - seen, seen | ids
+    return out
+
+
+def _number(value: str) -> int:
+    return int(value.lstrip("ACDEOPT"))
+
+
+def test_append_writes_the_next_days_and_leaves_the_earlier_ones_as_they_were(grown):
+    after = _snapshot(grown.root)
+    new_days = _days(PLANNED + ADDED)[PLANNED:]
+    assert {k: v for k, v in after.items() if k in grown.before and k != MANIFEST_NAME} == {
+        k: v for k, v in grown.before.items() if k != MANIFEST_NAME}
+    added = sorted(k for k in after if k not in grown.before)
+    assert added and all(Path(k).parts[2] in new_days for k in added)
+    assert sorted(str(p.relative_to(grown.root)) for p in grown.report.files) == added
+    assert grown.report.start == START + timedelta(days=PLANNED) and grown.report.days == ADDED
+    assert read_span(grown.root) == SampleSpan(start=START, plan_days=PLANNED, days=PLANNED + ADDED, scale=0.1,
+                                               seed=7)
+    assert read_span(grown.root).next_day == START + timedelta(days=PLANNED + ADDED)
+
+
+def test_appending_day_by_day_gives_the_same_files_as_appending_them_at_once(grown, tmp_path):
+    generate(tmp_path, days=PLANNED, scale=0.1, seed=7, start=START)
+    for _ in range(ADDED):
+        append(tmp_path, days=1)
+    assert _snapshot(tmp_path) == _snapshot(grown.root)
+
+
+def test_appended_days_continue_the_ids_at_the_rate_of_the_last_planned_day(grown):
+    days = _days(PLANNED + ADDED)
+    for entity, key in ((CUSTOMERS, "customer_id"), (ORDERS, "order_id"), (ACCOUNTS, "account_id"),
+                        (CONTACTS, "contact_id"), (OPPORTUNITIES, "opportunity_id")):
+        new = _first_seen(grown.everything, entity, key)
+        last_planned = len(new[days[PLANNED - 1]])
+        for i, day in enumerate(days[PLANNED:], start=PLANNED):
+            numbers = sorted(_number(x) for x in new[day])
+            earlier = max(_number(x) for d in days[:i] for x in new[d])
+            # the next ids, with no gap, as many as the last planned day signed up / placed
+            assert numbers == list(range(earlier + 1, earlier + 1 + last_planned)), (entity.name, day)
+    events = _first_seen(grown.everything, ORDER_EVENTS, "event_id")
+    numbers = sorted(_number(x) for d in days for x in events[d])
+    assert numbers == list(range(1, len(numbers) + 1))  # event ids run on from the planned days, no gap
+
+
+def test_appended_days_bring_the_late_updates_and_events_of_earlier_orders(grown):
+    days = _days(PLANNED + ADDED)
+    placed = {o: d for d, ids in _first_seen(grown.everything, ORDERS, "order_id").items() for o in ids}
+    late = 0
+    for day in days[PLANNED:]:
+        resent = grown.added.tables[ORDERS.name][day].filter(~pl.col("order_ts").str.starts_with(day)).unique()
+        assert resent.get_column("updated_at").str.starts_with(day).all()
+        assert set(resent.get_column("status")) <= {"shipped", "delivered", "cancelled"}
+        assert all(placed[o] < day for o in resent.get_column("order_id"))
+        late += resent.height
+    assert late == grown.report.entities[ORDERS.name].late_updates > 0
+    later_events = grown.added.all(ORDER_EVENTS).filter(pl.col("event_type") != "created")
+    planned_orders = {o for o, d in placed.items() if d in days[:PLANNED]}
+    assert set(later_events.get_column("order_id")) & planned_orders  # events of orders placed before the append
+
+
+def test_appended_days_keep_the_quiet_days_and_no_renamed_column(grown):
+    files = grown.added.files
+    sunday, monday = _days(PLANNED + ADDED)[PLANNED:PLANNED + 2]
+    assert sunday not in files[PRODUCTS.name] and monday in files[PRODUCTS.name]
+    assert sunday not in files[FX_RATES.name] and monday in files[FX_RATES.name]
+    assert grown.report.renamed_column is None
+    for paths in files[BEHAVIOUR.name].values():
+        assert paths[0].read_text().splitlines()[0].split(",") == BEHAVIOUR.column_names
+
+
+def test_appended_dirt_recounted_from_the_files_matches_the_report(grown):
+    found = _dirt_in_files(grown.added, _issued(grown.everything))
+    for e in LANDING_ENTITIES:
+        reported = {k: n for k, n in grown.report.entities[e.name].dirt.items() if k != "renamed_column"}
+        assert found[e.name] == reported, e.name
+    assert sum(n for e in found.values() for n in e.values()) > 0
+    for e in LANDING_ENTITIES:
+        rows = sum(f.height for f in grown.added.tables[e.name].values()) + grown.added.bad_lines.get(e.name, 0)
+        assert rows == grown.report.entities[e.name].rows, e.name
+
+
+def test_append_needs_a_generated_folder_and_a_day_count(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"expected a landing folder written by .*{MANIFEST_NAME}"):
+        append(tmp_path)
+    generate(tmp_path, days=1, scale=0.01)
+    with pytest.raises(ValueError, match="expected days as an integer >= 1"):
+        append(tmp_path, days=0)
+    (tmp_path / MANIFEST_NAME).write_text("{}")
+    with pytest.raises(ValueError, match="expected .* to hold start, plan_days, days, scale and seed"):
+        append(tmp_path)
+
+
+def test_a_day_appended_to_a_one_day_generation_is_a_day_of_sign_ups_not_a_second_initial_load(tmp_path):
+    generate(tmp_path, days=1, scale=0.1, seed=3)
+    report = append(tmp_path)
+    assert report.entities[CUSTOMERS.name].rows < 0.1 * 1_000  # a week's span's later day: ~3% of customers
+    assert report.entities[ORDERS.name].rows >= 10_000  # a day of orders is the day's volume
 
 
 # ------------------------------------------------------------------------------------------ API

@@ -63,6 +63,7 @@ CONTACTS_PER_ACCOUNT = 1.5
 OPPORTUNITIES_PER_ACCOUNT = 0.5
 CONTACTS_SHARING_CUSTOMER_EMAIL = 0.8
 INITIAL_LOAD_SHARE = 0.8  # of customers/CRM records on day 1 when days > 1; the rest sign up day by day
+LATER_DAY_REFERENCE_SPAN = 7  # a day appended to a one-day span gets the sign-ups of a week's span's later days
 ACTIVE_CUSTOMER_SHARE = 0.30  # of known customers with a behaviour row per day
 USD_ORDER_SHARE = 0.5
 ORDER_UPDATE_RATE = 0.30  # orders with an `updated` event (shipped/delivered)
@@ -243,6 +244,26 @@ class GenerationReport:
 
 
 # ---------------------------------------------------------------------------------------------- public API
+#: The file in the landing folder's root that records what ``generate`` and ``append`` wrote there.
+MANIFEST_NAME = "_sample_generation.json"
+
+
+@dataclass(frozen=True)
+class SampleSpan:
+    """What a landing folder holds: ``days`` days from ``start``, the volumes planned over ``plan_days``."""
+
+    start: date
+    plan_days: int
+    days: int
+    scale: float
+    seed: int
+
+    @property
+    def next_day(self) -> date:
+        """The first day ``append`` would write."""
+        return self.start + timedelta(days=self.days)
+
+
 def generate(
     out: Path,
     *,
@@ -256,10 +277,62 @@ def generate(
 
     Deterministic: the same arguments give byte-identical files. ``scale`` 1 is about 100k orders, 10k customers
     and 1k products over the whole span. ``progress(step, done, total)`` is called once per entity and day.
-    Existing files of the same names in the day folders written are replaced.
+    Existing files of the same names in the day folders written are replaced. ``out/_sample_generation.json``
+    records the span, so ``append`` can add the next days.
     """
     gen = _Generator(Path(out), days=days, scale=scale, seed=seed, start=start)
-    return gen.run(progress)
+    report = gen.run(progress)
+    _write_span(Path(out), SampleSpan(start=start, plan_days=days, days=days, scale=gen.scale, seed=seed))
+    return report
+
+
+def append(
+    out: Path, *, days: int = 1, progress: Callable[[str, int, int], None] | None = None,
+) -> GenerationReport:
+    """Add the ``days`` days after the last one ``generate``/``append`` wrote into ``out``, leaving earlier days
+    untouched.
+
+    The new days continue the folder's data: new customers, CRM records and orders get the next ids, orders of
+    earlier days get their late updates and events, and every dirt kind keeps its rate (the renamed column of
+    the generated span is not repeated). Appending twice one day gives the same files as appending two days.
+    The report counts what the new days hold.
+    """
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        msg = f"expected days as an integer >= 1 (the days to add), got {days!r}; pass e.g. days=1"
+        raise ValueError(msg)
+    span = read_span(Path(out))
+    gen = _Generator(Path(out), days=span.days + days, scale=span.scale, seed=span.seed, start=span.start,
+                     plan_days=span.plan_days)
+    report = gen.run(progress, first_day=span.days)
+    _write_span(Path(out), SampleSpan(start=span.start, plan_days=span.plan_days, days=span.days + days,
+                                      scale=span.scale, seed=span.seed))
+    return report
+
+
+def read_span(out: Path) -> SampleSpan:
+    """The span ``generate``/``append`` recorded in ``out``; a clear error when there is none."""
+    path = Path(out) / MANIFEST_NAME
+    if not path.is_file():
+        msg = (f"expected a landing folder written by `lakehouse generate` (it records its days, scale and seed "
+               f"in {MANIFEST_NAME}), found no {path}; generate the first days with `lakehouse generate --out {out}`")
+        raise FileNotFoundError(msg)
+    try:
+        raw = json.loads(path.read_text())
+        return SampleSpan(start=date.fromisoformat(raw["start"]), plan_days=int(raw["plan_days"]),
+                          days=int(raw["days"]), scale=float(raw["scale"]), seed=int(raw["seed"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        msg = (f"expected {path} to hold start, plan_days, days, scale and seed as `lakehouse generate` writes "
+               f"them, could not read it ({exc}); generate the folder again")
+        raise ValueError(msg) from exc
+
+
+def _write_span(out: Path, span: SampleSpan) -> None:
+    """Record the span after its files are written: a generation cut short leaves the previous record."""
+    text = json.dumps({"start": span.start.isoformat(), "plan_days": span.plan_days, "days": span.days,
+                       "scale": span.scale, "seed": span.seed}, sort_keys=True, indent=2) + "\n"
+    tmp = out / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out / MANIFEST_NAME)
 
 
 def format_id(column: str, number: int) -> str:
@@ -399,6 +472,13 @@ def _split(total: int, days: int, first_share: float | None) -> list[int]:
     return [first] + [base + (1 if d < extra else 0) for d in range(days - 1)]
 
 
+def _later_day_count(total: int, plan_days: int, first_share: float | None) -> int:
+    """New records on a day after the planned span: as many as on its last day (a one-day span: as on the last
+    day of a week's span, so an initial load is not repeated)."""
+    span = LATER_DAY_REFERENCE_SPAN if plan_days == 1 and first_share is not None else plan_days
+    return _split(total, span, first_share)[-1]
+
+
 def _repeat_days(counts: list[int]) -> pl.Series:
     return pl.Series("day", [d for d, c in enumerate(counts) for _ in range(c)], dtype=pl.Int64)
 
@@ -422,7 +502,15 @@ def _other(values: Sequence[str], current: str, r: random.Random) -> str:
 
 # ---------------------------------------------------------------------------------------------- generator
 class _Generator:
-    def __init__(self, out: Path, *, days: int, scale: float, seed: int, start: date) -> None:
+    """Plans ``plan_days`` days (the volumes split over them), and can go on day by day up to ``days``.
+
+    Days ``0 .. plan_days - 1`` depend only on ``(plan_days, scale, seed, start)``; each later day is planned on
+    its own (its new customers, CRM records and orders drawn from streams named after the day), so a landing
+    folder grows by a day without any earlier day changing.
+    """
+
+    def __init__(self, out: Path, *, days: int, scale: float, seed: int, start: date,
+                 plan_days: int | None = None) -> None:
         if isinstance(days, bool) or not isinstance(days, int) or days < 1:
             msg = f"expected days as an integer >= 1, got {days!r}; pass e.g. days=7"
             raise ValueError(msg)
@@ -436,22 +524,18 @@ class _Generator:
             msg = f"expected seed as an integer, got {seed!r}"
             raise TypeError(msg)
         self.out, self.days, self.scale, self.seed, self.start = out, days, float(scale), seed, start
+        self.plan_days = days if plan_days is None else plan_days
         self.day0 = (start - date(1970, 1, 1)).days  # epoch day of generation day 0
         self.quota = _Quota()
         self.volumes = {k: max(MIN_VOLUMES[k], round(v * scale)) for k, v in VOLUMES_AT_SCALE_1.items()}
-        self.volumes["orders"] = max(self.volumes["orders"], MIN_ORDERS_PER_DAY * days)
+        self.volumes["orders"] = max(self.volumes["orders"], MIN_ORDERS_PER_DAY * self.plan_days)
         n_accounts = max(4, round(self.volumes["customers"] * ACCOUNTS_PER_CUSTOMER))
         self.volumes |= {
             "accounts": n_accounts,
             "contacts": max(4, round(n_accounts * CONTACTS_PER_ACCOUNT)),
             "opportunities": max(2, round(n_accounts * OPPORTUNITIES_PER_ACCOUNT)),
         }
-        self.report = GenerationReport(
-            out=out, start=start, days=days, scale=self.scale, seed=seed, volumes=dict(self.volumes),
-            entities={e.name: EntityReport(dirt=dict.fromkeys(DIRT_RATES[e.name], 0)) for e in LANDING_ENTITIES},
-            files=[],
-        )
-        self.report.entities[RENAMED_COLUMN[0]].dirt["renamed_column"] = 0
+        self.report = self._new_report(0)
         self.event_seq = 0
         self._plan_fx()
         self._plan_products()
@@ -467,19 +551,26 @@ class _Generator:
         return (self.day0 + day) * _DAY
 
     # ------------------------------------------------------------------------------------------ running
-    def run(self, progress: Callable[[str, int, int], None] | None) -> GenerationReport:
+    def run(self, progress: Callable[[str, int, int], None] | None, first_day: int = 0) -> GenerationReport:
+        """Write days ``first_day .. days - 1``; earlier days are built again (not written) for their state."""
         builders: dict[str, Callable[[int], list[tuple[str, pl.DataFrame | pl.Series]]]] = {
             ACCOUNTS.name: self._accounts_day, CONTACTS.name: self._contacts_day,
             OPPORTUNITIES.name: self._opportunities_day, CUSTOMERS.name: self._customers_day,
             PRODUCTS.name: self._products_day, ORDERS.name: self._orders_day, BEHAVIOUR.name: self._behaviour_day,
             FX_RATES.name: self._fx_day, ORDER_EVENTS.name: self._events_day,
         }
-        total, done = self.days * len(LANDING_ENTITIES), 0
+        total, done = (self.days - first_day) * len(LANDING_ENTITIES), 0
         for d in range(self.days):
+            if d >= self.plan_days:
+                self._plan_day(d)
+            if d == first_day:
+                self.report = self._new_report(d)
             day = self.start + timedelta(days=d)
             for entity in LANDING_ENTITIES:
-                folder = entity.folder(self.out, day)
                 files = builders[entity.name](d)
+                if d < first_day:
+                    continue
+                folder = entity.folder(self.out, day)
                 if files:  # a quiet day of a source delivered when changed: no folder
                     folder.mkdir(parents=True, exist_ok=True)
                 for old in folder.glob(_BATCH_FILE.split("{")[0] + "*.jsonl"):
@@ -490,6 +581,39 @@ class _Generator:
                 if progress is not None:
                     progress(f"{entity.name} {day.isoformat()}", done, total)
         return self.report
+
+    def _new_report(self, first_day: int) -> GenerationReport:
+        report = GenerationReport(
+            out=self.out, start=self.start + timedelta(days=first_day), days=self.days - first_day,
+            scale=self.scale, seed=self.seed, volumes=dict(self.volumes),
+            entities={e.name: EntityReport(dirt=dict.fromkeys(DIRT_RATES[e.name], 0)) for e in LANDING_ENTITIES},
+            files=[],
+        )
+        report.entities[RENAMED_COLUMN[0]].dirt["renamed_column"] = 0
+        return report
+
+    def _plan_day(self, d: int) -> None:
+        """Plan day ``d`` after the planned span: as many new records as the span's last day, drawn on their own."""
+        v = self.volumes
+        c = _later_day_count(v["customers"], self.plan_days, INITIAL_LOAD_SHARE)
+        self.customers = pl.concat([self.customers, self._customer_rows(
+            self.customers.height + 1, _repeat_days([0] * d + [c]), self.rng(f"customers/plan/{d}"))])
+        self.customers_known.append(self.customers_known[-1] + c)
+        r = self.rng(f"crm/plan/{d}")
+        a = _later_day_count(v["accounts"], self.plan_days, INITIAL_LOAD_SHARE)
+        self.accounts_known.append(self.accounts_known[-1] + a)
+        self.accounts = pl.concat([self.accounts, self._account_rows(
+            self.accounts.height + 1, _repeat_days([0] * d + [a]), r)])
+        k = _later_day_count(v["contacts"], self.plan_days, INITIAL_LOAD_SHARE)
+        self.contacts_known.append(self.contacts_known[-1] + k)
+        self.contacts = pl.concat([self.contacts, self._contact_rows(self.contacts.height + 1, [(d, k)], r)])
+        o = _later_day_count(v["opportunities"], self.plan_days, INITIAL_LOAD_SHARE)
+        self.opportunities_known.append(self.opportunities_known[-1] + o)
+        self.opportunities = pl.concat([self.opportunities, self._opportunity_rows(
+            self.opportunities.height + 1, _repeat_days([0] * d + [o]), r)])
+        n = _later_day_count(v["orders"], self.plan_days, None)
+        self.orders = pl.concat([self.orders, self._order_rows(
+            self.orders.height + 1, _repeat_days([0] * d + [n]), self.rng(f"orders/plan/{d}"))])
 
     def _write(self, entity: LandingEntity, path: Path, payload: pl.DataFrame | pl.Series) -> None:
         if isinstance(payload, pl.DataFrame) and entity.format == "parquet" and entity.name in TYPED_PARQUET:
@@ -558,8 +682,9 @@ class _Generator:
         elif kind in ("unknown_customer", "unknown_product"):
             col = kind.replace("unknown_", "") + "_id"
             known = self.volumes[col.replace("_id", "s")]
-            # numbers above the last id ever issued, so they appear in no customers/products file
-            scatter(col, rows, [format_id(col, known + 1 + r.randrange(known + 1000)) for _ in rows])
+            # numbers from a range no id is ever issued from (a 9 before the usual digits), also after appends
+            reserved = 9 * 10 ** ID_FORMATS[col][1]
+            scatter(col, rows, [format_id(col, reserved + r.randrange(known + 1000)) for _ in rows])
         else:  # pragma: no cover - _ROW_KINDS and this switch are kept in step
             msg = f"expected a row dirt kind among {_ROW_KINDS}, got {kind!r}"
             raise ValueError(msg)
@@ -667,16 +792,19 @@ class _Generator:
 
     # ------------------------------------------------------------------------------------------ customers
     def _plan_customers(self) -> None:
-        n, r = self.volumes["customers"], self.rng("customers")
-        per_day = _split(n, self.days, INITIAL_LOAD_SHARE)
+        per_day = _split(self.volumes["customers"], self.plan_days, INITIAL_LOAD_SHARE)
         self.customers_known = list(itertools.accumulate(per_day))  # customers signed up by the end of day d
-        signup_day = _repeat_days(per_day)
+        self.customers = self._customer_rows(1, _repeat_days(per_day), self.rng("customers"))
+
+    def _customer_rows(self, first_no: int, signup_day: pl.Series, r: _Rng) -> pl.DataFrame:
+        """Customers numbered from ``first_no``, signing up on ``signup_day`` (generation days)."""
+        n = signup_day.len()
         country_idx = r.index(len(_COUNTRIES), n, [w for _, w, _ in _COUNTRIES])
         first, last = r.pick(_FIRST_NAMES, n), r.pick(_LAST_NAMES, n)
-        no = pl.int_range(1, n + 1, eager=True)
+        no = pl.int_range(first_no, first_no + n, eager=True)
         # initial load: signed up within the 3 years before start; later: on their own day
         signup_date = signup_day + self.day0 - (signup_day == 0).cast(pl.Int64) * r.ints(1, 3 * 365, n)
-        self.customers = pl.DataFrame({
+        return pl.DataFrame({
             "customer_no": no,
             "first_name": first,
             "last_name": last,
@@ -729,13 +857,21 @@ class _Generator:
     def _plan_crm(self) -> None:
         r = self.rng("crm")
         v = self.volumes
-        # accounts
-        a_per_day = _split(v["accounts"], self.days, INITIAL_LOAD_SHARE)
+        a_per_day = _split(v["accounts"], self.plan_days, INITIAL_LOAD_SHARE)
         self.accounts_known = list(itertools.accumulate(a_per_day))
-        na = v["accounts"]
-        a_day = _repeat_days(a_per_day)
-        self.accounts = pl.DataFrame({
-            "account_no": pl.int_range(1, na + 1, eager=True),
+        self.accounts = self._account_rows(1, _repeat_days(a_per_day), r)
+        c_per_day = _split(v["contacts"], self.plan_days, INITIAL_LOAD_SHARE)
+        self.contacts_known = list(itertools.accumulate(c_per_day))
+        self.contacts = self._contact_rows(1, list(enumerate(c_per_day)), r)
+        o_per_day = _split(v["opportunities"], self.plan_days, INITIAL_LOAD_SHARE)
+        self.opportunities_known = list(itertools.accumulate(o_per_day))
+        self.opportunities = self._opportunity_rows(1, _repeat_days(o_per_day), r)
+
+    def _account_rows(self, first_no: int, a_day: pl.Series, r: _Rng) -> pl.DataFrame:
+        """Accounts numbered from ``first_no``, created on ``a_day``."""
+        na = a_day.len()
+        return pl.DataFrame({
+            "account_no": pl.int_range(first_no, first_no + na, eager=True),
             "a": r.pick(_COMPANY_A, na), "b": r.pick(_COMPANY_B, na), "kind": r.pick(_COMPANY_KIND, na),
             "legal": r.pick(_LEGAL_FORMS, na),
             "industry": r.pick(_INDUSTRIES, na),
@@ -751,11 +887,11 @@ class _Generator:
                                  ).str.to_lowercase(),
         ).with_columns(domain=pl.when(pl.col("has_domain")).then(pl.col("domain")))
 
-        # contacts: most share a customer's e-mail (case or surrounding spaces may differ)
-        c_per_day = _split(v["contacts"], self.days, INITIAL_LOAD_SHARE)
-        self.contacts_known = list(itertools.accumulate(c_per_day))
+    def _contact_rows(self, first_no: int, per_day: list[tuple[int, int]], r: _Rng) -> pl.DataFrame:
+        """``count`` contacts per ``(day, count)``, numbered from ``first_no``; most share a customer's e-mail
+        (case or surrounding spaces may differ)."""
         parts = []
-        for d, count in enumerate(c_per_day):
+        for d, count in per_day:
             lo = 0 if d == 0 else self.customers_known[d - 1]
             pool = self.customers_known[d] - lo  # customers who signed up that day
             matched = min(pool, round(count * CONTACTS_SHARING_CUSTOMER_EMAIL))
@@ -773,8 +909,8 @@ class _Generator:
         same_person = cust_idx >= 0
         variant = r.uniform(nc)
         own_first, own_last = r.pick(_FIRST_NAMES, nc), r.pick(_LAST_NAMES, nc)
-        self.contacts = pl.DataFrame({
-            "contact_no": pl.int_range(1, nc + 1, eager=True),
+        return pl.DataFrame({
+            "contact_no": pl.int_range(first_no, first_no + nc, eager=True),
             "created_day": contacts.get_column("created_day"),
             "has_account": r.uniform(nc) >= 0.03,
             "account_idx": account_idx,
@@ -811,17 +947,15 @@ class _Generator:
             ),
         )
 
-        # opportunities
-        o_per_day = _split(v["opportunities"], self.days, INITIAL_LOAD_SHARE)
-        self.opportunities_known = list(itertools.accumulate(o_per_day))
-        no = v["opportunities"]
-        o_day = _repeat_days(o_per_day)
+    def _opportunity_rows(self, first_no: int, o_day: pl.Series, r: _Rng) -> pl.DataFrame:
+        """Opportunities numbered from ``first_no``, created on ``o_day``."""
+        no = o_day.len()
         known_accounts = pl.Series(self.accounts_known, dtype=pl.Int64).gather(o_day)
         o_account = (r.uniform(no) * known_accounts).floor().cast(pl.Int64)
         stage = r.pick(DEAL_STAGES, no, _STAGE_WEIGHTS)
         created = self._created_stamp(o_day, r)
-        self.opportunities = pl.DataFrame({
-            "opportunity_no": pl.int_range(1, no + 1, eager=True),
+        return pl.DataFrame({
+            "opportunity_no": pl.int_range(first_no, first_no + no, eager=True),
             "created_day": o_day,
             "account_no": o_account + 1,
             "account_name": self.accounts.get_column("account_name").gather(o_account),
@@ -922,9 +1056,13 @@ class _Generator:
 
     # ------------------------------------------------------------------------------------------ orders
     def _plan_orders(self) -> None:
-        """Every order of the span and its life: extract status on its day, and a later event if any."""
-        n, r = self.volumes["orders"], self.rng("orders")
-        day = _repeat_days(_split(n, self.days, None))
+        """Every order of the planned days and its life: extract status on its day, and a later event if any."""
+        day = _repeat_days(_split(self.volumes["orders"], self.plan_days, None))
+        self.orders = self._order_rows(1, day, self.rng("orders"))
+
+    def _order_rows(self, first_no: int, day: pl.Series, r: _Rng) -> pl.DataFrame:
+        """Orders numbered from ``first_no`` (in time order), placed on ``day``."""
+        n = day.len()
         plan = pl.DataFrame({"day": day, "sec": r.ints(0, _DAY - 60, n)}).sort("day", "sec")
         day = plan.get_column("day")
         known = pl.Series(self.customers_known, dtype=pl.Int64).gather(day)
@@ -940,7 +1078,7 @@ class _Generator:
             _life=r.uniform(n), _ship=r.uniform(n), _same=r.uniform(n), _delay=r.ints(1, 4, n),
             _later_sec=r.ints(0, _DAY, n), _same_sec=r.uniform(n),
         ).with_columns(
-            order_no=pl.int_range(1, n + 1, dtype=pl.Int64),
+            order_no=pl.int_range(first_no, first_no + n, dtype=pl.Int64),
             customer_no=customer_idx + 1,
             product_no=product_idx + 1,
             quantity=(1 + (r.uniform(n) ** 2.2 * 10).floor()).cast(pl.Int64),
@@ -969,7 +1107,7 @@ class _Generator:
             updated_at=pl.when(pl.col("event_type").is_not_null() & pl.col("event_same_day"))
             .then("event_ts").otherwise("order_ts"),
         )
-        self.orders = plan.drop("sec", "_life", "_ship", "_same", "_delay", "_later_sec", "_same_sec")
+        return plan.drop("sec", "_life", "_ship", "_same", "_delay", "_later_sec", "_same_sec")
 
     def _orders_day(self, d: int) -> list[tuple[str, pl.DataFrame | pl.Series]]:
         r = self.rng(f"orders/{d}")
@@ -1054,7 +1192,7 @@ class _Generator:
         })
         frame = self._dirty(BEHAVIOUR, frame, r)
         name = _FILE_NAMES[BEHAVIOUR.name]
-        if self.days >= 2 and d == self.days - 1:  # the one schema drift of the generation
+        if self.plan_days >= 2 and d == self.plan_days - 1:  # the one schema drift of the planned days
             entity, column, renamed_to = RENAMED_COLUMN
             frame = frame.rename({column: renamed_to})
             path = self.out / BEHAVIOUR.source / BEHAVIOUR.entity / day / name
