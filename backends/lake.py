@@ -261,6 +261,18 @@ class Lake:
         dt = self.delta_table(spec)
         return None if dt is None else dt.version()
 
+    def row_count(self, spec: TableSpec, version: int | None = None) -> int | None:
+        """Rows of table ``spec`` at ``version`` (the latest when None) from the row counts the Delta log keeps
+        for each data file, without reading data; None when the table does not exist or a file has no count."""
+        dt = self.delta_table(spec) if version is None else self.delta_table_at(spec, version)
+        if dt is None:
+            return None
+        adds = dt.get_add_actions(flatten=False)  # an Arrow table of delta-rs's own (pa.table would import pandas)
+        if "num_records" not in adds.column_names:
+            return None
+        counts = adds.column("num_records").to_pylist()
+        return None if None in counts else sum(counts)
+
     def written_version(self, spec: TableSpec) -> int:
         """The version of a table that was just written (an error if it does not exist)."""
         version = self.version(spec)

@@ -291,23 +291,31 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
     from lakehouse.contracts.catalog import TABLES
 
     settings = settings_for(env, lake_root=lake_root)
-    from lakehouse.backends import get_backend
     from lakehouse.backends.releases import Releases
 
     lake = lake_of(settings)
-    engine = get_backend(settings.backend, lake, settings.spark)
+    engines: list[Any] = []
+
+    def rows(spec: Any, version: int | None) -> str:
+        """From the Delta log's file statistics; a table without them is counted by the engine."""
+        n = lake.row_count(spec, version)
+        if n is None:
+            if not engines:
+                from lakehouse.backends import get_backend
+
+                engines.append(get_backend(settings.backend, lake, settings.spark))
+            n = engines[0].count(engines[0].scan(spec, version=version))
+        return f"{n:,}"
+
     release = Releases(lake).current()
     released = release.versions if release else {}
-    t = Table(title=f"tables in {settings.lake_root}"
-              + (f" (gold: release {release.release_id} of {release.run_date})" if release else " (no gold release)"))
-    for col in ("layer", "table", "rows", "version", "released", "last write"):
-        t.add_column(col, justify="right" if col in ("rows", "version", "released") else "left", no_wrap=True)
+    lines: list[tuple[str, ...]] = []
     for spec in TABLES.values():
-        version = engine.version(spec)
+        version = lake.version(spec)
         if version is None:
-            t.add_row(spec.layer, spec.name, "-", "-", "-", "never written")
+            lines.append((spec.layer, spec.name, "-", "-", "-", "never written"))
             continue
-        last = engine.history(spec, limit=1)
+        last = lake.history(spec, limit=1)
         when = ""
         if last:
             ts = last[0].get("timestamp")
@@ -315,10 +323,19 @@ def tables(env: EnvOpt = None, lake_root: LakeOpt = None) -> None:
             when = f"{when} {last[0].get('operation', '')}".strip()
         if spec.layer == "gold":  # rows as readers see them: at the released version
             rel = released.get(spec.name)
-            rows = f"{engine.count(engine.scan(spec, version=rel)):,}" if rel is not None else "-"
-            t.add_row(spec.layer, spec.name, rows, str(version), "-" if rel is None else str(rel), when)
+            lines.append((spec.layer, spec.name, rows(spec, rel) if rel is not None else "-", str(version),
+                          "-" if rel is None else str(rel), when))
         else:
-            t.add_row(spec.layer, spec.name, f"{engine.count(engine.scan(spec)):,}", str(version), "", when)
+            lines.append((spec.layer, spec.name, rows(spec, None), str(version), "", when))
+    t = Table(title=f"tables in {settings.lake_root}"
+              + (f" (gold: release {release.release_id} of {release.run_date})" if release else " (no gold release)"))
+    for i, col in enumerate(("layer", "table", "rows", "version", "released", "last write")):
+        numeric = col in ("rows", "version", "released")
+        # figures are never cut: a narrow terminal shortens the names and the last write instead
+        t.add_column(col, justify="right" if numeric else "left", no_wrap=numeric, overflow="ellipsis",
+                     min_width=max(len(col), *(len(line[i]) for line in lines)) if numeric else None)
+    for line in lines:
+        t.add_row(*line)
     console.print(t)
 
 
