@@ -1,7 +1,12 @@
-"""Benchmark: one day at scale N on each engine side by side; wall time per stage and table as a ratio to the
-laptop engine, and each engine's peak RSS.
+"""Benchmark: one day at scale N on each engine side by side; wall time per stage and table (the median of
+``--passes`` runs) as a ratio to the laptop engine and to the physical guide, and each engine's peak RSS.
 
-    .venv/bin/python bench/daily_stages.py --scale 10 [--days 1] [--engines polars,sail,jvm]
+    .venv/bin/python bench/daily_stages.py --scale 10 [--days 1] [--engines polars,sail,jvm] [--passes 3]
+
+The physical guide is what one pass over the day's data costs on this machine's cores at the rates of
+``GUIDE``: bronze decodes the day's landing bytes, silver and gold scan their input rows once. A ratio of 3 to
+the guide means the stage costs three such passes. The last run's table is also written to
+``bench/out/daily_stages-latest.md`` (with the command that made it), which the README's figures come from.
 
 Generates (once, cached under bench/out/) the landing files, then runs the daily flow's task bodies for each
 engine in its own process against a fresh lake, without the Prefect API (so orchestration overhead is not
@@ -14,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -31,6 +38,8 @@ ENGINES = {
     "jvm": {"backend": "spark", "spark_master": "local[2]"},
 }
 STAGES = ("bronze", "silver", "gold")
+#: The physical guide of issue 27: Parquet decode per core (bytes/s) and scan-aggregate per core (rows/s).
+GUIDE = {"decode_bytes_per_s": 225e6, "scan_rows_per_s": 6.5e6}
 
 
 def timed_contract_checks() -> dict[str, float]:
@@ -75,8 +84,9 @@ def run_engine(engine: str, landing: Path, lake: Path, days: int, start: date) -
             t = time.perf_counter()
             summary = run()  # a task's summary dict; None or a count for the gates and the ledger
             if i == days - 1:
-                rows = summary.get("rows_written", 0) if isinstance(summary, dict) else 0
-                timings.append((stage, name, time.perf_counter() - t, rows))
+                got = summary if isinstance(summary, dict) else {}
+                timings.append((stage, name, time.perf_counter() - t, got.get("rows_written", 0) or 0,
+                                got.get("rows_in", 0) or 0))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"engine": engine, "timings": timings, "peak_mib": peak_mib, "contract_silver_s": spent["silver"]}
 
@@ -92,10 +102,39 @@ def child(engine: str, landing: Path, lake: Path, days: int, start: date, out: P
     stop_sessions()
 
 
-def report(results: list[dict], day: date, scale: float) -> None:
+def merged(passes: list[dict]) -> dict:
+    """One engine's passes as one result: the median time of every step, the largest peak RSS."""
+    ran = [p for p in passes if "timings" in p]
+    if not ran:
+        return passes[-1]
+    steps = [(st, n, rows, rows_in) for st, n, _, rows, rows_in in ran[0]["timings"]]
+    secs = [[t[2] for t in p["timings"]] for p in ran]
+    return {"engine": ran[0]["engine"], "passes": len(ran),
+            "timings": [(st, n, statistics.median(s[i] for s in secs), rows, rows_in)
+                        for i, (st, n, rows, rows_in) in enumerate(steps)],
+            "peak_mib": max(p["peak_mib"] for p in ran),
+            "contract_silver_s": statistics.median(p["contract_silver_s"] for p in ran)}
+
+
+def guide_seconds(base: dict, landing_bytes: int, cores: int) -> dict[str, float]:
+    """One pass over each stage's input at the guide's rates on ``cores`` cores: bronze decodes the day's landing
+    bytes, silver scans the bronze rows it reads, gold the silver rows the day wrote."""
+    by_stage = {st: [t for t in base["timings"] if t[0] == st] for st in STAGES}
+    silver_in = sum(t[4] for t in by_stage["silver"])
+    gold_in = sum(t[3] for t in by_stage["silver"])
+    rate = GUIDE["scan_rows_per_s"] * cores
+    guide = {"bronze": landing_bytes / (GUIDE["decode_bytes_per_s"] * cores), "silver": silver_in / rate,
+             "gold": gold_in / rate}
+    guide["all"] = sum(guide.values())
+    return guide
+
+
+def report(results: list[dict], day: date, scale: float, landing_bytes: int, command: str) -> str:
+    """Print the side-by-side table and return it as Markdown (with the command that made it)."""
     ran = [r for r in results if "timings" in r]
     base = next((r for r in ran if r["engine"] == "polars"), ran[0] if ran else None)
-    print(f"\nday {day} at scale {scale:g}: seconds per stage and table"
+    passes = max((r.get("passes", 1) for r in ran), default=1)
+    print(f"\nday {day} at scale {scale:g}: seconds per stage and table (median of {passes} pass(es))"
           + (f", and each engine's time as a ratio to {base['engine']}" if base else ""))
     head = f"{'stage':7} {'table':34} {'rows':>10}" + "".join(
         f" {r['engine']:>9}" + (f" {'x':>6}" if r is not base else "") for r in ran)
@@ -104,8 +143,8 @@ def report(results: list[dict], day: date, scale: float) -> None:
         if "error" in r:
             print(f"{r['engine']}: could not run: {r['error']}")
     if not base:
-        return
-    secs = {r["engine"]: {(st, n): s for st, n, s, _ in r["timings"]} for r in ran}
+        return ""
+    secs = {r["engine"]: {(st, n): s for st, n, s, *_ in r["timings"]} for r in ran}
 
     def row(stage: str, label: str, rows: str, pick) -> str:
         line = f"{stage:7} {label:34} {rows:>10}"
@@ -115,11 +154,15 @@ def report(results: list[dict], day: date, scale: float) -> None:
             line += f" {v:9.2f}" + (f" {v / b:6.1f}" if r is not base else "")
         return line
 
-    for st, name, _, rows in base["timings"]:
+    for st, name, _, rows, _ in base["timings"]:
         print(row(st, name, f"{rows:,}", lambda d, k=(st, name): d[k]))
+
+    def stage_total(stage: str):
+        return lambda d: sum(v for (st, _), v in d.items() if st == stage or stage == "all")
+
     for stage in STAGES:
-        print(row(stage, "(stage total)", "", lambda d, s=stage: sum(v for (st, _), v in d.items() if st == s)))
-    print(row("all", "(data work)", "", lambda d: sum(d.values())))
+        print(row(stage, "(stage total)", "", stage_total(stage)))
+    print(row("all", "(data work)", "", stage_total("all")))
     print("peak RSS (MiB): " + ", ".join(f"{r['engine']} {r['peak_mib']:,.0f}" for r in ran))
     for r in ran:
         stage = sum(v for (st, _), v in secs[r["engine"]].items() if st == "silver")
@@ -127,6 +170,27 @@ def report(results: list[dict], day: date, scale: float) -> None:
         checks = r["contract_silver_s"] + gate
         print(f"contract checks in silver on {r['engine']}: {r['contract_silver_s']:.2f} s validating written rows "
               f"+ {gate:.2f} s gate = {checks:.2f} s, {checks / stage:.1%} of the silver stage's {stage:.2f} s")
+    cores = os.cpu_count() or 1
+    guide = guide_seconds(base, landing_bytes, cores)
+    print(f"physical guide on {cores} core(s) (one pass: {GUIDE['decode_bytes_per_s'] / 1e6:.0f} MB/s decode, "
+          f"{GUIDE['scan_rows_per_s'] / 1e6:.1f}M rows/s scan, per core): "
+          + ", ".join(f"{st} {g:.2f} s" for st, g in guide.items()))
+    others = [r for r in ran if r is not base]
+    heads = (["stage"] + [r["engine"] for r in ran] + [f"{r['engine']} / {base['engine']}" for r in others]
+             + ["guide"] + [f"{r['engine']} / guide" for r in ran])
+    md = [f"`{command}`: day {day}, scale {scale:g}, median of {passes} pass(es), {cores} core(s)", "",
+          "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for stage in (*STAGES, "all"):
+        t = {r["engine"]: stage_total(stage)(secs[r["engine"]]) for r in ran}
+        cells = ([stage] + [f"{t[r['engine']]:.1f} s" for r in ran]
+                 + [f"{t[r['engine']] / t[base['engine']]:.1f}x" for r in others]
+                 + [f"{guide[stage]:.2f} s"] + [f"{t[r['engine']] / guide[stage]:.1f}x" for r in ran])
+        md.append("| " + " | ".join(cells) + " |")
+    md.append("| peak RSS | " + " | ".join(f"{r['peak_mib'] / 1024:.1f} GiB" for r in ran) + " |"
+              + " |" * (len(heads) - 1 - len(ran)))
+    text = "\n".join(md) + "\n"
+    print("\n" + text)
+    return text
 
 
 def main() -> None:
@@ -135,6 +199,7 @@ def main() -> None:
     p.add_argument("--days", type=int, default=1, help="days generated; the last one is measured")
     p.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 1))
     p.add_argument("--engines", default="polars", help=f"comma-separated, among {list(ENGINES)}")
+    p.add_argument("--passes", type=int, default=1, help="runs per engine (each in its own process); medians")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -157,17 +222,25 @@ def main() -> None:
     # Read every landing file once so no engine pays for a cold page cache that the next one finds warm.
     warmed = sum(len(f.read_bytes()) for f in landing.rglob("*") if f.is_file())
     print(f"landing: {warmed / 2**20:,.0f} MiB read once to warm the page cache")
-    results = []
-    for engine in engines:
-        result_file = out / f"result-{engine}.json"
-        result_file.unlink(missing_ok=True)
-        print(f"running {engine} ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--scale", str(args.scale), "--days", str(args.days),
-                               "--start", args.start.isoformat(), "--child", engine, "--out", str(result_file)],
-                              check=False)
-        results.append(json.loads(result_file.read_text()) if result_file.exists()
-                       else {"engine": engine, "error": f"benchmark process exited with {proc.returncode}"})
-    report(results, args.start + timedelta(days=args.days - 1), args.scale)
+    if args.passes < 1:
+        p.error(f"expected --passes as an integer >= 1, got {args.passes}")
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
+    for n in range(args.passes):  # engines alternate, so a machine slowing down weighs on each alike
+        for engine in engines:
+            result_file = out / f"result-{engine}.json"
+            result_file.unlink(missing_ok=True)
+            print(f"running {engine} (pass {n + 1} of {args.passes}) ...", flush=True)
+            proc = subprocess.run([sys.executable, __file__, "--scale", str(args.scale), "--days", str(args.days),
+                                   "--start", args.start.isoformat(), "--child", engine, "--out", str(result_file)],
+                                  check=False)
+            runs[engine].append(json.loads(result_file.read_text()) if result_file.exists()
+                                else {"engine": engine, "error": f"benchmark process exited with {proc.returncode}"})
+    day = args.start + timedelta(days=args.days - 1)
+    day_bytes = sum(f.stat().st_size for f in landing.glob(f"*/*/{day.isoformat()}/*") if f.is_file())
+    command = " ".join(["python bench/daily_stages.py", *sys.argv[1:]])
+    text = report([merged(r) for r in runs.values()], day, args.scale, day_bytes, command)
+    if text:
+        (ROOT / "bench" / "out" / "daily_stages-latest.md").write_text(text)
 
 
 if __name__ == "__main__":
