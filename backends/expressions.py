@@ -1,5 +1,5 @@
 """Column functions Narwhals has no portable (or no fast) form for, on whichever engine a frame belongs to:
-SHA-256 and keyed HMAC-SHA256, and ISO 8601 timestamp parsing. Each engine's form is in its own package
+SHA-256 and keyed HMAC-SHA256, ISO 8601 timestamp parsing, and JSON objects of text columns. Each engine's form is in its own package
 (``backends/polars/expressions.py``, ``backends/spark/expressions.py``, imported only for a frame of that
 engine); both give the same lowercase hex digests and the same instants, so a hash written by one engine
 matches the other's. Portable expressions (``ratio``, ``first_match``, ``row_text``) are in
@@ -39,6 +39,14 @@ def with_hmac(frame: nw.LazyFrame, column: str, key: bytes, out: str) -> nw.Lazy
     """Add ``out``: HMAC-SHA256 hex of text column ``column`` under ``key`` (null stays null)."""
     staged = frame.with_columns(nw.col(column).cast(nw.String).alias(out))
     return nw.from_native(_engine_of(frame).hex_digest(staged.to_native(), out, key=key))
+
+
+def with_json_object(frame: nw.LazyFrame, fields: dict[str, str], out: str) -> nw.LazyFrame:
+    """Add ``out``: a JSON object of text columns (``{key: column}``, in that order) as Python's
+    ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` writes it (nulls as ``null``), built by the
+    engine, so rows never travel to the driver to be encoded. Narwhals has no JSON encoder, and a portable one
+    (a replace per control character) nests deeper than Spark Connect's plan limit."""
+    return nw.from_native(_engine_of(frame).json_object(frame.to_native(), fields, out))
 
 
 def with_timestamps(frame: nw.LazyFrame, columns: dict[str, str], pattern: str) -> nw.LazyFrame:

@@ -171,6 +171,21 @@ class Lake:
         pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sorted(o["Key"][len(root_key):].lstrip("/") for page in pages for o in page.get("Contents", []))
 
+    def remove_folder(self, relative: str) -> None:
+        """Delete folder ``relative`` under the root and everything in it (nothing if it is not there)."""
+        if self.is_local:
+            import shutil
+
+            shutil.rmtree(self.local_root / relative, ignore_errors=True)
+            return
+        bucket, key = self.s3_key(relative)
+        client = self.s3()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/")
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
+                                                         "Quiet": True})
+
     def read_bytes(self, relative: str) -> bytes:
         if self.is_local:
             return (self.local_root / relative).read_bytes()

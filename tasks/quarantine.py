@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import narwhals as nw
 import pyarrow as pa
 
@@ -17,14 +15,19 @@ class AccountingError(RuntimeError):
     """A stage lost or invented rows: input rows != accepted + quarantined."""
 
 
-def write_quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunContext, *, replace: bool = False
-                ) -> tuple[int, dict[str, int]]:
+def write_quarantine(engine: Engine, spec: TableSpec, data: pa.Table | nw.LazyFrame, ctx: RunContext, *,
+                     replace: bool = False) -> tuple[int, dict[str, int]]:
     """Write rejected rows (rule, reason, record, record_hash, source_file) to ``spec``'s quarantine table; with
-    ``replace``, they replace the run date's partition (no rows: it is emptied)."""
-    if data.num_rows == 0 and not (replace and engine.exists(quarantine_for(spec))):
-        return 0, {}
+    ``replace``, they replace the run date's partition (no rows: it is emptied). ``data`` may be a frame of the
+    engine: its rows are written by the engine and only their count per rule comes back to the driver."""
+    frame = engine.from_arrow(data) if isinstance(data, pa.Table) else data  # a frame: materialised by the caller
+    counts = engine.to_arrow(frame.group_by("rule").agg(nw.len().alias("n")))  # a row per rule, not per record
+    rules = dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
+    rows = sum(rules.values())
     qspec = quarantine_for(spec)
-    stamped = engine.from_arrow(data).with_columns(
+    if rows == 0 and not (replace and engine.exists(qspec)):
+        return 0, {}
+    stamped = frame.with_columns(
         nw.col("record_hash").cum_count().over("record_hash", "rule", "source_file", order_by="record_hash"
                                                ).alias("occurrence"),
         nw.lit(ctx.run_id).alias("run_id"),
@@ -34,7 +37,7 @@ def write_quarantine(engine: Engine, spec: TableSpec, data: pa.Table, ctx: RunCo
         engine.overwrite_partitions(qspec, stamped, partitions={"run_date": [ctx.run_date]})
     else:
         engine.merge(qspec, stamped, insert_only=True)
-    return data.num_rows, dict(Counter(data.column("rule").to_pylist()))
+    return rows, rules
 
 
 def quarantined_on_run_date(ctx: RunContext, engine: Engine, spec: TableSpec, *,

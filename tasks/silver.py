@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import narwhals as nw
-import pyarrow as pa
 
 from lakehouse.backends import Engine
 from lakehouse.backends.lake import Lake
@@ -121,14 +120,14 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
                             checkpoint=engine.materialize)
     valid = engine.materialize(result.valid)
     rows_in, accepted = engine.count(batch), engine.count(valid)
-    rejected = result.quarantine_records(engine.to_arrow(result.quarantined))
+    rejected = engine.materialize(result.quarantine_records())  # built and written by the engine, never collected
     quarantined, rules = write_quarantine(engine, spec, rejected, ctx, replace=replace_quarantine)
     if rows_in != accepted + quarantined:
         msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
         raise AccountingError(msg)
     hashes = engine.to_arrow(valid.select("_record_hash")).column(0).to_pylist() if accepted_hashes else []
     if withdraw_before is not None and quarantined:
-        withdraw(engine, spec, valid, rejected.column("record_hash"), withdraw_before)
+        withdraw(engine, spec, valid, rejected.select("record_hash"), withdraw_before)
     versions: dict[str, Any] = {}
     if spec.history:  # every version first (merged by version key), then the latest per key
         history = table(spec.history)
@@ -140,14 +139,14 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
             "files_scanned": written.files_scanned, "files_skipped": written.files_skipped, **versions}
 
 
-def withdraw(engine: Engine, spec: TableSpec, valid: nw.LazyFrame, rejected: pa.ChunkedArray, before: int) -> None:
+def withdraw(engine: Engine, spec: TableSpec, valid: nw.LazyFrame, rejected: nw.LazyFrame, before: int) -> None:
     """A batch conformed again rejects rows it accepted before (a stricter rule): take them out of silver as
     one clean run would never have put them in. A key whose row came from those records gets the version it had
     before the batch was first conformed (table version ``before``; -1: none) or the batch's own accepted one,
     whichever is later, and none when neither exists; the history table (``spec.history``) drops those
     versions. Records the batch also accepts (a copy quarantined as a duplicate) are not withdrawn."""
-    gone = pa.table({"_record_hash": pa.array(rejected.to_pylist(), pa.string()).unique()})
-    gone_rows = engine.from_arrow(gone).join(valid.select("_record_hash"), on="_record_hash", how="anti")
+    gone = rejected.select(nw.col("record_hash").alias("_record_hash")).unique()
+    gone_rows = gone.join(valid.select("_record_hash"), on="_record_hash", how="anti")
     targets = [(spec, before)] + ([(table(spec.history), -1)] if spec.history else [])
     for target, earlier_version in targets:
         withdrawn = engine.materialize(engine.scan(target).join(gone_rows, on="_record_hash", how="semi"))

@@ -159,3 +159,55 @@ def test_a_replay_rebuilds_the_order_dates_its_accepted_rows_change(pristine_lak
                          and (since is None or o["order_ts"] >= since)}
         assert replayed_order_dates(ctx, "silver.customers", [v["_record_hash"] for v in picked]) == sorted(expected)
     assert replayed_order_dates(ctx, "silver.products", [orders[0]["_record_hash"]]) == []
+
+
+def test_silver_quarantine_is_built_and_written_by_the_engine_never_collected(lakehouse_engine, request, tmp_path):
+    """Thousands of rows quarantined in one batch: their JSON records are built and written by the engine, and
+    nothing the engine hands the driver (``to_arrow``) holds more than a row per rule."""
+    from datetime import UTC, date, datetime
+
+    import polars as pl
+
+    from lakehouse.backends.expressions import with_record_hash
+    from lakehouse.contracts.landing import CUSTOMERS
+    from lakehouse.tasks.context import RunContext
+    from lakehouse.tasks.silver import conform_into_silver
+    from lakehouse.testing import frame
+
+    bad, good = 3_000, 25
+    values = {c: [f"{c}-{i}" for i in range(bad + good)] for c in CUSTOMERS.column_names}
+    values["customer_id"] = [f"C{i:07d}" for i in range(bad + good)]
+    values["email"] = [f'no"at{i}\\sign\n' if i < bad else f"p{i}@example.com" for i in range(bad + good)]
+    values["country"] = ["DE"] * (bad + good)
+    values["phone"] = [None] * (bad + good)
+    values["signup_date"] = ["2026-10-01"] * (bad + good)
+    values["updated_at"] = ["2026-11-01T10:00:00Z"] * (bad + good)
+    n = bad + good
+    data = values | {"_run_id": ["r"] * n, "_ingested_at": [datetime(2026, 11, 1, 12, tzinfo=UTC)] * n,
+                     "_source_file": ["snowflake/customers/2026-11-01/customers.parquet"] * n,
+                     "_ingest_date": [date(2026, 11, 1)] * n}
+    schema = {c: pl.String for c in CUSTOMERS.column_names} | {
+        "_run_id": pl.String, "_ingested_at": pl.Datetime("us", "UTC"), "_source_file": pl.String,
+        "_ingest_date": pl.Date}
+    batch = with_record_hash(frame(lakehouse_engine, data, schema), CUSTOMERS.column_names)
+    spark = {} if lakehouse_engine == "polars" else {"backend": "spark", "spark_remote": request.getfixturevalue("sail_url")}
+    ctx = RunContext(run_date=date(2026, 11, 1), run_id="bounded", started_at=datetime.now(UTC),
+                     overrides={"lake_root": str(tmp_path / "lake"), "landing_root": str(tmp_path), **spark})
+    engine = ctx.engine()
+    handed_over: list[int] = []
+    to_arrow = engine.to_arrow
+
+    def counted(frame_):
+        out = to_arrow(frame_)
+        handed_over.append(out.num_rows)
+        return out
+
+    engine.to_arrow = counted  # the one way rows reach the driver through the engine
+    done = conform_into_silver(ctx, engine, table("silver.customers"), batch, replace_quarantine=True)
+    assert (done["quarantined"], done["accepted"], done["rules"]) == (bad, good, {"email.malformed": bad})
+    assert handed_over and max(handed_over) <= 10, handed_over
+    written = engine.to_arrow(engine.scan(table("quarantine.silver.customers"))).to_pylist()
+    assert len(written) == bad
+    first = next(r for r in written if json.loads(r["record"])["customer_id"] == "C0000000")
+    assert first["record"] == json.dumps({c: values[c][0] for c in CUSTOMERS.column_names}, ensure_ascii=False,
+                                         separators=(",", ":"))

@@ -56,8 +56,7 @@ def rows(frame: nw.LazyFrame, *sort_by: str) -> list[dict[str, Any]]:
 
 def qrows(out, *sort_by: str) -> list[dict[str, Any]]:
     """Quarantined rows with their JSON record, as the daily flow writes them."""
-    table_ = out.quarantine_records(out.quarantined.collect(backend="pyarrow").to_native())
-    got = table_.to_pylist()
+    got = out.quarantine_records().collect(backend="pyarrow").to_native().to_pylist()
     return sorted(got, key=lambda r: tuple(str(r[c]) for c in (sort_by or r)))
 
 

@@ -38,3 +38,11 @@ def parse_timestamps(frame: pl.LazyFrame, columns: dict[str, str], pattern: str)
         return parsed.dt.convert_time_zone("UTC")
 
     return frame.with_columns(norm(pl.col(src)).alias(out) for src, out in columns.items())
+
+
+def json_object(frame: pl.LazyFrame, fields: dict[str, str], out: str) -> pl.LazyFrame:
+    """Add ``out``: a JSON object of text columns (``{key: column}``, in that order), written as Python's
+    ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` writes it; a null is ``null``."""
+    if not fields:
+        return frame.with_columns(pl.lit("{}").alias(out))
+    return frame.with_columns(pl.struct([pl.col(c).alias(k) for k, c in fields.items()]).struct.json_encode().alias(out))

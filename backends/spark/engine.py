@@ -8,6 +8,7 @@ with delta-rs, which reads any table either engine wrote.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,7 +61,8 @@ SessionKind = Literal["classic", "connect", "sail"]
 # What the Spark engine does differently from the protocol, by session kind (docs/engines.md).
 GAPS: dict[SessionKind, tuple[Gap, ...]] = {
     "sail": (Gap("spark (Sail)", "materialize", "returns the frame unchanged: Sail 0.x has no cache or checkpoint, "
-                 "so each action on it runs its plan again (same rows, more time)",
+                 "so each action on it runs its plan again (same rows, more time); a write stages its rows as "
+                 "Parquet once instead, for its contract check and its Delta write",
                  "a Spark Connect server that caches (--spark-remote) or classic Spark on EMR (local checkpoint)"),),
     "connect": (),
     "classic": (),
@@ -74,6 +76,22 @@ GAPS_ALL_KINDS = (
 )
 
 
+
+def _writing(method: Any) -> Any:
+    """A write of the engine: the rows it staged (``_staged``) are removed when the outermost write ends, done
+    or failed."""
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self._writes += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._writes -= 1
+            while self._writes == 0 and self._staging:
+                self.lake.remove_folder(self._staging.pop())
+
+    return wrapper
+
 class SparkDeltaEngine:
     """PySpark + Delta behind the engine protocol, over a classic SparkSession, a Spark Connect server or the
     embedded Sail server (``kind``)."""
@@ -85,6 +103,8 @@ class SparkDeltaEngine:
         self.spark = spark
         self.kind = kind
         self.gaps = GAPS[kind] + GAPS_ALL_KINDS
+        self._staging: list[str] = []  # folders under the lake root that the write under way staged rows in
+        self._writes = 0  # writes under way (nested ones included)
 
     # ------------------------------------------------------------------------------------------ frames
     def from_arrow(self, table: pa.Table) -> nw.LazyFrame:
@@ -133,16 +153,19 @@ class SparkDeltaEngine:
             reader = reader.option("versionAsOf", version)
         return nw.from_native(self._delta(lambda: reader.load(uri)).select(*spec.columns))
 
+    @_writing
     def append(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
         data, rows = self._checked(spec, frame)
         if rows == 0 and self.exists(spec):
             return WriteResult(spec.name, self.lake.written_version(spec), 0)
         return self._write(spec, data, rows, mode="append")
 
+    @_writing
     def overwrite(self, spec: TableSpec, frame: nw.LazyFrame) -> WriteResult:
         data, rows = self._checked(spec, frame)
         return self._write(spec, data, rows, mode="overwrite")
 
+    @_writing
     def overwrite_partitions(self, spec: TableSpec, frame: nw.LazyFrame, *,
                              partitions: dict[str, list[Any]] | None = None) -> WriteResult:
         """Replace exactly the partitions present in ``frame`` (or those named in ``partitions``: column ->
@@ -166,6 +189,7 @@ class SparkDeltaEngine:
             raise ValueError(msg)
         return self._write(spec, data, rows, mode="overwrite", replace_where=predicate)
 
+    @_writing
     def merge(self, spec: TableSpec, frame: nw.LazyFrame, *, insert_only: bool = False) -> WriteResult:
         """Upsert by ``spec.keys`` with ``MERGE INTO``: the larger ``spec.latest_by`` (then ``_record_hash``) wins."""
         if not spec.keys:
@@ -195,6 +219,7 @@ class SparkDeltaEngine:
         written = int(result[0][0]) if result and len(result[0]) else rows
         return WriteResult(spec.name, self.lake.written_version(spec), written)
 
+    @_writing
     def replace_rows(self, spec: TableSpec, old: nw.LazyFrame, new: nw.LazyFrame) -> WriteResult:
         """Delete the rows whose ``spec.keys`` are those of ``old`` and write ``new`` (one row per key, each a
         key of ``old``) in their place, whatever ``latest_by`` says: one ``MERGE INTO`` that updates the keys
@@ -249,7 +274,7 @@ class SparkDeltaEngine:
             raise ContractViolation(msg)
         typed = native.select(*(F.col(f"`{f.name}`").cast(_spark_type(f.type)).alias(f.name)
                                 for f in spec.arrow_schema))
-        typed = _native(self.materialize(nw.from_native(typed)))
+        typed = _native(self.materialize(nw.from_native(typed))) if self.kind == "classic" else self._staged(typed)
         rows, problems = count_violations(nw.from_native(typed), spec.schema)
         if problems:
             first = ", ".join(f"{col or '(table)'}: {check} x{n}" for col, check, n in problems[:5])
@@ -257,6 +282,18 @@ class SparkDeltaEngine:
                    f"{len(problems)} check(s) failed: {first}")
             raise ContractViolation(msg)
         return typed, rows
+
+    def _staged(self, data: DataFrame) -> DataFrame:
+        """``data`` written once as Parquet under the lake's ``_staging/`` and read back, on a Spark Connect
+        server, which may not cache (Sail cannot): the contract check and the Delta write then read the rows instead of
+        each computing them again, and a distributed Delta write runs a plain scan (Sail's local-cluster mode
+        cannot ship some functions, e.g. ``lower``, to a Delta write's workers). Removed after the write
+        (``_writing``)."""
+        relative = f"_staging/{uuid.uuid4().hex}"
+        uri = self.lake.path_uri(relative)
+        self._staging.append(relative)
+        self._delta(lambda: data.write.mode("overwrite").parquet(uri))
+        return self.spark.read.schema(data.schema).parquet(uri)  # no rows may write no file: the schema stays
 
     def _create_or_skip(self, spec: TableSpec, data: DataFrame, rows: int) -> WriteResult | None:
         """A missing table is created from ``data``; an empty batch leaves an existing table as it is.

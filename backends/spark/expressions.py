@@ -52,3 +52,21 @@ def parse_timestamps(frame: Any, columns: dict[str, str], pattern: str) -> Any:
     for src, out in columns.items():
         frame = frame.withColumn(out, norm(F.col(src)))
     return frame
+
+
+def json_object(frame: Any, fields: dict[str, str], out: str) -> Any:
+    """Add ``out``: a JSON object of text columns (``{key: column}``, in that order), written as Python's
+    ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` writes it; a null is ``null``.
+
+    Each field is ``to_json`` of a one-field struct without its braces: Sail's ``to_json`` leaves null fields
+    out whatever ``ignoreNullFields`` says, so a null field is written here."""
+    import json
+
+    F = _functions(frame)
+    parts = []
+    for key, column in fields.items():
+        encoded = F.to_json(F.struct(F.col(column).alias(key)))
+        inner = encoded.substr(F.lit(2), F.length(encoded) - 2)  # {"key":"value"} -> "key":"value"
+        parts.append(F.when(F.col(column).isNull(), F.lit(json.dumps(key) + ":null")).otherwise(inner))
+    body = F.concat_ws(",", *parts) if parts else F.lit("")
+    return frame.withColumn(out, F.concat(F.lit("{"), body, F.lit("}")))

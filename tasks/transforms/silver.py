@@ -12,16 +12,14 @@ silver contract (``amount_usd > 0``) rejects.
 
 from __future__ import annotations
 
-import json
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import narwhals as nw
-import pyarrow as pa
 
-from lakehouse.backends.expressions import with_hmac, with_timestamps
+from lakehouse.backends.expressions import with_hmac, with_json_object, with_timestamps
 from lakehouse.contracts.catalog import TableSpec, table
 from lakehouse.contracts.expressions import ratio
 from lakehouse.contracts.landing import OPEN_DEAL_STAGES, LandingColumn, LandingEntity
@@ -45,8 +43,7 @@ from lakehouse.tasks.transforms.schema import to_schema
 _NEEDS_RUN_DATE = ("silver.opportunities",)
 QUARANTINE_OUTPUT = ("rule", "reason", "record", "record_hash", "source_file")
 # What ``Conformed.quarantined`` carries: the raw landing values stay columns (``_raw_<name>``) until
-# :func:`quarantine_records` turns them into the JSON ``record`` on the driver. Building the JSON inside the
-# query would need 32 nested replaces for control characters, deeper than Spark Connect's plan limit.
+# :func:`quarantine_records` folds them into the JSON ``record``, in the engine (``with_json_object``).
 QUARANTINE_HEAD = ("rule", "reason", "record_hash", "source_file")
 
 _LINEAGE_IN = ("_source_file", "_record_hash", "_ingested_at")
@@ -91,19 +88,16 @@ class Conformed:
     quarantined: nw.LazyFrame  # QUARANTINE_HEAD + _raw_<landing column> (all String); see quarantine_records
     landing_columns: tuple[str, ...] = ()
 
-    def quarantine_records(self, quarantined: pa.Table) -> pa.Table:
-        """The collected ``quarantined`` rows with their raw values folded into the JSON ``record``."""
-        return quarantine_records(quarantined, self.landing_columns)
+    def quarantine_records(self) -> nw.LazyFrame:
+        """The ``quarantined`` rows with their raw values folded into the JSON ``record`` (still lazy)."""
+        return quarantine_records(self.quarantined, self.landing_columns)
 
 
-def quarantine_records(quarantined: pa.Table, landing_columns: Sequence[str]) -> pa.Table:
-    """``QUARANTINE_OUTPUT`` columns: ``record`` is a JSON object of the raw text values in landing order."""
-    raw = [quarantined.column(_RAW + c).to_pylist() for c in landing_columns]
-    records = [json.dumps(dict(zip(landing_columns, values, strict=True)), ensure_ascii=False, separators=(",", ":"))
-               for values in zip(*raw, strict=True)] if raw else [json.dumps({})] * quarantined.num_rows
-    data = {c: quarantined.column(c).cast(pa.large_string()) for c in QUARANTINE_HEAD}
-    data["record"] = pa.array(records, pa.large_string())
-    return pa.table({c: data[c] for c in QUARANTINE_OUTPUT})
+def quarantine_records(quarantined: nw.LazyFrame, landing_columns: Sequence[str]) -> nw.LazyFrame:
+    """``QUARANTINE_OUTPUT`` columns: ``record`` is a JSON object of the raw text values in landing order, built by
+    the engine that holds the rows (as ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``)."""
+    with_record = with_json_object(quarantined, {c: _RAW + c for c in landing_columns}, "record")
+    return with_record.select(*(nw.col(c).cast(nw.String) for c in QUARANTINE_OUTPUT))
 
 
 # ------------------------------------------------------------------------------------------ public API

@@ -41,21 +41,21 @@ class BuiltLake:
 
 def run_days(engine: str, root: Path, landing: Path, *, days: int, start: date = DEFAULT_START,
              spark_remote: str | None = None, snapshots: bool = False) -> BuiltLake:
-    """Run the daily flow for ``days`` consecutive dates from ``start`` on ``engine`` (``polars``, or ``sail``
-    with ``spark_remote``), writing the lake at ``root`` from ``landing``; with ``snapshots``, copy the lake after
-    each day's run beside ``root`` (``<root>-after-<date>``). Needs a Prefect API (the ``prefect_harness``
-    fixture, or a server)."""
+    """Run the daily flow for ``days`` consecutive dates from ``start`` on ``engine`` (``polars``, or ``sail`` /
+    ``sail-cluster`` with ``spark_remote``), writing the lake at ``root`` from ``landing``; with ``snapshots``,
+    copy the lake after each day's run beside ``root`` (``<root>-after-<date>``). Needs a Prefect API (the
+    ``prefect_harness`` fixture, or a server)."""
     import shutil
 
     from lakehouse.flows.daily import daily_lakehouse
 
-    if engine not in ("polars", "sail"):
-        msg = f"expected engine 'polars' or 'sail', got {engine!r}"
+    if engine not in ("polars", "sail", "sail-cluster"):
+        msg = f"expected engine 'polars', 'sail' or 'sail-cluster', got {engine!r}"
         raise ValueError(msg)
-    if engine == "sail" and not spark_remote:
-        msg = "engine 'sail' needs spark_remote (the sail_url fixture's sc:// address)"
+    if engine != "polars" and not spark_remote:
+        msg = f"engine {engine!r} needs spark_remote (the sail_url or sail_cluster_url fixture's sc:// address)"
         raise ValueError(msg)
-    kwargs = {"backend": "spark", "spark_remote": spark_remote} if engine == "sail" else {}
+    kwargs = {"backend": "spark", "spark_remote": spark_remote} if engine != "polars" else {}
     dates = [start + timedelta(days=i) for i in range(days)]
     summaries, copies = {}, {}
     root = Path(root)

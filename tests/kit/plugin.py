@@ -6,7 +6,9 @@ Load them from your ``conftest.py``::
 
 - ``prefect_harness``: one temporary Prefect server (SQLite) for the session; flows run against it.
 - ``sail_url`` / ``sail_session``: Sail's Spark Connect server on loopback for the session (the spark extra),
-  stopped by its process id; a SparkSession on it.
+  stopped by its process id; a SparkSession on it. ``sail_cluster`` / ``sail_cluster_url``: the same in Sail's
+  local-cluster mode (driver and workers over RPC), to see a plan run distributed; ``sail_cluster`` also gives
+  the server's log.
 - ``lakehouse_engine``: runs a test once per engine (``polars``, ``sail``); build frames there with
   :func:`lakehouse.testing.frame`.
 - ``sample_landing(days=2, scale=0.03, seed=7, start=...)``: generated landing files, made once per session.
@@ -17,7 +19,7 @@ Load them from your ``conftest.py``::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
@@ -26,6 +28,9 @@ import pytest
 from lakehouse.testing import engines
 from lakehouse.testing.lakes import DEFAULT_START, BuiltLake, run_days
 from lakehouse.testing.servers import start_sail, stop
+
+#: The fixture giving each Spark engine's server address.
+REMOTES = {"sail": "sail_url", "sail-cluster": "sail_cluster_url"}
 
 # A test session's Prefect settings: no analytics, a patient start-up on a busy machine, quiet logs.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -54,6 +59,29 @@ def sail_url(tmp_path_factory):
 
     stop_sessions()  # while the server still runs: a client left open retries against a dead server at exit
     stop(proc)
+
+
+@pytest.fixture(scope="session")
+def sail_cluster(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """A Sail server in ``local-cluster`` mode (driver and workers talking over RPC on loopback) for the session,
+    stopped by its process id: its ``sc://`` address and its log, where the driver records every task status a
+    worker reports."""
+    workdir = tmp_path_factory.mktemp("sail-cluster")
+    try:
+        proc, url = start_sail(workdir, mode="local-cluster")
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield url, workdir / "sail.log"
+    from lakehouse.backends.spark.session import stop_sessions
+
+    stop_sessions()
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def sail_cluster_url(sail_cluster) -> str:
+    """The ``sc://`` address of the session's local-cluster Sail server."""
+    return sail_cluster[0]
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +131,8 @@ def sample_landing(tmp_path_factory) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def daily_lake(prefect_harness, sample_landing, tmp_path_factory, request) -> Callable[..., BuiltLake]:
     """``daily_lake(engine="polars", days=2, scale=0.03, seed=7, start=2026-11-01)``: the lake the daily flow
-    built over ``sample_landing(days, scale, seed, start)`` on ``engine`` (``polars`` or ``sail``), one run per
+    built over ``sample_landing(days, scale, seed, start)`` on ``engine`` (``polars``, ``sail``, or
+    ``sail-cluster``: Sail in local-cluster mode), one run per
     day, built once per session per argument set, with a copy of the lake as each day's run left it
     (``after(day)``). Tests share it: copy ``root`` before writing to it."""
     built: dict[tuple, BuiltLake] = {}
@@ -112,7 +141,7 @@ def daily_lake(prefect_harness, sample_landing, tmp_path_factory, request) -> Ca
               start: date = DEFAULT_START) -> BuiltLake:
         key = (engine, days, scale, seed, start)
         if key not in built:
-            remote = request.getfixturevalue("sail_url") if engine != "polars" else None
+            remote = None if engine == "polars" else request.getfixturevalue(REMOTES[engine])
             landing = sample_landing(days=days, scale=scale, seed=seed, start=start)
             root = tmp_path_factory.mktemp(f"lake-{engine}") / "lake"
             built[key] = run_days(engine, root, landing, days=days, start=start, spark_remote=remote,

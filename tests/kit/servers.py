@@ -65,12 +65,23 @@ def start(args: list[str], what: str, port: int, log: Path, env: dict[str, str] 
     return proc
 
 
-def start_sail(workdir: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
-    """Sail's Spark Connect server (the ``sail`` command of the spark extra) and its ``sc://`` address."""
+def start_sail(workdir: Path, timeout: float = 60, *, mode: str = "local") -> tuple[subprocess.Popen, str]:
+    """Sail's Spark Connect server (the ``sail`` command of the spark extra) and its ``sc://`` address.
+
+    ``mode="local-cluster"`` runs Sail's driver and its workers as separate actors that talk over RPC on
+    loopback (``SAIL_MODE``), so plans run distributed: stages split into tasks on workers, data shuffled
+    between them; its log then also holds each task status a worker reports to the driver (unless ``RUST_LOG``
+    is set). The server's log is ``workdir/sail.log``."""
+    if mode not in ("local", "local-cluster"):
+        msg = f"expected mode 'local' or 'local-cluster', got {mode!r}"
+        raise ValueError(msg)
     port = free_port()
     sail = Path(sys.executable).parent / "sail"
+    env = {**os.environ, "SAIL_MODE": mode}
+    if mode == "local-cluster":
+        env.setdefault("RUST_LOG", "info,sail_execution::driver::server=debug")
     proc = start([str(sail), "spark", "server", "--ip", "127.0.0.1", "--port", str(port)], "Sail server", port,
-                 workdir / "sail.log", timeout=timeout)
+                 workdir / "sail.log", env=env, timeout=timeout)
     return proc, f"sc://127.0.0.1:{port}"
 
 
