@@ -233,10 +233,16 @@ def test_spark_with_neither_remote_nor_master_starts_an_embedded_sail_server(tmp
     engine.merge(PRODUCTS, products(engine, ("p1", "a", 1, "h1"), ("p2", "b", 1, "h2")))
     assert sorted(r["product_id"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()) == ["p1", "p2"]
     assert engine.version(PRODUCTS) == 0
-    # The declared gap of embedded Sail: materialize cannot hold a result, the frame comes back as it was.
-    frame = engine.scan(PRODUCTS)
-    assert engine.materialize(frame) is frame
-    assert [g.operation for g in engine.gaps if g.engine == "spark (Sail)"] == ["materialize"]
+    # Sail cannot cache: materialize computes the rows once into Parquet under the lake's _staging/ and reads
+    # them from there, so a later change of the table does not reach them; release removes them.
+    frame = engine.materialize(engine.scan(PRODUCTS))
+    engine.merge(PRODUCTS, products(engine, ("p3", "c", 1, "h3")))
+    assert sorted(r["product_id"] for r in engine.to_arrow(frame).to_pylist()) == ["p1", "p2"]
+    staging = tmp_path / "lake" / "_staging"
+    assert len(list(staging.iterdir())) == 1, "the merge's own staged rows are gone, the materialised ones kept"
+    engine.release()
+    assert list(staging.iterdir()) == []
+    assert [g.operation for g in engine.gaps if g.engine == "spark (Sail)"] == []
 
 
 def test_tables_with_features_one_engine_cannot_read_are_refused(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -60,10 +61,7 @@ SessionKind = Literal["classic", "connect", "sail"]
 
 # What the Spark engine does differently from the protocol, by session kind (docs/engines.md).
 GAPS: dict[SessionKind, tuple[Gap, ...]] = {
-    "sail": (Gap("spark (Sail)", "materialize", "returns the frame unchanged: Sail 0.x has no cache or checkpoint, "
-                 "so each action on it runs its plan again (same rows, more time); a write stages its rows as "
-                 "Parquet once instead, for its contract check and its Delta write",
-                 "a Spark Connect server that caches (--spark-remote) or classic Spark on EMR (local checkpoint)"),),
+    "sail": (),
     "connect": (),
     "classic": (),
 }
@@ -75,6 +73,11 @@ GAPS_ALL_KINDS = (
         "Spark the parsed rows", "land large inputs as Parquet; a distributed landing reader is not built yet"),
 )
 
+
+
+def _remove_folders(lake: Lake, folders: list[str]) -> None:
+    while folders:
+        lake.remove_folder(folders.pop())
 
 
 def _writing(method: Any) -> Any:
@@ -104,6 +107,8 @@ class SparkDeltaEngine:
         self.kind = kind
         self.gaps = GAPS[kind] + GAPS_ALL_KINDS
         self._staging: list[str] = []  # folders under the lake root that the write under way staged rows in
+        self._kept: list[str] = []  # folders of materialised rows, removed on release
+        weakref.finalize(self, _remove_folders, lake, self._kept)
         self._writes = 0  # writes under way (nested ones included)
 
     # ------------------------------------------------------------------------------------------ frames
@@ -117,14 +122,13 @@ class SparkDeltaEngine:
         return int(_native(frame).count())
 
     def materialize(self, frame: nw.LazyFrame) -> nw.LazyFrame:
-        """Compute once where the session can hold a result (classic: a local checkpoint; Spark Connect: a
-        cache). Sail cannot yet: a declared gap (``GAPS``)."""
+        """Compute once: classic Spark keeps a local checkpoint; over Spark Connect (Sail cannot cache) the rows
+        are written once as Parquet under the lake's ``_staging/`` and read from there, removed when the engine
+        is released (``release``, or when it is garbage collected)."""
         native = _native(frame)
         if self.kind == "classic":
             return nw.from_native(native.localCheckpoint(eager=True))
-        if self.kind == "connect":
-            return nw.from_native(native.cache())
-        return frame
+        return nw.from_native(self._staged(native, keep=True))
 
     # ----------------------------------------------------------------------------------- landing files
     def read_landing(self, entity: LandingEntity, files: Sequence[tuple[Path, str]]) -> LandingRead:
@@ -135,8 +139,11 @@ class SparkDeltaEngine:
         table = read.rows
         per_row = max(table.nbytes // max(table.num_rows, 1), 1)
         step = max(_SLICE_BYTES // per_row, 1)
-        frames = [spark_frame(self.spark, table.slice(i, step)) for i in range(0, table.num_rows, step)]
-        rows = _union(frames) if frames else spark_frame(self.spark, table)
+        slices = [table.slice(i, step) for i in range(0, table.num_rows, step)]
+        if self.kind != "classic" and len(slices) > 1:
+            rows = self._staged_arrow(slices)  # a plan carries its local rows: Spark Connect caps a plan at 128 MiB
+        else:
+            rows = _union([spark_frame(self.spark, t) for t in slices]) if slices else spark_frame(self.spark, table)
         hashed = with_record_hash(nw.from_native(rows), entity.column_names)
         return LandingRead(hashed, read.rejects, read.refused, read.records)
 
@@ -283,7 +290,12 @@ class SparkDeltaEngine:
             raise ContractViolation(msg)
         return typed, rows
 
-    def _staged(self, data: DataFrame) -> DataFrame:
+    def release(self) -> None:
+        """Remove the rows this engine staged for ``materialize`` (frames built on them can no longer run)."""
+        while self._kept:
+            self.lake.remove_folder(self._kept.pop())
+
+    def _staged(self, data: DataFrame, *, keep: bool = False) -> DataFrame:
         """``data`` written once as Parquet under the lake's ``_staging/`` and read back, on a Spark Connect
         server, which may not cache (Sail cannot): the contract check and the Delta write then read the rows instead of
         each computing them again, and a distributed Delta write runs a plain scan (Sail's local-cluster mode
@@ -291,9 +303,25 @@ class SparkDeltaEngine:
         (``_writing``)."""
         relative = f"_staging/{uuid.uuid4().hex}"
         uri = self.lake.path_uri(relative)
-        self._staging.append(relative)
+        (self._kept if keep else self._staging).append(relative)
         self._delta(lambda: data.write.mode("overwrite").parquet(uri))
         return self.spark.read.schema(data.schema).parquet(uri)  # no rows may write no file: the schema stays
+
+    def _staged_arrow(self, slices: list[pa.Table]) -> DataFrame:
+        """Rows parsed on the driver, written as Parquet files under the lake's ``_staging/`` for Spark to read
+        (removed after the next write, which is the one these rows are for)."""
+        import io
+
+        import pyarrow.parquet as pq
+
+        relative = f"_staging/{uuid.uuid4().hex}"
+        self._staging.append(relative)
+        for i, part in enumerate(slices):
+            buffer = io.BytesIO()
+            pq.write_table(part, buffer, compression="zstd")
+            self.lake.write_bytes(f"{relative}/part-{i:05d}.parquet", buffer.getvalue())
+        ddl = ", ".join(f"`{f.name}` {_spark_type(f.type)}" for f in slices[0].schema)
+        return self.spark.read.schema(ddl).parquet(self.lake.path_uri(relative))
 
     def _create_or_skip(self, spec: TableSpec, data: DataFrame, rows: int) -> WriteResult | None:
         """A missing table is created from ``data``; an empty batch leaves an existing table as it is.
