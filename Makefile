@@ -55,10 +55,10 @@ docs: setup
 	$(PY) -m lakehouse.flows.reference
 
 bench: setup
-	$(PY) bench/daily_stages.py --scale 10 --days 1
+	$(PY) bench/daily_stages.py --scale 10 --days 1 --passes 3
 
 bench-engines: setup
-	$(PY) bench/daily_stages.py --scale 10 --days 1 --engines polars,sail,jvm
+	$(PY) bench/daily_stages.py --scale 10 --days 1 --engines polars,sail,jvm --passes 3
 
 bench-incremental: setup
 	$(PY) bench/incremental.py --scale 10 --days 30

@@ -12,7 +12,7 @@ from lakes import assert_same_rows, normalised
 
 from lakehouse.contracts.catalog import TABLES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sail-cluster")]  # one worker builds the cluster's lake
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def test_both_engines_build_the_same_customer_360(daily_lake):
 
 
 def test_run_days_names_what_it_expected():
-    with pytest.raises(ValueError, match="expected engine 'polars' or 'sail', got 'duckdb'"):
+    with pytest.raises(ValueError, match="expected engine 'polars', 'sail' or 'sail-cluster', got 'duckdb'"):
         run_days("duckdb", None, None, days=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs spark_remote"):
         run_days("sail", None, None, days=1)  # type: ignore[arg-type]
