@@ -71,35 +71,33 @@ def generate(
 def _generate(*, days: int, scale: float, seed: int, start: date, out: Path) -> None:
     from lakehouse.backends.sources.sample import generate as generate_files
 
-    with _progress() as progress:
-        bar = progress.add_task("generating", total=None)
-
-        def report(step: str, done: int, total: int) -> None:
-            progress.update(bar, description=f"generating {step}", completed=done, total=total)
-
-        result = generate_files(out, days=days, scale=scale, seed=seed, start=start, progress=report)
+    result = _with_progress("generating", lambda report: generate_files(
+        out, days=days, scale=scale, seed=seed, start=start, progress=report))
     console.print(f"wrote {len(result.files)} files for {days} day(s) from {start} into [bold]{out.resolve()}[/]")
 
 
 def _append(*, days: int, out: Path) -> None:
     from lakehouse.backends.sources.sample import append as append_files
-    from lakehouse.backends.sources.sample import read_span
 
     try:
-        first = read_span(out).next_day
-    except (FileNotFoundError, ValueError) as exc:
+        result = _with_progress("appending", lambda report: append_files(out, days=days, progress=report))
+    except (FileNotFoundError, ValueError) as exc:  # no record of a generation in ``out``, or an unreadable one
         fail(str(exc))
-    with _progress() as progress:
-        bar = progress.add_task("appending", total=None)
-
-        def report(step: str, done: int, total: int) -> None:
-            progress.update(bar, description=f"appending {step}", completed=done, total=total)
-
-        result = append_files(out, days=days, progress=report)
-    last = first + timedelta(days=days - 1)
+    first, last = result.start, result.start + timedelta(days=result.days - 1)
     span, command = ((str(first), f"lakehouse run --date {first}") if days == 1 else
                      (f"{first} .. {last}", f"lakehouse backfill --from {first} --to {last}"))
     console.print(f"wrote {len(result.files)} files for {span} into [bold]{out.resolve()}[/]; run it: {command}")
+
+
+def _with_progress(verb: str, write: Any) -> Any:
+    """``write(report)`` with a progress bar that ``report(step, done, total)`` moves."""
+    with _progress() as progress:
+        bar = progress.add_task(verb, total=None)
+
+        def report(step: str, done: int, total: int) -> None:
+            progress.update(bar, description=f"{verb} {step}", completed=done, total=total)
+
+        return write(report)
 
 
 @app.command()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import narwhals as nw
 import pyarrow as pa
 
@@ -20,9 +22,11 @@ def write_quarantine(engine: Engine, spec: TableSpec, data: pa.Table | nw.LazyFr
     """Write rejected rows (rule, reason, record, record_hash, source_file) to ``spec``'s quarantine table; with
     ``replace``, they replace the run date's partition (no rows: it is emptied). ``data`` may be a frame of the
     engine: its rows are written by the engine and only their count per rule comes back to the driver."""
-    frame = engine.from_arrow(data) if isinstance(data, pa.Table) else data  # a frame: materialised by the caller
-    counts = engine.to_arrow(frame.group_by("rule").agg(nw.len().alias("n")))  # a row per rule, not per record
-    rules = dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
+    if isinstance(data, pa.Table):  # rows already on the driver (bronze's landing reader): counted there
+        frame, rules = engine.from_arrow(data), dict(Counter(data.column("rule").to_pylist()))
+    else:  # a frame of the engine, materialised by the caller: a row per rule comes back, not per record
+        frame, counts = data, engine.to_arrow(data.group_by("rule").agg(nw.len().alias("n")))
+        rules = dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
     rows = sum(rules.values())
     qspec = quarantine_for(spec)
     if rows == 0 and not (replace and engine.exists(qspec)):

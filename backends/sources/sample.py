@@ -483,6 +483,11 @@ def _repeat_days(counts: list[int]) -> pl.Series:
     return pl.Series("day", [d for d, c in enumerate(counts) for _ in range(c)], dtype=pl.Int64)
 
 
+def _day_column(day: int, n: int) -> pl.Series:
+    """``n`` records of generation day ``day``."""
+    return pl.Series("day", [day] * n, dtype=pl.Int64)
+
+
 def _break_email(value: str, r: random.Random) -> str:
     local, _, domain = value.strip().partition("@")
     variant = r.randrange(3)
@@ -597,23 +602,23 @@ class _Generator:
         v = self.volumes
         c = _later_day_count(v["customers"], self.plan_days, INITIAL_LOAD_SHARE)
         self.customers = pl.concat([self.customers, self._customer_rows(
-            self.customers.height + 1, _repeat_days([0] * d + [c]), self.rng(f"customers/plan/{d}"))])
+            self.customers.height + 1, _day_column(d, c), self.rng(f"customers/plan/{d}"))])
         self.customers_known.append(self.customers_known[-1] + c)
         r = self.rng(f"crm/plan/{d}")
         a = _later_day_count(v["accounts"], self.plan_days, INITIAL_LOAD_SHARE)
         self.accounts_known.append(self.accounts_known[-1] + a)
         self.accounts = pl.concat([self.accounts, self._account_rows(
-            self.accounts.height + 1, _repeat_days([0] * d + [a]), r)])
+            self.accounts.height + 1, _day_column(d, a), r)])
         k = _later_day_count(v["contacts"], self.plan_days, INITIAL_LOAD_SHARE)
         self.contacts_known.append(self.contacts_known[-1] + k)
         self.contacts = pl.concat([self.contacts, self._contact_rows(self.contacts.height + 1, [(d, k)], r)])
         o = _later_day_count(v["opportunities"], self.plan_days, INITIAL_LOAD_SHARE)
         self.opportunities_known.append(self.opportunities_known[-1] + o)
         self.opportunities = pl.concat([self.opportunities, self._opportunity_rows(
-            self.opportunities.height + 1, _repeat_days([0] * d + [o]), r)])
+            self.opportunities.height + 1, _day_column(d, o), r)])
         n = _later_day_count(v["orders"], self.plan_days, None)
         self.orders = pl.concat([self.orders, self._order_rows(
-            self.orders.height + 1, _repeat_days([0] * d + [n]), self.rng(f"orders/plan/{d}"))])
+            self.orders.height + 1, _day_column(d, n), self.rng(f"orders/plan/{d}"))])
 
     def _write(self, entity: LandingEntity, path: Path, payload: pl.DataFrame | pl.Series) -> None:
         if isinstance(payload, pl.DataFrame) and entity.format == "parquet" and entity.name in TYPED_PARQUET:

@@ -74,8 +74,8 @@ GAPS_ALL_KINDS = (
 )
 
 
-
 def _remove_folders(lake: Lake, folders: list[str]) -> None:
+    """Remove (and forget) staged folders under the lake root."""
     while folders:
         lake.remove_folder(folders.pop())
 
@@ -90,10 +90,11 @@ def _writing(method: Any) -> Any:
             return method(self, *args, **kwargs)
         finally:
             self._writes -= 1
-            while self._writes == 0 and self._staging:
-                self.lake.remove_folder(self._staging.pop())
+            if self._writes == 0:
+                _remove_folders(self.lake, self._staging)
 
     return wrapper
+
 
 class SparkDeltaEngine:
     """PySpark + Delta behind the engine protocol, over a classic SparkSession, a Spark Connect server or the
@@ -292,8 +293,7 @@ class SparkDeltaEngine:
 
     def release(self) -> None:
         """Remove the rows this engine staged for ``materialize`` (frames built on them can no longer run)."""
-        while self._kept:
-            self.lake.remove_folder(self._kept.pop())
+        _remove_folders(self.lake, self._kept)
 
     def _staged(self, data: DataFrame, *, keep: bool = False) -> DataFrame:
         """``data`` written once as Parquet under the lake's ``_staging/`` and read back, on a Spark Connect
@@ -301,11 +301,16 @@ class SparkDeltaEngine:
         each computing them again, and a distributed Delta write runs a plain scan (Sail's local-cluster mode
         cannot ship some functions, e.g. ``lower``, to a Delta write's workers). Removed after the write
         (``_writing``)."""
-        relative = f"_staging/{uuid.uuid4().hex}"
-        uri = self.lake.path_uri(relative)
-        (self._kept if keep else self._staging).append(relative)
+        uri = self.lake.path_uri(self._staging_folder(keep=keep))
         self._delta(lambda: data.write.mode("overwrite").parquet(uri))
         return self.spark.read.schema(data.schema).parquet(uri)  # no rows may write no file: the schema stays
+
+    def _staging_folder(self, *, keep: bool) -> str:
+        """A new folder under the lake's ``_staging/``, removed after the write under way, or on ``release``
+        with ``keep``."""
+        relative = f"_staging/{uuid.uuid4().hex}"
+        (self._kept if keep else self._staging).append(relative)
+        return relative
 
     def _staged_arrow(self, slices: list[pa.Table]) -> DataFrame:
         """Rows parsed on the driver, written as Parquet files under the lake's ``_staging/`` for Spark to read
@@ -314,8 +319,7 @@ class SparkDeltaEngine:
 
         import pyarrow.parquet as pq
 
-        relative = f"_staging/{uuid.uuid4().hex}"
-        self._staging.append(relative)
+        relative = self._staging_folder(keep=False)
         for i, part in enumerate(slices):
             buffer = io.BytesIO()
             pq.write_table(part, buffer, compression="zstd")
