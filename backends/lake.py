@@ -100,37 +100,12 @@ class Lake:
     def check_reachable(self, timeout_s: float = 5.0) -> None:
         """For an ``s3://`` root: the bucket answers a HEAD with the credentials at hand, within seconds
         (short timeouts, one retry), or a LakeNotWritableError says which root and what to check."""
-        if self.is_local or not self.root.startswith("s3://"):
-            return
-        import boto3
-        from botocore.config import Config
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from lakehouse.backends.storage import UnreachableRootError, check_bucket
 
-        bucket, _ = self.s3_key("")
-        fix = "pass --lake-root or set LAKEHOUSE_LAKE_ROOT"
-        config = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 2,
-                                                                                    "mode": "standard"})
         try:
-            boto3.session.Session().client("s3", config=config).head_bucket(Bucket=bucket)  # credentials resolved now
-        except NoCredentialsError:
-            msg = (f"expected AWS credentials to reach the lake root {self.root!r}, found none: set AWS_PROFILE or "
-                   "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run where an instance or job role provides them")
-            raise LakeNotWritableError(msg) from None
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchBucket", "NotFound"):
-                msg = f"expected the bucket {bucket!r} of the lake root {self.root!r} to exist, it does not; {fix}"
-            elif code in ("403", "AccessDenied", "Forbidden"):
-                msg = (f"expected access to the bucket {bucket!r} of the lake root {self.root!r}, got access denied: "
-                       "check the credentials' role and its policy ('lakehouse emr policy execution' prints one)")
-            else:
-                msg = f"expected the bucket {bucket!r} of the lake root {self.root!r} to answer, got {code}: {exc}"
-            raise LakeNotWritableError(msg) from None
-        except BotoCoreError as exc:  # endpoint unreachable, timeouts, bad endpoint URL
-            endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or "AWS S3"
-            msg = (f"expected S3 at {endpoint} to answer for the lake root {self.root!r}, it did not within "
-                   f"{timeout_s:.0f} s ({type(exc).__name__}): check the network, the region and AWS_ENDPOINT_URL")
-            raise LakeNotWritableError(msg) from None
+            check_bucket(self.root, "lake root", "pass --lake-root or set LAKEHOUSE_LAKE_ROOT", timeout_s)
+        except UnreachableRootError as exc:
+            raise LakeNotWritableError(str(exc)) from None
 
     def prepare(self, spec: TableSpec) -> None:
         if self.is_local:

@@ -26,7 +26,6 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
@@ -34,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from lakehouse.backends.storage import AnyPath, ArrowRaw, S3Path
 from lakehouse.contracts.catalog import QUARANTINE_COLUMNS
 from lakehouse.contracts.expressions import record_digest
 from lakehouse.contracts.landing import FILE_RULES, READ_LIMITS, RECORD_RULES, LandingEntity, ReadLimits
@@ -53,14 +53,14 @@ class LandingFolder:
     """The files of one entity's date folder: those it reads (``(path, label)``, sorted by name), those refused
     for their name, and hidden or marker files (``.*``, ``_*``, e.g. ``_SUCCESS``) that are not deliveries."""
 
-    files: list[tuple[Path, str]]
+    files: list[tuple[AnyPath, str]]
     refused: list[dict[str, str]]
     ignored: list[str]
 
 
-def list_folder(entity: LandingEntity, folder: Path, root: Path) -> LandingFolder:
+def list_folder(entity: LandingEntity, folder: AnyPath, root: AnyPath) -> LandingFolder:
     """Every entry of ``folder``: read, refused (an extension the entity does not accept, a sub-folder) or ignored."""
-    files: list[tuple[Path, str]] = []
+    files: list[tuple[AnyPath, str]] = []
     refused: list[dict[str, str]] = []
     ignored: list[str] = []
     if not folder.is_dir():
@@ -89,11 +89,11 @@ class MissingDelivery:
     """An entity delivered every day (``delivery="daily"``) with no file it reads in its folder for the date."""
 
     entity: str
-    folder: Path
+    folder: AnyPath
     found: str  # what the folder holds instead, in words
 
 
-def missing_deliveries(entities: Iterable[LandingEntity], root: Path, run_date: date) -> list[MissingDelivery]:
+def missing_deliveries(entities: Iterable[LandingEntity], root: AnyPath, run_date: date) -> list[MissingDelivery]:
     """The entities of ``entities`` declared ``daily`` whose folder for ``run_date`` holds no file they read
     (none, no folder, or only files of other extensions, hidden or marker files). An empty file is a delivery."""
     missing = []
@@ -140,7 +140,7 @@ class _Refused(Exception):  # a control-flow signal inside this module, never ra
         self.problem, self.reason = problem, reason
 
 
-def read_files(entity: LandingEntity, files: Sequence[tuple[Path, str]], *,
+def read_files(entity: LandingEntity, files: Sequence[tuple[AnyPath, str]], *,
                limits: ReadLimits = READ_LIMITS) -> ArrowRead:
     """Read ``files`` (``(path, label)``) of ``entity``. A file is all or nothing: its rows and rejects are kept
     only when the whole file was read; a file that cannot be read is refused with a reason, and the rest go on."""
@@ -237,22 +237,7 @@ def _row_record(row: pa.Table) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ streams
-class _RawStream(io.RawIOBase):
-    """An Arrow input stream (a decompressing one) as a raw Python stream, so it can be line-buffered."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.stream.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-
-def _open(path: Path) -> tuple[BinaryIO, bool]:
+def _open(path: AnyPath) -> tuple[BinaryIO, bool]:
     """``path`` as a buffered byte stream, decompressed when its first bytes say gzip or zstd (whatever its
     name), and whether it was compressed."""
     with path.open("rb") as probe:
@@ -264,7 +249,8 @@ def _open(path: Path) -> tuple[BinaryIO, bool]:
                                           f"bytes that are not; {_KEEP}")
     if compression is None:
         return path.open("rb"), False
-    raw = _RawStream(pa.input_stream(str(path), compression=compression))
+    source = path.open_arrow() if isinstance(path, S3Path) else str(path)
+    raw = ArrowRaw(pa.input_stream(source, compression=compression))
     return io.BufferedReader(raw, buffer_size=1 << 20), True  # type: ignore[return-value]
 
 
@@ -304,7 +290,7 @@ def _strip_end(raw: bytes) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------------ CSV
-def _read_csv(entity: LandingEntity, path: Path, out: _FileOut) -> None:
+def _read_csv(entity: LandingEntity, path: AnyPath, out: _FileOut) -> None:
     stream, _ = _open(path)
     with stream:
         lines = _PushBack(_lines(stream, out.limits.max_record_bytes))
@@ -336,7 +322,7 @@ def _read_csv(entity: LandingEntity, path: Path, out: _FileOut) -> None:
             out.row([fields[i] or None for i in index], record.decode("utf-8"))
 
 
-def _csv_header(entity: LandingEntity, path: Path, lines: _PushBack, limits: ReadLimits) -> tuple[list[int], int]:
+def _csv_header(entity: LandingEntity, path: AnyPath, lines: _PushBack, limits: ReadLimits) -> tuple[list[int], int]:
     """Positions of the declared columns in the header, and the header's width; refuses a bad header."""
     first = next(lines, None)
     if first is None:
@@ -440,7 +426,7 @@ def _quoted_record(first: bytes, lines: _PushBack, out: _FileOut, width: int) ->
 
 
 # ------------------------------------------------------------------------------------------------ JSON lines
-def _read_jsonl(entity: LandingEntity, path: Path, out: _FileOut) -> None:
+def _read_jsonl(entity: LandingEntity, path: AnyPath, out: _FileOut) -> None:
     """Read in blocks of ``json_chunk_bytes`` cut at line ends; a line longer than ``max_record_bytes`` is
     quarantined (its head kept) while the rest of it is read and dropped."""
     stream, _ = _open(path)
@@ -602,7 +588,7 @@ def _json_line(raw: bytes, out: _FileOut) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ Parquet
-def _read_parquet(entity: LandingEntity, path: Path, out: _FileOut) -> None:
+def _read_parquet(entity: LandingEntity, path: AnyPath, out: _FileOut) -> None:
     stream, compressed = _open(path)
     with stream:
         source: Any = io.BytesIO(stream.read()) if compressed else stream

@@ -43,15 +43,14 @@ def backfill_plan(settings: Settings, date_from: date, date_to: date, *, force: 
 
 def _done(settings: Settings) -> set[date]:
     """The dates done: run to the end, and not allowed to go without an entity whose delivery has come since."""
-    from pathlib import Path
-
     from lakehouse.backends.landing import missing_deliveries
+    from lakehouse.backends.storage import root_path
     from lakehouse.contracts.landing import landing_entity
 
     done = set()
     for day, went_without in RunLog(Lake(settings.lake_root)).went_without().items():
         arrived = went_without and len(missing_deliveries(
-            [landing_entity(e) for e in went_without], Path(settings.landing_root), day)) < len(went_without)
+            [landing_entity(e) for e in went_without], root_path(settings.landing_root), day)) < len(went_without)
         if not arrived:
             done.add(day)
     return done

@@ -50,7 +50,7 @@ def generate(
         "1 ≈ 100k orders, 10k customers over the days [default: 1]"))] = None,
     seed: Annotated[int | None, typer.Option(help="random seed: same seed, same files [default: 42]")] = None,
     start: Annotated[str | None, typer.Option(help="first day, YYYY-MM-DD [default: 2026-11-01]")] = None,
-    out: Annotated[Path, typer.Option(help="landing folder to write")] = Path("./landing"),
+    out: Annotated[str, typer.Option(help="landing folder to write, or s3://bucket/prefix")] = "./landing",
     append: Annotated[bool, typer.Option("--append", help=(
         "add the day(s) after the last one in --out, continuing its data (ids, late updates, dirt rates); "
         "earlier days are left as they are"))] = False,
@@ -68,17 +68,29 @@ def generate(
               start=parse_date("2026-11-01" if start is None else start, "--start"), out=out)
 
 
-def _generate(*, days: int, scale: float, seed: int, start: date, out: Path) -> None:
+def _generate(*, days: int, scale: float, seed: int, start: date, out: str | Path) -> None:
     from lakehouse.backends.sources.sample import generate as generate_files
 
+    _check_out(out)
     result = _with_progress("generating", lambda report: generate_files(
         out, days=days, scale=scale, seed=seed, start=start, progress=report))
-    console.print(f"wrote {len(result.files)} files for {days} day(s) from {start} into [bold]{out.resolve()}[/]")
+    console.print(f"wrote {len(result.files)} files for {days} day(s) from {start} into [bold]{result.out.resolve()}[/]")
 
 
-def _append(*, days: int, out: Path) -> None:
+def _check_out(out: str | Path) -> None:
+    """An ``s3://`` landing root's bucket answers, or a clear error before anything is generated."""
+    from lakehouse.backends.storage import UnreachableRootError, check_bucket
+
+    try:
+        check_bucket(str(out), "landing root", "create the bucket or pass another --out")
+    except UnreachableRootError as exc:
+        fail(str(exc))
+
+
+def _append(*, days: int, out: str) -> None:
     from lakehouse.backends.sources.sample import append as append_files
 
+    _check_out(out)
     try:
         result = _with_progress("appending", lambda report: append_files(out, days=days, progress=report))
     except (FileNotFoundError, ValueError) as exc:  # no record of a generation in ``out``, or an unreadable one
@@ -86,7 +98,7 @@ def _append(*, days: int, out: Path) -> None:
     first, last = result.start, result.start + timedelta(days=result.days - 1)
     span, command = ((str(first), f"lakehouse run --date {first}") if days == 1 else
                      (f"{first} .. {last}", f"lakehouse backfill --from {first} --to {last}"))
-    console.print(f"wrote {len(result.files)} files for {span} into [bold]{out.resolve()}[/]; run it: {command}")
+    console.print(f"wrote {len(result.files)} files for {span} into [bold]{result.out.resolve()}[/]; run it: {command}")
 
 
 def _with_progress(verb: str, write: Any) -> Any:

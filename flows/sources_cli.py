@@ -36,11 +36,10 @@ def check_sources(settings: Any, run_date: date) -> list[dict[str, Any]]:
     for entity in LANDING_ENTITIES:
         row: dict[str, Any] = {"entity": entity.name, "source": settings.sources.kind(entity.name), "delivery": "pulled"}
         if row["source"] == "files":
-            from pathlib import Path
-
             from lakehouse.backends.landing import list_folder, missing_deliveries
+            from lakehouse.backends.storage import root_path
 
-            root = Path(settings.landing_root)
+            root = root_path(settings.landing_root)
             folder = entity.folder(root, run_date)
             listed = list_folder(entity, folder, root)
             refused = f", {len(listed.refused)} refused by name" if listed.refused else ""

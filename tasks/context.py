@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lakehouse.backends import Engine, get_backend
 from lakehouse.backends.lake import Lake
+from lakehouse.backends.storage import AnyPath, S3Path, UnreachableRootError, check_bucket, root_path
 from lakehouse.deployments.settings import Settings, cached_settings
 
 
@@ -45,16 +45,22 @@ class RunContext(BaseModel):
         settings = self.settings()
         return get_backend(settings.backend, self.lake(), settings.spark)
 
-    def landing_dir(self) -> Path:
+    def landing_dir(self) -> AnyPath:
         return require_landing(self.settings().landing_root)
 
 
-def require_landing(landing_root: str) -> Path:
-    """The landing folder, resolved; a clear error when it does not exist."""
-    root = Path(landing_root).resolve()
+def require_landing(landing_root: str) -> AnyPath:
+    """The landing folder (a local folder, resolved, or an ``s3://bucket/prefix``); a clear error, in seconds,
+    when it does not exist or its bucket cannot be reached."""
+    fix = "run 'lakehouse generate --out <folder>' or pass --landing <folder>"
+    try:
+        check_bucket(landing_root, "landing root", "pass --landing or set LAKEHOUSE_LANDING_ROOT")
+    except UnreachableRootError as exc:
+        raise LandingNotFoundError(str(exc)) from None
+    root = root_path(landing_root)
     if not root.is_dir():
-        msg = (f"expected a landing folder at {str(root)!r}, it does not exist; run "
-               "'lakehouse generate --out <folder>' or pass --landing <folder>")
+        where = " (an S3 prefix exists while an object lies under it)" if isinstance(root, S3Path) else ""
+        msg = f"expected a landing folder at {str(root)!r}, it does not exist{where}; {fix}"
         raise LandingNotFoundError(msg)
     return root
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lakehouse.backends.lake import Lake
+from lakehouse.backends.storage import S3Path, root_path
 from lakehouse.contracts.catalog import table
 from lakehouse.contracts.logs import LINEAGE
 from lakehouse.tasks.context import RunContext
@@ -121,8 +122,10 @@ class Lineage:
             from lakehouse.contracts.landing import landing_entity
 
             entity = landing_entity(name.removeprefix("landing:"))
-            root = Path(self.settings.landing_root).resolve()
-            return "file", str(root / entity.source / entity.entity), {}
+            folder = root_path(self.settings.landing_root) / entity.source / entity.entity
+            if isinstance(folder, S3Path):
+                return f"s3://{folder.bucket}", folder.key, {}
+            return "file", str(folder), {}
         spec = table(name)
         uri = Lake(self.settings.lake_root).uri(spec)
         if "://" in uri and not uri.startswith("file://"):

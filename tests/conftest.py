@@ -120,6 +120,23 @@ def moto_endpoint(sail_url, tmp_path_factory):
     _stop(proc)
 
 
+@pytest.fixture(scope="session")
+def sail_s3_url(moto_endpoint, tmp_path_factory):
+    """A Sail server that reads and writes ``s3://`` through the moto server (its environment names the endpoint
+    and the test credentials, as an EMR job's does its role), for the session, stopped by its process id."""
+    from lakehouse.backends.spark.session import stop_sessions
+    from lakehouse.testing.servers import start_sail
+
+    env = {**AWS_TEST_ENV, "AWS_ENDPOINT_URL": moto_endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        proc, url = start_sail(tmp_path_factory.mktemp("sail-s3"))
+    yield url
+    stop_sessions()
+    _stop(proc)
+
+
 @pytest.fixture
 def aws(moto_endpoint, monkeypatch):
     """This test's boto3 clients talk to the moto server with fake credentials; nothing leaves loopback."""

@@ -249,6 +249,35 @@ def test_every_damaged_file_is_read_or_refused_with_its_reason(name, engine, val
         assert sorted(label.rsplit("/", 1)[1] for label in ignored) == [".DS_Store", "_SUCCESS"]
 
 
+def test_damaged_files_on_s3_are_read_and_refused_as_from_a_local_folder(engine, valid_day, aws, monkeypatch, tmp_path):
+    """Every case of the corpus, landed in a local folder and under an ``s3://`` landing root (moto): the same
+    listing (read, refused by name, ignored), the same rows, rejects, refusals and record counts, labelled alike."""
+    import boto3
+
+    from lakehouse.backends.storage import root_path
+
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="landing-corpus")
+    for i, case in enumerate(CASES.values()):
+        local_root = tmp_path / f"case-{i}"
+        land(case, valid_day, local_root)
+        for f in local_root.rglob("*"):
+            if f.is_file():
+                s3.upload_file(str(f), "landing-corpus", f"{i}/landing/{f.relative_to(local_root).as_posix()}")
+        e = case.entity
+        remote_root = root_path(f"s3://landing-corpus/{i}/landing")
+        reads = []
+        for root in (local_root, remote_root):
+            listed = list_folder(e, e.folder(root, DAY), root)
+            read = engine.read_landing(e, listed.files)
+            reads.append(([label for _, label in listed.files], listed.refused, listed.ignored,
+                          engine.to_arrow(read.rows).sort_by("_record_hash").to_pylist(), read.rejects.to_pylist(),
+                          read.refused.to_pylist(), read.records))
+        assert reads[0] == reads[1], case
+        assert reads[1][0] or reads[1][1], case  # something was listed under the S3 root
+
+
 def _default_keys(entity, day: Path) -> list[str]:
     if entity is ACCOUNTS:
         return _ids(csv_lines(day)[1])

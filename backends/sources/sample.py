@@ -18,7 +18,7 @@ import json
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import polars as pl
 import pyarrow as pa
 
 from lakehouse.backends.sources.landing_writer import write_landing_file
+from lakehouse.backends.storage import AnyPath, is_s3, local_copy, root_path
 from lakehouse.contracts.landing import (
     ACCOUNTS,
     BEHAVIOUR,
@@ -228,14 +229,14 @@ class EntityReport:
 class GenerationReport:
     """Everything one ``generate`` call wrote, with the count of every injected dirt kind per entity."""
 
-    out: Path
+    out: AnyPath
     start: date
     days: int
     scale: float
     seed: int
     volumes: dict[str, int]
     entities: dict[str, EntityReport]
-    files: list[Path]
+    files: list[AnyPath]
     renamed_column: RenamedColumn | None = None
 
     def dirt_total(self, kind: str) -> int:
@@ -265,7 +266,7 @@ class SampleSpan:
 
 
 def generate(
-    out: Path,
+    out: Path | str,
     *,
     days: int,
     scale: float = 1.0,
@@ -278,16 +279,19 @@ def generate(
     Deterministic: the same arguments give byte-identical files. ``scale`` 1 is about 100k orders, 10k customers
     and 1k products over the whole span. ``progress(step, done, total)`` is called once per entity and day.
     Existing files of the same names in the day folders written are replaced. ``out/_sample_generation.json``
-    records the span, so ``append`` can add the next days.
+    records the span, so ``append`` can add the next days. ``out`` may be ``s3://bucket/prefix``: the files are
+    written to a local temporary folder, then uploaded, the span's record last.
     """
-    gen = _Generator(Path(out), days=days, scale=scale, seed=seed, start=start)
-    report = gen.run(progress)
-    _write_span(Path(out), SampleSpan(start=start, plan_days=days, days=days, scale=gen.scale, seed=seed))
-    return report
+    target = _target(out)
+    with local_copy(target) as folder:
+        gen = _Generator(folder, days=days, scale=scale, seed=seed, start=start)
+        report = gen.run(progress)
+        _write_span(folder, SampleSpan(start=start, plan_days=days, days=days, scale=gen.scale, seed=seed))
+    return _uploaded(report, folder, target)
 
 
 def append(
-    out: Path, *, days: int = 1, progress: Callable[[str, int, int], None] | None = None,
+    out: Path | str, *, days: int = 1, progress: Callable[[str, int, int], None] | None = None,
 ) -> GenerationReport:
     """Add the ``days`` days after the last one ``generate``/``append`` wrote into ``out``, leaving earlier days
     untouched.
@@ -300,18 +304,31 @@ def append(
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         msg = f"expected days as an integer >= 1 (the days to add), got {days!r}; pass e.g. days=1"
         raise ValueError(msg)
-    span = read_span(Path(out))
-    gen = _Generator(Path(out), days=span.days + days, scale=span.scale, seed=span.seed, start=span.start,
-                     plan_days=span.plan_days)
-    report = gen.run(progress, first_day=span.days)
-    _write_span(Path(out), SampleSpan(start=span.start, plan_days=span.plan_days, days=span.days + days,
-                                      scale=span.scale, seed=span.seed))
-    return report
+    target = _target(out)
+    span = read_span(target)
+    with local_copy(target, keep=(MANIFEST_NAME,)) as folder:
+        gen = _Generator(folder, days=span.days + days, scale=span.scale, seed=span.seed, start=span.start,
+                         plan_days=span.plan_days)
+        report = gen.run(progress, first_day=span.days)
+        _write_span(folder, SampleSpan(start=span.start, plan_days=span.plan_days, days=span.days + days,
+                                       scale=span.scale, seed=span.seed))
+    return _uploaded(report, folder, target)
 
 
-def read_span(out: Path) -> SampleSpan:
+def _target(out: Path | str) -> AnyPath:
+    return root_path(out) if is_s3(out) else Path(out)
+
+
+def _uploaded(report: GenerationReport, written: Path, target: AnyPath) -> GenerationReport:
+    """``report`` naming the files where they now lie (under ``target``, when they were written elsewhere)."""
+    if written == target:
+        return report
+    return replace(report, out=target, files=[target / p.relative_to(written).as_posix() for p in report.files])
+
+
+def read_span(out: AnyPath | str) -> SampleSpan:
     """The span ``generate``/``append`` recorded in ``out``; a clear error when there is none."""
-    path = Path(out) / MANIFEST_NAME
+    path = _target(out) / MANIFEST_NAME
     if not path.is_file():
         msg = (f"expected a landing folder written by `lakehouse generate` (it records its days, scale and seed "
                f"in {MANIFEST_NAME}), found no {path}; generate the first days with `lakehouse generate --out {out}`")
