@@ -203,7 +203,7 @@ def run_options(request, sail_url) -> list[str]:
     return [] if request.param == "polars" else ["--backend", "spark", "--spark-remote", sail_url]
 
 
-def test_an_s3_root_whose_bucket_does_not_exist_fails_before_any_write(aws, sample_landing, run_options,
+def test_an_s3_root_whose_bucket_does_not_exist_fails_before_any_write(aws, sample_landing, run_options, tmp_path,
                                                                       prefect_harness):
     root = "s3://no-such-bucket/lake"
     code, out = _run(["run", "--date", "2026-11-01", "--lake-root", root, "--landing", str(sample_landing()),
@@ -212,6 +212,12 @@ def test_an_s3_root_whose_bucket_does_not_exist_fails_before_any_write(aws, samp
     assert "Traceback" not in out
     code, out = _run(["tables", "--lake-root", root])
     assert code == 2 and "to exist, it does not" in out
+    code, out = _run(["run", "--date", "2026-11-01", "--lake-root", str(tmp_path / "lake"), "--landing",
+                      "s3://no-such-bucket/landing", *run_options])
+    assert code == 2 and "expected the bucket 'no-such-bucket' of the landing root 's3://no-such-bucket/landing'" in out
+    assert "Traceback" not in out and not [f for f in (tmp_path / "lake").rglob("*") if f.is_file()]
+    code, out = _run(["generate", "--days", "1", "--out", "s3://no-such-bucket/landing"])
+    assert code == 2 and "of the landing root 's3://no-such-bucket/landing' to exist" in out
 
 
 def test_an_s3_root_without_credentials_fails_clearly_and_writes_nothing(aws, sample_landing, run_options,
