@@ -51,16 +51,17 @@ class RunContext(BaseModel):
 
 def require_landing(landing_root: str) -> AnyPath:
     """The landing folder (a local folder, resolved, or an ``s3://bucket/prefix``); a clear error, in seconds,
-    when it does not exist or its bucket cannot be reached."""
+    when the folder does not exist or the bucket cannot be reached."""
     fix = "run 'lakehouse generate --out <folder>' or pass --landing <folder>"
     try:
         check_bucket(landing_root, "landing root", "pass --landing or set LAKEHOUSE_LANDING_ROOT")
     except UnreachableRootError as exc:
         raise LandingNotFoundError(str(exc)) from None
     root = root_path(landing_root)
+    if isinstance(root, S3Path):  # a prefix with no object yet is an empty landing root, its bucket answered
+        return root
     if not root.is_dir():
-        where = " (an S3 prefix exists while an object lies under it)" if isinstance(root, S3Path) else ""
-        msg = f"expected a landing folder at {str(root)!r}, it does not exist{where}; {fix}"
+        msg = f"expected a landing folder at {str(root)!r}, it does not exist; {fix}"
         raise LandingNotFoundError(msg)
     return root
 

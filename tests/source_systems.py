@@ -236,12 +236,17 @@ class ApiServer:
 class TwoPaths:
     """One entity landed two ways into two lakes: by files (``files``) and by its connector (``connector``)."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
+    def __init__(self, tmp: Path, *, connector_landing: str | None = None) -> None:
+        """``connector_landing``: where the connector lands instead of a local folder (``s3://bucket/prefix``)."""
+        self.tmp, self.connector_landing = tmp, connector_landing
         for which in ("files", "connector"):
             (tmp / which / "landing").mkdir(parents=True, exist_ok=True)
 
-    def landing(self, which: str) -> Path:
+    def landing(self, which: str) -> Any:
+        from lakehouse.backends.storage import root_path
+
+        if which == "connector" and self.connector_landing:
+            return root_path(self.connector_landing)
         return self.tmp / which / "landing"
 
     def lake(self, which: str) -> Path:

@@ -146,21 +146,35 @@ def _killed_midway(api: ApiServer, paths: TwoPaths, name: str, day: date) -> Non
     cached_settings.cache_clear()
 
 
-def test_a_killed_crm_extract_resumes_without_duplicates_or_gaps(generated, api, tmp_path, monkeypatch):
+@pytest.mark.parametrize("landing", ["folder", "s3"])
+def test_a_killed_crm_extract_resumes_without_duplicates_or_gaps(landing, generated, api, tmp_path, monkeypatch,
+                                                                 request):
+    """Into a local landing folder, or an ``s3://`` landing root (moto), where the files it recorded outlive
+    the process that wrote them."""
     name = "crm.contacts"
     entity = landing_entity(name)
     kept, records = crm_records(day_rows(generated, entity, DAYS[0])[0], name, 0)
     api.records["contacts"] = records
     assert len(records) > 40
     monkeypatch.setenv("LAKEHOUSE_SOURCES__FILE_ROWS", "10")  # one page per file
-    paths = TwoPaths(tmp_path)
+    connector_landing = None
+    if landing == "s3":
+        import boto3
+
+        request.getfixturevalue("aws")
+        monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+        boto3.client("s3").create_bucket(Bucket="connector-landing")
+        connector_landing = "s3://connector-landing/landing"
+    paths = TwoPaths(tmp_path, connector_landing=connector_landing)
     _killed_midway(api, paths, name, DAYS[0])
     log = ExtractLog(Lake(str(paths.lake("connector"))), entity)
     assert [r["seq"] for r in log.rows()] == [1, 2] and not any(r["done"] for r in log.rows())
     pulled = paths.extract(name, DAYS[0])
     assert pulled["resumed"]
     folder = paths.landing("connector") / entity.source / entity.entity / DAYS[0].isoformat()
-    landed = pl.concat([pl.read_csv(f, infer_schema=False) for f in sorted(folder.glob(f"{FILE_PREFIX}*"))])
+    files = sorted(folder.glob(f"{FILE_PREFIX}*"))
+    assert len(files) >= 4 and all(str(f).startswith("s3://") == (landing == "s3") for f in files)
+    landed = pl.concat([pl.read_csv(f.read_bytes(), infer_schema=False) for f in files])
     cols = entity.column_names
     assert landed.sort(cols, nulls_last=True).equals(kept.sort(cols, nulls_last=True))
 
