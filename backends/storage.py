@@ -32,8 +32,10 @@ def is_s3(root: str | Path | S3Path) -> bool:
     return isinstance(root, S3Path) or str(root).startswith("s3://")
 
 
-def root_path(root: str | Path) -> Path | S3Path:
+def root_path(root: str | Path | S3Path) -> Path | S3Path:
     """``root`` as a path: an :class:`S3Path` for ``s3://bucket/prefix``, else the local folder, resolved."""
+    if isinstance(root, S3Path):
+        return root
     if isinstance(root, Path):
         return root.resolve()
     if root.startswith("s3://"):

@@ -457,6 +457,29 @@ def test_appending_day_by_day_gives_the_same_files_as_appending_them_at_once(gro
     assert _snapshot(tmp_path) == _snapshot(grown.root)
 
 
+def test_generate_and_append_to_s3_write_the_files_a_folder_gets(grown, aws, monkeypatch):
+    """``s3://`` as the out folder (moto): the same objects, byte for byte, as ``grown``'s folder, the span
+    recorded there, the report naming the objects."""
+    import boto3
+
+    from lakehouse.backends.storage import S3Path
+
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="generated-landing")
+    out = "s3://generated-landing/landing"
+    generate(out, days=PLANNED, scale=0.1, seed=7, start=START)
+    report = append(out, days=ADDED)
+    objects = {o["Key"].removeprefix("landing/"): s3.get_object(Bucket="generated-landing", Key=o["Key"])["Body"].read()
+               for page in s3.get_paginator("list_objects_v2").paginate(Bucket="generated-landing", Prefix="landing/")
+               for o in page.get("Contents", [])}
+    assert objects == _snapshot(grown.root)
+    assert read_span(out) == read_span(grown.root)
+    assert sorted(str(p) for p in report.files) == sorted(f"{out}/{p.relative_to(grown.root).as_posix()}"
+                                                          for p in grown.report.files)
+    assert all(isinstance(p, S3Path) for p in report.files)
+
+
 def test_appended_days_continue_the_ids_at_the_rate_of_the_last_planned_day(grown):
     days = _days(PLANNED + ADDED)
     for entity, key in ((CUSTOMERS, "customer_id"), (ORDERS, "order_id"), (ACCOUNTS, "account_id"),
