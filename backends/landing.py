@@ -239,16 +239,20 @@ def _row_record(row: pa.Table) -> str:
 # ------------------------------------------------------------------------------------------------ streams
 def _open(path: AnyPath) -> tuple[BinaryIO, bool]:
     """``path`` as a buffered byte stream, decompressed when its first bytes say gzip or zstd (whatever its
-    name), and whether it was compressed."""
-    with path.open("rb") as probe:
-        magic = probe.read(4)
+    name), and whether it was compressed. An uncompressed file is read from the stream that probed it (one
+    open: on S3, one request fewer per file)."""
+    probe = path.open("rb")
+    magic = probe.read(4)
     compression = "gzip" if magic.startswith(_GZIP) else "zstd" if magic == _ZSTD else None
-    named = next((c for c in (".gz", ".zst") if path.name.lower().endswith(c)), None)
-    if named and compression is None and magic:
-        raise _Refused("file.unreadable", f"expected {named} compressed data in {path.name} (its name says so), got "
-                                          f"bytes that are not; {_KEEP}")
     if compression is None:
-        return path.open("rb"), False
+        named = next((c for c in (".gz", ".zst") if path.name.lower().endswith(c)), None)
+        if named and magic:
+            probe.close()
+            raise _Refused("file.unreadable", f"expected {named} compressed data in {path.name} (its name says so), "
+                                              f"got bytes that are not; {_KEEP}")
+        probe.seek(0)
+        return probe, False
+    probe.close()
     source = path.open_arrow() if isinstance(path, S3Path) else str(path)
     raw = ArrowRaw(pa.input_stream(source, compression=compression))
     return io.BufferedReader(raw, buffer_size=1 << 20), True  # type: ignore[return-value]

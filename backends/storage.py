@@ -4,7 +4,8 @@ credential chain, ``AWS_ENDPOINT_URL`` and ``AWS_REGION`` as delta-rs and Sail r
 
 ``root_path("s3://bucket/landing")`` is an :class:`S3Path`, any other root a resolved local ``Path``; code written
 against a local folder runs unchanged on either. An S3 "folder" is a key prefix: it exists while an object lies
-under it, and ``mkdir`` does nothing. A file is written whole: one PUT (an object is never seen half written).
+under it, and ``mkdir`` does nothing. A file is written whole by :meth:`S3Path.upload` (an object is never seen
+half written).
 :func:`check_bucket` answers, within seconds, whether a root's bucket can be reached, naming the root and what to
 check when it cannot.
 """
@@ -26,10 +27,6 @@ import pyarrow.fs as pafs
 
 class UnreachableRootError(OSError):
     """An S3 root's bucket does not exist, has no credentials or does not answer."""
-
-
-def is_s3(root: str | Path | S3Path) -> bool:
-    return isinstance(root, S3Path) or str(root).startswith("s3://")
 
 
 def root_path(root: str | Path | S3Path) -> Path | S3Path:
@@ -143,17 +140,6 @@ class S3Path:
     def name(self) -> str:
         return self.key.rsplit("/", 1)[-1]
 
-    @property
-    def parent(self) -> S3Path:
-        return S3Path(f"s3://{self.bucket}/{self.key.rsplit('/', 1)[0] if '/' in self.key else ''}")
-
-    @property
-    def suffix(self) -> str:
-        return PurePosixPath(self.name).suffix
-
-    def with_name(self, name: str) -> S3Path:
-        return self.parent / name
-
     def relative_to(self, root: S3Path) -> PurePosixPath:
         if root.bucket != self.bucket or not (self.key + "/").startswith((root.key + "/") if root.key else ""):
             msg = f"{self.uri!r} is not under {root.uri!r}"
@@ -198,21 +184,12 @@ class S3Path:
         """Entries directly under this folder whose name matches ``pattern`` (no ``/`` or ``**``)."""
         return (p for p in self.iterdir() if fnmatch.fnmatchcase(p.name, pattern))
 
-    def rglob(self, pattern: str) -> Iterator[S3Path]:
-        selector = pafs.FileSelector(self._path, allow_not_found=True, recursive=True)
-        for info in _filesystem().get_file_info(selector):
-            if fnmatch.fnmatchcase(info.base_name, pattern):
-                yield S3Path(f"s3://{info.path}", _info=info)
-
     # ---- reading and writing
     def open(self, mode: str = "rb") -> Any:
-        """A buffered, seekable file to read (``rb``), or a stream that PUTs the object when closed (``wb``)."""
+        """A buffered, seekable file to read (``rb``; an object is written whole by :meth:`upload`)."""
         if mode == "rb":
             return io.BufferedReader(ArrowRaw(self.open_arrow()), buffer_size=1 << 20)
-        if mode == "wb":
-            self._info = None
-            return _filesystem().open_output_stream(self._path)
-        msg = f"expected mode 'rb' or 'wb' for {self.uri}, got {mode!r}"
+        msg = f"expected mode 'rb' for {self.uri} (objects are written by upload), got {mode!r}"
         raise ValueError(msg)
 
     def open_arrow(self) -> Any:
@@ -225,14 +202,6 @@ class S3Path:
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
-
-    def write_bytes(self, data: bytes) -> int:
-        with self.open("wb") as f:
-            f.write(data)
-        return len(data)
-
-    def write_text(self, text: str, encoding: str = "utf-8") -> int:
-        return self.write_bytes(text.encode(encoding))
 
     def upload(self, local: Path) -> None:
         """Copy the local file ``local`` to this key (one object, whole or not at all)."""

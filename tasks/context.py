@@ -49,16 +49,21 @@ class RunContext(BaseModel):
         return require_landing(self.settings().landing_root)
 
 
+_ANSWERED: set[str] = set()  # buckets of S3 landing roots that answered in this process
+
+
 def require_landing(landing_root: str) -> AnyPath:
     """The landing folder (a local folder, resolved, or an ``s3://bucket/prefix``); a clear error, in seconds,
     when the folder does not exist or the bucket cannot be reached."""
     fix = "run 'lakehouse generate --out <folder>' or pass --landing <folder>"
-    try:
-        check_bucket(landing_root, "landing root", "pass --landing or set LAKEHOUSE_LANDING_ROOT")
-    except UnreachableRootError as exc:
-        raise LandingNotFoundError(str(exc)) from None
     root = root_path(landing_root)
-    if isinstance(root, S3Path):  # a prefix with no object yet is an empty landing root, its bucket answered
+    if isinstance(root, S3Path):  # a prefix with no object yet is an empty landing root once its bucket answers
+        if root.bucket not in _ANSWERED:  # once per process: every task of a run asks for the landing root
+            try:
+                check_bucket(landing_root, "landing root", "pass --landing or set LAKEHOUSE_LANDING_ROOT")
+            except UnreachableRootError as exc:
+                raise LandingNotFoundError(str(exc)) from None
+            _ANSWERED.add(root.bucket)
         return root
     if not root.is_dir():
         msg = f"expected a landing folder at {str(root)!r}, it does not exist; {fix}"

@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 
 from lakehouse.backends.sources.landing_writer import write_landing_file
-from lakehouse.backends.storage import AnyPath, is_s3, local_copy, root_path
+from lakehouse.backends.storage import AnyPath, local_copy, root_path
 from lakehouse.contracts.landing import (
     ACCOUNTS,
     BEHAVIOUR,
@@ -282,7 +282,7 @@ def generate(
     records the span, so ``append`` can add the next days. ``out`` may be ``s3://bucket/prefix``: the files are
     written to a local temporary folder, then uploaded, the span's record last.
     """
-    target = _target(out)
+    target = root_path(out)
     with local_copy(target) as folder:
         gen = _Generator(folder, days=days, scale=scale, seed=seed, start=start)
         report = gen.run(progress)
@@ -304,7 +304,7 @@ def append(
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         msg = f"expected days as an integer >= 1 (the days to add), got {days!r}; pass e.g. days=1"
         raise ValueError(msg)
-    target = _target(out)
+    target = root_path(out)
     span = read_span(target)
     with local_copy(target, keep=(MANIFEST_NAME,)) as folder:
         gen = _Generator(folder, days=span.days + days, scale=span.scale, seed=span.seed, start=span.start,
@@ -313,10 +313,6 @@ def append(
         _write_span(folder, SampleSpan(start=span.start, plan_days=span.plan_days, days=span.days + days,
                                        scale=span.scale, seed=span.seed))
     return _uploaded(report, folder, target)
-
-
-def _target(out: Path | str) -> AnyPath:
-    return root_path(out) if is_s3(out) else Path(out)
 
 
 def _uploaded(report: GenerationReport, written: Path, target: AnyPath) -> GenerationReport:
@@ -328,7 +324,7 @@ def _uploaded(report: GenerationReport, written: Path, target: AnyPath) -> Gener
 
 def read_span(out: AnyPath | str) -> SampleSpan:
     """The span ``generate``/``append`` recorded in ``out``; a clear error when there is none."""
-    path = _target(out) / MANIFEST_NAME
+    path = root_path(out) / MANIFEST_NAME
     if not path.is_file():
         msg = (f"expected a landing folder written by `lakehouse generate` (it records its days, scale and seed "
                f"in {MANIFEST_NAME}), found no {path}; generate the first days with `lakehouse generate --out {out}`")
