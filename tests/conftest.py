@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -108,14 +111,19 @@ AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testin
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint(sail_url, tmp_path_factory):
+def moto_jobs(tmp_path_factory) -> Path:
+    """The folder under which the moto server's EMR job runs get their driver's working folder (one per run)."""
+    return tmp_path_factory.mktemp("moto") / "jobs"
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(sail_url, moto_jobs):
     """moto's server on loopback (tests/moto_emr.py: EMR Serverless job runs run their driver against Sail),
     for the whole session, stopped by its process id. Its URL."""
     port = _free_port()
-    base = tmp_path_factory.mktemp("moto")
     env = {**os.environ, **AWS_TEST_ENV, "LAKEHOUSE_SPARK__REMOTE": sail_url}
     proc = _start([sys.executable, str(ROOT / "tests" / "moto_emr.py"), "--port", str(port), "--workdir",
-                   str(base / "jobs")], "moto server", port, base / "server.log", env)
+                   str(moto_jobs)], "moto server", port, moto_jobs.parent / "server.log", env)
     yield f"http://127.0.0.1:{port}"
     _stop(proc)
 
@@ -145,6 +153,57 @@ def aws(moto_endpoint, monkeypatch):
     for k in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         monkeypatch.delenv(k, raising=False)
     return moto_endpoint
+
+
+EMR_BUCKET = "lakehouse-emr-test"
+EMR_ROLE = "arn:aws:iam::123456789012:role/lakehouse-emr-job"
+
+
+@pytest.fixture
+def emr_app(aws, prefect_harness, moto_jobs, monkeypatch):
+    """An EMR Serverless application in moto and a bucket for code and logs; settings pointing at them. Its job
+    runs' drivers reach moto's S3 (``AWS_ENDPOINT_URL``), as an EMR driver reaches S3 with its role.
+    ``driver_env(**extra)`` adds variables to the drivers' environment; ``runs()`` are the application's job
+    runs, ``log(id, "stderr"|"stdout")`` a driver log from the log bucket, ``workdir(id)`` a driver's folder."""
+    import boto3
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")  # moto's endpoint is plain HTTP on loopback
+    s3, emr = boto3.client("s3"), boto3.client("emr-serverless")
+    if EMR_BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=EMR_BUCKET)
+    app = emr.create_application(name="lakehouse", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
+    settings = {"APPLICATION_ID": app, "EXECUTION_ROLE_ARN": EMR_ROLE, "CODE_URI": f"s3://{EMR_BUCKET}/code",
+                "LOG_URI": f"s3://{EMR_BUCKET}/logs", "POLL_SECONDS": "0.2", "POLL_MAX_SECONDS": "1"}
+    for k, v in settings.items():
+        monkeypatch.setenv(f"LAKEHOUSE_EMR__{k}", v)
+
+    def driver_env(**extra: str) -> None:
+        monkeypatch.setenv("LAKEHOUSE_EMR__DRIVER_ENV", json.dumps({
+            "PREFECT_API_URL": PREFECT_API_URL.value(), "AWS_ENDPOINT_URL": aws, "AWS_ALLOW_HTTP": "true", **extra}))
+
+    def runs() -> list[dict]:
+        try:
+            listed = emr.list_job_runs(applicationId=app)["jobRuns"]
+        except emr.exceptions.ResourceNotFoundException:  # moto: no job run submitted to the application yet
+            return []
+        return [emr.get_job_run(applicationId=app, jobRunId=r["id"])["jobRun"] for r in listed]
+
+    def log(job_run_id: str, name: str = "stderr") -> str:
+        key = f"logs/applications/{app}/jobs/{job_run_id}/SPARK_DRIVER/{name}.gz"
+        return gzip.decompress(s3.get_object(Bucket=EMR_BUCKET, Key=key)["Body"].read()).decode()
+
+    driver_env()
+    return SimpleNamespace(app=app, s3=s3, emr=emr, driver_env=driver_env, runs=runs, log=log,
+                           workdir=lambda job_run_id: moto_jobs / job_run_id)
+
+
+def upload(s3, folder: Path, uri: str) -> None:
+    """Every file under ``folder`` to the ``s3://bucket/prefix`` ``uri``, at the same relative keys."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            s3.upload_file(str(f), bucket, f"{prefix.strip('/')}/{f.relative_to(folder).as_posix()}")
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,13 @@
-"""The EMR Serverless path end to end against moto's server on loopback (tests/moto_emr.py runs each job run's
-driver for real: the shipped archive, the entry point, the stage on Spark via Sail).
+"""The EMR Serverless path against moto's server on loopback (tests/moto_emr.py runs each job run's driver for
+real: the shipped archive, the entry point, the stage on Spark via Sail), with landing and lake on moto's S3.
 
-Submit, poll, success (tables equal to the in-process run), failure (driver log reported), cancel (by the
-Prefect run's state, and by SIGTERM as a worker sends it), plus the code archive and the IAM policies.
+Submit, poll, failure (driver log reported), cancel (by the Prefect run's state, and by SIGTERM as a worker
+sends it), plus the code archive and the IAM policies. The job runs' success (a day of the daily flow on EMR,
+every table equal to the laptop engine's) is tests/test_s3_lake.py's Spark test.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
@@ -19,56 +19,34 @@ import time
 import zipfile
 from datetime import date
 from pathlib import Path
-from types import SimpleNamespace
 
 import boto3
 import pytest
-from conftest import FLOW_DAYS, ROOT
-from lakes import assert_same_rows, normalised
+from conftest import EMR_BUCKET, FLOW_DAYS, ROOT, upload
 
-from lakehouse.contracts.catalog import TABLES
 from lakehouse.deployments.emr import S3Location, package
 from lakehouse.deployments.settings import SettingsError, load_settings
 
 pytestmark = pytest.mark.slow
 
-BUCKET = "lakehouse-emr-test"
-ROLE = "arn:aws:iam::123456789012:role/lakehouse-emr-job"
+LANDING = f"s3://{EMR_BUCKET}/landing"  # the two generated days of ``daily_lakes``, uploaded once
 
 
-@pytest.fixture
-def emr_app(aws, prefect_harness, monkeypatch):
-    """An EMR Serverless application and a bucket for code and logs in moto; settings pointing at them."""
-    from prefect.settings import PREFECT_API_URL
-
-    s3, emr = boto3.client("s3"), boto3.client("emr-serverless")
-    if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
-        s3.create_bucket(Bucket=BUCKET)
-    app = emr.create_application(name="lakehouse", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
-    settings = {"APPLICATION_ID": app, "EXECUTION_ROLE_ARN": ROLE, "CODE_URI": f"s3://{BUCKET}/code",
-                "LOG_URI": f"s3://{BUCKET}/logs", "POLL_SECONDS": "0.2", "POLL_MAX_SECONDS": "1"}
-    for k, v in settings.items():
-        monkeypatch.setenv(f"LAKEHOUSE_EMR__{k}", v)
-
-    def driver_env(**extra: str) -> None:
-        monkeypatch.setenv("LAKEHOUSE_EMR__DRIVER_ENV", json.dumps({"PREFECT_API_URL": PREFECT_API_URL.value(),
-                                                                    **extra}))
-
-    driver_env()
-    return SimpleNamespace(app=app, s3=s3, emr=emr, driver_env=driver_env)
+@pytest.fixture(scope="module")
+def s3_landing(moto_endpoint, daily_lakes):
+    """The laptop engine's landing files in moto's S3, where the job runs read them: ``LANDING``."""
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
+    if EMR_BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=EMR_BUCKET)
+    upload(s3, daily_lakes("polars")["landing"], LANDING)
+    return LANDING
 
 
-def job_runs(ctx) -> list[dict]:
-    try:
-        runs = ctx.emr.list_job_runs(applicationId=ctx.app)["jobRuns"]
-    except ctx.emr.exceptions.ResourceNotFoundException:  # moto: no job run submitted to the application yet
-        return []
-    return [ctx.emr.get_job_run(applicationId=ctx.app, jobRunId=r["id"])["jobRun"] for r in runs]
-
-
-def driver_log(ctx, job_run_id: str, name: str = "stderr") -> str:
-    key = f"logs/applications/{ctx.app}/jobs/{job_run_id}/SPARK_DRIVER/{name}.gz"
-    return gzip.decompress(ctx.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()).decode()
+def keys(s3, uri: str) -> list[str]:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def test_the_code_archive_is_reproducible_and_ships_once(emr_app):
@@ -77,7 +55,7 @@ def test_the_code_archive_is_reproducible_and_ships_once(emr_app):
     names = zipfile.ZipFile(__import__("io").BytesIO(first.archive)).namelist()
     assert {"lakehouse/flows/daily.py", "lakehouse/deployments/emr.toml", "lakehouse/contracts/catalog.py"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
-    code_uri = f"s3://{BUCKET}/code-{time.time_ns()}"
+    code_uri = f"s3://{EMR_BUCKET}/code-{time.time_ns()}"
     shipped = package.ship(first, code_uri, emr_app.s3)
     assert shipped.uploaded == 2
     assert package.ship(second, code_uri, emr_app.s3).uploaded == 0
@@ -105,74 +83,42 @@ def test_submission_needs_the_emr_settings(monkeypatch):
         load_settings("local", emr={"execution_role_arn": "my-role"})
 
 
-def test_the_daily_flow_on_emr_leaves_the_tables_the_in_process_flow_leaves(emr_app, daily_lakes, tmp_path):
+def test_a_failed_job_run_fails_the_flow_and_says_where_the_driver_log_is(emr_app):
     from lakehouse.flows.emr import emr_daily_lakehouse
 
-    # One day: its three stages as three job runs, against the in-process flow's lake after that day (the
-    # in-process suites cover the days after; each job run here is a driver process on Sail).
-    reference = daily_lakes("polars")
-    lake, day = tmp_path / "lake", FLOW_DAYS[0]
-    state = emr_daily_lakehouse(run_date=date.fromisoformat(day), env="local", lake_root=str(lake),
-                                landing_root=str(reference["landing"]), return_state=True)
-    assert state.is_completed(), state.message
-    assert [s["stage"] for s in state.result()] == ["ingest", "refine", "publish"]
-
-    runs = job_runs(emr_app)
-    assert sorted((r["tags"]["lakehouse:run-date"], r["tags"]["lakehouse:stage"]) for r in runs) == sorted(
-        (day, s) for s in ("ingest", "refine", "publish"))
-    assert {r["state"] for r in runs} == {"SUCCESS"}
-    assert {r["executionRole"] for r in runs} == {ROLE}
-    # The driver ran the shipped archive (extracted under the job's folder), not this checkout.
-    first = runs[0]
-    assert f"/{first['jobRunId']}/lakehouse" in driver_log(emr_app, first["jobRunId"], "stdout")
-    assert str(ROOT) not in driver_log(emr_app, first["jobRunId"], "stdout")
-
-    compared = 0
-    for name in sorted(TABLES):
-        left, right = normalised(reference["first_day"], name), normalised(lake, name)
-        assert (left is None) == (right is None), f"{name} written by one run only"
-        if left is not None and right is not None:
-            assert_same_rows(name, left, right)
-            compared += 1
-    assert compared >= 15
-
-
-def test_a_failed_job_run_fails_the_flow_and_says_where_the_driver_log_is(emr_app, tmp_path):
-    from lakehouse.flows.emr import emr_daily_lakehouse
-
-    missing = tmp_path / "no-landing-here"
-    state = emr_daily_lakehouse(run_date=date(2026, 11, 1), env="local", lake_root=str(tmp_path / "lake"),
-                                landing_root=str(missing), return_state=True)
+    lake = f"s3://{EMR_BUCKET}/failed/lake"
+    state = emr_daily_lakehouse(run_date=date(2026, 11, 1), env="local", lake_root=lake,
+                                landing_root="s3://no-landing-bucket/landing", return_state=True)
     assert state.is_failed()
-    runs = job_runs(emr_app)
+    runs = emr_app.runs()
     assert [r["state"] for r in runs] == ["FAILED"], "the stages after a failed one are not submitted"
     job = runs[0]
-    log_uri = f"s3://{BUCKET}/logs/applications/{emr_app.app}/jobs/{job['jobRunId']}/SPARK_DRIVER/stderr.gz"
+    log_uri = f"s3://{EMR_BUCKET}/logs/applications/{emr_app.app}/jobs/{job['jobRunId']}/SPARK_DRIVER/stderr.gz"
     assert log_uri in state.message and job["jobRunId"] in state.message
-    assert "expected a landing folder" in driver_log(emr_app, job["jobRunId"])
-    assert not (tmp_path / "lake" / "silver").exists()
+    assert "expected the bucket 'no-landing-bucket' of the landing root" in emr_app.log(job["jobRunId"])
+    assert not [k for k in keys(emr_app.s3, lake) if "_delta_log" in k], "nothing was written"
 
 
-def test_a_missing_daily_delivery_fails_the_ingest_job_run_before_anything_is_written(emr_app, daily_lakes,
-                                                                                     tmp_path):
+def test_a_missing_daily_delivery_fails_the_ingest_job_run_before_anything_is_written(emr_app, s3_landing):
     """The ingest stage's job run checks the deliveries where it reads the landing files, as the in-process
     flow does before its run lock: a daily entity without a file for the date stops it, naming the folder."""
-    import shutil
-
     from lakehouse.flows.emr import emr_daily_lakehouse
 
-    landing = tmp_path / "landing"
-    shutil.copytree(daily_lakes("polars")["landing"], landing)
-    shutil.rmtree(landing / "snowflake" / "orders" / FLOW_DAYS[0])
-    state = emr_daily_lakehouse(run_date=date.fromisoformat(FLOW_DAYS[0]), env="local",
-                                lake_root=str(tmp_path / "lake"), landing_root=str(landing), return_state=True)
+    landing, lake = f"s3://{EMR_BUCKET}/partial/landing", f"s3://{EMR_BUCKET}/partial/lake"
+    missing = f"snowflake/orders/{FLOW_DAYS[0]}/"
+    for key in keys(emr_app.s3, s3_landing):
+        if missing not in key:
+            emr_app.s3.copy_object(Bucket=EMR_BUCKET, Key=key.replace("landing/", "partial/landing/", 1),
+                                   CopySource={"Bucket": EMR_BUCKET, "Key": key})
+    state = emr_daily_lakehouse(run_date=date.fromisoformat(FLOW_DAYS[0]), env="local", lake_root=lake,
+                                landing_root=landing, return_state=True)
     assert state.is_failed()
-    runs = job_runs(emr_app)
+    runs = emr_app.runs()
     assert [(r["tags"]["lakehouse:stage"], r["state"]) for r in runs] == [("ingest", "FAILED")]
-    log = driver_log(emr_app, runs[0]["jobRunId"])
+    log = emr_app.log(runs[0]["jobRunId"])
     assert f"expected a delivery for {FLOW_DAYS[0]}" in log and "snowflake.orders" in log
-    assert str(landing / "snowflake" / "orders" / FLOW_DAYS[0]) in log
-    assert not [p for p in (tmp_path / "lake").rglob("_delta_log")], "nothing was written"
+    assert f"{landing}/{missing}".rstrip("/") in log
+    assert not [k for k in keys(emr_app.s3, lake) if "_delta_log" in k], "nothing was written"
 
 
 @pytest.fixture
@@ -205,26 +151,26 @@ def silent_spark():
 def wait_for_job(ctx, state: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = job_runs(ctx)
+        runs = ctx.runs()
         if runs and runs[-1]["state"] == state:
             return runs[-1]
         time.sleep(0.2)
-    pytest.fail(f"no job run reached {state}: {[r['state'] for r in job_runs(ctx)]}")
+    pytest.fail(f"no job run reached {state}: {[r['state'] for r in ctx.runs()]}")
 
 
-def test_cancelling_the_flow_run_cancels_the_job_run(emr_app, silent_spark, daily_lakes, tmp_path):
+def test_cancelling_the_flow_run_cancels_the_job_run(emr_app, silent_spark, s3_landing):
     from prefect import get_client
     from prefect.states import Cancelling
 
     from lakehouse.flows.emr import emr_daily_lakehouse
 
     emr_app.driver_env(LAKEHOUSE_SPARK__REMOTE=silent_spark)
-    landing = str(daily_lakes("polars")["landing"])
     outcome = {}
 
     def run() -> None:
-        outcome["state"] = emr_daily_lakehouse(run_date=date(2026, 11, 1), env="local", lake_root=str(tmp_path / "l"),
-                                               landing_root=landing, return_state=True)
+        outcome["state"] = emr_daily_lakehouse(run_date=date(2026, 11, 1), env="local",
+                                               lake_root=f"s3://{EMR_BUCKET}/cancel/lake", landing_root=s3_landing,
+                                               return_state=True)
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -234,17 +180,17 @@ def test_cancelling_the_flow_run_cancels_the_job_run(emr_app, silent_spark, dail
     thread.join(timeout=120)
     assert not thread.is_alive()
     assert outcome["state"].is_cancelled(), outcome["state"]
-    runs = job_runs(emr_app)
+    runs = emr_app.runs()
     assert [r["state"] for r in runs] == ["CANCELLED"], "cancelled, and no later stage submitted"
 
 
-def test_sigterm_to_the_flow_process_cancels_the_job_run(emr_app, silent_spark, daily_lakes, tmp_path):
+def test_sigterm_to_the_flow_process_cancels_the_job_run(emr_app, silent_spark, s3_landing, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
     emr_app.driver_env(LAKEHOUSE_SPARK__REMOTE=silent_spark)
     script = ("from datetime import date; from lakehouse.flows.emr import emr_daily_lakehouse; "
-              f"emr_daily_lakehouse(run_date=date(2026, 11, 1), env='local', lake_root={str(tmp_path / 'l')!r}, "
-              f"landing_root={str(daily_lakes('polars')['landing'])!r})")
+              "emr_daily_lakehouse(run_date=date(2026, 11, 1), env='local', "
+              f"lake_root='s3://{EMR_BUCKET}/sigterm/lake', landing_root={s3_landing!r})")
     log = tmp_path / "flow.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
@@ -259,7 +205,7 @@ def test_sigterm_to_the_flow_process_cancels_the_job_run(emr_app, silent_spark, 
     job = wait_for_job(emr_app, "CANCELLED", timeout=30)
     assert proc.returncode != 0
     assert "cancelled EMR job run" in log.read_text(), log.read_text()[-3000:]
-    assert [r["jobRunId"] for r in job_runs(emr_app)] == [job["jobRunId"]]
+    assert [r["jobRunId"] for r in emr_app.runs()] == [job["jobRunId"]]
 
 
 def test_the_lake_paths_sent_to_the_driver_are_absolute(emr_app, tmp_path, monkeypatch):
@@ -326,18 +272,19 @@ def test_the_emr_commands_print_json_or_name_what_they_need():
     assert stage.exit_code == 2 and "expected --stage among ['ingest', 'refine', 'publish']" in stage.output
 
 
-def test_polls_back_off_doubling_up_to_the_cap_and_a_cancel_request_cancels(emr_app, silent_spark, tmp_path):
+def test_polls_back_off_doubling_up_to_the_cap_and_a_cancel_request_cancels(emr_app, silent_spark, s3_landing):
     from lakehouse.deployments.emr.jobs import JobRuns
 
     emr_app.driver_env(LAKEHOUSE_SPARK__REMOTE=silent_spark)
-    settings = load_settings("local", lake_root=str(tmp_path / "lake"), landing_root=str(tmp_path),
+    lake = f"s3://{EMR_BUCKET}/backoff/lake"
+    settings = load_settings("local", lake_root=lake, landing_root=s3_landing,
                              emr={**load_settings("local").emr.model_dump(), "poll_seconds": 0.1,
                                   "poll_max_seconds": 0.5})
     jobs = JobRuns(settings.emr)
     code = package.ship(package.build(), settings.emr.code_uri, emr_app.s3)
     job_id = jobs.start(name="backoff", code=code, client_token="backoff-1", tags={},
                         arguments=["--stage", "ingest", "--date", "2026-11-01", "--run-id", "t", "--env", "local",
-                                   "--lake-root", str(tmp_path / "lake"), "--landing-root", str(tmp_path)])
+                                   "--lake-root", lake, "--landing-root", s3_landing])
     wait_for_job(emr_app, "RUNNING")
     slept: list[float] = []
     seen: list[str] = []

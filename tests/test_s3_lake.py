@@ -1,9 +1,10 @@
 """Landing and lake on S3 (moto's server on loopback). The laptop engine: the daily flow end to end with
 credentials from an AwsCredentials block, task results on S3 so a retried flow run resumes from them, the ledger
-and lineage in the bucket, and the same tables as the local lake built from the same landing files, read from S3. Spark (Sail,
-reading and writing ``s3://`` itself): landing generated to S3, two days with landing and lake on S3, every table
-equal to the laptop engine's local lake, the landing read again finding every file already ingested, and a vacuum. Roots whose bucket
-is missing, without credentials, or unreachable fail in seconds before any write."""
+and lineage in the bucket, and the same tables as the local lake built from the same landing files, read from
+S3. Spark (Sail, reading and writing ``s3://`` itself): landing generated to S3, two days with landing and lake
+on S3 (the second as EMR Serverless job runs), every table equal to the laptop engine's local lake, the landing
+read again finding every file already ingested, and a vacuum. Roots whose bucket is missing, without
+credentials, or unreachable fail in seconds before any write."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import date
 
 import boto3
 import pytest
+from conftest import EMR_ROLE, ROOT
 from deltalake import DeltaTable
 from lakes import assert_same_rows, normalise
 
@@ -118,14 +120,15 @@ def _keys(s3, bucket: str, prefix: str) -> dict[str, int]:
     return {o["Key"].removeprefix(prefix): o["Size"] for page in pages for o in page.get("Contents", [])}
 
 
-def test_spark_runs_the_daily_flow_with_landing_and_lake_on_s3(aws, sail_s3_url, pristine_lake, monkeypatch,
-                                                              prefect_harness):
+def test_spark_runs_the_daily_flow_with_landing_and_lake_on_s3_in_process_and_on_emr(aws, sail_s3_url, pristine_lake,
+                                                                                    emr_app, prefect_harness):
     """Sail reads and writes the lake's tables on S3 (its server's environment names the endpoint, as an EMR job's
-    role does); the landing files are read from S3 on the driver."""
+    role does). Day 1 runs in this process; day 2 runs as EMR Serverless job runs (moto's, tests/moto_emr.py),
+    one per stage, each a new driver process in a new folder that reads landing and lake from S3 only."""
     from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.flows.emr import emr_daily_lakehouse
     from lakehouse.flows.vacuum import vacuum_lake
 
-    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="spark-landing")
     s3.create_bucket(Bucket="spark-lake")
@@ -138,8 +141,22 @@ def test_spark_runs_the_daily_flow_with_landing_and_lake_on_s3(aws, sail_s3_url,
     assert _keys(s3, "spark-landing", "prod/landing/") == on_disk, "generate --out s3:// writes what it writes locally"
 
     spark = {"backend": "spark", "spark_remote": sail_s3_url}
-    for day in DAYS:
-        daily_lakehouse(run_date=day, lake_root=root, landing_root=landing, **spark)
+    daily_lakehouse(run_date=DAYS[0], lake_root=root, landing_root=landing, **spark)
+    emr_app.driver_env(LAKEHOUSE_SPARK__REMOTE=sail_s3_url)
+    state = emr_daily_lakehouse(run_date=DAYS[1], env="local", lake_root=root, landing_root=landing,
+                                return_state=True)
+    assert state.is_completed(), state.message
+    runs = sorted(emr_app.runs(), key=lambda r: r["createdAt"])
+    assert [(r["tags"]["lakehouse:stage"], r["state"]) for r in runs] == [
+        ("ingest", "SUCCESS"), ("refine", "SUCCESS"), ("publish", "SUCCESS")]
+    assert {r["executionRole"] for r in runs} == {EMR_ROLE}
+    for run in runs:  # each driver ran the shipped archive, not this checkout, and kept nothing but its logs
+        stdout = emr_app.log(run["jobRunId"], "stdout")
+        assert f"/{run['jobRunId']}/lakehouse" in stdout and str(ROOT) not in stdout
+        folder = emr_app.workdir(run["jobRunId"])
+        kept = {f.relative_to(folder).parts[0] for f in folder.rglob("*") if f.is_file()}
+        assert kept == {"entrypoint.py", ".archives", "lakehouse", "stdout", "stderr"}, kept
+
     lake = Lake(root)
     for name, spec in sorted(TABLES.items()):
         local = pristine_lake["root"] / spec.path
