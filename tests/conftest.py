@@ -84,7 +84,8 @@ FLOW_DAYS = ("2026-11-01", "2026-11-02")
 def daily_lakes(daily_lake):
     """``daily_lakes(engine)``: the kit's ``daily_lake(engine)`` (the daily flow over two generated days, scale
     0.03, seed 7, on ``polars`` or ``sail``) as a dict: ``first_day`` is the lake as the first day's run left
-    it, ``pristine`` as both runs left it (before any test reruns a date on the shared ``root``)."""
+    it, ``pristine`` as both runs left it (before any test reruns a date on the shared ``root``), ``written_at``
+    where the runs wrote it (``root`` is this session's copy)."""
     from datetime import date
 
     def build(engine: str) -> dict:
@@ -92,7 +93,7 @@ def daily_lakes(daily_lake):
         lake = daily_lake(engine, days=len(days), start=days[0])
         kwargs = {"backend": "spark", "spark_remote": lake.spark_remote} if lake.spark_remote else {}
         return {"landing": lake.landing, "root": lake.root, "summaries": lake.summaries, "engine": kwargs,
-                "pristine": lake.after(days[-1]), "first_day": lake.after(days[0])}
+                "pristine": lake.after(days[-1]), "first_day": lake.after(days[0]), "written_at": lake.written_at}
 
     return build
 
@@ -103,7 +104,7 @@ def pristine_lake(daily_lakes):
     write): its run ledger, releases and lineage hold exactly the two runs. (Some tests rerun dates on the shared
     lake of ``daily_lakes``.) ``written_at`` is where the runs wrote it (lineage events name those paths)."""
     built = daily_lakes("polars")
-    return {**built, "root": built["pristine"], "written_at": built["root"]}
+    return {**built, "root": built["pristine"]}
 
 
 AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",

@@ -60,18 +60,22 @@ def _files_of_partition(root: Path, name: str, version: int, day: date) -> set[s
 
 @pytest.fixture(scope="module")
 def five_days(prefect_harness, tmp_path_factory):
-    """A lake built day by day (2026-11-01 .. 05) by the daily flow, with each day's gold versions."""
+    """A lake built day by day (2026-11-01 .. 05) by the daily flow, with each day's gold versions; built once
+    per test run (the xdist workers share it: copy it before writing)."""
     from lakehouse.backends.sources.sample import generate
     from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.testing.plugin import shared_once
 
-    base = tmp_path_factory.mktemp("incremental")
-    landing, root = base / "landing", base / "lake"
-    generate(landing, days=DAYS, scale=0.05, seed=7, start=START)
-    versions = {}
-    for i in range(DAYS):
-        daily_lakehouse(run_date=_day(i), lake_root=str(root), landing_root=str(landing))
-        versions[_day(i)] = Lake(str(root)).version(table("gold.fact_orders"))
-    return {"landing": landing, "root": root, "fact_versions": versions}
+    def build(base: Path) -> dict:
+        landing, root = base / "landing", base / "lake"
+        generate(landing, days=DAYS, scale=0.05, seed=7, start=START)
+        versions = {}
+        for i in range(DAYS):
+            daily_lakehouse(run_date=_day(i), lake_root=str(root), landing_root=str(landing))
+            versions[_day(i)] = Lake(str(root)).version(table("gold.fact_orders"))
+        return {"landing": landing, "root": root, "fact_versions": versions}
+
+    return shared_once(tmp_path_factory, "incremental-five-days", build)
 
 
 def _copy(five_days, tmp_path) -> Path:

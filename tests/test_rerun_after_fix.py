@@ -33,36 +33,36 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def prepared(daily_lakes, tmp_path_factory):
     """``prepared(engine)``: the landing with day 2's orders pointed at day 2's sign-ups (which travel in a file
-    of their own), and the clean lake of day 2 with every file there; made once per engine."""
+    of their own), and the clean lake of day 2 with every file there; made once per engine and test run (the
+    xdist workers share them: copy before writing)."""
     from lakehouse.flows.daily import daily_lakehouse
-
-    made: dict[str, dict] = {}
+    from lakehouse.testing.plugin import shared_once
 
     def make(engine: str) -> dict:
-        if engine in made:
-            return made[engine]
         built = daily_lakes(engine)
-        base = tmp_path_factory.mktemp(f"late-customers-{engine}")
-        landing = base / "landing"
-        shutil.copytree(built["landing"], landing)
-        customers = landing / "snowflake" / "customers"
-        known = set(pl.read_parquet(customers / DAY1.isoformat() / "customers.parquet")["customer_id"].to_list())
-        day2 = customers / DAY2.isoformat() / "customers.parquet"
-        delivered = pl.read_parquet(day2)
-        new = sorted(set(delivered["customer_id"].to_list()) - known)
-        assert len(new) >= 5, "the sample signs up customers on day 2"
-        # The day's sign-ups travel in a second file; the first (the updates of known customers) comes on time.
-        delivered.filter(pl.col("customer_id").is_in(new)).write_parquet(day2.with_name(SIGNUPS))
-        delivered.filter(~pl.col("customer_id").is_in(new)).write_parquet(day2)
-        orders_file = landing / "snowflake" / "orders" / DAY2.isoformat() / "orders.parquet"
-        orders = pl.read_parquet(orders_file)
-        pointed = pl.Series([new[i % len(new)] for i in range(orders.height)], dtype=orders.schema["customer_id"])
-        orders.with_columns(pointed.alias("customer_id")).write_parquet(orders_file)
-        clean = base / "clean"
-        shutil.copytree(built["first_day"], clean)
-        daily_lakehouse(run_date=DAY2, lake_root=str(clean), landing_root=str(landing), **built["engine"])
-        made[engine] = {"landing": landing, "clean": clean, "orders": orders.height, "built": built}
-        return made[engine]
+
+        def build(base: Path) -> dict:
+            landing = base / "landing"
+            shutil.copytree(built["landing"], landing)
+            customers = landing / "snowflake" / "customers"
+            known = set(pl.read_parquet(customers / DAY1.isoformat() / "customers.parquet")["customer_id"].to_list())
+            day2 = customers / DAY2.isoformat() / "customers.parquet"
+            delivered = pl.read_parquet(day2)
+            new = sorted(set(delivered["customer_id"].to_list()) - known)
+            assert len(new) >= 5, "the sample signs up customers on day 2"
+            # The day's sign-ups travel in a second file; the first (the updates of known customers) comes on time.
+            delivered.filter(pl.col("customer_id").is_in(new)).write_parquet(day2.with_name(SIGNUPS))
+            delivered.filter(~pl.col("customer_id").is_in(new)).write_parquet(day2)
+            orders_file = landing / "snowflake" / "orders" / DAY2.isoformat() / "orders.parquet"
+            orders = pl.read_parquet(orders_file)
+            pointed = pl.Series([new[i % len(new)] for i in range(orders.height)], dtype=orders.schema["customer_id"])
+            orders.with_columns(pointed.alias("customer_id")).write_parquet(orders_file)
+            clean = base / "clean"
+            shutil.copytree(built["first_day"], clean)
+            daily_lakehouse(run_date=DAY2, lake_root=str(clean), landing_root=str(landing), **built["engine"])
+            return {"landing": landing, "clean": clean, "orders": orders.height}
+
+        return {**shared_once(tmp_path_factory, f"late-customers-{engine}", build), "built": built}
 
     return make
 

@@ -22,6 +22,11 @@ class BuiltLake:
     summaries: dict[date, Any] = field(default_factory=dict)
     spark_remote: str | None = None
     snapshots: dict[date, Path] = field(default_factory=dict)
+    written_at: Path | None = None  # where the runs wrote the lake, when ``root`` is a copy
+
+    def __post_init__(self) -> None:
+        if self.written_at is None:
+            object.__setattr__(self, "written_at", self.root)
 
     def after(self, day: date) -> Path:
         """A copy of the lake as ``day``'s run left it (copy it again before writing to it)."""

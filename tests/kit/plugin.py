@@ -11,9 +11,11 @@ Load them from your ``conftest.py``::
   the server's log.
 - ``lakehouse_engine``: runs a test once per engine (``polars``, ``sail``); build frames there with
   :func:`lakehouse.testing.frame`.
-- ``sample_landing(days=2, scale=0.03, seed=7, start=...)``: generated landing files, made once per session.
+- ``sample_landing(days=2, scale=0.03, seed=7, start=...)``: generated landing files, made once per test run
+  (pytest-xdist's workers share them: copy before changing).
 - ``daily_lake(engine="polars", days=2, ...)``: a lake the daily flow built over those days on an engine,
-  built once per session and argument set, with a copy as each day left it (copy it before writing to it).
+  built once per test run and argument set (the workers share the build; each gets a copy of ``root``), with a
+  copy as each day left it (copy it before writing to it).
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import os
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from lakehouse.testing import engines
 from lakehouse.testing.lakes import DEFAULT_START, BuiltLake, run_days
 from lakehouse.testing.servers import start_sail, stop
+
+T = TypeVar("T")
 
 #: The fixture giving each Spark engine's server address.
 REMOTES = {"sail": "sail_url", "sail-cluster": "sail_cluster_url"}
@@ -109,21 +114,38 @@ def lakehouse_engine(request) -> str:
     return use_engine(request, request.param)
 
 
+def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], T]) -> T:
+    """``make(folder)`` once per test run: with pytest-xdist, the first worker to ask builds it in a folder all
+    workers see (the parent of their temporary folders) under a file lock, and the others wait and load the
+    result it recorded (pickled); without xdist, once per session. ``name`` names the folder."""
+    import pickle
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = shared / name, shared / f"{name}.pickle"
+    with FileLock(str(shared / f"{name}.lock")):
+        if done.exists():
+            return pickle.loads(done.read_bytes())
+        value = make(folder)
+        done.write_bytes(pickle.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
 def sample_landing(tmp_path_factory) -> Callable[..., Path]:
     """``sample_landing(days=2, scale=0.03, seed=7, start=2026-11-01)``: a landing folder of generated files
-    (the sample sources' days ``start`` .. ``start + days - 1``), made once per session per argument set."""
+    (the sample sources' days ``start`` .. ``start + days - 1``), made once per test run per argument set and
+    shared by the run's xdist workers: read it, or copy it before changing it."""
     from lakehouse.backends.sources.sample import generate
 
-    made: dict[tuple, Path] = {}
-
     def make(days: int = 2, scale: float = 0.03, seed: int = 7, start: date = DEFAULT_START) -> Path:
-        key = (days, scale, seed, start)
-        if key not in made:
-            out = tmp_path_factory.mktemp("landing")
+        def build(out: Path) -> Path:
             generate(out, days=days, scale=scale, seed=seed, start=start)
-            made[key] = out
-        return made[key]
+            return out
+
+        return shared_once(tmp_path_factory, f"landing-{days}-{scale}-{seed}-{start}", build)
 
     return make
 
@@ -132,20 +154,27 @@ def sample_landing(tmp_path_factory) -> Callable[..., Path]:
 def daily_lake(prefect_harness, sample_landing, tmp_path_factory, request) -> Callable[..., BuiltLake]:
     """``daily_lake(engine="polars", days=2, scale=0.03, seed=7, start=2026-11-01)``: the lake the daily flow
     built over ``sample_landing(days, scale, seed, start)`` on ``engine`` (``polars``, ``sail``, or
-    ``sail-cluster``: Sail in local-cluster mode), one run per
-    day, built once per session per argument set, with a copy of the lake as each day's run left it
-    (``after(day)``). Tests share it: copy ``root`` before writing to it."""
-    built: dict[tuple, BuiltLake] = {}
+    ``sail-cluster``: Sail in local-cluster mode), one run per day, with a copy of the lake as each day's run
+    left it (``after(day)``). It is built once per test run per argument set (the xdist workers share the
+    build); each session gets its own copy of ``root``, so tests of one session share it: copy ``root`` before
+    writing to it. ``written_at`` is where the runs wrote it (lineage events and the ledger name those paths)."""
+    import dataclasses
+    import shutil
+
+    copies: dict[tuple, BuiltLake] = {}
 
     def build(engine: str = "polars", days: int = 2, scale: float = 0.03, seed: int = 7,
               start: date = DEFAULT_START) -> BuiltLake:
         key = (engine, days, scale, seed, start)
-        if key not in built:
+        if key not in copies:
             remote = None if engine == "polars" else request.getfixturevalue(REMOTES[engine])
             landing = sample_landing(days=days, scale=scale, seed=seed, start=start)
+            lake = shared_once(tmp_path_factory, f"lake-{engine}-{days}-{scale}-{seed}-{start}",
+                               lambda folder: run_days(engine, folder / "lake", landing, days=days, start=start,
+                                                       spark_remote=remote, snapshots=True))
             root = tmp_path_factory.mktemp(f"lake-{engine}") / "lake"
-            built[key] = run_days(engine, root, landing, days=days, start=start, spark_remote=remote,
-                                  snapshots=True)
-        return built[key]
+            shutil.copytree(lake.root, root)
+            copies[key] = dataclasses.replace(lake, root=root, spark_remote=remote)
+        return copies[key]
 
     return build
