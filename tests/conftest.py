@@ -199,12 +199,21 @@ def emr_app(aws, prefect_harness, moto_jobs, monkeypatch):
                            workdir=lambda job_run_id: moto_jobs / job_run_id)
 
 
-def upload(s3, folder: Path, uri: str) -> None:
-    """Every file under ``folder`` to the ``s3://bucket/prefix`` ``uri``, at the same relative keys."""
+def upload(s3, folder: Path, uri: str, *, skip: tuple[str, ...] = ()) -> None:
+    """Every file under ``folder`` to the ``s3://bucket/prefix`` ``uri``, at the same relative keys, but those
+    under a folder named in ``skip``."""
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     for f in sorted(folder.rglob("*")):
-        if f.is_file():
+        if f.is_file() and not set(skip) & set(f.relative_to(folder).parts):
             s3.upload_file(str(f), bucket, f"{prefix.strip('/')}/{f.relative_to(folder).as_posix()}")
+
+
+def s3_objects(s3, uri: str) -> dict[str, int]:
+    """The objects under the ``s3://bucket/prefix`` ``uri``: key relative to the prefix -> size."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/") + "/"
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"].removeprefix(prefix): o["Size"] for page in pages for o in page.get("Contents", [])}
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import EMR_BUCKET, FLOW_DAYS, ROOT, upload
+from conftest import EMR_BUCKET, FLOW_DAYS, ROOT, s3_objects, upload
 
 from lakehouse.deployments.emr import S3Location, package
 from lakehouse.deployments.settings import SettingsError, load_settings
@@ -41,12 +41,6 @@ def s3_landing(moto_endpoint, daily_lakes):
         s3.create_bucket(Bucket=EMR_BUCKET)
     upload(s3, daily_lakes("polars")["landing"], LANDING)
     return LANDING
-
-
-def keys(s3, uri: str) -> list[str]:
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
-    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def test_the_code_archive_is_reproducible_and_ships_once(emr_app):
@@ -96,7 +90,7 @@ def test_a_failed_job_run_fails_the_flow_and_says_where_the_driver_log_is(emr_ap
     log_uri = f"s3://{EMR_BUCKET}/logs/applications/{emr_app.app}/jobs/{job['jobRunId']}/SPARK_DRIVER/stderr.gz"
     assert log_uri in state.message and job["jobRunId"] in state.message
     assert "expected the bucket 'no-landing-bucket' of the landing root" in emr_app.log(job["jobRunId"])
-    assert not [k for k in keys(emr_app.s3, lake) if "_delta_log" in k], "nothing was written"
+    assert not [k for k in s3_objects(emr_app.s3, lake) if "_delta_log" in k], "nothing was written"
 
 
 def test_a_missing_daily_delivery_fails_the_ingest_job_run_before_anything_is_written(emr_app, s3_landing):
@@ -106,10 +100,10 @@ def test_a_missing_daily_delivery_fails_the_ingest_job_run_before_anything_is_wr
 
     landing, lake = f"s3://{EMR_BUCKET}/partial/landing", f"s3://{EMR_BUCKET}/partial/lake"
     missing = f"snowflake/orders/{FLOW_DAYS[0]}/"
-    for key in keys(emr_app.s3, s3_landing):
-        if missing not in key:
-            emr_app.s3.copy_object(Bucket=EMR_BUCKET, Key=key.replace("landing/", "partial/landing/", 1),
-                                   CopySource={"Bucket": EMR_BUCKET, "Key": key})
+    for key in s3_objects(emr_app.s3, s3_landing):
+        if not key.startswith(missing):
+            emr_app.s3.copy_object(Bucket=EMR_BUCKET, Key=f"partial/landing/{key}",
+                                   CopySource={"Bucket": EMR_BUCKET, "Key": f"landing/{key}"})
     state = emr_daily_lakehouse(run_date=date.fromisoformat(FLOW_DAYS[0]), env="local", lake_root=lake,
                                 landing_root=landing, return_state=True)
     assert state.is_failed()
@@ -118,7 +112,7 @@ def test_a_missing_daily_delivery_fails_the_ingest_job_run_before_anything_is_wr
     log = emr_app.log(runs[0]["jobRunId"])
     assert f"expected a delivery for {FLOW_DAYS[0]}" in log and "snowflake.orders" in log
     assert f"{landing}/{missing}".rstrip("/") in log
-    assert not [k for k in keys(emr_app.s3, lake) if "_delta_log" in k], "nothing was written"
+    assert not [k for k in s3_objects(emr_app.s3, lake) if "_delta_log" in k], "nothing was written"
 
 
 @pytest.fixture

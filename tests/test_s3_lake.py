@@ -12,7 +12,7 @@ from datetime import date
 
 import boto3
 import pytest
-from conftest import EMR_ROLE, ROOT
+from conftest import EMR_ROLE, ROOT, s3_objects, upload
 from deltalake import DeltaTable
 from lakes import assert_same_rows, normalise
 
@@ -32,7 +32,7 @@ def _rows(uri: str, name: str):
     return normalise(DeltaTable(uri).to_pyarrow_table(), name)
 
 
-def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch, tmp_path):
+def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch):
     """Credentials from a prefect-aws AwsCredentials block (the environment has none while the flow runs)."""
     from prefect_aws import AwsCredentials
 
@@ -54,20 +54,15 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch, tmp_path):
     cached_settings.cache_clear()
     root = "s3://lake-bucket/prod/lake"
     lake = Lake(root)
-    day1 = tmp_path / "day1"
-    daily_lakehouse(run_date=DAYS[0], lake_root=str(day1), landing_root=str(local["landing"]))
     s3 = boto3.client("s3", aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
-    for f in day1.rglob("*"):
-        if f.is_file() and "_results" not in f.parts and "_lineage" not in f.parts:
-            s3.upload_file(str(f), "lake-bucket", f"prod/lake/{f.relative_to(day1).as_posix()}")
+    upload(s3, local["first_day"], root, skip=("_results", "_lineage"))
 
     # The landing files go to S3 too: day 2 reads them there.
     landing = "s3://lake-bucket/prod/landing"
-    for f in local["landing"].rglob("*"):
-        if f.is_file():
-            s3.upload_file(str(f), "lake-bucket", f"prod/landing/{f.relative_to(local['landing']).as_posix()}")
+    upload(s3, local["landing"], landing)
 
-    # Day 1 is built on disk and uploaded (the moto server is slow; day 2 is what runs on S3), then
+    # Day 1 is the local lake as the laptop engine's first day left it, uploaded (the moto server is slow; day 2
+    # is what runs on S3), then
     # day 2 fails in a task (every try of its first attempt), and the flow run's retry resumes from the task
     # results kept on S3.
     real, calls = gold_module.build_customer_360, {"n": 0}
@@ -115,11 +110,6 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch, tmp_path):
     cached_settings.cache_clear()  # later tests read settings without the block
 
 
-def _keys(s3, bucket: str, prefix: str) -> dict[str, int]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {o["Key"].removeprefix(prefix): o["Size"] for page in pages for o in page.get("Contents", [])}
-
-
 def test_spark_runs_the_daily_flow_with_landing_and_lake_on_s3_in_process_and_on_emr(aws, sail_s3_url, pristine_lake,
                                                                                     emr_app, prefect_harness):
     """Sail reads and writes the lake's tables on S3 (its server's environment names the endpoint, as an EMR job's
@@ -138,7 +128,7 @@ def test_spark_runs_the_daily_flow_with_landing_and_lake_on_s3_in_process_and_on
     local_landing = pristine_lake["landing"]
     on_disk = {f.relative_to(local_landing).as_posix(): f.stat().st_size for f in local_landing.rglob("*")
                if f.is_file()}
-    assert _keys(s3, "spark-landing", "prod/landing/") == on_disk, "generate --out s3:// writes what it writes locally"
+    assert s3_objects(s3, landing) == on_disk, "generate --out s3:// writes what it writes locally"
 
     spark = {"backend": "spark", "spark_remote": sail_s3_url}
     daily_lakehouse(run_date=DAYS[0], lake_root=root, landing_root=landing, **spark)
@@ -191,9 +181,9 @@ def test_spark_runs_the_daily_flow_with_landing_and_lake_on_s3_in_process_and_on
         assert DeltaTable(lake.uri(spec)).version() == before, name
 
     # A vacuum of everything no kept version reads: gold as released still reads the same.
-    before = len(_keys(s3, "spark-lake", "prod/lake/"))
+    before = len(s3_objects(s3, root))
     done = vacuum_lake(lake, retention_hours=0)
-    assert sum(v.files for v in done) > 0 and len(_keys(s3, "spark-lake", "prod/lake/")) < before
+    assert sum(v.files for v in done) > 0 and len(s3_objects(s3, root)) < before
     for spec in tables("gold"):  # type: ignore[arg-type]
         assert_same_rows(spec.name, _rows(str(pristine_lake["root"] / spec.path), spec.name),
                          _rows(lake.uri(spec), spec.name))

@@ -117,8 +117,10 @@ def lakehouse_engine(request) -> str:
 def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], T]) -> T:
     """``make(folder)`` once per test run: with pytest-xdist, the first worker to ask builds it in a folder all
     workers see (the parent of their temporary folders) under a file lock, and the others wait and load the
-    result it recorded (pickled); without xdist, once per session. ``name`` names the folder."""
+    result it recorded (pickled); without xdist, once per session. ``name`` names the folder; what a failed
+    build left there is removed before the next worker builds again."""
     import pickle
+    import shutil
 
     from filelock import FileLock
 
@@ -128,6 +130,7 @@ def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Calla
     with FileLock(str(shared / f"{name}.lock")):
         if done.exists():
             return pickle.loads(done.read_bytes())
+        shutil.rmtree(folder, ignore_errors=True)
         value = make(folder)
         done.write_bytes(pickle.dumps(value))
         return value
