@@ -93,7 +93,8 @@ def daily_lakes(daily_lake):
         lake = daily_lake(engine, days=len(days), start=days[0])
         kwargs = {"backend": "spark", "spark_remote": lake.spark_remote} if lake.spark_remote else {}
         return {"landing": lake.landing, "root": lake.root, "summaries": lake.summaries, "engine": kwargs,
-                "pristine": lake.after(days[-1]), "first_day": lake.after(days[0]), "written_at": lake.written_at}
+                "pristine": lake.after(days[-1]), "first_day": lake.after(days[0]), "written_at": lake.written_at,
+                "artifacts": lake.artifacts}
 
     return build
 

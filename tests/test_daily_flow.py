@@ -230,20 +230,12 @@ def test_a_run_date_with_no_landing_folder_fails_with_a_clear_error(prefect_harn
 
 
 def test_summary_artifact_is_written(lake):
-    import anyio
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async def latest():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["daily-lakehouse-summary"])))
-
-    artifacts = anyio.run(latest)
-    assert artifacts, "no summary artifact"
-    rows = artifacts[-1].data if isinstance(artifacts[-1].data, list) else json.loads(artifacts[-1].data)
-    assert {r["table"] for r in rows} >= {"gold.fact_orders", "silver.orders", "bronze.snowflake.orders"}
-    assert datetime.now()  # artifact timestamps are the server's; content is what matters
+    """Each day's flow run created its summary artifact (read back from the Prefect server by the kit)."""
+    for day in DAYS:
+        data = lake["artifacts"][day]["daily-lakehouse-summary"]
+        rows = data if isinstance(data, list) else json.loads(data)
+        assert {r["table"] for r in rows} >= {"gold.fact_orders", "silver.orders", "bronze.snowflake.orders"}
+        assert {r["table"] for r in rows} == {s["table"] for s in lake["summaries"][day]}
 
 
 def test_a_refused_file_is_ingested_once_fixed_and_its_date_run_again(lake_copy, tmp_path):
@@ -312,18 +304,8 @@ def test_a_day_appended_to_the_landing_runs_clean_and_loses_no_row(lake_copy, tm
 def test_the_incidents_artifact_lists_every_rule_in_full(lake):
     """The Markdown artifact names every quarantined rule of the run with its count (the table artifact's
     cells are cut short in the UI)."""
-    import anyio
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
     summaries = lake["summaries"][DAYS[-1]]
     expected = {(s["table"], r, n) for s in summaries for r, n in (s.get("rules") or {}).items() if n}
     assert expected
-
-    async def incidents():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["daily-lakehouse-incidents"])))
-
-    texts = [a.data for a in anyio.run(incidents)]
-    assert any(all(f"| {t} | {r} | {n:,} |" in text for t, r, n in expected) for text in texts)
+    text = lake["artifacts"][DAYS[-1]]["daily-lakehouse-incidents"]
+    assert all(f"| {t} | {r} | {n:,} |" in text for t, r, n in expected)

@@ -23,6 +23,9 @@ class BuiltLake:
     spark_remote: str | None = None
     snapshots: dict[date, Path] = field(default_factory=dict)
     written_at: Path | None = None  # where the runs wrote the lake, when ``root`` is a copy
+    # each day's flow run's Prefect artifacts (key -> data), read back from the server the run reported to (a
+    # shared lake's runs reported to the building worker's server, which other workers cannot ask)
+    artifacts: dict[date, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.written_at is None:
@@ -62,11 +65,28 @@ def run_days(engine: str, root: Path, landing: Path, *, days: int, start: date =
         raise ValueError(msg)
     kwargs = {"backend": "spark", "spark_remote": spark_remote} if engine != "polars" else {}
     dates = [start + timedelta(days=i) for i in range(days)]
-    summaries, copies = {}, {}
+    summaries, copies, artifacts = {}, {}, {}
     root = Path(root)
     for day in dates:
-        summaries[day] = daily_lakehouse(run_date=day, lake_root=str(root), landing_root=str(landing), **kwargs)
+        state = daily_lakehouse(run_date=day, lake_root=str(root), landing_root=str(landing), return_state=True,
+                                **kwargs)
+        summaries[day] = state.result()
+        artifacts[day] = flow_run_artifacts(state.state_details.flow_run_id)
         if snapshots:
             copies[day] = root.with_name(f"{root.name}-after-{day.isoformat()}")
             shutil.copytree(root, copies[day])
-    return BuiltLake(engine, root, Path(landing), dates, summaries, spark_remote, copies)
+    return BuiltLake(engine, root, Path(landing), dates, summaries, spark_remote, copies, artifacts=artifacts)
+
+
+def flow_run_artifacts(flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts flow run ``flow_run_id`` created, by key, as the Prefect API returns them."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read() -> list:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+    return {a.key: a.data for a in anyio.run(read) if a.key}
