@@ -9,11 +9,16 @@ every engine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import narwhals as nw
 
 from lakehouse.contracts.contract import Check, Contract
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class UnsupportedCheckError(ValueError):
@@ -46,11 +51,14 @@ def compile_schema(schema: Contract) -> list[CompiledCheck]:
     return compiled
 
 
-def count_violations(frame: nw.LazyFrame, schema: Contract) -> tuple[int, list[tuple[str | None, str, int]]]:
-    """The row count of ``frame`` and ``(column, check, violating rows)`` for every check that fails, in one pass."""
+def count_violations(frame: nw.LazyFrame, schema: Contract, *, to_arrow: Callable[[nw.LazyFrame], pa.Table] | None = None,
+                     ) -> tuple[int, list[tuple[str | None, str, int]]]:
+    """The row count of ``frame`` and ``(column, check, violating rows)`` for every check that fails, in one pass
+    (run by ``to_arrow``, the engine's, when given)."""
     compiled = compile_schema(schema)
     exprs = [nw.len().alias("_rows"), *(c.violations.alias(f"_c{i}") for i, c in enumerate(compiled))]
-    rows, *counts = frame.select(*exprs).collect().rows()[0]
+    query = frame.select(*exprs)
+    rows, *counts = (to_arrow(query) if to_arrow else query.collect().to_arrow()).to_pylist()[0].values()
     return int(rows), [(c.column, c.check, int(n)) for c, n in zip(compiled, counts, strict=True) if n]
 
 

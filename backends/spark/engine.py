@@ -31,8 +31,12 @@ if TYPE_CHECKING:
 
 def spark_frame(spark: SparkSession, table: pa.Table) -> DataFrame:
     """An Arrow table as a Spark DataFrame with the same column types (also when it has no rows)."""
-    ddl = ", ".join(f"`{f.name}` {_spark_type(f.type)}" for f in table.schema)
-    return spark.createDataFrame(table, schema=ddl) if table.num_rows == 0 else spark.createDataFrame(table)
+    return spark.createDataFrame(table, schema=_ddl(table.schema)) if table.num_rows == 0 else spark.createDataFrame(table)
+
+
+def _ddl(schema: pa.Schema) -> str:
+    """The Spark DDL of an Arrow schema (``_spark_type`` per column)."""
+    return ", ".join(f"`{f.name}` {_spark_type(f.type)}" for f in schema)
 
 
 def _spark_type(dtype: pa.DataType) -> str:
@@ -117,7 +121,7 @@ class SparkDeltaEngine:
         return nw.from_native(spark_frame(self.spark, table))
 
     def to_arrow(self, frame: nw.LazyFrame) -> pa.Table:
-        return _native(frame).toArrow()
+        return self._arrow(_native(frame))
 
     def count(self, frame: nw.LazyFrame) -> int:
         return int(_native(frame).count())
@@ -275,15 +279,17 @@ class SparkDeltaEngine:
         """The rows to write, cast to the declared types and checked against the contract (one pass)."""
         F = self._functions()
         native = _native(frame)
-        have = set(native.columns)
-        missing = [c for c in spec.columns if c not in have]
-        if missing:
-            msg = f"expected columns {missing} in the rows for {spec.name!r}, got {sorted(have)}"
-            raise ContractViolation(msg)
-        typed = native.select(*(F.col(f"`{f.name}`").cast(_spark_type(f.type)).alias(f.name)
-                                for f in spec.arrow_schema))
-        typed = _native(self.materialize(nw.from_native(typed))) if self.kind == "classic" else self._staged(typed)
-        rows, problems = count_violations(nw.from_native(typed), spec.schema)
+        try:
+            typed = native.select(*(F.col(f"`{f.name}`").cast(_spark_type(f.type)).alias(f.name)
+                                    for f in spec.arrow_schema))
+            if self.kind == "classic":
+                typed = _native(self.materialize(nw.from_native(typed)))
+            else:
+                typed = self._staged(typed, ddl=_ddl(spec.arrow_schema))
+        except Exception as exc:
+            _raise_missing_columns(native, spec, exc)  # the schema is asked only when the rows cannot be shaped
+            raise
+        rows, problems = count_violations(nw.from_native(typed), spec.schema, to_arrow=self.to_arrow)
         if problems:
             first = ", ".join(f"{col or '(table)'}: {check} x{n}" for col, check, n in problems[:5])
             msg = (f"expected rows for {spec.name!r} to satisfy its contract (contracts/catalog.py); "
@@ -295,15 +301,20 @@ class SparkDeltaEngine:
         """Remove the rows this engine staged for ``materialize`` (frames built on them can no longer run)."""
         _remove_folders(self.lake, self._kept)
 
-    def _staged(self, data: DataFrame, *, keep: bool = False) -> DataFrame:
+    def _staged(self, data: DataFrame, *, keep: bool = False, ddl: str | None = None) -> DataFrame:
         """``data`` written once as Parquet under the lake's ``_staging/`` and read back, on a Spark Connect
         server, which may not cache (Sail cannot): the contract check and the Delta write then read the rows instead of
         each computing them again, and a distributed Delta write runs a plain scan (Sail's local-cluster mode
         cannot ship some functions, e.g. ``lower``, to a Delta write's workers). Removed after the write
-        (``_writing``)."""
-        uri = self.lake.path_uri(self._staging_folder(keep=keep))
+        (``_writing``). ``ddl``: the rows' schema when the caller knows it; otherwise the files written carry it,
+        and only when no rows wrote no file is the server asked for the plan's schema (a round trip that
+        analyses the whole plan again)."""
+        relative = self._staging_folder(keep=keep)
+        uri = self.lake.path_uri(relative)
         self._delta(lambda: data.write.mode("overwrite").parquet(uri))
-        return self.spark.read.schema(data.schema).parquet(uri)  # no rows may write no file: the schema stays
+        if ddl is None and not self.lake.list_files(relative):
+            ddl = data.schema
+        return (self.spark.read if ddl is None else self.spark.read.schema(ddl)).parquet(uri)
 
     def _staging_folder(self, *, keep: bool) -> str:
         """A new folder under the lake's ``_staging/``, removed after the write under way, or on ``release``
@@ -324,8 +335,7 @@ class SparkDeltaEngine:
             buffer = io.BytesIO()
             pq.write_table(part, buffer, compression="zstd")
             self.lake.write_bytes(f"{relative}/part-{i:05d}.parquet", buffer.getvalue())
-        ddl = ", ".join(f"`{f.name}` {_spark_type(f.type)}" for f in slices[0].schema)
-        return self.spark.read.schema(ddl).parquet(self.lake.path_uri(relative))
+        return self.spark.read.schema(_ddl(slices[0].schema)).parquet(self.lake.path_uri(relative))
 
     def _create_or_skip(self, spec: TableSpec, data: DataFrame, rows: int) -> WriteResult | None:
         """A missing table is created from ``data``; an empty batch leaves an existing table as it is.
@@ -337,7 +347,7 @@ class SparkDeltaEngine:
         return None
 
     def _partitions(self, data: DataFrame, spec: TableSpec, alias: str | None = None) -> str:
-        values = data.select(*spec.partition_by).distinct().toArrow()
+        values = self._arrow(data.select(*spec.partition_by).distinct())
         return partition_predicate({c: values.column(c).to_pylist() for c in spec.partition_by}, alias)
 
     def _write(self, spec: TableSpec, data: DataFrame, rows: int, *, mode: str,
@@ -357,6 +367,18 @@ class SparkDeltaEngine:
         self._delta(lambda: writer.save(uri))
         self.lake.check_features(spec)
         return WriteResult(spec.name, self.lake.written_version(spec), rows)
+
+    def _arrow(self, data: DataFrame) -> pa.Table:
+        """The rows of ``data`` on the driver. Spark Connect's ``toArrow`` first asks the server for the schema,
+        one more round trip that analyses the plan again, although the execution's response carries the schema:
+        here that schema is used (the server is asked only if the response has none)."""
+        if self.kind == "classic":
+            return data.toArrow()
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        table, schema = data._to_table()  # the public toArrow asks for the schema first
+        return table.cast(to_arrow_schema(schema if schema is not None else data.schema,
+                                          error_on_duplicated_field_names_in_struct=True, timezone="UTC"))
 
     def _delta(self, action: Any) -> Any:
         """Run a Delta read/write; a session without Delta gets an error that names the way out."""
@@ -381,6 +403,19 @@ def partition_predicate(values: dict[str, list], alias: str | None = None) -> st
         literals = ", ".join("NULL" if v is None else f"'{v}'" for v in sorted(vals, key=lambda v: (v is None, v)))
         parts.append(f"{prefix}{col} IN ({literals})")
     return " AND ".join(parts)
+
+
+def _raise_missing_columns(native: DataFrame, spec: TableSpec, failure: Exception) -> None:
+    """A ``ContractViolation`` naming the columns of ``spec`` that ``native`` lacks, if any (else nothing: the
+    caller re-raises ``failure``, also when the schema cannot be read)."""
+    try:
+        have = set(native.columns)
+    except Exception:  # noqa: BLE001 - the rows' own failure is the error to report
+        return
+    missing = [c for c in spec.columns if c not in have]
+    if missing:
+        msg = f"expected columns {missing} in the rows for {spec.name!r}, got {sorted(have)}"
+        raise ContractViolation(msg) from failure
 
 
 def _union(frames: Sequence[DataFrame]) -> DataFrame:
