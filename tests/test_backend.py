@@ -189,6 +189,8 @@ def test_writes_are_checked_against_the_contract_and_bad_rows_write_nothing(engi
     duplicated = products(engine, ("p3", "a", 1, "h3"), ("p3", "b", 2, "h4"))
     with pytest.raises(ContractViolation, match="silver.products"):
         engine.overwrite(PRODUCTS, duplicated)
+    with pytest.raises(ContractViolation, match=r"expected columns \['list_price_usd'\] in the rows for 'silver.products'"):
+        engine.append(PRODUCTS, negative.drop("list_price_usd"))
     assert [r["product_id"] for r in engine.to_arrow(engine.scan(PRODUCTS)).to_pylist()] == ["p1"]
     assert engine.version(PRODUCTS) == 0
 

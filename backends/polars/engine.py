@@ -180,6 +180,11 @@ class PolarsDeltaEngine:
 
     def _checked(self, spec: TableSpec, frame: nw.LazyFrame) -> pl.DataFrame:
         """The rows to write, checked against the table's contract (nothing unchecked is written)."""
+        have = frame.collect_schema().names()
+        missing = [c for c in spec.columns if c not in have]
+        if missing:
+            msg = f"expected columns {missing} in the rows for {spec.name!r}, got {sorted(have)}"
+            raise ContractViolation(msg)
         df = frame.select(spec.columns).collect().to_native().cast(spec.polars_schema)  # type: ignore[arg-type]
         # One pass over the compiled checks (the same as on Spark); only when one fails does pandera run, for
         # its full report of failure cases.
