@@ -36,14 +36,23 @@ def result_storage(ctx: RunContext) -> Path | str:
     settings = ctx.settings()
     where = settings.result_storage or Lake(settings.lake_root).path_uri(RESULTS)
     if where.startswith("s3://"):
-        from prefect_aws import AwsCredentials, S3Bucket
+        from prefect.settings import PREFECT_API_URL
 
         bucket, _, prefix = where.removeprefix("s3://").partition("/")
-        name = f"lakehouse-results-{settings.env}"
-        S3Bucket(bucket_name=bucket, bucket_folder=prefix.strip("/"), credentials=AwsCredentials()).save(
-            name, overwrite=True)
-        return f"s3-bucket/{name}"
+        return _saved_results_block(f"lakehouse-results-{settings.env}", bucket, prefix.strip("/"),
+                                    PREFECT_API_URL.value())
     return Path(where.removeprefix("file://")).resolve()
+
+
+@functools.cache
+def _saved_results_block(name: str, bucket: str, folder: str, api_url: str | None) -> str:
+    """The slug of the ``S3Bucket`` block ``name`` for ``bucket``/``folder``, saved once per process and Prefect
+    API (a block's save builds its JSON schema: about 2 s of CPU, which every task paid when this ran per task)."""
+    from prefect_aws import AwsCredentials, S3Bucket
+
+    del api_url  # part of the cache key only: another API has its own blocks
+    S3Bucket(bucket_name=bucket, bucket_folder=folder, credentials=AwsCredentials()).save(name, overwrite=True)
+    return f"s3-bucket/{name}"
 
 
 def resumable(task: T, ctx: RunContext) -> T:
