@@ -62,7 +62,7 @@ class LandingRead:
     path under the landing root, recorded as ``_source_file``).
 
     ``rows`` has every declared column of the entity as text, plus ``_source_file`` and ``_record_hash``.
-    ``rejects`` are records that could not become rows (a ragged CSV row, a line that is not a JSON object, bytes
+    ``rejects`` (a frame of the engine, like ``rows``) are records that could not become rows (a ragged CSV row, a line that is not a JSON object, bytes
     that are not UTF-8), with the quarantine columns ``rule, reason, record, record_hash, source_file``.
     ``refused`` are whole files not read (unreadable, empty, a declared column missing or renamed):
     ``source_file, problem, reason`` (``backends.landing.REFUSED_SCHEMA``). ``records`` counts each read
@@ -70,7 +70,7 @@ class LandingRead:
     """
 
     rows: nw.LazyFrame
-    rejects: pa.Table
+    rejects: nw.LazyFrame
     refused: pa.Table
     records: dict[str, int] = field(default_factory=dict)
 

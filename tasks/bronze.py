@@ -80,7 +80,7 @@ def _append_files(ctx: RunContext, engine: Engine, entity: LandingEntity, files:
     spec = bronze_for(entity)
     read = engine.read_landing(entity, files) if files else None
     quarantined = 0
-    if read is not None and read.rejects.num_rows:
+    if read is not None:  # the records that could not become rows, if any
         quarantined, _ = write_quarantine(engine, spec, read.rejects, ctx)
     rows, version = 0, engine.version(spec)
     if read is not None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import narwhals as nw
 import pyarrow as pa
 
@@ -17,16 +15,14 @@ class AccountingError(RuntimeError):
     """A stage lost or invented rows: input rows != accepted + quarantined."""
 
 
-def write_quarantine(engine: Engine, spec: TableSpec, data: pa.Table | nw.LazyFrame, ctx: RunContext, *,
+def write_quarantine(engine: Engine, spec: TableSpec, frame: nw.LazyFrame, ctx: RunContext, *,
                      replace: bool = False) -> tuple[int, dict[str, int]]:
     """Write rejected rows (rule, reason, record, record_hash, source_file) to ``spec``'s quarantine table; with
-    ``replace``, they replace the run date's partition (no rows: it is emptied). ``data`` may be a frame of the
-    engine: its rows are written by the engine and only their count per rule comes back to the driver."""
-    if isinstance(data, pa.Table):  # rows already on the driver (bronze's landing reader): counted there
-        frame, rules = engine.from_arrow(data), dict(Counter(data.column("rule").to_pylist()))
-    else:  # a frame of the engine, materialised by the caller: a row per rule comes back, not per record
-        frame, counts = data, engine.to_arrow(data.group_by("rule").agg(nw.len().alias("n")))
-        rules = dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
+    ``replace``, they replace the run date's partition (no rows: it is emptied). ``frame`` is a frame of the
+    engine, materialised by the caller: its rows are written by the engine and only their count per rule comes
+    back to the driver."""
+    counts = engine.to_arrow(frame.group_by("rule").agg(nw.len().alias("n")))
+    rules = dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))
     rows = sum(rules.values())
     qspec = quarantine_for(spec)
     if rows == 0 and not (replace and engine.exists(qspec)):

@@ -121,13 +121,13 @@ def test_read_landing_csv_parquet_and_missing_column(engine, tmp_path):
     assert [r["account_id"] for r in rows] == ["account_id-1", None]
     assert rows[0]["_source_file"] == "crm/accounts/2026-11-01/accounts.csv"
     assert rows[0]["_record_hash"] == record_digest([f"{c}-1" for c in accounts.column_names])
-    assert read.rejects.num_rows == 0
+    assert engine.count(read.rejects) == 0
 
     renamed = tmp_path / "renamed.csv"
     pl.DataFrame({c if c != "domain" else "web_domain": ["x"] for c in accounts.column_names}).write_csv(renamed)
     bad = engine.read_landing(accounts, [(renamed, "renamed.csv"), (csv, "good.csv")])
     assert {r["_source_file"] for r in engine.to_arrow(bad.rows).to_pylist()} == {"good.csv"}, "only that file stops"
-    assert bad.rejects.num_rows == 0
+    assert engine.count(bad.rejects) == 0
     refused = bad.refused.to_pylist()
     assert [(r["source_file"], r["problem"]) for r in refused] == [("renamed.csv", "schema.missing_column")]
     assert "expected column(s) ['domain'] in renamed.csv (crm.accounts)" in refused[0]["reason"]
@@ -163,10 +163,11 @@ def test_read_landing_jsonl_quarantines_malformed_lines(engine, tmp_path):
     assert sorted((r["_source_file"], r["rate"] or "") for r in rows) == [
         ("fx/a.jsonl", ""), ("fx/a.jsonl", "0.92"), ("fx/b.jsonl", "1.1")]
     assert all(r["_record_hash"] == record_digest([r[c] for c in fx.column_names]) for r in rows)
-    rejects = sorted(zip(read.rejects.column("source_file").to_pylist(), read.rejects.column("record").to_pylist()))
+    rejected = engine.to_arrow(read.rejects)
+    rejects = sorted(zip(rejected.column("source_file").to_pylist(), rejected.column("record").to_pylist()))
     assert rejects == sorted([("fx/a.jsonl", '{"rate_date": "2026-11-0'), ("fx/a.jsonl", "not json"),
                                ("fx/b.jsonl", "[1, 2]")])
-    assert sorted(zip(read.rejects.column("record").to_pylist(), read.rejects.column("rule").to_pylist())) == sorted([
+    assert sorted(zip(rejected.column("record").to_pylist(), rejected.column("rule").to_pylist())) == sorted([
         ('{"rate_date": "2026-11-0', "parse.malformed_json"), ("not json", "parse.malformed_json"),
         ("[1, 2]", "parse.not_an_object")])
 
@@ -426,22 +427,42 @@ def test_gap_scan_changes_is_the_changed_files_on_polars_and_the_whole_table_on_
         assert engine.count(gone) == 0 and engine.count(came) == 1
 
 
-def test_gap_landing_files_are_read_by_the_shared_reader_on_either_engine(engine, tmp_path, monkeypatch):
-    """The Spark engine declares that it reads landing files on the driver with the reader the laptop engine
-    uses; the rows it hands back are the same."""
+def test_landing_files_are_read_by_the_engine_and_only_a_row_per_file_reaches_the_driver(engine, tmp_path,
+                                                                                        monkeypatch):
+    """Both engines read landing files with the one reader (``backends/landing.py``). On Spark it runs in the
+    engine's tasks, never on the calling (driver) thread, and of thousands of rows and rejected lines only a row
+    per file comes to the driver through the engine (``to_arrow``); the rows and rejects are the engine's frames."""
+    import threading
+
     from lakehouse.backends import landing
     from lakehouse.contracts.landing import landing_entity
 
     entity = landing_entity("fx.rates")
-    folder = tmp_path / "landing"
-    folder.mkdir()
-    (folder / "rates.jsonl").write_text(
-        '{"rate_date": "2026-11-01", "base_currency": "USD", "quote_currency": "EUR", "rate": "0.9", '
-        '"published_at": "2026-11-01T16:00:00Z"}\n')
-    calls = []
+    good, bad = 4_000, 3_000
+    files = []
+    for part in range(3):
+        lines = [json.dumps({"rate_date": "2026-11-01", "base_currency": "USD", "quote_currency": f"Q{part}{i:05d}",
+                             "rate": "0.9", "published_at": "2026-11-01T16:00:00Z"}) for i in range(good)]
+        lines += [f"not json {part}-{i}" for i in range(bad)]
+        path = tmp_path / f"rates-{part}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        files.append((path, f"fx/rates/2026-11-01/rates-{part}.jsonl"))
+    threads = []
     real = landing.read_files
-    monkeypatch.setattr(landing, "read_files", lambda *a, **k: calls.append(a) or real(*a, **k))
-    read = engine.read_landing(entity, [(folder / "rates.jsonl", "fx/rates/2026-11-01/rates.jsonl")])
-    assert calls and engine.to_arrow(read.rows).column("quote_currency").to_pylist() == ["EUR"]
-    if engine.name == "spark":
-        assert "read_landing" in {g.operation for g in engine.gaps}
+    monkeypatch.setattr(landing, "read_files", lambda *a, **k: threads.append(threading.get_ident()) or real(*a, **k))
+    handed_over: list[int] = []
+    to_arrow = engine.to_arrow
+    monkeypatch.setattr(engine, "to_arrow", lambda frame: handed_over.append((out := to_arrow(frame)).num_rows) or out)
+
+    read = engine.read_landing(entity, files)
+
+    if engine.name == "spark":  # the reads ran in Sail's tasks (its server's process here), never on this thread
+        assert threading.get_ident() not in threads
+        assert handed_over and max(handed_over) <= len(files), handed_over
+    else:
+        assert threads == [threading.get_ident()]
+    assert read.records == {label: good + bad for _, label in files} and read.refused.num_rows == 0
+    assert engine.count(read.rows) == 3 * good
+    assert engine.count(read.rows.filter(nw.col("quote_currency") == "Q200017")) == 1
+    rules = engine.to_arrow(read.rejects.group_by("rule").agg(nw.len().alias("n"))).to_pylist()
+    assert rules == [{"rule": "parse.malformed_json", "n": 3 * bad}]

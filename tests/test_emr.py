@@ -90,6 +90,9 @@ def test_a_failed_job_run_fails_the_flow_and_says_where_the_driver_log_is(emr_ap
     log_uri = f"s3://{EMR_BUCKET}/logs/applications/{emr_app.app}/jobs/{job['jobRunId']}/SPARK_DRIVER/stderr.gz"
     assert log_uri in state.message and job["jobRunId"] in state.message
     assert "expected the bucket 'no-landing-bucket' of the landing root" in emr_app.log(job["jobRunId"])
+    # the executors import the shipped code from the archive Spark extracts for them (landing is read there)
+    submitted = job["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"].split()
+    assert "spark.executorEnv.PYTHONPATH=./lakehouse" in submitted and "spark.archives=" in " ".join(submitted)
     assert not [k for k in s3_objects(emr_app.s3, lake) if "_delta_log" in k], "nothing was written"
 
 

@@ -49,7 +49,7 @@ class PolarsDeltaEngine:
         read = landing.read_files(entity, files)
         rows = pl.from_arrow(read.rows).lazy()  # type: ignore[union-attr]
         hashed = with_record_hash(nw.from_native(rows), entity.column_names)
-        return LandingRead(hashed, read.rejects, read.refused, read.records)
+        return LandingRead(hashed, self.from_arrow(read.rejects), read.refused, read.records)
 
     # ------------------------------------------------------------------------------------ Delta tables
     def exists(self, spec: TableSpec) -> bool:

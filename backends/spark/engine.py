@@ -22,6 +22,7 @@ from lakehouse.backends import landing
 from lakehouse.backends.expressions import with_record_hash
 from lakehouse.backends.lake import Lake
 from lakehouse.backends.protocol import ContractViolation, EngineError, Gap, LandingRead, WriteResult
+from lakehouse.backends.spark import landing as tasks_landing
 from lakehouse.contracts.catalog import TableSpec
 from lakehouse.contracts.checks import count_violations
 from lakehouse.contracts.landing import LandingEntity
@@ -58,8 +59,6 @@ def _spark_type(dtype: pa.DataType) -> str:
     raise EngineError(msg)
 
 
-_SLICE_BYTES = 64 << 20
-
 
 SessionKind = Literal["classic", "connect", "sail"]
 
@@ -73,8 +72,6 @@ GAPS_ALL_KINDS = (
     Gap("spark", "scan_changes", "returns the whole table at both versions (Spark lists no files added and "
         "removed); the caller's comparison finds the same changed rows, reading more",
         "the polars engine reads only the files added and removed since the version"),
-    Gap("spark", "read_landing", "reads landing files on the driver (the reader both engines share) and hands "
-        "Spark the parsed rows", "land large inputs as Parquet; a distributed landing reader is not built yet"),
 )
 
 
@@ -137,20 +134,21 @@ class SparkDeltaEngine:
 
     # ----------------------------------------------------------------------------------- landing files
     def read_landing(self, entity: LandingEntity, files: Sequence[tuple[Path, str]]) -> LandingRead:
-        """Landing files are read on the driver by the reader both engines share (``backends/landing.py``), so
-        the same bytes give the same rows, rejects and refusals as on the laptop; the rows are handed to Spark
-        in slices of at most ``_SLICE_BYTES`` of Arrow data."""
-        read = landing.read_files(entity, files)
-        table = read.rows
-        per_row = max(table.nbytes // max(table.num_rows, 1), 1)
-        step = max(_SLICE_BYTES // per_row, 1)
-        slices = [table.slice(i, step) for i in range(0, table.num_rows, step)]
-        if self.kind != "classic" and len(slices) > 1:
-            rows = self._staged_arrow(slices)  # a plan carries its local rows: Spark Connect caps a plan at 128 MiB
-        else:
-            rows = _union([spark_frame(self.spark, t) for t in slices]) if slices else spark_frame(self.spark, table)
-        hashed = with_record_hash(nw.from_native(rows), entity.column_names)
-        return LandingRead(hashed, read.rejects, read.refused, read.records)
+        """Landing files are read by Spark's tasks with the reader both engines share (``backends/spark/
+        landing.py``): the same bytes give the same rows, rejects and refusals as on the laptop. Their output is
+        materialised once; rows and rejects stay frames of the engine, and only a row per file (its records,
+        or why it was refused) comes to the driver."""
+        if not files:
+            read = landing.read_files(entity, [])
+            return LandingRead(with_record_hash(self.from_arrow(read.rows), entity.column_names),
+                               self.from_arrow(read.rejects), read.refused, {})
+        schema = tasks_landing.output_schema(entity)
+        out = tasks_landing.read_on_tasks(self.spark, entity, files, _ddl(schema))
+        staged = (out.localCheckpoint(eager=True) if self.kind == "classic"
+                  else self._staged(out, keep=True, ddl=_ddl(schema)))
+        refused, records = tasks_landing.split_outcomes(self.to_arrow(nw.from_native(tasks_landing.outcomes_of(staged))))
+        rows = with_record_hash(nw.from_native(tasks_landing.rows_of(staged, entity)), entity.column_names)
+        return LandingRead(rows, nw.from_native(tasks_landing.rejects_of(staged)), refused, records)
 
     # ------------------------------------------------------------------------------------ Delta tables
     def exists(self, spec: TableSpec) -> bool:
@@ -323,20 +321,6 @@ class SparkDeltaEngine:
         (self._kept if keep else self._staging).append(relative)
         return relative
 
-    def _staged_arrow(self, slices: list[pa.Table]) -> DataFrame:
-        """Rows parsed on the driver, written as Parquet files under the lake's ``_staging/`` for Spark to read
-        (removed after the next write, which is the one these rows are for)."""
-        import io
-
-        import pyarrow.parquet as pq
-
-        relative = self._staging_folder(keep=False)
-        for i, part in enumerate(slices):
-            buffer = io.BytesIO()
-            pq.write_table(part, buffer, compression="zstd")
-            self.lake.write_bytes(f"{relative}/part-{i:05d}.parquet", buffer.getvalue())
-        return self.spark.read.schema(_ddl(slices[0].schema)).parquet(self.lake.path_uri(relative))
-
     def _create_or_skip(self, spec: TableSpec, data: DataFrame, rows: int) -> WriteResult | None:
         """A missing table is created from ``data``; an empty batch leaves an existing table as it is.
         None: the table exists and there are rows, so the caller's partial write goes ahead."""
@@ -416,13 +400,6 @@ def _raise_missing_columns(native: DataFrame, spec: TableSpec, failure: Exceptio
     if missing:
         msg = f"expected columns {missing} in the rows for {spec.name!r}, got {sorted(have)}"
         raise ContractViolation(msg) from failure
-
-
-def _union(frames: Sequence[DataFrame]) -> DataFrame:
-    out = frames[0]
-    for more in frames[1:]:
-        out = out.unionByName(more)
-    return out
 
 
 def _native(frame: nw.LazyFrame) -> DataFrame:

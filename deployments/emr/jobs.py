@@ -51,10 +51,12 @@ class JobRuns:
         self.s3 = s3 or aws_client("s3", settings.region)
 
     def spark_submit_parameters(self, code: ShippedCode) -> str:
-        """``--conf`` pairs: the code archive (and the packed Python environment), Delta, driver environment."""
+        """``--conf`` pairs: the code archive (and the packed Python environment), Delta, driver environment.
+        The executors import the code from the archive too (their Python tasks read the landing files)."""
         s = self.settings
         conf = dict(s.spark_conf)
         archives = [f"{code.archive_uri}#{ARCHIVE_ALIAS}"]
+        conf["spark.executorEnv.PYTHONPATH"] = f"./{ARCHIVE_ALIAS}"
         if s.python_archive:
             archives.append(f"{s.python_archive}#{PYTHON_ENV_ALIAS}")
             python = f"./{PYTHON_ENV_ALIAS}/bin/python"
