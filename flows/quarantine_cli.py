@@ -23,6 +23,9 @@ from lakehouse.flows.command_line import (
 
 def print_quarantine_by_rule(settings: Any) -> None:
     """Every quarantine table's rows by rule (with how many a replay accepted since), then the refused files."""
+    import narwhals as nw
+    import pyarrow as pa
+
     from lakehouse.backends import get_backend
     from lakehouse.backends.logs import replay_log
     from lakehouse.contracts.catalog import tables as all_tables
@@ -37,18 +40,23 @@ def print_quarantine_by_rule(settings: Any) -> None:
     for spec in all_tables("quarantine"):
         if not engine.exists(spec):
             continue
-        rows = engine.to_arrow(engine.scan(spec).select("rule", "record_hash", "run_date")).to_pylist()
         silver_name = f"silver.{spec.entity.removeprefix('silver.')}" if spec.entity.startswith("silver.") else None
         log = replay_log(lake, silver_name).table() if silver_name else None
-        replayed = set(log.column("record_hash").to_pylist()) if log is not None else set()
-        by_rule: dict[str, list[dict]] = {}
-        for r in rows:
-            by_rule.setdefault(r["rule"], []).append(r)
-        for rule, hits in sorted(by_rule.items()):
-            dates = sorted({str(h["run_date"]) for h in hits})
-            span = dates[0] if len(dates) == 1 else f"{dates[0]}..{dates[-1]}"
-            done = sum(h["record_hash"] in replayed for h in hits)
-            t.add_row(spec.name, terminal(rule), f"{len(hits):,}", span, f"{done:,}" if silver_name else "")
+        frame = engine.scan(spec).select("rule", "record_hash", "run_date")
+        if log is not None and log.num_rows:  # the rows a later replay accepted, marked by the engine
+            accepted = pa.table({"record_hash": log.column("record_hash").cast(pa.string()).unique(),
+                                 "_replayed": pa.repeat(1, len(log.column("record_hash").unique()))})
+            frame = frame.join(engine.from_arrow(accepted), on="record_hash", how="left")
+        else:
+            frame = frame.with_columns(nw.lit(None).cast(nw.Int64()).alias("_replayed"))
+        # A row per rule comes to this process, however many rows the quarantine holds.
+        by_rule = engine.to_arrow(frame.group_by("rule").agg(
+            nw.len().alias("rows"), nw.col("run_date").min().alias("first"), nw.col("run_date").max().alias("last"),
+            nw.col("_replayed").fill_null(0).sum().alias("replayed"))).to_pylist()
+        for r in sorted(by_rule, key=lambda r: r["rule"]):
+            span = str(r["first"]) if r["first"] == r["last"] else f"{r['first']}..{r['last']}"
+            t.add_row(spec.name, terminal(r["rule"]), f"{r['rows']:,}", span,
+                      f"{r['replayed']:,}" if silver_name else "")
     console.print(t)
     _refused_files(engine, lake)
 

@@ -64,6 +64,12 @@ def test_replay_accepts_each_fixed_row_exactly_once_and_keeps_the_rest(lake_copy
     assert accepted_ids <= silver_ids
     assert engine.count(engine.scan(orders)) == orders_before + len(accepted_ids - ids_before), "merged by key"
     assert len(rows(engine, quarantine)) == quarantined_before, "quarantine keeps its history; nothing added"
+    spark = lake_copy["engine"]  # the listing counts on the lake's own engine (its settings name it)
+    on = {"LAKEHOUSE_BACKEND": "spark", "LAKEHOUSE_SPARK__REMOTE": spark["spark_remote"]} if spark else {}
+    listed = runner.invoke(app, ["quarantine", "list", "--lake-root", str(root)], env={"COLUMNS": "250", **on})
+    line = next(ln for ln in listed.output.splitlines() if "ref.unknown_customer" in ln and "silver.orders" in ln)
+    cells = [c.strip() for c in line.split("│") if c.strip()]
+    assert cells[2] == cells[4] == f"{len(unknown):,}", line  # every row of the rule, all accepted by the replay
     # Gold was rebuilt, audited and released with them.
     release = Releases(Lake(str(root))).current()
     assert release is not None and release.release_id == first[-1]["table"]
