@@ -42,13 +42,11 @@ def print_quarantine_by_rule(settings: Any) -> None:
             continue
         silver_name = f"silver.{spec.entity.removeprefix('silver.')}" if spec.entity.startswith("silver.") else None
         log = replay_log(lake, silver_name).table() if silver_name else None
-        frame = engine.scan(spec).select("rule", "record_hash", "run_date")
-        if log is not None and log.num_rows:  # the rows a later replay accepted, marked by the engine
-            accepted = pa.table({"record_hash": log.column("record_hash").cast(pa.string()).unique(),
-                                 "_replayed": pa.repeat(1, len(log.column("record_hash").unique()))})
-            frame = frame.join(engine.from_arrow(accepted), on="record_hash", how="left")
-        else:
-            frame = frame.with_columns(nw.lit(None).cast(nw.Int64()).alias("_replayed"))
+        # The rows a later replay accepted are marked by the engine (a left join on their record hashes).
+        hashes = log.column("record_hash").cast(pa.string()).unique() if log is not None else pa.array([], pa.string())
+        accepted = pa.table({"record_hash": hashes, "_replayed": pa.repeat(pa.scalar(1, pa.int64()), len(hashes))})
+        frame = engine.scan(spec).select("rule", "record_hash", "run_date").join(
+            engine.from_arrow(accepted), on="record_hash", how="left")
         # A row per rule comes to this process, however many rows the quarantine holds.
         by_rule = engine.to_arrow(frame.group_by("rule").agg(
             nw.len().alias("rows"), nw.col("run_date").min().alias("first"), nw.col("run_date").max().alias("last"),

@@ -84,9 +84,8 @@ def _append_files(ctx: RunContext, engine: Engine, entity: LandingEntity, files:
         quarantined, _ = write_quarantine(engine, spec, read.rejects, ctx)
     rows, version = 0, engine.version(spec)
     if read is not None:
-        stamped = engine.materialize(
-            bronze.with_lineage(read.rows, run_id=ctx.run_id, ingested_at=ctx.started_at, ingest_date=ctx.run_date)
-        )
+        # The append computes the rows once (it checks and writes what it computed), so no materialise here.
+        stamped = bronze.with_lineage(read.rows, run_id=ctx.run_id, ingested_at=ctx.started_at, ingest_date=ctx.run_date)
         result = engine.append(spec, stamped)
         rows, version = result.rows, result.version
         if rows + quarantined != sum(read.records.values()):

@@ -142,10 +142,9 @@ class SparkDeltaEngine:
             read = landing.read_files(entity, [])
             return LandingRead(with_record_hash(self.from_arrow(read.rows), entity.column_names),
                                self.from_arrow(read.rejects), read.refused, {})
-        schema = tasks_landing.output_schema(entity)
-        out = tasks_landing.read_on_tasks(self.spark, entity, files, _ddl(schema))
-        staged = (out.localCheckpoint(eager=True) if self.kind == "classic"
-                  else self._staged(out, keep=True, ddl=_ddl(schema)))
+        ddl = _ddl(tasks_landing.output_schema(entity))
+        out = tasks_landing.read_on_tasks(self.spark, entity, files, ddl)
+        staged = out.localCheckpoint(eager=True) if self.kind == "classic" else self._staged(out, keep=True, ddl=ddl)
         refused, records = tasks_landing.split_outcomes(self.to_arrow(nw.from_native(tasks_landing.outcomes_of(staged))))
         rows = with_record_hash(nw.from_native(tasks_landing.rows_of(staged, entity)), entity.column_names)
         return LandingRead(rows, nw.from_native(tasks_landing.rejects_of(staged)), refused, records)

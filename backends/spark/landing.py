@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from lakehouse.backends import landing
+from lakehouse.backends.storage import root_path
 from lakehouse.contracts.landing import LandingEntity
 
 if TYPE_CHECKING:
@@ -55,8 +56,6 @@ def _reader(entity: LandingEntity, files: list[tuple[str, str]], schema: pa.Sche
     """The function a task runs over its batches of file indices (shipped to the task with ``files``: the
     paths as text, ``s3://`` ones included)."""
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from lakehouse.backends.storage import root_path
-
         for batch in batches:
             for i in batch.column(0).to_pylist():
                 path, label = files[i]
