@@ -24,7 +24,6 @@ from lakehouse.flows.command_line import (
 def print_quarantine_by_rule(settings: Any) -> None:
     """Every quarantine table's rows by rule (with how many a replay accepted since), then the refused files."""
     import narwhals as nw
-    import pyarrow as pa
 
     from lakehouse.backends import get_backend
     from lakehouse.backends.logs import replay_log
@@ -42,11 +41,13 @@ def print_quarantine_by_rule(settings: Any) -> None:
             continue
         silver_name = f"silver.{spec.entity.removeprefix('silver.')}" if spec.entity.startswith("silver.") else None
         log = replay_log(lake, silver_name).table() if silver_name else None
-        # The rows a later replay accepted are marked by the engine (a left join on their record hashes).
-        hashes = log.column("record_hash").cast(pa.string()).unique() if log is not None else pa.array([], pa.string())
-        accepted = pa.table({"record_hash": hashes, "_replayed": pa.repeat(pa.scalar(1, pa.int64()), len(hashes))})
-        frame = engine.scan(spec).select("rule", "record_hash", "run_date").join(
-            engine.from_arrow(accepted), on="record_hash", how="left")
+        frame = engine.scan(spec).select("rule", "record_hash", "run_date")
+        if log is not None:  # the rows a later replay accepted, marked by the engine (a join on their hashes)
+            accepted = engine.from_arrow(log.select(["record_hash"])).select(
+                nw.col("record_hash").cast(nw.String())).unique().with_columns(nw.lit(1).cast(nw.Int64()).alias("_replayed"))
+            frame = frame.join(accepted, on="record_hash", how="left")
+        else:  # no Arrow array built from Python values here: that imports pandas, which read-only commands do not
+            frame = frame.with_columns(nw.lit(None).cast(nw.Int64()).alias("_replayed"))
         # A row per rule comes to this process, however many rows the quarantine holds.
         by_rule = engine.to_arrow(frame.group_by("rule").agg(
             nw.len().alias("rows"), nw.col("run_date").min().alias("first"), nw.col("run_date").max().alias("last"),
