@@ -112,10 +112,14 @@ class Lake:
             self.check_writable()
             Path(self.uri(spec)).mkdir(parents=True, exist_ok=True)
 
-    # Small logs of the lake's own (releases, replays): Delta tables under the root, written with delta-rs
-    # whichever engine writes the data tables; each append is one atomic commit.
+    # The lake's own logs (releases, ledger, ...): Delta tables under the root, written with delta-rs whichever
+    # engine writes the data tables (the replays log is appended by the engine); each append is one atomic commit.
+    def log_table(self, relative: str) -> DeltaTable | None:
+        """The log at ``relative`` as loaded in this process (None: never written), for an engine to scan."""
+        return self._loaded_table(self.path_uri(relative))
+
     def read_log(self, relative: str) -> pa.Table | None:
-        dt = self._loaded_table(self.path_uri(relative))
+        dt = self.log_table(relative)
         if dt is None:
             return None
         import polars as pl

@@ -29,6 +29,9 @@ class LakeLog:
     def uri(self) -> str:
         return self.lake.path_uri(self.path)
 
+    def exists(self) -> bool:
+        return self.lake.log_table(self.path) is not None
+
     def table(self) -> pa.Table | None:
         """The whole log as Arrow (None: never written)."""
         return self.lake.read_log(self.path)

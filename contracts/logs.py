@@ -1,7 +1,9 @@
 """The lake's own logs, declared once beside the tables: name, path under the lake root, schema, keys.
 
-Each log is a small Delta table written with delta-rs whichever engine writes the data tables (lake metadata,
-like ``_delta_log``); every append is one atomic commit and a log only grows. ``backends/logs.py`` reads and
+Each log is a Delta table created and written with delta-rs whichever engine writes the data tables (lake
+metadata, like ``_delta_log``), except the one that grows with the data: a replay's accepted records
+(``replays``) are read and appended by the engine (``Engine.scan_log``/``append_log``; on Spark, by its tasks).
+Every append is one atomic commit and a log only grows. ``backends/logs.py`` reads and
 appends any of them; nothing else builds a log's path. Besides the logs, the lake holds three kinds of plain
 objects, named here too: the run lock's lease (``_locks``), Prefect's task results (``_results``) and the
 OpenLineage event files (``_lineage``).

@@ -40,13 +40,13 @@ def print_quarantine_by_rule(settings: Any) -> None:
         if not engine.exists(spec):
             continue
         silver_name = f"silver.{spec.entity.removeprefix('silver.')}" if spec.entity.startswith("silver.") else None
-        log = replay_log(lake, silver_name).table() if silver_name else None
+        log = replay_log(lake, silver_name) if silver_name else None
         frame = engine.scan(spec).select("rule", "record_hash", "run_date")
-        if log is not None:  # the rows a later replay accepted, marked by the engine (a join on their hashes)
-            accepted = engine.from_arrow(log.select(["record_hash"])).select(
-                nw.col("record_hash").cast(nw.String())).unique().with_columns(nw.lit(1).cast(nw.Int64()).alias("_replayed"))
+        if log is not None and log.exists():  # the rows a later replay accepted, marked by the engine (a join)
+            accepted = engine.scan_log(log).select("record_hash").unique().with_columns(
+                nw.lit(1).cast(nw.Int64()).alias("_replayed"))
             frame = frame.join(accepted, on="record_hash", how="left")
-        else:  # no Arrow array built from Python values here: that imports pandas, which read-only commands do not
+        else:
             frame = frame.with_columns(nw.lit(None).cast(nw.Int64()).alias("_replayed"))
         # A row per rule comes to this process, however many rows the quarantine holds.
         by_rule = engine.to_arrow(frame.group_by("rule").agg(

@@ -30,18 +30,21 @@ def extract_entity(ctx: RunContext, entity_name: str) -> dict[str, Any]:
     engine = ctx.engine()
     spec = bronze_for(entity)
 
-    def known_hashes(first: date) -> pa.ChunkedArray:
+    def already_landed(first: date, hashes: pa.Array) -> pa.ChunkedArray:
+        """Which of a file's record ``hashes`` bronze holds from ingest date ``first`` on: a join in the engine,
+        so at most the file's own hashes come back, however many rows the lookback window holds."""
         if engine.version(spec) is None:
             return pa.chunked_array([], type=pa.string())
-        batch = engine.scan(spec).filter(nw.col("_ingest_date") >= nw.lit(first).cast(nw.Date()))
-        return engine.to_arrow(batch.select("_record_hash")).column("_record_hash")
+        window = engine.scan(spec).filter(nw.col("_ingest_date") >= nw.lit(first).cast(nw.Date())).select("_record_hash")
+        mine = engine.from_arrow(pa.table({"_record_hash": hashes.cast(pa.string())}))
+        return engine.to_arrow(mine.join(window, on="_record_hash", how="semi").unique()).column("_record_hash")
 
     sources = settings.sources
     result = run_extract(
         connector_for(entity, settings), lake=Lake(settings.lake_root), landing_root=ctx.landing_dir(),
         run_date=ctx.run_date, run_id=ctx.run_id, lookback_days=settings.lookback_days,
         first_from=date.fromisoformat(sources.first_from) if sources.first_from else None,
-        chunk_rows=sources.file_rows, known_hashes=known_hashes, logger=logger())
+        chunk_rows=sources.file_rows, already_landed=already_landed, logger=logger())
     for note in result.notes:
         logger().warning("%s on %s: %s", entity.name, ctx.run_date, note)
     return result.summary()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import narwhals as nw
-import pyarrow as pa
 
 from lakehouse.backends import Engine
 from lakehouse.backends.logs import LakeLog
@@ -49,10 +48,8 @@ def quarantined_on_run_date(ctx: RunContext, engine: Engine, spec: TableSpec, *,
     if not engine.exists(qspec):
         return {}
     rows = engine.scan(qspec).filter(nw.col("run_date") == nw.lit(ctx.run_date).cast(nw.Date()))
-    accepted = replayed.table() if replayed is not None else None
-    if accepted is not None and accepted.num_rows:
-        hashes = pa.table({"record_hash": accepted.column("record_hash").cast(pa.string()).unique()})
-        rows = rows.join(engine.from_arrow(hashes), on="record_hash", how="anti")
+    if replayed is not None and replayed.exists():  # the accepted hashes stay in the engine: a join, not a list
+        rows = rows.join(engine.scan_log(replayed).select("record_hash").unique(), on="record_hash", how="anti")
     firsts = rows.group_by("record_hash", "source_file", "occurrence").agg(nw.col("rule").min())
     counts = engine.to_arrow(firsts.group_by("rule").agg(nw.len().alias("n")))
     return dict(zip(counts.column("rule").to_pylist(), counts.column("n").to_pylist(), strict=True))

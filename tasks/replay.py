@@ -9,10 +9,10 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import narwhals as nw
-import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from lakehouse.backends import Engine
 from lakehouse.backends.logs import replay_log
 from lakehouse.contracts.catalog import quarantine_for, table
 from lakehouse.tasks.context import RunContext
@@ -35,67 +35,70 @@ def replayable(table_name: str) -> None:
         raise ReplayError(msg)
 
 
-def pending(ctx: RunContext, table_name: str, rule: str | None) -> pa.Table:
-    """Quarantined (record_hash, rule, run_date) of ``table_name`` that no replay accepted yet."""
+def pending(ctx: RunContext, table_name: str, rule: str | None) -> nw.LazyFrame:
+    """Quarantined (record_hash, rule, run_date) of ``table_name`` that no replay accepted yet: a frame of the
+    engine (the replay log is joined there, never read into a list)."""
     replayable(table_name)
     engine = ctx.engine()
-    qspec = quarantine_for(table(table_name))
-    if not engine.exists(qspec):
-        return pa.table({"record_hash": pa.array([], pa.string()), "rule": pa.array([], pa.string()),
-                         "run_date": pa.array([], pa.date32())})
-    rows = engine.scan(qspec).filter(~nw.col("rule").is_in(sorted(NOT_REPLAYED)))
+    rows = engine.scan(quarantine_for(table(table_name))).filter(~nw.col("rule").is_in(sorted(NOT_REPLAYED)))
     if rule:
         rows = rows.filter(nw.col("rule") == rule)
-    found = engine.to_arrow(rows.select("record_hash", "rule", "run_date").unique())
-    done = replay_log(ctx.lake(), table_name).table()
-    accepted = set(done.column("record_hash").to_pylist()) if done is not None else set()
-    keep = [h not in accepted for h in found.column("record_hash").to_pylist()]
-    return found.filter(pa.array(keep, pa.bool_())) if found.num_rows else found
+    found = rows.select("record_hash", "rule", "run_date").unique()
+    log = replay_log(ctx.lake(), table_name)
+    if log.exists():
+        found = found.join(engine.scan_log(log).select("record_hash").unique(), on="record_hash", how="anti")
+    return found
 
 
 @task(name="replay", task_run_name="replay-{table_name}", cache_policy=NO_CACHE)
 def replay_table(ctx: RunContext, table_name: str, rule: str | None = None) -> dict[str, Any]:
-    """Send the pending quarantined rows of ``table_name`` through conform again, one ingest date at a time."""
-    todo = pending(ctx, table_name, rule)
+    """Send the pending quarantined rows of ``table_name`` through conform again, one ingest date at a time;
+    after each date, the hashes of the rows it accepted are appended to the replay log by the engine. Only a
+    row per ingest date (its date and count) comes to this process, however many rows are replayed."""
     spec = table(table_name)
     engine = ctx.engine()
+    todo = engine.materialize(pending(ctx, table_name, rule))
+    dates = engine.to_arrow(todo.group_by("run_date").agg(nw.len().alias("n")))
+    log = replay_log(ctx.lake(), table_name)
     totals: Counter[str] = Counter()
     rules: Counter[str] = Counter()
-    accepted_hashes: list[str] = []
-    by_date: dict[Any, set[str]] = {}
-    for h, d in zip(todo.column("record_hash").to_pylist(), todo.column("run_date").to_pylist(), strict=True):
-        by_date.setdefault(d, set()).add(h)
-    for day, hashes in sorted(by_date.items()):
-        keys = engine.from_arrow(pa.table({"_record_hash": pa.array(sorted(hashes), pa.string())}))
+    for day in sorted(dates.column("run_date").to_pylist()):
+        keys = todo.filter(nw.col("run_date") == nw.lit(day).cast(nw.Date())).select(
+            nw.col("record_hash").alias("_record_hash")).unique()
         bronze = engine.scan(table(spec.source or "")).filter(
             nw.col("_ingest_date") == nw.lit(day).cast(nw.Date()))
         batch = engine.materialize(bronze.join(keys, on="_record_hash", how="semi"))
         # The batch's own date: rules valued at a date see the same day, and rows that fail again land on
         # the quarantine partition (and key) they already have, so they are not written twice.
         day_ctx = ctx.model_copy(update={"run_date": day})
-        done = conform_into_silver(day_ctx, engine, spec, batch, accepted_hashes=True, late_ok=True)
+        done = conform_into_silver(day_ctx, engine, spec, batch, late_ok=True)
         totals.update({k: done[k] for k in ("rows_in", "accepted", "quarantined", "rows_written")})
         rules.update(done["rules"])
-        accepted_hashes += done["accepted_hashes"]
-    if accepted_hashes:
-        now = datetime.now(UTC)
-        replay_log(ctx.lake(), table_name).append(
-            [{"record_hash": h, "rule": rule or "*", "replay_id": ctx.run_id, "replayed_at": now}
-             for h in sorted(set(accepted_hashes))])
-    return {"stage": "replay", "table": table_name, "pending": todo.num_rows, **totals,
-            "still_quarantined": dict(rules), "version": engine.version(spec),
-            "accepted_hashes": sorted(set(accepted_hashes))}
+        if done["accepted"]:
+            accepted = done["accepted_rows"].select(nw.col("_record_hash").alias("record_hash")).unique()
+            if log.exists():  # a record quarantined on two dates is logged once
+                accepted = accepted.join(engine.scan_log(log).select("record_hash"), on="record_hash", how="anti")
+            engine.append_log(log, accepted.with_columns(
+                nw.lit(rule or "*").alias("rule"), nw.lit(ctx.run_id).alias("replay_id"),
+                nw.lit(datetime.now(UTC), dtype=nw.Datetime("us", "UTC")).alias("replayed_at")))
+    return {"stage": "replay", "table": table_name, "pending": sum(dates.column("n").to_pylist()), **totals,
+            "still_quarantined": dict(rules), "version": engine.version(spec)}
 
 
-def replayed_order_dates(ctx: RunContext, table_name: str, hashes: list[str]) -> list[date]:
-    """The order dates whose gold partitions the replay's accepted rows (``hashes`` of ``table_name``) change:
-    the same rule as a daily run's plan, with the replayed rows as the batch (replayed events may be older
-    than the lookback, so every event partition is read)."""
-    engine = ctx.engine()
+def accepted_by(engine: Engine, ctx: RunContext, table_name: str, replay_id: str) -> nw.LazyFrame:
+    """The ``_record_hash`` of the rows of ``table_name`` that replay ``replay_id`` accepted (from its log)."""
+    log = engine.scan_log(replay_log(ctx.lake(), table_name))
+    return log.filter(nw.col("replay_id") == replay_id).select(nw.col("record_hash").alias("_record_hash"))
 
-    def batch(name: str) -> Any:
-        mine = hashes if name == table_name else []
-        return engine.from_arrow(pa.table({"_record_hash": pa.array(mine, pa.string())}))
+
+def replayed_order_dates(engine: Engine, table_name: str, accepted: nw.LazyFrame) -> list[date]:
+    """The order dates whose gold partitions the replay's accepted rows (``accepted``: their ``_record_hash``, a
+    frame of the engine, of ``table_name``) change: the same rule as a daily run's plan, with the replayed rows
+    as the batch (replayed events may be older than the lookback, so every event partition is read)."""
+    none = accepted.head(0)
+
+    def batch(name: str) -> nw.LazyFrame:
+        return accepted if name == table_name else none
 
     return affected_order_dates(engine, orders_batch=batch("silver.orders"), events_batch=batch("silver.order_events"),
                                 customers_batch=batch("silver.customers"))

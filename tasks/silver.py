@@ -57,7 +57,7 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
         conformed_log(lake, spec).append(
             [{"source_file": f, "run_id": ctx.run_id, "run_date": ctx.run_date, "conformed_at": now, "inputs": inputs,
               "version_before": -1 if before is None else before} for f in sorted(files)])
-    return summary_of("silver", spec, files=len(files), **{k: v for k, v in done.items() if k != "accepted_hashes"})
+    return summary_of("silver", spec, files=len(files), **{k: v for k, v in done.items() if k != "accepted_rows"})
 
 
 def conformed_log(lake: Lake, spec: TableSpec) -> LakeLog:
@@ -103,13 +103,13 @@ def silver_figures(ctx: RunContext, engine: Engine, spec: TableSpec, rows_in: in
 
 
 def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch: nw.LazyFrame, *,
-                        accepted_hashes: bool = False, late_ok: bool = False,
+                        late_ok: bool = False,
                         replace_quarantine: bool = False, withdraw_before: int | None = None) -> dict[str, Any]:
     """Conform a bronze ``batch`` of ``spec``'s entity: quarantine what fails a rule, merge the rest by key.
-    Every row is accounted for (rows in = accepted + quarantined) or nothing is merged. With
-    ``accepted_hashes``, also the ``_record_hash`` of every accepted row (for the replay log). ``late_ok``
-    (a replay) accepts changes older than the lookback. With ``replace_quarantine`` (``batch`` is the run
-    date's whole batch) the run date's quarantine partition is replaced by this batch's rejects. ``withdraw_before`` (the batch
+    Every row is accounted for (rows in = accepted + quarantined) or nothing is merged. The result's
+    ``accepted_rows`` is a frame of the engine (computed once; the replay logs their hashes from it). ``late_ok``
+    (a replay) accepts changes older than the lookback. With ``replace_quarantine`` (``batch`` is the run date's
+    whole batch) the run date's quarantine partition is replaced by this batch's rejects. ``withdraw_before`` (the batch
     was conformed before, into the table's version after this one; -1: into no table) takes out what the batch
     brought in then and a rule now rejects (``withdraw``)."""
     settings = ctx.settings()
@@ -125,7 +125,6 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
     if rows_in != accepted + quarantined:
         msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
         raise AccountingError(msg)
-    hashes = engine.to_arrow(valid.select("_record_hash")).column(0).to_pylist() if accepted_hashes else []
     if withdraw_before is not None and quarantined:
         withdraw(engine, spec, valid, rejected.select("record_hash"), withdraw_before)
     versions: dict[str, Any] = {}
@@ -135,7 +134,7 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
         versions = {"history_files_scanned": kept.files_scanned, "history_files_skipped": kept.files_skipped}
     written = engine.merge(spec, silver.latest_per_key(valid, spec))
     return {"rows_in": rows_in, "accepted": accepted, "quarantined": quarantined, "rules": rules,
-            "rows_written": written.rows, "version": written.version, "accepted_hashes": hashes,
+            "rows_written": written.rows, "version": written.version, "accepted_rows": valid,
             "files_scanned": written.files_scanned, "files_skipped": written.files_skipped, **versions}
 
 

@@ -236,9 +236,10 @@ class ApiServer:
 class TwoPaths:
     """One entity landed two ways into two lakes: by files (``files``) and by its connector (``connector``)."""
 
-    def __init__(self, tmp: Path, *, connector_landing: str | None = None) -> None:
-        """``connector_landing``: where the connector lands instead of a local folder (``s3://bucket/prefix``)."""
-        self.tmp, self.connector_landing = tmp, connector_landing
+    def __init__(self, tmp: Path, *, connector_landing: str | None = None, engine: dict[str, str] | None = None) -> None:
+        """``connector_landing``: where the connector lands instead of a local folder (``s3://bucket/prefix``);
+        ``engine``: the settings of the engine both paths run on (default: the laptop engine)."""
+        self.tmp, self.connector_landing, self.engine = tmp, connector_landing, engine or {}
         for which in ("files", "connector"):
             (tmp / which / "landing").mkdir(parents=True, exist_ok=True)
 
@@ -256,7 +257,8 @@ class TwoPaths:
         from lakehouse.tasks.context import RunContext
 
         return RunContext(env="local", run_date=day, run_id=f"{which}-{day}", started_at=datetime.now(UTC),
-                          overrides={"lake_root": str(self.lake(which)), "landing_root": str(self.landing(which))})
+                          overrides={"lake_root": str(self.lake(which)), "landing_root": str(self.landing(which)),
+                                     **self.engine})
 
     def run_files(self, name: str, day: date) -> dict[str, Any]:
         from lakehouse.tasks.bronze import ingest_entity

@@ -16,6 +16,7 @@ from lakehouse.contracts.catalog import table
 from lakehouse.contracts.expressions import record_digest
 from lakehouse.contracts.landing import landing_entity
 from lakehouse.deployments.settings import SparkSettings
+from lakehouse.testing import handed_over
 
 ENGINES = ["polars", "sail"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -450,15 +451,12 @@ def test_landing_files_are_read_by_the_engine_and_only_a_row_per_file_reaches_th
     threads = []
     real = landing.read_files
     monkeypatch.setattr(landing, "read_files", lambda *a, **k: threads.append(threading.get_ident()) or real(*a, **k))
-    handed_over: list[int] = []
-    to_arrow = engine.to_arrow
-    monkeypatch.setattr(engine, "to_arrow", lambda frame: handed_over.append((out := to_arrow(frame)).num_rows) or out)
-
-    read = engine.read_landing(entity, files)
+    with handed_over(engine) as sizes:
+        read = engine.read_landing(entity, files)
 
     if engine.name == "spark":  # the reads ran in Sail's tasks (its server's process here), never on this thread
         assert threading.get_ident() not in threads
-        assert handed_over and max(handed_over) <= len(files), handed_over
+        assert sizes and max(sizes) <= len(files), sizes
     else:
         assert threads == [threading.get_ident()]
     assert read.records == {label: good + bad for _, label in files} and read.refused.num_rows == 0

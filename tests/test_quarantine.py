@@ -20,6 +20,7 @@ from lakehouse.flows.cli import app
 from lakehouse.flows.quarantine import replay_quarantine
 from lakehouse.tasks.replay import ReplayError, replayable
 from lakehouse.tasks.transforms import gold
+from lakehouse.testing import handed_over
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -146,7 +147,10 @@ def test_a_replay_rebuilds_the_order_dates_its_accepted_rows_change(pristine_lak
     orders = rows(engine, "silver.orders")
     assert len({o["order_date"] for o in orders}) > 1
     some = [orders[0], next(o for o in orders if o["order_date"] == orders[0]["order_date"] and o is not orders[0])]
-    assert replayed_order_dates(ctx, "silver.orders", [o["_record_hash"] for o in some]) == \
+    def accepted(hashes: list[str]):
+        return engine.from_arrow(pa.table({"_record_hash": pa.array(hashes, pa.string())}))
+
+    assert replayed_order_dates(engine, "silver.orders", accepted([o["_record_hash"] for o in some])) == \
         sorted({o["order_date"] for o in some})
 
     versions = rows(engine, "silver.customer_versions")
@@ -163,8 +167,9 @@ def test_a_replay_rebuilds_the_order_dates_its_accepted_rows_change(pristine_lak
             since = v["updated_at"] if v["updated_at"] > firsts[v["customer_id"]] else None
             expected |= {o["order_date"] for o in orders if o["customer_id"] == v["customer_id"]
                          and (since is None or o["order_ts"] >= since)}
-        assert replayed_order_dates(ctx, "silver.customers", [v["_record_hash"] for v in picked]) == sorted(expected)
-    assert replayed_order_dates(ctx, "silver.products", [orders[0]["_record_hash"]]) == []
+        assert replayed_order_dates(engine, "silver.customers", accepted([v["_record_hash"] for v in picked])) == \
+            sorted(expected)
+    assert replayed_order_dates(engine, "silver.products", accepted([orders[0]["_record_hash"]])) == []
 
 
 def test_silver_quarantine_is_built_and_written_by_the_engine_never_collected(lakehouse_engine, request, tmp_path):
@@ -200,20 +205,65 @@ def test_silver_quarantine_is_built_and_written_by_the_engine_never_collected(la
     ctx = RunContext(run_date=date(2026, 11, 1), run_id="bounded", started_at=datetime.now(UTC),
                      overrides={"lake_root": str(tmp_path / "lake"), "landing_root": str(tmp_path), **spark})
     engine = ctx.engine()
-    handed_over: list[int] = []
-    to_arrow = engine.to_arrow
-
-    def counted(frame_):
-        out = to_arrow(frame_)
-        handed_over.append(out.num_rows)
-        return out
-
-    engine.to_arrow = counted  # the one way rows reach the driver through the engine
-    done = conform_into_silver(ctx, engine, table("silver.customers"), batch, replace_quarantine=True)
+    with handed_over(engine) as sizes:
+        done = conform_into_silver(ctx, engine, table("silver.customers"), batch, replace_quarantine=True)
     assert (done["quarantined"], done["accepted"], done["rules"]) == (bad, good, {"email.malformed": bad})
-    assert handed_over and max(handed_over) <= 10, handed_over
+    assert sizes and max(sizes) <= 10, sizes
     written = engine.to_arrow(engine.scan(table("quarantine.silver.customers"))).to_pylist()
     assert len(written) == bad
     first = next(r for r in written if json.loads(r["record"])["customer_id"] == "C0000000")
     assert first["record"] == json.dumps({c: values[c][0] for c in CUSTOMERS.column_names}, ensure_ascii=False,
                                          separators=(",", ":"))
+
+
+def test_a_replay_of_thousands_of_rows_is_selected_conformed_and_logged_by_the_engine(lakehouse_engine, request,
+                                                                                      tmp_path):
+    """3,000 opportunities quarantined for a missing FX rate, replayed once the rate arrives: their bronze rows are
+    selected, conformed, merged and their hashes logged by the engine; nothing any engine hands the driver
+    (``to_arrow``) holds more than a few rows, and the log makes a second replay find nothing."""
+    from datetime import UTC, date, datetime
+
+    from lakehouse.backends.expressions import with_record_hash
+    from lakehouse.contracts.landing import OPPORTUNITIES
+    from lakehouse.tasks.context import RunContext
+    from lakehouse.tasks.replay import pending, replay_table
+    from lakehouse.tasks.silver import conform_into_silver
+
+    bad, good, day = 3_000, 25, date(2026, 11, 2)
+    n = bad + good
+    spark = {} if lakehouse_engine == "polars" else {"backend": "spark", "spark_remote": request.getfixturevalue("sail_url")}
+    ctx = RunContext(run_date=day, run_id="replay-bounded", started_at=datetime.now(UTC),
+                     overrides={"lake_root": str(tmp_path / "lake"), "landing_root": str(tmp_path), **spark})
+    engine = ctx.engine()
+    bronze, silver, fx = (table(t) for t in ("bronze.crm.opportunities", "silver.opportunities", "silver.fx_rates"))
+    landed = {"opportunity_id": [f"OPP{i:06d}" for i in range(n)], "account_id": ["A0001"] * n,
+              "opportunity_name": [f"deal {i}" for i in range(n)], "stage": ["proposal"] * n,
+              "amount": [f"{100 + i}.50" for i in range(n)], "currency": ["EUR"] * bad + ["USD"] * good,
+              "close_date": ["2026-12-01"] * n, "owner_name": ["Ana Lima"] * n,
+              "updated_at": ["2026-11-02T10:00:00Z"] * n, "_run_id": ["r"] * n,
+              "_ingested_at": [datetime(2026, 11, 2, 12, tzinfo=UTC)] * n,
+              "_source_file": ["crm/opportunities/2026-11-02/opportunities.csv"] * n, "_ingest_date": [day] * n}
+    schema = pa.schema([f for f in bronze.arrow_schema if f.name != "_record_hash"])
+    engine.append(bronze, with_record_hash(engine.from_arrow(pa.table(landed, schema=schema)), OPPORTUNITIES.column_names))
+    first = conform_into_silver(ctx, engine, silver, engine.scan(bronze), replace_quarantine=True)
+    assert (first["accepted"], first["rules"]) == (good, {"fx.no_rate": bad})
+    quarantined = {r["record_hash"] for r in rows(engine, "quarantine.silver.opportunities")}
+    assert len(quarantined) == bad
+
+    # The fix: the day's EUR rate arrives.
+    engine.merge(fx, engine.from_arrow(pa.table({
+        "quote_currency": ["EUR"], "rate_date": [day], "rate": [0.9], "published_at": [datetime(2026, 11, 2, 16, tzinfo=UTC)],
+        "_source_file": ["fx/rates/2026-11-02/rates.jsonl"], "_record_hash": [hashlib.sha256(b"EUR").hexdigest()]},
+        schema=fx.arrow_schema)))
+    with handed_over(engine) as sizes:  # every engine the replay makes
+        done = replay_table.fn(ctx, "silver.opportunities")
+    assert (done["pending"], done["accepted"], done["still_quarantined"]) == (bad, bad, {})
+    assert sizes and max(sizes) <= 10, sizes
+    assert engine.count(engine.scan(table("silver.opportunities"))) == n
+    logged = engine.to_arrow(engine.scan_log(replay_log(Lake(str(tmp_path / "lake")), "silver.opportunities")))
+    assert sorted(logged.column("record_hash").to_pylist()) == sorted(quarantined)
+    assert set(logged.column("replay_id").to_pylist()) == {"replay-bounded"}
+    assert engine.count(pending(ctx, "silver.opportunities", None)) == 0
+    again = replay_table.fn(ctx.model_copy(update={"run_id": "replay-again"}), "silver.opportunities")
+    assert again["pending"] == 0 and again.get("accepted", 0) == 0
+    assert engine.to_arrow(engine.scan_log(replay_log(Lake(str(tmp_path / "lake")), "silver.opportunities"))).num_rows == bad

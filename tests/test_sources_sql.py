@@ -310,20 +310,36 @@ def test_redshift_settings_name_what_is_missing(monkeypatch):
     assert timedelta(days=load_settings("local").lookback_days) == timedelta(days=3)
 
 
-def test_dates_run_out_of_order_land_each_record_once(generated, source_for, tmp_path):
+def test_dates_run_out_of_order_land_each_record_once(generated, source_for, tmp_path, lakehouse_engine, request,
+                                                     monkeypatch):
+    """On both engines. The records bronze already holds are found by a join in the engine per landing file (here
+    20 rows), which hands back at most that file's hashes, never the lookback window's."""
+    from lakehouse.tasks.bronze import ingest_entity
+    from lakehouse.testing import handed_over
+
+    file_rows = 20
+    monkeypatch.setenv("LAKEHOUSE_SOURCES__FILE_ROWS", str(file_rows))
+    monkeypatch.setenv("LAKEHOUSE_SOURCES__BATCH_ROWS", str(file_rows))
     entity = landing_entity("redshift.customer_behaviour")
     source = source_for(entity)
     source.create(entity, _scales(generated, entity))
     kept = [representable(day_rows(generated, entity, d)[0], entity) for d in DAYS]
     for _, rows in kept:
         source.insert(entity, rows)
-    paths = TwoPaths(tmp_path)
+    spark = {} if lakehouse_engine == "polars" else {"backend": "spark", "spark_remote": request.getfixturevalue("sail_url")}
+    paths = TwoPaths(tmp_path, engine=spark)
     first, second, third = DAYS
     paths.run_connector(entity.name, first)
     paths.run_connector(entity.name, third)  # day 2 skipped, run later: the third's lookback already took its rows
-    pulled, _ = paths.run_connector(entity.name, second)
+    with handed_over(paths.ctx("connector", second).engine()) as sizes:
+        pulled = paths.extract(entity.name, second)
     # its window (day 1's end minus the lookback, to day 2's end) holds days 1 and 2: all landed already
-    assert pulled["rows_written"] == 0 and pulled["dropped_known"] == kept[0][0].height + kept[1][0].height > 0
+    fetched = kept[0][0].height + kept[1][0].height
+    assert pulled["rows_written"] == 0 and pulled["dropped_known"] == fetched > 2 * file_rows
+    # bronze holds every one of them from the window's first ingest date on; a file's hashes came back at a time
+    assert paths.bronze("connector", entity).height >= fetched
+    assert len(sizes) >= fetched // file_rows and max(sizes) <= file_rows, sizes
+    ingest_entity.fn(paths.ctx("connector", second), entity.name)
     cols = entity.column_names
     landed = paths.bronze("connector", entity).select(cols).sort(cols, nulls_last=True)
     assert landed.equals(pl.concat([k for k, _ in kept]).sort(cols, nulls_last=True))

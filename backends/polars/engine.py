@@ -14,6 +14,7 @@ import pyarrow as pa
 from lakehouse.backends import landing
 from lakehouse.backends.expressions import with_record_hash
 from lakehouse.backends.lake import Lake, paths_of
+from lakehouse.backends.logs import LakeLog
 from lakehouse.backends.polars import delta_files
 from lakehouse.backends.protocol import ContractViolation, Gap, LandingRead, WriteResult
 from lakehouse.contracts.catalog import TableSpec
@@ -165,6 +166,20 @@ class PolarsDeltaEngine:
 
     def history(self, spec: TableSpec, *, limit: int = 10) -> list[dict[str, Any]]:
         return self.lake.history(spec, limit)
+
+    # ---------------------------------------------------------------------------------- the lake's logs
+    def scan_log(self, log: LakeLog) -> nw.LazyFrame:
+        """The log as a lazy frame; an empty frame with its declared schema if it was never written."""
+        dt = self.lake.log_table(log.path)
+        if dt is None:
+            return self.from_arrow(log.spec.schema.empty_table())
+        return nw.from_native(pl.scan_delta(dt).select(log.spec.schema.names))
+
+    def append_log(self, log: LakeLog, frame: nw.LazyFrame) -> None:
+        """Append ``frame``'s rows to the log in one commit (written by delta-rs, as every log is; computed here,
+        as every write of this engine is)."""
+        rows = frame.select(log.spec.schema.names).collect().to_arrow()
+        self.lake.append_log(log.path, rows.cast(log.spec.schema))
 
     # -------------------------------------------------------------------------------------- internals
     def _into_existing(self, spec: TableSpec, frame: nw.LazyFrame) -> tuple[pl.DataFrame, Any, WriteResult | None]:

@@ -9,7 +9,7 @@ the same reader as files delivered by hand, and produces exactly the bronze rows
 (or now, when D is today), ``lo`` is the previous finished extract's ``hi`` minus the lookback
 (``lookback_days``), so rows that reached the source late with an older timestamp are still fetched. Rows in the
 lookback that bronze already holds (the same record hash, ingested in the lookback's dates) are dropped: a record
-version lands once. The first extract has no ``lo`` (``sources.first_from`` bounds it).
+version lands once (asked of the engine per file: only the file's own hashes come back). The first extract has no ``lo`` (``sources.first_from`` bounds it).
 
 **Resume.** Every file is followed by one row in the Delta table ``<lake>/_extracts/<source>/<entity>`` with the
 cursor after it; the last row of a date says ``done``. A run of a date that is done fetches nothing. A run of a
@@ -171,13 +171,13 @@ def window_for(run_date: date, previous: dict[str, Any] | None, *, lookback_days
 
 def run_extract(connector: Connector, *, lake: Lake, landing_root: Path, run_date: date, run_id: str,
                 lookback_days: int, first_from: date | None, chunk_rows: int,
-                known_hashes: Callable[[date], pa.Array | pa.ChunkedArray], now: datetime | None = None,
+                already_landed: Callable[[date, pa.Array], pa.Array | pa.ChunkedArray], now: datetime | None = None,
                 logger: logging.Logger | None = None) -> ExtractResult:
     """Fetch ``connector``'s entity for ``run_date`` into landing files, resuming a run that died midway.
 
-    ``known_hashes(first)``: the record hashes bronze holds for the ingest dates from ``first`` on, as Arrow
-    (hashed once into a Polars series, probed per file; the
-    lookback's rows already landed, also by a later date run first); ``chunk_rows``: rows per landing file."""
+    ``already_landed(first, hashes)``: which of ``hashes`` (a file's records) bronze holds for the ingest dates
+    from ``first`` on (the lookback's rows already landed, also by a later date run first), asked once per file,
+    so only a file's own hashes are held here; ``chunk_rows``: rows per landing file."""
     entity = connector.entity
     log = ExtractLog(lake, entity)
     logger = logger or logging.getLogger(__name__)
@@ -201,11 +201,7 @@ def run_extract(connector: Connector, *, lake: Lake, landing_root: Path, run_dat
         if stray.relative_to(landing_root).as_posix() not in recorded:
             logger.warning("%s: removing %s, written by a run that died before recording it", entity.name, stray)
             stray.unlink()
-    known = pl.Series("_h", [], dtype=pl.String)
-    if connector.windowed and window.lo is not None:
-        landed = pl.from_arrow(known_hashes(window.lo.date() - timedelta(days=1)))
-        assert isinstance(landed, pl.Series)
-        known = landed.cast(pl.String).unique().rename("_h")
+    first = window.lo.date() - timedelta(days=1) if connector.windowed and window.lo is not None else None
     files = sorted(recorded)
     rows = sum(r["rows"] for r in mine)
     dropped = sum(r["dropped"] for r in mine)
@@ -221,7 +217,7 @@ def run_extract(connector: Connector, *, lake: Lake, landing_root: Path, run_dat
                 written = len(batch)
             else:
                 text = landing_text(batch, entity)
-                kept, gone = _drop_known(text, entity, known)
+                kept, gone = _drop_known(text, entity, first, already_landed) if first else (text, 0)
                 written = kept.num_rows
             if written:
                 relative = _write_file(entity, folder / f"{FILE_PREFIX}{seq:05d}{entity.suffix}", kept, landing_root)
@@ -314,13 +310,18 @@ def landing_text(rows: pa.Table, entity: LandingEntity) -> pa.Table:
     return frame.select(exprs).to_arrow()
 
 
-def _drop_known(text: pa.Table, entity: LandingEntity, known: pl.Series) -> tuple[pa.Table, int]:
-    """``text`` without the records whose hash is in ``known``; how many were dropped."""
-    if known.len() == 0 or text.num_rows == 0:
+def _drop_known(text: pa.Table, entity: LandingEntity, first: date,
+                already_landed: Callable[[date, pa.Array], pa.Array | pa.ChunkedArray]) -> tuple[pa.Table, int]:
+    """``text`` without the records bronze already holds from ``first`` on; how many were dropped."""
+    if text.num_rows == 0:
         return text, 0
     hashed = with_record_hash(nw.from_native(pl.from_arrow(text).lazy()), entity.column_names, out="_h")
     frame = nw.to_native(hashed).collect()
-    kept = frame.filter(~pl.col("_h").is_in(known.implode())).drop("_h")
+    known = pl.from_arrow(already_landed(first, frame.get_column("_h").to_arrow()))
+    assert isinstance(known, pl.Series)
+    if known.len() == 0:
+        return text, 0
+    kept = frame.filter(~pl.col("_h").is_in(known.cast(pl.String).implode())).drop("_h")
     return kept.to_arrow(), frame.height - kept.height
 
 

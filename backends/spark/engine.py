@@ -21,6 +21,7 @@ import pyarrow as pa
 from lakehouse.backends import landing
 from lakehouse.backends.expressions import with_record_hash
 from lakehouse.backends.lake import Lake
+from lakehouse.backends.logs import LakeLog
 from lakehouse.backends.protocol import ContractViolation, EngineError, Gap, LandingRead, WriteResult
 from lakehouse.backends.spark import landing as tasks_landing
 from lakehouse.contracts.catalog import TableSpec
@@ -262,6 +263,27 @@ class SparkDeltaEngine:
 
     def history(self, spec: TableSpec, *, limit: int = 10) -> list[dict[str, Any]]:
         return self.lake.history(spec, limit)
+
+    # ---------------------------------------------------------------------------------- the lake's logs
+    def scan_log(self, log: LakeLog) -> nw.LazyFrame:
+        """The log read by Spark (a Delta table like any other); an empty frame with its declared schema if it
+        was never written."""
+        if self.lake.log_table(log.path) is None:
+            return self.from_arrow(log.spec.schema.empty_table())
+        names = log.spec.schema.names
+        return nw.from_native(self._delta(lambda: self.spark.read.format("delta").load(log.uri)).select(*names))
+
+    @_writing
+    def append_log(self, log: LakeLog, frame: nw.LazyFrame) -> None:
+        """Append ``frame``'s rows to the log in one commit, written by Spark's tasks: the rows never come to the
+        driver. A log not written yet is first created empty by delta-rs with its declared schema (and the
+        lake's table properties), as every log is."""
+        if self.lake.log_table(log.path) is None:
+            self.lake.append_log(log.path, log.spec.schema.empty_table())
+        F = self._functions()
+        data = _native(frame).select(*[F.col(f.name).cast(_spark_type(f.type)).alias(f.name)
+                                       for f in log.spec.schema])
+        self._delta(lambda: data.write.format("delta").mode("append").save(log.uri))
 
     # -------------------------------------------------------------------------------------- internals
     def _functions(self) -> Any:

@@ -11,7 +11,8 @@ under test with :func:`to_engine`, runs the transform, and compares :func:`rows`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import narwhals as nw
@@ -47,3 +48,24 @@ def rows(frame: nw.LazyFrame | nw.DataFrame, *sort_by: str) -> list[dict[str, An
     collected = frame.collect(backend="polars") if isinstance(frame, nw.LazyFrame) else frame
     out = collected.to_polars().rows(named=True)
     return sorted(out, key=lambda r: tuple(str(r[c]) for c in (sort_by or r)))
+
+
+@contextmanager
+def handed_over(engine: Any) -> Iterator[list[int]]:
+    """While open, the row count of every table an engine of ``engine``'s class hands its caller (``to_arrow``,
+    the one way rows reach the driver through an engine), in order: what a test bounds to show the driver never
+    holds the data."""
+    sizes: list[int] = []
+    cls = type(engine)
+    original = cls.to_arrow
+
+    def counted(self: Any, frame: nw.LazyFrame) -> Any:
+        out = original(self, frame)
+        sizes.append(out.num_rows)
+        return out
+
+    cls.to_arrow = counted  # type: ignore[method-assign]
+    try:
+        yield sizes
+    finally:
+        cls.to_arrow = original  # type: ignore[method-assign]
