@@ -59,6 +59,24 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _create_pools(api_url: str) -> None:
+    """Create the process work pools that do not exist yet, with the process worker's default job template (what
+    ``prefect work-pool create --type process`` does, without a command's start-up per pool)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        for pool in POOLS:
+            try:
+                client.read_work_pool(pool)
+            except ObjectNotFound:
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
+
+
 def wait_healthy(port: int, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{port}/api/health"
@@ -91,14 +109,13 @@ def up(port: int = 4200, home: Path | None = None) -> dict[str, Any]:
     _save(home, state)
     try:
         wait_healthy(port, server, server_log)
-        for pool in POOLS:
-            if _prefect("work-pool", "inspect", pool, env=env, check=False).returncode != 0:
-                _prefect("work-pool", "create", pool, "--type", "process", env=env)
-        _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE), env=env)
+        _create_pools(env["PREFECT_API_URL"])
+        # The worker starts while the deployments are registered (it polls its pool for runs).
         worker = _start(["worker", "start", "--pool", WORKER_POOL, "--name", "lakehouse-local-worker"], env,
                         worker_log)
         state["worker_pid"] = worker.pid
         _save(home, state)
+        _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE), env=env)
     except BaseException:
         down(home)
         raise
