@@ -464,3 +464,25 @@ def test_landing_files_are_read_by_the_engine_and_only_a_row_per_file_reaches_th
     assert engine.count(read.rows.filter(nw.col("quote_currency") == "Q200017")) == 1
     rules = engine.to_arrow(read.rejects.group_by("rule").agg(nw.len().alias("n"))).to_pylist()
     assert rules == [{"rule": "parse.malformed_json", "n": 3 * bad}]
+
+def test_a_local_classic_session_reads_landing_files_in_python_workers_that_import_the_project(jvm_session, tmp_path):
+    """Classic Spark on a laptop (``local[2]``; no Delta here, so only the read): the landing read's tasks run in
+    Spark's Python workers, which start with this interpreter (the project importable), and give the laptop
+    engine's records, rows and rejects."""
+    from lakehouse.backends.spark.engine import SparkDeltaEngine
+
+    entity = landing_entity("fx.rates")
+    lines = [json.dumps({"rate_date": "2026-11-02", "base_currency": "USD", "quote_currency": f"Q{i:03d}",
+                         "rate": "1.5", "published_at": "2026-11-02T16:00:00Z"}) for i in range(50)] + ["not json"]
+    path = tmp_path / "rates.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    files = [(path, "fx/rates/2026-11-02/rates.jsonl")]
+    lake = Lake(str(tmp_path / "lake"))
+    classic = SparkDeltaEngine(lake, jvm_session, "classic")
+    laptop = get_backend("polars", lake)
+    read, want = classic.read_landing(entity, files), laptop.read_landing(entity, files)
+    assert read.records == want.records == {"fx/rates/2026-11-02/rates.jsonl": 51}
+    got_rows = classic.to_arrow(read.rows.select("quote_currency", "_record_hash")).sort_by("quote_currency")
+    want_rows = laptop.to_arrow(want.rows.select("quote_currency", "_record_hash")).sort_by("quote_currency")
+    assert got_rows.num_rows == 50 and got_rows.to_pylist() == want_rows.to_pylist()
+    assert classic.count(read.rejects) == laptop.count(want.rejects) == 1

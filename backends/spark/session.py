@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -79,6 +80,11 @@ def _classic(master: str, conf: dict[str, str]) -> SparkSession:
     if master != SUBMITTED_MASTER:
         builder = builder.master(master)
         local = {"spark.ui.enabled": "false"}
+    if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+        # Local Python workers run this interpreter (where the project is installed), not the first python3
+        # on PATH: the landing read's tasks import the project (on a cluster, the job ships it: docs/emr.md).
+        # PySpark reads the variable when the context starts.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
     for k, v in {**SESSION_CONF, **local, **conf}.items():
         builder = builder.config(k, v)
     return builder.getOrCreate()
