@@ -35,11 +35,10 @@ def replayable(table_name: str) -> None:
         raise ReplayError(msg)
 
 
-def pending(ctx: RunContext, table_name: str, rule: str | None) -> nw.LazyFrame:
-    """Quarantined (record_hash, rule, run_date) of ``table_name`` that no replay accepted yet: a frame of the
-    engine (the replay log is joined there, never read into a list)."""
+def pending(engine: Engine, ctx: RunContext, table_name: str, rule: str | None) -> nw.LazyFrame:
+    """Quarantined (record_hash, rule, run_date) of ``table_name`` that no replay accepted yet: a frame of
+    ``engine`` (the replay log is joined there, never read into a list)."""
     replayable(table_name)
-    engine = ctx.engine()
     rows = engine.scan(quarantine_for(table(table_name))).filter(~nw.col("rule").is_in(sorted(NOT_REPLAYED)))
     if rule:
         rows = rows.filter(nw.col("rule") == rule)
@@ -57,7 +56,7 @@ def replay_table(ctx: RunContext, table_name: str, rule: str | None = None) -> d
     row per ingest date (its date and count) comes to this process, however many rows are replayed."""
     spec = table(table_name)
     engine = ctx.engine()
-    todo = engine.materialize(pending(ctx, table_name, rule))
+    todo = engine.materialize(pending(engine, ctx, table_name, rule))
     dates = engine.to_arrow(todo.group_by("run_date").agg(nw.len().alias("n")))
     log = replay_log(ctx.lake(), table_name)
     totals: Counter[str] = Counter()

@@ -263,7 +263,7 @@ def test_a_replay_of_thousands_of_rows_is_selected_conformed_and_logged_by_the_e
     logged = engine.to_arrow(engine.scan_log(replay_log(Lake(str(tmp_path / "lake")), "silver.opportunities")))
     assert sorted(logged.column("record_hash").to_pylist()) == sorted(quarantined)
     assert set(logged.column("replay_id").to_pylist()) == {"replay-bounded"}
-    assert engine.count(pending(ctx, "silver.opportunities", None)) == 0
+    assert engine.count(pending(engine, ctx, "silver.opportunities", None)) == 0
     again = replay_table.fn(ctx.model_copy(update={"run_id": "replay-again"}), "silver.opportunities")
     assert again["pending"] == 0 and again.get("accepted", 0) == 0
     assert engine.to_arrow(engine.scan_log(replay_log(Lake(str(tmp_path / "lake")), "silver.opportunities"))).num_rows == bad

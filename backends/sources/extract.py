@@ -9,7 +9,8 @@ the same reader as files delivered by hand, and produces exactly the bronze rows
 (or now, when D is today), ``lo`` is the previous finished extract's ``hi`` minus the lookback
 (``lookback_days``), so rows that reached the source late with an older timestamp are still fetched. Rows in the
 lookback that bronze already holds (the same record hash, ingested in the lookback's dates) are dropped: a record
-version lands once (asked of the engine per file: only the file's own hashes come back). The first extract has no ``lo`` (``sources.first_from`` bounds it).
+version lands once (the engine is asked per file, so only the file's own hashes come back). The first extract has
+no ``lo`` (``sources.first_from`` bounds it).
 
 **Resume.** Every file is followed by one row in the Delta table ``<lake>/_extracts/<source>/<entity>`` with the
 cursor after it; the last row of a date says ``done``. A run of a date that is done fetches nothing. A run of a
