@@ -129,6 +129,15 @@ def _customer_ids(day: Path) -> list[str]:
     return sorted(pq.read_table(valid_file(day, CUSTOMERS)).column("customer_id").to_pylist())
 
 
+def _event_line(i: int) -> str:
+    """One of 3,000 order events (~300 KB, decoded in several blocks) with, here and there, what must not be
+    taken for a plain line or must still be one: padding, a bracket or brace inside a string, an escaped NUL."""
+    status = {300: "pla\\u0000ced", 500: "a[b", 600: "a{b}", 700: "NaN"}.get(i, "placed")
+    line = (f'{{"event_id": "E{i:05d}", "order_id": "O{i}", "event_type": "created", "status": "{status}", '
+            f'"event_ts": "2026-11-01T00:00:00Z"}}')
+    return {100: "  " + line, 200: line + " \t", 2999: line + "\r"}.get(i, line)
+
+
 CASES: dict[str, Case] = {
     # ---------------------------------------------------------------- CSV rows
     "ragged rows": Case(ACCOUNTS, _with_csv(lambda h, r: _csv(h, [r[0].rsplit(",", 1)[0], r[1] + ",extra", *r[2:]])),
@@ -198,6 +207,9 @@ CASES: dict[str, Case] = {
         b'{"event_id": 17, "order_id": 1.50, "event_type": true, "status": null, "event_ts": "2026-11-01T00:00:00Z"}\n'
         b'{"event_id": "E1", "order_id": "O1", "event_type": "created", "status": "placed", "event_ts": "t"}\n'
     )}, keys=lambda day: ["17", "E1"]),
+    "JSON lines in several blocks: CRLF, padding, brackets and braces in text, a NUL": Case(
+        EVENTS, lambda day: {"batch-0001.jsonl": "\r\n".join(_event_line(i) for i in range(3000)).encode()},
+        rules={"encoding.nul_byte": 1}, keys=lambda day: [f"E{i:05d}" for i in range(3000) if i != 300]),
     "empty JSON lines file": Case(EVENTS, lambda day: {"batch-0001.jsonl": b""}, keys=lambda day: []),
     # ---------------------------------------------------------------- Parquet
     "not Parquet": Case(CUSTOMERS, lambda day: {"customers.parquet": b"customer_id,email\nC1,a@b.c\n"},
