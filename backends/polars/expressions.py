@@ -26,18 +26,23 @@ def hex_digest(frame: pl.LazyFrame, column: str, *, key: bytes | None) -> pl.Laz
 
 def parse_timestamps(frame: pl.LazyFrame, columns: dict[str, str], pattern: str) -> pl.LazyFrame:
     """Text columns parsed as ISO 8601 / RFC 3339 UTC timestamps (see ``backends.expressions.with_timestamps``)."""
-    def norm(text: pl.Expr) -> pl.Expr:
-        zone = text.str.extract(pattern, 4).str.to_uppercase()
+    def norm(parts: pl.Expr) -> pl.Expr:
+        zone = parts.struct[3].str.to_uppercase()
         zone = (pl.when(zone.is_null() | (zone == "Z")).then(pl.lit("+00:00"))
                 .when(zone.str.len_chars() == 3).then(zone + ":00")
                 .when(zone.str.len_chars() == 5).then(zone.str.slice(0, 3) + ":" + zone.str.slice(3, 2))
                 .otherwise(zone))
-        fraction = (text.str.extract(pattern, 3).fill_null("") + "000000").str.slice(0, 6)
-        whole = text.str.extract(pattern, 1) + "T" + text.str.extract(pattern, 2) + "." + fraction + zone
+        fraction = (parts.struct[2].fill_null("") + "000000").str.slice(0, 6)
+        whole = parts.struct[0] + "T" + parts.struct[1] + "." + fraction + zone
         parsed = whole.str.to_datetime("%Y-%m-%dT%H:%M:%S%.6f%:z", time_unit="us", strict=False)
         return parsed.dt.convert_time_zone("UTC")
 
-    return frame.with_columns(norm(pl.col(src)).alias(out) for src, out in columns.items())
+    # One pass of the pattern per column, its four groups as a struct's fields (as one expression each field
+    # would run the pattern again).
+    parts = {src: f"__parts_{out}" for src, out in columns.items()}
+    staged = frame.with_columns(pl.col(src).str.extract_groups(pattern).alias(tmp) for src, tmp in parts.items())
+    return (staged.with_columns(norm(pl.col(parts[src])).alias(out) for src, out in columns.items())
+            .drop(list(parts.values())))
 
 
 def json_object(frame: pl.LazyFrame, fields: dict[str, str], out: str) -> pl.LazyFrame:
