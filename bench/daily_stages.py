@@ -6,7 +6,7 @@
 The physical guide is what one pass over the day's data costs on this machine's cores at the rates of
 ``GUIDE``: bronze decodes the day's landing bytes, silver and gold scan their input rows once. A ratio of 3 to
 the guide means the stage costs three such passes. The last run's table is also written to
-``bench/out/daily_stages-latest.md`` (with the command that made it), which the README's figures come from.
+``bench/out/daily_stages-scale<N>-latest.md`` (with the command that made it), which the README's figures come from.
 
 Generates (once, cached under bench/out/) the landing files, then runs the daily flow's task bodies for each
 engine in its own process against a fresh lake, without the Prefect API (so orchestration overhead is not
@@ -74,6 +74,7 @@ def run_engine(engine: str, landing: Path, lake: Path, days: int, start: date) -
     shutil.rmtree(lake, ignore_errors=True)
     spent = timed_contract_checks()
     timings: list[tuple[str, str, float, int]] = []
+    stage_peak: dict[str, float] = {}  # the process's peak RSS (MiB) when each stage of the last day ended
     for i in range(days):
         day = start + timedelta(days=i)
         ctx = RunContext(run_date=day, run_id=f"bench-{day}", started_at=datetime.now(UTC),
@@ -87,8 +88,10 @@ def run_engine(engine: str, landing: Path, lake: Path, days: int, start: date) -
                 got = summary if isinstance(summary, dict) else {}
                 timings.append((stage, name, time.perf_counter() - t, got.get("rows_written", 0) or 0,
                                 got.get("rows_in", 0) or 0))
+                stage_peak[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"engine": engine, "timings": timings, "peak_mib": peak_mib, "contract_silver_s": spent["silver"]}
+    return {"engine": engine, "timings": timings, "peak_mib": peak_mib, "stage_peak_mib": stage_peak,
+            "contract_silver_s": spent["silver"]}
 
 
 def child(engine: str, landing: Path, lake: Path, days: int, start: date, out: Path) -> None:
@@ -113,6 +116,7 @@ def merged(passes: list[dict]) -> dict:
             "timings": [(st, n, statistics.median(s[i] for s in secs), rows, rows_in)
                         for i, (st, n, rows, rows_in) in enumerate(steps)],
             "peak_mib": max(p["peak_mib"] for p in ran),
+            "stage_peak_mib": {st: max(p["stage_peak_mib"].get(st, 0) for p in ran) for st in STAGES},
             "contract_silver_s": statistics.median(p["contract_silver_s"] for p in ran)}
 
 
@@ -163,7 +167,9 @@ def report(results: list[dict], day: date, scale: float, landing_bytes: int, com
     for stage in STAGES:
         print(row(stage, "(stage total)", "", stage_total(stage)))
     print(row("all", "(data work)", "", stage_total("all")))
-    print("peak RSS (MiB): " + ", ".join(f"{r['engine']} {r['peak_mib']:,.0f}" for r in ran))
+    print("peak RSS (MiB): " + ", ".join(f"{r['engine']} {r['peak_mib']:,.0f} (by the end of bronze, silver, gold: "
+                                         + ", ".join(f"{r['stage_peak_mib'][st]:,.0f}" for st in STAGES) + ")"
+                                         for r in ran))
     for r in ran:
         stage = sum(v for (st, _), v in secs[r["engine"]].items() if st == "silver")
         gate = secs[r["engine"]][("silver", "(gate)")]
@@ -186,8 +192,14 @@ def report(results: list[dict], day: date, scale: float, landing_bytes: int, com
                  + [f"{t[r['engine']] / t[base['engine']]:.1f}x" for r in others]
                  + [f"{guide[stage]:.2f} s"] + [f"{t[r['engine']] / guide[stage]:.1f}x" for r in ran])
         md.append("| " + " | ".join(cells) + " |")
-    md.append("| peak RSS | " + " | ".join(f"{r['peak_mib'] / 1024:.1f} GiB" for r in ran) + " |"
-              + " |" * (len(heads) - 1 - len(ran)))
+    blank = " |" * (len(heads) - 1 - len(ran))
+    for stage in STAGES:  # the peak is the process's: a stage's row is the peak so far when it ended
+        md.append(f"| peak RSS by the end of {stage} | "
+                  + " | ".join(f"{r['stage_peak_mib'][stage] / 1024:.1f} GiB" for r in ran) + " |" + blank)
+    records = sum(t[4] for t in base["timings"] if t[0] == "bronze")  # landing records read by the day
+    md.append(f"| µs per landing record ({records:,}) | "
+              + " | ".join(f"{stage_total('all')(secs[r['engine']]) / max(records, 1) * 1e6:.1f}" for r in ran) + " |"
+              + blank)
     text = "\n".join(md) + "\n"
     print("\n" + text)
     return text
@@ -240,7 +252,7 @@ def main() -> None:
     command = " ".join(["python bench/daily_stages.py", *sys.argv[1:]])
     text = report([merged(r) for r in runs.values()], day, args.scale, day_bytes, command)
     if text:
-        (ROOT / "bench" / "out" / "daily_stages-latest.md").write_text(text)
+        (ROOT / "bench" / "out" / f"daily_stages-scale{args.scale:g}-latest.md").write_text(text)
 
 
 if __name__ == "__main__":

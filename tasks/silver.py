@@ -50,7 +50,9 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
         return summary_of("silver", spec, files=0, **silver_figures(ctx, engine, spec, sum(files.values())),
                         rows_written=0, version=engine.version(spec))
     before = engine.version(spec)
-    done = conform_into_silver(ctx, engine, spec, engine.materialize(batch), replace_quarantine=bool(files),
+    # The batch is not materialised: conform computes its parsed, rule-tagged rows once (its checkpoint), and
+    # counting a date's bronze partition reads little. Holding it too would double the memory of a big day.
+    done = conform_into_silver(ctx, engine, spec, batch, replace_quarantine=bool(files),
                                withdraw_before=first_version_before(earlier) if files else None)
     if files:
         now = datetime.now(UTC)
@@ -121,6 +123,7 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
     valid = engine.materialize(result.valid)
     rows_in, accepted = engine.count(batch), engine.count(valid)
     rejected = engine.materialize(result.quarantine_records())  # built and written by the engine, never collected
+    del result  # the rule-tagged rows (the widest frame of the conform) are no longer needed: freed here
     quarantined, rules = write_quarantine(engine, spec, rejected, ctx, replace=replace_quarantine)
     if rows_in != accepted + quarantined:
         msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
