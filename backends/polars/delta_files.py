@@ -38,7 +38,10 @@ def write_files(lake: Lake, spec: TableSpec, data: pl.DataFrame) -> list[AddActi
     if data.height == 0:
         return []
     columns = list(spec.partition_by)
-    groups = data.partition_by(columns, as_dict=True, maintain_order=False) if columns else {(): data}
+    keys = data.select(columns).unique() if columns else pl.DataFrame()
+    # One partition (a bronze day, most silver merges) is written as it is: partition_by would copy it whole.
+    groups = (data.partition_by(columns, as_dict=True, maintain_order=False) if keys.height > 1
+              else {keys.row(0) if columns else (): data})
 
     def write(item: tuple[tuple[Any, ...], pl.DataFrame]) -> AddAction:
         return _write_file(lake, spec, dict(zip(columns, item[0], strict=True)), item[1].drop(columns))

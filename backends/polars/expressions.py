@@ -8,6 +8,8 @@ import hmac
 
 import polars as pl
 
+from lakehouse.backends.expressions import TAIL_FRACTION, TAIL_START, TAIL_ZONE
+
 
 def hex_digest(frame: pl.LazyFrame, column: str, *, key: bytes | None) -> pl.LazyFrame:
     """``column`` (text) replaced by its lowercase hex SHA-256 (``key`` None) or HMAC-SHA256 under ``key``;
@@ -26,23 +28,25 @@ def hex_digest(frame: pl.LazyFrame, column: str, *, key: bytes | None) -> pl.Laz
 
 def parse_timestamps(frame: pl.LazyFrame, columns: dict[str, str], pattern: str) -> pl.LazyFrame:
     """Text columns parsed as ISO 8601 / RFC 3339 UTC timestamps (see ``backends.expressions.with_timestamps``)."""
-    def norm(parts: pl.Expr) -> pl.Expr:
-        zone = parts.struct[3].str.to_uppercase()
+    def parts(text: pl.Expr, out: str) -> list[pl.Expr]:
+        tail = text.str.slice(TAIL_START)  # what follows the date, the separator and the time
+        return [tail.str.extract(TAIL_ZONE, 1).str.to_uppercase().alias(f"__zone_{out}"),
+                (tail.str.extract(TAIL_FRACTION, 1).fill_null("") + "000000").str.slice(0, 6).alias(f"__frac_{out}")]
+
+    def norm(text: pl.Expr, out: str) -> pl.Expr:
+        zone = pl.col(f"__zone_{out}")
         zone = (pl.when(zone.is_null() | (zone == "Z")).then(pl.lit("+00:00"))
                 .when(zone.str.len_chars() == 3).then(zone + ":00")
                 .when(zone.str.len_chars() == 5).then(zone.str.slice(0, 3) + ":" + zone.str.slice(3, 2))
                 .otherwise(zone))
-        fraction = (parts.struct[2].fill_null("") + "000000").str.slice(0, 6)
-        whole = parts.struct[0] + "T" + parts.struct[1] + "." + fraction + zone
+        whole = text.str.slice(0, 10) + "T" + text.str.slice(11, 8) + "." + pl.col(f"__frac_{out}") + zone
         parsed = whole.str.to_datetime("%Y-%m-%dT%H:%M:%S%.6f%:z", time_unit="us", strict=False)
-        return parsed.dt.convert_time_zone("UTC")
+        return pl.when(text.str.contains(pattern)).then(parsed).dt.convert_time_zone("UTC").alias(out)
 
-    # One pass of the pattern per column, its four groups as a struct's fields (as one expression each field
-    # would run the pattern again).
-    parts = {src: f"__parts_{out}" for src, out in columns.items()}
-    staged = frame.with_columns(pl.col(src).str.extract_groups(pattern).alias(tmp) for src, tmp in parts.items())
-    return (staged.with_columns(norm(pl.col(parts[src])).alias(out) for src, out in columns.items())
-            .drop(list(parts.values())))
+    # The tail's parts first, in their own step: an expression used several times would be computed each time.
+    staged = frame.with_columns(e for src, out in columns.items() for e in parts(pl.col(src), out))
+    return (staged.with_columns(norm(pl.col(src), out) for src, out in columns.items())
+            .drop([f"__{part}_{out}" for out in columns.values() for part in ("zone", "frac")]))
 
 
 def json_object(frame: pl.LazyFrame, fields: dict[str, str], out: str) -> pl.LazyFrame:

@@ -65,7 +65,7 @@ TYPE_PATTERNS: dict[str, str] = {
     "decimal": r"^[+-]?(?:[0-9]{1,15}(?:\.[0-9]*)?|\.[0-9]+)$",
     "date": rf"^{_DATE}$",
     # RFC 3339 / ISO 8601 as exporters write it: T or space, a fraction of up to 9 digits, Z or an offset (±HH,
-    # ±HHMM, ±HH:MM up to 14 h); no zone means UTC. Four groups: date, time, fraction, zone (with_timestamps).
+    # ±HHMM, ±HH:MM up to 14 h); no zone means UTC. A 10-character date and an 8-character time (with_timestamps).
     "timestamp": rf"^({_DATE})[Tt ]((?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9])(?:\.([0-9]{{1,9}}))?"
                  rf"([Zz]|[+-](?:0[0-9]|1[0-4])(?::?[0-5][0-9])?)?$",
 }
