@@ -467,18 +467,18 @@ def _json_chunk(data: bytes, out: _FileOut) -> None:
     rows: the bulk path only takes lines the line-by-line rules accept unchanged (a bulk decode that fails, or
     disagrees line for line, is split in halves down to single lines decoded on their own). The lines are told
     apart by Arrow's kernels, and a pattern no line holds is not searched line by line."""
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n")  # what stripping each line would take off its end
+    if b"\r" in data:  # what stripping each line would take off its end (the block's last line too)
+        data = data.replace(b"\r\n", b"\n").removesuffix(b"\r")
     lines = pc.list_flatten(pc.split_pattern(pa.array([data], pa.binary()), pattern=b"\n"))
+    lengths = pc.binary_length(lines)
     plain = pc.and_(pc.and_(pc.starts_with(lines, pattern=b"{"), pc.ends_with(lines, pattern=b"}")),
-                    pc.less_equal(pc.binary_length(lines), out.limits.max_record_bytes))
+                    pc.less_equal(lengths, out.limits.max_record_bytes))
     for pattern in (b"[", b"NaN", b"Infinity"):
         if pattern in data:
             plain = pc.and_(plain, pc.invert(pc.match_substring(lines, pattern=pattern)))
     if data.count(b"{") != data.count(b"\n{") + data.startswith(b"{"):  # a brace that does not open its line
         plain = pc.and_(plain, pc.equal(pc.count_substring(lines, pattern=b"{"), 1))
     others = pc.indices_nonzero(pc.invert(plain)).to_pylist()
-    lengths = pc.binary_length(lines)
     # Arrow decodes blocks on its threads; a block must hold the longest line.
     block = max(pc.max(lengths.filter(plain)).as_py() or 0, len(data) // (2 * (os.cpu_count() or 1)), 64 << 10) + 1
     if not others:

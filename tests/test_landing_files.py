@@ -303,6 +303,25 @@ def _default_keys(entity, day: Path) -> list[str]:
     raise AssertionError(f"no default keys for {entity.name}")
 
 
+def test_a_blocks_plain_lines_are_decoded_in_bulk_and_only_the_others_line_by_line(monkeypatch, tmp_path):
+    """The decoder both engines run (Spark's in its tasks): of the 3,000-line file, the five lines that are not
+    plainly flat objects (padding, a bracket, a brace or NaN inside a string) go the line-by-line way; CRLF ends
+    do not, and all the other lines (2,994 rows and the NUL reject) come from one bulk decode. Were the bulk
+    input cut wrong, its decode would fail and fall back to halves down to single lines: many more."""
+    from lakehouse.backends import landing
+
+    one_by_one: list[str] = []
+    decode = landing._json_line
+    monkeypatch.setattr(landing, "_json_line", lambda line, out: (one_by_one.append(json.loads(line)["event_id"]),
+                                                                   decode(line, out)))
+    path = tmp_path / "batch-0001.jsonl"
+    path.write_bytes("\r\n".join(_event_line(i) for i in range(3000)).encode())
+    read = landing.read_files(EVENTS, [(path, "batch-0001.jsonl")])
+    assert sorted(one_by_one) == ["E00100", "E00200", "E00500", "E00600", "E00700"]
+    assert sorted(read.rows.column("event_id").to_pylist()) == [f"E{i:05d}" for i in range(3000) if i != 300]
+    assert read.rejects.column("rule").to_pylist() == ["encoding.nul_byte"]
+
+
 def test_raw_bytes_are_kept_escaped_and_values_exactly_as_sent(engine, valid_day, tmp_path):
     header, rows = csv_lines(valid_day)
     damaged = _set(_set(rows, 0, 1, "Acme\rCorp"), 1, 1, "=HYPERLINK(\"http://x\")")
