@@ -8,6 +8,7 @@ matches the other's. Portable expressions (``ratio``, ``first_match``, ``row_tex
 
 from __future__ import annotations
 
+import hashlib
 from types import ModuleType
 
 import narwhals as nw
@@ -47,6 +48,14 @@ def with_json_object(frame: nw.LazyFrame, fields: dict[str, str], out: str) -> n
     engine, so rows never travel to the driver to be encoded. Narwhals has no JSON encoder, and a portable one
     (a replace per control character) nests deeper than Spark Connect's plan limit."""
     return nw.from_native(_engine_of(frame).json_object(frame.to_native(), fields, out))
+
+
+def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    """HMAC-SHA256's inner and outer padded keys (RFC 2104): HMAC(k, m) = SHA256(opad + SHA256(ipad + m)), so
+    an engine computes it with its own SHA-256, in bulk."""
+    block = 64
+    k = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\x00")
+    return bytes(b ^ 0x36 for b in k), bytes(b ^ 0x5C for b in k)
 
 
 # The text a timestamp pattern matched is ``YYYY-MM-DD``, a separator, ``HH:MM:SS``, then the tail: an optional

@@ -285,9 +285,9 @@ class Lake:
         dt = self.delta_table(spec)
         if dt is None:
             return None
-        import pyarrow as pa
+        from lakehouse.backends.arrow_rows import from_stream
 
-        adds = pa.table(dt.get_add_actions(flatten=True))
+        adds = from_stream(dt.get_add_actions(flatten=True))
         values = [v for v in adds.column(f"partition.{column}").to_pylist() if v is not None]
         return str(max(values)) if values else None
 
@@ -297,9 +297,9 @@ class Lake:
         dt = self.delta_table(spec)
         if dt is None:
             return []
-        import pyarrow as pa
+        from lakehouse.backends.arrow_rows import from_stream
 
-        adds = pa.table(dt.get_add_actions(flatten=True))
+        adds = from_stream(dt.get_add_actions(flatten=True))
         values = adds.column(f"partition.{column}").to_pylist()
         return sorted(p for p, v in zip(adds.column("path").to_pylist(), values, strict=True)
                       if v is not None and str(v) <= last)
@@ -402,6 +402,6 @@ class Lake:
 
 def paths_of(dt: DeltaTable) -> list[str]:
     """The paths (as in the log) of the table's files at ``dt``'s version."""
-    import pyarrow as pa
+    from lakehouse.backends.arrow_rows import from_stream
 
-    return pa.table(dt.get_add_actions(flatten=False)).column("path").to_pylist()
+    return from_stream(dt.get_add_actions(flatten=False)).column("path").to_pylist()

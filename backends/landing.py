@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import os
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -34,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from lakehouse.backends.arrow_rows import arrow_table, empty_table, int_array, scalar, text_array
 from lakehouse.backends.storage import AnyPath, ArrowRaw, S3Path
 from lakehouse.contracts.catalog import QUARANTINE_COLUMNS
 from lakehouse.contracts.expressions import record_digest
@@ -171,9 +173,9 @@ def read_files(entity: LandingEntity, files: Sequence[tuple[AnyPath, str]], *,
         rejects.extend(out.rejects)
         records[label] = table.num_rows + len(out.rejects)
     schema = pa.schema([(c, pa.large_string()) for c in (*columns, "_source_file")])
-    rows = pa.concat_tables(row_tables) if row_tables else schema.empty_table()
-    return ArrowRead(rows, pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA) if rejects
-                     else REJECT_SCHEMA.empty_table(), pa.Table.from_pylist(refused, schema=REFUSED_SCHEMA), records)
+    rows = pa.concat_tables(row_tables) if row_tables else empty_table(schema)
+    return ArrowRead(rows, arrow_table(rejects, REJECT_SCHEMA) if rejects else empty_table(REJECT_SCHEMA),
+                     arrow_table(refused, REFUSED_SCHEMA) if refused else empty_table(REFUSED_SCHEMA), records)
 
 
 def _refusal(label: str, problem: str, reason: str) -> dict[str, str]:
@@ -201,7 +203,7 @@ class _FileOut:
 
     def _flush(self) -> None:
         if self.values and self.values[0]:
-            self.tables.append(pa.table([pa.array(v, pa.large_string()) for v in self.values], names=self.columns))
+            self.tables.append(pa.table([text_array(v) for v in self.values], names=self.columns))
             self.values = [[] for _ in self.columns]
 
     def reject(self, rule: str, reason: str, record: str) -> None:
@@ -215,7 +217,7 @@ class _FileOut:
         no value holds one)."""
         nul = None
         for c in self.columns if nul_possible else ():
-            has = pc.fill_null(pc.match_substring(table[c], "\x00"), False)
+            has = pc.fill_null(pc.match_substring(table[c], "\x00"), scalar(False))
             nul = has if nul is None else pc.or_(nul, has)
         if nul is not None and pc.any(nul).as_py():
             for i in pc.indices_nonzero(nul).to_pylist():
@@ -229,9 +231,9 @@ class _FileOut:
         self._flush()
         text = pa.schema([(c, pa.large_string()) for c in self.columns])
         parts = [t.cast(text) for t in self.tables]
-        table = pa.concat_tables(parts) if parts else text.empty_table()
-        return table.append_column("_source_file", pa.repeat(pa.scalar(self.label, pa.large_string()), table.num_rows)
-                                   if table.num_rows else pa.array([], pa.large_string()))
+        table = pa.concat_tables(parts) if parts else empty_table(text)
+        return table.append_column("_source_file", pa.repeat(text_array([self.label])[0], table.num_rows)
+                                   if table.num_rows else text_array([]))
 
 
 def _row_record(row: pa.Table) -> str:
@@ -461,6 +463,12 @@ def _read_jsonl(entity: LandingEntity, path: AnyPath, out: _FileOut) -> None:
             _json_chunk(carry, out)
 
 
+def _one_value(data: bytes) -> pa.Array:
+    """``data`` as a one-value binary array over the same memory (``pa.array([data])`` would import pandas)."""
+    offsets = pa.py_buffer(struct.pack("<qq", 0, len(data)))
+    return pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)])
+
+
 def _json_chunk(data: bytes, out: _FileOut) -> None:
     """Decode JSON lines (``data``: lines joined by newlines): plainly flat objects (one brace pair, no bracket,
     no NaN/Infinity literal) in bulk by Arrow's decoder, every other line on its own. Both ways give the same
@@ -469,25 +477,26 @@ def _json_chunk(data: bytes, out: _FileOut) -> None:
     apart by Arrow's kernels, and a pattern no line holds is not searched line by line."""
     if b"\r" in data:  # what stripping each line would take off its end (the block's last line too)
         data = data.replace(b"\r\n", b"\n").removesuffix(b"\r")
-    lines = pc.list_flatten(pc.split_pattern(pa.array([data], pa.binary()), pattern=b"\n"))
+    lines = pc.list_flatten(pc.split_pattern(_one_value(data), pattern=b"\n"))
     lengths = pc.binary_length(lines)
     plain = pc.and_(pc.and_(pc.starts_with(lines, pattern=b"{"), pc.ends_with(lines, pattern=b"}")),
-                    pc.less_equal(lengths, out.limits.max_record_bytes))
+                    pc.less_equal(lengths, scalar(out.limits.max_record_bytes)))
     for pattern in (b"[", b"NaN", b"Infinity"):
         if pattern in data:
             plain = pc.and_(plain, pc.invert(pc.match_substring(lines, pattern=pattern)))
     if data.count(b"{") != data.count(b"\n{") + data.startswith(b"{"):  # a brace that does not open its line
-        plain = pc.and_(plain, pc.equal(pc.count_substring(lines, pattern=b"{"), 1))
-    others = pc.indices_nonzero(pc.invert(plain)).to_pylist()
+        plain = pc.and_(plain, pc.equal(pc.count_substring(lines, pattern=b"{"), scalar(1)))
+    other = pc.indices_nonzero(pc.invert(plain))
+    others = other.to_pylist()
     # Arrow decodes blocks on its threads; a block must hold the longest line.
     block = max(pc.max(lengths.filter(plain)).as_py() or 0, len(data) // (2 * (os.cpu_count() or 1)), 64 << 10) + 1
     if not others:
         _bulk(data, len(lines), out, block)
         return
     # The plain lines' bytes are the data without the other lines (each line's end: its length and newline summed).
-    ends = pc.cumulative_sum(pc.add(lengths, 1)).take(others).to_pylist()
+    ends = pc.cumulative_sum(pc.add(lengths, scalar(1))).take(other).to_pylist()
     keep, pos = [], 0
-    for end, length in zip(ends, lengths.take(others).to_pylist(), strict=True):
+    for end, length in zip(ends, lengths.take(other).to_pylist(), strict=True):
         start, end = end - 1 - length, end - 1
         keep.append(data[pos:start])
         pos = end + 1
@@ -517,7 +526,7 @@ def _bulk(data: bytes, count: int, out: _FileOut, block: int | None = None) -> N
         table = None
     if table is not None and table.num_rows == count:
         if b"\\u0000" in data:  # a NUL decoded into a value: the row is a reject, quoted as its line
-            out.add_table(table, pa.array([line.decode("utf-8") for line in data.split(b"\n")], pa.large_string()))
+            out.add_table(table, text_array([line.decode("utf-8") for line in data.split(b"\n")]))
         else:
             out.add_table(table, None, nul_possible=b"\x00" in data)
         return
@@ -644,7 +653,7 @@ def _read_parquet(entity: LandingEntity, path: AnyPath, out: _FileOut) -> None:
                 keep = [i for i in range(table.num_rows) if i not in bad_rows]
                 for i, (rule, reason) in sorted(bad_rows.items()):
                     out.reject(rule, reason, _row_record(table.slice(i, 1)))
-                text = text.take(pa.array(keep, pa.int64()))
+                text = text.take(int_array(keep))
             out.add_table(text, None)
 
 
@@ -669,11 +678,11 @@ def _canonical_text(table: pa.Table) -> tuple[pa.Table, dict[int, tuple[str, str
         t = col.type
         if pa.types.is_floating(t):
             finite = pc.is_finite(col)
-            for i in pc.indices_nonzero(pc.invert(pc.fill_null(finite, True))).to_pylist():
+            for i in pc.indices_nonzero(pc.invert(pc.fill_null(finite, scalar(True)))).to_pylist():
                 bad.setdefault(i, ("parse.nonfinite_number", f"expected a finite number in {name!r}, got {col[i]}"))
-            text = pc.if_else(pc.fill_null(finite, False), col, pa.scalar(None, t)).cast(pa.large_string())
+            text = pc.if_else(pc.fill_null(finite, scalar(False)), col, pa.nulls(1, t)[0]).cast(pa.large_string())
         elif pa.types.is_boolean(t):
-            text = pc.if_else(col, "true", "false").cast(pa.large_string())
+            text = pc.if_else(col, *text_array(["true", "false"])).cast(pa.large_string())
         elif pa.types.is_timestamp(t):
             text = _timestamp_text(col)
         elif pa.types.is_date(t):
@@ -691,7 +700,7 @@ def _canonical_text(table: pa.Table) -> tuple[pa.Table, dict[int, tuple[str, str
                     if v is not None and decoded[i].encode("utf-8") != v:
                         reason = f"expected UTF-8 text in {name!r}, got bytes that are not"
                         bad.setdefault(i, ("encoding.invalid_utf8", reason))
-                text = pa.array(decoded, pa.large_string())
+                text = text_array(decoded)
         else:  # integers and decimals: their plain digits (a decimal keeps its scale)
             text = col.cast(pa.large_string())
         out.append(text)
@@ -707,5 +716,6 @@ def _timestamp_text(col: pa.Array) -> pa.Array:
     text = col.cast(pa.int64()).cast(pa.timestamp(unit)).cast(pa.string())
     if unit != "s":
         text = pc.ascii_rtrim(pc.ascii_rtrim(text, characters="0"), characters=".")
-    text = pc.replace_substring(text, pattern=" ", replacement="T", max_replacements=1)
-    return pc.binary_join_element_wise(text, "Z", "").cast(pa.large_string())
+    text = pc.replace_substring(text, pattern=" ", replacement="T", max_replacements=1).cast(pa.large_string())
+    zone, none = text_array(["Z", ""])  # Arrow scalars: a Python value would be converted by way of pandas
+    return pc.binary_join_element_wise(text, zone, none)

@@ -11,6 +11,7 @@ import narwhals as nw
 import pyarrow as pa
 
 from lakehouse.backends import Engine
+from lakehouse.backends.arrow_rows import arrow_table
 from lakehouse.contracts.catalog import TableSpec, table, tables
 from lakehouse.tasks import customer_grain
 from lakehouse.tasks.context import RunContext, logger, summary_of
@@ -80,7 +81,7 @@ def _dim_date(read: Inputs) -> nw.LazyFrame:
     bounds = read.row(fact.select(nw.col("order_date").min().alias("lo"), nw.col("order_date").max().alias("hi")))
     lo, hi = bounds["lo"], bounds["hi"]
     days = [] if lo is None else [lo + timedelta(days=i) for i in range((hi - lo).days + 1)]
-    return gold.build_dim_date(read.frame(pa.table({"date": pa.array(days, pa.date32())})))
+    return gold.build_dim_date(read.frame(arrow_table([{"date": d} for d in days], pa.schema([("date", pa.date32())]))))
 
 
 @builds("gold.customer_360")

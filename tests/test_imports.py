@@ -30,7 +30,7 @@ def _loaded(python: str, args: list[str], env: dict[str, str] | None = None) -> 
                           timeout=600, env={**os.environ, **(env or {})}, cwd=ROOT)
     assert done.returncode == 0, f"lakehouse {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     line = [ln for ln in done.stdout.splitlines() if ln.startswith("LOADED ")][-1]
-    return set(json.loads(line.removeprefix("LOADED "))), done.stdout
+    return set(json.loads(line.removeprefix("LOADED "))), done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -72,3 +72,27 @@ def test_the_laptop_install_runs_a_day_without_pyspark_pandas_or_pandera(prefect
     assert "gold-000001" in out, out  # the day ran through to its release
     assert (lake / "gold" / "fact_orders" / "_delta_log").is_dir()
     shutil.rmtree(venv)
+
+
+@pytest.mark.slow
+def test_a_day_on_polars_imports_no_pandas_where_pandas_is_installed(prefect_harness, tmp_path):
+    """pyarrow imports pandas (half a second) the first time it converts a Python value, whenever pandas is
+    installed, as it is with the Spark extra (this venv) and on most machines. A Polars day, with rows that are
+    quarantined and a file that is refused, converts none: the run imports Prefect and nothing else heavy."""
+    from prefect.settings import PREFECT_API_URL
+
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    _loaded(sys.executable, ["generate", "--days", "1", "--scale", "0.02", "--out", str(landing)], env)
+    events = min((landing / "kafka" / "order_events").rglob("*.jsonl"))
+    with events.open("a") as f:  # a line that is quarantined, one the bulk decoder leaves to the line reader
+        f.write('{"not": "closed"\n{"event_id": "x", "note": "[a bracket]"}\n')
+    (events.parent / "refused.jsonl").write_bytes(b"\x1f\x8b\x08\x00truncated")  # a broken gzip stream: refused
+    loaded, out = _loaded(sys.executable, ["run", "--date", "2026-11-01", "--lake-root", str(lake), "--landing",
+                                           str(landing)], env)
+    assert loaded == {"prefect"}, f"the Polars run imported {sorted(loaded - {'prefect'})}"
+    assert "gold-000001" in out, out
+    assert "refused.jsonl" in out, out  # the refusal is reported
+    quarantined, listed = _loaded(sys.executable, ["quarantine", "list", "--lake-root", str(lake)], env)
+    assert quarantined == set()
+    assert "parse.malformed_json" in listed, listed  # the damaged line was quarantined, not lost

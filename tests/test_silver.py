@@ -526,6 +526,19 @@ def test_hmac_is_stable_and_key_dependent(engine: str) -> None:
     assert other[0]["phone_hmac"] != one[0]["phone_hmac"]
 
 
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 200])
+def test_hmac_is_rfc_2104_for_keys_shorter_and_longer_than_the_block(engine: str, length: int) -> None:
+    """Both engines build HMAC-SHA256 from their own SHA-256; a key longer than SHA-256's 64-byte block is hashed
+    first, a shorter one padded: the digests are those of Python's hmac module, for any text."""
+    key = bytes((i * 37 + 11) % 256 for i in range(length))
+    emails = ["jane.doe@example.com", "x_y+tag@sub.example.org", "a@b.co"]
+    records = [GOOD["silver.customers"] | {"customer_id": f"C{i}", "email": e} for i, e in enumerate(emails)]
+    got = rows(conform("silver.customers", bronze(engine, SILVER_LANDING["silver.customers"], records),
+                       hmac_key=key).valid, "customer_id")
+    assert [r["email_hmac"] for r in got] == [hmac_hex(key, e) for e in emails]
+    assert {r["phone_hmac"] for r in got} == {hmac_hex(key, "15550104567")}
+
+
 def test_masking_and_no_clear_pii_in_silver(engine: str) -> None:
     base = GOOD["silver.customers"]
     records = [

@@ -22,10 +22,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 from deltalake import DeltaTable, Schema
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
+from lakehouse.backends.arrow_rows import from_stream
 from lakehouse.backends.lake import Lake
 from lakehouse.contracts.catalog import TableSpec
 
@@ -130,7 +130,7 @@ def commit(lake: Lake, spec: TableSpec, dt: DeltaTable | None, adds: list[AddAct
 def removes_of(dt: DeltaTable, paths: Sequence[str]) -> list[RemoveAction]:
     """Remove actions for the table's files ``paths`` (their sizes and partition values from the log)."""
     wanted = set(paths)
-    adds = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    adds = from_stream(dt.get_add_actions(flatten=True)).to_pylist()
     now = int(time.time() * 1000)
     return [RemoveAction(path=a["path"], data_change=True, deletion_timestamp=now, size=a["size_bytes"],
                          partition_values={k.removeprefix("partition."): _partition_text(v) for k, v in a.items()

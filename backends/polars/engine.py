@@ -12,6 +12,7 @@ import polars as pl
 import pyarrow as pa
 
 from lakehouse.backends import landing
+from lakehouse.backends.arrow_rows import empty_table, from_stream
 from lakehouse.backends.expressions import with_record_hash
 from lakehouse.backends.lake import Lake, paths_of
 from lakehouse.backends.logs import LakeLog
@@ -172,7 +173,7 @@ class PolarsDeltaEngine:
         """The log as a lazy frame; an empty frame with its declared schema if it was never written."""
         dt = self.lake.log_table(log.path)
         if dt is None:
-            return self.from_arrow(log.spec.schema.empty_table())
+            return self.from_arrow(empty_table(log.spec.schema))
         return nw.from_native(pl.scan_delta(dt).select(log.spec.schema.names))
 
     def append_log(self, log: LakeLog, frame: nw.LazyFrame) -> None:
@@ -242,7 +243,7 @@ class PolarsDeltaEngine:
         paths = pl.DataFrame({"_path": [f"{base}/{unquote(f)}" for f in files], "_file": list(files)})
         parted = [c for c in columns if c in spec.partition_by]
         if parted:
-            adds = pl.from_arrow(pa.table(dt.get_add_actions(flatten=True)))  # type: ignore[union-attr]
+            adds = pl.from_arrow(from_stream(dt.get_add_actions(flatten=True)))  # type: ignore[union-attr]
             values = adds.select(pl.col("path").alias("_file"),  # type: ignore[union-attr]
                                  *(pl.col(f"partition.{c}").cast(spec.polars_schema[c]).alias(c) for c in parted))
             paths = paths.join(values, on="_file", how="left")
@@ -268,7 +269,7 @@ def _candidate_files(dt: Any, data: pl.DataFrame, spec: TableSpec) -> tuple[int,
     partitions of ``data`` whose statistics allow one of its keys. A key column of dates, times or numbers
     prunes a file whose [min, max] misses the source's range (a timestamp maximum widened by 1 ms: delta-rs
     and Spark write them truncated to milliseconds); a file without statistics is always read."""
-    adds = pl.from_arrow(pa.table(dt.get_add_actions(flatten=True)))
+    adds = pl.from_arrow(from_stream(dt.get_add_actions(flatten=True)))
     if adds.height == 0:  # type: ignore[union-attr]
         return 0, 0, []
     keep = pl.lit(True)

@@ -3,7 +3,6 @@ same names and results as backends/polars/expressions.py."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 
@@ -23,13 +22,11 @@ def hex_digest(frame: Any, column: str, *, key: bytes | None) -> Any:
     if key is None:
         hashed = F.sha2(col.cast("binary"), 256)
     else:
-        block = 64
-        k = hashlib.sha256(key).digest() if len(key) > block else key
-        k = k.ljust(block, b"\x00")
-        ipad = bytes(b ^ 0x36 for b in k).hex()
-        opad = bytes(b ^ 0x5C for b in k).hex()
-        inner = F.unhex(F.sha2(F.concat(F.unhex(F.lit(ipad)), col.cast("binary")), 256))
-        hashed = F.sha2(F.concat(F.unhex(F.lit(opad)), inner), 256)
+        from lakehouse.backends.expressions import hmac_pads
+
+        ipad, opad = hmac_pads(key)
+        inner = F.unhex(F.sha2(F.concat(F.unhex(F.lit(ipad.hex())), col.cast("binary")), 256))
+        hashed = F.sha2(F.concat(F.unhex(F.lit(opad.hex())), inner), 256)
     return frame.withColumn(column, F.when(col.isNull(), None).otherwise(hashed))
 
 
