@@ -479,12 +479,13 @@ def _json_chunk(data: bytes, out: _FileOut) -> None:
         data = data.replace(b"\r\n", b"\n").removesuffix(b"\r")
     lines = pc.list_flatten(pc.split_pattern(_one_value(data), pattern=b"\n"))
     lengths = pc.binary_length(lines)
-    plain = pc.and_(pc.and_(pc.starts_with(lines, pattern=b"{"), pc.ends_with(lines, pattern=b"}")),
+    opens = pc.starts_with(lines, pattern=b"{")
+    plain = pc.and_(pc.and_(opens, pc.ends_with(lines, pattern=b"}")),
                     pc.less_equal(lengths, scalar(out.limits.max_record_bytes)))
     for pattern in (b"[", b"NaN", b"Infinity"):
         if pattern in data:
             plain = pc.and_(plain, pc.invert(pc.match_substring(lines, pattern=pattern)))
-    if data.count(b"{") != data.count(b"\n{") + data.startswith(b"{"):  # a brace that does not open its line
+    if data.count(b"{") != pc.sum(opens).as_py():  # a brace that does not open its line
         plain = pc.and_(plain, pc.equal(pc.count_substring(lines, pattern=b"{"), scalar(1)))
     other = pc.indices_nonzero(pc.invert(plain))
     others = other.to_pylist()
