@@ -21,6 +21,7 @@ from lakehouse.contracts.landing import LandingEntity
 from lakehouse.contracts.rules import ROW_RULES, SILVER_LANDING
 from lakehouse.tasks.transforms.silver import (
     QUARANTINE_OUTPUT,
+    _flag_one_per_key,
     conform,
     latest_per_key,
     link_customers_to_crm,
@@ -505,6 +506,26 @@ def test_latest_per_key_on_a_composite_key(engine: str) -> None:
     latest = latest_per_key(valid, table("silver.customer_behaviour"))
     assert [(r["activity_date"], r["sessions"]) for r in rows(latest, "activity_date")] == [
         (D(2026, 11, 5), 7), (D(2026, 11, 6), 2)]
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_one_row_per_key_is_flagged_on_keys_held_once_repeated_tied_or_null(engine: str, last: bool) -> None:
+    """Keys held by one row skip the window; repeated keys, exact ties in the order and keys with a null (nulls
+    alike) go through it: either way every key gets exactly one flagged row, the first (or last) in the order."""
+    keys = [("a", 1), ("a", 1), ("a", 1), ("b", 1), ("b", 2), (None, 1), (None, 1), (None, None), ("c", None),
+            ("c", None), ("d", 3)]
+    order = [2, 1, 3, 5, 5, 1, 4, 9, 7, 7, 0]
+    frame = lazy(engine, {"k": [k for k, _ in keys], "j": [j for _, j in keys], "o": order,
+                          "row": list(range(len(keys)))}, {"k": pl.String, "j": pl.Int64, "o": pl.Int64, "row": pl.Int64})
+    got = rows(_flag_one_per_key(frame, ("k", "j"), ("o",), last=last, out="flag"), "row")
+    assert sorted(r["row"] for r in got) == list(range(len(keys)))  # no row lost or repeated
+    flagged = Counter((r["k"], r["j"]) for r in got if r["flag"])
+    assert flagged == Counter(set(keys))  # one per key, nulls alike
+    pick = max if last else min
+    for r in got:
+        if r["flag"]:
+            assert r["o"] == pick(o for k, o in zip(keys, order, strict=True) if k == (r["k"], r["j"]))
+    assert all(r["flag"] is False for r in got if not r["flag"])  # False, never null
 
 
 def test_latest_per_key_needs_keys_and_latest_by() -> None:
