@@ -152,9 +152,12 @@ def _order_summary(fact_orders: nw.LazyFrame, by: list[str], **outputs: str) -> 
 
 
 def _latest(frame: nw.LazyFrame, key: str, *order_by: str) -> nw.LazyFrame:
-    """The row per ``key`` with the largest ``order_by`` values (compared in turn, so later ones break ties)."""
+    """The row per ``key`` with the largest ``order_by`` values (compared in turn, so later ones break ties); a
+    row without ``key`` is left out (it matches no order). Each maximum is an aggregation joined back, not a
+    window: Spark computes a window by shuffling and sorting every row."""
     for col in order_by:
-        frame = frame.filter(nw.col(col) == nw.col(col).max().over(key))
+        top = frame.group_by(key).agg(nw.col(col).max().alias("_top"))
+        frame = frame.join(top, on=key, how="inner").filter(nw.col(col) == nw.col("_top")).drop("_top")
     return frame
 
 
