@@ -76,6 +76,14 @@ def summary_of(stage: str, spec: Any, **figures: Any) -> dict[str, Any]:
     return {"stage": stage, "table": spec.name, **figures}
 
 
+def in_run() -> bool:
+    """Whether a Prefect flow or task run is under way: artifacts belong to one (Prefect deprecates creating them
+    outside a run), and a task body run bare (benchmarks, unit tests of a task's ``.fn``) creates none."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
 def logger() -> Any:
     """The Prefect run logger inside a run; this module's logger when a task body runs bare (benchmarks)."""
     try:

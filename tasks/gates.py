@@ -11,7 +11,7 @@ from prefect.artifacts import create_table_artifact
 
 from lakehouse.contracts.catalog import Gate, quarantine_for, table, tables
 from lakehouse.tasks.bronze import newest_delivery
-from lakehouse.tasks.context import RunContext
+from lakehouse.tasks.context import RunContext, in_run
 from lakehouse.tasks.tracking import lake_task
 from lakehouse.tasks.transforms import audit
 
@@ -63,8 +63,9 @@ def check_gate(ctx: RunContext, layer: str, summaries: list[dict[str, Any]]) -> 
             sample = engine.to_arrow(mine.select("record").sort("record").head(3)).column("record").to_pylist()
             rows.append({"table": f["table"], "rule": rule, "rows": n, "share": f"{n / f['rows_in']:.1%}",
                          "sample": " | ".join(sample)})
-    create_table_artifact(key=f"{layer}-gate", table=rows,
-                          description=f"{layer} gate failures of run {ctx.run_id} for {ctx.run_date}")
+    if in_run():
+        create_table_artifact(key=f"{layer}-gate", table=rows,
+                              description=f"{layer} gate failures of run {ctx.run_id} for {ctx.run_date}")
     problems = [f"{b.table} {b.rule}: {b.reason}" if b.rule == "freshness.stale" else
                 f"{b.table} {b.rule}: {b.failing_rows} row(s) break referential integrity" for b in broken] + [
         f"{f['table']} quarantined {f['quarantined'] / f['rows_in']:.1%} of {f['rows_in']:,} rows "

@@ -11,7 +11,7 @@ from prefect.artifacts import create_table_artifact
 
 from lakehouse.backends.releases import Releases
 from lakehouse.contracts.catalog import TableSpec, table
-from lakehouse.tasks.context import RunContext, logger
+from lakehouse.tasks.context import RunContext, in_run, logger
 from lakehouse.tasks.tracking import lake_task
 from lakehouse.tasks.transforms import audit
 
@@ -77,11 +77,12 @@ def release_gold(ctx: RunContext, versions: dict[str, int], order_dates: list[da
                                            engine.count(engine.scan(table(name), version=before)))
             failures += [dropped] if dropped else []
     if failures:
-        create_table_artifact(
-            key="gold-audit-failures", description=f"Gold audit failures of run {ctx.run_id} for {ctx.run_date}",
-            table=[{"table": f.table, "rule": f.rule, "failing_rows": f.failing_rows, "reason": f.reason,
-                    "sample": "; ".join(str({k: str(v) for k, v in row.items()}) for row in f.sample)}
-                   for f in failures])
+        if in_run():
+            create_table_artifact(
+                key="gold-audit-failures", description=f"Gold audit failures of run {ctx.run_id} for {ctx.run_date}",
+                table=[{"table": f.table, "rule": f.rule, "failing_rows": f.failing_rows, "reason": f.reason,
+                        "sample": "; ".join(str({k: str(v) for k, v in row.items()}) for row in f.sample)}
+                       for f in failures])
         kept = f"release {current.release_id} stays current" if current else "there is still no gold release"
         msg = (f"gold not released for {ctx.run_date}: {len(failures)} audit rule(s) failed: "
                + "; ".join(f"{f.table} {f.rule} ({f.failing_rows} rows)" for f in failures) + f"; {kept}")
