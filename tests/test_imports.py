@@ -25,12 +25,12 @@ runpy.run_module("lakehouse.flows.cli", run_name="__main__")
 """
 
 
-def _loaded(python: str, args: list[str], env: dict[str, str] | None = None) -> tuple[set[str], str]:
+def _loaded(python: str, args: list[str], env: dict[str, str] | None = None) -> tuple[set[str], str, str]:
     done = subprocess.run([python, "-c", _RUN_CLI, *args], check=False, capture_output=True, text=True,
                           timeout=600, env={**os.environ, **(env or {})}, cwd=ROOT)
     assert done.returncode == 0, f"lakehouse {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     line = [ln for ln in done.stdout.splitlines() if ln.startswith("LOADED ")][-1]
-    return set(json.loads(line.removeprefix("LOADED "))), done.stdout + done.stderr
+    return set(json.loads(line.removeprefix("LOADED "))), done.stdout, done.stderr
 
 
 @pytest.mark.slow
@@ -39,7 +39,7 @@ def test_read_only_commands_import_no_prefect_pandera_or_pandas(pristine_lake):
     lake = ["--lake-root", str(pristine_lake["root"])]
     for args in (["tables"], ["status"], ["releases"], ["show", "gold.customer_360", "--limit", "2"],
                  ["quarantine", "list"]):
-        loaded, out = _loaded(sys.executable, [*args, *lake])
+        loaded, out, _ = _loaded(sys.executable, [*args, *lake])
         assert loaded == set(), f"lakehouse {args[0]} imported {sorted(loaded)}"
         assert out.strip(), f"lakehouse {args[0]} printed nothing"
 
@@ -66,7 +66,7 @@ def test_the_laptop_install_runs_a_day_without_pyspark_pandas_or_pandera(prefect
 
     env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": PREFECT_API_URL.value()}
     _loaded(python, ["generate", "--days", "1", "--scale", "0.02", "--out", str(landing)], env)
-    loaded, out = _loaded(python, ["run", "--date", "2026-11-01", "--lake-root", str(lake), "--landing",
+    loaded, out, _ = _loaded(python, ["run", "--date", "2026-11-01", "--lake-root", str(lake), "--landing",
                                    str(landing)], env)
     assert loaded == {"prefect"}, f"the laptop run imported {sorted(loaded - {'prefect'})}"
     assert "gold-000001" in out, out  # the day ran through to its release
@@ -88,11 +88,11 @@ def test_a_day_on_polars_imports_no_pandas_where_pandas_is_installed(prefect_har
     with events.open("a") as f:  # a line that is quarantined, one the bulk decoder leaves to the line reader
         f.write('{"not": "closed"\n{"event_id": "x", "note": "[a bracket]"}\n')
     (events.parent / "refused.jsonl").write_bytes(b"\x1f\x8b\x08\x00truncated")  # a broken gzip stream: refused
-    loaded, out = _loaded(sys.executable, ["run", "--date", "2026-11-01", "--lake-root", str(lake), "--landing",
+    loaded, out, err = _loaded(sys.executable, ["run", "--date", "2026-11-01", "--lake-root", str(lake), "--landing",
                                            str(landing)], env)
     assert loaded == {"prefect"}, f"the Polars run imported {sorted(loaded - {'prefect'})}"
     assert "gold-000001" in out, out
-    assert "refused.jsonl" in out, out  # the refusal is reported
-    quarantined, listed = _loaded(sys.executable, ["quarantine", "list", "--lake-root", str(lake)], env)
+    assert "refused.jsonl" in err, err  # the refusal is reported
+    quarantined, listed, _ = _loaded(sys.executable, ["quarantine", "list", "--lake-root", str(lake)], env)
     assert quarantined == set()
     assert "parse.malformed_json" in listed, listed  # the damaged line was quarantined, not lost

@@ -252,9 +252,8 @@ def _parse(bronze: nw.LazyFrame, landing: LandingEntity) -> nw.LazyFrame:
         *(_clean_text(c.name).alias(c.name if c.type == "string" else text_col(c.name)) for c in landing.columns),
     )
     parsed = _flag_one_per_key(staged, ("_record_hash",), ("_source_file", "_ingested_at"), last=False, out=FIRST_COPY)
-    if [c for c in typed if c.type != "timestamp"]:
-        parsed = parsed.with_columns(
-            *(_parse_typed(nw.col(text_col(c.name)), c).alias(c.name) for c in typed if c.type != "timestamp"))
+    if plain := [c for c in typed if c.type != "timestamp"]:
+        parsed = parsed.with_columns(_parse_typed(nw.col(text_col(c.name)), c).alias(c.name) for c in plain)
     stamps = {text_col(c.name): c.name for c in typed if c.type == "timestamp"}
     return with_timestamps(parsed, stamps, TYPE_PATTERNS["timestamp"]) if stamps else parsed
 
