@@ -15,11 +15,6 @@ import polars as pl
 import pyarrow as pa
 
 
-def python_rows(data: pa.Table) -> list[dict[str, Any]]:
-    """Every row of ``data`` as a dict of Python values."""
-    return pl.from_arrow(data).to_dicts()  # type: ignore[union-attr]
-
-
 def from_stream(data: Any) -> pa.Table:
     """An object exporting an Arrow stream (delta-rs's add actions, arro3 tables) as a pyarrow table
     (``pa.table(data)`` imports pandas)."""

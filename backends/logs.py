@@ -7,14 +7,14 @@ its declared order, ``append(rows)`` adds rows in one Delta commit with the decl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
-from lakehouse.backends.arrow_rows import arrow_table, python_rows
 from lakehouse.backends.lake import Lake
 from lakehouse.contracts.catalog import table
 from lakehouse.contracts.logs import LogSpec, log
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,12 @@ class LakeLog:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row, in the log's declared order."""
-        data = self.table()
-        if data is None:
-            return []
-        return sorted(python_rows(data), key=lambda r: tuple(r.get(c) for c in self.spec.order_by))
+        return sorted(self.lake.log_rows(self.path), key=lambda r: tuple(r.get(c) for c in self.spec.order_by))
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Append ``rows`` in one commit, with the declared schema (a missing column is null)."""
+        from lakehouse.backends.arrow_rows import arrow_table
+
         self.lake.append_log(self.path, arrow_table(rows, self.spec.schema))
 
 

@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow.fs as pafs
+if TYPE_CHECKING:  # imported where an S3 path is used: a local lake never needs it (0.15 s)
+    import pyarrow.fs as pafs
 
 
 class UnreachableRootError(OSError):
@@ -49,6 +50,8 @@ class S3Stat:
 def _filesystem() -> pafs.S3FileSystem:
     """Arrow's S3 filesystem for the credentials and endpoint of this moment (a flow may load credentials into the
     environment after start-up), one per such set."""
+    import pyarrow.fs as pafs
+
     key = tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                                              "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
                                              "AWS_DEFAULT_REGION"))
@@ -160,15 +163,23 @@ class S3Path:
         return self._info
 
     def is_dir(self) -> bool:
+        import pyarrow.fs as pafs
+
         return self._file_info().type == pafs.FileType.Directory
 
     def is_file(self) -> bool:
+        import pyarrow.fs as pafs
+
         return self._file_info().type == pafs.FileType.File
 
     def exists(self) -> bool:
+        import pyarrow.fs as pafs
+
         return self._file_info().type != pafs.FileType.NotFound
 
     def stat(self) -> S3Stat:
+        import pyarrow.fs as pafs
+
         info = self._file_info()
         if info.type == pafs.FileType.NotFound:
             raise FileNotFoundError(self.uri)
@@ -176,6 +187,8 @@ class S3Path:
 
     def iterdir(self) -> Iterator[S3Path]:
         """The files and folders directly under this folder (none when it does not exist)."""
+        import pyarrow.fs as pafs
+
         selector = pafs.FileSelector(self._path, allow_not_found=True)
         for info in _filesystem().get_file_info(selector):
             yield S3Path(f"s3://{info.path}", _info=info)
@@ -205,6 +218,8 @@ class S3Path:
 
     def upload(self, local: Path) -> None:
         """Copy the local file ``local`` to this key (one object, whole or not at all)."""
+        import pyarrow.fs as pafs
+
         self._info = None
         pafs.copy_files(str(local), self._path, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=_filesystem())

@@ -12,11 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from graphlib import TopologicalSorter
-from typing import Literal
-
-import narwhals as nw
-import polars as pl
-import pyarrow as pa_arrow
+from typing import TYPE_CHECKING, Literal
 
 from lakehouse.contracts.contract import Check, Column, Contract, optional, required
 from lakehouse.contracts.landing import (
@@ -26,12 +22,19 @@ from lakehouse.contracts.landing import (
     ORDER_STATUSES,
     LandingEntity,
 )
+from lakehouse.contracts.types import BOOL, DATE, UTC_TS
+from lakehouse.contracts.types import FLOAT64 as F64
+from lakehouse.contracts.types import INT64 as I64
+from lakehouse.contracts.types import STRING as STR
+
+if TYPE_CHECKING:
+    import narwhals as nw
+    import polars as pl
+    import pyarrow as pa_arrow
 
 Layer = Literal["bronze", "silver", "gold", "quarantine"]
 WriteMode = Literal["append", "merge", "overwrite"]
 
-UTC_TS = pl.Datetime("us", "UTC")
-STR, F64, I64, DATE, BOOL = pl.Utf8, pl.Float64, pl.Int64, pl.Date, pl.Boolean
 
 
 
@@ -110,9 +113,11 @@ class TableSpec:
 
     @cached_property
     def arrow_schema(self) -> pa_arrow.Schema:
-        """The Arrow schema every engine writes this table with (Arrow is the exchange format)."""
-        empty = pl.DataFrame(schema=self.polars_schema)
-        return empty.to_arrow().schema
+        """The Arrow schema every engine writes this table with (Arrow is the exchange format; text is
+        ``large_string``, as Polars writes it)."""
+        import polars as pl
+
+        return pl.DataFrame(schema=self.polars_schema).to_arrow().schema
 
     @property
     def polars_schema(self) -> dict[str, pl.DataType]:
@@ -121,22 +126,7 @@ class TableSpec:
     @property
     def narwhals_schema(self) -> dict[str, nw.dtypes.DType]:
         """The declared column types as Narwhals types (what the transforms cast to, on every engine)."""
-        return {n: narwhals_dtype(t) for n, t in self.polars_schema.items()}
-
-
-_NW_TYPES = {pl.Utf8: nw.String(), pl.Float64: nw.Float64(), pl.Int64: nw.Int64(), pl.Date: nw.Date(),
-             pl.Boolean: nw.Boolean()}
-
-
-def narwhals_dtype(dtype: pl.DataType) -> nw.dtypes.DType:
-    """The Narwhals type of a catalog column type (catalog types are declared with Polars' dtype objects)."""
-    if isinstance(dtype, pl.Datetime):
-        return nw.Datetime(time_unit=dtype.time_unit, time_zone=dtype.time_zone)
-    for pl_type, nw_type in _NW_TYPES.items():
-        if dtype == pl_type:
-            return nw_type
-    msg = f"expected a catalog column type among {list(_NW_TYPES)} or Datetime, got {dtype!r}"
-    raise TypeError(msg)
+        return {n: c.dtype.narwhals() for n, c in self.schema.columns.items()}
 
 
 def _cols(**columns: Column) -> dict[str, Column]:

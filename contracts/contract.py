@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
+from lakehouse.contracts.types import DType
 
 if TYPE_CHECKING:
     import pandera.polars as pandera_polars
+    import polars as pl
 
 
 @dataclass(frozen=True)
@@ -78,20 +79,26 @@ class Check:
 
 @dataclass(frozen=True)
 class Column:
-    """A column's declared type (a Polars dtype), whether it may be null, whether it is unique, its checks."""
+    """A column's declared type (contracts/types.py), whether it may be null, whether it is unique, its checks."""
 
-    dtype: Any
+    dtype: DType
     checks: tuple[Check, ...] = ()
     nullable: bool = True
     unique: bool = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.dtype, DType):
+            msg = (f"expected a column type of contracts/types.py (STRING, INT64, FLOAT64, DATE, BOOL, UTC_TS, "
+                   f"list_of(...)), got {self.dtype!r}")
+            raise TypeError(msg)
 
-def required(dtype: Any, *checks: Check, unique: bool = False) -> Column:
+
+def required(dtype: DType, *checks: Check, unique: bool = False) -> Column:
     """A column that is never null."""
     return Column(dtype, checks, nullable=False, unique=unique)
 
 
-def optional(dtype: Any, *checks: Check) -> Column:
+def optional(dtype: DType, *checks: Check) -> Column:
     """A column that may be null (its checks judge the values that are not)."""
     return Column(dtype, checks, nullable=True)
 
@@ -107,14 +114,14 @@ class Contract:
 
     @property
     def polars_schema(self) -> dict[str, pl.DataType]:
-        return {n: c.dtype for n, c in self.columns.items()}
+        return {n: c.dtype.polars() for n, c in self.columns.items()}
 
     @cached_property
     def _pandera(self) -> pandera_polars.DataFrameSchema:
         import pandera.polars as pa
 
         return pa.DataFrameSchema(
-            {n: pa.Column(c.dtype, [k.pandera() for k in c.checks], nullable=c.nullable, unique=c.unique)
+            {n: pa.Column(c.dtype.polars(), [k.pandera() for k in c.checks], nullable=c.nullable, unique=c.unique)
              for n, c in self.columns.items()},
             name=self.name, unique=list(self.unique) or None, strict=True, ordered=False)
 

@@ -61,7 +61,6 @@ def print_quarantine_by_rule(settings: Any) -> None:
 
 
 def _refused_files(engine, lake) -> None:
-    from lakehouse.backends.arrow_rows import python_rows
     from lakehouse.backends.logs import refused_log
     from lakehouse.contracts.catalog import bronze_for
     from lakehouse.contracts.landing import LANDING_ENTITIES
@@ -73,14 +72,14 @@ def _refused_files(engine, lake) -> None:
         t.add_column(col, overflow="fold")
     shown = 0
     for entity in LANDING_ENTITIES:
-        log = refused_log(lake, entity.source, entity.entity).table()
-        if log is None:
+        refusals = refused_log(lake, entity.source, entity.entity).rows()
+        if not refusals:
             continue
         spec = bronze_for(entity)
         now_in = (set(engine.to_arrow(ingested_files(engine.scan(spec))).column("_source_file").to_pylist())
                   if engine.exists(spec) else set())
         by_file: dict[str, list[dict]] = {}
-        for r in python_rows(log):
+        for r in refusals:
             by_file.setdefault(r["source_file"], []).append(r)
         for f, runs in sorted(by_file.items()):
             last = max(runs, key=lambda r: r["refused_at"])

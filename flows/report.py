@@ -15,7 +15,6 @@ from typing import Any
 
 import polars as pl
 
-from lakehouse.backends.arrow_rows import python_rows
 from lakehouse.backends.lake import Lake
 from lakehouse.contracts.catalog import quarantine_for, tables
 from lakehouse.flows.display import inert
@@ -82,8 +81,7 @@ def refused_files(lake: Lake, run_date: date) -> list[dict[str, Any]]:
 
     latest: dict[str, dict[str, Any]] = {}
     for entity in LANDING_ENTITIES:
-        log = refused_log(lake, entity.source, entity.entity).table()
-        for r in (python_rows(log) if log is not None else []):
+        for r in refused_log(lake, entity.source, entity.entity).rows():
             if r["run_date"] == run_date and (r["source_file"] not in latest
                                               or r["refused_at"] > latest[r["source_file"]]["refused_at"]):
                 latest[r["source_file"]] = {**r, "table": f"bronze.{entity.source}.{entity.entity}"}

@@ -19,11 +19,12 @@ from lakehouse.backends import Lake, get_backend
 from lakehouse.backends.lake import PORTABLE_TABLE_PROPERTIES
 from lakehouse.contracts.catalog import TableSpec
 from lakehouse.contracts.contract import Contract, optional
+from lakehouse.contracts.types import INT64, STRING
 from lakehouse.deployments.settings import SparkSettings
 
 SPEC = TableSpec(layer="bronze", entity="kill.batches", mode="append", partition_by=("part",),
-                 schema=Contract("bronze.kill.batches", {"batch": optional(pl.Int64), "part": optional(pl.Int64),
-                                                         "payload": optional(pl.Utf8)}))
+                 schema=Contract("bronze.kill.batches", {"batch": optional(INT64), "part": optional(INT64),
+                                                         "payload": optional(STRING)}))
 # Many files (one per part) make each checkpoint a large share of a commit's time: most kills land in one.
 PARTS = 1500
 

@@ -11,15 +11,16 @@ import pytest
 from lakehouse.contracts.catalog import table
 from lakehouse.contracts.checks import UnsupportedCheckError, compile_schema, count_violations
 from lakehouse.contracts.contract import Check, Column, Contract
+from lakehouse.contracts.types import DATE, FLOAT64, INT64, STRING, UTC_TS
 from lakehouse.testing import to_engine
 
 SCHEMA = Contract("t", {
-    "id": Column(pl.Utf8, nullable=False, unique=True),
-    "ccy": Column(pl.Utf8, [Check.isin(["USD", "EUR"])], nullable=True),
-    "qty": Column(pl.Int64, [Check.in_range(1, 10)], nullable=True),
-    "price": Column(pl.Float64, [Check.gt(0)], nullable=True),
-    "stock": Column(pl.Int64, [Check.ge(0), Check.le(100)], nullable=True),
-    "hmac": Column(pl.Utf8, [Check.str_matches(r"^[0-9a-f]{4}$")], nullable=True),
+    "id": Column(STRING, nullable=False, unique=True),
+    "ccy": Column(STRING, [Check.isin(["USD", "EUR"])], nullable=True),
+    "qty": Column(INT64, [Check.in_range(1, 10)], nullable=True),
+    "price": Column(FLOAT64, [Check.gt(0)], nullable=True),
+    "stock": Column(INT64, [Check.ge(0), Check.le(100)], nullable=True),
+    "hmac": Column(STRING, [Check.str_matches(r"^[0-9a-f]{4}$")], nullable=True),
 }, unique=("ccy", "qty"))
 
 TYPES = SCHEMA.polars_schema
@@ -64,12 +65,31 @@ def test_uniqueness_of_a_column_and_of_a_column_set(transform_engine):
 def test_every_catalog_contract_compiles_and_an_unknown_check_is_named():
     for name in ("silver.orders", "gold.customer_segments", "gold.dim_date", "quarantine.silver.orders"):
         assert compile_schema(table(name).schema)
-    odd = Contract("odd", {"x": Column(pl.Utf8, (Check("str_length", {"min_value": 1, "max_value": 2}),))})
+    odd = Contract("odd", {"x": Column(STRING, (Check("str_length", {"min_value": 1, "max_value": 2}),))})
     with pytest.raises(UnsupportedCheckError, match="str_length"):
         compile_schema(odd)
 
 
 def test_nullability_of_dates_and_timestamps():
-    schema = Contract("dt", {"d": Column(pl.Date, nullable=False), "t": Column(pl.Datetime("us", "UTC"), nullable=True)})
+    schema = Contract("dt", {"d": Column(DATE, nullable=False), "t": Column(UTC_TS, nullable=True)})
     data = pl.DataFrame({"d": [date(2026, 11, 1), None], "t": [datetime(2026, 11, 1, tzinfo=UTC), None]})
     assert count_violations(to_engine("polars", data), schema) == (2, [("d", "not_nullable", 1)])
+
+
+def test_column_types_are_declared_once_and_named_when_wrong():
+    """A declared type gives each engine its own type object; anything else is refused with the expected names."""
+    import narwhals as nw
+    import pyarrow as pa
+
+    from lakehouse.contracts.types import BOOL, list_of
+
+    expected = {STRING: (pl.String, nw.String(), pa.string()), INT64: (pl.Int64, nw.Int64(), pa.int64()),
+                FLOAT64: (pl.Float64, nw.Float64(), pa.float64()), DATE: (pl.Date, nw.Date(), pa.date32()),
+                BOOL: (pl.Boolean, nw.Boolean(), pa.bool_()),
+                UTC_TS: (pl.Datetime("us", "UTC"), nw.Datetime("us", "UTC"), pa.timestamp("us", tz="UTC")),
+                list_of(STRING): (pl.List(pl.String), nw.List(nw.String()), pa.list_(pa.string()))}
+    for dtype, (polars_type, narwhals_type, arrow_type) in expected.items():
+        assert (dtype.polars(), dtype.narwhals(), dtype.arrow()) == (polars_type, narwhals_type, arrow_type), dtype
+    with pytest.raises(TypeError, match=r"expected a column type of contracts/types.py .*got String"):
+        Column(pl.Utf8)
+    assert table("silver.orders").arrow_schema.field("order_ts").type == pa.timestamp("us", tz="UTC")

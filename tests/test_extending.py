@@ -17,6 +17,7 @@ from lakehouse.backends.releases import Releases
 from lakehouse.contracts import catalog
 from lakehouse.contracts.catalog import Reference, TableSpec, build_order, table
 from lakehouse.contracts.contract import Check, Contract, required
+from lakehouse.contracts.types import INT64, STRING
 from lakehouse.deployments.settings import SparkSettings
 from lakehouse.tasks import gold as gold_tasks
 from lakehouse.tasks.ledger import read_ledger
@@ -26,7 +27,7 @@ from lakehouse.tasks.transforms.schema import to_schema
 NAME = "gold.product_units"
 TOY = TableSpec(
     "gold", "product_units",
-    Contract(NAME, {"product_id": required(pl.Utf8, unique=True), "units": required(pl.Int64, Check.ge(0))}),
+    Contract(NAME, {"product_id": required(STRING, unique=True), "units": required(INT64, Check.ge(0))}),
     inputs=("gold.fact_orders",), keys=("product_id",), mode="overwrite",
     references=(Reference(("product_id",), "gold.dim_product", ("product_id",)),),
     description="Units ordered per product, all time (a toy model).")

@@ -16,18 +16,19 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("prefect", "pandera", "pandas", "pyspark")
 
 # Runs the CLI as `lakehouse ...` does, then prints which of HEAVY the process imported.
-_RUN_CLI = f"""
-import atexit, json, runpy, sys
-heavy = {HEAVY!r}
-atexit.register(lambda: print("LOADED", json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set(heavy)))))
+_RUN_CLI = """
+import atexit, json, os, runpy, sys
+heavy = json.loads(os.environ["HEAVY_MODULES"])
+atexit.register(lambda: print("LOADED", json.dumps(sorted({m.split(".")[0] for m in sys.modules} & set(heavy)))))
 sys.argv = ["lakehouse", *sys.argv[1:]]
 runpy.run_module("lakehouse.flows.cli", run_name="__main__")
 """
 
 
-def _loaded(python: str, args: list[str], env: dict[str, str] | None = None) -> tuple[set[str], str, str]:
-    done = subprocess.run([python, "-c", _RUN_CLI, *args], check=False, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **(env or {})}, cwd=ROOT)
+def _loaded(python: str, args: list[str], env: dict[str, str] | None = None,
+            heavy: tuple[str, ...] = HEAVY) -> tuple[set[str], str, str]:
+    done = subprocess.run([python, "-c", _RUN_CLI, *args], check=False, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {}), "HEAVY_MODULES": json.dumps(heavy)}, cwd=ROOT)
     assert done.returncode == 0, f"lakehouse {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     line = [ln for ln in done.stdout.splitlines() if ln.startswith("LOADED ")][-1]
     return set(json.loads(line.removeprefix("LOADED "))), done.stdout, done.stderr
@@ -42,6 +43,30 @@ def test_read_only_commands_import_no_prefect_pandera_or_pandas(pristine_lake):
         loaded, out, _ = _loaded(sys.executable, [*args, *lake])
         assert loaded == set(), f"lakehouse {args[0]} imported {sorted(loaded)}"
         assert out.strip(), f"lakehouse {args[0]} printed nothing"
+
+
+@pytest.mark.slow
+def test_lake_metadata_commands_import_no_dataframe_library(pristine_lake):
+    """tables, status and releases read the Delta logs only (delta-rs and its own Arrow): no Polars, pyarrow,
+    numpy or Narwhals either, and what they print is the lake's state."""
+    from lakehouse.backends.lake import Lake
+    from lakehouse.backends.releases import Releases
+    from lakehouse.contracts.catalog import TABLES
+
+    root = pristine_lake["root"]
+    release = Releases(Lake(str(root))).current()
+    assert release is not None
+    heavy = (*HEAVY, "polars", "pyarrow", "numpy", "narwhals")
+    printed = {}
+    for command in ("tables", "status", "releases"):
+        loaded, printed[command], _ = _loaded(sys.executable, [command, "--lake-root", str(root)],
+                                              {"COLUMNS": "250"}, heavy=heavy)
+        assert loaded == set(), f"lakehouse {command} imported {sorted(loaded)}"
+    assert all(name in printed["tables"] for name in TABLES)
+    fact_rows = Lake(str(root)).row_count(TABLES["gold.fact_orders"], release.versions["gold.fact_orders"])
+    assert f"{fact_rows:,}" in printed["tables"]
+    assert release.release_id in printed["releases"] and release.run_id in printed["releases"]
+    assert str(release.run_date) in printed["status"] and "gold.fact_orders" in printed["status"]
 
 
 @pytest.mark.slow

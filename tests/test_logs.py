@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -85,3 +85,29 @@ def test_one_run_log_holds_the_task_runs_and_the_runs_that_finished_a_date(tmp_p
     assert run["finished_at"] == datetime(2026, 11, 3, 6, 0, 9, tzinfo=UTC)
     assert RunLog(lake).done_dates() == {day} and RunLog(lake).went_without() == {day: ["fx.rates"]}
     assert sorted(p.name for p in (tmp_path / "lake").iterdir()) == ["_ledger"], "one log, one Delta table"
+
+
+def test_both_log_readers_return_the_same_rows_for_every_column_type(tmp_path):
+    """A run reads logs with Polars, a metadata command with delta-rs's own engine (no Polars or pyarrow import:
+    tests/test_imports.py); both give the same Python values: text, integers, floats, booleans, dates, UTC
+    timestamps, lists and nulls, across several commits."""
+    from lakehouse.backends.lake import log_rows_delta_rs, log_rows_polars
+
+    lake = Lake(str(tmp_path / "lake"))
+    ledger = lake_log(lake, "ledger")
+    started = datetime(2026, 11, 1, 6, 30, 15, 123456, tzinfo=UTC)
+    for n in range(3):
+        ledger.append([{"run_id": f"r{n}", "flow": "daily", "task": "silver", "task_run_id": f"t{n}",
+                        "table": None if n == 1 else "silver.orders", "run_date": date(2026, 11, 1 + n),
+                        "versions_read": "{}", "version_written": n, "rows_in": 10 * n, "status": "completed",
+                        "started_at": started + timedelta(hours=2 - n), "duration_s": 1.5 + n, "engine": "polars", "level": "run",
+                        "forced": n == 2, "missing": ["fx.rates", "crm.accounts"] if n else None}])
+    dt = lake.log_table(ledger.path)
+    by_polars, by_delta_rs = log_rows_polars(dt), log_rows_delta_rs(dt)
+    key = lambda r: r["run_id"]
+    assert sorted(by_delta_rs, key=key) == sorted(by_polars, key=key)
+    second = next(r for r in by_delta_rs if r["run_id"] == "r1")
+    assert second["table"] is None and second["missing"] == ["fx.rates", "crm.accounts"]
+    assert second["run_date"] == date(2026, 11, 2) and second["started_at"] == started + timedelta(hours=1)
+    assert second["duration_s"] == 2.5 and second["forced"] is False and second["rows_out"] is None
+    assert [r["run_id"] for r in ledger.rows()] == ["r2", "r1", "r0"]  # by started_at
