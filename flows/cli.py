@@ -29,6 +29,7 @@ from lakehouse.flows.command_line import (
     RemoteOpt,
     console,
     err,
+    exit_now,
     fail,
     lake_of,
     parse_date,
@@ -651,5 +652,14 @@ def _progress() -> Progress:
                     console=err, transient=False)
 
 
+def main() -> None:
+    """The ``lakehouse`` command (pyproject.toml's script): the app, then a quick end of the process."""
+    try:
+        app()
+    except SystemExit as done:
+        exit_now(done.code)
+    exit_now(0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -4,7 +4,7 @@ into one clear message and exit code 2 (never a traceback)."""
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -70,3 +70,30 @@ def settings_for(env: str | None, **overrides: Any):
     except SettingsError as exc:
         fail(str(exc))
         raise
+
+
+def exit_now(code: int | str | None) -> NoReturn:
+    """End a finished command's process with ``code`` (as ``sys.exit`` takes it) without Python's teardown.
+
+    Once a command has done its work, the interpreter's teardown of everything it loaded (Prefect's modules,
+    Polars' and delta-rs's runtimes) takes 0.3-0.8 s more, for nothing: a command's writes are committed before
+    it returns. This does what a normal exit does that matters, in the same order (the remaining non-daemon
+    threads are joined, then the exit handlers run: Prefect drains its log and event workers to the server,
+    logging flushes its handlers), flushes the standard streams, and ends the process.
+    """
+    import atexit
+    import os
+    import sys
+    import threading
+
+    if isinstance(code, str):  # sys.exit("message"): the message on stderr, status 1
+        print(code, file=sys.stderr)
+        code = 1
+    threading._shutdown()  # type: ignore[attr-defined]  # what the interpreter calls first at exit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`lakehouse tables | head`): nothing more to deliver
+            pass
+    os._exit(code or 0)

@@ -149,3 +149,67 @@ def test_sources_extract_names_what_is_wrong(monkeypatch, tmp_path):
     # the message names the settings table as it is written, brackets and all
     assert "[sources.snowflake]" in " ".join(result.output.split()) and "sources.snowflake.account" in result.output
     assert not (tmp_path / "lake" / "_extracts").exists()  # nothing was written
+
+
+@pytest.mark.slow
+def test_the_command_ends_quickly_yet_delivers_its_output_exit_code_and_prefect_logs(prefect_harness, tmp_path):
+    """The installed ``lakehouse`` ends its process without Python's teardown (flows/command_line.py exit_now).
+    Nothing a normal exit delivers is lost: the exit code of a failed run, its output, and the run's state and
+    task states and logs on the Prefect server; a closed pipe is no error. (The exit handlers still run:
+    tests/test_imports.py reads what its own handler prints.)"""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.settings import PREFECT_API_URL
+
+    command = str(Path(sys.executable).with_name("lakehouse"))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "INFO", "COLUMNS": "200"}
+
+    def lakehouse(*args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([command, *args], check=False, capture_output=True, text=True, env=env, timeout=600, **kw)
+
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    assert lakehouse("generate", "--days", "1", "--scale", "0.02", "--out", str(landing)).returncode == 0
+    events = min((landing / "kafka" / "order_events").rglob("*.jsonl"))
+    with events.open("a") as f:  # a third of the batch unreadable: the bronze gate stops the run
+        f.write('{"broken": \n' * 2_000)
+    failed = lakehouse("run", "--date", "2026-11-01", "--lake-root", str(lake), "--landing", str(landing))
+    assert failed.returncode != 0
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["daily-2026-11-01"])))
+        assert [r.state.type.value for r in runs] == ["FAILED"]
+        for _ in range(60):  # the server stores the logs it received in batches
+            logs = [e.message for e in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[runs[0].id])))]
+            if any("Finished in state Failed" in m for m in logs):  # the run's last log line arrived
+                break
+            time.sleep(0.5)
+        for _ in range(60):  # task runs are reported by events, which the server records as they come
+            tasks = {t.name: t.state.type.value for t in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[runs[0].id])))
+                if t.state is not None}
+            if tasks.get("gate-bronze") == "FAILED":  # the last task of the run, sent by the events worker at exit
+                break
+            time.sleep(0.5)
+    assert tasks.get("gate-bronze") == "FAILED" and tasks.get("bronze-kafka.order_events") == "COMPLETED", tasks
+    assert any("Finished in state Failed" in m for m in logs), logs
+    assert any("bronze gate failed" in m and "kafka.order_events" in m for m in logs), logs
+
+    shown = lakehouse("show", "gold.nope", "--lake-root", str(lake))
+    assert shown.returncode == 2 and "expected a table name like 'gold.fact_orders'" in shown.stderr
+    listed = lakehouse("tables", "--lake-root", str(lake))
+    assert listed.returncode == 0 and listed.stdout.rstrip().endswith("┘"), listed.stdout  # the whole table
+    piped = subprocess.run(f"'{command}' tables --lake-root '{lake}' | head -1", check=False, shell=True,
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert piped.returncode == 0 and "Traceback" not in piped.stderr and "tables in" in piped.stdout
