@@ -36,8 +36,6 @@ Layer = Literal["bronze", "silver", "gold", "quarantine"]
 WriteMode = Literal["append", "merge", "overwrite"]
 
 
-
-
 @dataclass(frozen=True)
 class Reference:
     """Referential integrity: every non-null ``columns`` value of the table is a ``to`` key of ``table``."""
