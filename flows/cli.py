@@ -234,17 +234,19 @@ def _run_days(days: list[date], *, env: str | None, backend: str | None, lake_ro
 def _run_each(days: list[date], env: str, **options: Any) -> None:
     from lakehouse.backends.lake import LakeNotWritableError
     from lakehouse.backends.run_lock import LakeLockedError
-    from lakehouse.flows.daily import daily_lakehouse
+    from lakehouse.flows.daily import daily_lakehouse, prompt_heartbeats
     from lakehouse.tasks.context import LandingNotFoundError
 
     for i, day in enumerate(days, 1):
         console.rule(f"[bold]daily-lakehouse {day}[/] ({i}/{len(days)})")
         started = datetime.now()
         try:
-            summaries = daily_lakehouse(run_date=day, env=env, backend=options["backend"],
-                                        lake_root=options["lake_root"], landing_root=options["landing"],
-                                        spark_remote=options["spark_remote"], spark_master=options["spark_master"],
-                                        force=options["force"], allow_missing=options["allow_missing"])
+            with prompt_heartbeats():  # the run's end does not wait for Prefect's heartbeat thread
+                summaries = daily_lakehouse(run_date=day, env=env, backend=options["backend"],
+                                            lake_root=options["lake_root"], landing_root=options["landing"],
+                                            spark_remote=options["spark_remote"],
+                                            spark_master=options["spark_master"], force=options["force"],
+                                            allow_missing=options["allow_missing"])
         except (LakeNotWritableError, LandingNotFoundError, LakeLockedError) as exc:
             fail(str(exc))
             raise

@@ -6,7 +6,10 @@ summaries, never frames. Every run writes a summary table artifact.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -126,7 +129,12 @@ def daily_lakehouse(
     given = {"backend": backend, "lake_root": lake_root, "landing_root": landing_root, "spark_remote": spark_remote,
              "spark_master": spark_master}
     overrides = {k: v for k, v in given.items() if v is not None}
-    run_date = scheduled_date(run_date)
+    with _own_heartbeat():
+        return _run_daily(scheduled_date(run_date), env, overrides, force=force, allow_missing=allow_missing)
+
+
+def _run_daily(run_date: date, env: str, overrides: dict[str, Any], *, force: bool,
+               allow_missing: list[str] | None) -> list[dict[str, Any]]:
     ctx = RunContext(env=env, run_date=run_date, run_id=str(flow_run.get_id() or "local"),
                      started_at=datetime.now(UTC), overrides=overrides, force=force)
     settings = ctx.settings()
@@ -174,6 +182,79 @@ def _stage_heartbeats_off() -> Any:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+# The heartbeat interval (seconds) of a daily run whose caller turned Prefect's own heartbeat off
+# (``prompt_heartbeats``); None: Prefect's engine sends the run's heartbeats, if its settings say so.
+_OWN_HEARTBEAT: contextvars.ContextVar[int | None] = contextvars.ContextVar("lakehouse_own_heartbeat", default=None)
+
+
+@contextlib.contextmanager
+def prompt_heartbeats() -> Iterator[None]:
+    """For a caller that waits on the daily flow's end (the CLI): the flow run's heartbeat (the event
+    ``prefect.flow-run.heartbeat`` every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds, what Prefect's zombie
+    detection watches) is sent by the flow itself from a thread that stops the moment the run ends. Prefect's own
+    heartbeat thread sleeps in one-second steps and the flow's end waits for it: 0-1 s on every run. Heartbeats
+    turned off in the settings stay off."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    every = get_current_settings().flows.heartbeat_frequency
+    if every is None:
+        yield
+        return
+    token = _OWN_HEARTBEAT.set(max(every, 30))  # Prefect's minimum interval
+    try:
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+    finally:
+        _OWN_HEARTBEAT.reset(token)
+
+
+@contextlib.contextmanager
+def _own_heartbeat() -> Iterator[None]:
+    """Send the running flow run's heartbeats while the block runs, when ``prompt_heartbeats`` asked for them:
+    the event Prefect's engine sends (the run, its flow, deployment and tags), first at once, then every interval;
+    its payload names the interval."""
+    from prefect import __version__
+    from prefect.context import FlowRunContext
+    from prefect.events import emit_event
+    from prefect.events.related import tags_as_related_resources
+
+    every = _OWN_HEARTBEAT.get()
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if every is None or run is None:
+        yield
+        return
+    resource = {"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": run.name or "",
+                "prefect.version": __version__}
+    related: list[Any] = [{"prefect.resource.id": f"prefect.flow.{run.flow_id}", "prefect.resource.role": "flow",
+                           "prefect.resource.name": context.flow.name if context.flow else ""}]
+    if run.deployment_id:
+        related.append({"prefect.resource.id": f"prefect.deployment.{run.deployment_id}",
+                        "prefect.resource.role": "deployment"})
+    related += tags_as_related_resources(set(run.tags or []))
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                emit_event(event="prefect.flow-run.heartbeat", resource=resource, related=related,
+                           payload={"interval_seconds": every})
+            except Exception:  # noqa: BLE001 - a missed heartbeat must not fail the run
+                get_run_logger().debug("Failed to emit heartbeat", exc_info=True)
+            if stop.wait(every):
+                return
+
+    # The thread sees this context's settings (the API URL), as Prefect's heartbeat thread does.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(beat,), daemon=True,
+                              name="lakehouse-flow-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=2)
 
 
 def require_deliveries(ctx: RunContext, allow_missing: list[str],

@@ -214,3 +214,65 @@ def test_the_command_ends_quickly_yet_delivers_its_output_exit_code_and_prefect_
     piped = subprocess.run(f"'{command}' tables --lake-root '{lake}' | head -1", check=False, shell=True,
                            capture_output=True, text=True, env=env, timeout=600)
     assert piped.returncode == 0 and "Traceback" not in piped.stderr and "tables in" in piped.stdout
+
+
+@pytest.mark.slow
+def test_a_cli_run_sends_its_heartbeat_itself_once_a_frequency_and_none_when_heartbeats_are_off(prefect_harness,
+                                                                                                tmp_path):
+    """``lakehouse run`` turns Prefect's heartbeat thread off (the run's end waited up to a second for it) and the
+    daily flow sends the same event itself (flows/daily.py prompt_heartbeats): one
+    ``prefect.flow-run.heartbeat`` at the start of a run shorter than the interval (two if both sent it, none if
+    neither), naming the run and its flow as Prefect's does; with heartbeats off in the settings, none. (The
+    heartbeat is the flow's, not an engine's: one engine covers it.)"""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from lakehouse.flows.daily import daily_lakehouse, prompt_heartbeats
+
+    api = PREFECT_API_URL.value()
+    command = str(Path(sys.executable).with_name("lakehouse"))
+    landing = tmp_path / "landing"
+    assert subprocess.run([command, "generate", "--days", "1", "--scale", "0.02", "--out", str(landing)],
+                          check=False, capture_output=True, timeout=600).returncode == 0
+
+    def heartbeats_of_a_run(lake: Path, *, heartbeats_off: bool = False) -> list[dict]:
+        if heartbeats_off:  # (an environment variable cannot say None): the CLI's call, in this process
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prompt_heartbeats():
+                daily_lakehouse(run_date=date(2026, 11, 1), lake_root=str(lake), landing_root=str(landing))
+        else:
+            done = subprocess.run([command, "run", "--date", "2026-11-01", "--lake-root", str(lake), "--landing",
+                                   str(landing)], check=False, capture_output=True, text=True, timeout=600,
+                                  env={**os.environ, "PREFECT_API_URL": api})
+            assert done.returncode == 0, done.stderr[-2000:]
+        with get_client(sync_client=True) as client:
+            runs = [r for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=["daily-2026-11-01"]))) if r.parameters.get("lake_root") == str(lake)]
+        assert [r.state.type.value for r in runs] == ["COMPLETED"]
+        run = runs[0]
+        query = {"filter": {"event": {"name": ["prefect.flow-run.heartbeat"]},
+                            "resource": {"id": [f"prefect.flow-run.{run.id}"]},
+                            "occurred": {"since": run.created.isoformat()}}, "limit": 50}
+        for _ in range(20):  # the server records events as they come; the run's Completed event comes last
+            found = httpx.post(f"{api}/events/filter", json=query, timeout=30).json()["events"]
+            completed = httpx.post(f"{api}/events/filter", timeout=30, json={**query, "filter": {
+                **query["filter"], "event": {"name": ["prefect.flow-run.Completed"]}}}).json()["events"]
+            if completed:
+                return found
+            time.sleep(0.5)
+        raise AssertionError(f"no Completed event for flow run {run.id}")
+
+    beats = heartbeats_of_a_run(tmp_path / "lake")
+    assert len(beats) == 1, beats
+    assert beats[0]["resource"]["prefect.resource.name"] == "daily-2026-11-01"
+    assert beats[0]["payload"] == {"interval_seconds": 180}  # the flow's own (Prefect's has no payload)
+    assert {(r["prefect.resource.role"], r.get("prefect.resource.name")) for r in beats[0]["related"]} == {
+        ("flow", "daily-lakehouse")}
+    assert heartbeats_of_a_run(tmp_path / "lake-off", heartbeats_off=True) == []
