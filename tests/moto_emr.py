@@ -13,6 +13,12 @@ does with a Spark job run, so the whole submission path can be tested:
 - the driver's stdout and stderr are written gzipped to ``<logUri>/applications/<app>/jobs/<id>/SPARK_DRIVER/``;
 - CancelJobRun → CANCELLING, the driver process is terminated → CANCELLED.
 
+S3's conditional writes are atomic ("if multiple conditional writes occur for the same object name, the first
+write operation to finish succeeds"); moto's are not: its threaded server checks ``If-Match``/``If-None-Match``
+and then writes, so two requests racing with the same ETag can both pass the check. Here a conditional
+``PutObject`` or ``DeleteObject`` checks and writes under one lock, as S3 does (the run lock's takeover of a
+stale lease relies on it).
+
 It also lists moto's service folders once, not on every request: moto's dispatcher asks whether the request's
 host names a service by listing and stat-ing its ~180 package folders per request (about 3 ms of the 6-10 ms a
 request costs here; a day of Spark on an S3 lake sends ~7,500 requests).
@@ -38,6 +44,7 @@ import boto3
 import moto.backends
 import moto.emrserverless.models as emr_models
 from moto.emrserverless.exceptions import ValidationException
+from moto.s3.responses import S3Response
 from moto.server import main as moto_main
 
 TERMINAL = {"SUCCESS", "FAILED", "CANCELLED"}
@@ -166,11 +173,30 @@ def install(workdir: Path, endpoint: str) -> None:
     emr_models.EMRServerlessBackend.cancel_job_run = cancel
 
 
+def atomic_conditional_writes() -> None:
+    """A conditional PutObject or DeleteObject checks its condition and writes under one lock, as on S3."""
+    guard = threading.Lock()
+
+    def atomic(handler):
+        @functools.wraps(handler)
+        def run(self: S3Response, *args, **kwargs):
+            if self.headers.get("If-Match") is None and self.headers.get("If-None-Match") is None:
+                return handler(self, *args, **kwargs)
+            with guard:
+                return handler(self, *args, **kwargs)
+
+        return run
+
+    S3Response.put_object = atomic(S3Response.put_object)
+    S3Response.delete_object = atomic(S3Response.delete_object)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     ns = parser.parse_args()
     install(ns.workdir, f"http://127.0.0.1:{ns.port}")
+    atomic_conditional_writes()
     moto.backends.list_of_moto_modules = functools.cache(lambda listed=moto.backends.list_of_moto_modules: tuple(listed()))
     moto_main(["-H", "127.0.0.1", "-p", str(ns.port)])
