@@ -322,6 +322,86 @@ def test_a_blocks_plain_lines_are_decoded_in_bulk_and_only_the_others_line_by_li
     assert read.rejects.column("rule").to_pylist() == ["encoding.nul_byte"]
 
 
+def _stream_files(day: Path, folder: Path) -> list[tuple[Path, str]]:
+    """A stream's micro-batch folder of small files: six valid ones, one whose plain-looking line is not UTF-8
+    (Arrow refuses the lines it is decoded with), one with an escaped NUL, one with a bracket line and padding,
+    one empty and one gzip file cut short (refused once its first lines were read)."""
+    lines = json_lines(day)
+    folder.mkdir(parents=True)
+    parts = {f"batch-{i:04d}.jsonl": "\n".join(lines[i::6]).encode() + b"\n" for i in range(6)}
+    parts["batch-0006.jsonl"] = "\n".join(lines[:5]).encode() + b'\n{"event_id": "E\xff1", "order_id": "O1"}\n'
+    parts["batch-0007.jsonl"] = "\n".join(_event_line(i) for i in range(280, 320)).encode()
+    parts["batch-0008.jsonl"] = "\r\n".join(_event_line(i) for i in range(480, 720)).encode()
+    parts["batch-0009.jsonl"] = b""
+    parts["batch-0010.jsonl.gz"] = gzip.compress(("\n".join(lines * 20) + "\n").encode())[:-60]
+    for name, data in parts.items():
+        (folder / name).write_bytes(data)
+    return [(folder / name, name) for name in sorted(parts)]
+
+
+def _outcome(read, to_arrow) -> tuple:
+    """A read's rows, rejects and refusals, each in a set order, and its record counts."""
+    def ordered(rows: list[dict]) -> list[dict]:
+        return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+    return (ordered(to_arrow(read.rows).to_pylist()), ordered(to_arrow(read.rejects).to_pylist()),
+            ordered(read.refused.to_pylist()), read.records)
+
+
+def test_json_lines_files_read_together_give_what_each_gives_alone(monkeypatch, valid_day, tmp_path):
+    """The shared reader decodes the plain lines of a call's files together (one Arrow decode per
+    ``json_chunk_bytes``, not one per file): the rows, rejects, refusals and record counts are those of each file
+    read on its own, whether the joint decode succeeds, fails on one file's line (each file is then decoded on its
+    own) or took lines of a file refused later (they are dropped with it)."""
+    from dataclasses import replace
+
+    from lakehouse.backends import landing
+
+    files = _stream_files(valid_day, tmp_path / "events")
+    decodes: list[int] = []
+    decode = landing._decode
+    monkeypatch.setattr(landing, "_decode", lambda data, columns, block: (decodes.append(data.count(b"\n") + 1),
+                                                                         decode(data, columns, block))[1])
+    small = replace(landing.READ_LIMITS, json_chunk_bytes=16 << 10)  # the cut file's lines are queued first
+    alone = [landing.read_files(EVENTS, [f], limits=small) for f in files]
+    together = landing.read_files(EVENTS, files, limits=small)
+    assert _outcome(together, lambda t: t) == _outcome(_concat_reads(alone), lambda t: t)
+    assert {r["source_file"]: r["problem"] for r in together.refused.to_pylist()} == {
+        "batch-0010.jsonl.gz": "file.unreadable"}
+    assert dict(Counter(together.rejects.column("rule").to_pylist())) == {"encoding.invalid_utf8": 1,
+                                                                          "encoding.nul_byte": 1}
+    assert len(together.rows) == len(json_lines(valid_day)) + 5 + 39 + 240, "every valid line is a row"
+    decodes.clear()  # the six valid files: one decode of all their lines
+    assert landing.read_files(EVENTS, files[:6]).rows.num_rows == len(json_lines(valid_day))
+    assert decodes == [len(json_lines(valid_day))]
+    # With the line that is not UTF-8 the joint decode fails; each file's lines are then decoded on their own.
+    decodes.clear()
+    landing.read_files(EVENTS, files[:7])
+    assert len(decodes) == 8 and decodes[0] == sum(decodes[1:]), decodes
+
+
+def _concat_reads(reads):
+    from lakehouse.backends.landing import ArrowRead
+
+    return ArrowRead(pa.concat_tables([r.rows for r in reads]), pa.concat_tables([r.rejects for r in reads]),
+                     pa.concat_tables([r.refused for r in reads]), {k: v for r in reads for k, v in r.records.items()})
+
+
+def test_a_stream_folder_read_in_one_call_gives_each_engine_the_same_rows(engine, valid_day, tmp_path):
+    """The same micro-batch folder (damaged files among small valid ones) read in one call on each engine (on
+    Polars the files' lines are decoded together, on Spark each file in its own task): every file's rows,
+    rejects, refusal and record count as read one file at a time."""
+    files = _stream_files(valid_day, tmp_path / "events")
+    together = _outcome(engine.read_landing(EVENTS, files), engine.to_arrow)
+    one_by_one = [_outcome(engine.read_landing(EVENTS, [f]), engine.to_arrow) for f in files]
+    def ordered(rows: list[dict]) -> list[dict]:
+        return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+    assert together[:3] == tuple(ordered([x for o in one_by_one for x in o[i]]) for i in range(3))
+    assert together[3] == {k: v for o in one_by_one for k, v in o[3].items()}
+    assert len(together[0]) == len(json_lines(valid_day)) + 5 + 39 + 240
+
+
 def test_raw_bytes_are_kept_escaped_and_values_exactly_as_sent(engine, valid_day, tmp_path):
     header, rows = csv_lines(valid_day)
     damaged = _set(_set(rows, 0, 1, "Acme\rCorp"), 1, 1, "=HYPERLINK(\"http://x\")")
