@@ -153,10 +153,8 @@ def read_files(entity: LandingEntity, files: Sequence[tuple[AnyPath, str]], *,
     refused: list[dict[str, str]] = []
     records: dict[str, int] = {}
     reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[entity.format]
-    bulk = _JsonBulk(limits) if entity.format == "jsonl" else None
-    read: list[_FileOut] = []
     for path, label in files:
-        out = _FileOut(label, columns, limits, bulk)
+        out = _FileOut(label, columns, limits)
         try:
             if entity.format != "jsonl" and path.stat().st_size == 0:  # an empty JSON-lines file has no rows
                 raise _Refused("file.empty", f"expected a {entity.format} file for {entity.name} (a CSV carries at "
@@ -164,22 +162,16 @@ def read_files(entity: LandingEntity, files: Sequence[tuple[AnyPath, str]], *,
             reader(entity, path, out)
         except _Refused as refusal:
             refused.append(_refusal(label, refusal.problem, refusal.reason))
-            out.discard()
             continue
         except (OSError, EOFError, ValueError, pa.ArrowException) as error:  # a broken stream, a truncated file
             refused.append(_refusal(label, "file.unreadable",
                                     f"expected a readable {entity.format} file for {entity.name}, got {path.name} that "
                                     f"fails to read ({type(error).__name__}); {_KEEP}"))
-            out.discard()
             continue
-        read.append(out)
-    if bulk is not None:
-        bulk.decode()
-    for out in read:
         table = out.table()
         row_tables.append(table)
         rejects.extend(out.rejects)
-        records[out.label] = table.num_rows + len(out.rejects)
+        records[label] = table.num_rows + len(out.rejects)
     schema = pa.schema([(c, pa.large_string()) for c in (*columns, "_source_file")])
     rows = pa.concat_tables(row_tables) if row_tables else empty_table(schema)
     return ArrowRead(rows, arrow_table(rejects, REJECT_SCHEMA) if rejects else empty_table(REJECT_SCHEMA),
@@ -194,8 +186,8 @@ def _refusal(label: str, problem: str, reason: str) -> dict[str, str]:
 class _FileOut:
     """What one file produced so far: value rows (column-wise) and rejects."""
 
-    def __init__(self, label: str, columns: list[str], limits: ReadLimits, bulk: _JsonBulk | None = None) -> None:
-        self.label, self.columns, self.limits, self.bulk = label, columns, limits, bulk
+    def __init__(self, label: str, columns: list[str], limits: ReadLimits) -> None:
+        self.label, self.columns, self.limits = label, columns, limits
         self.values: list[list[str | None]] = [[] for _ in columns]
         self.tables: list[pa.Table] = []
         self.rejects: list[dict[str, str]] = []
@@ -234,11 +226,6 @@ class _FileOut:
                             record)
             table = table.filter(pc.invert(nul))
         self.tables.append(table.select(self.columns))
-
-    def discard(self) -> None:
-        """The file is refused: its lines still waiting for the bulk decode are not decoded."""
-        if self.bulk is not None:
-            self.bulk.drop(self)
 
     def table(self) -> pa.Table:
         self._flush()
@@ -502,9 +489,10 @@ def _json_chunk(data: bytes, out: _FileOut) -> None:
         plain = pc.and_(plain, pc.equal(pc.count_substring(lines, pattern=b"{"), scalar(1)))
     other = pc.indices_nonzero(pc.invert(plain))
     others = other.to_pylist()
-    longest = pc.max(lengths.filter(plain)).as_py() or 0
+    # Arrow decodes blocks on its threads; a block must hold the longest line.
+    block = max(pc.max(lengths.filter(plain)).as_py() or 0, len(data) // (2 * (os.cpu_count() or 1)), 64 << 10) + 1
     if not others:
-        _queue(out, data, len(lines), longest)
+        _bulk(data, len(lines), out, block)
         return
     # The plain lines' bytes are the data without the other lines (each line's end: its length and newline summed).
     ends = pc.cumulative_sum(pc.add(lengths, scalar(1))).take(other).to_pylist()
@@ -522,73 +510,26 @@ def _json_chunk(data: bytes, out: _FileOut) -> None:
             _json_line(line, out)
     keep.append(data[pos:])
     if len(others) < len(lines):
-        _queue(out, b"".join(keep).rstrip(b"\n"), len(lines) - len(others), longest)
-
-
-def _queue(out: _FileOut, data: bytes, count: int, longest: int) -> None:
-    """Plain lines for Arrow's decoder: with the other files' in one decode (``read_files``), or decoded now."""
-    if out.bulk is None:
-        _bulk(data, count, out, _block(len(data), longest))
-    else:
-        out.bulk.add(out, data, count, longest)
-
-
-def _block(size: int, longest: int) -> int:
-    """Arrow decodes blocks on its threads (one block per thread for ``size`` bytes); a block must hold the
-    longest line."""
-    return max(longest, size // (2 * (os.cpu_count() or 1)), 64 << 10) + 1
-
-
-@dataclass
-class _JsonBulk:
-    """Plain JSON lines of several files, decoded by Arrow together: one decode of up to ``json_chunk_bytes``
-    instead of one per file (a stream's micro-batch files are small: 257 files of 0.6 MB took 1.0 s decoded one
-    by one, 0.65 s together). The decoded rows go back to each file in its lines' order; when the joint decode
-    fails (a line Arrow refuses), each file's lines are decoded on their own as before, so the rows are the
-    same either way."""
-
-    limits: ReadLimits
-    pending: list[tuple[_FileOut, bytes, int, int]] = field(default_factory=list)
-    size: int = 0
-
-    def add(self, out: _FileOut, data: bytes, count: int, longest: int) -> None:
-        self.pending.append((out, data, count, longest))
-        self.size += len(data) + 1
-        if self.size >= self.limits.json_chunk_bytes:
-            self.decode()
-
-    def drop(self, out: _FileOut) -> None:
-        kept = [p for p in self.pending if p[0] is not out]
-        self.pending, self.size = kept, sum(len(p[1]) + 1 for p in kept)
-
-    def decode(self) -> None:
-        pending, self.pending, self.size = self.pending, [], 0
-        if not pending:
-            return
-        if len(pending) > 1:
-            data = b"\n".join(p[1] for p in pending)
-            table = _decode(data, pending[0][0].columns, _block(len(data), max(p[3] for p in pending)))
-            if table is not None and table.num_rows == sum(p[2] for p in pending):
-                nul = b"\\u0000" in data or b"\x00" in data  # else no file's lines need looking at again
-                offset = 0
-                for out, part, count, _ in pending:
-                    if nul:
-                        _take(out, table.slice(offset, count), part)
-                    else:
-                        out.add_table(table.slice(offset, count), None, nul_possible=False)
-                    offset += count
-                return
-        for out, part, count, longest in pending:
-            _bulk(part, count, out, _block(len(part), longest))
+        _bulk(b"".join(keep).rstrip(b"\n"), len(lines) - len(others), out, block)
 
 
 def _bulk(data: bytes, count: int, out: _FileOut, block: int | None = None) -> None:
     """Decode ``count`` plain JSON lines (joined by newlines) by Arrow, in blocks of ``block`` bytes (at least
     the longest line; None: one block); where that fails or gives another number of rows, in halves down to
     single lines."""
-    table = _decode(data, out.columns, block or len(data) + 1)
+    try:
+        data.decode("utf-8")
+        schema = pa.schema([(c, pa.string()) for c in out.columns])
+        table = pa_json.read_json(io.BytesIO(data), read_options=pa_json.ReadOptions(
+            block_size=block or len(data) + 1), parse_options=pa_json.ParseOptions(
+            explicit_schema=schema, unexpected_field_behavior="ignore"))
+    except (UnicodeDecodeError, pa.ArrowException):
+        table = None
     if table is not None and table.num_rows == count:
-        _take(out, table, data)
+        if b"\\u0000" in data:  # a NUL decoded into a value: the row is a reject, quoted as its line
+            out.add_table(table, text_array([line.decode("utf-8") for line in data.split(b"\n")]))
+        else:
+            out.add_table(table, None, nul_possible=b"\x00" in data)
         return
     lines = data.split(b"\n")
     if len(lines) <= 32:
@@ -598,27 +539,6 @@ def _bulk(data: bytes, count: int, out: _FileOut, block: int | None = None) -> N
         half = len(lines) // 2
         _bulk(b"\n".join(lines[:half]), half, out)
         _bulk(b"\n".join(lines[half:]), len(lines) - half, out)
-
-
-def _decode(data: bytes, columns: list[str], block: int) -> pa.Table | None:
-    """Plain JSON lines (joined by newlines) decoded by Arrow into text columns; None where Arrow refuses them
-    or they are not UTF-8."""
-    try:
-        data.decode("utf-8")
-        schema = pa.schema([(c, pa.string()) for c in columns])
-        return pa_json.read_json(io.BytesIO(data), read_options=pa_json.ReadOptions(block_size=block),
-                                 parse_options=pa_json.ParseOptions(explicit_schema=schema,
-                                                                    unexpected_field_behavior="ignore"))
-    except (UnicodeDecodeError, pa.ArrowException):
-        return None
-
-
-def _take(out: _FileOut, table: pa.Table, data: bytes) -> None:
-    """The rows Arrow decoded from ``data`` (the lines, joined by newlines) into ``out``."""
-    if b"\\u0000" in data:  # a NUL decoded into a value: the row is a reject, quoted as its line
-        out.add_table(table, text_array([line.decode("utf-8") for line in data.split(b"\n")]))
-    else:
-        out.add_table(table, None, nul_possible=b"\x00" in data)
 
 
 class _LineRejected(Exception):  # a control-flow signal inside this module

@@ -348,49 +348,10 @@ def _outcome(read, to_arrow) -> tuple:
             ordered(read.refused.to_pylist()), read.records)
 
 
-def test_json_lines_files_read_together_give_what_each_gives_alone(monkeypatch, valid_day, tmp_path):
-    """The shared reader decodes the plain lines of a call's files together (one Arrow decode per
-    ``json_chunk_bytes``, not one per file): the rows, rejects, refusals and record counts are those of each file
-    read on its own, whether the joint decode succeeds, fails on one file's line (each file is then decoded on its
-    own) or took lines of a file refused later (they are dropped with it)."""
-    from dataclasses import replace
-
-    from lakehouse.backends import landing
-
-    files = _stream_files(valid_day, tmp_path / "events")
-    decodes: list[int] = []
-    decode = landing._decode
-    monkeypatch.setattr(landing, "_decode", lambda data, columns, block: (decodes.append(data.count(b"\n") + 1),
-                                                                         decode(data, columns, block))[1])
-    small = replace(landing.READ_LIMITS, json_chunk_bytes=16 << 10)  # the cut file's lines are queued first
-    alone = [landing.read_files(EVENTS, [f], limits=small) for f in files]
-    together = landing.read_files(EVENTS, files, limits=small)
-    assert _outcome(together, lambda t: t) == _outcome(_concat_reads(alone), lambda t: t)
-    assert {r["source_file"]: r["problem"] for r in together.refused.to_pylist()} == {
-        "batch-0010.jsonl.gz": "file.unreadable"}
-    assert dict(Counter(together.rejects.column("rule").to_pylist())) == {"encoding.invalid_utf8": 1,
-                                                                          "encoding.nul_byte": 1}
-    assert len(together.rows) == len(json_lines(valid_day)) + 5 + 39 + 240, "every valid line is a row"
-    decodes.clear()  # the six valid files: one decode of all their lines
-    assert landing.read_files(EVENTS, files[:6]).rows.num_rows == len(json_lines(valid_day))
-    assert decodes == [len(json_lines(valid_day))]
-    # With the line that is not UTF-8 the joint decode fails; each file's lines are then decoded on their own.
-    decodes.clear()
-    landing.read_files(EVENTS, files[:7])
-    assert len(decodes) == 8 and decodes[0] == sum(decodes[1:]), decodes
-
-
-def _concat_reads(reads):
-    from lakehouse.backends.landing import ArrowRead
-
-    return ArrowRead(pa.concat_tables([r.rows for r in reads]), pa.concat_tables([r.rejects for r in reads]),
-                     pa.concat_tables([r.refused for r in reads]), {k: v for r in reads for k, v in r.records.items()})
-
-
 def test_a_stream_folder_read_in_one_call_gives_each_engine_the_same_rows(engine, valid_day, tmp_path):
     """The same micro-batch folder (damaged files among small valid ones) read in one call on each engine (on
-    Polars the files' lines are decoded together, on Spark each file in its own task): every file's rows,
-    rejects, refusal and record count as read one file at a time."""
+    Polars by one reader call, on Spark each file in its own task): every file's rows, rejects, refusal and
+    record count as read one file at a time."""
     files = _stream_files(valid_day, tmp_path / "events")
     together = _outcome(engine.read_landing(EVENTS, files), engine.to_arrow)
     one_by_one = [_outcome(engine.read_landing(EVENTS, [f]), engine.to_arrow) for f in files]
