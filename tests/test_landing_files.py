@@ -325,7 +325,7 @@ def test_a_blocks_plain_lines_are_decoded_in_bulk_and_only_the_others_line_by_li
 def _stream_files(day: Path, folder: Path) -> list[tuple[Path, str]]:
     """A stream's micro-batch folder of small files: six valid ones, one whose plain-looking line is not UTF-8
     (Arrow refuses the lines it is decoded with), one with an escaped NUL, one with a bracket line and padding,
-    one empty and one gzip file cut short (refused once its first lines were read)."""
+    one empty and one gzip file cut short (refused)."""
     lines = json_lines(day)
     folder.mkdir(parents=True)
     parts = {f"batch-{i:04d}.jsonl": "\n".join(lines[i::6]).encode() + b"\n" for i in range(6)}
@@ -339,13 +339,14 @@ def _stream_files(day: Path, folder: Path) -> list[tuple[Path, str]]:
     return [(folder / name, name) for name in sorted(parts)]
 
 
+def _ordered(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+
 def _outcome(read, to_arrow) -> tuple:
     """A read's rows, rejects and refusals, each in a set order, and its record counts."""
-    def ordered(rows: list[dict]) -> list[dict]:
-        return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
-
-    return (ordered(to_arrow(read.rows).to_pylist()), ordered(to_arrow(read.rejects).to_pylist()),
-            ordered(read.refused.to_pylist()), read.records)
+    return (_ordered(to_arrow(read.rows).to_pylist()), _ordered(to_arrow(read.rejects).to_pylist()),
+            _ordered(read.refused.to_pylist()), read.records)
 
 
 def test_a_stream_folder_read_in_one_call_gives_each_engine_the_same_rows(engine, valid_day, tmp_path):
@@ -355,12 +356,11 @@ def test_a_stream_folder_read_in_one_call_gives_each_engine_the_same_rows(engine
     files = _stream_files(valid_day, tmp_path / "events")
     together = _outcome(engine.read_landing(EVENTS, files), engine.to_arrow)
     one_by_one = [_outcome(engine.read_landing(EVENTS, [f]), engine.to_arrow) for f in files]
-    def ordered(rows: list[dict]) -> list[dict]:
-        return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
-
-    assert together[:3] == tuple(ordered([x for o in one_by_one for x in o[i]]) for i in range(3))
+    assert together[:3] == tuple(_ordered([x for o in one_by_one for x in o[i]]) for i in range(3))
     assert together[3] == {k: v for o in one_by_one for k, v in o[3].items()}
     assert len(together[0]) == len(json_lines(valid_day)) + 5 + 39 + 240
+    assert {r["source_file"]: r["problem"] for r in together[2]} == {"batch-0010.jsonl.gz": "file.unreadable"}
+    assert Counter(r["rule"] for r in together[1]) == {"encoding.invalid_utf8": 1, "encoding.nul_byte": 1}
 
 
 def test_raw_bytes_are_kept_escaped_and_values_exactly_as_sent(engine, valid_day, tmp_path):
