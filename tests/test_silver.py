@@ -22,6 +22,7 @@ from lakehouse.contracts.rules import ROW_RULES, SILVER_LANDING
 from lakehouse.tasks.transforms.silver import (
     QUARANTINE_OUTPUT,
     _flag_one_per_key,
+    _keep_last,
     conform,
     latest_per_key,
     link_customers_to_crm,
@@ -526,6 +527,25 @@ def test_one_row_per_key_is_flagged_on_keys_held_once_repeated_tied_or_null(engi
         if r["flag"]:
             assert r["o"] == pick(o for k, o in zip(keys, order, strict=True) if k == (r["k"], r["j"]))
     assert all(r["flag"] is False for r in got if not r["flag"])  # False, never null
+
+
+def test_the_last_row_per_key_is_kept_for_keys_held_once_repeated_tied_or_null(engine: str) -> None:
+    """Keys held by one row are kept as they are (on Polars without the window); repeated keys, exact ties in the
+    order and keys with a null (nulls alike) keep the last row in the order: one row per key, none twice."""
+    keys = [("a", 1), ("a", 1), ("a", 1), ("b", 1), ("b", 2), (None, 1), (None, 1), (None, None), ("c", None),
+            ("c", None), ("d", 3), ("e", 1)]
+    order = [2, 1, 3, 5, 5, 1, 4, 9, 7, 7, 0, 6]
+    frame = lazy(engine, {"k": [k for k, _ in keys], "j": [j for _, j in keys], "o": order,
+                          "row": list(range(len(keys)))}, {"k": pl.String, "j": pl.Int64, "o": pl.Int64, "row": pl.Int64})
+    got = rows(_keep_last(frame, ("k", "j"), ("o",)), "row")
+    assert Counter((r["k"], r["j"]) for r in got) == Counter(set(keys))  # one row per key, nulls alike
+    newest = {k: max(o for key, o in zip(keys, order, strict=True) if key == k) for k in set(keys)}
+    assert all(r["o"] == newest[(r["k"], r["j"])] for r in got)
+    held_once = {keys[i]: i for i in (3, 4, 7, 10, 11)}  # ("b", 1), ("b", 2), (None, None), ("d", 3), ("e", 1)
+    assert {(r["k"], r["j"]): r["row"] for r in got if (r["k"], r["j"]) in held_once} == held_once
+    assert [r["row"] for r in got if r["k"] == "a"] == [2]
+    assert [r["row"] for r in got if r["k"] is None and r["j"] == 1] == [6]
+    assert [r["row"] for r in got if r["k"] == "c"] in ([8], [9])  # an exact tie keeps one of the two
 
 
 def test_latest_per_key_needs_keys_and_latest_by() -> None:
