@@ -120,7 +120,7 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
                             fx_window_days=settings.fx_window_days, run_date=ctx.run_date,
                             lookback_days=None if late_ok else settings.lookback_days,
                             checkpoint=engine.materialize)
-    valid = engine.materialize(result.valid)
+    valid = engine.materialize_subset(result.valid)  # rows of the rule-tagged ones, which are materialised
     rows_in, accepted = engine.count(batch), engine.count(valid)
     rejected = engine.materialize(result.quarantine_records())  # built and written by the engine, never collected
     del result  # the rule-tagged rows (the widest frame of the conform) are no longer needed: freed here

@@ -249,6 +249,26 @@ def test_spark_with_neither_remote_nor_master_starts_an_embedded_sail_server(tmp
     assert [g.operation for g in engine.gaps if g.engine == "spark (Sail)"] == []
 
 
+def test_a_subset_of_materialised_rows_is_held_by_polars_and_computed_again_from_them_by_spark(engine, tmp_path):
+    """materialize_subset: the same rows on both engines; Polars holds them on their own (a later change of what
+    they were taken from does not reach them), Spark writes nothing more and computes them from the rows
+    materialised before (which a later change of the table does not reach either)."""
+    engine.merge(PRODUCTS, products(engine, ("p1", "a", 1, "h1"), ("p2", "b", 1, "h2"), ("p3", "c", 1, "h3")))
+    rows = engine.materialize(engine.scan(PRODUCTS))
+    staging = tmp_path / "lake" / "_staging"
+    staged = sorted(staging.iterdir()) if staging.exists() else []
+    subset = engine.materialize_subset(rows.filter(nw.col("product_id") != "p2").with_columns(
+        nw.concat_str(nw.col("product_name"), nw.lit("!")).alias("product_name")))
+    assert (sorted(staging.iterdir()) if staging.exists() else []) == staged  # nothing more written on Spark
+    engine.merge(PRODUCTS, products(engine, ("p4", "d", 1, "h4"), ("p1", "z", 2, "h5")))
+    for _ in range(2):  # used twice, as silver uses its accepted rows: the same rows each time
+        assert sorted((r["product_id"], r["product_name"]) for r in engine.to_arrow(subset).to_pylist()) == [
+            ("p1", "a!"), ("p3", "c!")]
+    assert engine.count(subset) == 2
+    if engine.name == "polars":  # computed: its plan is the rows themselves, not the filter over the others
+        assert subset.to_native().explain().startswith("DF ")
+
+
 def test_tables_with_features_one_engine_cannot_read_are_refused(tmp_path):
     from deltalake import write_deltalake
 

@@ -46,6 +46,10 @@ class PolarsDeltaEngine:
         """Compute ``frame`` once so that counting and writing it do not compute it twice."""
         return frame.collect().lazy()
 
+    def materialize_subset(self, frame: nw.LazyFrame) -> nw.LazyFrame:
+        """Held on its own, so the wider rows it was taken from are freed once the caller drops them."""
+        return self.materialize(frame)
+
     # ----------------------------------------------------------------------------------- landing files
     def read_landing(self, entity: LandingEntity, files: Sequence[tuple[Path, str]]) -> LandingRead:
         read = landing.read_files(entity, files)

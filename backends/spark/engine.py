@@ -133,6 +133,12 @@ class SparkDeltaEngine:
             return nw.from_native(native.localCheckpoint(eager=True))
         return nw.from_native(self._staged(native, keep=True))
 
+    def materialize_subset(self, frame: nw.LazyFrame) -> nw.LazyFrame:
+        """``frame`` as it is: a filter and row-wise columns over rows materialised before cost less to compute
+        again from them at each use than to write once more (on Sail, writing 1.28M order events to
+        ``_staging/`` and reading them back takes 0.8-0.9 s; counting them from the rows they came from, 0.01 s)."""
+        return frame
+
     # ----------------------------------------------------------------------------------- landing files
     def read_landing(self, entity: LandingEntity, files: Sequence[tuple[Path, str]]) -> LandingRead:
         """Landing files are read by Spark's tasks with the reader both engines share (``backends/spark/
