@@ -123,7 +123,8 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
     valid = engine.materialize_subset(result.valid)  # rows of the rule-tagged ones, which are materialised
     rows_in, accepted = engine.count(batch), engine.count(valid)
     rejected = engine.materialize(result.quarantine_records())  # built and written by the engine, never collected
-    del result  # the rule-tagged rows (the widest frame of the conform) are no longer needed: freed here
+    del result  # the rule-tagged rows (the widest frame of the conform) are no longer needed: freed here (on Spark
+    # they stay staged, as the accepted rows are computed from them, until the engine is released)
     quarantined, rules = write_quarantine(engine, spec, rejected, ctx, replace=replace_quarantine)
     if rows_in != accepted + quarantined:
         msg = f"{spec.name} on {ctx.run_date}: {rows_in} bronze rows in, {accepted} accepted + {quarantined} quarantined"
