@@ -537,7 +537,9 @@ def test_the_last_row_per_key_is_kept_for_keys_held_once_repeated_tied_or_null(e
     order = [2, 1, 3, 5, 5, 1, 4, 9, 7, 7, 0, 6]
     frame = lazy(engine, {"k": [k for k, _ in keys], "j": [j for _, j in keys], "o": order,
                           "row": list(range(len(keys)))}, {"k": pl.String, "j": pl.Int64, "o": pl.Int64, "row": pl.Int64})
-    got = rows(_keep_last(frame, ("k", "j"), ("o",)), "row")
+    kept = _keep_last(frame, ("k", "j"), ("o",))
+    assert kept.collect_schema().names() == ["k", "j", "o", "row"]  # no helper column left behind
+    got = rows(kept, "row")
     assert Counter((r["k"], r["j"]) for r in got) == Counter(set(keys))  # one row per key, nulls alike
     newest = {k: max(o for key, o in zip(keys, order, strict=True) if key == k) for k in set(keys)}
     assert all(r["o"] == newest[(r["k"], r["j"])] for r in got)

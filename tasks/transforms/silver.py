@@ -262,12 +262,13 @@ def _keep_last(frame: nw.LazyFrame, keys: tuple[str, ...], order_by: tuple[str, 
     """One row per ``keys``: the last when ordered by ``order_by`` (a window, so exact ties still keep one).
 
     On Polars a key held by one row (most are) is kept without the window, whose order sorts every row: on 1.28M
-    order events 0.23 s against 0.49 s. Both ways filter the rows, so neither copies more than the other."""
+    order events 0.08-0.09 s against 0.49 s. Both ways filter the rows, so neither copies more than the other."""
     if frame.implementation is nw.Implementation.POLARS:
-        once = nw.len().over(*keys) == 1  # nulls alike, as in the window
-        repeated = _flag_one_per_key(frame.filter(~once), keys, order_by, last=True, out="_keep_last")
-        return nw.concat([frame.filter(once), repeated.filter(nw.col("_keep_last")).drop("_keep_last")],
-                         how="vertical")
+        # Counted once, as a column: each filter computing the count over the keys itself counted twice.
+        held = frame.with_columns((nw.len().over(*keys) == 1).alias("_held_once"))  # nulls alike, as in the window
+        repeated = _flag_one_per_key(held.filter(~nw.col("_held_once")), keys, order_by, last=True, out="_keep_last")
+        return nw.concat([held.filter(nw.col("_held_once")),
+                          repeated.filter(nw.col("_keep_last")).drop("_keep_last")], how="vertical").drop("_held_once")
     flagged = _flag_one_per_key(frame, keys, order_by, last=True, out="_keep_last")
     return flagged.filter(nw.col("_keep_last")).drop("_keep_last")
 
