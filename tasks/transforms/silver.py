@@ -212,7 +212,7 @@ class _Batch:
         (less those ``derive`` adds, plus those it reads) and the rule, and the raw landing values on the
         quarantined rows alone (null on the valid rows, which never use them). The typed columns' text and the
         flags the rules read are not carried: the orders' tagged rows have 26 columns instead of 39, 9 of them null on
-        almost every row (on Sail, staging them and conforming silver.orders take 10-20% less)."""
+        almost every row (on Sail, computing and staging them at scale 10: 7.4 -> 6.6 s, median of 5)."""
         rules = ROW_RULES[self.spec.name]
         until = plausible_until(self.run_date)
         frame = frame.with_columns(nw.lit(until).cast(nw.Datetime("us", "UTC")).alias(PLAUSIBLE_UNTIL),
