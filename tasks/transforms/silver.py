@@ -209,10 +209,11 @@ class _Batch:
         """Tag each row with its first failing rule; valid rows → ``derive`` → silver shape, the rest → quarantine.
 
         The tagged rows (what ``checkpoint`` computes once) keep only what the two sides read: the table's columns
-        (less those ``derive`` adds, plus those it reads) and the rule, and the raw landing values on the
-        quarantined rows alone (null on the valid rows, which never use them). The typed columns' text and the
-        flags the rules read are not carried: the orders' tagged rows have 26 columns instead of 39, 9 of them null on
-        almost every row (on Sail, computing and staging them at scale 10: 7.4 -> 6.6 s, median of 5)."""
+        (less those ``derive`` adds, plus those it reads), the first-copy flag and the rule, and the raw landing
+        values on the quarantined rows alone (null on the valid rows, which never use them). The typed columns'
+        text and the other flags the rules read are not carried: the orders' tagged rows have 27 columns instead
+        of 39, 9 of them null on almost every row (on Sail, computing and staging them at scale 10: 7.4 -> 6.6 s,
+        median of 5)."""
         rules = ROW_RULES[self.spec.name]
         until = plausible_until(self.run_date)
         frame = frame.with_columns(nw.lit(until).cast(nw.Datetime("us", "UTC")).alias(PLAUSIBLE_UNTIL),
@@ -220,6 +221,10 @@ class _Batch:
         rule = nw.col(_RULE)
         kept = [c for c in self.spec.columns if derive is None or c not in derive.adds]
         kept += [c for c in (derive.reads if derive else ()) if c not in kept]
+        # The first-copy flag is kept even where no rule reads it (a rule set without ``duplicate.exact``): Sail
+        # cannot plan the Spark way of building it (a union of flagged branches) with the flag projected away
+        # ('No field named "#291"').
+        kept.append(FIRST_COPY)
         raw = [_RAW + c for c in self.landing.column_names]
         tagged = self.checkpoint(frame.with_columns(first_failing_rule(rules).alias(_RULE)).select(
             *kept, _RULE, *(nw.when(~rule.is_null()).then(nw.col(c)).alias(c) for c in raw)))
