@@ -333,16 +333,22 @@ def _with_fx(frame: nw.LazyFrame, rates: nw.LazyFrame, *, currency: str, on: str
     Portable as-of join (PySpark has no join_asof): every rate row is copied to each day it may serve
     (rate_date + 0..window days), the newest rate_date per (currency, day) is kept, then an equi-join on
     (currency, day). USD is 1.0 on its own date; no rate in the window leaves both columns null.
+
+    The copies come from one read of the rates (a list of the offsets, exploded), not one read per offset: on
+    Spark each read of a Delta table resolves its log again at every analysis and action (on S3, a few requests
+    each), and the rates were the most read table of the day.
     """
     columns = ("quote_currency", "rate_date", "rate", "published_at", "_record_hash")
     _require_columns(rates, columns, "ref 'silver.fx_rates'")
-    base = rates.select(*columns)
-    copies = [
-        base.with_columns(nw.col("rate_date").dt.offset_by(f"{k}d").cast(nw.Date()).alias("_fx_day"))
-        for k in range(window_days + 1)
-    ]
+    offsets = nw.lit(",".join(str(k) for k in range(window_days + 1))).str.split(",")
+    copied = rates.select(*columns, offsets.alias("_fx_k")).explode("_fx_k")
+    k, rate_date = nw.col("_fx_k").cast(nw.Int32()), nw.col("rate_date").cast(nw.Date())
+    day = rate_date
+    for i in range(1, window_days + 1):
+        day = nw.when(k == i).then(rate_date.dt.offset_by(f"{i}d")).otherwise(day)
+    copied = copied.with_columns(day.cast(nw.Date()).alias("_fx_day")).drop("_fx_k")
     newest = ("rate_date", "published_at", "_record_hash")  # same-day duplicates: latest publication wins
-    daily = _keep_last(nw.concat(copies, how="vertical"), ("quote_currency", "_fx_day"), newest)
+    daily = _keep_last(copied, ("quote_currency", "_fx_day"), newest)
     daily = daily.select(
         nw.col("quote_currency").alias("_fx_currency"),
         "_fx_day",
