@@ -31,6 +31,9 @@ _TRANSIENT_CLASSES = (
 _TRANSIENT_AWS_CODES = frozenset({"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout",
                                   "ServiceUnavailable", "InternalError", "RequestLimitExceeded"})
 _TRANSIENT_GRPC = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")  # a Spark Connect server's answers
+# Sail's INTERNAL answers that name its own scheduler, not the plan: seen once when a bronze append ran on a
+# 2-core machine with three test processes beside it ("internal error: task context not found for operation").
+_TRANSIENT_SAIL_INTERNAL = ("task context not found",)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -46,7 +49,10 @@ def is_transient(exc: BaseException) -> bool:
         return exc.response.get("Error", {}).get("Code") in _TRANSIENT_AWS_CODES
     connect = sys.modules.get("pyspark.errors.exceptions.connect")
     if connect is not None and isinstance(exc, connect.SparkConnectGrpcException):
-        return exc.getGrpcStatusCode().name in _TRANSIENT_GRPC  # not INTERNAL (an analysis error), not UNKNOWN
+        code = exc.getGrpcStatusCode().name
+        if code == "INTERNAL" and type(exc) is connect.SparkConnectGrpcException:  # not an analysis error
+            return any(text in str(exc) for text in _TRANSIENT_SAIL_INTERNAL)
+        return code in _TRANSIENT_GRPC  # not INTERNAL (an analysis error), not UNKNOWN
     return False
 
 

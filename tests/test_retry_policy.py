@@ -26,6 +26,8 @@ def _client_error(code: str) -> botocore.exceptions.ClientError:
     CommitFailedError("a concurrent transaction wrote first"), psycopg.OperationalError("server closed the connection"),
     botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), _client_error("SlowDown"),
     SparkConnectGrpcException("failed to connect to all addresses", grpc_status_code=grpc.StatusCode.UNAVAILABLE),
+    SparkConnectGrpcException('details = "internal error: task context not found for operation"',
+                              grpc_status_code=grpc.StatusCode.INTERNAL),
 ], ids=repr)
 def test_transient_failures_are_retried(exc):
     assert is_transient(exc)
@@ -37,6 +39,8 @@ def test_transient_failures_are_retried(exc):
     ValueError("expected a date"), RuntimeError("a bug"), _client_error("AccessDenied"),
     # An analysis error names the column; a column called UNAVAILABLE does not make it transient.
     AnalysisException("attribute UNAVAILABLE is missing from the schema", grpc_status_code=grpc.StatusCode.INTERNAL),
+    AnalysisException("task context not found for operation", grpc_status_code=grpc.StatusCode.INTERNAL),
+    SparkConnectGrpcException("internal error: cannot resolve column", grpc_status_code=grpc.StatusCode.INTERNAL),
 ], ids=repr)
 def test_failures_that_would_repeat_are_not_retried(exc):
     assert not is_transient(exc)
