@@ -58,14 +58,6 @@ def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     return bytes(b ^ 0x36 for b in k), bytes(b ^ 0x5C for b in k)
 
 
-# The text a timestamp pattern matched is ``YYYY-MM-DD``, a separator, ``HH:MM:SS``, then the tail: an optional
-# fraction and an optional zone, which these simple patterns take from the tail (the whole pattern, with its
-# calendar, runs once per value, as a test; its groups are not extracted, which cost four passes of it).
-TAIL_START = 19  # characters before the tail (0-based offset)
-TAIL_FRACTION = r"^\.([0-9]+)"
-TAIL_ZONE = r"([Zz]|[+-][0-9:]+)$"
-
-
 def with_timestamps(frame: nw.LazyFrame, columns: dict[str, str], pattern: str) -> nw.LazyFrame:
     """Parse text columns (``{text column: out column}``) of ISO 8601 / RFC 3339 timestamps into UTC datetimes
     (microseconds), the same on every engine. ``pattern`` matches the whole text: a date of 10 characters, one
@@ -73,6 +65,7 @@ def with_timestamps(frame: nw.LazyFrame, columns: dict[str, str], pattern: str) 
     text that does not match is null. A fraction is cut to microseconds; a timestamp without a zone is UTC.
 
     Narwhals has no portable parse of fractions and offsets (its Spark format mapping takes ``%f`` for one digit
-    and ``%z`` without a colon), so each engine normalises the text to ``YYYY-MM-DDTHH:MM:SS.ffffff±HH:MM`` and
-    parses that with its own formatter."""
+    and ``%z`` without a colon), so each engine parses in its own way: Polars normalises the text to
+    ``YYYY-MM-DDTHH:MM:SS.ffffff±HH:MM`` and parses that with its formatter; Spark casts the matching text,
+    which reads every form the pattern lets through."""
     return nw.from_native(_engine_of(frame).parse_timestamps(frame.to_native(), columns, pattern))

@@ -21,6 +21,7 @@ from lakehouse.contracts.landing import LandingEntity
 from lakehouse.contracts.rules import ROW_RULES, SILVER_LANDING
 from lakehouse.tasks.transforms.silver import (
     QUARANTINE_OUTPUT,
+    TYPE_PATTERNS,
     _flag_one_per_key,
     _keep_last,
     conform,
@@ -752,6 +753,55 @@ def test_timestamps_in_the_forms_exporters_write_are_read_as_utc(engine: str) ->
     assert got == {k: expected for k, (_, expected) in forms.items()}
     assert sorted((json.loads(q["record"])["order_id"], q["rule"]) for q in qrows(out, "record")) == sorted(
         (k, "type.invalid_updated_at") for k in bad)
+
+
+def _reference_instant(text: str) -> dt.datetime | None:
+    """What a timestamp's text means, by Python's own calendar and arithmetic (not an engine's parser): the
+    forms of ``TYPE_PATTERNS['timestamp']``, a fraction cut to microseconds, no zone meaning UTC."""
+    import re
+
+    m = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?"
+                     r"([Zz]|([+-])(\d\d)(?::?(\d\d))?)?", text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if not 1000 <= year or hour > 23 or minute > 59 or second > 59:
+        return None
+    try:
+        local = dt.datetime(year, month, day, hour, minute, second, int((m.group(7) or "").ljust(6, "0")[:6]))
+    except ValueError:  # no such day in the calendar
+        return None
+    shift = dt.timedelta()
+    if m.group(9):
+        hours, minutes = int(m.group(10)), int(m.group(11) or 0)
+        if hours > 14 or minutes > 59:
+            return None
+        shift = (1 if m.group(9) == "+" else -1) * dt.timedelta(hours=hours, minutes=minutes)
+    return (local - shift).replace(tzinfo=UTC)
+
+
+def test_every_timestamp_form_gives_the_instant_python_computes(engine: str) -> None:
+    """A grid of the forms exporters write (T, t or space; fractions of 1 to 10 digits; Z, z, no zone, and
+    offsets of an hour, hours and minutes, with and without a colon, up to +-14 h and past it; the calendar's
+    edges, leap days, years 1000 to 9999): every engine reads each text as the instant Python computes, or
+    rejects it when Python does."""
+    from lakehouse.backends.expressions import with_timestamps
+
+    days = ["2026-11-07", "2024-02-29", "2023-02-29", "2000-02-29", "1900-02-29", "1000-01-01", "0999-12-31",
+            "9999-12-31", "1970-01-01", "2026-04-31", "2026-12-31"]
+    times = ["00:00:00", "23:59:59", "24:00:00", "12:60:00"]
+    fractions = ["", ".5", ".123", ".000001", ".1234567", ".999999999", ".1234567890", "."]
+    zones = ["", "Z", "z", "+00", "-00:00", "+05:30", "-0800", "+14", "-14:00", "+1459", "+15:00", "-12:5",
+             "+01:60", " +01:00"]
+    texts = [f"{d}{sep}{t}{f}{z}" for d in days for sep in ("T", "t", " ") for t in times[:2] for f in fractions[:3]
+             for z in zones[:3]]
+    texts += [f"2026-11-07T{t}{f}{z}" for t in times for f in fractions for z in zones]
+    frame = lazy(engine, {"text": texts}, {"text": pl.String})
+    got = rows(with_timestamps(frame, {"text": "at"}, TYPE_PATTERNS["timestamp"]), "text")
+    assert len(got) == len(texts)
+    wrong = [(r["text"], r["at"], _reference_instant(r["text"])) for r in got if r["at"] != _reference_instant(r["text"])]
+    assert wrong == []
+    assert sum(r["at"] is not None for r in got) > len(texts) // 3  # most of the grid are instants
 
 
 def test_implausible_dates_and_times_are_quarantined_before_they_reach_a_dimension(engine: str) -> None:

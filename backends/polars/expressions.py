@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from lakehouse.backends.expressions import TAIL_FRACTION, TAIL_START, TAIL_ZONE, hmac_pads
+from lakehouse.backends.expressions import hmac_pads
 
 
 def hex_digest(frame: pl.LazyFrame, column: str, *, key: bytes | None) -> pl.LazyFrame:
@@ -19,6 +19,14 @@ def hex_digest(frame: pl.LazyFrame, column: str, *, key: bytes | None) -> pl.Laz
     ipad, opad = hmac_pads(key)
     inner = (pl.lit(ipad, dtype=pl.Binary) + pl.col(column).cast(pl.Binary)).chash.sha2_256().str.decode("hex")
     return frame.with_columns((pl.lit(opad, dtype=pl.Binary) + inner).chash.sha2_256().alias(column))
+
+
+# The text a timestamp pattern matched is ``YYYY-MM-DD``, a separator, ``HH:MM:SS``, then the tail: an optional
+# fraction and an optional zone, which these simple patterns take from the tail (the whole pattern, with its
+# calendar, runs once per value, as a test; its groups are not extracted, which cost four passes of it).
+TAIL_START = 19  # characters before the tail (0-based offset)
+TAIL_FRACTION = r"^\.([0-9]+)"
+TAIL_ZONE = r"([Zz]|[+-][0-9:]+)$"
 
 
 def parse_timestamps(frame: pl.LazyFrame, columns: dict[str, str], pattern: str) -> pl.LazyFrame:

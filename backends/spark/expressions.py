@@ -31,24 +31,18 @@ def hex_digest(frame: Any, column: str, *, key: bytes | None) -> Any:
 
 
 def parse_timestamps(frame: Any, columns: dict[str, str], pattern: str) -> Any:
-    """Text columns parsed as ISO 8601 / RFC 3339 UTC timestamps (see ``backends.expressions.with_timestamps``)."""
-    from lakehouse.backends.expressions import TAIL_FRACTION, TAIL_START, TAIL_ZONE
+    """Text columns parsed as ISO 8601 / RFC 3339 UTC timestamps (see ``backends.expressions.with_timestamps``).
 
+    Text the pattern matches is cast to a timestamp as it is, upper-cased (``t`` and ``z``): Spark's cast (and
+    Sail's) reads every form the pattern lets through (T or space, a fraction of 1-9 digits cut to microseconds,
+    ``Z``, ``±HH``, ``±HHMM``, ``±HH:MM``, no zone in the session's time zone, UTC here), the same instants as
+    normalising the text and parsing it with a format, at a third of the cost on Sail (the 1.01M orders' two
+    timestamp columns at scale 10: 1.4 -> 0.35 s). Only matching text is cast: under ANSI mode other text would
+    fail the cast."""
     F = _functions(frame)
-
-    def norm(text: Any) -> Any:
-        tail = F.substring(text, TAIL_START + 1, 1 << 20)  # what follows the date, the separator and the time
-        zone = F.upper(F.regexp_extract(tail, TAIL_ZONE, 1))
-        zone = (F.when((zone == "") | (zone == "Z"), F.lit("+00:00"))
-                .when(F.length(zone) == 3, F.concat(zone, F.lit(":00")))
-                .when(F.length(zone) == 5, F.concat(F.substring(zone, 1, 3), F.lit(":"), F.substring(zone, 4, 2)))
-                .otherwise(zone))
-        fraction = F.rpad(F.regexp_extract(tail, TAIL_FRACTION, 1), 6, "0")
-        whole = F.concat(F.substring(text, 1, 10), F.lit("T"), F.substring(text, 12, 8), F.lit("."), fraction, zone)
-        return F.when(text.rlike(pattern), F.to_timestamp(whole, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"))
-
     for src, out in columns.items():
-        frame = frame.withColumn(out, norm(F.col(src)))
+        text = F.col(src)
+        frame = frame.withColumn(out, F.when(text.rlike(pattern), F.upper(text).cast("timestamp")))
     return frame
 
 
