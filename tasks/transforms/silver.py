@@ -178,16 +178,6 @@ def link_customers_to_crm(customers: nw.LazyFrame, contacts: nw.LazyFrame) -> nw
 
 # ------------------------------------------------------------------------------------- shared machinery
 @dataclass(frozen=True)
-class Derivation:
-    """Columns the valid rows get after the rules (``apply``): it ``reads`` columns of the parsed rows that the
-    table does not keep, and ``adds`` columns of the table."""
-
-    apply: Callable[[nw.LazyFrame], nw.LazyFrame]
-    reads: tuple[str, ...] = ()
-    adds: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class _Batch:
     spec: TableSpec
     landing: LandingEntity
@@ -205,32 +195,33 @@ class _Batch:
             return nw.lit(value=True).alias(IN_LOOKBACK)
         return (nw.col(changed_at).dt.date() >= nw.lit(self.late_cutoff).cast(nw.Date())).alias(IN_LOOKBACK)
 
-    def split(self, frame: nw.LazyFrame, derive: Derivation | None = None) -> Conformed:
-        """Tag each row with its first failing rule; valid rows → ``derive`` → silver shape, the rest → quarantine.
+    def split(self, frame: nw.LazyFrame, derive: Callable[[nw.LazyFrame], nw.LazyFrame] | None = None) -> Conformed:
+        """Tag each row with its first failing rule, then add the table's columns ``derive`` computes row by row
+        from the parsed ones; valid rows → silver shape, the rest → quarantine.
 
         The tagged rows (what ``checkpoint`` computes once) keep only what the two sides read: the table's columns
-        (less those ``derive`` adds, plus those it reads), the first-copy flag and the rule, and the raw landing
-        values on the quarantined rows alone (null on the valid rows, which never use them). The typed columns'
-        text and the other flags the rules read are not carried: the orders' tagged rows have 27 columns instead
-        of 39, 9 of them null on almost every row (on Sail, computing and staging them at scale 10: 7.4 -> 6.6 s,
-        median of 5)."""
+        (those ``derive`` adds included, computed once here rather than at each use of the valid rows; not the
+        parsed columns it reads that the table does not keep, so the clear values of PII are not carried), the
+        first-copy flag and the rule, and the raw landing values on the quarantined rows alone (null on the valid
+        rows, which never use them). The typed columns' text and the other flags the rules read are not carried:
+        the orders' tagged rows have 27 columns instead of 39, 9 of them null on almost every row (on Sail,
+        computing and staging them at scale 10: 7.4 -> 6.6 s, median of 5)."""
         rules = ROW_RULES[self.spec.name]
         until = plausible_until(self.run_date)
         frame = frame.with_columns(nw.lit(until).cast(nw.Datetime("us", "UTC")).alias(PLAUSIBLE_UNTIL),
                                    nw.lit(until.date() - timedelta(days=1)).cast(nw.Date()).alias(PLAUSIBLE_UNTIL_DATE))
         rule = nw.col(_RULE)
-        kept = [c for c in self.spec.columns if derive is None or c not in derive.adds]
-        kept += [c for c in (derive.reads if derive else ()) if c not in kept]
+        frame = frame.with_columns(first_failing_rule(rules).alias(_RULE))
+        if derive is not None:
+            frame = derive(frame)
         # The first-copy flag is kept even where no rule reads it (a rule set without ``duplicate.exact``): Sail
         # cannot plan the Spark way of building it (a union of flagged branches) with the flag projected away
         # ('No field named "#291"').
-        kept.append(FIRST_COPY)
+        kept = [*self.spec.columns, FIRST_COPY]
         raw = [_RAW + c for c in self.landing.column_names]
-        tagged = self.checkpoint(frame.with_columns(first_failing_rule(rules).alias(_RULE)).select(
-            *kept, _RULE, *(nw.when(~rule.is_null()).then(nw.col(c)).alias(c) for c in raw)))
+        tagged = self.checkpoint(frame.select(*kept, _RULE, *(nw.when(~rule.is_null()).then(nw.col(c)).alias(c)
+                                                                for c in raw)))
         valid = tagged.filter(rule.is_null())
-        if derive is not None:
-            valid = derive.apply(valid)
         quarantined = tagged.filter(~rule.is_null()).select(
             rule.alias("rule"),
             reason_of(rule, rules).alias("reason"),
@@ -363,11 +354,6 @@ def _with_fx(frame: nw.LazyFrame, rates: nw.LazyFrame, *, currency: str, on: str
     ).drop("_fx_currency", "_fx_day", "_fx_rate", "_fx_rate_date", strict=False)
 
 
-# What ``_pseudonymise`` reads (the clear values, which silver never keeps) and what it adds.
-PII_CLEAR = ("email", "phone")
-PII_DERIVED = ("email_hmac", "phone_hmac", "email_masked", "phone_masked")
-
-
 def _pseudonymise(frame: nw.LazyFrame, key: bytes) -> nw.LazyFrame:
     """email/phone (already normalised) → HMAC and masked forms; to_schema then drops the clear values."""
     email, phone = nw.col("email"), nw.col("phone")
@@ -384,8 +370,7 @@ def _plain(batch: _Batch) -> Conformed:
 
 
 def _with_pii(batch: _Batch) -> Conformed:
-    return batch.split(batch.parsed, derive=Derivation(lambda valid: _pseudonymise(valid, batch.hmac_key),
-                                                       reads=PII_CLEAR, adds=PII_DERIVED))
+    return batch.split(batch.parsed, derive=lambda parsed: _pseudonymise(parsed, batch.hmac_key))
 
 
 def _orders(batch: _Batch) -> Conformed:
