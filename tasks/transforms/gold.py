@@ -152,13 +152,12 @@ def _order_summary(fact_orders: nw.LazyFrame, by: list[str], **outputs: str) -> 
 
 
 def _latest(frame: nw.LazyFrame, key: str, *order_by: str) -> nw.LazyFrame:
-    """The row per ``key`` with the largest ``order_by`` values (compared in turn, so later ones break ties); a
-    row without ``key`` is left out (it matches no order). Each maximum is an aggregation joined back, not a
-    window: Spark computes a window by shuffling and sorting every row."""
-    for col in order_by:
-        top = frame.group_by(key).agg(nw.col(col).max().alias("_top"))
-        frame = frame.join(top, on=key, how="inner").filter(nw.col(col) == nw.col("_top")).drop("_top")
-    return frame
+    """The row per ``key`` with the largest ``order_by`` values (compared in turn, so later ones break ties), for
+    columns a contract requires and whose last column is unique, so one row per key. One window over the frame
+    as the caller narrowed it: Spark shuffles and sorts the rows a window reads, cheap on a few columns (the
+    1.28M order events' latest per order on Sail at scale 10: 3.2 s as two aggregations joined back, each
+    reading the events again, 2.2 s so; Polars 1.4 -> 1.0 s)."""
+    return frame.filter(nw.col(key).is_last_distinct().over(order_by=list(order_by)))
 
 
 def _zero_if_null(**defaults: float) -> list[nw.Expr]:
@@ -181,7 +180,8 @@ def build_fact_orders(orders: nw.LazyFrame, order_events: nw.LazyFrame, dim_cust
     placed before a customer's first recorded version gets that first version. ``orders`` may be a subset
     (some order dates): only their events and customers are looked up.
     """
-    latest = _latest(order_events, "order_id", "event_ts", "event_id").select(
+    events = order_events.select("order_id", "event_ts", "event_id", "status")
+    latest = _latest(events, "order_id", "event_ts", "event_id").select(
         "order_id", nw.col("event_ts").alias("_event_ts"), nw.col("status").alias("_event_status")
     )
     newer = nw.col("_event_ts") > nw.col("updated_at")  # null (no event) counts as not newer
