@@ -1,9 +1,9 @@
 """Landing and lake on S3 (moto's server on loopback). The laptop engine: the daily flow end to end with
 credentials from an AwsCredentials block, task results on S3 so a retried flow run resumes from them, the ledger
 and lineage in the bucket, and the same tables as the local lake built from the same landing files, read from
-S3. Spark (Sail, reading and writing ``s3://`` itself): landing generated to S3, two days with landing and lake
-on S3 (the second as EMR Serverless job runs), every table equal to the laptop engine's local lake, the landing
-read again finding every file already ingested, and a vacuum. Roots whose bucket is missing, without
+S3. Spark (Sail, reading and writing ``s3://`` itself): landing generated to S3, the laptop engine's first day
+uploaded and the second day run as EMR Serverless job runs with landing and lake on S3, every table equal to the
+laptop engine's local lake, the landing read again finding every file already ingested, and a vacuum. Roots whose bucket is missing, without
 credentials, or unreachable fail in seconds before any write."""
 
 from __future__ import annotations
@@ -110,12 +110,13 @@ def test_the_daily_flow_on_an_s3_lake(aws, daily_lakes, monkeypatch):
     cached_settings.cache_clear()  # later tests read settings without the block
 
 
-def test_spark_runs_the_daily_flow_with_landing_and_lake_on_s3_in_process_and_on_emr(aws, sail_s3_url, pristine_lake,
-                                                                                    emr_app, prefect_harness):
+def test_spark_runs_the_daily_flow_on_emr_with_landing_and_lake_on_s3(aws, sail_s3_url, pristine_lake, daily_lakes,
+                                                                      emr_app, prefect_harness):
     """Sail reads and writes the lake's tables on S3 (its server's environment names the endpoint, as an EMR job's
-    role does). Day 1 runs in this process; day 2 runs as EMR Serverless job runs (moto's, tests/moto_emr.py),
-    one per stage, each a new driver process in a new folder that reads landing and lake from S3 only."""
-    from lakehouse.flows.daily import daily_lakehouse
+    role does). Day 1 is the lake the laptop engine's first day left, uploaded (a lake moves to the cluster as it
+    is; moto's server is slow, and the in-process Spark run of a day is the same code the drivers run); day 2 runs
+    as EMR Serverless job runs (moto's, tests/moto_emr.py), one per stage, each a new driver process in a new folder
+    that reads landing and lake from S3 only."""
     from lakehouse.flows.emr import emr_daily_lakehouse
     from lakehouse.flows.vacuum import vacuum_lake
 
@@ -131,7 +132,7 @@ def test_spark_runs_the_daily_flow_with_landing_and_lake_on_s3_in_process_and_on
     assert s3_objects(s3, landing) == on_disk, "generate --out s3:// writes what it writes locally"
 
     spark = {"backend": "spark", "spark_remote": sail_s3_url}
-    daily_lakehouse(run_date=DAYS[0], lake_root=root, landing_root=landing, **spark)
+    upload(s3, daily_lakes("polars")["first_day"], root, skip=("_results", "_lineage"))
     emr_app.driver_env(LAKEHOUSE_SPARK__REMOTE=sail_s3_url)
     state = emr_daily_lakehouse(run_date=DAYS[1], env="local", lake_root=root, landing_root=landing,
                                 return_state=True)
