@@ -227,6 +227,20 @@ def s3_objects(s3, uri: str) -> dict[str, int]:
     return {o["Key"].removeprefix(prefix): o["Size"] for page in pages for o in page.get("Contents", [])}
 
 
+def plan_nodes(frame) -> int:
+    """How many lines the engine's unoptimised plan of the Narwhals ``frame`` prints (one per plan node): a frame
+    read twice prints its plan twice."""
+    import narwhals as nw
+    import polars as pl
+
+    native = nw.to_native(frame)
+    if isinstance(native, pl.LazyFrame):
+        return len(native.explain(optimized=False).splitlines())
+    if hasattr(native, "_jdf"):  # classic PySpark
+        return len(native._jdf.queryExecution().logical().toString().splitlines())
+    return len(native._plan.print().splitlines())  # Spark Connect: the client's plan
+
+
 @pytest.fixture(scope="session")
 def snowflake_server(tmp_path_factory):
     """fakesnow's Snowflake server on loopback for the whole session (lakehouse.testing.fakesnow_server), stopped

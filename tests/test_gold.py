@@ -10,6 +10,7 @@ from typing import Any
 import narwhals as nw
 import polars as pl
 import pytest
+from conftest import plan_nodes
 
 from lakehouse.contracts.catalog import GOLD_COLUMN_DOCS, table, tables
 from lakehouse.contracts.landing import OPEN_DEAL_STAGES
@@ -126,6 +127,19 @@ def test_fact_orders_status_from_newer_event_only(make):
         expected("o5", "cancelled", "2026-11-01T10:00"),
         expected("o6", "placed", "2025-03-09T10:00", order_date="2025-03-09", date_key=20250309),
     ]
+
+
+def test_the_fact_reads_the_order_events_once(make):
+    """The latest event per order is one window over the events, not aggregations joined back, each reading the
+    events again: a node added to the events' plan is in the fact's plan once (on Spark each read of a Delta table
+    is read and resolved again)."""
+    orders = make("silver.orders")
+    events = make("silver.order_events")
+    dim = make("gold.dim_customer")
+    marked = events.with_columns(nw.lit("marker").alias("_marker"))
+    node = plan_nodes(marked) - plan_nodes(events)
+    plain, more = (plan_nodes(build_fact_orders(orders, e, dim)) for e in (events, marked))
+    assert node > 0 and more - plain == node
 
 
 def test_fact_orders_read_no_event_older_than_every_order_change_and_stay_the_same(make):

@@ -14,6 +14,7 @@ from typing import Any
 import narwhals as nw
 import polars as pl
 import pytest
+from conftest import plan_nodes
 
 from lakehouse.contracts.catalog import table
 from lakehouse.contracts.expressions import record_digest
@@ -500,22 +501,12 @@ def test_fx_window_is_a_parameter(engine: str) -> None:
     assert [r[0] for r in _fx_valid(narrow)] == ["monday", "same-day", "usd-no-rates"]
 
 
-def _plan_lines(frame: nw.LazyFrame) -> int:
-    """How many lines the engine's unoptimised plan of ``frame`` prints (one per plan node)."""
-    native = nw.to_native(frame)
-    if isinstance(native, pl.LazyFrame):
-        return len(native.explain(optimized=False).splitlines())
-    if hasattr(native, "_jdf"):  # classic PySpark
-        return len(native._jdf.queryExecution().logical().toString().splitlines())
-    return len(native._plan.print().splitlines())  # Spark Connect: the client's plan
-
-
 @pytest.mark.parametrize("name", ["silver.orders", "silver.opportunities"])
 def test_the_fx_window_widens_no_plan_the_rates_are_read_once_whatever_its_days(engine: str, name: str) -> None:
     """The as-of join copies each rate to the days it may serve inside one read of the rates: a wider window
     adds no read (each read of a Delta table on Spark resolves its log again, on S3 with requests)."""
     refs = order_refs(engine, RATES) if name == "silver.orders" else {"silver.fx_rates": fx_ref(engine, RATES)}
-    plans = [_plan_lines(conform_records(engine, name, [GOOD[name]], refs=refs, fx_window_days=days).valid)
+    plans = [plan_nodes(conform_records(engine, name, [GOOD[name]], refs=refs, fx_window_days=days).valid)
              for days in (0, 7)]
     assert plans[0] == plans[1] > 0
 
