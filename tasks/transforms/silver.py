@@ -355,7 +355,7 @@ def _with_fx(frame: nw.LazyFrame, rates: nw.LazyFrame, *, currency: str, on: str
 
 
 def _pseudonymise(frame: nw.LazyFrame, key: bytes) -> nw.LazyFrame:
-    """email/phone (already normalised) → HMAC and masked forms; to_schema then drops the clear values."""
+    """email/phone (already normalised) → HMAC and masked forms; the tagged rows (``split``) leave out the clear values."""
     email, phone = nw.col("email"), nw.col("phone")
     frame = with_hmac(with_hmac(frame, "email", key, "email_hmac"), "phone", key, "phone_hmac")
     return frame.with_columns(
