@@ -322,6 +322,48 @@ def test_a_blocks_plain_lines_are_decoded_in_bulk_and_only_the_others_line_by_li
     assert read.rejects.column("rule").to_pylist() == ["encoding.nul_byte"]
 
 
+@pytest.mark.parametrize("bad", [None, 5])
+def test_the_plain_lines_of_several_files_are_decoded_by_one_call(bad, monkeypatch, tmp_path):
+    """Eight stream files read together: their plain lines go to Arrow's decoder in one call, not one per file.
+    Where a file holds a plain-looking line Arrow refuses (``bad``: a lone surrogate's escape), the call fails
+    and the files are decoded again in halves: the other files' lines still go in bulk and only that file's
+    lines one by one, and each file keeps its own rows and records."""
+    import pyarrow.json as pa_json
+
+    from lakehouse.backends import landing
+
+    calls: list[int] = []
+    one_by_one: list[str] = []
+    read_json, decode = pa_json.read_json, landing._json_line
+
+    def counted(source, **options):
+        table = read_json(source, **options)
+        calls.append(table.num_rows)
+        return table
+
+    monkeypatch.setattr(landing.pa_json, "read_json", counted)
+    monkeypatch.setattr(landing, "_json_line", lambda line, out: (one_by_one.append(line), decode(line, out)))
+    files = []
+    for f in range(8):
+        lines = [f'{{"event_id": "E{f}-{i}", "order_id": "O{i}", "status": "placed"}}' for i in range(100)]
+        if f == bad:
+            lines[50] = '{"event_id": "E5-50", "order_id": "\\ud800", "status": "placed"}'
+        (tmp_path / f"batch-{f:04d}.jsonl").write_text("\n".join(lines) + "\n")
+        files.append((tmp_path / f"batch-{f:04d}.jsonl", f"batch-{f:04d}.jsonl"))
+    read = landing.read_files(EVENTS, files)
+    assert read.records == {label: 100 for _, label in files}
+    ids = read.rows.column("event_id").to_pylist()
+    assert sorted(ids) == sorted(f"E{f}-{i}" for f in range(8) for i in range(100) if (f, i) != (bad, 50))
+    if bad is None:
+        assert calls == [800] and one_by_one == []
+    else:
+        assert read.rejects.column("rule").to_pylist() == ["encoding.invalid_utf8"]
+        # Decoded: files 0-3, then 4, then file 5's first half and last quarter, then files 6-7. Its quarter
+        # holding the bad line (25 lines, fewer than 33) was decoded one line at a time.
+        assert calls == [400, 100, 50, 25, 200]
+        assert len(one_by_one) == 25 and all(b'"E5-' in line for line in one_by_one)
+
+
 def _stream_files(day: Path, folder: Path) -> list[tuple[Path, str]]:
     """A stream's micro-batch folder of small files: six valid ones, one whose plain-looking line is not UTF-8
     (Arrow refuses the lines it is decoded with), one with an escaped NUL, one with a bracket line and padding,
