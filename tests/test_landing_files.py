@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -363,6 +364,43 @@ def test_the_plain_lines_of_several_files_are_decoded_by_one_call(bad, monkeypat
         assert calls == [400, 100, 50, 25, 200]
         assert len(one_by_one) == 25 and all(b'"E5-' in line for line in one_by_one)
 
+
+
+def test_a_spark_task_reads_its_json_lines_files_by_one_call_and_tags_each_row_with_its_file(monkeypatch, tmp_path):
+    """What a Spark task runs (``backends/spark/landing.py``), called in process on the indices of 11 files:
+    JSON-lines files are read eight per call of the shared reader (so their lines are decoded together), and
+    every row, reject and outcome names the file it came from by its index; a refused file still gets its
+    outcome. CSV and Parquet files stay one per call (a task holds one file's rows at a time)."""
+    import pyarrow as pa
+
+    from lakehouse.backends import landing
+    from lakehouse.backends.spark import landing as on_tasks
+
+    calls: list[list[str]] = []
+    read_files = landing.read_files
+    monkeypatch.setattr(landing, "read_files", lambda entity, files: (calls.append([label for _, label in files]),
+                                                                       read_files(entity, files))[1])
+    files = []
+    for f in range(11):
+        body = "\n".join(f'{{"event_id": "E{f}-{i}", "order_id": "O{i}", "status": "placed"}}' for i in range(f + 1))
+        if f == 4:
+            body += '\n{"event_id": "E4-x", "order_id": "\\ud800"}'  # a reject of file 4
+        data = gzip.compress(body.encode())[:-8] if f == 9 else body.encode()  # file 9: cut short, refused
+        (tmp_path / f"batch-{f:02d}.jsonl").write_bytes(data)
+        files.append((str(tmp_path / f"batch-{f:02d}.jsonl"), f"batch-{f:02d}.jsonl"))
+    schema = on_tasks.output_schema(EVENTS)
+    read = on_tasks._reader(EVENTS, files, schema, on_tasks.files_per_call(EVENTS))
+    out = pa.Table.from_batches(list(read(iter([pa.record_batch([pa.array(range(11), pa.int64())], ["id"])]))))
+    assert on_tasks.FILES_PER_TASK == 8 and [len(c) for c in calls] == [8, 3]
+    by_kind = {k: out.filter(pc.equal(out["_kind"], k)).to_pylist() for k in ("row", "reject", "outcome")}
+    assert all(files[r["_file"]][1] == r["_source_file"] for kind in by_kind.values() for r in kind)
+    assert sorted(r["event_id"] for r in by_kind["row"]) == sorted(
+        f"E{f}-{i}" for f in range(11) if f != 9 for i in range(f + 1))
+    assert [(r["_file"], r["_rule"]) for r in by_kind["reject"]] == [(4, "encoding.invalid_utf8")]
+    outcomes = {r["_file"]: (r["_records"], r["_problem"]) for r in by_kind["outcome"]}
+    assert outcomes == {f: (None, "file.unreadable") if f == 9 else (f + 1 + (f == 4), None) for f in range(11)}
+
+    assert on_tasks.files_per_call(ACCOUNTS) == 1 and on_tasks.files_per_call(CUSTOMERS) == 1
 
 def _stream_files(day: Path, folder: Path) -> list[tuple[Path, str]]:
     """A stream's micro-batch folder of small files: six valid ones, one whose plain-looking line is not UTF-8
