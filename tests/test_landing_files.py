@@ -431,7 +431,7 @@ def _outcome(read, to_arrow) -> tuple:
 
 def test_a_stream_folder_read_in_one_call_gives_each_engine_the_same_rows(engine, valid_day, tmp_path):
     """The same micro-batch folder (damaged files among small valid ones) read in one call on each engine (on
-    Polars by one reader call, on Spark each file in its own task): every file's rows, rejects, refusal and
+    Polars by one reader call, on Spark eight files per call of the reader in a task): every file's rows, rejects, refusal and
     record count as read one file at a time."""
     files = _stream_files(valid_day, tmp_path / "events")
     together = _outcome(engine.read_landing(EVENTS, files), engine.to_arrow)
