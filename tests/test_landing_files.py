@@ -366,6 +366,32 @@ def test_the_plain_lines_of_several_files_are_decoded_by_one_call(bad, monkeypat
 
 
 
+
+def test_a_defect_in_a_joined_decode_fails_the_read_instead_of_refusing_the_file_being_read(monkeypatch, tmp_path):
+    """The decode of several files' lines runs while the next file is read (once they reach the limit). Should
+    it fail for a reason no file causes (a defect), the read fails naming the files, rather than the file being
+    read taken for unreadable and the earlier file kept without its rows."""
+    import dataclasses
+
+    from lakehouse.backends import landing
+    from lakehouse.contracts.landing import READ_LIMITS
+
+    files = []
+    for f in range(2):
+        lines = [f'{{"event_id": "E{f}-{i}", "order_id": "O{i}", "status": "placed"}}' for i in range(100)]
+        (tmp_path / f"batch-{f:04d}.jsonl").write_text("\n".join(lines) + "\n")
+        files.append((tmp_path / f"batch-{f:04d}.jsonl", f"batch-{f:04d}.jsonl"))
+    size = (tmp_path / "batch-0000.jsonl").stat().st_size
+    limits = dataclasses.replace(READ_LIMITS, json_chunk_bytes=size * 3 // 2)  # decoded while file 2 is read
+    assert sum(landing.read_files(EVENTS, files, limits=limits).records.values()) == 200
+
+    def broken(out, data, table):
+        raise ValueError("a defect")
+
+    monkeypatch.setattr(landing, "_keep_decoded", broken)
+    with pytest.raises(RuntimeError, match=r"batch-0000\.jsonl.*batch-0001\.jsonl.*a defect"):
+        landing.read_files(EVENTS, files, limits=limits)
+
 def test_a_spark_task_reads_its_json_lines_files_by_one_call_and_tags_each_row_with_its_file(monkeypatch, tmp_path):
     """What a Spark task runs (``backends/spark/landing.py``), called in process on the indices of 11 files:
     JSON-lines files are read eight per call of the shared reader (so their lines are decoded together), and
