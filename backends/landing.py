@@ -46,6 +46,10 @@ assert set(REJECT_SCHEMA.names) <= set(QUARANTINE_COLUMNS)
 REFUSED_SCHEMA = pa.schema([(c, pa.large_string()) for c in ("source_file", "problem", "reason")])
 
 _FLUSH_ROWS = 65_536
+# Plain JSON lines decoded by one call of Arrow's decoder (of several small files, or of one file's block). The
+# day's 257 order-event files (0.6 MB each), 64 files per read: 2.75-2.86 s one call per file, 2.3 s with 2 MiB
+# or 8 MiB per call, 2.0-2.3 s with 32 MiB; the read's peak RSS 180 MB, 206 MB, 275 MB, 335 MB.
+_DECODE_BYTES = 4 << 20
 _KEEP = "the file was not ingested and stays where it is: fix it and run its date again"
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 
@@ -153,7 +157,7 @@ def read_files(entity: LandingEntity, files: Sequence[tuple[AnyPath, str]], *,
     refused: list[dict[str, str]] = []
     records: dict[str, int] = {}
     reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[entity.format]
-    pending = _JsonBatch(limits.json_chunk_bytes)  # JSON lines of several files decoded by one call
+    pending = _JsonBatch(min(limits.json_chunk_bytes, _DECODE_BYTES))  # several files' JSON lines, one decode
     read: list[_FileOut] = []
     for path, label in files:
         out = _FileOut(label, columns, limits, pending)
@@ -173,16 +177,25 @@ def read_files(entity: LandingEntity, files: Sequence[tuple[AnyPath, str]], *,
                                     f"fails to read ({type(error).__name__}); {_KEEP}"))
             continue
         read.append(out)
+        if not pending.parts:  # every line of the files read so far is decoded: their rows are final
+            _finish(read, row_tables, rejects, records)
     pending.decode()
+    _finish(read, row_tables, rejects, records)
+    schema = pa.schema([(c, pa.large_string()) for c in (*columns, "_source_file")])
+    rows = pa.concat_tables(row_tables) if row_tables else empty_table(schema)
+    return ArrowRead(rows, arrow_table(rejects, REJECT_SCHEMA) if rejects else empty_table(REJECT_SCHEMA),
+                     arrow_table(refused, REFUSED_SCHEMA) if refused else empty_table(REFUSED_SCHEMA), records)
+
+
+def _finish(read: list[_FileOut], row_tables: list[pa.Table], rejects: list[dict[str, str]],
+            records: dict[str, int]) -> None:
+    """The files ``read`` (whose lines are all decoded) added to the read's rows, rejects and records, and let go."""
     for out in read:
         table = out.table()
         row_tables.append(table)
         rejects.extend(out.rejects)
         records[out.label] = table.num_rows + len(out.rejects)
-    schema = pa.schema([(c, pa.large_string()) for c in (*columns, "_source_file")])
-    rows = pa.concat_tables(row_tables) if row_tables else empty_table(schema)
-    return ArrowRead(rows, arrow_table(rejects, REJECT_SCHEMA) if rejects else empty_table(REJECT_SCHEMA),
-                     arrow_table(refused, REFUSED_SCHEMA) if refused else empty_table(REFUSED_SCHEMA), records)
+    read.clear()
 
 
 def _refusal(label: str, problem: str, reason: str) -> dict[str, str]:
@@ -471,10 +484,11 @@ def _read_jsonl(entity: LandingEntity, path: AnyPath, out: _FileOut) -> None:
             _json_chunk(carry, out)
 
 
-def _one_value(data: bytes) -> pa.Array:
+def _one_value(data: bytes | pa.Buffer) -> pa.Array:
     """``data`` as a one-value binary array over the same memory (``pa.array([data])`` would import pandas)."""
-    offsets = pa.py_buffer(struct.pack("<qq", 0, len(data)))
-    return pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)])
+    buffer = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+    offsets = pa.py_buffer(struct.pack("<qq", 0, buffer.size))
+    return pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, buffer])
 
 
 def _json_chunk(data: bytes, out: _FileOut) -> None:
@@ -522,9 +536,8 @@ def _json_chunk(data: bytes, out: _FileOut) -> None:
 
 class _JsonBatch:
     """Plain JSON lines (see :func:`_json_chunk`) of one or more files, waiting to be decoded by Arrow in one
-    call once they reach ``limit`` bytes or :meth:`decode` is called. A call costs a set-up and its threads'
-    start besides the decode: the 257 micro-batch files (163 MB) of a scale-10 day's order events, read 64 per
-    call of :func:`read_files`, took 3.0-3.3 s with a decode per file and 2.3-2.4 s so. Where a joined decode
+    call once they reach ``limit`` bytes (``_DECODE_BYTES``) or :meth:`decode` is called. A call costs a set-up
+    and its threads' start besides the decode, and the order events come as many small files. Where a joined decode
     fails or gives another number of rows, each half of the parts is decoded again, down to a part on its own
     (:func:`_bulk`), so every file gets the rows a decode of its own lines gives."""
 
@@ -558,12 +571,20 @@ def _decode_parts(parts: list[tuple[_FileOut, bytes, int, int]]) -> None:
     """Decode the parts together; where that fails, each half of them, down to a part on its own (:func:`_bulk`)."""
     if not parts:
         return
-    data = b"\n".join(part[1] for part in parts) if len(parts) > 1 else parts[0][1]
+    size = sum(len(part[1]) + 1 for part in parts)
     # Arrow decodes blocks on its threads; a block must hold the longest line.
-    block = max(max(part[3] for part in parts), len(data) // (2 * (os.cpu_count() or 1)), 64 << 10) + 1
+    block = max(max(part[3] for part in parts), size // (2 * (os.cpu_count() or 1)), 64 << 10) + 1
     if len(parts) == 1:
-        _bulk(data, parts[0][2], parts[0][0], block)
+        _bulk(parts[0][1], parts[0][2], parts[0][0], block)
         return
+    # Joined in Arrow's memory pool, which gives it back once freed; a joined bytes object of megabytes stays in
+    # the process's heap (the laptop day's peak RSS was 0.1-0.2 GiB higher so).
+    data = pa.allocate_buffer(size - 1)
+    writer = pa.FixedSizeBufferWriter(data)
+    for i, part in enumerate(parts):
+        if i:
+            writer.write(b"\n")
+        writer.write(part[1])
     table = _decoded(data, sum(part[2] for part in parts), parts[0][0].columns, block)
     if table is None:
         _decode_parts(parts[:len(parts) // 2])
@@ -575,16 +596,16 @@ def _decode_parts(parts: list[tuple[_FileOut, bytes, int, int]]) -> None:
         start += count
 
 
-def _decoded(data: bytes, count: int, columns: list[str], block: int | None) -> pa.Table | None:
+def _decoded(data: bytes | pa.Buffer, count: int, columns: list[str], block: int | None) -> pa.Table | None:
     """``count`` plain JSON lines (joined by newlines) decoded by Arrow in blocks of ``block`` bytes (at least
     the longest line; None: one block); None where that fails or gives another number of rows."""
     try:
-        data.decode("utf-8")
+        _one_value(data).cast(pa.large_string())  # UTF-8 checked in place (a decode to str copies the data)
         schema = pa.schema([(c, pa.string()) for c in columns])
-        table = pa_json.read_json(io.BytesIO(data), read_options=pa_json.ReadOptions(
+        table = pa_json.read_json(pa.BufferReader(data), read_options=pa_json.ReadOptions(
             block_size=block or len(data) + 1), parse_options=pa_json.ParseOptions(
             explicit_schema=schema, unexpected_field_behavior="ignore"))
-    except (UnicodeDecodeError, pa.ArrowException):
+    except pa.ArrowException:
         return None
     return table if table.num_rows == count else None
 
