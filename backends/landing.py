@@ -47,8 +47,9 @@ REFUSED_SCHEMA = pa.schema([(c, pa.large_string()) for c in ("source_file", "pro
 
 _FLUSH_ROWS = 65_536
 # Plain JSON lines decoded by one call of Arrow's decoder (of several small files, or of one file's block). The
-# day's 257 order-event files (0.6 MB each), 64 files per read: 2.75-2.86 s one call per file, 2.3 s with 2 MiB
-# or 8 MiB per call, 2.0-2.3 s with 32 MiB; the read's peak RSS 180 MB, 206 MB, 275 MB, 335 MB.
+# day's 257 order-event files (0.6 MB each), 64 files per read: one call per file 2.75-3.3 s and a peak RSS of
+# 180-195 MB; 4 MiB per call 2.0-2.2 s and 213-230 MB. 32 MiB per call (joined as bytes) was no faster and took
+# 335 MB, which the process then kept.
 _DECODE_BYTES = 4 << 20
 _KEEP = "the file was not ingested and stays where it is: fix it and run its date again"
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"

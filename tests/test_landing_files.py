@@ -365,8 +365,6 @@ def test_the_plain_lines_of_several_files_are_decoded_by_one_call(bad, monkeypat
         assert len(one_by_one) == 25 and all(b'"E5-' in line for line in one_by_one)
 
 
-
-
 def test_a_defect_in_a_joined_decode_fails_the_read_instead_of_refusing_the_file_being_read(monkeypatch, tmp_path):
     """The decode of several files' lines runs while the next file is read (once they reach the limit). Should
     it fail for a reason no file causes (a defect), the read fails naming the files, rather than the file being
@@ -391,6 +389,7 @@ def test_a_defect_in_a_joined_decode_fails_the_read_instead_of_refusing_the_file
     monkeypatch.setattr(landing, "_keep_decoded", broken)
     with pytest.raises(RuntimeError, match=r"batch-0000\.jsonl.*batch-0001\.jsonl.*a defect"):
         landing.read_files(EVENTS, files, limits=limits)
+
 
 def test_a_spark_task_reads_its_json_lines_files_by_one_call_and_tags_each_row_with_its_file(monkeypatch, tmp_path):
     """What a Spark task runs (``backends/spark/landing.py``), called in process on the indices of 11 files:
@@ -428,6 +427,33 @@ def test_a_spark_task_reads_its_json_lines_files_by_one_call_and_tags_each_row_w
 
     assert on_tasks.files_per_call(ACCOUNTS) == 1 and on_tasks.files_per_call(CUSTOMERS) == 1
 
+
+def test_spark_spreads_json_lines_files_eight_to_a_task_and_other_files_one_to_a_task(sail_url, valid_day, tmp_path):
+    """On a real Spark (Sail) the tasks ``read_on_tasks`` plans: the 11 files of a stream folder go to two tasks
+    (at most eight each; Spark spreads them five and six), so each task's files are read by one call; the
+    Parquet files of an entity of another format go one to a task."""
+    from pyspark.sql.connect import functions as F
+
+    from lakehouse.backends.spark import landing as on_tasks
+    from lakehouse.backends.spark.engine import _ddl
+    from lakehouse.backends.spark.session import session_for
+
+    spark, _ = session_for(SparkSettings(remote=sail_url))
+
+    def files_per_task(entity, files) -> list[int]:
+        out = on_tasks.read_on_tasks(spark, entity, files, _ddl(on_tasks.output_schema(entity)))
+        outcomes = out.filter(F.col("_kind") == on_tasks.OUTCOME).select(F.spark_partition_id().alias("task"))
+        return sorted(r["n"] for r in outcomes.groupBy("task").agg(F.count("*").alias("n")).collect())
+
+    assert files_per_task(EVENTS, _stream_files(valid_day, tmp_path / "events")) == [5, 6]
+    customers = []
+    for f in range(3):
+        path = tmp_path / f"customers-{f}.parquet"
+        path.write_bytes(valid_file(valid_day, CUSTOMERS).read_bytes())
+        customers.append((path, path.name))
+    assert files_per_task(CUSTOMERS, customers) == [1, 1, 1]
+
+
 def _stream_files(day: Path, folder: Path) -> list[tuple[Path, str]]:
     """A stream's micro-batch folder of small files: six valid ones, one whose plain-looking line is not UTF-8
     (Arrow refuses the lines it is decoded with), one with an escaped NUL, one with a bracket line and padding,
@@ -457,8 +483,8 @@ def _outcome(read, to_arrow) -> tuple:
 
 def test_a_stream_folder_read_in_one_call_gives_each_engine_the_same_rows(engine, valid_day, tmp_path):
     """The same micro-batch folder (damaged files among small valid ones) read in one call on each engine (on
-    Polars by one reader call, on Spark eight files per call of the reader in a task): every file's rows, rejects, refusal and
-    record count as read one file at a time."""
+    Polars by one reader call, on Spark eight files per call of the reader in a task): every file's rows,
+    rejects, refusal and record count as read one file at a time."""
     files = _stream_files(valid_day, tmp_path / "events")
     together = _outcome(engine.read_landing(EVENTS, files), engine.to_arrow)
     one_by_one = [_outcome(engine.read_landing(EVENTS, [f]), engine.to_arrow) for f in files]
