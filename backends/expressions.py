@@ -1,5 +1,5 @@
 """Column functions Narwhals has no portable (or no fast) form for, on whichever engine a frame belongs to:
-SHA-256 and keyed HMAC-SHA256, ISO 8601 timestamp parsing, and JSON objects of text columns. Each engine's form is in its own package
+SHA-256 and keyed HMAC-SHA256, a 64-bit hash of key columns, ISO 8601 timestamp parsing, and JSON objects of text columns. Each engine's form is in its own package
 (``backends/polars/expressions.py``, ``backends/spark/expressions.py``, imported only for a frame of that
 engine); both give the same lowercase hex digests and the same instants, so a hash written by one engine
 matches the other's. Portable expressions (``ratio``, ``first_match``, ``row_text``) are in
@@ -40,6 +40,15 @@ def with_hmac(frame: nw.LazyFrame, column: str, key: bytes, out: str) -> nw.Lazy
     """Add ``out``: HMAC-SHA256 hex of text column ``column`` under ``key`` (null stays null)."""
     staged = frame.with_columns(nw.col(column).cast(nw.String).alias(out))
     return nw.from_native(_engine_of(frame).hex_digest(staged.to_native(), out, key=key))
+
+
+def with_key_hash(frame: nw.LazyFrame, keys: list[str] | tuple[str, ...], out: str) -> nw.LazyFrame:
+    """Add ``out``: a 64-bit hash of the ``keys`` columns, which tells rows that may share a key from rows that
+    certainly hold theirs alone. Rows with equal keys (nulls alike) get equal hashes; rows with equal hashes may
+    still differ (a collision), so a caller settles those rows on the keys themselves. Counting or joining on one
+    integer costs less than on the keys (a 64-character record hash). The value differs by engine and is never
+    stored."""
+    return nw.from_native(_engine_of(frame).key_hash(frame.to_native(), list(keys), out))
 
 
 def with_json_object(frame: nw.LazyFrame, fields: dict[str, str], out: str) -> nw.LazyFrame:

@@ -122,7 +122,10 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
                             checkpoint=engine.materialize)
     valid = engine.materialize_subset(result.valid)  # rows of the rule-tagged ones, which are materialised
     rows_in, accepted = engine.count(batch), engine.count(valid)
-    rejected = engine.materialize(result.quarantine_records())  # built and written by the engine, never collected
+    # The rejected rows are a filter of the tagged ones too (built and written by the engine, never collected): on
+    # Spark computed from the staged rows at each use (their count per rule reads one column; the quarantine write
+    # stages them), not staged once more (silver.orders on Sail: 0.4 s).
+    rejected = engine.materialize_subset(result.quarantine_records())
     del result  # the rule-tagged rows (the widest frame of the conform) are no longer needed: freed here (on Spark
     # they stay staged, as the accepted rows are computed from them, until the engine is released)
     quarantined, rules = write_quarantine(engine, spec, rejected, ctx, replace=replace_quarantine)

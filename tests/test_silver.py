@@ -550,16 +550,42 @@ def test_latest_per_key_on_a_composite_key(engine: str) -> None:
         (D(2026, 11, 5), 7), (D(2026, 11, 6), 2)]
 
 
+def _key_hash_of(engine: str, how: str):
+    """A stand-in for an engine's 64-bit key hash that collides on purpose: every row alike (``constant``), or
+    rows alike whatever their first key (``last_key``: only the last key column is hashed)."""
+    if engine == "polars":
+        def polars_hash(frame: Any, keys: list[str], out: str) -> Any:
+            value = pl.lit(0, dtype=pl.UInt64) if how == "constant" else pl.col(keys[-1]).hash()
+            return frame.with_columns(value.alias(out))
+        return polars_hash
+
+    def spark_hash(frame: Any, keys: list[str], out: str) -> Any:
+        from lakehouse.backends.spark.expressions import _functions
+
+        F = _functions(frame)
+        return frame.withColumn(out, F.lit(0).cast("bigint") if how == "constant" else F.xxhash64(F.col(keys[-1])))
+    return spark_hash
+
+
 @pytest.mark.parametrize("last", [False, True])
-def test_one_row_per_key_is_flagged_on_keys_held_once_repeated_tied_or_null(engine: str, last: bool) -> None:
+@pytest.mark.parametrize("key_hash", ["engine", "constant", "last_key"])
+def test_one_row_per_key_is_flagged_on_keys_held_once_repeated_tied_or_null(engine: str, last: bool, key_hash: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Keys held by one row skip the window; repeated keys, exact ties in the order and keys with a null (nulls
-    alike) go through it: either way every key gets exactly one flagged row, the first (or last) in the order."""
+    alike) go through it: either way every key gets exactly one flagged row, the first (or last) in the order.
+    The rows are told apart by a 64-bit hash of their keys; where that hash collides (every row alike, or rows
+    of different keys alike), the window settles them on the keys, and the flags are the same."""
+    if key_hash != "engine":
+        module = "polars" if engine == "polars" else "spark"
+        monkeypatch.setattr(f"lakehouse.backends.{module}.expressions.key_hash", _key_hash_of(engine, key_hash))
     keys = [("a", 1), ("a", 1), ("a", 1), ("b", 1), ("b", 2), (None, 1), (None, 1), (None, None), ("c", None),
             ("c", None), ("d", 3)]
     order = [2, 1, 3, 5, 5, 1, 4, 9, 7, 7, 0]
     frame = lazy(engine, {"k": [k for k, _ in keys], "j": [j for _, j in keys], "o": order,
                           "row": list(range(len(keys)))}, {"k": pl.String, "j": pl.Int64, "o": pl.Int64, "row": pl.Int64})
-    got = rows(_flag_one_per_key(frame, ("k", "j"), ("o",), last=last, out="flag"), "row")
+    flagged_frame = _flag_one_per_key(frame, ("k", "j"), ("o",), last=last, out="flag")
+    assert flagged_frame.collect_schema().names() == ["k", "j", "o", "row", "flag"]  # no helper column left behind
+    got = rows(flagged_frame, "row")
     assert sorted(r["row"] for r in got) == list(range(len(keys)))  # no row lost or repeated
     flagged = Counter((r["k"], r["j"]) for r in got if r["flag"])
     assert flagged == Counter(set(keys))  # one per key, nulls alike
@@ -568,6 +594,25 @@ def test_one_row_per_key_is_flagged_on_keys_held_once_repeated_tied_or_null(engi
         if r["flag"]:
             assert r["o"] == pick(o for k, o in zip(keys, order, strict=True) if k == (r["k"], r["j"]))
     assert all(r["flag"] is False for r in got if not r["flag"])  # False, never null
+
+
+def test_rows_of_equal_keys_get_equal_key_hashes_nulls_alike(engine: str) -> None:
+    """What the one-row-per-key flag relies on: rows with equal keys, nulls included, share their 64-bit hash, on
+    each engine (rows with unequal keys mostly do not)."""
+    from lakehouse.backends.expressions import with_key_hash
+
+    keys = [("a", 1), ("a", 1), (None, 1), (None, 1), (None, None), (None, None), ("c", None), ("c", None), ("b", 2),
+            ("b", 3), ("e", 2)]
+    frame = lazy(engine, {"k": [k for k, _ in keys], "j": [j for _, j in keys], "row": list(range(len(keys)))},
+                 {"k": pl.String, "j": pl.Int64, "row": pl.Int64})
+    got = rows(with_key_hash(frame, ("k", "j"), "h"), "row")
+    by_key: dict[tuple, set] = {}
+    for r in got:
+        by_key.setdefault((r["k"], r["j"]), set()).add(r["h"])
+    assert all(len(hashes) == 1 for hashes in by_key.values())  # equal keys, one hash
+    assert len({next(iter(h)) for h in by_key.values()}) == len(by_key)  # and these seven keys, seven hashes
+    one_key = {r["row"]: r["h"] for r in rows(with_key_hash(frame, ("k",), "h"))}
+    assert one_key[2] == one_key[3] == one_key[4] == one_key[5] != one_key[6]  # a null key, alone, hashes alike
 
 
 def test_the_last_row_per_key_is_kept_for_keys_held_once_repeated_tied_or_null(engine: str) -> None:

@@ -21,6 +21,13 @@ def hex_digest(frame: pl.LazyFrame, column: str, *, key: bytes | None) -> pl.Laz
     return frame.with_columns((pl.lit(opad, dtype=pl.Binary) + inner).chash.sha2_256().alias(column))
 
 
+def key_hash(frame: pl.LazyFrame, keys: list[str], out: str) -> pl.LazyFrame:
+    """Add ``out``: Polars' 64-bit hash of the ``keys`` columns (one column's own, or their struct's); nulls hash
+    alike."""
+    value = pl.col(keys[0]) if len(keys) == 1 else pl.struct(keys)
+    return frame.with_columns(value.hash().alias(out))
+
+
 # The text a timestamp pattern matched is ``YYYY-MM-DD``, a separator, ``HH:MM:SS``, then the tail: an optional
 # fraction and an optional zone, which these simple patterns take from the tail (the whole pattern, with its
 # calendar, runs once per value, as a test; its groups are not extracted, which cost four passes of it).

@@ -63,6 +63,11 @@ def _spark_type(dtype: pa.DataType) -> str:
 
 SessionKind = Literal["classic", "connect", "sail"]
 
+#: The Parquet codec of the rows staged under ``_staging/`` (read back once or twice, then removed): Spark's own
+#: default, where Sail's is ZSTD. Staging the 1.01M bronze orders on Sail, median of 6 alternating: ZSTD 0.84 s,
+#: Snappy 0.78 s, LZ4 0.75 s, none 0.70 s (at 1.6-1.9x ZSTD's bytes, which a lake on S3 sends over the network).
+STAGING_CODEC = "snappy"
+
 # What the Spark engine does differently from the protocol, by session kind (docs/engines.md).
 GAPS: dict[SessionKind, tuple[Gap, ...]] = {
     "sail": (),
@@ -336,7 +341,7 @@ class SparkDeltaEngine:
         analyses the whole plan again)."""
         relative = self._staging_folder(keep=keep)
         uri = self.lake.path_uri(relative)
-        self._delta(lambda: data.write.mode("overwrite").parquet(uri))
+        self._delta(lambda: data.write.mode("overwrite").option("compression", STAGING_CODEC).parquet(uri))
         if ddl is None and not self.lake.list_files(relative):
             ddl = data.schema
         return (self.spark.read if ddl is None else self.spark.read.schema(ddl)).parquet(uri)

@@ -30,6 +30,13 @@ def hex_digest(frame: Any, column: str, *, key: bytes | None) -> Any:
     return frame.withColumn(column, F.when(col.isNull(), None).otherwise(hashed))
 
 
+def key_hash(frame: Any, keys: list[str], out: str) -> Any:
+    """Add ``out``: Spark's 64-bit ``xxhash64`` of the ``keys`` columns; a null column leaves the hash as it is,
+    so nulls hash alike."""
+    F = _functions(frame)
+    return frame.withColumn(out, F.xxhash64(*(F.col(k) for k in keys)))
+
+
 def parse_timestamps(frame: Any, columns: dict[str, str], pattern: str) -> Any:
     """Text columns parsed as ISO 8601 / RFC 3339 UTC timestamps (see ``backends.expressions.with_timestamps``).
 
