@@ -24,8 +24,10 @@ class Inputs:
     """A gold table's declared inputs (``TableSpec.inputs``) as lazy frames, for the function that builds it:
     reading a table the declaration does not name is an error, so the declaration stays the whole truth."""
 
-    def __init__(self, spec: TableSpec, scan: Callable[[str], nw.LazyFrame], engine: Engine | None = None):
+    def __init__(self, spec: TableSpec, scan: Callable[[str], nw.LazyFrame], engine: Engine | None = None, *,
+                 whole: bool = False):
         self.spec, self._scan, self._engine = spec, scan, engine
+        self.whole = whole  # the table is built whole: its inputs are every row, not some order dates' rows
 
     def __call__(self, name: str) -> nw.LazyFrame:
         if name not in self.spec.inputs:
@@ -69,8 +71,13 @@ def _dim_product(read: Inputs) -> nw.LazyFrame:
 def _fact_orders(read: Inputs) -> nw.LazyFrame:
     orders = read("silver.orders")
     oldest = read.row(gold.oldest_change_day(orders))["day"]
-    events = gold.events_that_can_count(read("silver.order_events"), orders, oldest)
-    customers = read("gold.dim_customer").join(orders.select("customer_id").unique(), on="customer_id", how="semi")
+    # Built whole, the orders are every silver order: their events and customers are not looked up by a join with
+    # them, which would only drop rows the fact's own left joins leave out (Sail, the fact at scale 10 staged
+    # alone, median of 5: 2.9 -> 2.4 s; Polars 1.86 -> 1.76 s).
+    events = gold.events_that_can_count(read("silver.order_events"), None if read.whole else orders, oldest)
+    customers = read("gold.dim_customer")
+    if not read.whole:
+        customers = customers.join(orders.select("customer_id").unique(), on="customer_id", how="semi")
     return gold.build_fact_orders(orders, events, customers)
 
 
@@ -172,7 +179,7 @@ def build_gold(ctx: RunContext, table_name: str, order_dates: list[date] | None 
         return summary_of("gold", spec, rows_written=0, version=engine.version(spec), order_dates=0)
     if spec.name in customer_grain.TABLES:
         return _build_dim_customer(ctx, engine, spec, s, whole=order_dates is None)
-    frame = BUILDERS[spec.name](Inputs(spec, s, engine))
+    frame = BUILDERS[spec.name](Inputs(spec, s, engine, whole=not partial))
     written = engine.overwrite_partitions(spec, frame) if partial else engine.overwrite(spec, frame)
     return summary_of("gold", spec, rows_written=written.rows, version=written.version,
                     order_dates=len(order_dates) if partial and order_dates else None)

@@ -142,6 +142,42 @@ def test_the_fact_reads_the_order_events_once(make):
     assert node > 0 and more - plain == node
 
 
+@pytest.mark.parametrize("whole", [True, False])
+def test_the_fact_built_whole_reads_the_orders_once_and_a_subset_looks_its_events_and_customers_up(make, whole):
+    """Built whole, the fact does not join the events and the customers with the orders (a join that would drop
+    nothing the fact's own left joins keep): the orders' plan is in the fact's plan once. Built for some order
+    dates, only their events and customers are read: the orders' plan is there three times. The facts are the
+    same either way."""
+    from lakehouse.tasks.gold import Inputs, _fact_orders
+
+    orders = make("silver.orders", [
+        {"order_id": "o1", "customer_id": "c1", "order_ts": ts("2026-11-01T08:00"), "order_date": D("2026-11-01"),
+         "updated_at": ts("2026-11-01T09:00"), "status": "placed"},
+        {"order_id": "o2", "customer_id": "c2", "order_ts": ts("2026-11-02T08:00"), "order_date": D("2026-11-02"),
+         "updated_at": ts("2026-11-02T09:00"), "status": "placed"}])
+    events = make("silver.order_events", [
+        {"event_id": "e1", "order_id": "o1", "status": "shipped", "event_ts": ts("2026-11-02T10:00"),
+         "event_date": D("2026-11-02")},
+        {"event_id": "e9", "order_id": "o9", "status": "shipped", "event_ts": ts("2026-11-02T11:00"),
+         "event_date": D("2026-11-02")}])  # an event of no order: in no fact row either way
+    dim = make("gold.dim_customer", [
+        {"customer_sk": "sk1", "customer_id": "c1", "valid_from": ts("2026-10-01T00:00"), "valid_to": None,
+         "is_current": True},
+        {"customer_sk": "sk3", "customer_id": "c3", "valid_from": ts("2026-10-01T00:00"), "valid_to": None,
+         "is_current": True}])
+    marked = orders.with_columns(nw.lit("marker").alias("_marker")).drop("_marker")
+
+    def fact(of: nw.LazyFrame) -> nw.LazyFrame:
+        frames = {"silver.orders": of, "silver.order_events": events, "gold.dim_customer": dim}
+        engine = type("RowsOf", (), {"to_arrow": staticmethod(lambda f: f.collect(backend="pyarrow").to_native())})
+        return _fact_orders(Inputs(table("gold.fact_orders"), frames.__getitem__, engine, whole=whole))  # type: ignore[arg-type]
+
+    node = plan_nodes(marked) - plan_nodes(orders)
+    assert node > 0 and plan_nodes(fact(marked)) - plan_nodes(fact(orders)) == node * (1 if whole else 3)
+    got = {r["order_id"]: (r["status"], r["customer_sk"]) for r in fact(orders).collect(backend="polars").rows(named=True)}
+    assert got == {"o1": ("shipped", "sk1"), "o2": ("placed", None)}
+
+
 def test_fact_orders_read_no_event_older_than_every_order_change_and_stay_the_same(make):
     """An incremental build reads events from the day of the orders' oldest updated_at on; the facts equal those
     built from every event (o1's winning event lies between the oldest and the newest change day)."""

@@ -200,14 +200,15 @@ def oldest_change_day(orders: nw.LazyFrame) -> nw.LazyFrame:
     return orders.select(nw.col("updated_at").min().dt.date().alias("day"))
 
 
-def events_that_can_count(order_events: nw.LazyFrame, orders: nw.LazyFrame, since: date | None) -> nw.LazyFrame:
-    """The events of ``orders`` that ``build_fact_orders`` needs, event-date partitions before ``since`` (the
-    orders' ``oldest_change_day``) not read. An event sets a status only when newer than its order's
-    ``updated_at``, and an event of an earlier day is older than every order's ``updated_at`` and than every
-    event kept, so leaving it out changes no fact row."""
+def events_that_can_count(order_events: nw.LazyFrame, orders: nw.LazyFrame | None,
+                          since: date | None) -> nw.LazyFrame:
+    """The events of ``orders`` (None: of every order, no join) that ``build_fact_orders`` needs, event-date
+    partitions before ``since`` (the orders' ``oldest_change_day``) not read. An event sets a status only when
+    newer than its order's ``updated_at``, and an event of an earlier day is older than every order's
+    ``updated_at`` and than every event kept, so leaving it out changes no fact row."""
     if since is not None:
         order_events = order_events.filter(nw.col("event_date") >= nw.lit(since).cast(nw.Date()))
-    return order_events.join(orders.select("order_id"), on="order_id", how="semi")
+    return order_events if orders is None else order_events.join(orders.select("order_id"), on="order_id", how="semi")
 
 
 def _with_customer_version(orders: nw.LazyFrame, dim_customer: nw.LazyFrame) -> nw.LazyFrame:
