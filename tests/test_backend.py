@@ -244,6 +244,10 @@ def test_spark_with_neither_remote_nor_master_starts_an_embedded_sail_server(tmp
     assert sorted(r["product_id"] for r in engine.to_arrow(frame).to_pylist()) == ["p1", "p2"]
     staging = tmp_path / "lake" / "_staging"
     assert len(list(staging.iterdir())) == 1, "the merge's own staged rows are gone, the materialised ones kept"
+    import pyarrow.parquet as pq
+
+    codecs = {pq.ParquetFile(f).metadata.row_group(0).column(0).compression for f in staging.rglob("*.parquet")}
+    assert codecs == {"SNAPPY"}  # Spark's own default, not Sail's ZSTD: staged rows are written once, read back
     engine.release()
     assert list(staging.iterdir()) == []
     assert [g.operation for g in engine.gaps if g.engine == "spark (Sail)"] == []
