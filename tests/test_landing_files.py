@@ -544,6 +544,42 @@ def test_typed_parquet_gives_the_text_a_csv_would_carry(engine, tmp_path):
     ]
 
 
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_typed_parquet_timestamps_give_the_same_text_in_whole_seconds_with_fractions_and_past_four_digit_years(
+        engine, tmp_path, unit):
+    """A file of whole seconds and one with fractions (the text is built two ways), and years of more or fewer
+    than four digits (where the date part has another width), in every unit a writer may use."""
+    whole = [datetime(2026, 11, 1, 4, 0), None, datetime(1969, 12, 31, 23, 59, 59), datetime(2262, 4, 11)]
+    parts = [datetime(2026, 11, 1, 4, 0, 0, 500000), datetime(1970, 1, 1), None, datetime(1969, 12, 31, 23, 59, 59, 999000)]
+    wide = pa.array([253_402_300_801, -62_135_596_801, 0], pa.int64())  # 10000-01-01T00:00:01, 0000-12-31T23:59:59
+    per = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    columns = {
+        "whole.parquet": pa.array(whole, pa.timestamp("us")).cast(pa.timestamp(unit)),
+    }
+    if unit != "s":
+        columns["parts.parquet"] = pa.array(parts, pa.timestamp("us")).cast(pa.timestamp(unit))
+    if unit != "ns":  # nanoseconds since 1970 reach only the years 1677-2262
+        columns["wide.parquet"] = pc.multiply(wide, per).cast(pa.timestamp(unit, "UTC"))
+    ids = [f"C{i}" for i in range(4)]
+    tables = {name: pa.table({**{c: pa.array(ids[:len(col)]) for c in CUSTOMERS.column_names}, "updated_at": col})
+              for name, col in columns.items()}
+    case = Case(CUSTOMERS, lambda day: {name: _parquet(t) for name, t in tables.items()})
+    files, _, _ = land(case, Path("."), tmp_path / "landing")
+    rows = engine.to_arrow(engine.read_landing(CUSTOMERS, files).rows).to_pylist()
+    got = {(r["_source_file"].rsplit("/", 1)[1], r["customer_id"]): r["updated_at"] for r in rows}
+    expected = {
+        ("whole.parquet", "C0"): "2026-11-01T04:00:00Z", ("whole.parquet", "C1"): None,
+        ("whole.parquet", "C2"): "1969-12-31T23:59:59Z", ("whole.parquet", "C3"): "2262-04-11T00:00:00Z",
+    }
+    if unit != "s":
+        expected |= {("parts.parquet", "C0"): "2026-11-01T04:00:00.5Z", ("parts.parquet", "C1"): "1970-01-01T00:00:00Z",
+                     ("parts.parquet", "C2"): None, ("parts.parquet", "C3"): "1969-12-31T23:59:59.999Z"}
+    if unit != "ns":
+        expected |= {("wide.parquet", "C0"): "10000-01-01T00:00:01Z", ("wide.parquet", "C1"): "0000-12-31T23:59:59Z",
+                     ("wide.parquet", "C2"): "1970-01-01T00:00:00Z"}
+    assert got == expected
+
+
 def test_parquet_rows_that_cannot_be_text_are_quarantined_not_their_file(engine, tmp_path):
     table = pa.table({c: pa.array(["x", "y", "z"]) for c in CUSTOMERS.column_names})
     table = table.set_column(4, "last_name", pa.array([1.5, float("nan"), float("inf")]))
