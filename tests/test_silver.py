@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 from conftest import plan_nodes
 
+from lakehouse.backends.expressions import with_one_per_key_flag
 from lakehouse.contracts.catalog import table
 from lakehouse.contracts.expressions import record_digest
 from lakehouse.contracts.landing import LandingEntity
@@ -23,7 +24,6 @@ from lakehouse.contracts.rules import ROW_RULES, SILVER_LANDING
 from lakehouse.tasks.transforms.silver import (
     QUARANTINE_OUTPUT,
     TYPE_PATTERNS,
-    _flag_one_per_key,
     _keep_last,
     conform,
     latest_per_key,
@@ -583,7 +583,7 @@ def test_one_row_per_key_is_flagged_on_keys_held_once_repeated_tied_or_null(engi
     order = [2, 1, 3, 5, 5, 1, 4, 9, 7, 7, 0]
     frame = lazy(engine, {"k": [k for k, _ in keys], "j": [j for _, j in keys], "o": order,
                           "row": list(range(len(keys)))}, {"k": pl.String, "j": pl.Int64, "o": pl.Int64, "row": pl.Int64})
-    flagged_frame = _flag_one_per_key(frame, ("k", "j"), ("o",), last=last, out="flag")
+    flagged_frame = with_one_per_key_flag(frame, ("k", "j"), ("o",), last=last, out="flag")
     assert flagged_frame.collect_schema().names() == ["k", "j", "o", "row", "flag"]  # no helper column left behind
     got = rows(flagged_frame, "row")
     assert sorted(r["row"] for r in got) == list(range(len(keys)))  # no row lost or repeated

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from lakehouse.backends.expressions import hmac_pads
+from lakehouse.backends.expressions import KEY_HASH, KEY_SHARED, hmac_pads
 
 
 def hex_digest(frame: pl.LazyFrame, column: str, *, key: bytes | None) -> pl.LazyFrame:
@@ -26,6 +26,17 @@ def key_hash(frame: pl.LazyFrame, keys: list[str], out: str) -> pl.LazyFrame:
     alike."""
     value = pl.col(keys[0]) if len(keys) == 1 else pl.struct(keys)
     return frame.with_columns(value.hash().alias(out))
+
+
+def one_per_key(frame: pl.LazyFrame, keys: list[str], order_by: list[str], *, last: bool, out: str) -> pl.LazyFrame:
+    """Add ``out``: True on one row per ``keys`` (see ``backends.expressions.with_one_per_key_flag``), in place:
+    rows whose key hash no other row has are flagged as they are; the others by a window over the keys, the
+    lone rows' first key masked to null in a partition of their own."""
+    masked = pl.when(pl.col(KEY_SHARED)).then(pl.col(keys[0]))
+    pick = masked.is_last_distinct() if last else masked.is_first_distinct()
+    shared = key_hash(frame, keys, KEY_HASH).with_columns(pl.col(KEY_HASH).is_duplicated().alias(KEY_SHARED))
+    flagged = shared.with_columns((~pl.col(KEY_SHARED) | pick.over([KEY_SHARED, *keys[1:]], order_by=order_by)).alias(out))
+    return flagged.drop(KEY_HASH, KEY_SHARED)
 
 
 # The text a timestamp pattern matched is ``YYYY-MM-DD``, a separator, ``HH:MM:SS``, then the tail: an optional

@@ -14,6 +14,14 @@ def _functions(frame: Any) -> Any:
     return F
 
 
+def _window(frame: Any) -> Any:
+    if type(frame).__module__.startswith("pyspark.sql.connect"):
+        from pyspark.sql.connect.window import Window
+    else:
+        from pyspark.sql.window import Window  # type: ignore[no-redef]
+    return Window
+
+
 def hex_digest(frame: Any, column: str, *, key: bytes | None) -> Any:
     """``column`` (text) replaced by its lowercase hex SHA-256 (``key`` None) or HMAC-SHA256 under ``key``, built
     from SHA-256 in the engine (RFC 2104); null stays null."""
@@ -35,6 +43,22 @@ def key_hash(frame: Any, keys: list[str], out: str) -> Any:
     so nulls hash alike."""
     F = _functions(frame)
     return frame.withColumn(out, F.xxhash64(*(F.col(k) for k in keys)))
+
+
+def one_per_key(frame: Any, keys: list[str], order_by: list[str], *, last: bool, out: str) -> Any:
+    """Add ``out``: True on one row per ``keys`` (see ``backends.expressions.with_one_per_key_flag``): rows whose
+    key hash no other row has are flagged as they are; the others by a window over the keys (nulls first in the
+    order for the first row, last for the last, as Narwhals orders them)."""
+    from lakehouse.backends.expressions import KEY_HASH
+
+    F, window = _functions(frame), _window(frame)
+    hashed = key_hash(frame, keys, KEY_HASH)
+    repeated = hashed.groupBy(KEY_HASH).agg(F.count(F.lit(1)).alias("_rows")).filter(F.col("_rows") > 1).select(KEY_HASH)
+    alone = hashed.join(repeated, on=KEY_HASH, how="left_anti").withColumn(out, F.lit(True))
+    order = [F.col(c).desc_nulls_last() if last else F.col(c).asc_nulls_first() for c in order_by]
+    rank = F.row_number().over(window.partitionBy(*keys).orderBy(*order))
+    many = hashed.join(repeated, on=KEY_HASH, how="left_semi").withColumn(out, rank == F.lit(1))
+    return alone.unionByName(many).drop(KEY_HASH)
 
 
 def parse_timestamps(frame: Any, columns: dict[str, str], pattern: str) -> Any:

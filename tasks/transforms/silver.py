@@ -19,7 +19,7 @@ from datetime import date, timedelta
 
 import narwhals as nw
 
-from lakehouse.backends.expressions import with_hmac, with_json_object, with_key_hash, with_timestamps
+from lakehouse.backends.expressions import with_hmac, with_json_object, with_one_per_key_flag, with_timestamps
 from lakehouse.contracts.catalog import TableSpec, table
 from lakehouse.contracts.expressions import ratio
 from lakehouse.contracts.landing import OPEN_DEAL_STAGES, LandingColumn, LandingEntity
@@ -49,7 +49,6 @@ QUARANTINE_HEAD = ("rule", "reason", "record_hash", "source_file")
 _LINEAGE_IN = ("_source_file", "_record_hash", "_ingested_at")
 _WHITESPACE = string.whitespace  # explicit: Polars' default strip is Unicode-aware, Spark's trim is not
 _RULE, _RAW = "_rule", "_raw_"
-_KEY_HASH, _SHARED = "_key_hash", "_key_shared"  # _flag_one_per_key's helper columns
 
 # Regex guards: text that matches is guaranteed to cast/parse on both engines. ASCII classes only
 # ([0-9], not \d, which is Unicode-aware in Polars' regex engine). Dates are checked against the calendar
@@ -268,7 +267,7 @@ def _parse(bronze: nw.LazyFrame, landing: LandingEntity) -> nw.LazyFrame:
         *(nw.col(c).cast(nw.String).alias(_RAW + c) for c in landing.column_names),
         *(_clean_text(c.name).alias(c.name if c.type == "string" else text_col(c.name)) for c in landing.columns),
     )
-    parsed = _flag_one_per_key(staged, ("_record_hash",), ("_source_file", "_ingested_at"), last=False, out=FIRST_COPY)
+    parsed = with_one_per_key_flag(staged, ("_record_hash",), ("_source_file", "_ingested_at"), last=False, out=FIRST_COPY)
     if plain := [c for c in typed if c.type != "timestamp"]:
         parsed = parsed.with_columns(_parse_typed(nw.col(text_col(c.name)), c).alias(c.name) for c in plain)
     stamps = {text_col(c.name): c.name for c in typed if c.type == "timestamp"}
@@ -283,43 +282,11 @@ def _keep_last(frame: nw.LazyFrame, keys: tuple[str, ...], order_by: tuple[str, 
     if frame.implementation is nw.Implementation.POLARS:
         # Counted once, as a column: each filter computing the count over the keys itself counted twice.
         held = frame.with_columns((nw.len().over(*keys) == 1).alias("_held_once"))  # nulls alike, as in the window
-        repeated = _flag_one_per_key(held.filter(~nw.col("_held_once")), keys, order_by, last=True, out="_keep_last")
+        repeated = with_one_per_key_flag(held.filter(~nw.col("_held_once")), keys, order_by, last=True, out="_keep_last")
         return nw.concat([held.filter(nw.col("_held_once")),
                           repeated.filter(nw.col("_keep_last")).drop("_keep_last")], how="vertical").drop("_held_once")
-    flagged = _flag_one_per_key(frame, keys, order_by, last=True, out="_keep_last")
+    flagged = with_one_per_key_flag(frame, keys, order_by, last=True, out="_keep_last")
     return flagged.filter(nw.col("_keep_last")).drop("_keep_last")
-
-
-def _flag_one_per_key(frame: nw.LazyFrame, keys: tuple[str, ...], order_by: tuple[str, ...], *, last: bool,
-                      out: str) -> nw.LazyFrame:
-    """Add ``out``: True on one row per ``keys`` (nulls alike), the first when ordered by ``order_by`` (``last``:
-    the last; exact ties still flag one), False on the others.
-
-    A window over every row is the costly part (Polars hashes the keys, a 64-character record hash for the first
-    copy; Spark shuffles and sorts whole rows), and most keys are held by one row. So the rows are first told
-    apart by a 64-bit hash of their keys (``with_key_hash``): a row whose hash no other row has holds its key
-    alone and is flagged as it is; the window runs on the keys of the other rows only (those of repeated keys,
-    and of any hash collision, which the window settles on the keys themselves). Polars adds the flag in place,
-    the keys of lone rows masked to null in a partition of their own; filtering the rows into two parts there would
-    copy every row (the peak RSS of a scale-100 day rose by 1.2 GiB). Spark, which cannot flag in place without
-    the window, counts the hashes, not the keys, and joins on them. The first copy of the 1.01M orders at scale 10,
-    computed on the bronze batch and written (median of 6, alternating with the code before): Polars 1.60 ->
-    1.42 s (the batch alone 1.02 s), Sail 2.0 -> 1.8 s."""
-    pick = nw.col(keys[0]).is_last_distinct() if last else nw.col(keys[0]).is_first_distinct()
-    hashed = with_key_hash(frame, keys, _KEY_HASH)
-    if frame.implementation is nw.Implementation.POLARS:
-        shared = hashed.with_columns(nw.col(_KEY_HASH).is_duplicated().alias(_SHARED))
-        masked = nw.when(nw.col(_SHARED)).then(nw.col(keys[0]))
-        masked_pick = masked.is_last_distinct() if last else masked.is_first_distinct()
-        flagged = shared.with_columns(
-            (~nw.col(_SHARED) | masked_pick.over(_SHARED, *keys[1:], order_by=list(order_by))).alias(out))
-        return flagged.drop(_KEY_HASH, _SHARED)
-    repeated = (hashed.group_by(_KEY_HASH).agg(nw.len().alias("_rows")).filter(nw.col("_rows") > 1)
-                .select(_KEY_HASH))
-    alone = hashed.join(repeated, on=_KEY_HASH, how="anti").with_columns(nw.lit(value=True).alias(out))
-    many = hashed.join(repeated, on=_KEY_HASH, how="semi").with_columns(
-        pick.over(*keys[1:], order_by=list(order_by)).alias(out))
-    return nw.concat([alone, many], how="vertical").drop(_KEY_HASH)
 
 
 def _flag_known(frame: nw.LazyFrame, ref: nw.LazyFrame, key: str, flag: str, ref_name: str) -> nw.LazyFrame:
