@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -251,6 +252,35 @@ def test_spark_with_neither_remote_nor_master_starts_an_embedded_sail_server(tmp
     engine.release()
     assert list(staging.iterdir()) == []
     assert [g.operation for g in engine.gaps if g.engine == "spark (Sail)"] == []
+    # The embedded server runs its operators on batches of 32,768 rows (Sail's default: 8,192), which a read of a
+    # file's rows shows as the batches it sends.
+    assert _sail_batches(engine, tmp_path) == [32768, 32768, 32768, 1696]
+
+
+def _sail_batches(engine, tmp_path) -> list[int]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": list(range(100_000))}), tmp_path / "rows.parquet")
+    return [len(b) for b in engine.spark.read.parquet(str(tmp_path / "rows.parquet")).toArrow().to_batches()]
+
+
+def test_the_embedded_sail_server_keeps_a_batch_size_the_environment_sets(tmp_path):
+    """EMBEDDED_SAIL_ENV gives defaults: a Sail setting in the environment wins (a new process, as the embedded
+    server starts once per process)."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from pathlib import Path; from lakehouse.backends import Lake, get_backend; "
+              "from test_backend import _sail_batches; "
+              "engine = get_backend('spark', Lake(sys.argv[1] + '/lake')); "
+              "print(_sail_batches(engine, Path(sys.argv[1])))")
+    env = {**os.environ, "SAIL_EXECUTION__BATCH_SIZE": "16384",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str([16384] * 6 + [1696])
 
 
 def test_a_subset_of_materialised_rows_is_held_by_polars_and_computed_again_from_them_by_spark(engine, tmp_path):
