@@ -50,10 +50,11 @@ def refine_table(ctx: RunContext, table_name: str) -> dict[str, Any]:
         return summary_of("silver", spec, files=0, **silver_figures(ctx, engine, spec, sum(files.values())),
                         rows_written=0, version=engine.version(spec))
     before = engine.version(spec)
-    # The batch is not materialised: conform computes its parsed, rule-tagged rows once (its checkpoint), and
-    # counting a date's bronze partition reads little. Holding it too would double the memory of a big day.
+    # The batch is not materialised: conform computes its parsed, rule-tagged rows once (its checkpoint), and its
+    # rows were counted by file above. Holding it too would double the memory of a big day.
     done = conform_into_silver(ctx, engine, spec, batch, replace_quarantine=bool(files),
-                               withdraw_before=first_version_before(earlier) if files else None)
+                               withdraw_before=first_version_before(earlier) if files else None,
+                               rows_in=sum(files.values()))
     if files:
         now = datetime.now(UTC)
         conformed_log(lake, spec).append(
@@ -106,14 +107,16 @@ def silver_figures(ctx: RunContext, engine: Engine, spec: TableSpec, rows_in: in
 
 def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch: nw.LazyFrame, *,
                         late_ok: bool = False,
-                        replace_quarantine: bool = False, withdraw_before: int | None = None) -> dict[str, Any]:
+                        replace_quarantine: bool = False, withdraw_before: int | None = None,
+                        rows_in: int | None = None) -> dict[str, Any]:
     """Conform a bronze ``batch`` of ``spec``'s entity: quarantine what fails a rule, merge the rest by key.
     Every row is accounted for (rows in = accepted + quarantined) or nothing is merged. The result's
     ``accepted_rows`` is a frame of the engine (computed once; the replay logs their hashes from it). ``late_ok``
     (a replay) accepts changes older than the lookback. With ``replace_quarantine`` (``batch`` is the run date's
     whole batch) the run date's quarantine partition is replaced by this batch's rejects. ``withdraw_before`` (the batch
     was conformed before, into the table's version after this one; -1: into no table) takes out what the batch
-    brought in then and a rule now rejects (``withdraw``)."""
+    brought in then and a rule now rejects (``withdraw``). ``rows_in``: the batch's rows where the caller counted
+    them already (the run date's bronze files with their rows), so they are not counted again."""
     settings = ctx.settings()
     refs = {name: engine.scan(table(name)) for name in table(spec.name).lookups}
     result = silver.conform(spec.name, batch, refs=refs, hmac_key=settings.require_hmac_key(),
@@ -121,7 +124,7 @@ def conform_into_silver(ctx: RunContext, engine: Engine, spec: TableSpec, batch:
                             lookback_days=None if late_ok else settings.lookback_days,
                             checkpoint=engine.materialize)
     valid = engine.materialize_subset(result.valid)  # rows of the rule-tagged ones, which are materialised
-    rows_in, accepted = engine.count(batch), engine.count(valid)
+    rows_in, accepted = engine.count(batch) if rows_in is None else rows_in, engine.count(valid)
     # The rejected rows are a filter of the tagged ones too (built and written by the engine, never collected): on
     # Spark computed from the staged rows at each use (their count per rule reads one column; the quarantine write
     # stages them), not staged once more (silver.orders on Sail: 0.4 s).

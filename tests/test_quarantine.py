@@ -221,6 +221,38 @@ def test_silver_quarantine_is_built_and_written_by_the_engine_never_collected(la
                                          separators=(",", ":"))
 
 
+def test_a_batch_whose_rows_do_not_add_up_merges_nothing(lakehouse_engine, request, tmp_path):
+    """The run date's rows in (counted by bronze file, as ``refine_table`` passes them) must equal the accepted
+    plus the quarantined rows; when they do not (a row lost on the way), the conform stops before its merge."""
+    from datetime import UTC, date, datetime
+
+    from lakehouse.backends.expressions import with_record_hash
+    from lakehouse.contracts.landing import OPPORTUNITIES
+    from lakehouse.tasks.context import RunContext
+    from lakehouse.tasks.quarantine import AccountingError
+    from lakehouse.tasks.silver import conform_into_silver
+
+    day, n = date(2026, 11, 2), 3
+    spark = {} if lakehouse_engine == "polars" else {"backend": "spark", "spark_remote": request.getfixturevalue("sail_url")}
+    ctx = RunContext(run_date=day, run_id="adds-up", started_at=datetime.now(UTC),
+                     overrides={"lake_root": str(tmp_path / "lake"), "landing_root": str(tmp_path), **spark})
+    engine = ctx.engine()
+    bronze, silver = table("bronze.crm.opportunities"), table("silver.opportunities")
+    landed = {"opportunity_id": [f"OPP{i:06d}" for i in range(n)], "account_id": ["A0001"] * n,
+              "opportunity_name": [f"deal {i}" for i in range(n)], "stage": ["proposal"] * n,
+              "amount": ["100.50"] * n, "currency": ["USD"] * n, "close_date": ["2026-12-01"] * n,
+              "owner_name": ["Ana Lima"] * n, "updated_at": ["2026-11-02T10:00:00Z"] * n, "_run_id": ["r"] * n,
+              "_ingested_at": [datetime(2026, 11, 2, 12, tzinfo=UTC)] * n,
+              "_source_file": ["crm/opportunities/2026-11-02/opportunities.csv"] * n, "_ingest_date": [day] * n}
+    schema = pa.schema([f for f in bronze.arrow_schema if f.name != "_record_hash"])
+    engine.append(bronze, with_record_hash(engine.from_arrow(pa.table(landed, schema=schema)), OPPORTUNITIES.column_names))
+    with pytest.raises(AccountingError, match=r"4 bronze rows in, 3 accepted \+ 0 quarantined"):
+        conform_into_silver(ctx, engine, silver, engine.scan(bronze), replace_quarantine=True, rows_in=n + 1)
+    assert not engine.exists(silver)
+    done = conform_into_silver(ctx, engine, silver, engine.scan(bronze), replace_quarantine=True, rows_in=n)
+    assert (done["rows_in"], done["accepted"], done["rows_written"]) == (n, n, n)
+
+
 def test_a_replay_of_thousands_of_rows_is_selected_conformed_and_logged_by_the_engine(lakehouse_engine, request,
                                                                                       tmp_path):
     """3,000 opportunities quarantined for a missing FX rate, replayed once the rate arrives: their bronze rows are
