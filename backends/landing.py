@@ -820,11 +820,12 @@ def _timestamp_text(col: pa.Array) -> pa.Array:
     # zone up per value. With four-digit years the separator is the 11th byte, replaced in place (a search for it
     # cost 0.15 s per million values); whole seconds then take their "Z" at the 20th byte (a join: 0.1 s).
     four = low is None or (_FOUR_DIGIT_YEARS[0] * per <= low and high < _FOUR_DIGIT_YEARS[1] * per)
-    seconds = raw if unit == "s" else pc.divide(raw, scalar(per))  # truncated: whole only where it gives raw back
-    if four and (unit == "s" or pc.all(pc.equal(pc.multiply(seconds, scalar(per)), raw)).as_py() is not False):
-        text = seconds.cast(pa.timestamp("s")).cast(pa.string())
-        text = pc.binary_replace_slice(text, start=19, stop=19, replacement="Z")
-        return pc.binary_replace_slice(text, start=10, stop=11, replacement="T").cast(pa.large_string())
+    if four:
+        seconds = raw if unit == "s" else pc.divide(raw, scalar(per))  # truncated: whole where it gives raw back
+        if unit == "s" or pc.all(pc.equal(pc.multiply(seconds, scalar(per)), raw)).as_py() is not False:
+            text = seconds.cast(pa.timestamp("s")).cast(pa.string())
+            text = pc.binary_replace_slice(text, start=19, stop=19, replacement="Z")
+            return pc.binary_replace_slice(text, start=10, stop=11, replacement="T").cast(pa.large_string())
     text = raw.cast(pa.timestamp(unit)).cast(pa.string())
     if unit != "s":
         text = pc.ascii_rtrim(pc.ascii_rtrim(text, characters="0"), characters=".")
