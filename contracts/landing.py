@@ -91,7 +91,7 @@ class ReadLimits:
     kept_record_bytes: int = 64 << 10  # how much of an over-long record the quarantine keeps
     max_columns: int = 2000  # a header (CSV) or schema (Parquet) wider than this refuses the file
     max_json_depth: int = 64  # nesting of a JSON line (objects and arrays)
-    json_chunk_bytes: int = 32 << 20  # JSON lines decoded together on the fast path
+    json_chunk_bytes: int = 32 << 20  # JSON lines (and plain CSV lines) read together on the fast path
 
 
 READ_LIMITS = ReadLimits()

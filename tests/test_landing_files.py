@@ -6,6 +6,7 @@ bronze rows."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
@@ -369,7 +370,6 @@ def test_a_defect_in_a_joined_decode_fails_the_read_instead_of_refusing_the_file
     """The decode of several files' lines runs while the next file is read (once they reach the limit). Should
     it fail for a reason no file causes (a defect), the read fails naming the files, rather than the file being
     read taken for unreadable and the earlier file kept without its rows."""
-    import dataclasses
 
     from lakehouse.backends import landing
     from lakehouse.contracts.landing import READ_LIMITS
@@ -509,6 +509,71 @@ def test_raw_bytes_are_kept_escaped_and_values_exactly_as_sent(engine, valid_day
     assert by_id[second]["account_name"] == '=HYPERLINK("http://x")'  # bronze is raw: neutralised only for people
     [reject] = engine.to_arrow(read.rejects).to_pylist()
     assert reject["record"] == latin.decode("latin-1").replace("ü", "\\xfc")
+
+
+ACCOUNTS_HEADER = "account_id,account_name,domain,industry,owner_name,country,updated_at"
+
+
+def _account_line(i: int) -> str:
+    return f"A{i:06d},Acme {i},acme{i}.com,{'' if i % 7 else 'Retail'},Morgan Diaz,US,2026-10-31T10:00:{i % 60:02d}Z"
+
+
+def _csv_rows(data: bytes) -> list[dict[str, str | None]]:
+    """The rows Python's csv module reads from ``data`` (an accounts export), an empty field as null."""
+    header, *rows = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""))
+    return [{c: (r[header.index(c)] or None) for c in ACCOUNTS.column_names} for r in rows if r]
+
+
+def test_a_plain_csv_is_read_in_bulk_with_the_rows_and_rejects_of_the_line_reader(engine, tmp_path):
+    """A CRLF export with a BOM, its columns in another order with one not declared, 3,000 records of which
+    every seventh has an empty field, two blank lines and two lines of another width: no line holds a quote, so
+    it is read in blocks by Arrow's kernels (backends/landing.py ``_plain_block``) on each engine, with the rows,
+    nulls, rejects and record count the line-by-line reader gives."""
+    order = ["country", "account_id", "extra", *[c for c in ACCOUNTS.column_names if c not in ("country", "account_id")]]
+    lines = []
+    for i in range(3000):
+        values = dict(zip(ACCOUNTS.column_names, _account_line(i).split(","), strict=True), extra=f"x{i}")
+        lines.append(",".join(values[c] for c in order))
+    lines[10], lines[2000] = "", ""
+    lines[20], lines[2500] = lines[20] + ",too,wide", "A002500,narrow"
+    data = b"\xef\xbb\xbf" + ("\r\n".join([",".join(order), *lines]) + "\r\n").encode()
+    files, _, _ = land(Case(ACCOUNTS, lambda day: {"accounts_export.csv": data}), tmp_path, tmp_path / "landing")
+    read = engine.read_landing(ACCOUNTS, files)
+    rows = engine.to_arrow(read.rows).sort_by("account_id").to_pylist()
+    expected = [r for r in _csv_rows(data.replace(lines[20].encode(), b"").replace(b"A002500,narrow", b""))]
+    assert [{c: r[c] for c in ACCOUNTS.column_names} for r in rows] == expected
+    kept = [i for i in range(3000) if i not in (10, 20, 2000, 2500)]
+    assert len(rows) == 2996 and sum(r["industry"] is None for r in rows) == sum(1 for i in kept if i % 7)
+    rejects = engine.to_arrow(read.rejects).sort_by("record").to_pylist()
+    assert [(r["rule"], r["record"], r["reason"]) for r in rejects] == [
+        ("parse.field_count", "A002500,narrow", "expected 8 fields (the header's), got 2"),
+        ("parse.field_count", lines[20], "expected 8 fields (the header's), got 10")]
+    assert list(read.records.values()) == [2998]
+
+
+def test_a_csv_is_read_in_bulk_until_a_block_holds_a_line_that_is_not_plain(monkeypatch, tmp_path):
+    """Read in blocks of 4 KiB: the blocks before the one holding a quoted record (its quoted field holds a
+    comma and a line break) go in bulk, none of their rows by the line reader; from that block's first line
+    on, every record goes line by line. The rows are what Python's csv module reads, in the file's order."""
+    from lakehouse.backends import landing
+    from lakehouse.contracts.landing import READ_LIMITS
+
+    by_line: list[str] = []
+    row = landing._FileOut.row
+    monkeypatch.setattr(landing._FileOut, "row", lambda self, values, record: (by_line.append(values[0]),
+                                                                                row(self, values, record)))
+    lines = [_account_line(i) for i in range(2000)]
+    lines[1500] = 'A001500,"Acme, Inc.\r\nEurope",acme.com,Retail,,US,2026-10-31T10:00:00Z'
+    data = ("\r\n".join([ACCOUNTS_HEADER, *lines]) + "\r\n").encode()
+    path = tmp_path / "accounts_export.csv"
+    path.write_bytes(data)
+    limits = dataclasses.replace(READ_LIMITS, json_chunk_bytes=4096)
+    read = landing.read_files(ACCOUNTS, [(path, path.name)], limits=limits)
+    assert [{c: r[c] for c in ACCOUNTS.column_names} for r in read.rows.to_pylist()] == _csv_rows(data)
+    assert read.rows.column("account_name")[1500].as_py() == "Acme, Inc.\r\nEurope"
+    first = int(by_line[0][1:])
+    assert 1440 < first <= 1500 and by_line == [f"A{i:06d}" for i in range(first, 2000)]
+    assert read.rejects.num_rows == 0 and read.records == {path.name: 2000}
 
 
 def test_typed_parquet_gives_the_text_a_csv_would_carry(engine, tmp_path):
