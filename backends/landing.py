@@ -413,7 +413,7 @@ def _plain_block(data: bytes, out: _FileOut, index: list[int], width: int) -> bo
     empty, null = text_array(["", None])  # scalars of the columns' type (pa.scalar would import pandas)
     columns = []
     for i in index:
-        value = pc.list_element(fields, i)
+        value = pc.list_element(fields, scalar(i))
         columns.append(pc.if_else(pc.equal(value, empty), null, value))
     out.add_table(pa.table(columns, names=out.columns), None, nul_possible=False)
     return True
