@@ -656,6 +656,32 @@ def test_parquet_rows_that_cannot_be_text_are_quarantined_not_their_file(engine,
     assert read.records == {"snowflake/customers/2026-11-01/customers.parquet": 3}
 
 
+def test_parquet_text_holding_a_nul_is_quarantined_in_any_batch_and_column_encoding(engine, tmp_path):
+    """A NUL in a Parquet text value (in a row group past the first, in a plain, a dictionary-encoded and a
+    string-view column) makes its row a reject; the other rows, whose values share the same value buffers, are
+    read as they are."""
+    names = CUSTOMERS.column_names
+    rows = 600_000  # more than one read batch (256k rows)
+    email = pa.array([f"c{i}@x.io" if i != 300_001 else "c\x00@x.io" for i in range(rows)], pa.large_string())
+    last = pa.array(["Doe" if i != 599_999 else "D\x00e" for i in range(rows)]).dictionary_encode()
+    first = pa.array(["Ann" if i != 5 else "A\x00n" for i in range(rows)], pa.string_view())
+    table = pa.table({c: pa.array([f"C{i:07d}" for i in range(rows)]) if c == "customer_id" else
+                      email if c == "email" else last if c == "last_name" else first if c == "first_name" else
+                      pa.nulls(rows, pa.string()) for c in names})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=100_000)
+    case = Case(CUSTOMERS, lambda day: {"customers.parquet": sink.getvalue()})
+    files, _, _ = land(case, Path("."), tmp_path / "landing")
+    read = engine.read_landing(CUSTOMERS, files)
+    kept = engine.to_arrow(read.rows).column("customer_id")
+    assert kept.length() == rows - 3
+    assert pc.sum(pc.is_in(kept, pa.array(["C0000005", "C0300001", "C0599999"]))).as_py() == 0
+    rejects = engine.to_arrow(read.rejects).to_pylist()
+    assert [r["rule"] for r in rejects] == ["encoding.nul_byte"] * 3
+    assert sorted(json.loads(r["record"])["customer_id"] for r in rejects) == ["C0000005", "C0300001", "C0599999"]
+    assert list(read.records.values()) == [rows]
+
+
 # ------------------------------------------------------------------------------------ a whole day, through the CLI
 @pytest.fixture(params=["polars", "sail"])
 def cli_engine(request) -> list[str]:
