@@ -379,7 +379,7 @@ def _plain_csv(stream: BinaryIO, out: _FileOut, index: list[int], width: int) ->
     line ends, each block in bulk by Arrow's kernels while its lines are plain (see :func:`_plain_block`). At the
     first block that is not, the bytes from that block's start are returned, to be read line by line from there
     (and the stream's rest after them); None when the file ended on plain blocks. Both ways give the same rows
-    and rejects; the scale-10 day's four CSV files (106k records) took 1.1 s line by line, 0.2 s so."""
+    and rejects; the scale-10 day's four CSV files (106k records) took 1.1 s line by line, 0.1-0.2 s so."""
     limit = out.limits.max_record_bytes
     carry = b""
     while block := stream.read(min(out.limits.json_chunk_bytes, _DECODE_BYTES)):

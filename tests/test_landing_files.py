@@ -526,7 +526,7 @@ def _csv_rows(data: bytes) -> list[dict[str, str | None]]:
 
 def test_a_plain_csv_is_read_in_bulk_with_the_rows_and_rejects_of_the_line_reader(engine, tmp_path):
     """A CRLF export with a BOM, its columns in another order with one not declared, 3,000 records of which
-    every seventh has an empty field, two blank lines and two lines of another width: no line holds a quote, so
+    six in seven have an empty field, two blank lines and two lines of another width: no line holds a quote, so
     it is read in blocks by Arrow's kernels (backends/landing.py ``_plain_block``) on each engine, with the rows,
     nulls, rejects and record count the line-by-line reader gives."""
     order = ["country", "account_id", "extra", *[c for c in ACCOUNTS.column_names if c not in ("country", "account_id")]]
