@@ -234,12 +234,12 @@ class _FileOut:
         self.rejects.append({"rule": rule, "reason": reason, "record": record, "record_hash": record_digest([record]),
                              "source_file": self.label})
 
-    def add_table(self, table: pa.Table, records: pa.Array | None, nul_columns: Iterable[str] | None = None) -> None:
+    def add_table(self, table: pa.Table, records: pa.Array | None, nul_possible: bool = True) -> None:
         """Rows decoded in bulk (declared columns as text); rows holding a NUL become rejects (``records``: the
-        raw text of each row, or None to describe a row by its values; ``nul_columns``: the columns that may
-        hold one, None: all)."""
+        raw text of each row, or None to describe a row by its values; ``nul_possible=False``: the caller knows
+        no value holds one). A column is searched value by value only when its value bytes hold a NUL."""
         nul = None
-        for c in self.columns if nul_columns is None else nul_columns:
+        for c in self.columns if nul_possible else ():
             if not _may_hold_nul(table[c]):
                 continue
             has = pc.fill_null(pc.match_substring(table[c], "\x00"), scalar(False))
@@ -265,14 +265,20 @@ _NUL = re.compile(b"\x00")
 
 
 def _may_hold_nul(column: pa.ChunkedArray) -> bool:
-    """Whether a text column may hold a NUL: its chunks' value bytes are searched in one pass each (memchr speed,
-    a fifth of a search value by value); a chunk that shares its buffer with values outside it may say so
-    wrongly, never the other way."""
+    """Whether a text column may hold a NUL: each chunk's value bytes (its own range of the data buffer, which a
+    slice shares with the rows around it) are searched in one pass (memchr speed, a fifth of a search value by
+    value). Another type than text is taken to hold one (the caller then searches its values)."""
     for chunk in column.chunks:
-        if not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)):
+        large = pa.types.is_large_string(chunk.type)
+        if not (large or pa.types.is_string(chunk.type)):
             return True
-        data = chunk.buffers()[2]
-        if data is not None and _NUL.search(data) is not None:  # type: ignore[call-overload]
+        _, offsets, data = chunk.buffers()
+        if data is None or not len(chunk):
+            continue
+        fmt, width = ("<q", 8) if large else ("<i", 4)
+        start = struct.unpack_from(fmt, offsets, chunk.offset * width)[0]
+        end = struct.unpack_from(fmt, offsets, (chunk.offset + len(chunk)) * width)[0]
+        if _NUL.search(data.slice(start, end - start)) is not None:  # type: ignore[call-overload]
             return True
     return False
 
@@ -434,7 +440,7 @@ def _plain_block(data: bytes, out: _FileOut, index: list[int], width: int) -> bo
     for i in index:
         value = pc.list_element(fields, scalar(i))
         columns.append(pc.if_else(pc.equal(value, empty), null, value))
-    out.add_table(pa.table(columns, names=out.columns), None, nul_columns=())
+    out.add_table(pa.table(columns, names=out.columns), None, nul_possible=False)
     return True
 
 
@@ -720,7 +726,7 @@ def _keep_decoded(out: _FileOut, data: bytes, table: pa.Table) -> None:
     if b"\\u0000" in data:  # a NUL decoded into a value: the row is a reject, quoted as its line
         out.add_table(table, text_array([line.decode("utf-8") for line in data.split(b"\n")]))
     else:
-        out.add_table(table, None, nul_columns=None if b"\x00" in data else ())
+        out.add_table(table, None)
 
 
 def _bulk(data: bytes, count: int, out: _FileOut, block: int | None = None) -> None:

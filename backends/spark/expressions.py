@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lakehouse.backends.expressions import KEY_HASH
+
 
 def _functions(frame: Any) -> Any:
     if type(frame).__module__.startswith("pyspark.sql.connect"):
@@ -49,8 +51,6 @@ def one_per_key(frame: Any, keys: list[str], order_by: list[str], *, last: bool,
     """Add ``out``: True on one row per ``keys`` (see ``backends.expressions.with_one_per_key_flag``): rows whose
     key hash no other row has are flagged as they are; the others by a window over the keys (nulls first in the
     order for the first row, last for the last, as Narwhals orders them)."""
-    from lakehouse.backends.expressions import KEY_HASH
-
     F, window = _functions(frame), _window(frame)
     hashed = key_hash(frame, keys, KEY_HASH)
     repeated = hashed.groupBy(KEY_HASH).agg(F.count(F.lit(1)).alias("_rows")).filter(F.col("_rows") > 1).select(KEY_HASH)
