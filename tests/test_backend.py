@@ -206,6 +206,26 @@ def test_classic_spark_without_delta_says_what_to_use_instead(jvm_session, tmp_p
         engine.overwrite(PERF, perf(engine, (date(2026, 11, 1), "p1", 1)))
 
 
+@pytest.mark.parametrize("kind", ["sail", "jvm"])
+def test_spark_sessions_do_not_capture_python_call_sites(kind, request):
+    """PySpark 4 records the Python call site of every DataFrame and column call for its error messages; on a
+    classic session that is several py4j round trips per call. The project's sessions turn it off, so building a
+    plan costs one round trip per call."""
+    from pyspark.errors.utils import is_debugging_enabled
+
+    from lakehouse.backends.spark.session import session_for
+
+    if kind == "sail":
+        spark, _ = session_for(SparkSettings(remote=request.getfixturevalue("sail_url")))
+    else:
+        spark = request.getfixturevalue("jvm_session")
+    assert spark.conf.get("spark.python.sql.dataFrameDebugging.enabled") == "false"
+    numbers = spark.range(3)
+    frame = numbers.withColumn("twice", numbers["id"] * 2)
+    assert [r.twice for r in frame.orderBy("id").collect()] == [0, 2, 4]
+    assert not is_debugging_enabled()
+
+
 def test_the_laptop_engine_runs_without_pyspark(tmp_path):
     """pyspark is imported only by the Spark engine: with it unimportable, the laptop engine still works."""
     import subprocess

@@ -25,8 +25,12 @@ if TYPE_CHECKING:
 
     from lakehouse.deployments.settings import SparkSettings
 
-# Spark computes timestamps in the session time zone; the lake's timestamps are UTC.
-SESSION_CONF = {"spark.sql.session.timeZone": "UTC", "spark.sql.ansi.enabled": "true"}
+# Spark computes timestamps in the session time zone; the lake's timestamps are UTC. PySpark 4 records the Python
+# call site of every DataFrame and column call for its error messages' query context: on a classic session
+# (EMR's) that is several py4j calls per call, and building silver.orders' conform plan took 9,721 py4j calls
+# with it and 4,651 without (docs/performance.md). A classic session's ``spark.conf`` can turn it back on.
+SESSION_CONF = {"spark.sql.session.timeZone": "UTC", "spark.sql.ansi.enabled": "true",
+                "spark.python.sql.dataFrameDebugging.enabled": "false"}
 # ``master`` value meaning: the session spark-submit configured (EMR Serverless sets the master itself).
 SUBMITTED_MASTER = "spark-submit"
 
