@@ -209,8 +209,8 @@ def test_classic_spark_without_delta_says_what_to_use_instead(jvm_session, tmp_p
 @pytest.mark.parametrize("kind", ["sail", "jvm"])
 def test_spark_sessions_do_not_capture_python_call_sites(kind, request):
     """PySpark 4 records the Python call site of every DataFrame and column call for its error messages; on a
-    classic session that is several py4j round trips per call. The project's sessions turn it off, so building a
-    plan costs one round trip per call."""
+    classic session that is several py4j round trips more per call. The project's sessions turn it off (Sail's
+    and a classic one alike), and queries still run."""
     from pyspark.errors.utils import is_debugging_enabled
 
     from lakehouse.backends.spark.session import session_for
