@@ -682,6 +682,21 @@ def test_parquet_text_holding_a_nul_is_quarantined_in_any_batch_and_column_encod
     assert list(read.records.values()) == [rows]
 
 
+def test_the_nul_search_covers_a_slices_own_value_bytes():
+    """A text column is searched value by value only when its own value bytes hold a NUL: a slice sharing its
+    buffer with a NUL outside its range (as a file's rows sliced from a joined decode do) is not, a NUL inside it
+    is found in either offset width, and a column of another layout is always searched value by value."""
+    from lakehouse.backends import landing
+
+    for kind in (pa.string(), pa.large_string()):
+        shared = pa.array(["a\x00", "bb", "cc", None, "d\x00"], kind)
+        assert landing._may_hold_nul(pa.chunked_array([shared.slice(1, 3)])) is False
+        assert landing._may_hold_nul(pa.chunked_array([shared.slice(1, 4)])) is True
+        assert landing._may_hold_nul(pa.chunked_array([shared.slice(0, 1)])) is True
+        assert landing._may_hold_nul(pa.chunked_array([shared.slice(2, 0), pa.nulls(2, kind)])) is False
+    assert landing._may_hold_nul(pa.chunked_array([pa.array(["ok"], pa.string_view())])) is True
+
+
 # ------------------------------------------------------------------------------------ a whole day, through the CLI
 @pytest.fixture(params=["polars", "sail"])
 def cli_engine(request) -> list[str]:
