@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from lakehouse.backends import Lake
 from lakehouse.backends.releases import Releases
+from lakehouse.backends.run_log import RunLog
 from lakehouse.contracts.catalog import TABLES
 from lakehouse.flows.cli import app
 from lakehouse.tasks.ledger import read_ledger
@@ -185,11 +186,13 @@ def test_a_rerun_fails_the_gate_until_the_fix_then_equals_the_clean_run(late_cus
 
 @pytest.fixture(params=["polars", "sail"])
 def day_two(request, daily_lakes, tmp_path):
+    """Per engine: ``clean``, the lake as day 1's run left it (for a clean run of day 2 with the changed rules),
+    and ``rerun``, the lake as the daily flow's runs of day 1 and day 2 left it (the shared ``pristine`` lake, run
+    once per test session from the same landing), for a rerun of day 2."""
     built = daily_lakes(request.param)
-    lakes = {}
-    for name in ("clean", "rerun"):
-        lakes[name] = tmp_path / name
-        shutil.copytree(built["first_day"], lakes[name])
+    lakes = {"clean": tmp_path / "clean", "rerun": tmp_path / "rerun"}
+    shutil.copytree(built["first_day"], lakes["clean"])
+    shutil.copytree(built["pristine"], lakes["rerun"])
     return {**built, **lakes}
 
 
@@ -203,7 +206,7 @@ def test_a_rerun_after_a_rule_change_equals_a_clean_run_with_the_changed_rule(da
 
     s = day_two
     run = {"run_date": DAY2, "landing_root": str(s["landing"]), **s["engine"]}
-    daily_lakehouse(lake_root=str(s["rerun"]), **run)
+    assert DAY2 in RunLog(Lake(str(s["rerun"]))).done_dates(), "day 2 was run on the rerun's lake"
     assert _quarantined_orders(s["rerun"]).get("duplicate.exact", 0) > 0, "the sample's duplicates"
 
     changed = tuple(r for r in ROW_RULES["silver.orders"] if r.id != "duplicate.exact")
@@ -230,7 +233,7 @@ def test_a_rerun_after_a_stricter_rule_takes_out_what_it_rejects_as_a_clean_run_
 
     s = day_two
     run = {"run_date": DAY2, "landing_root": str(s["landing"]), **s["engine"]}
-    daily_lakehouse(lake_root=str(s["rerun"]), **run)
+    assert DAY2 in RunLog(Lake(str(s["rerun"]))).done_dates(), "day 2 was run on the rerun's lake"
 
     def of_day_two(name: str, key: str) -> tuple[list[str], list[str]]:
         """Keys of ``name`` that day 2 updated and that day 2 brought in new (sorted)."""
