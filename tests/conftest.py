@@ -17,6 +17,15 @@ sys.path.insert(0, str(ROOT))
 pytest_plugins = ["lakehouse.testing.plugin"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on classic Spark (``jvm``) goes to one xdist worker (``--dist loadgroup``): one local JVM, started
+    and warmed once, serves them all, instead of one per worker, each slower while both compete for the cores."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "jvm_session" in item.fixturenames or "jvm" in params.values():
+            item.add_marker(pytest.mark.xdist_group("classic-spark"))
+
+
 def _free_port() -> int:
     from lakehouse.testing.servers import free_port
 
