@@ -193,6 +193,7 @@ def day_two(request, daily_lakes, tmp_path):
     lakes = {"clean": tmp_path / "clean", "rerun": tmp_path / "rerun"}
     shutil.copytree(built["first_day"], lakes["clean"])
     shutil.copytree(built["pristine"], lakes["rerun"])
+    assert DAY2 in RunLog(Lake(str(lakes["rerun"]))).done_dates(), "day 2 was run on the rerun's lake"
     return {**built, **lakes}
 
 
@@ -206,7 +207,6 @@ def test_a_rerun_after_a_rule_change_equals_a_clean_run_with_the_changed_rule(da
 
     s = day_two
     run = {"run_date": DAY2, "landing_root": str(s["landing"]), **s["engine"]}
-    assert DAY2 in RunLog(Lake(str(s["rerun"]))).done_dates(), "day 2 was run on the rerun's lake"
     assert _quarantined_orders(s["rerun"]).get("duplicate.exact", 0) > 0, "the sample's duplicates"
 
     changed = tuple(r for r in ROW_RULES["silver.orders"] if r.id != "duplicate.exact")
@@ -233,7 +233,6 @@ def test_a_rerun_after_a_stricter_rule_takes_out_what_it_rejects_as_a_clean_run_
 
     s = day_two
     run = {"run_date": DAY2, "landing_root": str(s["landing"]), **s["engine"]}
-    assert DAY2 in RunLog(Lake(str(s["rerun"]))).done_dates(), "day 2 was run on the rerun's lake"
 
     def of_day_two(name: str, key: str) -> tuple[list[str], list[str]]:
         """Keys of ``name`` that day 2 updated and that day 2 brought in new (sorted)."""
