@@ -59,14 +59,21 @@ def resumable(task: T, ctx: RunContext) -> T:
     """``task`` persisting its result to ``ctx``'s result storage; with ``ctx.force``, recomputing. Called, it
     returns the task's summary also when the task ended in a named Completed state (tasks/tracking.py
     ``noted``: Refused, Quarantined)."""
-    configured = task.with_options(result_storage=result_storage(ctx), persist_result=True,  # type: ignore[attr-defined]
-                                   refresh_cache=ctx.force or None)
+    configured = _configured(task, result_storage(ctx), ctx.force or None)
 
     @functools.wraps(configured.fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         return summary_of_state(configured(*args, **kwargs))
 
     return call  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=256)
+def _configured(task: T, storage: Path | str, refresh_cache: bool | None) -> T:
+    """``task`` with its result storage, made once per process and storage (Prefect's ``with_options`` reads the
+    task's source again: 0.28 s of a day's 30 task calls)."""
+    return task.with_options(result_storage=storage, persist_result=True,  # type: ignore[attr-defined]
+                             refresh_cache=refresh_cache)
 
 
 def summary_of_state(value: Any) -> Any:
