@@ -52,7 +52,7 @@ _MAX_SNAPSHOTS = 64  # logs loaded at an older version (release audits, publishe
 
 @functools.lru_cache(maxsize=64)
 def _resolved(root: str, cwd: str) -> Path:
-    """``root`` made absolute (from ``cwd``) with its links followed; a day asks for it ~900 times (0.2 s)."""
+    """``root`` made absolute (from ``cwd``) with its links followed; a day asks for it ~860 times (0.2 s under cProfile)."""
     del cwd  # part of the cache key only: a relative root is resolved from the current folder
     return Path(root).resolve()
 
